@@ -1,0 +1,1 @@
+"""Prompt-learning all-in-one image restoration models as transformers models."""

@@ -1,0 +1,1 @@
+"""Training, data streaming and evaluation for the prompt-restoration models."""
