@@ -1,1 +1,49 @@
-"""Prompt-learning all-in-one image restoration models as transformers models."""
+"""Prompt-learning all-in-one image restoration models as transformers models.
+
+Importing this package registers every model with ``AutoConfig``, ``AutoModel``,
+``AutoModelForImageToImage`` and ``AutoImageProcessor``, and marks the classes for ``auto_map`` so that a
+folder written by ``save_pretrained`` carries its own code and loads with ``trust_remote_code=True`` where
+this package is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageToImage
+
+from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
+from .configuration_promptir import PromptIRConfig
+from .configuration_restormer import RestormerConfig
+from .modeling_outputs import ImageRestorationOutput
+from .modeling_promptir import PromptIRForImageRestoration
+from .modeling_restormer import RestormerForImageRestoration
+from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
+
+MODEL_CLASSES = {
+    "restormer": (RestormerConfig, RestormerForImageRestoration),
+    "promptir": (PromptIRConfig, PromptIRForImageRestoration),
+}
+
+
+def _register() -> None:
+    for model_type, (config_class, model_class) in MODEL_CLASSES.items():
+        AutoConfig.register(model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, model_class, exist_ok=True)
+        AutoModelForImageToImage.register(config_class, model_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        # One auto class per model class is stored; the base class's save_pretrained adds the
+        # AutoModelForImageToImage entry to auto_map next to this one.
+        model_class.register_for_auto_class("AutoModel")
+
+
+_register()
+
+__all__ = [
+    "DEGRADATION_NAMES",
+    "ImageRestorationOutput",
+    "MODEL_CLASSES",
+    "PromptIRConfig",
+    "PromptIRForImageRestoration",
+    "PromptRestorationPreTrainedModel",
+    "RestorationBackboneConfig",
+    "RestorationInputError",
+    "RestormerConfig",
+    "RestormerForImageRestoration",
+]

@@ -1,0 +1,91 @@
+"""Configuration fields shared by every model built on the Restormer encoder/decoder.
+
+Each method's config (``RestormerConfig``, ``PromptIRConfig``, ``PIPConfig``, ...) subclasses
+``RestorationBackboneConfig`` and adds its own prompt settings. Defaults are the official values
+(Restormer, CVPR 2022; identical in PromptIR, PIP and CPL).
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+LAYER_NORM_TYPES = ("WithBias", "BiasFree")
+
+#: Degradation classes of the 5-task all-in-one setting, in the label order used by PIP's official code
+#: (noise 0, rain 1, haze 2, blur 3, low-light 4) and by our training data.
+DEGRADATION_NAMES = ("noise", "rain", "haze", "blur", "low-light")
+
+
+@strict(accept_kwargs=True)
+class RestorationBackboneConfig(PreTrainedConfig):
+    r"""
+    Shared backbone arguments (all models in this package).
+
+    Args:
+        in_channels (`int`, defaults to 3): image channels read (official `inp_channels`; 6 for Restormer's
+            dual-pixel task).
+        out_channels (`int`, defaults to 3): image channels written.
+        dim (`int`, defaults to 48): base width; the levels run at dim, 2 dim, 4 dim and 8 dim (paper: 48).
+        num_blocks (`list[int]`, defaults to `[4, 6, 6, 8]`): Transformer blocks at encoder levels 1-3 and in
+            the latent; decoder levels 1-3 reuse the first three numbers (paper: [4, 6, 6, 8]).
+        num_refinement_blocks (`int`, defaults to 4): blocks after decoder level 1 (paper: 4).
+        heads (`list[int]`, defaults to `[1, 2, 4, 8]`): attention heads per level (paper: [1, 2, 4, 8]).
+        ffn_expansion_factor (`float`, defaults to 2.66): GDFN hidden width = int(width x factor) (paper: 2.66).
+        bias (`bool`, defaults to `False`): biases in the blocks' convolutions (paper: False).
+        layer_norm_type (`str`, defaults to `"WithBias"`): `"WithBias"` or `"BiasFree"` channel LayerNorm
+            (official deraining/deblurring configs use WithBias, the denoising ones BiasFree).
+        pad_mode (`str`, defaults to `"reflect"`): how inputs whose sides are not multiples of 8 are padded
+            inside the model before being cropped back (the official test scripts reflect-pad; images too
+            small to reflect fall back to replicate padding).
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    dim: int = 48
+    num_blocks: list[int] | tuple[int, ...] = (4, 6, 6, 8)
+    num_refinement_blocks: int = 4
+    heads: list[int] | tuple[int, ...] = (1, 2, 4, 8)
+    ffn_expansion_factor: float | int = 2.66
+    bias: bool = False
+    layer_norm_type: str = "WithBias"
+    pad_mode: str = "reflect"
+
+    def __post_init__(self, **kwargs):
+        self.num_blocks = list(self.num_blocks)
+        self.heads = list(self.heads)
+        super().__post_init__(**kwargs)
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (three 2x downsamplings)."""
+        return 8
+
+    def validate_backbone(self):
+        """Check list lengths, widths and head counts, naming the offending field."""
+        if len(self.num_blocks) != 4:
+            raise ValueError(f"num_blocks must list 4 depths (levels 1-3 and latent), got {self.num_blocks}")
+        if len(self.heads) != 4:
+            raise ValueError(f"heads must list 4 head counts (levels 1-3 and latent), got {self.heads}")
+        if any(d < 0 for d in self.num_blocks) or self.num_refinement_blocks < 0:
+            raise ValueError("num_blocks and num_refinement_blocks must be non-negative")
+        if self.dim <= 0 or self.dim % 2:
+            raise ValueError(f"dim must be a positive even number, got {self.dim}")
+        if self.layer_norm_type not in LAYER_NORM_TYPES:
+            raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {self.layer_norm_type!r}")
+        if self.pad_mode not in ("reflect", "replicate", "constant"):
+            raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {self.pad_mode!r}")
+        widths = [self.dim, self.dim * 2, self.dim * 4, self.dim * 8]
+        for level, (width, num_heads) in enumerate(zip(widths, self.heads), start=1):
+            if num_heads <= 0 or width % num_heads:
+                raise ValueError(f"level {level} width {width} is not divisible by heads[{level - 1}]={num_heads}")
+        # Decoder level 1 and the refinement stage run at 2 dim with heads[0].
+        if (self.dim * 2) % self.heads[0]:
+            raise ValueError(f"decoder level 1 width {self.dim * 2} is not divisible by heads[0]={self.heads[0]}")
+        if self.in_channels <= 0 or self.out_channels <= 0:
+            raise ValueError("in_channels and out_channels must be positive")
+        if self.in_channels != self.out_channels and not getattr(self, "dual_pixel_task", False):
+            raise ValueError(
+                f"the global residual adds the input to the output: in_channels ({self.in_channels}) must equal "
+                f"out_channels ({self.out_channels})"
+            )

@@ -1,0 +1,139 @@
+"""PromptIR-style decoder prompts, shared by PromptIR and the methods that build on it (PIP on PromptIR's
+body, CPL's sparse prompts, DPPD).
+
+A *prompt generator* holds ``prompt_len`` learned prompt components; the pooled decoder feature predicts
+softmax weights over them, their weighted sum is resized to the feature map and refined by a 3x3 conv.
+A *prompt fusion* concatenates the feature with that prompt, runs one Transformer block on the joint width
+and reduces it with a 1x1 conv (official names ``promptK``, ``noise_levelK``, ``reduce_noise_levelK``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .restormer_blocks import TransformerBlock
+
+
+class PromptGenerator(nn.Module):
+    """Input-conditioned prompt: a feature-weighted mixture of ``prompt_len`` learned components.
+
+    Args:
+        prompt_dim: channels of each prompt component. prompt_len: number of components.
+        prompt_size: spatial side of the components (resized to the feature map bilinearly).
+        feature_dim: channels of the feature that predicts the mixing weights.
+        top_k: keep only the ``top_k`` largest softmax weights and zero the rest, without renormalising
+            (CPL's sparse prompt module); ``None`` keeps all (PromptIR).
+    """
+
+    def __init__(
+        self, prompt_dim: int, prompt_len: int, prompt_size: int, feature_dim: int, top_k: int | None = None
+    ) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.prompt_components = nn.Parameter(torch.empty(prompt_len, prompt_dim, prompt_size, prompt_size))
+        self.component_weights = nn.Linear(feature_dim, prompt_len)
+        self.output_conv = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
+        self.init_own_parameters()
+
+    def init_own_parameters(self) -> None:
+        # Uniform [0, 1) as the official torch.rand initialisation.
+        nn.init.uniform_(self.prompt_components, 0.0, 1.0)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the prompt (B, prompt_dim, H, W) for ``features`` (B, feature_dim, H, W) and its weights."""
+        height, width = features.shape[-2:]
+        weights = F.softmax(self.component_weights(features.mean(dim=(-2, -1))), dim=1)
+        if self.top_k is not None:
+            kept = torch.topk(weights, self.top_k, dim=1).indices
+            weights = torch.zeros_like(weights).scatter(1, kept, weights.gather(1, kept))
+        prompt = torch.einsum("bl,lchw->bchw", weights, self.prompt_components)
+        prompt = F.interpolate(prompt, size=(height, width), mode="bilinear", align_corners=False)
+        return self.output_conv(prompt), weights
+
+
+class PromptFusion(nn.Module):
+    """Concatenate feature and prompt, one Transformer block on the joint width, 1x1 reduce to ``out_dim``."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        prompt_dim: int,
+        out_dim: int,
+        num_heads: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        layer_norm_type: str,
+    ) -> None:
+        super().__init__()
+        joint = feature_dim + prompt_dim
+        self.block = TransformerBlock(joint, num_heads, ffn_expansion_factor, bias, layer_norm_type)
+        self.reduce = nn.Conv2d(joint, out_dim, kernel_size=1, bias=bias)
+
+    def forward(self, features: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        return self.reduce(self.block(torch.cat([features, prompt], dim=1)))
+
+
+class DecoderPrompt(nn.Module):
+    """One decoder prompt place: generate a prompt from the feature, then fuse it into the feature."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        out_dim: int,
+        prompt_dim: int,
+        prompt_len: int,
+        prompt_size: int,
+        num_heads: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        layer_norm_type: str,
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.generator = PromptGenerator(prompt_dim, prompt_len, prompt_size, feature_dim, top_k)
+        self.fusion = PromptFusion(
+            feature_dim, prompt_dim, out_dim, num_heads, ffn_expansion_factor, bias, layer_norm_type
+        )
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt, weights = self.generator(features)
+        return self.fusion(features, prompt), weights
+
+
+class DecoderPrompts(nn.Module):
+    """The three PromptIR prompt places: on the latent (before the first upsampling), after decoder
+    level 3 and after decoder level 2.
+
+    Widths for base width ``dim``: the latent place maps 8 dim -> ``latent_out_dim`` (4 dim in PromptIR,
+    whose first upsampling therefore runs at 4 dim), level 3 keeps 4 dim, level 2 keeps 2 dim.
+    ``prompt_dims``/``prompt_sizes`` are listed from the shallowest place (level 2) to the deepest (latent),
+    as the official ``prompt1``/``prompt2``/``prompt3``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        latent_out_dim: int,
+        prompt_dims: list[int],
+        prompt_sizes: list[int],
+        prompt_len: int,
+        num_heads: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        layer_norm_type: str,
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        shared = dict(
+            prompt_len=prompt_len,
+            num_heads=num_heads,
+            ffn_expansion_factor=ffn_expansion_factor,
+            bias=bias,
+            layer_norm_type=layer_norm_type,
+            top_k=top_k,
+        )
+        self.latent = DecoderPrompt(dim * 8, latent_out_dim, prompt_dims[2], prompt_size=prompt_sizes[2], **shared)
+        self.level3 = DecoderPrompt(dim * 4, dim * 4, prompt_dims[1], prompt_size=prompt_sizes[1], **shared)
+        self.level2 = DecoderPrompt(dim * 2, dim * 2, prompt_dims[0], prompt_size=prompt_sizes[0], **shared)

@@ -1,0 +1,31 @@
+"""Output dataclass returned by every restoration model in this package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class ImageRestorationOutput(ModelOutput):
+    """Output of a ``*ForImageRestoration`` model.
+
+    Args:
+        loss: training loss when ``labels`` were given (the method's own loss, regularisers included).
+        reconstruction: restored images, (B, C, H, W), same size as the input.
+        degradation_weights: (B, num_degradations) weights of the degradation classes the model used
+            (one-hot / mixed labels when given, the estimator's soft weights otherwise). PIP only.
+        degradation_logits: (B, num_degradations) logits of the built-in degradation estimator, if any.
+        prompt_weights: per prompt level (deepest first), the (B, prompt_len) softmax weights with which
+            PromptIR-style prompt generators mixed their prompt components.
+        loss_terms: the named, unweighted parts of ``loss`` (e.g. ``pixel``, ``prompt_angle``), detached.
+    """
+
+    loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    degradation_weights: torch.Tensor | None = None
+    degradation_logits: torch.Tensor | None = None
+    prompt_weights: tuple[torch.Tensor, ...] | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None

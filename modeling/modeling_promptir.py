@@ -1,0 +1,111 @@
+"""PromptIR as a transformers model: the Restormer body with prompts on the decoder side.
+
+Official code: va1shn9v/PromptIR, net/model.py (class ``PromptIR`` with ``decoder=True``, the setting all
+official training uses).
+
+Differences from Restormer, all reproduced: the latent (8 dim) is fused with its prompt and reduced to 4 dim
+*before* the first upsampling, so ``up4_3`` runs at 4 dim; decoder levels 3 and 2 are each followed by a
+prompt place that keeps their width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_promptir import PromptIRConfig
+from .decoder_prompts import DecoderPrompts
+from .modeling_outputs import ImageRestorationOutput
+from .modeling_utils import PromptRestorationPreTrainedModel
+from .restoration_unet import RestorationUNet
+
+# The official model builds this third unused 1x1 conv with a literal width of 256 prompt channels.
+_UNUSED_OFFICIAL_PROMPT_WIDTH = 256
+
+
+def unused_official_modules(config: PromptIRConfig) -> nn.ModuleDict:
+    """The six 1x1 convolutions the official PromptIR constructs but never calls (kept for strict loading)."""
+    dim, prompt_dims = config.dim, config.prompt_dims
+    convs = {
+        "chnl_reduce1": (prompt_dims[0], prompt_dims[0]),
+        "chnl_reduce2": (prompt_dims[1], prompt_dims[1]),
+        "chnl_reduce3": (prompt_dims[2], _UNUSED_OFFICIAL_PROMPT_WIDTH),
+        "reduce_noise_channel_1": (dim + prompt_dims[0], dim),
+        "reduce_noise_channel_2": (dim * 2 + prompt_dims[1], dim * 2),
+        "reduce_noise_channel_3": (dim * 4 + _UNUSED_OFFICIAL_PROMPT_WIDTH, dim * 4),
+    }
+    return nn.ModuleDict(
+        {name: nn.Conv2d(cin, cout, kernel_size=1, bias=config.bias) for name, (cin, cout) in convs.items()}
+    )
+
+
+class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
+    """PromptIR: Restormer body + three decoder prompt places. Trained with an L1 loss."""
+
+    config_class = PromptIRConfig
+
+    def __init__(self, config: PromptIRConfig) -> None:
+        super().__init__(config)
+        self.unet = RestorationUNet(
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            dim=config.dim,
+            num_blocks=config.num_blocks,
+            num_refinement_blocks=config.num_refinement_blocks,
+            heads=config.heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+            decoder_latent_channels=config.dim * 4,
+        )
+        self.decoder_prompts = DecoderPrompts(
+            dim=config.dim,
+            latent_out_dim=config.dim * 4,
+            prompt_dims=config.prompt_dims,
+            prompt_sizes=config.prompt_sizes,
+            prompt_len=config.prompt_len,
+            num_heads=config.fusion_heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+        )
+        self.unused_official_modules = unused_official_modules(config) if config.keep_unused_official_modules else None
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageRestorationOutput | tuple:
+        """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W. ``labels`` (clean images) give the L1 loss."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_pixel_values(pixel_values)
+        height, width = pixel_values.shape[-2:]
+        padded = self.pad_to_multiple(pixel_values)
+
+        features = self.unet.encode(padded)
+        latent, latent_weights = self.decoder_prompts.latent(features.latent)
+        decoded3 = self.unet.decode_level3(latent, features.level3)
+        decoded3, level3_weights = self.decoder_prompts.level3(decoded3)
+        decoded2 = self.unet.decode_level2(decoded3, features.level2)
+        decoded2, level2_weights = self.decoder_prompts.level2(decoded2)
+        decoded1 = self.unet.decode_level1(decoded2, features.level1)
+        restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
+
+        loss = loss_terms = None
+        if labels is not None:
+            self.check_labels(labels, pixel_values)
+            loss = F.l1_loss(restored, labels.to(restored.dtype))
+            loss_terms = {"pixel": loss.detach()}
+        prompt_weights = (latent_weights, level3_weights, level2_weights)
+        if not return_dict:
+            return tuple(v for v in (loss, restored, prompt_weights) if v is not None)
+        return ImageRestorationOutput(
+            loss=loss, reconstruction=restored, prompt_weights=prompt_weights, loss_terms=loss_terms
+        )
+
+
+__all__ = ["PromptIRForImageRestoration"]

@@ -1,0 +1,71 @@
+"""Restormer as a transformers model: the plain 4-level encoder/decoder, no prompts.
+
+Official code: swz30/Restormer, basicsr/models/archs/restormer_arch.py (class ``Restormer``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .configuration_restormer import RestormerConfig
+from .modeling_outputs import ImageRestorationOutput
+from .modeling_utils import PromptRestorationPreTrainedModel
+from .restoration_unet import RestorationUNet
+
+
+class RestormerForImageRestoration(PromptRestorationPreTrainedModel):
+    """Restormer: MDTA/GDFN Transformer U-Net with a global residual. Trained with an L1 loss."""
+
+    config_class = RestormerConfig
+
+    def __init__(self, config: RestormerConfig) -> None:
+        super().__init__(config)
+        self.unet = RestorationUNet(
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            dim=config.dim,
+            num_blocks=config.num_blocks,
+            num_refinement_blocks=config.num_refinement_blocks,
+            heads=config.heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+            decoder_latent_channels=config.dim * 8,
+            dual_pixel_task=config.dual_pixel_task,
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageRestorationOutput | tuple:
+        """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W (padded internally, cropped back).
+
+        ``labels``: clean images; when given, ``loss`` is the mean L1 distance (the paper's loss).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_pixel_values(pixel_values)
+        height, width = pixel_values.shape[-2:]
+        padded = self.pad_to_multiple(pixel_values)
+
+        features = self.unet.encode(padded)
+        decoded3 = self.unet.decode_level3(features.latent, features.level3)
+        decoded2 = self.unet.decode_level2(decoded3, features.level2)
+        decoded1 = self.unet.decode_level1(decoded2, features.level1)
+        restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
+
+        loss = loss_terms = None
+        if labels is not None:
+            self.check_labels(labels, pixel_values)
+            loss = F.l1_loss(restored, labels.to(restored.dtype))
+            loss_terms = {"pixel": loss.detach()}
+        if not return_dict:
+            return (loss, restored) if loss is not None else (restored,)
+        return ImageRestorationOutput(loss=loss, reconstruction=restored, loss_terms=loss_terms)
+
+
+__all__ = ["RestormerForImageRestoration"]

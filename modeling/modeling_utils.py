@@ -1,0 +1,113 @@
+"""The ``PreTrainedModel`` base shared by every restoration model: weight init, input checks, padding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .configuration_backbone import RestorationBackboneConfig
+from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention
+
+
+class RestorationInputError(ValueError):
+    """Raised for inputs a restoration model cannot process (wrong shape, channels, dtype, NaN/inf)."""
+
+
+class PromptRestorationPreTrainedModel(PreTrainedModel):
+    """Common base: initialisation as the official code, input validation, pad-to-multiple and crop back."""
+
+    config_class = RestorationBackboneConfig
+    base_model_prefix = "unet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as transformers does, with ``auto_map`` naming both AutoModel and AutoModelForImageToImage.
+
+        transformers keeps one auto class per registered model class; the second entry is added here so a
+        bare folder loads through either auto class with ``trust_remote_code=True``.
+        """
+        if getattr(type(self), "_auto_class", None) is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            reference = f"{module}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", reference)
+            auto_map.setdefault("AutoModelForImageToImage", reference)
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise like the official code: PyTorch defaults for conv/linear, ones for norms and temperatures.
+
+        transformers calls this only for modules that own parameters directly; modules with parameters of
+        their own kind (prompts, mixing weights) define ``init_own_parameters()``.
+        """
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.reset_parameters()
+        elif isinstance(module, ChannelLayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, MultiDconvHeadTransposedAttention):
+            nn.init.ones_(module.temperature)
+        elif hasattr(module, "init_own_parameters"):
+            module.init_own_parameters()
+
+    def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+        """Raise ``RestorationInputError`` naming the problem for inputs the network cannot restore."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise RestorationInputError(f"{name} must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4:
+            raise RestorationInputError(
+                f"{name} must have shape (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        if pixel_values.shape[1] != self.config.in_channels:
+            raise RestorationInputError(
+                f"{name} has {pixel_values.shape[1]} channels but the model expects {self.config.in_channels}"
+            )
+        if 0 in pixel_values.shape:
+            raise RestorationInputError(f"{name} is empty: shape {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise RestorationInputError(
+                f"{name} must be a floating-point tensor in [0, 1], got dtype {pixel_values.dtype}; "
+                "use the image processor to convert integer images"
+            )
+        if not torch.isfinite(pixel_values).all():
+            raise RestorationInputError(f"{name} contains NaN or infinite values")
+
+    def pad_to_multiple(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pad bottom/right so height and width are multiples of ``config.size_multiple``.
+
+        Reflect padding (as the official test scripts) needs the pad to be smaller than the side; tiny
+        images fall back to replicate padding instead of failing.
+        """
+        multiple = self.config.size_multiple
+        height, width = pixel_values.shape[-2:]
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if not pad_h and not pad_w:
+            return pixel_values
+        mode = self.config.pad_mode
+        if mode == "reflect" and (pad_h >= height or pad_w >= width):
+            mode = "replicate"
+        return F.pad(pixel_values, (0, pad_w, 0, pad_h), mode=mode)
+
+    @staticmethod
+    def crop_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return tensor[..., :height, :width]
+
+    def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        if not isinstance(labels, torch.Tensor) or labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise RestorationInputError(
+                f"labels must be clean images shaped like the output (batch {pixel_values.shape[0]}, "
+                f"{self.config.out_channels} channels, {tuple(pixel_values.shape[-2:])}), got {shape}"
+            )
+        if labels.shape[1] != self.config.out_channels:
+            raise RestorationInputError(
+                f"labels have {labels.shape[1]} channels but the model writes {self.config.out_channels}"
+            )

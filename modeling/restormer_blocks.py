@@ -1,0 +1,167 @@
+"""Restormer building blocks shared by every model in this package.
+
+Restormer (Zamir et al., CVPR 2022) introduced the blocks below; PromptIR, PIP, DPPD and CPL re-declare
+them verbatim in their own code. They are written once here and every method imports them.
+
+Parameter names inside the blocks (``norm1``, ``attn.qkv``, ``ffn.project_in``, ...) follow the official
+code so that checkpoint conversion is a short table; only the LayerNorm's extra ``.body`` level is dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+LAYER_NORM_TYPES = ("WithBias", "BiasFree")
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) map, applied independently at every pixel.
+
+    ``layer_norm_type="WithBias"`` is the usual LayerNorm (centre, scale, shift). ``"BiasFree"`` is
+    Restormer's variant that divides by the standard deviation *without* subtracting the mean and has no
+    shift; the official denoising checkpoints use it. Variance is the biased estimate and eps is 1e-5, as
+    in the official code.
+    """
+
+    def __init__(self, num_channels: int, layer_norm_type: str = "WithBias", eps: float = 1e-5) -> None:
+        super().__init__()
+        if layer_norm_type not in LAYER_NORM_TYPES:
+            raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {layer_norm_type!r}")
+        self.with_bias = layer_norm_type == "WithBias"
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if self.with_bias else None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.var(dim=1, keepdim=True, unbiased=False)
+        if self.with_bias:
+            hidden_states = hidden_states - hidden_states.mean(dim=1, keepdim=True)
+        hidden_states = hidden_states / torch.sqrt(variance + self.eps)
+        hidden_states = hidden_states * self.weight[:, None, None]
+        if self.bias is not None:
+            hidden_states = hidden_states + self.bias[:, None, None]
+        return hidden_states
+
+
+def channel_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, temperature: torch.Tensor
+) -> torch.Tensor:
+    """Restormer's "transposed" attention: a (C/heads x C/heads) map per head, over all pixels.
+
+    Inputs are (B, C, H, W); query and key are L2-normalised over the pixel axis, so the attention map is a
+    cosine similarity between channels scaled by a learned per-head temperature.
+    """
+    batch, channels, height, width = value.shape
+    query = F.normalize(query.reshape(batch, num_heads, -1, height * width), dim=-1)
+    key = F.normalize(key.reshape(batch, num_heads, -1, height * width), dim=-1)
+    value = value.reshape(batch, num_heads, -1, height * width)
+    attention = (query @ key.transpose(-2, -1)) * temperature
+    out = attention.softmax(dim=-1) @ value
+    return out.reshape(batch, channels, height, width)
+
+
+class MultiDconvHeadTransposedAttention(nn.Module):
+    """MDTA: 1x1 then depthwise 3x3 convolutions make q, k, v; channel attention; 1x1 projection."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by its {num_heads} heads")
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv_dwconv(self.qkv(hidden_states)).chunk(3, dim=1)
+        out = channel_attention(query, key, value, self.num_heads, self.temperature)
+        return self.project_out(out)
+
+
+class GatedDconvFeedForward(nn.Module):
+    """GDFN: expand to 2 x hidden, depthwise 3x3, GELU(x1) * x2 gate, project back.
+
+    ``hidden = int(dim * expansion)`` truncates, as the official code does (127 channels at dim 48).
+    """
+
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool) -> None:
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, content = self.dwconv(self.project_in(hidden_states)).chunk(2, dim=1)
+        return self.project_out(F.gelu(gate) * content)
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: x + MDTA(LN(x)), then x + GDFN(LN(x)).
+
+    Subclassing ``GradientCheckpointingLayer`` lets ``model.gradient_checkpointing_enable()`` recompute
+    each block in the backward pass without any change to the forward code.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool, layer_norm_type: str
+    ) -> None:
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, layer_norm_type)
+        self.attn = MultiDconvHeadTransposedAttention(dim, num_heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, layer_norm_type)
+        self.ffn = GatedDconvFeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states))
+        return hidden_states + self.ffn(self.norm2(hidden_states))
+
+
+def transformer_stage(
+    dim: int, depth: int, num_heads: int, ffn_expansion_factor: float, bias: bool, layer_norm_type: str
+) -> nn.Sequential:
+    """``depth`` TransformerBlocks of one width, as the official ``nn.Sequential`` (keys ``<stage>.<i>.*``)."""
+    return nn.Sequential(
+        *[TransformerBlock(dim, num_heads, ffn_expansion_factor, bias, layer_norm_type) for _ in range(depth)]
+    )
+
+
+class OverlapPatchEmbed(nn.Module):
+    """3x3 convolution from image channels to the base width (no bias, as the official code)."""
+
+    def __init__(self, in_channels: int, embed_dim: int, bias: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=3, padding=1, bias=bias)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution, double the width: conv3x3 (n -> n/2) then PixelUnshuffle(2) (-> 2n)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1, bias=False), nn.PixelUnshuffle(2)
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.body(hidden_states)
+
+
+class Upsample(nn.Module):
+    """Double the resolution, halve the width: conv3x3 (n -> 2n) then PixelShuffle(2) (-> n/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels * 2, kernel_size=3, padding=1, bias=False), nn.PixelShuffle(2)
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.body(hidden_states)
