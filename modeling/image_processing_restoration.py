@@ -30,6 +30,9 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import logging
 
+# One exception class for the whole package (the models raise it too), so callers catch a single type.
+from .modeling_utils import RestorationInputError
+
 
 logger = logging.get_logger(__name__)
 
@@ -38,10 +41,6 @@ logger = logging.get_logger(__name__)
 _FLOAT_RANGE_TOLERANCE = 1e-3
 
 _ITU_R_601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-class RestorationInputError(ValueError):
-    """An input image that cannot be restored (unreadable file, wrong shape, non-finite pixels, ...)."""
 
 
 class RestorationImageProcessorKwargs(ImagesKwargs, total=False):

@@ -1,0 +1,126 @@
+"""Custom ``image-restoration`` pipeline task (transformers 5 removed the stock ``image-to-image`` task).
+
+``preprocess`` / ``_forward`` / ``postprocess`` delegate to `RestorationImageProcessor` and
+`modeling.inference.run_model`, so the pipeline restores exactly like `restore()` and the CLI.
+
+```python
+>>> from transformers import pipeline
+>>> pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor())
+>>> restored = pipe("noisy.png", tile=256)  # PIL image of the original size
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from transformers import AutoModelForImageToImage, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+from .image_processing_restoration import RestorationImageProcessor
+from .inference import default_output_type, degradation_label_ids, run_model
+
+
+logger = logging.get_logger(__name__)
+
+TASK_NAME = "image-restoration"
+
+
+class ImageRestorationPipeline(Pipeline):
+    """Restore images with any `*ForImageRestoration` model.
+
+    Call kwargs: `tile` (int, tiled inference), `tile_overlap` (int, default 32), `degradation` (name, index or
+    "auto"; only for models taking `degradation_labels`), `dtype` ("fp32", "bf16", "fp16": autocast precision),
+    `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths). Inputs: PIL images, numpy
+    arrays, tensors or file paths, or a list of them (a list returns a list). Images go through the model one at a
+    time; use `modeling.inference.restore` to batch same-size images.
+    """
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.image_processor is None:
+            self.image_processor = RestorationImageProcessor()
+
+    def _sanitize_parameters(
+        self,
+        tile: Optional[int] = None,
+        tile_overlap: Optional[int] = None,
+        degradation: Any = None,
+        dtype: Any = None,
+        output_type: Optional[str] = None,
+        **kwargs,
+    ) -> tuple[dict, dict, dict]:
+        if kwargs:
+            raise TypeError(f"Unknown arguments for the {TASK_NAME} pipeline: {sorted(kwargs)}.")
+        preprocess_params: dict = {}
+        forward_params: dict = {}
+        postprocess_params: dict = {}
+        if degradation is not None:
+            preprocess_params["degradation"] = degradation
+        if tile is not None:
+            forward_params["tile"] = tile
+        if tile_overlap is not None:
+            forward_params["tile_overlap"] = tile_overlap
+        if dtype is not None:
+            forward_params["dtype"] = dtype
+        if output_type is not None:
+            postprocess_params["output_type"] = output_type
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, image: Any, degradation: Any = None) -> dict:
+        features = self.image_processor(image, do_pad=False, return_tensors="pt")
+        inputs = {"pixel_values": features["pixel_values"], "metadata": features["metadata"][0]}
+        labels = degradation_label_ids(self.model, degradation, 1)
+        if labels is not None:
+            inputs["degradation_labels"] = labels
+        return inputs
+
+    def _forward(
+        self, model_inputs: dict, tile: Optional[int] = None, tile_overlap: int = 32, dtype: Any = None
+    ) -> dict:
+        reconstruction = run_model(
+            self.model,
+            model_inputs["pixel_values"],
+            degradation_labels=model_inputs.get("degradation_labels"),
+            tile=tile,
+            tile_overlap=tile_overlap,
+            device=self.device,
+            dtype=dtype,
+        )
+        return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}
+
+    def postprocess(self, model_outputs: dict, output_type: Optional[str] = None) -> Any:
+        meta = model_outputs["metadata"]
+        output_type = output_type or default_output_type(meta)
+        return self.image_processor.postprocess(model_outputs["reconstruction"], [meta], output_type)[0]
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        # Images of different sizes cannot be collated; the generic pad-collate would break the metadata.
+        if batch_size and batch_size > 1:
+            logger.warning_once(
+                f"The {TASK_NAME} pipeline runs one image at a time; ignoring batch_size={batch_size}. "
+                "Use modeling.inference.restore(..., batch_size=N) to batch same-size images."
+            )
+        return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
+
+
+def register_pipeline() -> None:
+    """Register the `image-restoration` task with transformers' `PIPELINE_REGISTRY` (idempotent)."""
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK_NAME)
+    if registered is not None and registered.get("impl") is ImageRestorationPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        TASK_NAME,
+        pipeline_class=ImageRestorationPipeline,
+        pt_model=AutoModelForImageToImage,
+        type="image",
+    )
+
+
+__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline"]
