@@ -1,0 +1,110 @@
+"""Shared machinery of the official-checkpoint converters.
+
+A converter is one ordered table of ``(official regex, our replacement)`` key rules per method. The same
+table converts official state dicts to ours and (for parity checks) ours back to the official names.
+Official files are read with ``torch.load(..., weights_only=True)``; we only ever write safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+KeyRule = tuple[str, str]
+
+#: Inside every Transformer block the official LayerNorm wraps its parameters in a ``.body`` module.
+LAYER_NORM_RULE: KeyRule = (r"\.(norm1|norm2|norm11|norm12)\.body\.", r".\1.")
+
+
+def rename_key(key: str, rules: Iterable[KeyRule]) -> str:
+    """Apply every rule whose pattern matches, in order (several may apply to one key)."""
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    rules: Iterable[KeyRule],
+    reshape: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rename official keys to ours and let ``reshape`` adapt tensors whose layout differs."""
+    rules = list(rules)
+    converted = {}
+    for key, value in state_dict.items():
+        new_key = rename_key(key, rules)
+        if new_key in converted:
+            raise ValueError(f"two official keys map to {new_key!r}; the key table is ambiguous")
+        converted[new_key] = reshape(new_key, value) if reshape is not None else value
+    return converted
+
+
+def read_official_checkpoint(path: str | Path, container_keys: Iterable[str], strip_prefix: str = "") -> dict:
+    """Load an official ``.pth``/``.ckpt`` safely and return its plain state dict.
+
+    ``container_keys`` are tried in order (``params_ema``, ``params``, ``state_dict``); a file that is
+    already a bare state dict is accepted as is. ``strip_prefix`` removes a wrapper prefix (``net.`` for
+    PromptIR's Lightning module, ``module.`` for DDP).
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, found {type(checkpoint).__name__}")
+    state_dict = None
+    for key in container_keys:
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            state_dict = checkpoint[key]
+            logger.info("reading weights from %r in %s", key, path)
+            break
+    if state_dict is None:
+        if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            state_dict = checkpoint
+        else:
+            raise ValueError(f"{path}: none of {list(container_keys)} found; keys are {sorted(checkpoint)[:10]}")
+    prefixes = [p for p in (strip_prefix, "module.") if p]
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load strictly and report exactly which keys did not match (an official file must map 1:1)."""
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            "converted checkpoint does not match the model: "
+            f"missing {sorted(result.missing_keys)[:8]} ({len(result.missing_keys)}), "
+            f"unexpected {sorted(result.unexpected_keys)[:8]} ({len(result.unexpected_keys)}). "
+            "If the unexpected keys are the unused official modules, set keep_unused_official_modules=True."
+        )
+
+
+def check_output_slice(model: torch.nn.Module, expected: torch.Tensor | None, **forward_kwargs) -> torch.Tensor:
+    """Run the converted model on a fixed input and compare a 3x3 output slice when one is known."""
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.rand(1, model.config.in_channels, 32, 32, generator=generator)
+    with torch.no_grad():
+        output = model(pixel_values, **forward_kwargs).reconstruction
+    output_slice = output[0, 0, :3, :3]
+    if expected is not None and not torch.allclose(output_slice, expected, atol=1e-4):
+        raise ValueError(f"converted model output slice {output_slice.tolist()} differs from expected {expected}")
+    logger.info("output slice [0, 0, :3, :3] = %s", output_slice.tolist())
+    return output_slice
+
+
+def base_argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("checkpoint", help="official checkpoint file (.pth / .ckpt)")
+    parser.add_argument("output_dir", help="folder to write config.json + model.safetensors (+ code)")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
+    return parser

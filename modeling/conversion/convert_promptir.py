@@ -1,0 +1,93 @@
+"""Convert the official PromptIR checkpoint (va1shn9v/PromptIR, Lightning ``model.ckpt``) to ours.
+
+The Lightning file stores the network under ``state_dict`` with the ``net.`` prefix of ``PromptIRModel``.
+
+    python -m modeling.conversion.convert_promptir model.ckpt out/promptir-3task
+    python -m modeling.conversion.convert_promptir model.ckpt out/promptir --drop_unused_official_modules
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..configuration_promptir import PromptIRConfig
+from ..modeling_promptir import PromptIRForImageRestoration
+from .common import (
+    LAYER_NORM_RULE,
+    base_argument_parser,
+    check_output_slice,
+    convert_state_dict,
+    load_converted,
+    read_official_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+UNUSED_OFFICIAL_MODULES = (
+    "chnl_reduce1", "chnl_reduce2", "chnl_reduce3",
+    "reduce_noise_channel_1", "reduce_noise_channel_2", "reduce_noise_channel_3",
+)
+
+#: official key -> our key, in order. Official ``promptK``/``noise_levelK``/``reduce_noise_levelK`` are one
+#: prompt place: K=3 acts on the latent, K=2 after decoder level 3, K=1 after decoder level 2.
+KEY_RULES = [
+    (r"^prompt3\.", "decoder_prompts.latent.generator."),
+    (r"^noise_level3\.", "decoder_prompts.latent.fusion.block."),
+    (r"^reduce_noise_level3\.", "decoder_prompts.latent.fusion.reduce."),
+    (r"^prompt2\.", "decoder_prompts.level3.generator."),
+    (r"^noise_level2\.", "decoder_prompts.level3.fusion.block."),
+    (r"^reduce_noise_level2\.", "decoder_prompts.level3.fusion.reduce."),
+    (r"^prompt1\.", "decoder_prompts.level2.generator."),
+    (r"^noise_level1\.", "decoder_prompts.level2.fusion.block."),
+    (r"^reduce_noise_level1\.", "decoder_prompts.level2.fusion.reduce."),
+    (r"\.generator\.prompt_param$", ".generator.prompt_components"),
+    (r"\.generator\.linear_layer\.", ".generator.component_weights."),
+    (r"\.generator\.conv3x3\.", ".generator.output_conv."),
+    (r"^(" + "|".join(UNUSED_OFFICIAL_MODULES) + r")\.", r"unused_official_modules.\1."),
+    (r"^(?!decoder_prompts\.|unused_official_modules\.)", "unet."),
+    LAYER_NORM_RULE,
+]
+
+
+def reshape_promptir_tensor(key: str, value: torch.Tensor) -> torch.Tensor:
+    # Official prompt components carry a leading broadcast axis: (1, L, C, S, S) -> (L, C, S, S).
+    if key.endswith("prompt_components") and value.ndim == 5:
+        return value.squeeze(0)
+    return value
+
+
+def convert_promptir_checkpoint(
+    checkpoint_path: str, config: PromptIRConfig | None = None, drop_unused_official_modules: bool = False
+) -> PromptIRForImageRestoration:
+    """Read an official PromptIR file and return our model with its weights loaded strictly."""
+    official = read_official_checkpoint(
+        checkpoint_path, container_keys=("state_dict", "params_ema", "params"), strip_prefix="net."
+    )
+    if drop_unused_official_modules:
+        official = {k: v for k, v in official.items() if k.split(".")[0] not in UNUSED_OFFICIAL_MODULES}
+    if config is None:
+        has_unused = any(k.split(".")[0] in UNUSED_OFFICIAL_MODULES for k in official)
+        config = PromptIRConfig(keep_unused_official_modules=has_unused)
+    model = PromptIRForImageRestoration(config)
+    load_converted(model, convert_state_dict(official, KEY_RULES, reshape_promptir_tensor))
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_argument_parser(__doc__)
+    parser.add_argument("--drop_unused_official_modules", action="store_true",
+                        help="leave out the six 1x1 convs the official model never calls")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    model = convert_promptir_checkpoint(args.checkpoint, drop_unused_official_modules=args.drop_unused_official_modules)
+    check_output_slice(model, expected=None)
+    model.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        model.push_to_hub(args.push_to_hub)
+    logger.info("saved %s", args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

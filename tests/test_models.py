@@ -1,0 +1,192 @@
+"""Behaviour every model must have (timm style: one test swept over every registered model type)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CONFIGS, tiny_config, tiny_model
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoConfig, AutoModel, AutoModelForImageToImage
+
+import modeling
+from modeling import RestorationInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def forward_kwargs(model_type: str, batch: int) -> dict:
+    return {}
+
+
+@pytest.mark.parametrize("size", [(1, 1), (17, 33), (24, 16)])
+def test_any_size_in_same_size_out(model_type, size):
+    model = tiny_model(model_type)
+    pixel_values = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        out = model(pixel_values, **forward_kwargs(model_type, 2))
+    assert out.reconstruction.shape == pixel_values.shape
+    assert torch.isfinite(out.reconstruction).all()
+
+
+def test_large_odd_size(model_type):
+    model = tiny_model(model_type)
+    pixel_values = torch.rand(1, 3, 513, 1025)
+    with torch.no_grad():
+        restored = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
+    assert restored.shape == (1, 3, 513, 1025)
+
+
+def test_padding_does_not_change_divisible_inputs(model_type):
+    """The model pads internally; a multiple-of-8 input must be processed exactly as the bare network."""
+    model = tiny_model(model_type)
+    pixel_values = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        a = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
+        b = model(torch.cat([pixel_values, pixel_values]), **forward_kwargs(model_type, 2)).reconstruction
+    torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(b[0], b[1], atol=0, rtol=0)
+
+
+def test_loss_and_return_dict_false(model_type):
+    model = tiny_model(model_type).train()
+    pixel_values, labels = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    out = model(pixel_values, labels=labels, **forward_kwargs(model_type, 2))
+    assert out.loss.ndim == 0 and out.loss.item() > 0
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum().item() > 0 for g in grads) > 0.9 * len(grads)
+    as_tuple = model.eval()(pixel_values, labels=labels, return_dict=False, **forward_kwargs(model_type, 2))
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(as_tuple[1], out.reconstruction, atol=1e-6, rtol=0)
+    no_labels = model(pixel_values, return_dict=False, **forward_kwargs(model_type, 2))
+    torch.testing.assert_close(no_labels[0], out.reconstruction, atol=1e-6, rtol=0)
+
+
+def test_l1_loss_value_for_l1_models(model_type):
+    if model_type not in ("restormer", "promptir"):
+        pytest.skip("method with its own loss")
+    model = tiny_model(model_type)
+    pixel_values, labels = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    out = model(pixel_values, labels=labels)
+    expected = (out.reconstruction - labels).abs().mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_gradient_checkpointing_gives_identical_gradients(model_type):
+    pixel_values, labels = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    grads, block_calls = [], []
+    for checkpointing in (False, True):
+        model = tiny_model(model_type).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.is_activation_checkpointing
+        calls = []
+        model.unet.encoder_level1[0].attn.register_forward_hook(lambda *args: calls.append(1))
+        model(pixel_values, labels=labels, **forward_kwargs(model_type, 1)).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        block_calls.append(len(calls))
+    # Checkpointed blocks run again during backward; the gradients must not change.
+    assert block_calls == [1, 2]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_save_load_round_trip(model_type, tmp_path):
+    model = tiny_model(model_type)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    pixel_values = torch.rand(1, 3, 20, 12)
+    for auto_class in (AutoModel, AutoModelForImageToImage):
+        loaded = auto_class.from_pretrained(tmp_path).eval()
+        assert type(loaded) is type(model)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded(pixel_values, **forward_kwargs(model_type, 1)).reconstruction,
+                model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction,
+                atol=0,
+                rtol=0,
+            )
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.to_dict()["dim"] == TINY_CONFIGS[model_type]["dim"]
+    assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageToImage"}
+
+
+def test_trust_remote_code_from_bare_folder_without_package(model_type, tmp_path):
+    """A saved folder must carry its code: load it in a fresh process where `modeling` is not importable."""
+    folder = tmp_path / f"tiny-{model_type}"
+    model = tiny_model(model_type)
+    model.save_pretrained(folder)
+    pixel_values = torch.rand(1, 3, 19, 23, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
+    torch.save({"x": pixel_values, "y": expected}, tmp_path / "io.pt")
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, torch
+        assert importlib.util.find_spec("modeling") is None, "package must not be importable here"
+        from transformers import AutoModel, AutoModelForImageToImage
+        io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        for auto in (AutoModel, AutoModelForImageToImage):
+            m = auto.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+            assert m.__class__.__module__.startswith("transformers_modules"), m.__class__.__module__
+            with torch.no_grad():
+                y = m(io["x"]).reconstruction
+            assert torch.equal(y, io["y"]), (y - io["y"]).abs().max()
+        print("REMOTE_OK")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+        (torch.full((1, 3, 8, 8), float("inf")), "NaN or infinite"),
+        (torch.rand(1, 4, 8, 8), "4 channels"),
+        (torch.rand(3, 8, 8), "shape"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "floating-point"),
+        (torch.rand(1, 3, 0, 8), "empty"),
+    ],
+)
+def test_bad_pixel_values_raise_clear_errors(model_type, bad, message):
+    model = tiny_model(model_type)
+    with pytest.raises(RestorationInputError, match=message):
+        model(bad, **forward_kwargs(model_type, bad.shape[0] if bad.ndim == 4 else 1))
+
+
+def test_mismatched_labels_raise(model_type):
+    model = tiny_model(model_type)
+    with pytest.raises(RestorationInputError, match="labels"):
+        model(torch.rand(1, 3, 8, 8), labels=torch.rand(1, 3, 8, 9), **forward_kwargs(model_type, 1))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_blocks=[1, 1, 1]), "num_blocks must list 4"),
+        (dict(heads=[1, 2, 4]), "heads must list 4"),
+        (dict(dim=8, heads=[1, 3, 1, 1]), "not divisible by heads"),
+        (dict(layer_norm_type="Batch"), "layer_norm_type"),
+        (dict(in_channels=4), "in_channels"),
+    ],
+)
+def test_wrong_config_raises_clear_error(model_type, overrides, message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_config(model_type, **overrides)
+
+
+def test_every_registered_model_is_tested():
+    assert set(TINY_CONFIGS) == set(modeling.MODEL_CLASSES)
