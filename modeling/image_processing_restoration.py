@@ -233,8 +233,9 @@ class RestorationImageProcessor(PilBackend):
             image = image.convert("RGBA" if has_alpha else "RGB")
         elif mode == "1":
             image = image.convert("L")
-        elif mode in ("RGBa", "La"):
-            image = image.convert(mode.replace("a", "A"))
+        elif mode in ("LA", "La", "RGBa"):
+            # Un-premultiply where needed; gray + alpha becomes RGBA (R = G = B), exactly.
+            image = image.convert("RGBA")
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             image = image.convert("RGB")
         if image.mode.startswith("I;16") or image.mode == "I":

@@ -1,0 +1,287 @@
+"""RestorationImageProcessor: exact round trips, modes, EXIF, 16-bit, alpha, padding, save/load, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def processor() -> RestorationImageProcessor:
+    return RestorationImageProcessor()
+
+
+def identity_round_trip(processor, image, output_type="np"):
+    """Preprocess, pass pixel_values through unchanged (an identity 'model'), postprocess."""
+    features = processor(image, return_tensors="pt")
+    pixel_values = features["pixel_values"]
+    assert pixel_values.dtype == torch.float32 and pixel_values.ndim == 4 and pixel_values.shape[1] == 3
+    assert 0.0 <= pixel_values.min() and pixel_values.max() <= 1.0
+    return processor.postprocess(pixel_values, features["metadata"], output_type=output_type)[0], features
+
+
+def test_uint8_rgb_round_trip_is_exact(processor):
+    image = np.random.default_rng(0).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    out, features = identity_round_trip(processor, image)
+    assert features["metadata"][0]["bit_depth"] == 8
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out, image)
+    pil_out, _ = identity_round_trip(processor, Image.fromarray(image), output_type="pil")
+    assert pil_out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(pil_out), image)
+
+
+def test_uint16_rgb_round_trip_is_exact(processor):
+    image = np.random.default_rng(1).integers(0, 65536, (9, 14, 3), dtype=np.uint16)
+    out, features = identity_round_trip(processor, image)
+    assert features["metadata"][0]["bit_depth"] == 16
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, image)
+
+
+def test_uint16_rgba_keeps_16_bit_alpha(processor):
+    image = np.random.default_rng(2).integers(0, 65536, (6, 7, 4), dtype=np.uint16)
+    out, _ = identity_round_trip(processor, image)
+    assert out.dtype == np.uint16 and out.shape == (6, 7, 4)
+    np.testing.assert_array_equal(out, image)
+
+
+def test_float_input_gives_float_output(processor):
+    image = np.random.default_rng(3).random((8, 5, 3)).astype(np.float64)
+    out, features = identity_round_trip(processor, image)
+    assert out.dtype == np.float32 and features["metadata"][0]["bit_depth"] == 32
+    np.testing.assert_allclose(out, image, atol=1e-7)
+
+
+def test_rgba_alpha_is_kept_aside_and_reattached(processor):
+    rng = np.random.default_rng(4)
+    rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    image = Image.fromarray(rgba)
+    features = processor(image, return_tensors="pt")
+    np.testing.assert_array_equal(features["metadata"][0]["alpha"] * 255, rgba[..., 3].astype(np.float32))
+    # A "model" that inverts the colours must not touch alpha.
+    out = processor.postprocess(1.0 - features["pixel_values"], features["metadata"])[0]
+    assert out.mode == "RGBA"
+    result = np.asarray(out)
+    np.testing.assert_array_equal(result[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(result[..., :3], 255 - rgba[..., :3])
+
+
+def test_gray_and_gray_alpha_come_back_as_rgb(processor):
+    gray = np.random.default_rng(5).integers(0, 256, (7, 9), dtype=np.uint8)
+    out, features = identity_round_trip(processor, Image.fromarray(gray), output_type="pil")
+    assert features["metadata"][0]["original_mode"] == "L"
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.repeat(gray[..., None], 3, axis=-1))
+
+    alpha = np.random.default_rng(6).integers(0, 256, (7, 9), dtype=np.uint8)
+    la = Image.merge("LA", [Image.fromarray(gray), Image.fromarray(alpha)])
+    out, _ = identity_round_trip(processor, la, output_type="pil")
+    assert out.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(out)[..., 3], alpha)
+    np.testing.assert_array_equal(np.asarray(out)[..., 0], gray)
+
+    out, _ = identity_round_trip(processor, gray)  # numpy HW
+    assert out.shape == (7, 9, 3) and out.dtype == np.uint8
+
+
+def test_palette_images(processor):
+    rgb = np.random.default_rng(7).integers(0, 256, (11, 13, 3), dtype=np.uint8)
+    palette_image = Image.fromarray(rgb).quantize(colors=16)
+    assert palette_image.mode == "P"
+    out, _ = identity_round_trip(processor, palette_image, output_type="pil")
+    assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(palette_image.convert("RGB")))
+
+    palette_image.info["transparency"] = 0  # palette entry 0 transparent -> RGBA
+    out, _ = identity_round_trip(processor, palette_image, output_type="pil")
+    assert out.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(palette_image.convert("RGBA")))
+
+
+def test_16_bit_png_file_round_trips_through_png(processor, tmp_path):
+    gray16 = (np.arange(15 * 17, dtype=np.uint32).reshape(15, 17) * 251 % 65536).astype(np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(gray16).save(path)
+    out, features = identity_round_trip(processor, str(path), output_type="pil")
+    meta = features["metadata"][0]
+    assert meta["bit_depth"] == 16 and meta["input_type"] == "path" and meta["source"] == str(path)
+    assert out.mode == "I;16"
+    saved = tmp_path / "out16.png"
+    out.save(saved)
+    np.testing.assert_array_equal(np.asarray(Image.open(saved)), gray16)
+    # As numpy, 16-bit gray comes back as uint16 RGB.
+    as_np, _ = identity_round_trip(processor, path, output_type="np")
+    assert as_np.dtype == np.uint16 and as_np.shape == (15, 17, 3)
+    np.testing.assert_array_equal(as_np[..., 1], gray16)
+
+
+def _orientation_test_image() -> Image.Image:
+    """20 wide x 10 high: left half red, right half blue (big blocks survive JPEG)."""
+    array = np.zeros((10, 20, 3), dtype=np.uint8)
+    array[:, :10] = (255, 0, 0)
+    array[:, 10:] = (0, 0, 255)
+    return Image.fromarray(array)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied(processor, tmp_path, suffix):
+    image = _orientation_test_image()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the displayed image is 10 wide x 20 high
+    path = tmp_path / f"rotated{suffix}"
+    image.save(path, exif=exif.tobytes())
+    out, features = identity_round_trip(processor, path, output_type="np")
+    assert features["metadata"][0]["original_size"] == (20, 10)
+    assert out.shape == (20, 10, 3)
+    # After a clockwise rotation the left (red) half is on top, the blue half at the bottom.
+    top, bottom = out[:8].astype(int).mean((0, 1)), out[12:].astype(int).mean((0, 1))
+    assert top[0] > 200 and top[2] < 60, top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+def test_torch_tensor_input(processor):
+    tensor = torch.rand(3, 6, 5)
+    features = processor(tensor, return_tensors="pt")
+    torch.testing.assert_close(features["pixel_values"][0], tensor)
+    out = processor.postprocess(features["pixel_values"], features["metadata"], output_type="pt")[0]
+    torch.testing.assert_close(out, tensor)
+
+
+def test_mixed_sizes_without_tensors(processor):
+    images = [np.zeros((5, 6, 3), np.uint8), np.zeros((7, 3, 3), np.uint8)]
+    features = processor(images)
+    assert [a.shape for a in features["pixel_values"]] == [(3, 5, 6), (3, 7, 3)]
+    assert [m["original_size"] for m in features["metadata"]] == [(5, 6), (7, 3)]
+
+
+def test_padding_is_optional_and_cropped_back(processor):
+    image = np.random.default_rng(8).integers(0, 256, (17, 33, 3), dtype=np.uint8)
+    assert processor(image)["pixel_values"][0].shape == (3, 17, 33)  # no padding by default
+    features = processor(image, do_pad=True, size_divisor=8, return_tensors="pt")
+    padded = features["pixel_values"]
+    assert padded.shape == (1, 3, 24, 40)
+    # Reflect padding: row 17 mirrors row 15.
+    torch.testing.assert_close(padded[0, :, 17], padded[0, :, 15])
+    out = processor.postprocess(padded, features["metadata"], output_type="np")[0]
+    np.testing.assert_array_equal(out, image)
+    # Already divisible: unchanged; 1x1 still pads (symmetric fallback).
+    assert processor(np.zeros((16, 8, 3), np.uint8), do_pad=True)["pixel_values"][0].shape == (3, 16, 8)
+    assert processor(np.zeros((1, 1, 3), np.uint8), do_pad=True)["pixel_values"][0].shape == (3, 8, 8)
+
+
+def test_postprocess_clamps(processor):
+    features = processor(np.zeros((2, 2, 3), np.uint8), return_tensors="pt")
+    out = processor.postprocess(torch.full((1, 3, 2, 2), 1.7), features["metadata"])[0]
+    assert np.asarray(out).max() == 255
+
+
+def test_save_and_load_round_trip(tmp_path):
+    processor = RestorationImageProcessor(do_pad=True, size_divisor=16)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "RestorationImageProcessor"
+    assert saved["do_pad"] is True and saved["size_divisor"] == 16
+    loaded = RestorationImageProcessor.from_pretrained(tmp_path)
+    assert loaded.do_pad is True and loaded.size_divisor == 16
+    assert loaded(np.zeros((17, 20, 3), np.uint8))["pixel_values"][0].shape == (3, 32, 32)
+
+
+def test_auto_image_processor_from_bare_folder_with_remote_code(tmp_path):
+    """A folder written with register_for_auto_class loads where the package is not importable."""
+    folder = tmp_path / "bare"
+    RestorationImageProcessor.register_for_auto_class("AutoImageProcessor")
+    RestorationImageProcessor(do_pad=True, size_divisor=16).save_pretrained(folder)
+    assert (folder / "image_processing_restoration.py").is_file()
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    assert config["auto_map"]["AutoImageProcessor"].endswith("RestorationImageProcessor")
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        sys.modules["modeling"] = None  # even if the package is installed, nothing may import it
+        from transformers import AutoImageProcessor
+        p = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        out = p(np.zeros((21, 30, 3), np.uint8))
+        print(type(p).__module__, type(p).__name__, out["pixel_values"][0].shape)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "transformers_modules" in result.stdout and "RestorationImageProcessor (3, 32, 32)" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    "make, word",
+    [
+        (lambda: np.zeros((4, 4, 2), np.uint8), "channels"),
+        (lambda: np.zeros((4, 4, 5), np.uint8), "channels"),
+        (lambda: np.zeros((3, 8, 8), np.uint8), "channels-first"),
+        (lambda: np.zeros((0, 5, 3), np.uint8), "empty"),
+        (lambda: np.zeros((5, 0), np.float32), "empty"),
+        (lambda: np.full((4, 4, 3), np.nan, np.float32), "non-finite"),
+        (lambda: np.array([[[0.0, np.inf, 0.5]]], np.float32), "non-finite"),
+        (lambda: torch.tensor([[[float("nan")]]]).expand(3, 2, 2), "non-finite"),
+        (lambda: np.full((4, 4, 3), 200.0, np.float32), "[0, 1]"),
+        (lambda: np.zeros((4, 4, 3), np.int64), "dtype"),
+        (lambda: np.zeros((2, 4, 4, 3), np.uint8), "dimensions"),
+        (lambda: {"not": "an image"}, "Unsupported input type"),
+        (lambda: [], "No images"),
+    ],
+)
+def test_bad_arrays_raise_clear_errors(processor, make, word):
+    with pytest.raises(ValueError) as info:
+        processor(make())
+    assert isinstance(info.value, RestorationInputError)
+    assert word in str(info.value)
+
+
+def _write_bad_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "empty":
+        path = tmp_path / "empty.png"
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        buffer = tmp_path / "full.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer)
+        path = tmp_path / "truncated.png"
+        path.write_bytes(buffer.read_bytes()[: buffer.stat().st_size // 2])
+    elif kind == "not-image":
+        path = tmp_path / "notes.png"
+        path.write_text("this is not an image\n")
+    elif kind == "missing":
+        path = tmp_path / "missing.png"
+    else:  # directory
+        path = tmp_path / "folder.png"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, word",
+    [("empty", "empty"), ("truncated", "truncated"), ("not-image", "not an image"), ("missing", "not found"),
+     ("directory", "directory")],
+)
+def test_bad_files_raise_clear_errors_naming_the_file(processor, tmp_path, kind, word):
+    path = _write_bad_file(tmp_path, kind)
+    with pytest.raises(RestorationInputError) as info:
+        processor([str(path)])
+    assert word in str(info.value)
+    assert path.name in str(info.value)
