@@ -486,14 +486,15 @@ def cdd11_sources(
     repeat: int = 1,
 ) -> list[PairSource]:
     """One paired source per CDD-11 type: ``<split>/<type>/<name>`` -> ``<split>/clear/<name>``."""
-    files = _resolve_files(root)
-    if split is not None:
-        files = [f for f in files if split in _split_path(f)[0]]
-    pairs, unpaired = pair_files(files, "cdd11")
+    def in_split(path: str) -> bool:  # <split>/<type>/<name>
+        directories = _split_path(path)[0]
+        return split is None or (len(directories) >= 2 and directories[-2] == split)
+
+    pairs, unpaired = pair_files(_resolve_files(root), "cdd11")
     sources = []
     for cdd_type in types:
-        type_pairs = [p for p in pairs if _split_path(p[0])[0][-1] == cdd_type]
-        type_missing = sum(1 for f in unpaired if cdd_type in _split_path(f)[0])
+        type_pairs = [p for p in pairs if _split_path(p[0])[0][-1] == cdd_type and in_split(p[0])]
+        type_missing = sum(1 for f in unpaired if _split_path(f)[0][-1] == cdd_type and in_split(f))
         if not type_pairs:
             raise ValueError(f"CDD-11 type {cdd_type!r}: no pairs under {root!r} (split {split!r})")
         sources.append(

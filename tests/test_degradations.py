@@ -1,0 +1,164 @@
+"""Degradation synthesis: official noise formula and statistics, physics of each degradation, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import degradations as D
+
+
+def _photo(height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    channels = [128 + 90 * np.sin(xx / (4 + c)) * np.cos(yy / (6 + c)) + 8 * rng.standard_normal((height, width))
+                for c in range(3)]
+    return np.clip(np.rint(np.stack(channels, -1)), 0, 255).astype(np.uint8)
+
+
+ALL_NAMES = ["noise", "rain", "haze", "blur", "low-light", "snow", *D.CDD11_TYPES]
+
+
+def test_label_spaces():
+    assert D.TASK_NAMES == ("noise", "rain", "haze", "blur", "low-light")
+    assert [D.task_label(n) for n in D.TASK_NAMES] == [0, 1, 2, 3, 4]
+    assert D.task_label("low_haze_rain", D.CDD11_TYPES) == 9
+    assert len(D.CDD11_TYPES) == 11
+    with pytest.raises(ValueError, match="not one of"):
+        D.task_label("snow")
+
+
+@pytest.mark.parametrize("sigma", D.NOISE_SIGMAS)
+def test_noise_std_on_flat_gray_within_2_percent(sigma):
+    flat = np.full((256, 256, 3), 128, dtype=np.uint8)
+    noisy, name = D.add_gaussian_noise(flat, sigma, np.random.default_rng(0))
+    assert name == "noise" and noisy.dtype == np.uint8 and noisy.shape == flat.shape
+    residual = noisy.astype(np.float64) - 128
+    assert abs(residual.std() / sigma - 1) < 0.02
+    # the uint8 cast truncates (official code), which lowers the mean by ~0.5 grey level
+    assert -0.8 < residual.mean() < -0.2
+
+
+def test_noise_is_exactly_the_official_formula():
+    image = _photo()
+    noisy = D.add_gaussian_noise(image, 25, np.random.default_rng(7)).image
+    noise = np.random.default_rng(7).standard_normal(image.shape)
+    np.testing.assert_array_equal(noisy, np.clip(image + noise * 25, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_every_degradation_shape_dtype_determinism(name):
+    image = _photo()
+    before = image.copy()
+    first = D.synthesize(image, name, np.random.default_rng(3))
+    again = D.synthesize(image, name, np.random.default_rng(3))
+    other = D.synthesize(image, name, np.random.default_rng(4))
+    np.testing.assert_array_equal(image, before)  # input untouched
+    assert first.image.dtype == np.uint8 and first.image.shape == image.shape
+    np.testing.assert_array_equal(first.image, again.image)
+    assert not np.array_equal(first.image, other.image)
+    mean_change = np.abs(first.image.astype(float) - image).mean()
+    assert mean_change > 1.0, f"{name} barely changed the image ({mean_change:.2f})"
+    expected_name = name if name in D.DEGRADATIONS or name in D.CDD11_TYPES else None
+    assert first.task_name == expected_name
+
+
+def test_haze_physics():
+    image = _photo()
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(D.haze(image, rng, beta=0.0, airlight=0.9).image, image)
+    opaque = D.haze(image, rng, beta=60.0, airlight=0.8, depth=np.ones(image.shape[:2])).image
+    assert np.abs(opaque.astype(int) - 204).max() <= 1  # t -> 0: everything becomes the airlight
+    depth = np.linspace(0, 1, image.shape[1])[None, :].repeat(image.shape[0], 0)
+    hazy = D.haze(image, rng, beta=2.0, airlight=1.0, depth=depth).image.astype(float)
+    # I = J t + A (1 - t) with a known depth, to rounding
+    t = np.exp(-2.0 * depth)[:, :, None]
+    np.testing.assert_allclose(hazy, np.rint((image / 255 * t + (1 - t)) * 255), atol=0.5)
+    far, near = hazy[:, -10:], hazy[:, :10]
+    assert far.mean() > near.mean() + 50 and far.std() < 0.5 * near.std()
+    proxy = D.depth_proxy(image)
+    assert proxy.shape == image.shape[:2] and 0 <= proxy.min() and proxy.max() <= 1
+    with pytest.raises(ValueError, match="depth shape"):
+        D.haze(image, rng, depth=np.ones((3, 3)))
+
+
+def test_rain_and_snow_only_brighten():
+    image = _photo()
+    for fn in (D.rain_streaks, D.snow):
+        out = fn(image, np.random.default_rng(1)).image.astype(int)
+        assert (out >= image).all()
+        assert (out > image + 20).mean() > 0.005  # visible streaks/flakes
+    no_rain = D.rain_streaks(image, np.random.default_rng(1), density=0.0).image
+    np.testing.assert_array_equal(no_rain, image)
+
+
+def test_low_light_curve_and_darkening():
+    image = _photo()
+    out = D.low_light(image, np.random.default_rng(0), gamma=2.0, scale=0.5, noise_sigma=0.0).image
+    np.testing.assert_array_equal(out, np.rint(0.5 * (image / 255.0) ** 2 * 255).astype(np.uint8))
+    noisy = D.low_light(image, np.random.default_rng(0)).image
+    assert noisy.mean() < 0.55 * image.mean()
+
+
+def test_blur_kernels_and_smoothing():
+    for length, angle in ((9, 0), (15, 37.5), (6, 90)):
+        kernel = D.line_kernel(length, angle)
+        assert kernel.shape[0] % 2 == 1 and abs(kernel.sum() - 1) < 1e-12
+    horizontal = D.line_kernel(9, 0)
+    assert np.count_nonzero(horizontal[4]) == 9 and np.count_nonzero(horizontal) == 9
+    disk = D.disk_kernel(3.0)
+    assert disk.shape == (7, 7) and abs(disk.sum() - 1) < 1e-12 and np.allclose(disk, disk.T)
+    image = _photo()
+    flat = np.full((32, 32, 3), 77, np.uint8)
+    for fn in (D.motion_blur, D.defocus_blur):
+        np.testing.assert_array_equal(fn(flat, np.random.default_rng(0)).image, flat)
+        blurred = fn(image, np.random.default_rng(0)).image.astype(float)
+        assert np.abs(np.diff(blurred, axis=1)).mean() < 0.7 * np.abs(np.diff(image.astype(float), axis=1)).mean()
+
+
+def test_composites_use_cdd11_names():
+    image = _photo()
+    assert D.composite_name(["rain", "low-light", "haze"]) == "low_haze_rain"
+    assert D.parse_composite("low_haze_snow") == ("low-light", "haze", "snow")
+    out = D.compose(image, ["haze", "low-light"], np.random.default_rng(0))
+    assert out.task_name == "low_haze"
+    # same seed, same parameters: a composite is its parts applied in physical order
+    fixed = {"haze": {"beta": 1.0, "airlight": 0.9}, "low-light": {"gamma": 2.0, "scale": 0.5, "noise_sigma": 0.0}}
+    composite = D.compose(image, "low_haze", np.random.default_rng(0), params=fixed).image
+    manual = D.low_light(D.haze(image, None, **fixed["haze"]).image, None, **fixed["low-light"]).image
+    np.testing.assert_array_equal(composite, manual)
+    for bad in ("fog", "rain_rain", ""):
+        with pytest.raises(ValueError):
+            D.parse_composite(bad)
+
+
+def test_augmentation_matches_official_modes():
+    image = np.arange(4 * 5 * 1, dtype=np.uint8).reshape(4, 5, 1)
+    official = {
+        0: image,
+        1: np.flipud(image),
+        2: np.rot90(image),
+        3: np.flipud(np.rot90(image)),
+        4: np.rot90(image, k=2),
+        5: np.flipud(np.rot90(image, k=2)),
+        6: np.rot90(image, k=3),
+        7: np.flipud(np.rot90(image, k=3)),
+    }
+    outputs = []
+    for mode, expected in official.items():
+        out = D.augment(image, mode)
+        np.testing.assert_array_equal(out, expected)
+        assert out.flags.c_contiguous
+        outputs.append(out.tobytes() + bytes(out.shape))
+    assert len(set(outputs)) == 8  # the 8 symmetries of the square are distinct
+    draws = [D.random_augment_mode(np.random.default_rng(i)) for i in range(400)]
+    assert set(draws) == set(D.AUGMENT_MODES) and 0 not in draws
+    with pytest.raises(ValueError):
+        D.augment(image, 8)
+
+
+def test_rejects_non_uint8_rgb():
+    with pytest.raises(ValueError, match="uint8"):
+        D.add_gaussian_noise(np.zeros((8, 8, 3), np.float32), 15, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        D.haze(np.zeros((8, 8), np.uint8), np.random.default_rng(0))
