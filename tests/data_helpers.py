@@ -128,8 +128,9 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
 def make_bad_folder(root: Path) -> dict[str, int]:
     """input/target pairs with every kind of bad or odd file; returns the expected per-kind counts."""
     upright = textured_image(3)
-    save(root / "input/ok.png", upright)
-    save(root / "target/ok.png", upright)
+    for name in ("ok", "ok2"):  # 10 pairs in all: an even plan needs no padding with 2 shards
+        save(root / f"input/{name}.png", upright)
+        save(root / f"target/{name}.png", upright)
     (root / "input/corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     save(root / "target/corrupt.png", upright)
     (root / "input/truncated.png").write_bytes(png_bytes(textured_image(4))[:300])
@@ -151,4 +152,4 @@ def make_bad_folder(root: Path) -> dict[str, int]:
     exif[0x0112] = 6
     save(root / "input/exif.jpg", np.ascontiguousarray(np.rot90(upright, k=1)), exif=exif, quality=95)
     save(root / "target/exif.png", upright)
-    return {"corrupt": 2, "size_mismatch": 1, "missing_pair": 1, "converted": 5, "kept": 6}
+    return {"corrupt": 2, "size_mismatch": 1, "missing_pair": 1, "converted": 5, "kept": 7}

@@ -985,9 +985,9 @@ class RestorationStream(torch.utils.data.IterableDataset):
             columns = list(next(iter(stream)).keys())
         else:
             columns = list(features)
-            for column in (hub.degraded_column, hub.clean_column):
-                if column and isinstance(features.get(column), datasets.Image):
-                    stream = stream.cast_column(column, datasets.Image(decode=False))  # we decode (and skip bad)
+            for column, feature in features.items():
+                if isinstance(feature, datasets.Image):  # all of them: datasets must not decode (or die on) any
+                    stream = stream.cast_column(column, datasets.Image(decode=False))
         needed = [c for c in (hub.degraded_column, hub.clean_column, hub.task_column) if c]
         missing = [c for c in needed if c not in columns]
         if missing:

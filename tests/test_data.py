@@ -1,0 +1,417 @@
+"""Degradation corpora streaming: layouts, labels, plans, ranks x workers, bad data, exact resume, Hub path."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from data_helpers import (
+    coded_image,
+    make_bad_folder,
+    make_cdd11,
+    make_clean_folder,
+    make_layouts,
+    png_bytes,
+    textured_image,
+)
+from training import data as D
+
+# torchdata's StatefulDataLoader calls a deprecated torch API on every loader; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+
+SMALL_REPEATS = {"noise": 1, "rain": 2, "haze": 1, "blur": 1, "low-light": 1}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("corpus")
+    layouts = make_layouts(root)
+    roots = {task: layout[0] for task, layout in layouts.items()}
+    roots["clean"] = make_clean_folder(root / "photos")
+    return {"root": root, "layouts": layouts, "roots": roots, "cdd11": make_cdd11(root / "CDD-11")}
+
+
+def five_task_stream(corpus, **kwargs) -> D.RestorationStream:
+    kwargs.setdefault("patch_size", 24)
+    kwargs.setdefault("shards_per_rank", 4)
+    return D.build_stream("5-task", corpus["roots"], repeats=SMALL_REPEATS, **kwargs)
+
+
+def red_code(chw: np.ndarray) -> int:
+    return int(np.asarray(chw)[0].flat[0] * 255 + 0.5) if np.asarray(chw).dtype != np.uint8 else int(chw[0].flat[0])
+
+
+# ---------------------------------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("task", ["rain", "haze", "blur", "low-light"])
+def test_official_layouts_pair_correctly(corpus, task):
+    root, expected_pairs, expected_unpaired = corpus["layouts"][task]
+    pairs, unpaired = D.pair_files(D.list_image_files(root), task)
+    assert pairs == sorted(expected_pairs)
+    assert unpaired == sorted(expected_unpaired)
+    source = D.paired_source(root, task)
+    assert source.repeat == D.OFFICIAL_REPEATS[task]
+    assert source.missing_pairs == len(expected_unpaired)
+
+
+def test_layout_rules_details(corpus):
+    rain_pairs = dict(D.pair_files(D.list_image_files(corpus["roots"]["rain"]), "rain")[0])
+    assert any(k.endswith("rainy/rain-12.png") and v.endswith("gt/norain-12.png") for k, v in rain_pairs.items())
+    haze_pairs = D.pair_files(D.list_image_files(corpus["roots"]["haze"]), "haze")[0]
+    # two hazy versions (A, beta) of one clear id share the clean image; SOTS targets are .png
+    assert sum(clean.endswith("original/0025.jpg") for _, clean in haze_pairs) == 2
+    assert ("SOTS/input/0001_0.8_0.2.jpg", "SOTS/target/0001.png") in {
+        (h.split("dehaze_data/")[1], c.split("dehaze_data/")[1]) for h, c in haze_pairs
+    }
+    # GoPro pairs stay inside their sequence although frame names repeat
+    for blur, sharp in D.pair_files(D.list_image_files(corpus["roots"]["blur"]), "blur")[0]:
+        assert blur.replace("/blur/", "/sharp/") == sharp
+
+
+def test_cdd11_layout_from_folder_and_from_dataset_repo(corpus):
+    cdd_root = corpus["root"] / "CDD-11"
+    for split in ("train", "test"):
+        sources = D.cdd11_sources(cdd_root, split=split)
+        assert [s.task_name for s in sources] == list(D.CDD11_TYPES)
+        for source in sources:
+            assert list(source.pairs) == sorted(corpus["cdd11"][split][source.task_name])
+    # the same folder seen as a dataset repo through datasets.load_dataset_builder (the Hub-id code path)
+    repo_files = D.dataset_image_files(str(cdd_root))
+    assert len(repo_files) == 2 * (11 + 1) * 2
+    from_repo = D.cdd11_sources(repo_files, split="test")
+    assert [s.pairs for s in from_repo] == [s.pairs for s in D.cdd11_sources(cdd_root, split="test")]
+
+
+def test_preset_errors_are_clear(corpus):
+    with pytest.raises(ValueError, match="roots\\['blur'\\]"):
+        D.preset_sources("5-task", {k: v for k, v in corpus["roots"].items() if k != "blur"})
+    with pytest.raises(ValueError, match="unknown preset"):
+        D.preset_sources("4-task", {})
+    with pytest.raises(ValueError, match="unknown roots"):
+        D.preset_sources("3-task", {"dehaze": "x"})
+
+
+# ---------------------------------------------------------------------------------------------------- plans
+
+
+def test_epoch_plan_repeats_determinism_and_padding(corpus):
+    stream = five_task_stream(corpus)
+    sources = stream.sources
+    assert [s.name for s in sources][:3] == ["noise-s15", "noise-s25", "noise-s50"]
+    plan = stream.plan(0)
+    expected = sum(len(s) * s.repeat for s in sources)
+    assert len(plan) == expected + (-expected) % stream.num_shards
+    counts = np.bincount(plan.source[:expected], minlength=len(sources))
+    # before padding every (source, pair) appears exactly `repeat` times
+    pairs_seen = {}
+    for s, p in zip(plan.source[:expected], plan.pair[:expected]):
+        pairs_seen[(s, p)] = pairs_seen.get((s, p), 0) + 1
+    assert all(pairs_seen[(i, p)] == src.repeat for i, src in enumerate(sources) for p in range(len(src)))
+    assert counts.tolist() == [len(s) * s.repeat for s in sources]
+    np.testing.assert_array_equal(stream.plan(0).source, plan.source)
+    assert not np.array_equal(stream.plan(1).source, plan.source)
+
+
+def test_probability_mixture_frequencies(corpus):
+    sources = D.preset_sources("5-task", corpus["roots"], repeats=SMALL_REPEATS)
+    probabilities = {"noise": 0.5, "rain": 0.2, "haze": 0.1, "blur": 0.1, "low-light": 0.1}
+    stream = D.RestorationStream(sources, probabilities=probabilities, epoch_length=20000, shards_per_rank=4)
+    plan = stream.plan()
+    tasks = np.array([sources[s].task_name for s in plan.source])
+    for task, p in probabilities.items():
+        assert abs((tasks == task).mean() - p) < 0.015
+    # the noise share is split evenly between the three sigma sources
+    noise_counts = np.bincount(plan.source, minlength=len(sources))[:3] / len(plan)
+    np.testing.assert_allclose(noise_counts, 0.5 / 3, atol=0.015)
+    with pytest.raises(ValueError, match="unknown tasks/sources"):
+        D.RestorationStream(sources, probabilities={"snow": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------------- examples
+
+
+def test_five_task_stream_examples_labels_and_pairing(corpus):
+    stream = five_task_stream(corpus)
+    examples = list(stream)
+    plan = stream.plan()
+    assert [e["index"] for e in examples] == list(range(len(plan)))  # nothing lost, plan order
+    by_name = {s.name: s for s in stream.sources}
+    for example in examples:
+        source = by_name[example["source"]]
+        assert example["source"] == stream.sources[plan.source[example["index"]]].name
+        assert example["task_name"] == source.task_name
+        assert example["task"] == D.TASK_NAMES.index(source.task_name)
+        for key in ("degraded", "clean"):
+            assert example[key].shape == (3, 24, 24) and example[key].dtype == np.float32
+            assert 0.0 <= example[key].min() and example[key].max() <= 1.0
+        if source.synthesis is None:  # paired: red channel codes the pair id in both images
+            assert abs(red_code(example["degraded"]) - red_code(example["clean"])) <= 2  # JPEG: +-2
+            assert abs(example["degraded"][1].mean() - 200 / 255) < 0.02  # and the degraded one is green
+            assert abs(example["clean"][1].mean() - 40 / 255) < 0.02
+        else:
+            assert not np.array_equal(example["degraded"], example["clean"])
+    assert {e["task"] for e in examples} == {0, 1, 2, 3, 4}
+    assert stream.bad_data_counts() == {"rain:derain_data": {"missing_pair": 1}}
+
+
+def test_presets_label_spaces_and_uint8_output(corpus):
+    three = D.build_stream("3-task", corpus["roots"], repeats=SMALL_REPEATS, patch_size=16, shards_per_rank=2,
+                           output_dtype="uint8")
+    examples = list(three)
+    assert {e["task"] for e in examples} == {0, 1, 2}
+    assert examples[0]["degraded"].dtype == np.uint8 and examples[0]["degraded"].shape == (3, 16, 16)
+    cdd = D.build_stream("cdd11", {"clean": corpus["roots"]["clean"]}, synthesize_missing=True, patch_size=16,
+                         shards_per_rank=2)
+    cdd_examples = list(cdd)
+    assert len(cdd_examples) == 11 * 6 + (-66) % 2
+    assert {e["task_name"] for e in cdd_examples} == set(D.CDD11_TYPES)
+    assert all(e["task"] == D.CDD11_TYPES.index(e["task_name"]) for e in cdd_examples)
+    real_cdd = D.build_stream("cdd11", {"cdd11": corpus["root"] / "CDD-11"}, patch_size=16, shards_per_rank=2)
+    for example in real_cdd:
+        assert red_code(example["degraded"]) == red_code(example["clean"])
+
+
+def test_same_example_whatever_the_worker(corpus):
+    """Crops, flips and noise depend on (seed, epoch, index) only."""
+    a = {e["index"]: e for e in five_task_stream(corpus, seed=5)}
+    loader = D.build_dataloader(five_task_stream(corpus, seed=5), batch_size=1, num_workers=2, drop_last=False)
+    for batch in itertools.islice(loader, 12):
+        reference = a[int(batch["index"][0])]
+        np.testing.assert_array_equal(batch["degraded"][0].numpy(), reference["degraded"])
+    b = {e["index"]: e for e in five_task_stream(corpus, seed=6)}
+    assert any(not np.array_equal(a[i]["degraded"], b[i]["degraded"]) for i in a)
+
+
+# ---------------------------------------------------------------------------------------------------- ranks x workers
+
+
+def test_two_ranks_two_workers_disjoint_and_complete(corpus):
+    seen: dict[int, list[int]] = {}
+    plans = []
+    for rank in (0, 1):
+        stream = five_task_stream(corpus, rank=rank, world_size=2, seed=3)
+        plans.append(stream.plan())
+        loader = D.build_dataloader(stream, batch_size=3, num_workers=2, drop_last=False)
+        seen[rank] = []
+        for batch in loader:
+            seen[rank].extend(batch["index"].tolist())
+            for index, source in zip(batch["index"].tolist(), batch["source"]):
+                assert source == stream.sources[plans[-1].source[index]].name
+    np.testing.assert_array_equal(plans[0].source, plans[1].source)  # every rank derives the same plan
+    assert len(seen[0]) == len(set(seen[0])) and len(seen[1]) == len(set(seen[1]))
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == set(range(len(plans[0])))
+    assert len(seen[0]) == len(seen[1])  # equal shards: ranks stay in step
+
+
+# ---------------------------------------------------------------------------------------------------- bad data
+
+
+def test_decode_image_conversions(tmp_path):
+    expected = make_bad_folder(tmp_path)
+    deep, converted = D.decode_image(tmp_path / "input/deep.png")
+    assert converted and deep.shape == (40, 48, 3) and (deep == 128).all()
+    gray, converted = D.decode_image(str(tmp_path / "input/gray.png"))
+    assert converted and (gray[..., 0] == gray[..., 2]).all()
+    upright, converted = D.decode_image((tmp_path / "target/exif.png").read_bytes())
+    rotated, _ = D.decode_image(tmp_path / "input/exif.jpg")
+    assert not converted and rotated.shape == upright.shape == (40, 48, 3)
+    assert np.abs(rotated.astype(int) - upright).mean() < 4  # EXIF orientation applied (JPEG loss only)
+    for name in ("corrupt.png", "truncated.png"):
+        with pytest.raises(OSError):
+            D.decode_image(tmp_path / "input" / name)
+    assert expected["kept"] == 7
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_bad_files_are_converted_or_skipped_and_counted(tmp_path, num_workers):
+    expected = make_bad_folder(tmp_path / "bad_rain")
+    source = D.paired_source(tmp_path / "bad_rain", "rain", name="bad", repeat=1)
+    stream = D.RestorationStream([source], patch_size=16, shards_per_rank=2)
+    loader = D.build_dataloader(stream, batch_size=1, num_workers=num_workers, drop_last=False)
+    kept = [batch["index"].item() for batch in loader]
+    assert len(kept) == expected["kept"]  # the stream went on after each bad file
+    counts = stream.bad_data_counts()["bad"]
+    assert counts == {k: expected[k] for k in ("missing_pair", "corrupt", "size_mismatch", "converted")}
+    state = stream.state_dict()
+    assert state["bad_data"][0][D.BAD_DATA_KINDS.index("corrupt")] == 2
+    stream.set_epoch(1)  # per-epoch counts reset; build-time ones stay
+    assert stream.bad_data_counts() == {"bad": {"missing_pair": 1}}
+
+
+def test_small_images_are_padded_and_counted(tmp_path):
+    for i in range(2):
+        Path(tmp_path / "tiny").mkdir(exist_ok=True)
+        datasets_free = textured_image(i, 10, 12)
+        from PIL import Image
+
+        Image.fromarray(datasets_free).save(tmp_path / "tiny" / f"{i}.png")
+    stream = D.RestorationStream([D.clean_source(tmp_path / "tiny", "noise", name="tiny")], patch_size=16,
+                                 shards_per_rank=1)
+    examples = list(stream)
+    assert len(examples) == 2 and examples[0]["clean"].shape == (3, 16, 16)
+    assert stream.bad_data_counts() == {"tiny": {"padded": 2}}
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def _batches(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x["index"].tolist() == y["index"].tolist()
+        assert torch.equal(x["degraded"], y["degraded"]) and torch.equal(x["clean"], y["clean"])
+        assert x["task_name"] == y["task_name"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_exact_with_stateful_dataloader(corpus, num_workers):
+    stream = five_task_stream(corpus, seed=1)
+    stream.set_epoch(2)
+    loader = D.build_dataloader(stream, batch_size=4, num_workers=num_workers)
+    iterator = iter(loader)
+    _batches(iterator, 3)
+    state = loader.state_dict()
+    reference = _batches(iterator, 4)
+    del iterator
+
+    resumed_stream = five_task_stream(corpus, seed=1)
+    resumed_stream.set_epoch(2)
+    resumed = D.build_dataloader(resumed_stream, batch_size=4, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    _assert_same_batches(_batches(iter(resumed), 4), reference)
+
+
+def test_resume_exact_with_stream_state_dict(corpus):
+    stream = five_task_stream(corpus, seed=1, epoch=1)
+    iterator = iter(stream)
+    first = _batches(iterator, 7)
+    state = stream.state_dict()
+    assert state["epoch"] == 1
+    reference = _batches(iterator, 10)
+
+    resumed = five_task_stream(corpus, seed=1)  # epoch 0 until the state says otherwise
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    again = _batches(iter(resumed), 10)
+    assert [e["index"] for e in again] == [e["index"] for e in reference]
+    assert all(np.array_equal(x["degraded"], y["degraded"]) for x, y in zip(again, reference))
+    assert not {e["index"] for e in first} & {e["index"] for e in again}
+
+
+def test_epochs_reshuffle_deterministically(corpus):
+    stream = five_task_stream(corpus, seed=9)
+    unpadded = sum(len(s) * s.repeat for s in stream.sources)
+    epoch0 = [(e["source"], e["index"]) for e in stream]
+    stream.set_epoch(1)
+    epoch1 = [(e["source"], e["index"]) for e in stream]
+    assert [s for s, _ in epoch1] != [s for s, _ in epoch0]
+    # same multiset of sources per epoch (padding entries, which repeat the first ones, aside)
+    assert sorted(s for s, i in epoch1 if i < unpadded) == sorted(s for s, i in epoch0 if i < unpadded)
+    assert [(e["source"], e["index"]) for e in five_task_stream(corpus, seed=9)] == epoch0
+
+
+# ---------------------------------------------------------------------------------------------------- Hub path
+
+
+def _write_paired_parquet(path: Path, class_label: bool = False) -> None:
+    rows = {"degraded": [], "clean": [], "task": []}
+    for i, task in enumerate(["rain", "haze", "rain", "low-light"]):
+        rows["degraded"].append({"bytes": png_bytes(coded_image(i, True)), "path": None})
+        rows["clean"].append({"bytes": png_bytes(coded_image(i, False)), "path": None})
+        rows["task"].append(task)
+    rows["degraded"].append({"bytes": b"not an image", "path": None})  # corrupt row
+    rows["clean"].append({"bytes": png_bytes(coded_image(9, False)), "path": None})
+    rows["task"].append("rain")
+    task_feature = (datasets.ClassLabel(names=list(D.TASK_NAMES)) if class_label else datasets.Value("string"))
+    if class_label:
+        rows["task"] = [D.TASK_NAMES.index(t) for t in rows["task"]]
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image(), "task": task_feature})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+
+
+@pytest.mark.parametrize("form", ["parquet_files", "local_repo_classlabel"])
+def test_hub_paired_source_streams_through_load_dataset(tmp_path, form):
+    if form == "parquet_files":
+        _write_paired_parquet(tmp_path / "pairs.parquet")
+        hub = D.HubPairedSource("parquet", data_files=str(tmp_path / "pairs.parquet"), task_column="task", name="hub")
+    else:
+        _write_paired_parquet(tmp_path / "repo/data/train-00000-of-00001.parquet", class_label=True)
+        hub = D.HubPairedSource(str(tmp_path / "repo"), task_column="task", name="hub")
+    stream = D.RestorationStream(hub_sources=[hub], patch_size=16)
+    examples = list(stream)
+    assert [e["task_name"] for e in examples] == ["rain", "haze", "rain", "low-light"]
+    assert [e["task"] for e in examples] == [1, 2, 1, 4]
+    for example in examples:
+        assert example["source"] == "hub" and example["index"] == -1
+        assert red_code(example["degraded"]) == red_code(example["clean"])
+    assert stream.bad_data_counts() == {"hub": {"corrupt": 1}}
+
+
+def test_hub_source_mixed_with_file_sources_and_synthesis(tmp_path, corpus):
+    _write_paired_parquet(tmp_path / "pairs.parquet")
+    clean_only = D.HubPairedSource("parquet", data_files=str(tmp_path / "pairs.parquet"), degraded_column=None,
+                                   synthesis="noise", synthesis_kwargs={"sigma": 50}, task_name="noise",
+                                   name="hub-noise")
+    local = D.paired_source(corpus["roots"]["rain"], "rain", repeat=4)
+    stream = D.RestorationStream([local], hub_sources=[clean_only], patch_size=16, shards_per_rank=1,
+                                 stopping_strategy="all_exhausted")
+    examples = list(stream)
+    sources = {e["source"] for e in examples}
+    assert sources == {local.name, "hub-noise"}
+    noisy = [e for e in examples if e["source"] == "hub-noise"]
+    assert len(noisy) >= 5 and all(e["task"] == 0 for e in noisy)
+    residual = np.concatenate([(e["degraded"] - e["clean"]).ravel() for e in noisy]) * 255
+    assert 35 < residual.std() < 55  # sigma 50 (clipped at the bright/dark ends)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def test_validation_pairs_deterministic_full_images(corpus):
+    sources = D.preset_sources("3-task", corpus["roots"], sigmas=(25,))
+    first = list(D.validation_pairs(sources, seed=0, multiple_of=16))
+    second = list(D.validation_pairs(sources, seed=0, multiple_of=16))
+    assert len(first) == 6 + 5 + 4  # clean photos, rain pairs, haze pairs
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a["degraded"], b["degraded"])
+        assert a["degraded"].shape == a["clean"].shape == (32, 48, 3)  # 40x48 centre-cropped to /16
+    noise = [p for p in first if p["task_name"] == "noise"]
+    residual = np.concatenate([(p["degraded"].astype(float) - p["clean"]).ravel() for p in noise])
+    assert abs(residual.std() / 25 - 1) < 0.05
+    subset = list(D.validation_pairs(sources, seed=0, max_per_source=2))
+    assert [p["source"] for p in subset].count("noise-s25") == 2
+    other_seed = list(D.validation_pairs(sources[:1], seed=1))
+    assert not np.array_equal(other_seed[0]["degraded"], first[0]["degraded"])
+
+
+# ---------------------------------------------------------------------------------------------------- embedded corpus
+
+
+def test_prepare_embedded_corpus(tmp_path):
+    from training.prepare_embedded_corpus import prepare
+
+    manifest = prepare(tmp_path / "embedded", wallpaper_dir=None, max_side=48, heldout_every=4)
+    splits = {entry["split"] for entry in manifest.values()}
+    assert splits == {"train", "heldout"}
+    train = D.list_image_files(tmp_path / "embedded/train")
+    heldout = D.list_image_files(tmp_path / "embedded/heldout")
+    assert len(train) >= 5 and len(heldout) >= 1 and len(train) + len(heldout) == len(manifest)
+    image, converted = D.decode_image(train[0])
+    assert not converted and max(image.shape[:2]) <= 48
+    again = prepare(tmp_path / "again", wallpaper_dir=None, max_side=48, heldout_every=4)
+    assert again == manifest
+    stream = D.build_stream("5-task", {"clean": tmp_path / "embedded/train"}, synthesize_missing=True,
+                            patch_size=16, shards_per_rank=1, repeats={"noise": 1, "synthetic": 1})
+    assert {e["task"] for e in stream} == {0, 1, 2, 3, 4}
