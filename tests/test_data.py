@@ -319,6 +319,15 @@ def test_epochs_reshuffle_deterministically(corpus):
     # same multiset of sources per epoch (padding entries, which repeat the first ones, aside)
     assert sorted(s for s, i in epoch1 if i < unpadded) == sorted(s for s, i in epoch0 if i < unpadded)
     assert [(e["source"], e["index"]) for e in five_task_stream(corpus, seed=9)] == epoch0
+    # through a 2-worker loader, set_epoch reaches the (re-created) workers
+    stream = five_task_stream(corpus, seed=9)
+    loader = D.build_dataloader(stream, batch_size=1, num_workers=2, drop_last=False)
+    per_epoch = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        per_epoch.append(sorted((b["source"][0], b["index"].item()) for b in loader))
+    assert per_epoch[0] == sorted(epoch0)
+    assert per_epoch[1] == sorted(epoch1)
 
 
 # ---------------------------------------------------------------------------------------------------- Hub path

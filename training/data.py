@@ -873,6 +873,9 @@ class RestorationStream(torch.utils.data.IterableDataset):
         self.label_names = tuple(label_names)
         for source in self.sources:
             task_label(source.task_name, self.label_names)  # fail early with a clear message
+        for hub in self.hub_sources:
+            if hub.task_column is None:
+                task_label(hub.task_name, self.label_names)
         self.patch_size = patch_size
         self.augment = augment
         self.epoch_length = epoch_length
