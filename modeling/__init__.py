@@ -9,9 +9,11 @@ this package is not installed.
 from transformers import AutoConfig, AutoModel, AutoModelForImageToImage
 
 from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
+from .configuration_pip import PIPConfig
 from .configuration_promptir import PromptIRConfig
 from .configuration_restormer import RestormerConfig
 from .modeling_outputs import ImageRestorationOutput
+from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
 from .modeling_restormer import RestormerForImageRestoration
 from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
@@ -19,6 +21,7 @@ from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputEr
 MODEL_CLASSES = {
     "restormer": (RestormerConfig, RestormerForImageRestoration),
     "promptir": (PromptIRConfig, PromptIRForImageRestoration),
+    "pip": (PIPConfig, PIPForImageRestoration),
 }
 
 
@@ -39,6 +42,8 @@ __all__ = [
     "DEGRADATION_NAMES",
     "ImageRestorationOutput",
     "MODEL_CLASSES",
+    "PIPConfig",
+    "PIPForImageRestoration",
     "PromptIRConfig",
     "PromptIRForImageRestoration",
     "PromptRestorationPreTrainedModel",

@@ -27,6 +27,8 @@ TINY_BACKBONE = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, he
 TINY_CONFIGS = {
     "restormer": dict(TINY_BACKBONE),
     "promptir": dict(TINY_BACKBONE, prompt_dims=[4, 8, 16], prompt_sizes=[8, 4, 2]),
+    # Levels 1-2 have prompts wider than the feature (zero-pad path), level 3 narrower (pass-through path).
+    "pip": dict(TINY_BACKBONE, prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4], degradation_estimator_hidden_dim=16),
 }
 
 

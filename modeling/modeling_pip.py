@@ -1,0 +1,486 @@
+"""PIP — Prompt-In-Prompt learning — as a transformers model.
+
+Official code: longzilicart/pip_universal, src/net/PIP_Net.py (``PIPNet_Restormer_onskip_inter``),
+src/net/PIP.py (``PromptInPrompt``, ``PromptToFeature``), src/net/PIP_utils.py (blocks).
+
+PIP modulates the encoder skip connections of a Restormer/PromptIR-style U-Net. At each of levels 1-3:
+
+1. **degradation-aware prompt**: one learned vector per degradation class, combined with the class
+   weights (the true label, one-hot; or a mixture of two labels; or our estimator's soft weights);
+2. **basic restoration prompt**: one learned (C, S, S) map shared by all degradations;
+3. **prompt-to-prompt interaction**: the basic prompt attends (channel cross-attention) to the
+   degradation-aware prompt modulated by the resized skip feature -> a universal restoration prompt;
+4. **selective prompt-to-feature interaction**: the skip feature attends to that prompt through top-m
+   masked channel attention (four masks mixed by learned weights) and a dual-gate feed-forward network.
+
+The modulated skip feature then enters the decoder in place of the plain one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_pip import PIPConfig
+from .decoder_prompts import DecoderPrompts
+from .modeling_outputs import ImageRestorationOutput
+from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
+from .restoration_unet import EncoderFeatures, RestorationUNet
+from .restormer_blocks import ChannelLayerNorm, GatedDconvFeedForward, channel_attention
+
+# Short names people use for the five official degradations, mapped to our canonical names.
+DEGRADATION_ALIASES = {
+    "denoise": "noise", "denoising": "noise", "gaussian-noise": "noise",
+    "derain": "rain", "deraining": "rain", "rainy": "rain",
+    "dehaze": "haze", "dehazing": "haze", "hazy": "haze",
+    "deblur": "blur", "deblurring": "blur", "motion-blur": "blur",
+    "lowlight": "low-light", "low": "low-light", "enhance": "low-light", "dark": "low-light",
+}
+
+
+def align_channels(features: torch.Tensor, channels: int) -> torch.Tensor:
+    """Zero-pad (or truncate) the channel axis to ``channels``, as the official code aligns feature and prompt."""
+    current = features.shape[1]
+    if current > channels:
+        return features[:, :channels]
+    if current < channels:
+        padding = features.new_zeros(features.shape[0], channels - current, *features.shape[2:])
+        return torch.cat([features, padding], dim=1)
+    return features
+
+
+class PromptCrossAttention(nn.Module):
+    """Channel ("transposed") cross-attention: queries from one map, keys/values from another."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
+        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def init_own_parameters(self) -> None:
+        nn.init.ones_(self.temperature)
+
+    def forward(self, query_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        query = self.q_dwconv(self.q(query_map))
+        key, value = self.kv_dwconv(self.kv(context)).chunk(2, dim=1)
+        return self.project_out(channel_attention(query, key, value, self.num_heads, self.temperature))
+
+
+class PromptToPromptInteraction(nn.Module):
+    """The basic restoration prompt (query) attends to the degradation-aware prompt (context); official ``LGM``."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool) -> None:
+        super().__init__()
+        # The official block hard-codes the WithBias LayerNorm whatever the backbone uses.
+        self.norm_query = ChannelLayerNorm(dim, "WithBias")
+        self.norm_context = ChannelLayerNorm(dim, "WithBias")
+        self.attn = PromptCrossAttention(dim, num_heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, "WithBias")
+        self.ffn = GatedDconvFeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        hidden = query + self.attn(self.norm_query(query), self.norm_context(context))
+        return hidden + self.ffn(self.norm2(hidden))
+
+
+class PromptInPrompt(nn.Module):
+    """Degradation-aware prompt + basic restoration prompt + their interaction -> a prompt for one skip level."""
+
+    def __init__(
+        self,
+        prompt_dim: int,
+        prompt_size: int,
+        num_degradations: int,
+        num_heads: int,
+        ffn_expansion_factor: float,
+        bias: bool,
+        reduction: str,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.prompt_size = prompt_size
+        self.degradation_prompts = nn.Parameter(torch.empty(num_degradations, prompt_dim))
+        self.basic_restoration_prompt = nn.Parameter(torch.empty(prompt_dim, prompt_size, prompt_size))
+        self.prompt_interaction = PromptToPromptInteraction(prompt_dim, num_heads, ffn_expansion_factor, bias)
+        self.output_conv = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
+        self.init_own_parameters()
+
+    def init_own_parameters(self) -> None:
+        # Standard normal, as the official torch.randn initialisation.
+        nn.init.normal_(self.degradation_prompts)
+        nn.init.normal_(self.basic_restoration_prompt)
+
+    def degradation_aware_prompt(self, degradation_weights: torch.Tensor) -> torch.Tensor:
+        """(B, num_degradations) class weights -> (B, prompt_dim) prompt vector."""
+        prompt = degradation_weights.to(self.degradation_prompts.dtype) @ self.degradation_prompts
+        if self.reduction == "mean":
+            # Official: mean over the classes of the weighted prompts, i.e. the selected prompt / num classes.
+            prompt = prompt / self.degradation_prompts.shape[0]
+        return prompt
+
+    def forward(self, skip: torch.Tensor, degradation_weights: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = skip.shape
+        prompt_dim = self.degradation_prompts.shape[1]
+        degradation_prompt = self.degradation_aware_prompt(degradation_weights)[:, :, None, None]
+        feature = F.interpolate(skip, size=(self.prompt_size, self.prompt_size), mode="bilinear", align_corners=False)
+        semantic_prompt = degradation_prompt * align_channels(feature, prompt_dim)
+        basic = self.basic_restoration_prompt.unsqueeze(0).expand(batch, -1, -1, -1)
+        universal_prompt = self.prompt_interaction(basic, semantic_prompt)
+        universal_prompt = F.interpolate(universal_prompt, size=(height, width), mode="bilinear", align_corners=False)
+        return self.output_conv(universal_prompt)
+
+    def angle_regularization(self) -> torch.Tensor:
+        """Sum over class pairs of relu(cos(prompt_i, prompt_j)): pushes degradation prompts >= 90 degrees apart."""
+        normalized = F.normalize(self.degradation_prompts, dim=1)
+        cosine = normalized @ normalized.T
+        pairs = torch.triu_indices(cosine.shape[0], cosine.shape[0], offset=1, device=cosine.device)
+        return F.relu(cosine[pairs[0], pairs[1]]).sum()
+
+
+class TopMCrossAttention(nn.Module):
+    """Selective channel cross-attention: several top-m masks of the attention map, mixed by learned weights.
+
+    For ``c`` channels per head and each fraction num/den, only the ``int(c * num / den)`` largest entries of
+    each attention row survive the softmax (official ``Topm_CrossAttention_Restormer``, after DRSformer).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, bias: bool, fractions: list[list[int]], weight_init: float
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.fractions = [tuple(pair) for pair in fractions]
+        self.weight_init = weight_init
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
+        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.branch_weights = nn.Parameter(torch.full((len(self.fractions),), float(weight_init)))
+
+    def init_own_parameters(self) -> None:
+        nn.init.ones_(self.temperature)
+        nn.init.constant_(self.branch_weights, self.weight_init)
+
+    def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = feature.shape
+        query = self.q_dwconv(self.q(feature)).reshape(batch, self.num_heads, -1, height * width)
+        key, value = self.kv_dwconv(self.kv(prompt)).chunk(2, dim=1)
+        key = key.reshape(batch, self.num_heads, -1, height * width)
+        value = value.reshape(batch, self.num_heads, -1, height * width)
+        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+        attention = (query @ key.transpose(-2, -1)) * self.temperature
+        per_head = query.shape[2]
+        out = 0
+        for (numerator, denominator), weight in zip(self.fractions, self.branch_weights):
+            keep = int(per_head * numerator / denominator)
+            kept = torch.topk(attention, k=keep, dim=-1).indices
+            mask = torch.zeros_like(attention, dtype=torch.bool).scatter_(-1, kept, True)
+            masked = attention.masked_fill(~mask, float("-inf"))
+            out = out + (masked.softmax(dim=-1) @ value) * weight
+        return self.project_out(out.reshape(batch, channels, height, width))
+
+
+class DualGateFeedForward(nn.Module):
+    """GDFN with both halves gating each other: gelu(x2) * x1 + gelu(x1) * x2 (official, after LLFormer)."""
+
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool) -> None:
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        first, second = self.dwconv(self.project_in(hidden_states)).chunk(2, dim=1)
+        return self.project_out(F.gelu(second) * first + F.gelu(first) * second)
+
+
+class SelectivePromptToFeature(nn.Module):
+    """The skip feature attends to its prompt (top-m attention), then a dual-gate feed-forward network.
+
+    Feature and prompt are normalised first; a feature narrower than the prompt is zero-padded to the prompt
+    width for the attention and projected back with a 1x1 conv; a wider one lets its extra channels pass
+    unchanged. The attention residual is added to the *normalised* feature, as in the official code.
+    """
+
+    def __init__(self, feature_dim: int, prompt_dim: int, config: PIPConfig) -> None:
+        super().__init__()
+        self.feature_dim, self.prompt_dim = feature_dim, prompt_dim
+        self.norm_feature = ChannelLayerNorm(feature_dim, config.layer_norm_type)
+        self.norm_prompt = ChannelLayerNorm(prompt_dim, config.layer_norm_type)
+        self.attn = TopMCrossAttention(
+            prompt_dim, config.feature_heads, config.bias, config.topm_fractions, config.topm_weight_init
+        )
+        self.project_to_feature = (
+            nn.Conv2d(prompt_dim, feature_dim, kernel_size=1, bias=False) if feature_dim < prompt_dim else None
+        )
+        self.norm2 = ChannelLayerNorm(feature_dim, config.layer_norm_type)
+        self.ffn = DualGateFeedForward(feature_dim, config.ffn_expansion_factor, config.bias)
+
+    def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        feature, prompt = self.norm_feature(feature), self.norm_prompt(prompt)
+        interacting, passing = feature, None
+        if self.feature_dim > self.prompt_dim:
+            interacting, passing = feature.split([self.prompt_dim, self.feature_dim - self.prompt_dim], dim=1)
+        interacting = align_channels(interacting, self.prompt_dim)
+        hidden = interacting + self.attn(interacting, prompt)
+        if passing is not None:
+            hidden = torch.cat([hidden, passing], dim=1)
+        elif self.project_to_feature is not None:
+            hidden = self.project_to_feature(hidden)
+        return hidden + self.ffn(self.norm2(hidden))
+
+
+class SkipPrompt(nn.Module):
+    """PIP at one skip connection: prompt-in-prompt generation, then selective prompt-to-feature interaction."""
+
+    def __init__(self, feature_dim: int, prompt_dim: int, prompt_size: int, config: PIPConfig) -> None:
+        super().__init__()
+        self.prompt_in_prompt = PromptInPrompt(
+            prompt_dim,
+            prompt_size,
+            config.num_degradations,
+            config.prompt_interaction_heads,
+            config.ffn_expansion_factor,
+            config.bias,
+            config.degradation_prompt_reduction,
+        )
+        self.prompt_to_feature = SelectivePromptToFeature(feature_dim, prompt_dim, config)
+
+    def forward(self, skip: torch.Tensor, degradation_weights: torch.Tensor) -> torch.Tensor:
+        return self.prompt_to_feature(skip, self.prompt_in_prompt(skip, degradation_weights))
+
+
+class DegradationEstimator(nn.Module):
+    """Predicts the degradation class from the pooled encoder features (ours; lets PIP run without labels)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_degradations: int, detach_features: bool) -> None:
+        super().__init__()
+        self.detach_features = detach_features
+        self.classifier = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
+        )
+
+    def forward(self, features: EncoderFeatures) -> torch.Tensor:
+        pooled = torch.cat(
+            [f.mean(dim=(-2, -1)) for f in (features.level1, features.level2, features.level3, features.latent)], dim=1
+        )
+        if self.detach_features:
+            pooled = pooled.detach()
+        return self.classifier(pooled)
+
+
+class PIPForImageRestoration(PromptRestorationPreTrainedModel):
+    """PIP on the PromptIR-style Restormer body (``pip-restormer``), or on PromptIR with ``decoder_prompts``."""
+
+    config_class = PIPConfig
+
+    def __init__(self, config: PIPConfig) -> None:
+        super().__init__(config)
+        dim = config.dim
+        self.unet = RestorationUNet(
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            dim=dim,
+            num_blocks=config.num_blocks,
+            num_refinement_blocks=config.num_refinement_blocks,
+            heads=config.heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+            decoder_latent_channels=dim * 4,
+            # pip-restormer reduces the latent with a 1x1 conv; on PromptIR's body the latent prompt does it.
+            latent_projection=not config.decoder_prompts,
+        )
+        self.skip_prompts = nn.ModuleDict(
+            {
+                f"level{level}": SkipPrompt(dim * 2 ** (level - 1), prompt_dim, prompt_size, config)
+                for level, (prompt_dim, prompt_size) in enumerate(zip(config.prompt_dims, config.prompt_sizes), start=1)
+            }
+        )
+        self.decoder_prompts = (
+            DecoderPrompts(
+                dim=dim,
+                latent_out_dim=dim * 4,
+                prompt_dims=config.decoder_prompt_dims,
+                prompt_sizes=config.decoder_prompt_sizes,
+                prompt_len=config.decoder_prompt_len,
+                num_heads=config.heads[2],
+                ffn_expansion_factor=config.ffn_expansion_factor,
+                bias=config.bias,
+                layer_norm_type=config.layer_norm_type,
+            )
+            if config.decoder_prompts
+            else None
+        )
+        self.degradation_estimator = (
+            DegradationEstimator(
+                dim * 15, config.degradation_estimator_hidden_dim, config.num_degradations,
+                config.degradation_estimator_detach_features,
+            )
+            if config.use_degradation_estimator
+            else None
+        )
+        self.unused_official_modules = None
+        if config.keep_unused_official_modules:
+            # Constructed but never called by the official model; present only so its checkpoints load strictly.
+            widths = {1: dim, 2: dim * 2, 3: dim * 4}
+            self.unused_official_modules = nn.ModuleDict(
+                {
+                    f"reduce_noise_channel_{level}": nn.Conv2d(
+                        widths[level] + config.prompt_dims[level - 1], widths[level], kernel_size=1, bias=config.bias
+                    )
+                    for level in (1, 2, 3)
+                }
+            )
+        self.post_init()
+
+    # ----- degradation labels -------------------------------------------------------------------------
+    def degradation_index(self, name: str | int) -> int:
+        """Map a degradation name (or alias, or index) to its class index; clear error for unknown names."""
+        names = list(self.config.degradation_names)
+        if isinstance(name, bool) or not isinstance(name, (int, str)):
+            raise RestorationInputError(f"degradation label must be a name or an index, got {name!r}")
+        if isinstance(name, int):
+            if not 0 <= name < len(names):
+                raise RestorationInputError(f"degradation index {name} is out of range 0..{len(names) - 1} ({names})")
+            return name
+        key = name.strip().lower().replace("_", "-").replace(" ", "-")
+        key = key if key in names else DEGRADATION_ALIASES.get(key, key)
+        if key not in names:
+            raise RestorationInputError(f"unknown degradation {name!r}; valid names are {', '.join(names)}")
+        return names.index(key)
+
+    def degradation_weights_from_labels(self, labels, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Turn ``degradation_labels`` into (B, num_degradations) weights.
+
+        Accepted: one name/index for the whole batch; a name with ``+`` for a mixture ("rain+haze"); a list with
+        one entry per image, each a name, index or a pair of them (mixed degradations: the mean of two one-hots,
+        as the official code); a (B,) integer tensor; a (B, num_degradations) float tensor of weights.
+        """
+        num = self.config.num_degradations
+        if isinstance(labels, torch.Tensor):
+            if labels.is_floating_point():
+                if labels.shape != (batch_size, num):
+                    raise RestorationInputError(
+                        f"degradation weights must have shape ({batch_size}, {num}), got {tuple(labels.shape)}"
+                    )
+                return labels.to(device)
+            labels = labels.reshape(-1).tolist() if labels.ndim else labels.item()
+        if isinstance(labels, (str, int)):
+            labels = [labels] * batch_size
+        if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
+            raise RestorationInputError(
+                f"degradation_labels must give one label per image ({batch_size}), got {labels!r}"
+            )
+        rows = []
+        for label in labels:
+            parts = label.split("+") if isinstance(label, str) else label if isinstance(label, (list, tuple)) else [label]
+            if isinstance(parts, torch.Tensor):
+                parts = parts.tolist()
+            if not 1 <= len(parts) <= 3:
+                raise RestorationInputError(f"a mixed degradation combines 2 or 3 labels, got {label!r}")
+            row = torch.zeros(num)
+            for part in parts:
+                row[self.degradation_index(part)] += 1.0 / len(parts)
+            rows.append(row)
+        return torch.stack(rows).to(device)
+
+    # ----- forward ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        degradation_labels=None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageRestorationOutput | tuple:
+        """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W.
+
+        Args:
+            degradation_labels: the degradation of each image (see ``degradation_weights_from_labels``). When
+                omitted, the built-in estimator's softmax weights are used.
+            labels: clean images; when given, ``loss`` = pixel loss + weight x prompt angle regulariser
+                (+ the estimator's cross-entropy when ``degradation_labels`` are given too).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self.check_pixel_values(pixel_values)
+        batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
+        padded = self.pad_to_multiple(pixel_values)
+        features = self.unet.encode(padded)
+
+        estimator_logits = self.degradation_estimator(features) if self.degradation_estimator is not None else None
+        if degradation_labels is not None:
+            weights = self.degradation_weights_from_labels(degradation_labels, batch, padded.device)
+        elif estimator_logits is not None:
+            weights = estimator_logits.softmax(dim=-1)
+        else:
+            raise RestorationInputError(
+                "this PIP model has no degradation estimator (use_degradation_estimator=False, as converted official "
+                f"checkpoints): pass degradation_labels, one of {', '.join(self.config.degradation_names)}"
+            )
+        weights = weights.to(padded.dtype)
+
+        skip1 = self.skip_prompts["level1"](features.level1, weights)
+        skip2 = self.skip_prompts["level2"](features.level2, weights)
+        skip3 = self.skip_prompts["level3"](features.level3, weights)
+        prompt_weights = None
+        if self.decoder_prompts is None:
+            latent = self.unet.project_latent(features.latent)
+            decoded3 = self.unet.decode_level3(latent, skip3)
+            decoded2 = self.unet.decode_level2(decoded3, skip2)
+        else:
+            latent, latent_weights = self.decoder_prompts.latent(features.latent)
+            decoded3, level3_weights = self.decoder_prompts.level3(self.unet.decode_level3(latent, skip3))
+            decoded2, level2_weights = self.decoder_prompts.level2(self.unet.decode_level2(decoded3, skip2))
+            prompt_weights = (latent_weights, level3_weights, level2_weights)
+        decoded1 = self.unet.decode_level1(decoded2, skip1)
+        restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
+
+        loss = loss_terms = None
+        if labels is not None:
+            loss, loss_terms = self.compute_loss(restored, labels, pixel_values, estimator_logits, weights, degradation_labels)
+        if not return_dict:
+            return tuple(v for v in (loss, restored, weights, estimator_logits) if v is not None)
+        return ImageRestorationOutput(
+            loss=loss,
+            reconstruction=restored,
+            degradation_weights=weights,
+            degradation_logits=estimator_logits,
+            prompt_weights=prompt_weights,
+            loss_terms=loss_terms,
+        )
+
+    def prompt_angle_regularization(self) -> torch.Tensor:
+        """The paper's prompt regulariser: scale x sum over levels of the pairwise positive cosines."""
+        total = sum(skip.prompt_in_prompt.angle_regularization() for skip in self.skip_prompts.values())
+        return total * self.config.prompt_angle_scale
+
+    def compute_loss(self, restored, labels, pixel_values, estimator_logits, weights, degradation_labels):
+        config = self.config
+        self.check_labels(labels, pixel_values)
+        labels = labels.to(restored.dtype)
+        if config.pixel_loss == "smooth_l1":
+            pixel = F.smooth_l1_loss(restored, labels, beta=1.0)
+        else:
+            pixel = F.l1_loss(restored, labels)
+        regularizer = self.prompt_angle_regularization()
+        loss = pixel + config.prompt_regularization_weight * regularizer
+        terms = {"pixel": pixel.detach(), "prompt_angle": regularizer.detach()}
+        if estimator_logits is not None and degradation_labels is not None:
+            # Soft targets so that mixed labels (two halves) train the estimator too.
+            estimator = F.cross_entropy(estimator_logits.float(), weights.float())
+            loss = loss + config.degradation_estimator_loss_weight * estimator
+            terms["degradation_estimator"] = estimator.detach()
+        return loss, terms
+
+
+__all__ = ["PIPForImageRestoration"]

@@ -1,0 +1,207 @@
+"""PIP: official fidelity, the degradation-label interface, the label-free estimator, the paper's loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_model
+
+from modeling import PIPConfig, PIPForImageRestoration, RestorationInputError
+from modeling.conversion import convert_pip
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = dict(keep_unused_official_modules=True, use_degradation_estimator=False)
+
+
+def count_parameters(config: PIPConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in PIPForImageRestoration(config).parameters())
+
+
+def test_official_parameter_count():
+    assert count_parameters(PIPConfig(**OFFICIAL)) == 27_429_510
+    # Without the three never-called official 1x1 convs (112,896 parameters):
+    assert count_parameters(PIPConfig(use_degradation_estimator=False)) == 27_429_510 - 112_896
+    # Our default adds the degradation estimator (15*48*128 + 128 + 128*5 + 5 parameters).
+    assert count_parameters(PIPConfig()) == 27_316_614 + (720 * 128 + 128) + (128 * 5 + 5)
+
+
+def test_pip_on_promptir_body_is_a_config_change():
+    with torch.device("meta"):
+        model = PIPForImageRestoration(PIPConfig(decoder_prompts=True, use_degradation_estimator=False))
+    assert model.unet.latent_projection is None
+    assert model.decoder_prompts is not None
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert names == {"unet", "skip_prompts", "decoder_prompts"}
+
+
+def test_output_matches_official_code_slice():
+    """Recorded by running the official PIPNet_Restormer_onskip_inter with our seed-0 weights (label: rain)."""
+    torch.manual_seed(0)
+    model = PIPForImageRestoration(PIPConfig(**OFFICIAL)).eval()
+    pixel_values = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = model(pixel_values, degradation_labels="rain").reconstruction
+    expected = torch.tensor(
+        [[0.570666, 0.955286, 0.427333], [0.265742, 0.134317, 0.145176], [0.805978, 0.627798, 0.72435]]
+    )
+    torch.testing.assert_close(output[0, 0, :3, :3], expected, atol=1e-5, rtol=0)
+
+
+def official_state_dict() -> dict[str, torch.Tensor]:
+    shapes = json.loads((FIXTURES / "official_keys_pip.json").read_text())
+    generator = torch.Generator().manual_seed(5)
+    return {k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
+
+
+def test_converter_maps_all_612_official_keys(tmp_path):
+    official = official_state_dict()
+    assert len(official) == 612
+    torch.save({"params": official, "epoch": 100}, tmp_path / "pip.pth")
+    model = convert_pip.convert_pip_checkpoint(str(tmp_path / "pip.pth"))
+    ours = model.state_dict()
+    assert len(ours) == 612 - 9  # attn1..attn4 merged into one branch_weights vector at each of 3 levels
+    torch.testing.assert_close(
+        ours["skip_prompts.level3.prompt_in_prompt.degradation_prompts"], official["prompt3.detask_prompt_param"][0, :, :, 0, 0]
+    )
+    torch.testing.assert_close(
+        ours["skip_prompts.level2.prompt_to_feature.attn.branch_weights"],
+        torch.cat([official[f"low_prompt_interaction_level2.prompt_transformer_cross.attn.attn{i}"] for i in (1, 2, 3, 4)]),
+    )
+    torch.testing.assert_close(
+        ours["skip_prompts.level1.prompt_in_prompt.prompt_interaction.norm_context.weight"],
+        official["prompt1.LGM.norm12.body.weight"],
+    )
+    torch.testing.assert_close(ours["unet.latent_projection.weight"], official["chnl_reduce3.weight"])
+    # Converted official models need labels: they have no estimator.
+    with pytest.raises(RestorationInputError, match="pass degradation_labels"):
+        model(torch.rand(1, 3, 16, 16))
+
+
+def test_converter_can_add_an_estimator(tmp_path):
+    torch.save({"params": official_state_dict()}, tmp_path / "pip.pth")
+    model = convert_pip.convert_pip_checkpoint(str(tmp_path / "pip.pth"), with_degradation_estimator=True)
+    assert model.degradation_estimator is not None
+    out = model(torch.rand(1, 3, 16, 16))
+    assert out.degradation_weights.shape == (1, 5)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("pip")
+
+
+def test_label_free_path_uses_estimator_weights_summing_to_one(model):
+    with torch.no_grad():
+        out = model(torch.rand(3, 3, 16, 16))
+    assert out.degradation_weights.shape == (3, 5)
+    torch.testing.assert_close(out.degradation_weights.sum(-1), torch.ones(3))
+    torch.testing.assert_close(out.degradation_weights, out.degradation_logits.softmax(-1))
+
+
+def test_labels_bypass_the_estimator(model):
+    pixel_values = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        labelled = model(pixel_values, degradation_labels=["rain", 3])
+        # Changing the estimator must not change a labelled result.
+        for p in model.degradation_estimator.parameters():
+            p.add_(1.0)
+        relabelled = model(pixel_values, degradation_labels=["rain", 3])
+        for p in model.degradation_estimator.parameters():
+            p.sub_(1.0)
+    expected = torch.zeros(2, 5)
+    expected[0, 1] = expected[1, 3] = 1
+    torch.testing.assert_close(labelled.degradation_weights, expected)
+    torch.testing.assert_close(labelled.reconstruction, relabelled.reconstruction, atol=0, rtol=0)
+
+
+def test_labels_change_the_restoration(model):
+    pixel_values = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        noise = model(pixel_values, degradation_labels="noise").reconstruction
+        rain = model(pixel_values, degradation_labels="rain").reconstruction
+    assert (noise - rain).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "labels, row",
+    [
+        ("rain+haze", [0, 0.5, 0.5, 0, 0]),
+        (("noise", "blur"), [0.5, 0, 0, 0.5, 0]),
+        ("Low_Light", [0, 0, 0, 0, 1]),
+        ("derain", [0, 1, 0, 0, 0]),
+        (torch.tensor([2]), [0, 0, 1, 0, 0]),
+        (torch.tensor([[0.2, 0.2, 0.2, 0.2, 0.2]]), [0.2] * 5),
+    ],
+)
+def test_label_forms(model, labels, row):
+    if isinstance(labels, tuple):
+        labels = [labels]  # one pair for the single image
+    weights = model.degradation_weights_from_labels(labels, 1, torch.device("cpu"))
+    torch.testing.assert_close(weights, torch.tensor([row], dtype=torch.float32))
+
+
+def test_mixed_labels_equal_the_mean_of_the_two_prompts(model):
+    """The official mixture: mean of two one-hots, which is linear in the degradation-aware prompt."""
+    pip = model.skip_prompts["level2"].prompt_in_prompt
+    rain_haze = pip.degradation_aware_prompt(model.degradation_weights_from_labels("rain+haze", 1, torch.device("cpu")))
+    rain = pip.degradation_aware_prompt(model.degradation_weights_from_labels("rain", 1, torch.device("cpu")))
+    haze = pip.degradation_aware_prompt(model.degradation_weights_from_labels("haze", 1, torch.device("cpu")))
+    torch.testing.assert_close(rain_haze, (rain + haze) / 2)
+    # Official 'mean' reduction divides the selected prompt by the number of classes.
+    torch.testing.assert_close(rain[0], pip.degradation_prompts[1] / 5)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [("snow", "unknown degradation 'snow'; valid names are noise, rain, haze, blur, low-light"),
+     (7, "out of range"), (["rain"], "one label per image"), (torch.rand(2, 4), "shape")],
+)
+def test_bad_labels_raise_clear_errors(model, labels, message):
+    with pytest.raises(RestorationInputError, match=message.replace("(", r"\(")):
+        model(torch.rand(2, 3, 8, 8), degradation_labels=labels)
+
+
+def test_loss_is_smooth_l1_plus_angle_regulariser_plus_estimator(model):
+    pixel_values, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    out = model(pixel_values, degradation_labels=["noise", "haze"], labels=clean)
+    config = model.config
+    pixel = F.smooth_l1_loss(out.reconstruction, clean)
+    angle = 0.0
+    for skip in model.skip_prompts.values():
+        prompts = skip.prompt_in_prompt.degradation_prompts
+        for i in range(5):
+            for j in range(i + 1, 5):
+                angle += F.relu(F.cosine_similarity(prompts[i], prompts[j], dim=0))
+    angle = angle * config.prompt_angle_scale
+    targets = torch.tensor([0, 2])
+    ce = F.cross_entropy(out.degradation_logits, targets)
+    expected = pixel + 0.002 * angle + config.degradation_estimator_loss_weight * ce
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=1e-5)
+    assert set(out.loss_terms) == {"pixel", "prompt_angle", "degradation_estimator"}
+    # Without degradation labels there is no estimator target: no cross-entropy term.
+    unlabelled = model(pixel_values, labels=clean)
+    assert "degradation_estimator" not in unlabelled.loss_terms
+
+
+def test_estimator_gradient_stops_at_the_encoder(model):
+    """Training the estimator must not move the restoration path (detach_features=True by default)."""
+    model.zero_grad()
+    out = model(torch.rand(2, 3, 16, 16), degradation_labels=["rain", "blur"])
+    F.cross_entropy(out.degradation_logits, torch.tensor([1, 3])).backward()
+    assert model.degradation_estimator.classifier[0].weight.grad.abs().sum() > 0
+    assert model.unet.patch_embed.proj.weight.grad is None
+    model.zero_grad()
+
+
+def test_config_rejects_inconsistent_names():
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    with pytest.raises(StrictDataclassClassValidationError, match="degradation_names lists 3 names for 5"):
+        PIPConfig(degradation_names=["noise", "rain", "haze"])
+    with pytest.raises(StrictDataclassClassValidationError, match="keep no channel"):
+        PIPConfig(prompt_dims=[4, 4, 4], dim=8, heads=[1, 1, 4, 4])
