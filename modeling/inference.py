@@ -269,6 +269,8 @@ def restore(
     if not items:
         return []
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
+    # load_model switches to eval mode; a model the caller passed in training mode goes back to it at the end.
+    was_training = isinstance(model, torch.nn.Module) and model.training
     model = load_model(model, trust_remote_code=trust_remote_code, device=device)
     processor = load_processor(model_source, processor)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
@@ -283,9 +285,6 @@ def restore(
         groups.setdefault(tuple(array.shape[-2:]), []).append(index)
     batches = [idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)]
 
-    was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
-        model.eval()
     results: list[Any] = [None] * len(items)
     bar = None
     if progress:

@@ -1,0 +1,259 @@
+"""restore(), the image-restoration pipeline and the prompt-restore CLI (in-process and one subprocess run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from transformers import pipeline
+
+from modeling import RestormerConfig, RestormerForImageRestoration
+from modeling import inference
+from modeling.cli import main
+from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
+from modeling.inference import NonFiniteOutputError, restore
+from modeling.pipeline_restoration import ImageRestorationPipeline, register_pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_model(seed: int = 0) -> RestormerForImageRestoration:
+    torch.manual_seed(seed)
+    config = RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    return RestormerForImageRestoration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> RestormerForImageRestoration:
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    model.save_pretrained(folder)
+    return folder
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def direct(model, image_float_hwc: np.ndarray) -> np.ndarray:
+    """What restore() must compute: the model on the [0, 1] image, clamped."""
+    pixel_values = torch.from_numpy(image_float_hwc).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        out = model(pixel_values=pixel_values).reconstruction
+    return out[0].clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+class LabelledModel(nn.Module):
+    """Stand-in for a PIP-style model: takes degradation_labels and records them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, pixel_values, degradation_labels=None, return_dict=True):
+        self.seen.append(None if degradation_labels is None else degradation_labels.tolist())
+        return (pixel_values * self.scale,)
+
+
+# ------------------------------------------------------------------------------------------------ restore
+def test_restore_matches_the_model(model):
+    image = np.random.default_rng(0).random((19, 23, 3)).astype(np.float32)
+    out = restore(image, model)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, direct(model, image), atol=1e-5)
+
+
+def test_restore_keeps_kinds_sizes_and_depths_of_a_mixed_batch(model, tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray(rgb(12, 18, 3)).save(path)
+    images = [
+        Image.fromarray(rgb(17, 33, 1)),
+        rgb(17, 33, 2),
+        np.random.default_rng(3).integers(0, 65536, (9, 11, 3), dtype=np.uint16),
+        Image.fromarray(np.dstack([rgb(8, 8, 4), np.full((8, 8), 77, np.uint8)])),
+        str(path),
+        rgb(17, 33, 5),
+    ]
+    out = restore(images, model, batch_size=2)
+    assert isinstance(out, list) and len(out) == len(images)
+    assert isinstance(out[0], Image.Image) and out[0].size == (33, 17) and out[0].mode == "RGB"
+    assert out[1].dtype == np.uint8 and out[1].shape == (17, 33, 3)
+    assert out[2].dtype == np.uint16 and out[2].shape == (9, 11, 3)
+    assert out[3].mode == "RGBA" and np.all(np.asarray(out[3])[..., 3] == 77)
+    assert isinstance(out[4], Image.Image) and out[4].size == (18, 12)
+    # Batched results equal one-at-a-time results.
+    np.testing.assert_array_equal(out[5], restore(images[5], model))
+
+
+def test_restore_tiled_and_bf16(model):
+    image = np.random.default_rng(1).random((40, 56, 3)).astype(np.float32)
+    whole = restore(image, model)
+    tiled = restore(image, model, tile=32, tile_overlap=8)
+    assert tiled.shape == whole.shape and np.abs(tiled - whole).mean() < 0.05
+    bf16 = restore(image, model, dtype="bf16")
+    assert np.abs(bf16 - whole).max() < 0.05
+
+
+def test_restore_loads_a_folder_and_restores_training_mode(checkpoint, model):
+    image = rgb(16, 16)
+    from_folder = restore(image, str(checkpoint), device="cpu")
+    np.testing.assert_array_equal(from_folder, restore(image, model))
+    model.train()
+    restore(image, model)
+    assert model.training
+    model.eval()
+
+
+def test_degradation_only_for_models_that_take_it(model):
+    with pytest.raises(ValueError, match="does not take degradation labels"):
+        restore(rgb(8, 8), model, degradation="rain")
+    assert restore(rgb(8, 8), model, degradation="auto").shape == (8, 8, 3)
+
+    labelled = LabelledModel()
+    restore([rgb(8, 8), rgb(8, 8)], labelled, degradation="rain")
+    restore([rgb(8, 8), rgb(8, 8)], labelled, degradation=["noise", 4])
+    restore(rgb(8, 8), labelled)
+    assert labelled.seen == [[1, 1], [0, 4], None]
+    with pytest.raises(ValueError, match="Unknown degradation"):
+        restore(rgb(8, 8), labelled, degradation="fog")
+
+
+def test_bad_arguments_and_outputs(model, monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        restore(rgb(8, 8), model, dtype="int8")
+    with pytest.raises(RestorationInputError, match="non-finite"):
+        restore(np.full((8, 8, 3), np.nan, np.float32), model)
+
+    class NaNModel(LabelledModel):
+        def forward(self, pixel_values, return_dict=True):
+            return (pixel_values * float("nan"),)
+
+    with pytest.raises(NonFiniteOutputError, match="NaN"):
+        restore(rgb(8, 8), NaNModel())
+    monkeypatch.setattr(inference, "DEMO_CHECKPOINT_DIR", tmp_path / "no-demo")
+    with pytest.raises(FileNotFoundError, match="model="):
+        restore(rgb(8, 8))
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+def test_pipeline_uses_the_same_path_as_restore(model):
+    register_pipeline()
+    register_pipeline()  # idempotent
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    assert isinstance(pipe, ImageRestorationPipeline)
+    image = Image.fromarray(rgb(21, 30))
+    out = pipe(image)
+    assert isinstance(out, Image.Image) and out.size == (30, 21)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(restore(image, model)))
+    outs = pipe([image, rgb(9, 5)], tile=16, tile_overlap=4)
+    assert outs[0].size == (30, 21) and outs[1].shape == (9, 5, 3)
+    np.testing.assert_array_equal(np.asarray(outs[0]), np.asarray(restore(image, model, tile=16, tile_overlap=4)))
+    with pytest.raises(ValueError, match="degradation"):
+        pipe(image, degradation="rain")
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rgb(20, 24, 1)).save(folder / "a.png")
+    Image.fromarray(rgb(16, 16, 2)).save(folder / "b.jpg", quality=95)
+    Image.fromarray((np.arange(12 * 10).reshape(12, 10) * 400).astype(np.uint16)).save(folder / "deep.png")
+    Image.fromarray(np.dstack([rgb(10, 10, 3), np.full((10, 10), 9, np.uint8)])).save(folder / "alpha.png")
+    (folder / "notes.txt").write_text("not an image, not picked up from the folder")
+    return folder
+
+
+def test_cli_restores_folder_keeps_names_and_depths(inputs, tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    code = main([str(inputs), "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "alpha.png", "b.png", "deep.png"]
+    assert Image.open(out / "deep.png").mode == "I;16"
+    assert Image.open(out / "alpha.png").mode == "RGBA"
+    assert np.all(np.asarray(Image.open(out / "alpha.png"))[..., 3] == 9)
+    assert Image.open(out / "a.png").size == (24, 20)
+
+
+def test_cli_bad_files_are_reported_and_others_written(inputs, tmp_path, checkpoint, capsys):
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "trunc.png").write_bytes((inputs / "a.png").read_bytes()[:60])
+    (inputs / "fake.jpg").write_text("hello")
+    out = tmp_path / "out"
+    code = main([str(inputs), str(tmp_path / "missing*.png"), "-o", str(out), "--model", str(checkpoint), "-q",
+                 "--suffix", "_r", "--tile", "16", "--tile-overlap", "4"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_r.png", "alpha_r.png", "b_r.png", "deep_r.png"]
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 4
+    assert any("empty.png" in line and "empty" in line for line in lines)
+    assert any("trunc.png" in line and "truncated" in line for line in lines)
+    assert any("fake.jpg" in line and "not an image" in line for line in lines)
+    assert any("missing*.png" in line for line in lines)
+
+
+def test_cli_refuses_to_overwrite_inputs(inputs, checkpoint, capsys):
+    before = (inputs / "a.png").read_bytes()
+    code = main([str(inputs / "a.png"), str(inputs / "b.jpg"), "-o", str(inputs), "--model", str(checkpoint), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "refusing to overwrite" in err
+    assert (inputs / "a.png").read_bytes() == before
+    assert (inputs / "b.png").is_file()  # the JPEG's PNG result does not clash with an input
+    code = main([str(inputs / "a.png"), "-o", str(inputs), "--model", str(checkpoint), "--suffix", "_x", "-q"])
+    assert code == 0 and (inputs / "a_x.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["-o", "OUT"], "required"),
+        (["IN", "-o", "OUT", "--tile", "0"], "--tile"),
+        (["IN", "-o", "OUT", "--tile", "16", "--tile-overlap", "16"], "--tile-overlap"),
+        (["IN", "-o", "OUT", "--dtype", "int8"], "invalid choice"),
+        (["IN", "-o", "OUT", "--model", "MISSING"], "config.json"),
+        (["IN", "-o", "FILE"], "not a folder"),
+        (["IN", "-o", "OUT", "--degradation", "rain"], "degradation"),
+    ],
+)
+def test_cli_usage_errors_exit_2(inputs, tmp_path, checkpoint, capsys, args, word):
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "MISSING").mkdir()
+    replace = {"IN": str(inputs / "a.png"), "OUT": str(tmp_path / "out"), "FILE": str(tmp_path / "FILE"),
+               "MISSING": str(tmp_path / "MISSING")}
+    argv = [replace.get(a, a) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(checkpoint)]
+    assert main(argv) == 2
+    assert word in capsys.readouterr().err
+
+
+def test_cli_globs(inputs, tmp_path, checkpoint):
+    out = tmp_path / "out"
+    assert main([str(inputs / "*.png"), "-o", str(out), "--model", str(checkpoint), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "alpha.png", "deep.png"]
+
+
+def test_cli_subprocess_smoke(inputs, tmp_path, checkpoint):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling.cli", str(inputs / "a.png"), "-o", str(tmp_path / "out"),
+         "--model", str(checkpoint), "--dtype", "bf16"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert "restored 1 image(s)" in result.stderr

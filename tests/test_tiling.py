@@ -1,0 +1,152 @@
+"""tiled_apply: coverage, exactness for limited receptive fields, no seams, bounded batches, Restormer 512x512."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from modeling import RestormerConfig, RestormerForImageRestoration
+from modeling.tiling import blend_ramp, tile_starts, tiled_apply
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(512, 256, 32), (100, 64, 16), (65, 64, 32), (30, 64, 8), (7, 7, 3)])
+def test_tile_starts_cover_with_overlap(size, tile, overlap):
+    tile = min(tile, size)
+    starts = tile_starts(size, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + tile == size
+    for previous, current in zip(starts, starts[1:]):
+        assert previous < current and previous + tile - current >= overlap
+
+
+def test_blend_ramp_is_smooth_and_positive_where_needed():
+    window = blend_ramp(64, 32, ramp_start=True, ramp_end=False)
+    assert torch.all(window[:8] == 0)  # context margin of overlap // 4 pixels
+    assert torch.all(window[8:32] > 0) and torch.all(window[32:] == 1)
+    assert torch.all(window[8:32].diff() > 0)
+    assert torch.all(blend_ramp(64, 32, False, False) == 1)  # image-border edges keep full weight
+
+
+@pytest.mark.parametrize(
+    "shape, tile, overlap",
+    [((1, 3, 37, 53), 16, 4), ((2, 3, 40, 40), 24, 8), ((1, 3, 5, 70), 32, 8), ((1, 3, 10, 12), 64, 32)],
+)
+def test_identity_function_is_reproduced_exactly(shape, tile, overlap):
+    """Odd sizes, tiles not dividing the size, images smaller than a tile, batches: weights always sum > 0."""
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    out = tiled_apply(lambda t: t, image, tile, overlap, tile_batch_size=3)
+    torch.testing.assert_close(out, image, atol=1e-6, rtol=0)
+
+
+def _conv_stack(layers: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(layers)]).eval()
+
+
+def test_exact_for_receptive_field_within_context_margin():
+    """8 stacked 3x3 convs see 8 pixels each way = overlap // 4: tiled output equals whole-image output."""
+    image = torch.rand(1, 3, 150, 170, generator=torch.Generator().manual_seed(1))
+    net = _conv_stack(8)
+    with torch.no_grad():
+        whole = net(image)
+    tiled = tiled_apply(net, image, tile=64, overlap=32)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_receptive_field_larger_than_context_needs_more_overlap():
+    """The limitation the module docstring states: a receptive field (radius 12) beyond the context margin
+    (overlap // 4 = 8) makes tiling approximate; overlap 64 (margin 16) makes it exact again."""
+    image = torch.rand(1, 3, 150, 250, generator=torch.Generator().manual_seed(1))
+    box = nn.AvgPool2d(25, stride=1, padding=12, count_include_pad=False)
+    whole = box(image)
+    approximate = tiled_apply(box, image, tile=64, overlap=32)
+    assert (approximate - whole).abs().max().item() > 1e-4  # far above float round-off (~1e-7)
+    exact = tiled_apply(box, image, tile=96, overlap=64)  # 4 x 7 tiles
+    torch.testing.assert_close(exact, whole, atol=1e-6, rtol=0)
+
+
+def test_blending_leaves_no_seams():
+    """A function whose output depends on its whole tile (tile mean) blends smoothly across tile borders."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 200), torch.linspace(0, 1, 200), indexing="ij")
+    image = torch.stack([xx, yy, xx * yy]).unsqueeze(0)
+
+    def tile_mean(batch: torch.Tensor) -> torch.Tensor:
+        return batch.mean(dim=(2, 3), keepdim=True).expand_as(batch).clone()
+
+    hard = tiled_apply(tile_mean, image, tile=64, overlap=0)
+    soft = tiled_apply(tile_mean, image, tile=64, overlap=32)
+    hard_jump = hard.diff(dim=-1).abs().max().item()
+    soft_jump = soft.diff(dim=-1).abs().max().item()
+    assert hard_jump > 0.1  # without overlap the tile borders are visible steps
+    assert soft_jump < hard_jump / 4
+
+
+def test_tiles_are_batched_and_run_on_requested_device():
+    calls = []
+
+    def record(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(batch.shape))
+        return batch
+
+    image = torch.rand(2, 3, 100, 100)
+    tiled_apply(record, image, tile=48, overlap=16, tile_batch_size=2, device="cpu")
+    positions = len(tile_starts(100, 48, 16)) ** 2
+    assert sum(shape[0] for shape in calls) == 2 * positions
+    assert max(shape[0] for shape in calls) == 2 * 2 and all(shape[2:] == (48, 48) for shape in calls)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [(dict(tile=32, overlap=32), "overlap"), (dict(tile=0), "tile"), (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size")],
+)
+def test_invalid_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        tiled_apply(lambda t: t, torch.rand(1, 3, 20, 20), **kwargs)
+
+
+def test_shape_changing_function_is_rejected():
+    with pytest.raises(ValueError, match="keep the tile shape"):
+        tiled_apply(lambda t: t[..., :-1], torch.rand(1, 3, 40, 40), tile=16, overlap=4)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        tiled_apply(lambda t: t, torch.rand(3, 40, 40), tile=16)
+
+
+def natural_looking_image(height: int, width: int) -> torch.Tensor:
+    """Smooth colour texture (periods of 40-110 px) like tests/conftest.py's smooth_image, as (1, 3, H, W)."""
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    channels = [0.5 + 0.4 * torch.sin(xx / (7 + 3 * c) + c) * torch.cos(yy / (11 + 2 * c)) for c in range(3)]
+    return torch.stack(channels).clamp(0, 1)[None]
+
+
+def test_restormer_tiled_matches_whole_image_on_512x512():
+    """The issue's criterion: whole-image and tiled (256 px tiles, default overlap 32) restorations of a 512x512
+    noisy image have PSNRs (against the clean image) within 0.05 dB of each other.
+
+    Measured with this tiny Restormer: seeds 0/1/2 with random weights give |dPSNR| 0.006/0.009/0.011 dB here
+    (tiled-vs-whole PSNR 57-66 dB). Tiling is not exact for Restormer-family models: MDTA's channel attention
+    uses statistics of the whole input, so an image whose content changes strongly across the frame differs more:
+    up to 0.13 dB over 5 random seeds for an image with a global colour gradient, while a tiny model trained
+    briefly on synthetic denoising stayed within 0.01 dB on such non-stationary images.
+    """
+    clean = natural_looking_image(512, 512)
+    noisy = (clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    torch.manual_seed(0)
+    config = RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+    model = RestormerForImageRestoration(config).eval()
+
+    def restore_batch(batch: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=batch).reconstruction
+
+    with torch.no_grad():
+        whole = restore_batch(noisy)
+    tiled = tiled_apply(restore_batch, noisy, tile=256)
+    assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.05
+    assert psnr(tiled, whole) > 50.0
