@@ -1,0 +1,145 @@
+"""Atomic training checkpoints: a run killed at any moment never loses a complete checkpoint.
+
+Layout inside ``output_dir``::
+
+    checkpoint-1000/          complete checkpoints only (renamed into place when fully written)
+    .checkpoint-2000.partial/ being written; ignored by ``latest_checkpoint`` and removed on the next save
+
+Every rank writes into the same ``.partial`` folder with ``accelerator.save_state`` (model, optimizer,
+scheduler, EMA and each rank's RNG state) plus its own data-loader position; the main process then renames
+the folder into place (an atomic ``rename`` on POSIX) and only *afterwards* prunes old checkpoints down to
+``total_limit``. diffusers' examples prune first, which can leave a crashed run with fewer checkpoints than
+the limit promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TRAINING_STATE_FILE = "training_state.json"
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
+    """``latest`` -> newest complete checkpoint (None if there is none yet); a path -> that path (must exist)."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not (path / TRAINING_STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {TRAINING_STATE_FILE})")
+    return path
+
+
+def data_state_file(process_index: int) -> str:
+    return f"data_state_rank{process_index}.pt"
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: str | Path,
+    step: int,
+    training_state: dict[str, Any],
+    data_state: dict[str, Any] | None,
+    total_limit: int | None,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically on every rank, then prune older ones. Returns the final path."""
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in output_dir.glob(".checkpoint-*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial.mkdir()
+    accelerator.wait_for_everyone()
+
+    accelerator.save_state(str(partial))
+    if data_state is not None:
+        torch.save(data_state, partial / data_state_file(accelerator.process_index))
+    accelerator.wait_for_everyone()
+
+    if accelerator.is_main_process:
+        write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
+        _fsync_tree(partial)
+        if final.exists():  # re-saving the same step (e.g. the final step) replaces the old copy
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        _fsync_dir(output_dir)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``total_limit``; returns what was removed."""
+    if not total_limit or total_limit < 1:
+        return []
+    dirs = checkpoint_dirs(output_dir)
+    removed = dirs[: max(0, len(dirs) - total_limit)]
+    for path in removed:
+        # Rename first so a crash mid-delete leaves a hidden folder rather than a half checkpoint.
+        doomed = path.with_name(f".{path.name}.deleting")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return removed
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINING_STATE_FILE).read_text())
+
+
+def load_data_state(checkpoint: Path, process_index: int) -> dict[str, Any] | None:
+    path = checkpoint / data_state_file(process_index)
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

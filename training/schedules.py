@@ -1,0 +1,79 @@
+"""Learning-rate schedules of the official recipes, as multipliers of the base learning rate.
+
+* ``linear_warmup_cosine`` — PromptIR and PIP (``LinearWarmupCosineAnnealingLR`` of pl_bolts, stepped once per
+  *epoch*): linear ramp from ``warmup_start_factor`` to 1 over ``warmup_epochs`` (reaching 1 at epoch
+  ``warmup_epochs - 1``... exactly the closed form of pl_bolts), then half a cosine to ``eta_min_factor`` at
+  ``max_epochs``. The learning rate is constant within an epoch, as in the official training.
+* ``cosine_restart_cyclic`` — Restormer (BasicSR ``CosineAnnealingRestartCyclicLR``, stepped per iteration):
+  consecutive periods, each a cosine from the base learning rate to its own ``eta_min``.
+* ``cosine_restart`` — CPL (BasicSR ``CosineAnnealingRestartLR``): periods with restart weights, one eta_min.
+* ``constant``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+
+def linear_warmup_cosine(
+    steps_per_epoch: int, warmup_epochs: int, max_epochs: int, warmup_start_factor: float = 0.0, eta_min_factor: float = 0.0
+) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        epoch = step // steps_per_epoch
+        if epoch < warmup_epochs:
+            return warmup_start_factor + epoch * (1.0 - warmup_start_factor) / max(1, warmup_epochs - 1)
+        progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
+        return eta_min_factor + 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _locate(step: int, periods: Sequence[int]) -> tuple[int, int]:
+    start = 0
+    for index, period in enumerate(periods):
+        if step < start + period:
+            return index, step - start
+        start += period
+    return len(periods) - 1, periods[-1]
+
+
+def cosine_restart_cyclic(periods: Sequence[int], eta_min_factors: Sequence[float]) -> Callable[[int], float]:
+    if len(periods) != len(eta_min_factors):
+        raise ValueError("periods and eta_min_factors must have the same length")
+
+    def factor(step: int) -> float:
+        index, offset = _locate(step, periods)
+        eta = eta_min_factors[index]
+        return eta + 0.5 * (1.0 - eta) * (1.0 + math.cos(math.pi * offset / periods[index]))
+
+    return factor
+
+
+def cosine_restart(
+    periods: Sequence[int], restart_weights: Sequence[float], eta_min_factor: float
+) -> Callable[[int], float]:
+    if len(periods) != len(restart_weights):
+        raise ValueError("periods and restart_weights must have the same length")
+
+    def factor(step: int) -> float:
+        index, offset = _locate(step, periods)
+        weight = restart_weights[index]
+        return eta_min_factor + weight * 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * offset / periods[index]))
+
+    return factor
+
+
+def build_lr_lambda(name: str, steps_per_epoch: int, **options) -> Callable[[int], float]:
+    """The multiplier function for ``torch.optim.lr_scheduler.LambdaLR`` named by a recipe."""
+    if name == "constant":
+        return lambda step: 1.0
+    if name == "linear_warmup_cosine":
+        return linear_warmup_cosine(steps_per_epoch, **options)
+    if name == "cosine_restart_cyclic":
+        return cosine_restart_cyclic(**options)
+    if name == "cosine_restart":
+        return cosine_restart(**options)
+    raise ValueError(
+        f"unknown lr_scheduler {name!r}; choose constant, linear_warmup_cosine, cosine_restart_cyclic or cosine_restart"
+    )
