@@ -124,35 +124,50 @@ def accepts_degradation_labels(model: Any) -> bool:
         return False
 
 
-def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[torch.Tensor]:
-    """Turn `degradation` (None/"auto", a name, an index, or one of those per image) into a LongTensor (count,).
+def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[Union[list, torch.Tensor]]:
+    """Validate `degradation` for `count` images and return what to pass as `degradation_labels`.
 
-    Returns None for None/"auto" (the model chooses by itself). Raises ValueError for a model that cannot take
-    labels or an unknown name.
+    `degradation`: None/"auto" (the model decides, e.g. PIP's estimator), a name, an index, or a list with one
+    per image. Models with a `degradation_index(name)` method (PIP) get a per-image list of the given labels, so
+    their own label syntax (aliases, "rain+haze" mixtures) works and their errors are raised here, before any
+    image is processed; other models that take labels get a LongTensor of indices into
+    `config.degradation_names` (default: noise, rain, haze, blur, low-light). Raises ValueError for a model
+    whose forward has no `degradation_labels`, for unknown names, and when a model without an estimator
+    gets none.
     """
-    if degradation is None or (isinstance(degradation, str) and degradation.lower() == "auto"):
+    if isinstance(degradation, str) and degradation.strip().lower() == "auto":
+        degradation = None
+    if degradation is None:
+        if accepts_degradation_labels(model) and getattr(model, "degradation_estimator", False) is None:
+            raise ValueError(
+                f"{type(model).__name__} has no degradation estimator: pass degradation=<name> "
+                "(CLI: --degradation NAME)."
+            )
         return None
     if not accepts_degradation_labels(model):
         raise ValueError(
             f"degradation={degradation!r} was given, but {type(model).__name__} does not take degradation labels "
             "(its forward has no `degradation_labels`); omit it or use 'auto'."
         )
-    config = getattr(model, "config", None)
-    names = list(getattr(config, "degradation_names", None) or DEGRADATION_NAMES)
     values = list(degradation) if isinstance(degradation, (list, tuple)) else [degradation] * count
     if len(values) != count:
         raise ValueError(f"Got {len(values)} degradation labels for {count} images.")
+    index_of = getattr(model, "degradation_index", None)
+    if callable(index_of):
+        for value in values:
+            for part in value.split("+") if isinstance(value, str) else [value]:
+                index_of(part)  # raises a clear ValueError naming the valid labels
+        return values
+    config = getattr(model, "config", None)
+    names = [str(name).lower() for name in (getattr(config, "degradation_names", None) or DEGRADATION_NAMES)]
     ids = []
     for value in values:
-        if isinstance(value, str):
-            key = value.lower()
-            if key not in names:
-                raise ValueError(f"Unknown degradation {value!r}; known degradations: {', '.join(names)} (or 'auto').")
-            ids.append(names.index(key))
-        elif isinstance(value, (int, np.integer)) and 0 <= int(value) < len(names):
+        if isinstance(value, str) and value.strip().lower() in names:
+            ids.append(names.index(value.strip().lower()))
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(names):
             ids.append(int(value))
         else:
-            raise ValueError(f"Invalid degradation {value!r}; use a name ({', '.join(names)}) or an index.")
+            raise ValueError(f"Unknown degradation {value!r}; known degradations: {', '.join(names)} (or 'auto').")
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -171,7 +186,7 @@ def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
     *,
-    degradation_labels: Optional[torch.Tensor] = None,
+    degradation_labels: Optional[Union[list, torch.Tensor]] = None,
     tile: Optional[int] = None,
     tile_overlap: int = 32,
     tile_batch_size: int = 4,
@@ -193,9 +208,11 @@ def run_model(
         kwargs = {}
         if degradation_labels is not None:
             # Tiles of all images are stacked position by position, so repeat the labels per position.
-            kwargs["degradation_labels"] = degradation_labels.repeat(batch.shape[0] // len(degradation_labels)).to(
-                batch.device
-            )
+            repeats = batch.shape[0] // len(degradation_labels)
+            if isinstance(degradation_labels, torch.Tensor):
+                kwargs["degradation_labels"] = degradation_labels.repeat(repeats).to(batch.device)
+            else:
+                kwargs["degradation_labels"] = list(degradation_labels) * repeats
         context = (
             torch.autocast(device_type=batch.device.type, dtype=autocast_dtype)
             if autocast_dtype is not None
@@ -218,6 +235,12 @@ def run_model(
         hint = " Try dtype='bf16' or 'fp32' (fp16 overflows easily)." if autocast_dtype == torch.float16 else ""
         raise NonFiniteOutputError(f"The model produced NaN or infinite values.{hint}")
     return result
+
+
+def _select(labels: Optional[Union[list, torch.Tensor]], indices: list[int]) -> Optional[Union[list, torch.Tensor]]:
+    if labels is None:
+        return None
+    return labels[indices] if isinstance(labels, torch.Tensor) else [labels[i] for i in indices]
 
 
 def default_output_type(meta: dict) -> str:
@@ -298,7 +321,7 @@ def restore(
                 restored = run_model(
                     model,
                     pixel_values,
-                    degradation_labels=labels[batch] if labels is not None else None,
+                    degradation_labels=_select(labels, batch),
                     tile=tile,
                     tile_overlap=tile_overlap,
                     tile_batch_size=batch_size,

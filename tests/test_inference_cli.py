@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 from transformers import pipeline
 
-from modeling import RestormerConfig, RestormerForImageRestoration
+from modeling import PIPConfig, PIPForImageRestoration, RestormerConfig, RestormerForImageRestoration
 from modeling import inference
 from modeling.cli import main
 from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
@@ -63,7 +63,7 @@ class LabelledModel(nn.Module):
         self.seen = []
 
     def forward(self, pixel_values, degradation_labels=None, return_dict=True):
-        self.seen.append(None if degradation_labels is None else degradation_labels.tolist())
+        self.seen.append(None if degradation_labels is None else degradation_labels.tolist())  # LongTensor
         return (pixel_values * self.scale,)
 
 
@@ -128,6 +128,34 @@ def test_degradation_only_for_models_that_take_it(model):
     assert labelled.seen == [[1, 1], [0, 4], None]
     with pytest.raises(ValueError, match="Unknown degradation"):
         restore(rgb(8, 8), labelled, degradation="fog")
+
+
+def make_pip(**overrides) -> PIPForImageRestoration:
+    torch.manual_seed(0)
+    config = PIPConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],
+                       prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4], degradation_estimator_hidden_dim=16,
+                       **overrides)
+    return PIPForImageRestoration(config).eval()
+
+
+def test_degradation_labels_reach_a_pip_model():
+    pip = make_pip()
+    image = np.random.default_rng(2).random((16, 24, 3)).astype(np.float32)
+    pixel_values = torch.from_numpy(image).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        rain = pip(pixel_values=pixel_values, degradation_labels="rain").reconstruction
+        auto = pip(pixel_values=pixel_values).reconstruction
+    expected = rain[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(restore(image, pip, degradation="rain"), expected, atol=1e-5)
+    np.testing.assert_allclose(restore(image, pip, degradation=1), expected, atol=1e-5)
+    np.testing.assert_allclose(restore(image, pip, degradation="auto"), auto[0].clamp(0, 1).permute(1, 2, 0).numpy(),
+                               atol=1e-5)
+    tiled = restore([image, image], pip, degradation=["rain", "haze"], tile=16, tile_overlap=4)
+    assert tiled[0].shape == image.shape and not np.allclose(tiled[0], tiled[1])
+    with pytest.raises(ValueError, match="fog"):
+        restore(image, pip, degradation="fog")
+    with pytest.raises(ValueError, match="no degradation estimator"):
+        restore(image, make_pip(use_degradation_estimator=False))
 
 
 def test_bad_arguments_and_outputs(model, monkeypatch, tmp_path):
@@ -257,3 +285,13 @@ def test_cli_subprocess_smoke(inputs, tmp_path, checkpoint):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "a.png").is_file()
     assert "restored 1 image(s)" in result.stderr
+
+
+def test_cli_degradation_for_pip(inputs, tmp_path, capsys):
+    folder = tmp_path / "pip"
+    make_pip(use_degradation_estimator=False).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "--degradation", "rain", "-q"]) == 0
+    assert (out / "a.png").is_file()
+    assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "-q"]) == 2
+    assert "--degradation" in capsys.readouterr().err
