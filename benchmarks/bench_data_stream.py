@@ -2,8 +2,8 @@
 
 Both sides read the same epoch plan (official repeat factors), decode with PIL, take the same random 128x128
 crop and flip/rot90 mode and synthesize the same degradations; the difference is the streaming machinery
-(`from_generator` records, `.map`/`.filter`, bad-data accounting, worker sharding) against
-``DataLoader(shuffle=True)`` over a list.
+(`from_generator` records, `.map`/`.filter`, bad-data accounting, worker sharding, state snapshots) against
+a ``DataLoader`` over a list of the same plan, in the same order.
 
     python benchmarks/bench_data_stream.py                    # small generated corpus (temporary folder)
     python benchmarks/bench_data_stream.py --root data/Train  # real corpus: Denoise/ Derain/ Dehaze/ Deblur/ Enhance/
@@ -50,7 +50,8 @@ def smooth_photo(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     channels = []
     for c in range(3):
         fx, fy, phase = rng.uniform(0.01, 0.08, 2).tolist() + [rng.uniform(0, 6.3)]
-        channels.append(0.5 + 0.35 * np.sin(xx * fx + phase) * np.cos(yy * fy) + 0.05 * rng.standard_normal((height, width)))
+        texture = 0.05 * rng.standard_normal((height, width))
+        channels.append(0.5 + 0.35 * np.sin(xx * fx + phase) * np.cos(yy * fy) + texture)
     return (np.clip(np.stack(channels, -1), 0, 1) * 255).astype(np.uint8)
 
 
@@ -68,7 +69,8 @@ def generate_corpus(root: Path, clean: int, pairs: int, height: int, width: int)
         base = smooth_photo(rng, height, width)
         darker = (base * 0.4).astype(np.uint8)
         save(root / f"Derain/gt/norain-{k}.png", base)
-        save(root / f"Derain/rainy/rain-{k}.png", np.maximum(base, 200 * (rng.random(base.shape[:2]) < 0.01)[..., None]).astype(np.uint8))
+        streaks = (200 * (rng.random(base.shape[:2]) < 0.01)[..., None]).astype(np.uint8)
+        save(root / f"Derain/rainy/rain-{k}.png", np.maximum(base, streaks))
         save(root / f"Dehaze/original/{k:04d}.jpg", base)
         save(root / f"Dehaze/synthetic/part1/{k:04d}_0.8_0.1.jpg", (base * 0.6 + 90).astype(np.uint8))
         save(root / f"Deblur/GOPR0372_07_00/sharp/{k:06d}.png", base)
@@ -117,14 +119,14 @@ class PlainPairDataset(torch.utils.data.Dataset):
         return {"degraded": degraded, "clean": clean, "task": task}
 
 
-def time_loader(loader, samples: int, batch_size: int) -> tuple[float, int]:
-    """Samples/s after the first batch (worker start-up excluded)."""
+def time_loader(loader, samples: int | None) -> tuple[float, int]:
+    """Samples/s after the first batch (worker start-up excluded), over ``samples`` or the whole epoch."""
     iterator = iter(loader)
     next(iterator)
     seen, start = 0, time.perf_counter()
     for batch in iterator:
         seen += batch["degraded"].shape[0]
-        if seen >= samples:
+        if samples is not None and seen >= samples:
             break
     elapsed = time.perf_counter() - start
     return seen / elapsed, seen
@@ -133,13 +135,14 @@ def time_loader(loader, samples: int, batch_size: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="training tree with Denoise/ Derain/ Dehaze/ Deblur/ Enhance/")
-    parser.add_argument("--samples", type=int, default=800, help="samples timed per loader (after warm-up)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples timed per run (default: the whole epoch, so both loaders do identical work)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per loader (median is reported)")
     parser.add_argument("--clean", type=int, default=24, help="generated corpus: clean photos")
-    parser.add_argument("--pairs", type=int, default=12, help="generated corpus: pairs per paired task")
+    parser.add_argument("--pairs", type=int, default=6, help="generated corpus: pairs per paired task")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 480), metavar=("H", "W"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -168,9 +171,10 @@ def main() -> None:
                 if name == "stream":
                     loader = build_dataloader(stream, args.batch_size, num_workers=args.workers)
                 else:
-                    loader = torch.utils.data.DataLoader(plain, batch_size=args.batch_size, shuffle=True,
+                    # the plan is already a (seed, epoch) permutation: same samples, same order as the stream
+                    loader = torch.utils.data.DataLoader(plain, batch_size=args.batch_size, shuffle=False,
                                                          num_workers=args.workers, drop_last=True)
-                rates[name].append(time_loader(loader, args.samples, args.batch_size)[0])
+                rates[name].append(time_loader(loader, args.samples)[0])
         results = {name: float(np.median(values)) for name, values in rates.items()}
 
     print(f"corpus: {corpus}; plan: {len(plan)} examples/epoch over {len(sources)} sources; "

@@ -77,7 +77,8 @@ def make_layouts(root: Path) -> dict[str, tuple[Path, list[tuple[str, str]], lis
     # RESIDE OTS: synthetic/partN/<id>_<A>_<beta>.jpg -> original/<id>.jpg ; SOTS: input/<id>_a_b.jpg -> target/<id>.png
     task_root = root / "dehaze_data"
     pairs = []
-    for clean_id, hazy_names in (("0025", ("part1/0025_0.8_0.04", "part2/0025_1_0.2")), ("0026", ("part1/0026_0.9_0.1",))):
+    ots = {"0025": ("part1/0025_0.8_0.04", "part2/0025_1_0.2"), "0026": ("part1/0026_0.9_0.1",)}
+    for clean_id, hazy_names in ots.items():
         pid = next_id()
         clean = save(task_root / f"Dehaze/original/{clean_id}.jpg", coded_image(pid, False), quality=100)
         for hazy in hazy_names:
@@ -90,21 +91,23 @@ def make_layouts(root: Path) -> dict[str, tuple[Path, list[tuple[str, str]], lis
 
     # GoPro per sequence (same frame name in two sequences!) and flattened (PIP/AdaIR)
     task_root = root / "deblur_data"
-    pairs = [save_pair(task_root / f"GoPro/train/{seq}/blur/000047.png", task_root / f"GoPro/train/{seq}/sharp/000047.png",
-                       next_id()) for seq in ("GOPR0372_07_00", "GOPR0374_11_00")]
+    gopro = task_root / "GoPro/train"
+    pairs = [save_pair(gopro / f"{seq}/blur/000047.png", gopro / f"{seq}/sharp/000047.png", next_id())
+             for seq in ("GOPR0372_07_00", "GOPR0374_11_00")]
     pairs.append(save_pair(task_root / "Deblur/blur/GOPR0372_07_00_000047.png",
                            task_root / "Deblur/sharp/GOPR0372_07_00_000047.png", next_id()))
     layouts["blur"] = (task_root, pairs, [])
 
     # LOL v1 (low/high) and AdaIR (low/gt)
     task_root = root / "enhance_data"
-    pairs = [save_pair(task_root / f"our485/low/{k}.png", task_root / f"our485/high/{k}.png", next_id()) for k in (1, 2)]
+    pairs = [save_pair(task_root / f"our485/low/{k}.png", task_root / f"our485/high/{k}.png", next_id())
+             for k in (1, 2)]
     pairs.append(save_pair(task_root / "Enhance/low/7.png", task_root / "Enhance/gt/7.png", next_id()))
     layouts["low-light"] = (task_root, pairs, [])
     return layouts
 
 
-def make_cdd11(root: Path, names: tuple[str, ...] = ("000001", "000002")) -> dict[str, dict[str, list[tuple[str, str]]]]:
+def make_cdd11(root: Path, names: tuple[str, ...] = ("000001", "000002")) -> dict[str, dict[str, list]]:
     """CDD-11 train and test splits: {split: {type: [(degraded, clean)]}}."""
     expected: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for split in ("train", "test"):

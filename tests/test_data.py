@@ -17,6 +17,7 @@ from data_helpers import (
     make_clean_folder,
     make_layouts,
     png_bytes,
+    save,
     textured_image,
 )
 from training import data as D
@@ -247,11 +248,7 @@ def test_bad_files_are_converted_or_skipped_and_counted(tmp_path, num_workers):
 
 def test_small_images_are_padded_and_counted(tmp_path):
     for i in range(2):
-        Path(tmp_path / "tiny").mkdir(exist_ok=True)
-        datasets_free = textured_image(i, 10, 12)
-        from PIL import Image
-
-        Image.fromarray(datasets_free).save(tmp_path / "tiny" / f"{i}.png")
+        save(tmp_path / "tiny" / f"{i}.png", textured_image(i, 10, 12))
     stream = D.RestorationStream([D.clean_source(tmp_path / "tiny", "noise", name="tiny")], patch_size=16,
                                  shards_per_rank=1)
     examples = list(stream)

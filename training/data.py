@@ -441,7 +441,9 @@ def paired_source(
     layout = layout or task_name
     files = _resolve_files(root)
     pairs, unpaired = pair_files(files, layout)
-    name = name or f"{task_name}:{os.path.basename(os.fspath(root)) if not isinstance(root, (list, tuple)) else 'files'}"
+    if name is None:
+        folder = "files" if isinstance(root, (list, tuple)) else os.path.basename(os.fspath(root).rstrip("/"))
+        name = f"{task_name}:{folder}"
     if unpaired:
         logger.warning("%s: %d degraded files without a clean counterpart (e.g. %s)", name, len(unpaired), unpaired[0])
     if not pairs:
@@ -535,7 +537,9 @@ def preset_sources(
         if not (synthesize_missing and clean is not None):
             raise ValueError("preset 'cdd11' needs roots['cdd11'] (or roots['clean'] with synthesize_missing=True)")
         files = _resolve_files(clean)
-        return [clean_source(files, t, name=f"cdd11-synthetic:{t}", repeat=factors.get("cdd11", 1)) for t in CDD11_TYPES]
+        return [
+            clean_source(files, t, name=f"cdd11-synthetic:{t}", repeat=factors.get("cdd11", 1)) for t in CDD11_TYPES
+        ]
 
     sources: list[PairSource] = []
     clean_files = _resolve_files(clean) if clean is not None else None

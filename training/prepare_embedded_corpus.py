@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,7 +121,7 @@ def prepare(
     origins: dict[str, list[tuple[str, np.ndarray]]] = {"skimage": sorted(skimage_photos(include_gray))}
     if wallpaper_dir is not None and wallpaper_dir.is_dir():
         origins["ukui"] = sorted(wallpapers(wallpaper_dir))
-    if not origins.get("ukui"):
+    if wallpaper_dir is not None and not origins.get("ukui"):
         logger.info(
             "no ukui wallpapers found in %s (install them with `sudo apt-get install ukui-wallpapers`)", wallpaper_dir
         )
@@ -142,7 +141,9 @@ def prepare(
                 "height": int(image.shape[0]),
                 "width": int(image.shape[1]),
                 "licence": (
-                    f"see help(skimage.data.{name})" if origin == "skimage" else "see /usr/share/doc/ukui-wallpapers/copyright"
+                    f"see help(skimage.data.{name})"
+                    if origin == "skimage"
+                    else "see /usr/share/doc/ukui-wallpapers/copyright"
                 ),
             }
     (output / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
