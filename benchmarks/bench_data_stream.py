@@ -1,9 +1,9 @@
 """Throughput of the 5-task `datasets` stream vs a plain PyTorch map-style Dataset over the same files.
 
-Both sides read the same epoch plan (official repeat factors), decode with PIL, take the same random 128x128
-crop and flip/rot90 mode and synthesize the same degradations; the difference is the streaming machinery
-(`from_generator` records, `.map`/`.filter`, bad-data accounting, worker sharding, state snapshots) against
-a ``DataLoader`` over a list of the same plan, in the same order.
+Both sides read the same epoch plan (official repeat factors), decode with PIL, take a random 128x128 crop and
+flip/rot90 mode and synthesize degradations with the same functions. The difference is the streaming machinery
+(`from_generator` records, `.map`/`.filter`, bad-data accounting, shard-per-worker reading, state snapshots)
+against a ``DataLoader`` over a list of the same plan. Each run times a whole epoch, so both do identical work.
 
     python benchmarks/bench_data_stream.py                    # small generated corpus (temporary folder)
     python benchmarks/bench_data_stream.py --root data/Train  # real corpus: Denoise/ Derain/ Dehaze/ Deblur/ Enhance/
