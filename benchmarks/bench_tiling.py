@@ -1,0 +1,93 @@
+"""Whole-image vs tiled inference: wall time, peak memory and agreement (prints ratios against whole-image).
+
+    python benchmarks/bench_tiling.py --size 1024 --tile 256 --dim 16
+
+Each mode runs in its own subprocess so the peak resident memory (CPU) or peak allocated memory (CUDA) of one
+mode does not hide the other's. Random weights: this measures cost, not quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import torch
+
+    from modeling import RestormerConfig, RestormerForImageRestoration
+    from modeling.inference import run_model
+
+    torch.manual_seed(0)
+    config = RestormerConfig(dim=args.dim, num_blocks=[1, 1, 1, 1] if args.dim < 48 else [4, 6, 6, 8])
+    model = RestormerForImageRestoration(config).eval().to(args.device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, args.size, args.size, generator=generator)
+    tile = args.tile if args.mode == "tiled" else None
+    run_model(model, image[..., :64, :64], device=args.device)  # warm-up (allocator, kernels)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = run_model(model, image, tile=tile, tile_overlap=args.overlap, device=args.device, dtype=args.dtype)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if args.device.startswith("cuda"):
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.save(out, args.save)
+    return {"mode": args.mode, "seconds": seconds, "peak_mib": peak_mib}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--dim", type=int, default=16, help="Restormer width (48 = paper model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--mode", choices=("whole", "tiled"), help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(run_one(args)))
+        return
+
+    import tempfile
+
+    import torch
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("whole", "tiled"):
+            save = f"{tmp}/{mode}.pt"
+            command = [sys.executable, __file__, "--mode", mode, "--save", save] + [
+                f"--{k}={v}" for k, v in vars(args).items() if k not in ("mode", "save")
+            ]
+            output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
+            results[mode] = json.loads(output.strip().splitlines()[-1])
+            results[mode]["out"] = torch.load(save)
+    whole, tiled = results["whole"], results["tiled"]
+    mse = ((whole["out"] - tiled["out"]) ** 2).mean().item()
+    agreement = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+    print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, dim {args.dim}, "
+          f"{args.device}, {args.dtype}")
+    for mode in ("whole", "tiled"):
+        r = results[mode]
+        print(f"{mode:>6}: {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB")
+    print(f"tiled/whole: time x{tiled['seconds'] / whole['seconds']:.2f}, "
+          f"peak memory x{tiled['peak_mib'] / whole['peak_mib']:.2f}, tiled-vs-whole PSNR {agreement:.1f} dB")
+
+
+if __name__ == "__main__":
+    main()
