@@ -1,0 +1,326 @@
+"""Model cards with measured results, and pushing a saved model folder to the Hub.
+
+`build_model_card` fills a template from ``model_cards/`` (one per published model, ``generic.md`` otherwise)
+with the numbers the training run measured: the YAML header's ``model-index`` and the results table both come
+from `results` and nothing else. `push_folder_to_hub` uploads the whole folder (weights, config, image processor,
+card, figures) in one commit; ``PreTrainedModel.push_to_hub`` cannot, since it re-saves into a temporary folder
+and replaces the README with transformers' default card (ecosystem-more.md §7).
+
+A failed push can be retried from the command line::
+
+    python -m training.model_card push OUTPUT_DIR org/name
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+
+if TYPE_CHECKING:  # huggingface_hub is imported where used, so `--help` and error paths stay fast
+    from huggingface_hub import ModelCard
+
+#: Card templates, one per published model (jinja, rendered by `huggingface_hub.ModelCard.from_template`).
+MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE_FILES = {"pip": "pip-restormer.md", "promptir": "promptir.md", "restormer": "restormer.md"}
+GENERIC_TEMPLATE = "generic.md"
+
+#: Training output that is not part of the published model (accelerate checkpoints, temporary folders).
+DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "*.tmp", "*.tmp/*", ".*")
+
+_RESULT_NUMBER_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim")
+
+#: How the numbers were measured, by default (`training.evaluation` with its default options).
+DEFAULT_METRIC_PROTOCOL = (
+    "PSNR (dB) and SSIM on RGB images in [0, 1] (data range 1, predictions clipped to [0, 1], no Y channel, no border "
+    "shave; SSIM with scikit-image's uniform 7×7 window), one score per image averaged over the images, as in the "
+    "PromptIR / PIP evaluation code (`training/metrics/restoration_psnr_ssim`)."
+)
+
+
+class HubPushError(RuntimeError):
+    """A push to the Hub failed; the message is one line and says where the local copy is."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_model_card(
+    model_id: str,
+    model_type: str,
+    results: Sequence[Mapping[str, Any]],
+    training_summary: Mapping[str, Any],
+    figures: Sequence[str] = (),
+    base_model: Optional[Union[str, List[str]]] = None,
+    metric_protocol: str = DEFAULT_METRIC_PROTOCOL,
+    template_dir: Union[str, os.PathLike] = MODEL_CARDS_DIR,
+) -> "ModelCard":
+    """A `huggingface_hub.ModelCard` for a trained model, with model-index results taken from `results`.
+
+    Args:
+        model_id: Hub id (``org/name``) or local name; used in the title and the usage snippets.
+        model_type: the config's ``model_type`` (``pip``, ``promptir``, ``restormer``, ...); picks the template.
+        results: one dict per evaluated task: ``task`` (e.g. ``"noise-25"``), ``dataset`` (name, or Hub id),
+            ``psnr`` (dB) and optionally ``ssim``, ``split`` (default ``"validation"``), ``dataset_id`` (Hub id
+            for model-index; default ``dataset``), ``input_psnr`` / ``input_ssim`` (scores of the degraded
+            inputs), ``num_images``. Numbers must be finite; they are copied, never computed or rounded.
+        training_summary: what to report about the run: ``command`` (str), ``config`` (dict of recipe values),
+            ``datasets`` (Hub dataset ids for the card metadata), and any other scalars (steps, hardware, ...).
+        figures: image paths relative to the model folder (uploaded next to README.md), linked in the card.
+        base_model: Hub id(s) of the weights training started from, if any.
+        metric_protocol: one or two sentences on how PSNR/SSIM were measured (change it with the metric options).
+        template_dir: folder holding the templates (default: the repository's ``model_cards/``).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    results = [_check_result(result, index) for index, result in enumerate(results)]
+    title = model_id.rstrip("/").split("/")[-1]
+    eval_results = []
+    for result in results:
+        common = dict(
+            task_type="image-to-image",
+            task_name=f"Image restoration ({result['task']})",
+            dataset_type=result.get("dataset_id") or result["dataset"],
+            dataset_name=result["dataset"],
+            dataset_config=result["task"],
+            dataset_split=result.get("split", "validation"),
+        )
+        eval_results.append(EvalResult(metric_type="psnr", metric_name="PSNR", metric_value=result["psnr"], **common))
+        if result.get("ssim") is not None:
+            eval_results.append(
+                EvalResult(metric_type="ssim", metric_name="SSIM", metric_value=result["ssim"], **common)
+            )
+    datasets = training_summary.get("datasets")
+    card_data = ModelCardData(
+        model_name=title,
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="image-to-image",
+        tags=["image-restoration", "all-in-one", "prompt-learning", model_type],
+        base_model=base_model,
+        datasets=list(datasets) if datasets else None,
+        metrics=["psnr", "ssim"],
+        # huggingface_hub refuses model-index without a model name; an untrained card simply has no results.
+        eval_results=eval_results or None,
+    )
+    template_path = Path(template_dir) / TEMPLATE_FILES.get(model_type, GENERIC_TEMPLATE)
+    return ModelCard.from_template(
+        card_data,
+        template_str=template_path.read_text(encoding="utf-8"),
+        # `model_name` is consumed into model-index, so the title travels as its own variable.
+        title=title,
+        model_id=model_id,
+        model_type=model_type,
+        metric_protocol=metric_protocol,
+        results_table=results_table(results),
+        training_section=training_section(training_summary),
+        usage_section=usage_section(model_id),
+        figures=[{"path": Path(f).as_posix(), "caption": _caption(f)} for f in figures],
+    )
+
+
+def save_model_card(card: "ModelCard", folder: Union[str, os.PathLike]) -> Path:
+    """Write `card` as ``folder/README.md`` and return that path (warn-free: figure files are not checked here)."""
+    path = Path(folder) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    card.save(path)
+    return path
+
+
+def results_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of the measured results, plus the mean of each column when there are several rows."""
+    if not results:
+        return "_No evaluation results were recorded for this model._"
+    columns = [("Task", "task", None), ("Dataset", "dataset", None), ("Split", "split", None)]
+    if any(r.get("num_images") is not None for r in results):
+        columns.append(("Images", "num_images", None))
+    columns += [("PSNR (dB)", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}")]
+    if any(r.get("input_psnr") is not None for r in results):
+        columns.append(("Input PSNR (dB)", "input_psnr", "{:.2f}"))
+    if any(r.get("input_ssim") is not None for r in results):
+        columns.append(("Input SSIM", "input_ssim", "{:.4f}"))
+
+    def cell(result: Mapping[str, Any], key: str, fmt: Optional[str]) -> str:
+        value = result.get(key, "validation" if key == "split" else None)
+        if value is None:
+            return "–"
+        return fmt.format(value) if fmt else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(name for name, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r, key, fmt) for _, key, fmt in columns) + " |" for r in results]
+    if len(results) > 1:
+        means = []
+        for _, key, fmt in columns:
+            values = [r[key] for r in results if r.get(key) is not None]
+            if key == "task":
+                means.append("**Average**")
+            elif key in _RESULT_NUMBER_KEYS and len(values) == len(results):
+                means.append(fmt.format(sum(values) / len(values)))
+            else:
+                means.append("")
+        lines.append("| " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def training_section(summary: Mapping[str, Any]) -> str:
+    """Markdown for the training recipe: scalar facts as a list, ``config`` as a table, ``command`` as code."""
+    if not summary:
+        return "_Training details were not recorded._"
+    parts: List[str] = []
+    facts = [
+        f"- **{key.replace('_', ' ')}**: {_format_value(value)}"
+        for key, value in summary.items()
+        if key not in ("command", "config", "datasets")
+    ]
+    if summary.get("datasets"):
+        facts.append("- **datasets**: " + ", ".join(f"`{d}`" for d in summary["datasets"]))
+    if facts:
+        parts.append("\n".join(facts))
+    config = summary.get("config")
+    if config:
+        rows = ["| Setting | Value |", "|---|---|"]
+        rows += [f"| `{key}` | {_format_value(value)} |" for key, value in config.items()]
+        parts.append("\n".join(rows))
+    if summary.get("command"):
+        parts.append("Command:\n\n```bash\n" + str(summary["command"]).strip() + "\n```")
+    return "\n\n".join(parts)
+
+
+def usage_section(model_id: str) -> str:
+    """How to run the model: transformers with remote code, the `image-restoration` pipeline, the CLI."""
+    return f"""```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained("{model_id}", trust_remote_code=True)
+inputs = processor(Image.open("degraded.png"), return_tensors="pt")
+with torch.no_grad():
+    output = model(pixel_values=inputs["pixel_values"])
+processor.postprocess(output.reconstruction, inputs["metadata"])[0].save("restored.png")
+```
+
+With the `image-restoration` pipeline (large images: pass `tile=256` for bounded memory):
+
+```python
+from transformers import pipeline
+
+restorer = pipeline("image-restoration", model="{model_id}", trust_remote_code=True)
+restorer("degraded.png").save("restored.png")
+```
+
+From the command line, with this repository installed (`pip install .` in a clone):
+
+```bash
+prompt-restore degraded.png -o restored/ --model {model_id} --trust-remote-code
+```"""
+
+
+def _check_result(result: Mapping[str, Any], index: int) -> Dict[str, Any]:
+    missing = [key for key in ("task", "dataset", "psnr") if result.get(key) in (None, "")]
+    if missing:
+        raise ValueError(f"results[{index}] lacks {', '.join(missing)}: {dict(result)}")
+    for key in _RESULT_NUMBER_KEYS:
+        value = result.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ValueError(f"results[{index}][{key!r}] must be a finite number, got {value!r}")
+    # Plain floats: numpy scalars would not serialise to YAML.
+    return {key: float(value) if key in _RESULT_NUMBER_KEYS and value is not None else value for key, value in result.items()}
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return "`" + json.dumps(value) + "`"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _caption(path: str) -> str:
+    return Path(path).stem.replace("_", " ").replace("-", " ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Push
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def push_folder_to_hub(
+    folder: Union[str, os.PathLike],
+    repo_id: str,
+    token: Optional[str] = None,
+    commit_message: str = "Upload model trained with prompt-restoration",
+    private: Optional[bool] = None,
+    ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
+) -> str:
+    """Create `repo_id` if needed and upload everything in `folder` in one commit; return the commit URL.
+
+    Raises `HubPushError` (one line, naming the local folder) when offline (``HF_HUB_OFFLINE=1``), without a
+    token (argument, ``HF_TOKEN`` or ``hf auth login``), or when the Hub answers with an error. The folder is only
+    read, never changed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HubPushError(f"push to the Hub failed: {folder} is not a folder")
+    from huggingface_hub import HfApi, constants, get_token
+
+    if constants.is_offline_mode():
+        _fail("offline mode is on (HF_HUB_OFFLINE=1)", folder, repo_id)
+    token = token or get_token()
+    if not token:
+        _fail("no Hugging Face token (pass one, set HF_TOKEN or run `hf auth login`)", folder, repo_id)
+    api = HfApi(token=token)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=repo_url.repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            ignore_patterns=list(ignore_patterns) or None,
+        )
+    except Exception as error:  # noqa: BLE001 - network boundary: every failure becomes one clear line
+        _fail(_one_line(error), folder, repo_id, cause=error)
+    return commit.commit_url
+
+
+def _fail(reason: str, folder: Path, repo_id: str, cause: Optional[BaseException] = None) -> None:
+    message = (
+        f"push to the Hub failed: {reason}; the model is saved locally in {folder} "
+        f"(retry with: python -m training.model_card push {folder} {repo_id})"
+    )
+    raise HubPushError(message) from cause
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m training.model_card push FOLDER REPO_ID [--token T] [--message M]``: upload a saved model."""
+    parser = argparse.ArgumentParser(prog="python -m training.model_card", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="upload a model folder (weights, config, card, figures) to the Hub")
+    push.add_argument("folder")
+    push.add_argument("repo_id")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
+    push.add_argument("--message", default="Upload model trained with prompt-restoration")
+    args = parser.parse_args(argv)
+    try:
+        url = push_folder_to_hub(args.folder, args.repo_id, token=args.token, commit_message=args.message)
+    except HubPushError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    sys.stdout.write(f"{url}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
