@@ -291,6 +291,7 @@ def restore(
     items = [images] if single else list(images)
     if not items:
         return []
+    resolve_dtype(dtype)  # fail on a bad dtype before loading anything
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
     # load_model switches to eval mode; a model the caller passed in training mode goes back to it at the end.
     was_training = isinstance(model, torch.nn.Module) and model.training
@@ -298,9 +299,9 @@ def restore(
     processor = load_processor(model_source, processor)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
 
+    labels = degradation_label_ids(model, degradation, len(items))
     features = processor(items, do_pad=False)
     arrays, metadata = features["pixel_values"], features["metadata"]
-    labels = degradation_label_ids(model, degradation, len(items))
 
     # Group same-size images so they share forward passes; results are written back by index.
     groups: dict[tuple[int, int], list[int]] = {}
@@ -324,7 +325,8 @@ def restore(
                     degradation_labels=_select(labels, batch),
                     tile=tile,
                     tile_overlap=tile_overlap,
-                    tile_batch_size=batch_size,
+                    # At most `batch_size` tiles per forward pass, whatever the number of images in the batch.
+                    tile_batch_size=max(1, batch_size // len(batch)),
                     device=device,
                     dtype=dtype,
                     progress=progress,
@@ -334,7 +336,8 @@ def restore(
                 raise NonFiniteOutputError(f"{err} Inputs: {', '.join(map(str, names))}.") from err
             for position, index in enumerate(batch):
                 meta = metadata[index]
-                results[index] = processor.postprocess(restored[position : position + 1], [meta], default_output_type(meta))[0]
+                image = restored[position : position + 1]
+                results[index] = processor.postprocess(image, [meta], default_output_type(meta))[0]
             if bar is not None:
                 bar.update(len(batch))
     finally:

@@ -192,6 +192,36 @@ def test_pipeline_uses_the_same_path_as_restore(model):
         pipe(image, degradation="rain")
 
 
+def test_saved_pipeline_loads_with_remote_code_without_the_package(model, tmp_path):
+    """pipeline.save_pretrained ships the pipeline, inference, tiling and processor files next to the weights."""
+    register_pipeline()
+    RestorationImageProcessor.register_for_auto_class("AutoImageProcessor")
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    folder = tmp_path / "shipped"
+    pipe.save_pretrained(folder)
+    for name in ("pipeline_restoration.py", "inference.py", "tiling.py", "image_processing_restoration.py"):
+        assert (folder / name).is_file(), name
+    image = rgb(9, 13)
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "expected.npy", restore(image, model, tile=8, tile_overlap=2))
+    script = f"""
+import sys
+import numpy as np
+sys.modules["modeling"] = None  # even if the package is installed, nothing may import it
+from transformers import pipeline
+pipe = pipeline("image-restoration", model={str(folder)!r}, trust_remote_code=True, device="cpu")
+out = pipe(np.load({str(tmp_path / "image.npy")!r}), tile=8, tile_overlap=2)
+assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
+assert np.array_equal(out, np.load({str(tmp_path / "expected.npy")!r})), "outputs differ"
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def inputs(tmp_path) -> Path:

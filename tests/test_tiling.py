@@ -103,7 +103,11 @@ def test_tiles_are_batched_and_run_on_requested_device():
 
 @pytest.mark.parametrize(
     "kwargs, word",
-    [(dict(tile=32, overlap=32), "overlap"), (dict(tile=0), "tile"), (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size")],
+    [
+        (dict(tile=32, overlap=32), "overlap"),
+        (dict(tile=0), "tile"),
+        (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size"),
+    ],
 )
 def test_invalid_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
