@@ -45,8 +45,10 @@ _ROUTES: List[Tuple[str, "re.Pattern[str]", str]] = [
 class FakeHub:
     """Context manager running the fake Hub in a background thread on a free port of 127.0.0.1."""
 
-    def __init__(self, token: str = FAKE_TOKEN) -> None:
+    def __init__(self, token: str = FAKE_TOKEN, fail: Optional[Dict[str, int]] = None) -> None:
         self.token = token
+        #: Endpoint name ("create_repo", "preupload", "commit", ...) -> HTTP status to answer it with instead.
+        self.fail: Dict[str, int] = dict(fail or {})
         #: Every request as (method, path), in arrival order.
         self.requests: List[Tuple[str, str]] = []
         #: Every commit as {"repo_id", "revision", "summary", "files": {path: bytes}}.
@@ -144,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
             if route_method == method and match:
                 if method != "HEAD" and name != "resolve" and not self._authorized():
                     return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                if name in self.fake_hub.fail:
+                    return self._json(self.fake_hub.fail[name], {"error": f"fake hub told to fail {name}"})
                 return getattr(self, "_" + name)(match.groupdict(), body, method)
         self._json(404, {"error": f"{method} {path} not found (fake hub)"}, error_code="EntryNotFound")
 
@@ -216,7 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
                 header = value
             elif key == "file":
                 content = value["content"]
-                files[value["path"]] = base64.b64decode(content) if value.get("encoding") == "base64" else content.encode()
+                is_base64 = value.get("encoding") == "base64"
+                files[value["path"]] = base64.b64decode(content) if is_base64 else content.encode()
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             else:

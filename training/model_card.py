@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ def build_model_card(
 
 
 def save_model_card(card: "ModelCard", folder: Union[str, os.PathLike]) -> Path:
-    """Write `card` as ``folder/README.md`` and return that path (warn-free: figure files are not checked here)."""
+    """Write `card` as ``folder/README.md`` and return that path. Figures it links must be copied there too."""
     path = Path(folder) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     card.save(path)
@@ -229,10 +230,14 @@ def _check_result(result: Mapping[str, Any], index: int) -> Dict[str, Any]:
         raise ValueError(f"results[{index}] lacks {', '.join(missing)}: {dict(result)}")
     for key in _RESULT_NUMBER_KEYS:
         value = result.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars are Real
+        if value is not None and not (is_number and math.isfinite(value)):
             raise ValueError(f"results[{index}][{key!r}] must be a finite number, got {value!r}")
     # Plain floats: numpy scalars would not serialise to YAML.
-    return {key: float(value) if key in _RESULT_NUMBER_KEYS and value is not None else value for key, value in result.items()}
+    return {
+        key: float(value) if key in _RESULT_NUMBER_KEYS and value is not None else value
+        for key, value in result.items()
+    }
 
 
 def _format_value(value: Any) -> str:

@@ -239,7 +239,9 @@ class RestorationPsnrSsim(evaluate.Metric):
         for prediction, reference in zip(predictions, references):
             prediction, reference = _decode(prediction), _decode(reference)
             psnrs.append(psnr_pair(prediction, reference, crop_border, test_y_channel, data_range))
-            ssims.append(ssim_pair(prediction, reference, crop_border, test_y_channel, ssim_gaussian_weights, data_range))
+            ssims.append(
+                ssim_pair(prediction, reference, crop_border, test_y_channel, ssim_gaussian_weights, data_range)
+            )
         result: Dict[str, Any] = {
             "psnr": float(np.mean(psnrs)),
             "ssim": float(np.mean(ssims)),

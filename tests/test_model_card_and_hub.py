@@ -1,0 +1,308 @@
+"""PSNR/SSIM metric module, model cards with measured results, and pushing a model folder to a fake Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from fake_hub import FakeHub
+from modeling import RestormerConfig, RestormerForImageRestoration
+from modeling.image_processing_restoration import RestorationImageProcessor
+from training import evaluation
+from training.model_card import (
+    DEFAULT_METRIC_PROTOCOL,
+    HubPushError,
+    build_model_card,
+    push_folder_to_hub,
+    results_table,
+    save_model_card,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+RESULTS = [
+    {"task": "noise-25", "dataset": "CBSD68", "split": "heldout", "psnr": 30.1234, "ssim": 0.9123, "input_psnr": 20.17},
+    {"task": "derain", "dataset": "Rain100L", "dataset_id": "org/rain100l", "psnr": 36.5, "ssim": 0.975,
+     "input_psnr": 25.5, "num_images": 100},
+]
+SUMMARY = {
+    "steps": 1200,
+    "hardware": "4x A100 80GB",
+    "config": {"learning_rate": 2e-4, "adam_betas": [0.9, 0.999], "patch_size": 128},
+    "command": "accelerate launch training/train.py --config training/configs/pip_restormer_5task.yaml",
+}
+
+
+@pytest.fixture(scope="module")
+def metric():
+    return evaluation.load_restoration_metric()
+
+
+def _pair(height: int, width: int, seed: int, noise: float = 0.05) -> tuple:
+    rng = np.random.default_rng(seed)
+    reference = rng.random((height, width, 3))
+    prediction = np.clip(reference + noise * rng.standard_normal(reference.shape), 0, 1)
+    return prediction, reference
+
+
+# --- metric module ---------------------------------------------------------------------------------------------
+
+
+def test_metric_matches_skimage_per_image_then_mean(metric):
+    pairs = [_pair(32, 40, 0), _pair(48, 48, 1, noise=0.1)]
+    result = metric.compute(
+        predictions=[p for p, _ in pairs], references=[r for _, r in pairs], return_per_image=True
+    )
+    expected_psnr = [peak_signal_noise_ratio(r, p, data_range=1) for p, r in pairs]
+    expected_ssim = [structural_similarity(r, p, data_range=1, channel_axis=-1) for p, r in pairs]
+    assert result["num_images"] == 2
+    assert result["psnr_per_image"] == expected_psnr  # bit-exact: float64 survives the Arrow round trip
+    assert result["ssim_per_image"] == expected_ssim
+    assert result["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-12)
+    assert result["ssim"] == pytest.approx(np.mean(expected_ssim), abs=1e-12)
+    # the thin wrappers use the same code, without the Arrow buffer
+    assert evaluation.psnr(pairs[0][0], pairs[0][1]) == expected_psnr[0]
+    assert evaluation.ssim(pairs[1][0], pairs[1][1]) == expected_ssim[1]
+
+
+def test_psnr_of_known_mse(metric):
+    reference = np.linspace(0.0, 0.875, 16 * 16 * 3).reshape(16, 16, 3)
+    # constant offset 0.1 -> MSE 0.01 -> 20 dB; 0.125 (exact in binary) -> 10*log10(64)
+    result = metric.compute(predictions=[reference + 0.1], references=[reference])
+    assert result["psnr"] == pytest.approx(20.0, abs=1e-9)
+    assert evaluation.psnr(reference + 0.125, reference) == pytest.approx(10 * math.log10(64), abs=1e-12)
+    # predictions are clipped to [0, 1] before scoring (PromptIR): overshoot beyond 1 costs nothing extra
+    ones = np.ones((8, 8, 3))
+    assert evaluation.psnr(ones + 0.5, ones) == math.inf
+    assert evaluation.ssim(ones + 0.5, ones) == pytest.approx(1.0)
+
+
+def test_uint8_inputs_are_scaled_by_255(metric):
+    prediction, reference = _pair(24, 24, 2)
+    prediction8 = (prediction * 255).round().astype(np.uint8)
+    reference8 = (reference * 255).round().astype(np.uint8)
+    result = metric.compute(predictions=[prediction8], references=[reference8])
+    expected = metric.compute(predictions=[prediction8 / 255.0], references=[reference8 / 255.0])
+    assert result == expected
+    assert result["psnr"] == peak_signal_noise_ratio(reference8, prediction8)  # skimage's own uint8 range
+    with pytest.raises(ValueError, match="outside"):  # [0, 255] floats are an error, not silently clipped
+        evaluation.psnr(prediction8.astype(np.float32), reference8.astype(np.float32))
+
+
+def test_torch_channels_first_batches_and_accumulation(metric):
+    pairs = [_pair(16, 24, 3), _pair(16, 24, 4)]
+    predictions = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2)  # (N, C, H, W)
+    references = torch.from_numpy(np.stack([r for _, r in pairs])).permute(0, 3, 1, 2)
+    expected = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
+    assert metric.compute(predictions=predictions, references=references) == expected
+    for p, r in zip(predictions, references):  # one (C, H, W) tensor at a time, as a validation loop does
+        metric.add_batch(predictions=p[None], references=r[None])
+    assert metric.compute() == expected
+
+
+def test_crop_border_and_y_channel_options(metric):
+    rng = np.random.default_rng(5)
+    reference = 0.2 + 0.6 * rng.random((32, 32, 3))
+    prediction = reference.copy()
+    prediction[:2] += 0.1  # error only in the top 2 rows
+    assert math.isfinite(metric.compute(predictions=[prediction], references=[reference])["psnr"])
+    cropped = metric.compute(predictions=[prediction], references=[reference], crop_border=2)
+    assert cropped["psnr"] == math.inf and cropped["ssim"] == pytest.approx(1.0)
+
+    prediction, reference = _pair(40, 40, 6)
+    result = metric.compute(predictions=[prediction], references=[reference], crop_border=4)
+    assert result["psnr"] == peak_signal_noise_ratio(reference[4:-4, 4:-4], prediction[4:-4, 4:-4], data_range=1)
+
+    # Y channel = BasicSR's BT.601 luma; a change orthogonal to the luma weights is invisible to it
+    def luma(image: np.ndarray) -> np.ndarray:
+        return image @ (np.array([65.481, 128.553, 24.966]) / 255) + 16 / 255
+
+    y = metric.compute(predictions=[prediction], references=[reference], test_y_channel=True)
+    expected_y = peak_signal_noise_ratio(luma(reference), luma(prediction), data_range=1)
+    assert y["psnr"] == pytest.approx(expected_y, abs=1e-9)
+    assert y["psnr"] != pytest.approx(metric.compute(predictions=[prediction], references=[reference])["psnr"])
+    chroma_only = np.array([128.553, -65.481, 0.0]) / 2000  # dot with the luma weights is 0
+    shifted = reference.copy()
+    shifted[8:24, 8:24] = np.clip(0.5 + chroma_only, 0, 1)
+    base = reference.copy()
+    base[8:24, 8:24] = 0.5
+    assert metric.compute(predictions=[shifted], references=[base], test_y_channel=True)["psnr"] > 100
+    assert metric.compute(predictions=[shifted], references=[base])["psnr"] < 60
+
+
+def test_gaussian_ssim_option_matches_moce_ir_setting(metric):
+    prediction, reference = _pair(32, 32, 7, noise=0.1)
+    result = metric.compute(predictions=[prediction], references=[reference], ssim_gaussian_weights=True)
+    expected = structural_similarity(reference, prediction, data_range=1, channel_axis=-1, gaussian_weights=True)
+    assert result["ssim"] == expected
+    assert result["ssim"] != metric.compute(predictions=[prediction], references=[reference])["ssim"]
+    assert evaluation.ssim(prediction, reference, gaussian_weights=True) == expected
+
+
+def test_metric_input_errors(metric):
+    with pytest.raises(ValueError, match="shape"):
+        evaluation.psnr(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+    with pytest.raises(ValueError, match="crop_border"):
+        evaluation.psnr(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)), crop_border=4)
+
+
+# --- model card ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_type, paper",
+    [("pip", "2312.05038"), ("promptir", "2306.13090"), ("restormer", "2111.09881"), ("dppd", "2111.09881")],
+)
+def test_model_card_round_trip(tmp_path, model_type, paper):
+    from huggingface_hub import ModelCard
+
+    card = build_model_card(
+        f"org/{model_type}-tiny", model_type, RESULTS, SUMMARY, figures=["validation_grid.png"], base_model="org/base"
+    )
+    loaded = ModelCard.load(save_model_card(card, tmp_path))
+    data = loaded.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "image-to-image"
+    assert data.license == "apache-2.0" and data.base_model == "org/base"
+    assert {"image-restoration", "all-in-one", "prompt-learning", model_type} <= set(data.tags)
+    measured = {(e.dataset_config, e.metric_type): e.metric_value for e in data.eval_results}
+    assert measured == {
+        ("noise-25", "psnr"): 30.1234, ("noise-25", "ssim"): 0.9123,
+        ("derain", "psnr"): 36.5, ("derain", "ssim"): 0.975,
+    }
+    assert {e.dataset_type for e in data.eval_results} == {"CBSD68", "org/rain100l"}
+    assert {e.dataset_split for e in data.eval_results} == {"heldout", "validation"}
+    text = loaded.text
+    assert "| Task | Dataset | Split | Images | PSNR (dB) | SSIM | Input PSNR (dB) |" in text
+    assert "| noise-25 | CBSD68 | heldout | – | 30.12 | 0.9123 | 20.17 |" in text
+    assert "| derain | Rain100L | validation | 100 | 36.50 | 0.9750 | 25.50 |" in text
+    assert f"| **Average** |  |  |  | 33.31 | {(0.9123 + 0.975) / 2:.4f} | 22.84 |" in text  # means of the rows
+    assert "![validation grid](validation_grid.png)" in text
+    assert "| `adam_betas` | `[0.9, 0.999]` |" in text and "- **steps**: 1200" in text
+    assert SUMMARY["command"] in text and DEFAULT_METRIC_PROTOCOL in text
+    assert f'AutoModel.from_pretrained("org/{model_type}-tiny", trust_remote_code=True)' in text
+    assert 'pipeline("image-restoration"' in text and "prompt-restore degraded.png" in text
+    assert f"arXiv:{paper}" in text or f"arxiv.org/abs/{paper}" in text
+
+
+def test_model_card_takes_numbers_only_from_results(tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = build_model_card("org/untrained", "restormer", [], {})
+    loaded = ModelCard.load(save_model_card(card, tmp_path))
+    assert not loaded.data.eval_results
+    assert "No evaluation results" in loaded.text and "Training details were not recorded" in loaded.text
+    with pytest.raises(ValueError, match="finite"):
+        build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": float("nan")}], {})
+    with pytest.raises(ValueError, match="lacks psnr"):
+        build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68"}], {})
+    card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}], {})
+    assert card.data.eval_results[0].metric_value == 30.5  # numpy scalars from validation become plain floats
+    assert results_table([RESULTS[0]]).count("\n") == 2  # header, rule, one row; no average of a single row
+
+
+# --- push ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A saved tiny model with processor, our card, a figure, and a checkpoint that must not be uploaded."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    config = RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+    RestormerForImageRestoration(config).save_pretrained(folder)
+    RestorationImageProcessor().save_pretrained(folder)
+    Image.fromarray(np.full((8, 24, 3), 128, np.uint8)).save(folder / "validation_grid.png")
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"not for the hub")
+    save_model_card(build_model_card("me/tiny", "restormer", RESULTS, SUMMARY, figures=["validation_grid.png"]), folder)
+    return folder
+
+
+def _snapshot(folder: Path) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _push_cli(folder: Path, env: dict) -> subprocess.CompletedProcess:
+    # A fresh interpreter: huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_TOKEN once, at import.
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "training.model_card", "push", str(folder), "me/tiny"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_push_folder_to_fake_hub(model_folder):
+    from huggingface_hub import ModelCard
+
+    before = _snapshot(model_folder)
+    with FakeHub() as hub:
+        result = _push_cli(model_folder, hub.client_env())
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{hub.endpoint}/me/tiny/commit/")
+        received = hub.files("me/tiny")
+    # everything but the training checkpoint: weights, config, processor, card, figure and the remote code
+    assert set(received) == {name for name in before if not name.startswith("checkpoint-")}
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "validation_grid.png"} <= set(
+        received
+    )
+    assert any(name.endswith(".py") for name in received)
+    for name in received:
+        assert received[name] == (model_folder / name).read_bytes(), name
+    assert hub.commits[0]["summary"] == "Upload model trained with prompt-restoration"
+    card = ModelCard(received["README.md"].decode())
+    measured = {(e.dataset_config, e.metric_type): e.metric_value for e in card.data.eval_results}
+    assert measured[("derain", "psnr")] == 36.5 and measured[("noise-25", "ssim")] == 0.9123
+    assert "![validation grid](validation_grid.png)" in card.text
+    assert _snapshot(model_folder) == before
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("offline", "offline mode is on (HF_HUB_OFFLINE=1)"),
+        ("no-token", "no Hugging Face token"),
+        ("bad-token", "401 Unauthorized"),
+        ("commit-refused", "403 Forbidden"),
+    ],
+)
+def test_push_failure_is_one_clear_line_and_keeps_the_folder(model_folder, tmp_path, case, reason):
+    before = _snapshot(model_folder)
+    with FakeHub(fail={"commit": 403} if case == "commit-refused" else None) as hub:
+        # an empty HF_HOME: no stored login to fall back on
+        env = hub.client_env(token={"no-token": None, "bad-token": "hf_wrong"}.get(case, "hf_fake"))
+        env["HF_HOME"] = str(tmp_path / "hf_home")
+        if case == "offline":
+            env["HF_HUB_OFFLINE"] = "1"
+        result = _push_cli(model_folder, env)
+        offline_requests = list(hub.requests)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("push to the Hub failed: ") and reason in lines[0]
+    assert f"the model is saved locally in {model_folder}" in lines[0]
+    if case in ("offline", "no-token"):
+        assert offline_requests == []  # refused before any network traffic
+    assert _snapshot(model_folder) == before
+
+
+def test_push_error_in_process_when_offline(model_folder):
+    # conftest.py sets HF_HUB_OFFLINE=1 for the test process itself
+    with pytest.raises(HubPushError) as caught:
+        push_folder_to_hub(model_folder, "me/tiny", token="hf_fake")
+    assert isinstance(caught.value, RuntimeError) and "\n" not in str(caught.value)
+    with pytest.raises(HubPushError, match="is not a folder"):
+        push_folder_to_hub(model_folder / "missing", "me/tiny", token="hf_fake")
