@@ -94,6 +94,7 @@ __all__ = [
     "PairSource",
     "HubPairedSource",
     "EpochPlan",
+    "make_epoch_plan",
     "RestorationStream",
     "decode_image",
     "list_image_files",
