@@ -1,22 +1,26 @@
 """Prompt-learning all-in-one image restoration models as transformers models.
 
 Importing this package registers every model with ``AutoConfig``, ``AutoModel``,
-``AutoModelForImageToImage`` and ``AutoImageProcessor``, and marks the classes for ``auto_map`` so that a
+``AutoModelForImageToImage`` and ``AutoImageProcessor``, registers the ``image-restoration`` pipeline task,
+and marks the classes for ``auto_map`` so that a
 folder written by ``save_pretrained`` carries its own code and loads with ``trust_remote_code=True`` where
 this package is not installed.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageToImage
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageToImage
 
 from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
 from .configuration_pip import PIPConfig
 from .configuration_promptir import PromptIRConfig
 from .configuration_restormer import RestormerConfig
+from .image_processing_restoration import RestorationImageProcessor
+from .inference import restore
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
 from .modeling_restormer import RestormerForImageRestoration
 from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
+from .pipeline_restoration import ImageRestorationPipeline, register_pipeline
 
 MODEL_CLASSES = {
     "restormer": (RestormerConfig, RestormerForImageRestoration),
@@ -34,6 +38,9 @@ def _register() -> None:
         # One auto class per model class is stored; the base class's save_pretrained adds the
         # AutoModelForImageToImage entry to auto_map next to this one.
         model_class.register_for_auto_class("AutoModel")
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": RestorationImageProcessor}, exist_ok=True)
+    RestorationImageProcessor.register_for_auto_class("AutoImageProcessor")
+    register_pipeline()
 
 
 _register()
@@ -41,6 +48,7 @@ _register()
 __all__ = [
     "DEGRADATION_NAMES",
     "ImageRestorationOutput",
+    "ImageRestorationPipeline",
     "MODEL_CLASSES",
     "PIPConfig",
     "PIPForImageRestoration",
@@ -51,4 +59,7 @@ __all__ = [
     "RestorationInputError",
     "RestormerConfig",
     "RestormerForImageRestoration",
+    "RestorationImageProcessor",
+    "register_pipeline",
+    "restore",
 ]

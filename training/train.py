@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -66,7 +67,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "adam_weight_decay": (float, 0.01, ""),
     "adam_epsilon": (float, 1e-8, ""),
     "max_grad_norm": (float, 0.0, "gradient clipping max norm; 0 disables"),
-    "lr_scheduler": (str, "linear_warmup_cosine", "constant, linear_warmup_cosine, cosine_restart_cyclic, cosine_restart"),
+    "lr_scheduler": (str, "constant", "constant, linear_warmup_cosine, cosine_restart_cyclic, cosine_restart"),
     "lr_scheduler_options": (json.loads, {}, "options of the schedule, JSON (see training/schedules.py)"),
     "num_train_epochs": (int, None, "epochs of steps_per_epoch steps (or use max_train_steps)"),
     "max_train_steps": (int, None, "total optimizer steps; overrides num_train_epochs"),
@@ -145,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.num_train_epochs is None:
             parser.error("set max_train_steps or num_train_epochs")
         args.max_train_steps = args.num_train_epochs * args.steps_per_epoch
+    try:
+        build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
+    except (TypeError, ValueError) as error:
+        parser.error(f"lr_scheduler {args.lr_scheduler!r} with options {args.lr_scheduler_options}: {error}")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id org/name")
     return args
@@ -178,6 +183,16 @@ class LossSpikeGuard:
         self.history.clear()
         self.history.extend(state["history"])
         self.triggered = state["triggered"]
+
+
+def weights_checksum(model: torch.nn.Module) -> torch.Tensor:
+    """Two float64 numbers summarising all weights (sum and position-weighted sum), for replica checks."""
+    total, weighted = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for index, parameter in enumerate(model.parameters(), start=1):
+        values = parameter.detach().double().cpu()
+        total += values.sum()
+        weighted += index * values.abs().sum()
+    return torch.stack([total, weighted])[None]
 
 
 def build_model(args: argparse.Namespace):
@@ -301,8 +316,11 @@ def save_final_folder(model, folder: Path, args, results: dict, history: list[di
         import shutil
 
         shutil.rmtree(partial)
-    model.save_pretrained(partial)
-    RestorationImageProcessor().save_pretrained(partial)
+    # Saving through the pipeline also records the custom "image-restoration" task and ships its code, so the
+    # folder works with pipeline("image-restoration", model=folder, trust_remote_code=True).
+    from transformers import pipeline as make_pipeline
+
+    make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device=model.device).save_pretrained(partial)
     figures = []
     if history:
         plot_curves(history, partial / "training_curves.png")
@@ -336,6 +354,7 @@ def main(args: argparse.Namespace) -> dict:
     """Train, checkpoint, validate, save the final EMA weights (and push them). Returns the last validation."""
     from training.data import build_dataloader, build_stream
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     output_dir = Path(args.output_dir)
     report_to = None if args.report_to in (None, "none", "") else args.report_to.split(",")
     # DDP must be told about parameters that never get a gradient: only the unused official modules.
@@ -389,7 +408,8 @@ def main(args: argparse.Namespace) -> dict:
     if resume is not None:
         accelerator.load_state(str(resume))
         state = checkpointing.load_training_state(resume)
-        step, history, best_psnr = state["step"], state.get("history", []), state.get("best_psnr", -math.inf)
+        step, history = state["step"], state.get("history", [])
+        best_psnr = -math.inf if state.get("best_psnr") is None else state["best_psnr"]
         data_state = checkpointing.load_data_state(resume, accelerator.process_index)
         if data_state is not None:
             stream.set_epoch(data_state["epoch"])
@@ -501,6 +521,13 @@ def main(args: argparse.Namespace) -> dict:
     if validation_set and (not args.validation_steps or step % args.validation_steps):
         last_results = validate() or last_results
     accelerator.wait_for_everyone()
+    # DDP keeps the replicas identical; check it rather than trust it (a silent divergence wastes a run).
+    checksums = accelerator.gather(weights_checksum(accelerator.unwrap_model(model)).to(accelerator.device)).cpu()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        checkpointing.write_json_atomic(output_dir / "replica_checksums.json", {"checksums": checksums.tolist()})
+        if not torch.allclose(checksums, checksums[0].expand_as(checksums), rtol=0, atol=0):
+            raise RuntimeError(f"model replicas diverged across processes: checksums {checksums.tolist()}")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
@@ -510,6 +537,11 @@ def main(args: argparse.Namespace) -> dict:
         counts = stream.bad_data_counts() if hasattr(stream, "bad_data_counts") else {}
         logger.info(f"saved {final}; bad data per source: {counts}")
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the process group down while every rank is still here: left to garbage collection at exit, the
+        # gloo group of the last rank can wait forever for peers that already left.
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     if args.push_to_hub and accelerator.is_main_process:
         from training.model_card import HubPushError, push_folder_to_hub
 

@@ -1,0 +1,237 @@
+"""The real training script, launched as users launch it: DDP on 2 CPU processes, kill -9 and exact resume,
+push to a fake Hub, and the pieces it is built from (schedules, loss-spike guard, atomic checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from data_helpers import save, textured_image
+from fake_hub import FakeHub
+from safetensors.torch import load_file
+
+from training import checkpointing
+from training.schedules import cosine_restart_cyclic, linear_warmup_cosine
+from training.train import LossSpikeGuard, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "training" / "train.py"
+TINY_PIP = json.dumps(
+    {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 2, 2],
+     "prompt_dims": [12, 20, 16], "prompt_sizes": [8, 4, 4], "degradation_estimator_hidden_dim": 16}
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(8):
+        save(root / "clean" / f"photo{i}.png", textured_image(i, 48, 48))
+    for i in range(2):
+        save(root / "heldout" / f"photo{i}.png", textured_image(100 + i, 32, 32))
+    return root
+
+
+def train_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
+    values = {
+        "model_type": "pip", "model_config": TINY_PIP, "data_preset": "5-task", "synthesize_missing": "true",
+        "patch_size": "32", "train_batch_size": "2", "dataloader_num_workers": "0", "shards_per_rank": "2",
+        "max_train_steps": "6", "steps_per_epoch": "3", "checkpointing_steps": "2", "checkpoints_total_limit": "2",
+        "validation_steps": "0", "logging_steps": "1", "report_to": "none", "output_dir": str(output_dir),
+        "lr_scheduler": "linear_warmup_cosine",
+        "lr_scheduler_options": json.dumps({"warmup_epochs": 1, "max_epochs": 3, "warmup_start_factor": 0.1}),
+        "loss_spike_guard": "true", "learning_rate": "1e-3",
+    }
+    values.update({k: str(v) for k, v in overrides.items()})
+    argv = ["--data_roots", f"clean={corpus / 'clean'}"]
+    for key, value in values.items():
+        argv += [f"--{key}", value]
+    return argv
+
+
+def script_env(**extra) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def run_train(argv: list[str], env=None, launcher=(), timeout=600) -> subprocess.CompletedProcess:
+    command = [*launcher, str(TRAIN), *argv] if launcher else [sys.executable, str(TRAIN), *argv]
+    return subprocess.run(command, env=env or script_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model" / "model.safetensors")
+
+
+def test_two_process_ddp_launch(corpus, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (the --cpu form silently runs one process)."""
+    output_dir = tmp_path / "ddp"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = run_train(train_args(corpus, output_dir), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
+    assert len(checksums) == 2, "two processes must have trained"
+    assert checksums[0] == checksums[1], "replicas must end with identical weights"
+    # Every 2 steps a checkpoint; the limit keeps the 2 newest; nothing half-written is left behind.
+    assert sorted(p.name for p in output_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in (output_dir / "checkpoint-6").glob("data_state_rank*.pt")) == [
+        "data_state_rank0.pt", "data_state_rank1.pt"
+    ]
+    assert (output_dir / "model" / "model.safetensors").is_file()
+    assert (output_dir / "model" / "preprocessor_config.json").is_file()
+
+
+def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
+    straight = tmp_path / "straight"
+    result = run_train(train_args(corpus, straight, max_train_steps=6, checkpointing_steps=3))
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(TRAIN), *train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3)]
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would block the child
+        process = subprocess.Popen(command, env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 300
+        try:
+            while not (killed / "checkpoint-3").is_dir():
+                assert process.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, "no checkpoint appeared"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run must die by SIGKILL before it finishes"
+    assert not (killed / "model").exists()
+
+    resumed = run_train(train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3,
+                                   resume_from_checkpoint="latest"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr and "at step 3" in resumed.stderr
+    expected, got = final_weights(straight), final_weights(killed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    straight_state = checkpointing.load_training_state(straight / "checkpoint-6")
+    resumed_state = checkpointing.load_training_state(killed / "checkpoint-6")
+    assert [h["loss"] for h in straight_state["history"]] == [h["loss"] for h in resumed_state["history"]]
+
+
+def test_push_to_fake_hub_with_measured_card(corpus, tmp_path):
+    output_dir = tmp_path / "push"
+    argv = train_args(corpus, output_dir, max_train_steps=2, checkpointing_steps=0, push_to_hub="true",
+                      hub_model_id="me/tiny-pip", validation_images_per_task=1)
+    argv += ["--validation_roots", f"clean={corpus / 'heldout'}"]
+    with FakeHub() as hub:
+        env = hub.client_env(script_env())
+        result = run_train(argv, env=env)
+        assert result.returncode == 0, result.stderr[-4000:]
+        files = hub.files("me/tiny-pip")
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "training_curves.png"} <= set(files)
+    measured = json.loads((output_dir / "model" / "eval_results.json").read_text())
+    assert set(measured) == {"noise", "rain", "haze", "blur", "low-light"}
+    card = files["README.md"].decode()
+    assert "model-index" in card
+    for task, scores in measured.items():
+        assert f"{scores['psnr']:.2f}" in card, (task, scores["psnr"])
+    assert files["model.safetensors"] == (output_dir / "model" / "model.safetensors").read_bytes()
+
+
+def test_push_offline_fails_with_one_line_after_saving(corpus, tmp_path):
+    output_dir = tmp_path / "offline"
+    argv = train_args(corpus, output_dir, max_train_steps=1, checkpointing_steps=0, push_to_hub="true",
+                      hub_model_id="me/tiny-pip")
+    result = run_train(argv, env=script_env(HF_HUB_OFFLINE="1"))
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("push to the Hub failed"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (output_dir / "model" / "model.safetensors").is_file()
+
+
+# ---- the parts, in-process -------------------------------------------------------------------------------------
+
+
+def test_recipe_then_flags_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_type: promptir\nlearning_rate: 3.0e-4\nnum_train_epochs: 2\nsteps_per_epoch: 10\n"
+                      "data_roots: {clean: /data/clean}\n")
+    args = parse_args(["--config", str(recipe), "--learning_rate", "1e-4", "--data_roots", "rain=/data/rain"])
+    assert args.model_type == "promptir" and args.learning_rate == 1e-4
+    assert args.max_train_steps == 20 and args.data_roots == {"rain": "/data/rain"}
+    recipe.write_text("learning_rat: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(recipe)])
+
+
+@pytest.mark.parametrize("name", ["promptir_3task", "promptir_5task", "pip_restormer_5task"])
+def test_official_recipes_parse(name):
+    args = parse_args(["--config", str(REPO / "training" / "configs" / f"{name}.yaml")])
+    assert args.max_train_steps == 120 * args.steps_per_epoch
+    if name.startswith("pip"):
+        assert (args.learning_rate, args.train_batch_size, args.loss_spike_guard) == (3.6e-4, 6, True)
+        assert args.lr_scheduler_options == {"warmup_epochs": 10, "max_epochs": 120, "warmup_start_factor": 0.1,
+                                             "eta_min_factor": 0.0}
+    else:
+        assert (args.learning_rate, args.train_batch_size) == (2e-4, 8)
+
+
+def test_linear_warmup_cosine_matches_pl_bolts_closed_form():
+    # PIP: warmup 10 epochs from lr/10, cosine to 0 at epoch 120, stepped per epoch of 5 steps.
+    factor = linear_warmup_cosine(5, warmup_epochs=10, max_epochs=120, warmup_start_factor=0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(4) == pytest.approx(0.1)  # constant within an epoch
+    assert factor(5) == pytest.approx(0.1 + 0.9 / 9)
+    assert factor(45) == pytest.approx(1.0)  # epoch 9 reaches the base lr
+    assert factor(50) == pytest.approx(1.0)  # epoch 10: start of the cosine
+    assert factor(5 * 65) == pytest.approx(0.5)
+    # PromptIR stops at epoch 120 of a 150-epoch schedule: lr ~ 2e-4 * 0.5 * (1 + cos(pi * 105 / 135)).
+    promptir = linear_warmup_cosine(1, warmup_epochs=15, max_epochs=150)
+    assert 2e-4 * promptir(120) == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * 105 / 135)))
+
+
+def test_restormer_cyclic_schedule():
+    factor = cosine_restart_cyclic([92000, 208000], [1.0, 1e-6 / 3e-4])
+    assert factor(0) == factor(91999) == pytest.approx(1.0)
+    assert 3e-4 * factor(92000 + 104000) == pytest.approx(1e-6 + 0.5 * (3e-4 - 1e-6))
+    assert 3e-4 * factor(299999) == pytest.approx(1e-6, abs=1e-9)
+
+
+def test_loss_spike_guard_rescales_like_the_official_scaler():
+    guard = LossSpikeGuard(history=3, factor=5.0)
+    assert guard(torch.tensor(1.0)).item() == 1.0
+    assert guard(torch.tensor(0.5)).item() == 0.5
+    spike = torch.tensor(4.0, requires_grad=True)
+    scaled = guard(spike)
+    assert scaled.item() == pytest.approx(1.25)  # 5/2 x min(1.0, 0.5, 4.0)
+    scaled.backward()
+    assert spike.grad.item() == pytest.approx(1.25 / 4.0)
+    state = guard.state_dict()
+    restored = LossSpikeGuard(history=3, factor=5.0)
+    restored.load_state_dict(state)
+    assert list(restored.history) == [1.0, 0.5, 4.0] and restored.triggered == 1
+
+
+def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpointing.TRAINING_STATE_FILE).write_text(json.dumps({"step": step}))
+    (tmp_path / ".checkpoint-8.partial").mkdir()  # a save that was killed half-way
+    assert checkpointing.latest_checkpoint(tmp_path).name == "checkpoint-6"
+    assert checkpointing.resolve_resume_path("latest", tmp_path).name == "checkpoint-6"
+    removed = checkpointing.prune_checkpoints(tmp_path, total_limit=2)
+    assert [p.name for p in removed] == ["checkpoint-2"]
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpointing.resolve_resume_path(str(tmp_path / ".checkpoint-8.partial"), tmp_path)
