@@ -286,19 +286,9 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
     def __init__(self, config: PIPConfig) -> None:
         super().__init__(config)
         dim = config.dim
-        self.unet = RestorationUNet(
-            in_channels=config.in_channels,
-            out_channels=config.out_channels,
-            dim=dim,
-            num_blocks=config.num_blocks,
-            num_refinement_blocks=config.num_refinement_blocks,
-            heads=config.heads,
-            ffn_expansion_factor=config.ffn_expansion_factor,
-            bias=config.bias,
-            layer_norm_type=config.layer_norm_type,
-            decoder_latent_channels=dim * 4,
-            # pip-restormer reduces the latent with a 1x1 conv; on PromptIR's body the latent prompt does it.
-            latent_projection=not config.decoder_prompts,
+        # pip-restormer reduces the latent with a 1x1 conv; on PromptIR's body the latent prompt does it.
+        self.unet = RestorationUNet.from_config(
+            config, decoder_latent_channels=dim * 4, latent_projection=not config.decoder_prompts
         )
         self.skip_prompts = nn.ModuleDict(
             {

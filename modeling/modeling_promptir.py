@@ -47,18 +47,8 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
 
     def __init__(self, config: PromptIRConfig) -> None:
         super().__init__(config)
-        self.unet = RestorationUNet(
-            in_channels=config.in_channels,
-            out_channels=config.out_channels,
-            dim=config.dim,
-            num_blocks=config.num_blocks,
-            num_refinement_blocks=config.num_refinement_blocks,
-            heads=config.heads,
-            ffn_expansion_factor=config.ffn_expansion_factor,
-            bias=config.bias,
-            layer_norm_type=config.layer_norm_type,
-            decoder_latent_channels=config.dim * 4,
-        )
+        # The latent prompt fusion reduces 8 dim to 4 dim, so the first upsampling runs at 4 dim.
+        self.unet = RestorationUNet.from_config(config, decoder_latent_channels=config.dim * 4)
         self.decoder_prompts = DecoderPrompts(
             dim=config.dim,
             latent_out_dim=config.dim * 4,

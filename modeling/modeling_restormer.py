@@ -21,18 +21,8 @@ class RestormerForImageRestoration(PromptRestorationPreTrainedModel):
 
     def __init__(self, config: RestormerConfig) -> None:
         super().__init__(config)
-        self.unet = RestorationUNet(
-            in_channels=config.in_channels,
-            out_channels=config.out_channels,
-            dim=config.dim,
-            num_blocks=config.num_blocks,
-            num_refinement_blocks=config.num_refinement_blocks,
-            heads=config.heads,
-            ffn_expansion_factor=config.ffn_expansion_factor,
-            bias=config.bias,
-            layer_norm_type=config.layer_norm_type,
-            decoder_latent_channels=config.dim * 8,
-            dual_pixel_task=config.dual_pixel_task,
+        self.unet = RestorationUNet.from_config(
+            config, decoder_latent_channels=config.dim * 8, dual_pixel_task=config.dual_pixel_task
         )
         self.post_init()
 

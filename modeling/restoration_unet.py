@@ -102,6 +102,23 @@ class RestorationUNet(nn.Module):
         self.skip_conv = nn.Conv2d(dim, width2, kernel_size=1, bias=bias) if dual_pixel_task else None
         self.output = nn.Conv2d(width2, out_channels, kernel_size=3, padding=1, bias=bias)
 
+    @classmethod
+    def from_config(cls, config, decoder_latent_channels: int, **options) -> "RestorationUNet":
+        """Build the body from a ``RestorationBackboneConfig``; ``options``: latent_projection, dual_pixel_task."""
+        return cls(
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            dim=config.dim,
+            num_blocks=config.num_blocks,
+            num_refinement_blocks=config.num_refinement_blocks,
+            heads=config.heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+            decoder_latent_channels=decoder_latent_channels,
+            **options,
+        )
+
     def encode(self, pixel_values: torch.Tensor) -> EncoderFeatures:
         embedding = self.patch_embed(pixel_values)
         level1 = self.encoder_level1(embedding)

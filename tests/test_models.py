@@ -71,9 +71,8 @@ def test_loss_and_return_dict_false(model_type):
     torch.testing.assert_close(no_labels[0], out.reconstruction, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("model_type", ["restormer", "promptir"])
 def test_l1_loss_value_for_l1_models(model_type):
-    if model_type not in ("restormer", "promptir"):
-        pytest.skip("method with its own loss")
     model = tiny_model(model_type)
     pixel_values, labels = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     out = model(pixel_values, labels=labels)

@@ -108,3 +108,12 @@ def base_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("output_dir", help="folder to write config.json + model.safetensors (+ code)")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
     return parser
+
+
+def save_converted(model, output_dir: str, push_to_hub: str | None, **forward_kwargs) -> None:
+    """Check a numeric output slice, then save (safetensors + code) and optionally upload."""
+    check_output_slice(model, expected=None, **forward_kwargs)
+    model.save_pretrained(output_dir)
+    if push_to_hub:
+        model.push_to_hub(push_to_hub)
+    logger.info("saved %s", output_dir)

@@ -19,10 +19,10 @@ from ..modeling_pip import PIPForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
     base_argument_parser,
-    check_output_slice,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
+    save_converted,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert_pip_checkpoint(args.checkpoint, with_degradation_estimator=args.with_degradation_estimator)
-    check_output_slice(model, expected=None, degradation_labels="noise")
-    model.save_pretrained(args.output_dir)
-    if args.push_to_hub:
-        model.push_to_hub(args.push_to_hub)
-    logger.info("saved %s", args.output_dir)
+    save_converted(model, args.output_dir, args.push_to_hub, degradation_labels="noise")
 
 
 if __name__ == "__main__":

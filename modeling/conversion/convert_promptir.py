@@ -17,10 +17,10 @@ from ..modeling_promptir import PromptIRForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
     base_argument_parser,
-    check_output_slice,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
+    save_converted,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,11 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert_promptir_checkpoint(args.checkpoint, drop_unused_official_modules=args.drop_unused_official_modules)
-    check_output_slice(model, expected=None)
-    model.save_pretrained(args.output_dir)
-    if args.push_to_hub:
-        model.push_to_hub(args.push_to_hub)
-    logger.info("saved %s", args.output_dir)
+    save_converted(model, args.output_dir, args.push_to_hub)
 
 
 if __name__ == "__main__":

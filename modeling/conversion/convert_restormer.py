@@ -13,10 +13,10 @@ from ..modeling_restormer import RestormerForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
     base_argument_parser,
-    check_output_slice,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
+    save_converted,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         in_channels=6 if args.dual_pixel_task else 3,
     )
     model = convert_restormer_checkpoint(args.checkpoint, config)
-    check_output_slice(model, expected=None)
-    model.save_pretrained(args.output_dir)
-    if args.push_to_hub:
-        model.push_to_hub(args.push_to_hub)
-    logger.info("saved %s", args.output_dir)
+    save_converted(model, args.output_dir, args.push_to_hub)
 
 
 if __name__ == "__main__":
