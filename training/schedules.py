@@ -1,8 +1,8 @@
 """Learning-rate schedules of the official recipes, as multipliers of the base learning rate.
 
 * ``linear_warmup_cosine`` — PromptIR and PIP (``LinearWarmupCosineAnnealingLR`` of pl_bolts, stepped once per
-  *epoch*): linear ramp from ``warmup_start_factor`` to 1 over ``warmup_epochs`` (reaching 1 at epoch
-  ``warmup_epochs - 1``... exactly the closed form of pl_bolts), then half a cosine to ``eta_min_factor`` at
+  *epoch*): the closed form of pl_bolts — a linear ramp from ``warmup_start_factor`` that reaches 1 at epoch
+  ``warmup_epochs - 1``, then half a cosine from 1 at epoch ``warmup_epochs`` to ``eta_min_factor`` at
   ``max_epochs``. The learning rate is constant within an epoch, as in the official training.
 * ``cosine_restart_cyclic`` — Restormer (BasicSR ``CosineAnnealingRestartCyclicLR``, stepped per iteration):
   consecutive periods, each a cosine from the base learning rate to its own ``eta_min``.
