@@ -78,8 +78,14 @@ def test_two_process_ddp_launch(corpus, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = run_train(train_args(corpus, output_dir), launcher=launcher)
+    # Validation runs on the main process only, once at the end: the other process must wait, not deadlock.
+    argv = train_args(corpus, output_dir, validation_images_per_task=1)
+    argv += ["--validation_roots", f"clean={corpus / 'heldout'}"]
+    result = run_train(argv, launcher=launcher, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert set(json.loads((output_dir / "model" / "eval_results.json").read_text())) == {
+        "noise", "rain", "haze", "blur", "low-light"
+    }
     checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
     assert len(checksums) == 2, "two processes must have trained"
     assert checksums[0] == checksums[1], "replicas must end with identical weights"

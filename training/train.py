@@ -518,7 +518,8 @@ def main(args: argparse.Namespace) -> dict:
             stream.set_epoch(stream.epoch + 1)
     progress.close()
 
-    if validation_set and (not args.validation_steps or step % args.validation_steps):
+    # Decided from the arguments, identical on every process (only the main one holds the validation set).
+    if args.validation_roots and (not args.validation_steps or step % args.validation_steps):
         last_results = validate() or last_results
     accelerator.wait_for_everyone()
     # DDP keeps the replicas identical; check it rather than trust it (a silent divergence wastes a run).
