@@ -134,14 +134,17 @@ def test_trust_remote_code_from_bare_folder_without_package(tmp_path):
     torch.save(cases, tmp_path / "io.pt")
     script = textwrap.dedent(
         f"""
-        import importlib.util, sys, torch
-        assert importlib.util.find_spec("modeling") is None, "package must not be importable here"
+        import sys
+        sys.modules["modeling"] = None  # even where the package is installed (CI), it must not be used
+        import torch
         from transformers import AutoModel, AutoModelForImageToImage
         cases = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
         for folder, io in cases.items():
             for auto in (AutoModel, AutoModelForImageToImage):
                 m = auto.from_pretrained(folder, trust_remote_code=True).eval()
                 assert m.__class__.__module__.startswith("transformers_modules"), m.__class__.__module__
+                assert not any(name == "modeling" or name.startswith("modeling.") for name in sys.modules
+                               if sys.modules[name] is not None), "the installed package was imported"
                 with torch.no_grad():
                     y = m(io["x"]).reconstruction
                 assert torch.equal(y, io["y"]), (folder, (y - io["y"]).abs().max())
