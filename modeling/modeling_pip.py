@@ -143,26 +143,20 @@ class PromptInPrompt(nn.Module):
         return F.relu(cosine[pairs[0], pairs[1]]).sum()
 
 
-class TopMCrossAttention(nn.Module):
+class TopMCrossAttention(PromptCrossAttention):
     """Selective channel cross-attention: several top-m masks of the attention map, mixed by learned weights.
 
     For ``c`` channels per head and each fraction num/den, only the ``int(c * num / den)`` largest entries of
     each attention row survive the softmax (official ``Topm_CrossAttention_Restormer``, after DRSformer).
+    Same projections as ``PromptCrossAttention``; only the attention itself differs.
     """
 
     def __init__(
         self, dim: int, num_heads: int, bias: bool, fractions: list[list[int]], weight_init: float
     ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, bias)
         self.fractions = [tuple(pair) for pair in fractions]
         self.weight_init = weight_init
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
-        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
-        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
-        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
         self.branch_weights = nn.Parameter(torch.full((len(self.fractions),), float(weight_init)))
 
     def init_own_parameters(self) -> None:
