@@ -1,5 +1,5 @@
 """Configuration of PIP (Li et al., "Prompt-In-Prompt Learning for Universal Image Restoration",
-arXiv 2312.05038; official code longzilicart/pip_universal)."""
+arXiv 2312.05038; official code the official pip_universal repository)."""
 
 from __future__ import annotations
 

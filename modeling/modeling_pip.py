@@ -1,6 +1,6 @@
 """PIP — Prompt-In-Prompt learning — as a transformers model.
 
-Official code: longzilicart/pip_universal, src/net/PIP_Net.py (``PIPNet_Restormer_onskip_inter``),
+Official code: the official pip_universal repository, src/net/PIP_Net.py (``PIPNet_Restormer_onskip_inter``),
 src/net/PIP.py (``PromptInPrompt``, ``PromptToFeature``), src/net/PIP_utils.py (blocks).
 
 PIP modulates the encoder skip connections of a Restormer/PromptIR-style U-Net. At each of levels 1-3:

@@ -1,4 +1,4 @@
-"""Convert an official PIP checkpoint (longzilicart/pip_universal, dict with ``params`` and ``epoch``) to ours.
+"""Convert an official PIP checkpoint (the official pip_universal repository, dict with ``params`` and ``epoch``) to ours.
 
 The official trainer saves ``{'params': net.state_dict(), 'epoch': ...}`` for ``PIPNet_Restormer_onskip_inter``
 (612 keys). Official models need the degradation label at test time, so the converted model has no
