@@ -157,14 +157,19 @@ def test_push_to_fake_hub_with_measured_card(corpus, tmp_path):
 
 def test_push_offline_fails_with_one_line_after_saving(corpus, tmp_path):
     output_dir = tmp_path / "offline"
-    argv = train_args(corpus, output_dir, max_train_steps=1, checkpointing_steps=0, push_to_hub="true",
-                      hub_model_id="me/tiny-pip")
+    argv = train_args(corpus, output_dir, max_train_steps=2, checkpointing_steps=2, push_to_hub="true",
+                      hub_model_id="me/tiny-pip", gradient_accumulation_steps=3)
     result = run_train(argv, env=script_env(HF_HUB_OFFLINE="1"))
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("push to the Hub failed"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert (output_dir / "model" / "model.safetensors").is_file()
+    # With 3 micro-batches per optimizer step, 2 steps consumed 6 batches of the stream.
+    state = checkpointing.load_training_state(output_dir / "checkpoint-2")
+    assert [h["step"] for h in state["history"]] == [1, 2]
+    data_state = checkpointing.load_data_state(output_dir / "checkpoint-2", 0)
+    assert data_state["loader"]["_num_yielded"] == 6
 
 
 # ---- the parts, in-process -------------------------------------------------------------------------------------
