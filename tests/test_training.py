@@ -246,3 +246,19 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
     assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         checkpointing.resolve_resume_path(str(tmp_path / ".checkpoint-8.partial"), tmp_path)
+
+
+def test_validation_set_is_deterministic_and_cropped(corpus):
+    from training.train import build_validation_set
+
+    argv = ["--data_preset", "3-task", "--synthesize_missing", "--max_train_steps", "1",
+            "--validation_roots", f"clean={corpus / 'heldout'}", "--validation_images_per_task", "2"]
+    full = build_validation_set(parse_args(argv))
+    cropped = build_validation_set(parse_args(argv + ["--validation_crop", "16"]))
+    # 3 noise levels + rain + haze, 2 images each; identical synthesis both times, same centre window.
+    assert len(full) == len(cropped) == 10
+    assert sorted({p["task_name"] for p in full}) == ["haze", "noise", "rain"]
+    for whole, crop in zip(full, cropped):
+        assert whole["clean"].shape == (32, 32, 3) and crop["clean"].shape == (16, 16, 3)
+        assert (crop["degraded"] == whole["degraded"][8:24, 8:24]).all()
+        assert (crop["clean"] == whole["clean"][8:24, 8:24]).all()

@@ -55,6 +55,7 @@ FIELDS: dict[str, tuple[Any, Any, str]] = {
     "synthesize_missing": (bool, False, "synthesize tasks without a root from the clean photos"),
     "validation_roots": ("mapping", {}, "task=folder pairs of held-out data (test layouts)"),
     "validation_images_per_task": (int, 8, "held-out images per source used at each validation"),
+    "validation_crop": (int, 0, "centre-crop held-out images to at most this side (0: full images)"),
     "patch_size": (int, 128, "training crop size"),
     "train_batch_size": (int, 8, "batch per process"),
     "dataloader_num_workers": (int, 2, "DataLoader workers per process"),
@@ -215,7 +216,7 @@ def build_validation_set(args: argparse.Namespace) -> list[dict]:
     sources = preset_sources(
         args.data_preset, args.validation_roots, synthesize_missing=args.synthesize_missing, cdd11_split="test"
     )
-    return list(
+    pairs = list(
         validation_pairs(
             sources,
             label_names=PRESET_LABELS[args.data_preset],
@@ -224,6 +225,14 @@ def build_validation_set(args: argparse.Namespace) -> list[dict]:
             multiple_of=16,
         )
     )
+    if args.validation_crop:
+        # Same window of degraded and clean image; keeps periodic validation cheap on large photos.
+        for pair in pairs:
+            height, width = pair["clean"].shape[:2]
+            top, left = max(0, (height - args.validation_crop) // 2), max(0, (width - args.validation_crop) // 2)
+            window = (slice(top, top + args.validation_crop), slice(left, left + args.validation_crop))
+            pair["clean"], pair["degraded"] = pair["clean"][window], pair["degraded"][window]
+    return pairs
 
 
 @torch.no_grad()
