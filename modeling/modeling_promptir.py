@@ -11,7 +11,6 @@ prompt place that keeps their width.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configuration_promptir import PromptIRConfig
@@ -87,9 +86,7 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
 
         loss = loss_terms = None
         if labels is not None:
-            self.check_labels(labels, pixel_values)
-            loss = F.l1_loss(restored, labels.to(restored.dtype))
-            loss_terms = {"pixel": loss.detach()}
+            loss, loss_terms = self.l1_loss(restored, labels, pixel_values)
         prompt_weights = (latent_weights, level3_weights, level2_weights)
         if not return_dict:
             return tuple(v for v in (loss, restored, prompt_weights) if v is not None)

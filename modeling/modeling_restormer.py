@@ -6,7 +6,6 @@ Official code: swz30/Restormer, basicsr/models/archs/restormer_arch.py (class ``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .configuration_restormer import RestormerConfig
 from .modeling_outputs import ImageRestorationOutput
@@ -50,9 +49,7 @@ class RestormerForImageRestoration(PromptRestorationPreTrainedModel):
 
         loss = loss_terms = None
         if labels is not None:
-            self.check_labels(labels, pixel_values)
-            loss = F.l1_loss(restored, labels.to(restored.dtype))
-            loss_terms = {"pixel": loss.detach()}
+            loss, loss_terms = self.l1_loss(restored, labels, pixel_values)
         if not return_dict:
             return (loss, restored) if loss is not None else (restored,)
         return ImageRestorationOutput(loss=loss, reconstruction=restored, loss_terms=loss_terms)

@@ -100,6 +100,14 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
     def crop_to(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return tensor[..., :height, :width]
 
+    def l1_loss(
+        self, restored: torch.Tensor, labels: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean L1 distance to the clean ``labels`` (Restormer's and PromptIR's loss) and its named term."""
+        self.check_labels(labels, pixel_values)
+        loss = F.l1_loss(restored, labels.to(restored.dtype))
+        return loss, {"pixel": loss.detach()}
+
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
         if not isinstance(labels, torch.Tensor) or labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]:
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
