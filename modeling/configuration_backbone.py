@@ -7,14 +7,58 @@ Each method's config (``RestormerConfig``, ``PromptIRConfig``, ``PIPConfig``, ..
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+import difflib
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
 #: Degradation classes of the 5-task all-in-one setting, in the label order used by PIP's official code
 #: (noise 0, rain 1, haze 2, blur 3, low-light 4) and by our training data.
 DEGRADATION_NAMES = ("noise", "rain", "haze", "blur", "low-light")
+
+#: Keyword arguments that every transformers config takes or writes besides its dataclass fields.
+TRANSFORMERS_CONFIG_KWARGS = frozenset(
+    {
+        "torch_dtype", "num_labels", "name_or_path", "output_attentions", "attn_implementation",
+        "experts_implementation", "per_layer_config", "model_type", "auto_map", "custom_pipelines", "use_cache",
+        "tie_word_embeddings", "pruned_heads", "tokenizer_class", "task_specific_params", "finetuning_task",
+    }
+)
+
+# Set while a saved config is read back (``from_dict``): keys written by a newer version of this package are
+# then kept with a warning instead of being refused, so that newer checkpoints still load.
+_READING_SAVED_CONFIG = contextvars.ContextVar("reading_saved_config", default=False)
+
+
+def check_unknown_config_keys(config_class: type, keys) -> None:
+    """Raise ``TypeError`` naming each key that is neither a field of ``config_class`` nor a transformers kwarg."""
+    valid = {field.name for field in dataclasses.fields(config_class)} | TRANSFORMERS_CONFIG_KWARGS
+    unknown = sorted(key for key in keys if key not in valid and not str(key).startswith("_"))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{config_class.__name__} got unknown argument(s) {', '.join(hints)}")
+
+
+def check_finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 @strict(accept_kwargs=True)
@@ -52,9 +96,25 @@ class RestorationBackboneConfig(PreTrainedConfig):
     pad_mode: str = "reflect"
 
     def __post_init__(self, **kwargs):
+        # A misspelled argument must never be silently ignored (transformers would store it as an attribute).
+        if _READING_SAVED_CONFIG.get():
+            ignored = [key for key in kwargs if key not in TRANSFORMERS_CONFIG_KWARGS and not key.startswith("_")]
+            if ignored:
+                logger.warning(f"{type(self).__name__}: keeping keys unknown to this version: {sorted(ignored)}")
+        else:
+            check_unknown_config_keys(type(self), kwargs)
         self.num_blocks = list(self.num_blocks)
         self.heads = list(self.heads)
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As transformers, but a saved config may hold keys of a newer version (kept, with a warning)."""
+        token = _READING_SAVED_CONFIG.set(True)
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        finally:
+            _READING_SAVED_CONFIG.reset(token)
 
     @property
     def size_multiple(self) -> int:
@@ -71,6 +131,10 @@ class RestorationBackboneConfig(PreTrainedConfig):
             raise ValueError("num_blocks and num_refinement_blocks must be non-negative")
         if self.dim <= 0 or self.dim % 2:
             raise ValueError(f"dim must be a positive even number, got {self.dim}")
+        check_finite("ffn_expansion_factor", self.ffn_expansion_factor)
+        if self.ffn_expansion_factor <= 0:
+            raise ValueError(f"ffn_expansion_factor must be positive, got {self.ffn_expansion_factor}")
+        check_bool("bias", self.bias)
         if self.layer_norm_type not in LAYER_NORM_TYPES:
             raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {self.layer_norm_type!r}")
         if self.pad_mode not in ("reflect", "replicate", "constant"):

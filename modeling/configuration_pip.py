@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
+from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig, check_bool, check_finite
 
 
 @strict(accept_kwargs=True)
@@ -31,6 +31,10 @@ class PIPConfig(RestorationBackboneConfig):
             by 1/num_degradations); `"sum"` is the unscaled alternative.
         prompt_interaction_heads (`int`, defaults to 2): heads of the prompt-to-prompt cross-attention block
             (official literal 2).
+        prompt_interaction_ffn_expansion_factor (`float`, defaults to 2.66): feed-forward expansion of that
+            block (the official code hard-codes 2.66 whatever the backbone uses).
+        prompt_interaction_bias (`bool`, defaults to `False`): biases in that block's convolutions (official
+            literal False).
         prompt_to_feature_heads (`int`, *optional*): heads of the selective prompt-to-feature attention;
             `None` means `heads[2]` at every level, as the official code.
         topm_fractions (`list[list[int]]`, defaults to `[[1, 2], [2, 3], [3, 4], [4, 5]]`): the top-m masks of
@@ -75,6 +79,8 @@ class PIPConfig(RestorationBackboneConfig):
     degradation_names: list[str] | tuple[str, ...] = DEGRADATION_NAMES
     degradation_prompt_reduction: str = "mean"
     prompt_interaction_heads: int = 2
+    prompt_interaction_ffn_expansion_factor: float | int = 2.66
+    prompt_interaction_bias: bool = False
     prompt_to_feature_heads: int | None = None
     topm_fractions: list[list[int]] | tuple[tuple[int, int], ...] = ((1, 2), (2, 3), (3, 4), (4, 5))
     topm_weight_init: float = 0.2
@@ -107,6 +113,14 @@ class PIPConfig(RestorationBackboneConfig):
                 f"prompt_dims and prompt_sizes must list 3 values (levels 1-3), got {self.prompt_dims} and "
                 f"{self.prompt_sizes}"
             )
+        for name in ("topm_weight_init", "prompt_interaction_ffn_expansion_factor", "degradation_estimator_loss_weight",
+                     "prompt_regularization_weight", "prompt_angle_scale"):
+            check_finite(name, getattr(self, name))
+        if self.prompt_interaction_ffn_expansion_factor <= 0:
+            raise ValueError("prompt_interaction_ffn_expansion_factor must be positive")
+        for name in ("prompt_interaction_bias", "use_degradation_estimator", "degradation_estimator_detach_features",
+                     "decoder_prompts", "keep_unused_official_modules"):
+            check_bool(name, getattr(self, name))
         if self.num_degradations < 1:
             raise ValueError(f"num_degradations must be positive, got {self.num_degradations}")
         if len(self.degradation_names) != self.num_degradations:

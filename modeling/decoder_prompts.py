@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .restoration_unet import EncoderFeatures
 from .restormer_blocks import TransformerBlock
 
 
@@ -102,7 +103,38 @@ class DecoderPrompt(nn.Module):
         return self.fusion(features, prompt), weights
 
 
-class DecoderPrompts(nn.Module):
+class DecoderPromptPlaces(nn.Module):
+    """Base of every method's three decoder prompt places, ``latent``, ``level3`` and ``level2``.
+
+    Each place is a module mapping a feature map to ``(feature map, what the method reports)``; ``decode`` runs
+    the Restormer decoder with the three places in PromptIR's order, so a method file shows only its own
+    place modules. Extra keyword arguments go to every place (e.g. CPL's forced routing, DPPD's assignment).
+    """
+
+    latent: nn.Module
+    level3: nn.Module
+    level2: nn.Module
+
+    def decode(
+        self,
+        unet: nn.Module,
+        features: EncoderFeatures,
+        skips: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        **place_kwargs,
+    ) -> tuple[torch.Tensor, tuple]:
+        """Latent place -> decoder level 3 -> level-3 place -> decoder level 2 -> level-2 place -> decoder level 1.
+
+        ``skips`` (levels 1-3) default to the encoder features (PIP passes its prompted skips). Returns the
+        output of decoder level 1 (with refinement) and what the places reported, deepest first.
+        """
+        skip1, skip2, skip3 = skips if skips is not None else (features.level1, features.level2, features.level3)
+        latent, latent_info = self.latent(features.latent, **place_kwargs)
+        decoded3, level3_info = self.level3(unet.decode_level3(latent, skip3), **place_kwargs)
+        decoded2, level2_info = self.level2(unet.decode_level2(decoded3, skip2), **place_kwargs)
+        return unet.decode_level1(decoded2, skip1), (latent_info, level3_info, level2_info)
+
+
+class DecoderPrompts(DecoderPromptPlaces):
     """The three PromptIR prompt places: on the latent (before the first upsampling), after decoder
     level 3 and after decoder level 2.
 

@@ -7,7 +7,6 @@ batching, tiling, mixed precision and degradation labels behave the same everywh
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -20,7 +19,8 @@ from transformers.utils import logging
 
 from .configuration_backbone import DEGRADATION_NAMES
 from .image_processing_restoration import RestorationImageProcessor
-from .modeling_utils import RestorationInputError
+from .degradation_labels import hard_weights
+from .errors import RestorationInputError
 from .tiling import tiled_apply
 
 
@@ -116,29 +116,26 @@ def load_processor(
 
 
 def accepts_degradation_labels(model: Any) -> bool:
-    """True when the model's forward has an explicit `degradation_labels` argument (PIP-style models)."""
-    forward = getattr(model, "forward", model)
-    try:
-        return "degradation_labels" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return False
+    """True for models steered by degradation labels (their class sets ``accepts_degradation_labels``)."""
+    return bool(getattr(model, "accepts_degradation_labels", False))
 
 
-def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[Union[list, torch.Tensor]]:
-    """Validate `degradation` for `count` images and return what to pass as `degradation_labels`.
+#: How the label-free ("auto") mode turns the estimator's softmax into prompt weights.
+AUTO_MODES = ("soft", "hard")
 
-    `degradation`: None/"auto" (the model decides, e.g. PIP's estimator), a name, an index, or a list with one
-    per image. Models with a `degradation_index(name)` method (PIP) get a per-image list of the given labels, so
-    their own label syntax (aliases, "rain+haze" mixtures) works and their errors are raised here, before any
-    image is processed; other models that take labels get a LongTensor of indices into
-    `config.degradation_names` (default: noise, rain, haze, blur, low-light). Raises ValueError for a model
-    whose forward has no `degradation_labels`, for unknown names, and when a model without an estimator
-    gets none.
+
+def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[torch.Tensor]:
+    """Validate `degradation` for `count` images; return (count, num_degradations) weights, or None for "auto".
+
+    `degradation`: None/"auto" (the model estimates it, once per image), a name, an alias, a mixture
+    ("rain+haze"), an index, or a list with one per image; parsed by the model's own parser
+    (``modeling.degradation_labels``), so errors name the valid labels before any image is processed.
+    Raises ValueError for a model that takes no labels, and for "auto" with a model that cannot estimate.
     """
     if isinstance(degradation, str) and degradation.strip().lower() == "auto":
         degradation = None
     if degradation is None:
-        if accepts_degradation_labels(model) and getattr(model, "degradation_estimator", False) is None:
+        if accepts_degradation_labels(model) and not getattr(model, "can_estimate_degradation", False):
             raise ValueError(
                 f"{type(model).__name__} has no degradation estimator: pass degradation=<name> "
                 "(CLI: --degradation NAME)."
@@ -146,29 +143,59 @@ def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[
         return None
     if not accepts_degradation_labels(model):
         raise ValueError(
-            f"degradation={degradation!r} was given, but {type(model).__name__} does not take degradation labels "
-            "(its forward has no `degradation_labels`); omit it or use 'auto'."
+            f"degradation={degradation!r} was given, but {type(model).__name__} does not take degradation labels; "
+            "omit it or use 'auto'."
         )
-    values = list(degradation) if isinstance(degradation, (list, tuple)) else [degradation] * count
-    if len(values) != count:
-        raise ValueError(f"Got {len(values)} degradation labels for {count} images.")
-    index_of = getattr(model, "degradation_index", None)
-    if callable(index_of):
-        for value in values:
-            for part in value.split("+") if isinstance(value, str) else [value]:
-                index_of(part)  # raises a clear ValueError naming the valid labels
-        return values
-    config = getattr(model, "config", None)
-    names = [str(name).lower() for name in (getattr(config, "degradation_names", None) or DEGRADATION_NAMES)]
-    ids = []
-    for value in values:
-        if isinstance(value, str) and value.strip().lower() in names:
-            ids.append(names.index(value.strip().lower()))
-        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(names):
-            ids.append(int(value))
-        else:
-            raise ValueError(f"Unknown degradation {value!r}; known degradations: {', '.join(names)} (or 'auto').")
-    return torch.tensor(ids, dtype=torch.long)
+    if isinstance(degradation, (list, tuple)) and len(degradation) != count:
+        raise ValueError(f"Got {len(degradation)} degradation labels for {count} images.")
+    return model.degradation_weights(degradation, count, "cpu")
+
+
+def _estimation_views(pixel_values: torch.Tensor, max_pixels: int, crop: int) -> list[torch.Tensor]:
+    """The whole batch when it is small; else four `crop`-sized windows (one per quadrant). Crops, not a
+    downscaled copy, because downscaling averages noise away and would fool the estimator."""
+    height, width = pixel_values.shape[-2:]
+    if height * width <= max_pixels:
+        return [pixel_values]
+    side_h, side_w = min(crop, height), min(crop, width)
+    views = []
+    for top in (height // 4 - side_h // 2, 3 * height // 4 - side_h // 2):
+        for left in (width // 4 - side_w // 2, 3 * width // 4 - side_w // 2):
+            top_c, left_c = min(max(0, top), height - side_h), min(max(0, left), width - side_w)
+            views.append(pixel_values[..., top_c : top_c + side_h, left_c : left_c + side_w])
+    return views
+
+
+def estimate_degradation_weights(
+    model: Any,
+    pixel_values: torch.Tensor,
+    *,
+    auto_mode: str = "soft",
+    device: Union[str, torch.device, None] = None,
+    dtype: Union[str, torch.dtype, None] = None,
+    max_pixels: int = 1024 * 1024,
+    crop: int = 512,
+) -> torch.Tensor:
+    """The model's degradation weights for each image of a (B, 3, H, W) batch, estimated once per image.
+
+    Large images are judged from four crops whose softmax weights are averaged. ``auto_mode="hard"`` turns
+    the result into a one-hot of the most likely class. Every tile of an image then uses these weights, so
+    neighbouring tiles never get different prompts.
+    """
+    if auto_mode not in AUTO_MODES:
+        raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}")
+    device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
+    autocast_dtype = resolve_dtype(dtype)
+    param = next(iter(model.parameters()), None)
+    input_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    context = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), context:
+        views = _estimation_views(pixel_values, max_pixels, crop)
+        weights = sum(model.estimate_degradation(view.to(device, input_dtype)).float() for view in views) / len(views)
+    weights = weights.cpu()
+    return hard_weights(weights) if auto_mode == "hard" else weights
 
 
 def _reconstruction_of(output: Any) -> torch.Tensor:
@@ -186,7 +213,7 @@ def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
     *,
-    degradation_labels: Optional[Union[list, torch.Tensor]] = None,
+    degradation_labels: Optional[torch.Tensor] = None,
     tile: Optional[int] = None,
     tile_overlap: int = 32,
     tile_batch_size: int = 4,
@@ -197,6 +224,7 @@ def run_model(
     """Restore a (B, 3, H, W) batch in [0, 1]: whole image or tiled, optional autocast; returns float32 on CPU.
 
     With `tile`, the input stays on its device (e.g. CPU) and only tiles go to `device`.
+    `degradation_labels`: (B, num_degradations) weights (see `degradation_label_ids`), reused for every tile.
     """
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
     autocast_dtype = resolve_dtype(dtype)
@@ -207,12 +235,9 @@ def run_model(
     def forward(batch: torch.Tensor) -> torch.Tensor:
         kwargs = {}
         if degradation_labels is not None:
-            # Tiles of all images are stacked position by position, so repeat the labels per position.
+            # Tiles of all images are stacked position by position, so repeat the weights per position.
             repeats = batch.shape[0] // len(degradation_labels)
-            if isinstance(degradation_labels, torch.Tensor):
-                kwargs["degradation_labels"] = degradation_labels.repeat(repeats).to(batch.device)
-            else:
-                kwargs["degradation_labels"] = list(degradation_labels) * repeats
+            kwargs["degradation_labels"] = degradation_labels.repeat(repeats, 1).to(batch.device)
         context = (
             torch.autocast(device_type=batch.device.type, dtype=autocast_dtype)
             if autocast_dtype is not None
@@ -237,10 +262,6 @@ def run_model(
     return result
 
 
-def _select(labels: Optional[Union[list, torch.Tensor]], indices: list[int]) -> Optional[Union[list, torch.Tensor]]:
-    if labels is None:
-        return None
-    return labels[indices] if isinstance(labels, torch.Tensor) else [labels[i] for i in indices]
 
 
 def default_output_type(meta: dict) -> str:
@@ -256,6 +277,7 @@ def restore(
     tile: Optional[int] = None,
     tile_overlap: int = 32,
     degradation: Any = None,
+    auto_mode: str = "soft",
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
     batch_size: int = 4,
@@ -273,7 +295,10 @@ def restore(
         tile: run on overlapping `tile` x `tile` tiles (bounded memory); `None` restores whole images.
         tile_overlap: pixels shared by neighbouring tiles (blended smoothly).
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
-            one per image, or None/"auto" to let the model decide. Error for models that cannot take it.
+            one per image, or None/"auto" to let the model estimate it, once per image (every tile of an image
+            then uses the same prompts). Error for models that cannot take it.
+        auto_mode: how "auto" uses the estimate: "soft" (the estimator's softmax weights, as the model's own
+            forward) or "hard" (only the most likely degradation's prompt).
         device: "cpu", "cuda", "cuda:0", ...; `None`: the given model's device, else CUDA if available.
         dtype: "fp32" (default), "bf16" or "fp16": autocast precision on `device`.
         batch_size: images (or tile positions) per forward pass.
@@ -287,6 +312,8 @@ def restore(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if auto_mode not in AUTO_MODES:
+        raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}.")
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     if not items:
@@ -318,11 +345,19 @@ def restore(
     try:
         for batch in batches:
             pixel_values = torch.from_numpy(np.stack([arrays[i] for i in batch]))
+            if labels is not None:
+                weights = labels[batch]
+            elif accepts_degradation_labels(model):
+                weights = estimate_degradation_weights(
+                    model, pixel_values, auto_mode=auto_mode, device=device, dtype=dtype
+                )
+            else:
+                weights = None
             try:
                 restored = run_model(
                     model,
                     pixel_values,
-                    degradation_labels=_select(labels, batch),
+                    degradation_labels=weights,
                     tile=tile,
                     tile_overlap=tile_overlap,
                     # At most `batch_size` tiles per forward pass, whatever the number of images in the batch.
@@ -352,9 +387,11 @@ __all__ = [
     "DEMO_CHECKPOINT_DIR",
     "NonFiniteOutputError",
     "RestorationInputError",
+    "AUTO_MODES",
     "accepts_degradation_labels",
     "default_output_type",
     "degradation_label_ids",
+    "estimate_degradation_weights",
     "load_model",
     "load_processor",
     "resolve_device",

@@ -25,19 +25,11 @@ from torch import nn
 from .configuration_pip import PIPConfig
 from .decoder_prompts import DecoderPrompts
 from .modeling_outputs import ImageRestorationOutput
-from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
+from .degradation_labels import hard_weights
+from .errors import RestorationInputError
+from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import EncoderFeatures, RestorationUNet
 from .restormer_blocks import ChannelLayerNorm, GatedDconvFeedForward, channel_attention
-
-# Short names people use for the five official degradations, mapped to our canonical names.
-DEGRADATION_ALIASES = {
-    "denoise": "noise", "denoising": "noise", "gaussian-noise": "noise",
-    "derain": "rain", "deraining": "rain", "rainy": "rain",
-    "dehaze": "haze", "dehazing": "haze", "hazy": "haze",
-    "deblur": "blur", "deblurring": "blur", "motion-blur": "blur",
-    "lowlight": "low-light", "low": "low-light", "enhance": "low-light", "dark": "low-light",
-}
-
 
 def align_channels(features: torch.Tensor, channels: int) -> torch.Tensor:
     """Zero-pad (or truncate) the channel axis to ``channels``, as the official code aligns feature and prompt."""
@@ -163,23 +155,43 @@ class TopMCrossAttention(PromptCrossAttention):
         nn.init.ones_(self.temperature)
         nn.init.constant_(self.branch_weights, self.weight_init)
 
+    def attention_logits(self, feature: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 channel-attention logits (B, heads, c, c) and the values (B, heads, c, HW).
+
+        The top-m masks are a discrete choice from these logits; under autocast, bf16 logits select other
+        channels than fp32 ones. So the projections run outside autocast in the weights' precision (fp32 for an
+        fp32 model under autocast) and the logits in fp32.
+        """
+        batch, _, height, width = feature.shape
+        weight_dtype = self.q.weight.dtype
+        with torch.autocast(device_type=feature.device.type, enabled=False):
+            query = self.q_dwconv(self.q(feature.to(weight_dtype))).reshape(batch, self.num_heads, -1, height * width)
+            key, value = self.kv_dwconv(self.kv(prompt.to(weight_dtype))).chunk(2, dim=1)
+            key = key.reshape(batch, self.num_heads, -1, height * width)
+            value = value.reshape(batch, self.num_heads, -1, height * width)
+            query, key = F.normalize(query.float(), dim=-1), F.normalize(key.float(), dim=-1)
+            return (query @ key.transpose(-2, -1)) * self.temperature.float(), value
+
+    def kept_counts(self, per_head: int) -> list[int]:
+        return [int(per_head * numerator / denominator) for numerator, denominator in self.fractions]
+
     def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = feature.shape
-        query = self.q_dwconv(self.q(feature)).reshape(batch, self.num_heads, -1, height * width)
-        key, value = self.kv_dwconv(self.kv(prompt)).chunk(2, dim=1)
-        key = key.reshape(batch, self.num_heads, -1, height * width)
-        value = value.reshape(batch, self.num_heads, -1, height * width)
-        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
-        attention = (query @ key.transpose(-2, -1)) * self.temperature
-        per_head = query.shape[2]
-        out = 0
-        for (numerator, denominator), weight in zip(self.fractions, self.branch_weights):
-            keep = int(per_head * numerator / denominator)
-            kept = torch.topk(attention, k=keep, dim=-1).indices
-            mask = torch.zeros_like(attention, dtype=torch.bool).scatter_(-1, kept, True)
-            masked = attention.masked_fill(~mask, float("-inf"))
-            out = out + (masked.softmax(dim=-1) @ value) * weight
+        attention, value = self.attention_logits(feature, prompt)
+        with torch.autocast(device_type=feature.device.type, enabled=False):
+            probabilities = 0
+            for keep, weight in zip(self.kept_counts(attention.shape[-1]), self.branch_weights):
+                kept = torch.topk(attention, k=keep, dim=-1).indices
+                mask = torch.zeros_like(attention, dtype=torch.bool).scatter_(-1, kept, True)
+                probabilities = probabilities + attention.masked_fill(~mask, float("-inf")).softmax(dim=-1) * weight.float()
+            out = probabilities.to(value.dtype) @ value
         return self.project_out(out.reshape(batch, channels, height, width))
+
+    def selected_channels(self, feature: torch.Tensor, prompt: torch.Tensor) -> list[torch.Tensor]:
+        """Sorted channel indices kept by each top-m mask (the discrete choice the forward makes)."""
+        attention, _ = self.attention_logits(feature, prompt)
+        return [torch.topk(attention, k=keep, dim=-1).indices.sort(dim=-1).values
+                for keep in self.kept_counts(attention.shape[-1])]
 
 
 class DualGateFeedForward(nn.Module):
@@ -243,8 +255,8 @@ class SkipPrompt(nn.Module):
             prompt_size,
             config.num_degradations,
             config.prompt_interaction_heads,
-            config.ffn_expansion_factor,
-            config.bias,
+            config.prompt_interaction_ffn_expansion_factor,
+            config.prompt_interaction_bias,
             config.degradation_prompt_reduction,
         )
         self.prompt_to_feature = SelectivePromptToFeature(feature_dim, prompt_dim, config)
@@ -276,6 +288,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
     """PIP on the PromptIR-style Restormer body (``pip-restormer``), or on PromptIR with ``decoder_prompts``."""
 
     config_class = PIPConfig
+    accepts_degradation_labels = True
 
     def __init__(self, config: PIPConfig) -> None:
         super().__init__(config)
@@ -328,55 +341,24 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         self.post_init()
 
     # ----- degradation labels -------------------------------------------------------------------------
-    def degradation_index(self, name: str | int) -> int:
-        """Map a degradation name (or alias, or index) to its class index; clear error for unknown names."""
-        names = list(self.config.degradation_names)
-        if isinstance(name, bool) or not isinstance(name, (int, str)):
-            raise RestorationInputError(f"degradation label must be a name or an index, got {name!r}")
-        if isinstance(name, int):
-            if not 0 <= name < len(names):
-                raise RestorationInputError(f"degradation index {name} is out of range 0..{len(names) - 1} ({names})")
-            return name
-        key = name.strip().lower().replace("_", "-").replace(" ", "-")
-        key = key if key in names else DEGRADATION_ALIASES.get(key, key)
-        if key not in names:
-            raise RestorationInputError(f"unknown degradation {name!r}; valid names are {', '.join(names)}")
-        return names.index(key)
+    @property
+    def can_estimate_degradation(self) -> bool:
+        return self.degradation_estimator is not None
 
-    def degradation_weights_from_labels(self, labels, batch_size: int, device: torch.device) -> torch.Tensor:
-        """Turn ``degradation_labels`` into (B, num_degradations) weights.
+    def estimate_degradation(self, pixel_values: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """The estimator's (B, num_degradations) softmax weights for ``pixel_values`` (one-hot of the argmax
+        with ``hard``). ``restore()`` calls this once per image, so every tile of it uses the same prompts."""
+        if self.degradation_estimator is None:
+            raise RestorationInputError(self._no_estimator_message())
+        self.check_pixel_values(pixel_values)
+        weights = self.degradation_estimator(self.unet.encode(self.pad_to_multiple(pixel_values))).softmax(dim=-1)
+        return hard_weights(weights) if hard else weights
 
-        Accepted: one name/index for the whole batch; a name with ``+`` for a mixture ("rain+haze"); a list with
-        one entry per image, each a name, index or a pair of them (mixed degradations: the mean of two one-hots,
-        as the official code); a (B,) integer tensor; a (B, num_degradations) float tensor of weights.
-        """
-        num = self.config.num_degradations
-        if isinstance(labels, torch.Tensor):
-            if labels.is_floating_point():
-                if labels.shape != (batch_size, num):
-                    raise RestorationInputError(
-                        f"degradation weights must have shape ({batch_size}, {num}), got {tuple(labels.shape)}"
-                    )
-                return labels.to(device)
-            labels = labels.reshape(-1).tolist() if labels.ndim else labels.item()
-        if isinstance(labels, (str, int)):
-            labels = [labels] * batch_size
-        if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
-            raise RestorationInputError(
-                f"degradation_labels must give one label per image ({batch_size}), got {labels!r}"
-            )
-        rows = []
-        for label in labels:
-            parts = label.split("+") if isinstance(label, str) else label if isinstance(label, (list, tuple)) else [label]
-            if isinstance(parts, torch.Tensor):
-                parts = parts.tolist()
-            if not 1 <= len(parts) <= 3:
-                raise RestorationInputError(f"a mixed degradation combines 2 or 3 labels, got {label!r}")
-            row = torch.zeros(num)
-            for part in parts:
-                row[self.degradation_index(part)] += 1.0 / len(parts)
-            rows.append(row)
-        return torch.stack(rows).to(device)
+    def _no_estimator_message(self) -> str:
+        return (
+            "this PIP model has no degradation estimator (use_degradation_estimator=False, as converted official "
+            f"checkpoints): pass degradation_labels, one of {', '.join(self.config.degradation_names)}"
+        )
 
     # ----- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -385,13 +367,13 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         degradation_labels=None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ImageRestorationOutput | tuple:
         """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W.
 
         Args:
-            degradation_labels: the degradation of each image (see ``degradation_weights_from_labels``). When
-                omitted, the built-in estimator's softmax weights are used.
+            degradation_labels: the degradation of each image, in any form ``modeling.degradation_labels``
+                parses (names, aliases, mixtures, indices, (B, num_degradations) weights). When omitted, the
+                built-in estimator's softmax weights are used.
             labels: clean images; when given, ``loss`` = pixel loss + weight x prompt angle regulariser
                 (+ the estimator's cross-entropy when ``degradation_labels`` are given too).
         """
@@ -403,30 +385,25 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
 
         estimator_logits = self.degradation_estimator(features) if self.degradation_estimator is not None else None
         if degradation_labels is not None:
-            weights = self.degradation_weights_from_labels(degradation_labels, batch, padded.device)
+            weights = self.degradation_weights(degradation_labels, batch, padded.device)
         elif estimator_logits is not None:
             weights = estimator_logits.softmax(dim=-1)
         else:
-            raise RestorationInputError(
-                "this PIP model has no degradation estimator (use_degradation_estimator=False, as converted official "
-                f"checkpoints): pass degradation_labels, one of {', '.join(self.config.degradation_names)}"
-            )
+            raise RestorationInputError(self._no_estimator_message())
         weights = weights.to(padded.dtype)
 
-        skip1 = self.skip_prompts["level1"](features.level1, weights)
-        skip2 = self.skip_prompts["level2"](features.level2, weights)
-        skip3 = self.skip_prompts["level3"](features.level3, weights)
+        skips = (
+            self.skip_prompts["level1"](features.level1, weights),
+            self.skip_prompts["level2"](features.level2, weights),
+            self.skip_prompts["level3"](features.level3, weights),
+        )
         prompt_weights = None
         if self.decoder_prompts is None:
             latent = self.unet.project_latent(features.latent)
-            decoded3 = self.unet.decode_level3(latent, skip3)
-            decoded2 = self.unet.decode_level2(decoded3, skip2)
+            decoded3 = self.unet.decode_level3(latent, skips[2])
+            decoded1 = self.unet.decode_level1(self.unet.decode_level2(decoded3, skips[1]), skips[0])
         else:
-            latent, latent_weights = self.decoder_prompts.latent(features.latent)
-            decoded3, level3_weights = self.decoder_prompts.level3(self.unet.decode_level3(latent, skip3))
-            decoded2, level2_weights = self.decoder_prompts.level2(self.unet.decode_level2(decoded3, skip2))
-            prompt_weights = (latent_weights, level3_weights, level2_weights)
-        decoded1 = self.unet.decode_level1(decoded2, skip1)
+            decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features, skips)
         restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
 
         loss = loss_terms = None
@@ -458,12 +435,13 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             pixel = F.l1_loss(restored, labels)
         regularizer = self.prompt_angle_regularization()
         loss = pixel + config.prompt_regularization_weight * regularizer
-        terms = {"pixel": pixel.detach(), "prompt_angle": regularizer.detach()}
+        # Unweighted terms with their graph: a training loop may treat the pixel term alone (loss-spike guard).
+        terms = {"pixel": pixel, "prompt_angle": regularizer}
         if estimator_logits is not None and degradation_labels is not None:
             # Soft targets so that mixed labels (two halves) train the estimator too.
             estimator = F.cross_entropy(estimator_logits.float(), weights.float())
             loss = loss + config.degradation_estimator_loss_weight * estimator
-            terms["degradation_estimator"] = estimator.detach()
+            terms["degradation_estimator"] = estimator
         return loss, terms
 
 

@@ -67,7 +67,6 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ImageRestorationOutput | tuple:
         """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W. ``labels`` (clean images) give the L1 loss."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -76,18 +75,12 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
         padded = self.pad_to_multiple(pixel_values)
 
         features = self.unet.encode(padded)
-        latent, latent_weights = self.decoder_prompts.latent(features.latent)
-        decoded3 = self.unet.decode_level3(latent, features.level3)
-        decoded3, level3_weights = self.decoder_prompts.level3(decoded3)
-        decoded2 = self.unet.decode_level2(decoded3, features.level2)
-        decoded2, level2_weights = self.decoder_prompts.level2(decoded2)
-        decoded1 = self.unet.decode_level1(decoded2, features.level1)
+        decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features)
         restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
 
         loss = loss_terms = None
         if labels is not None:
             loss, loss_terms = self.l1_loss(restored, labels, pixel_values)
-        prompt_weights = (latent_weights, level3_weights, level2_weights)
         if not return_dict:
             return tuple(v for v in (loss, restored, prompt_weights) if v is not None)
         return ImageRestorationOutput(

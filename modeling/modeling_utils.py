@@ -8,15 +8,28 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_backbone import RestorationBackboneConfig
+from .degradation_labels import degradation_weights_from_labels
+from .errors import RestorationInputError
 from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention
 
 
-class RestorationInputError(ValueError):
-    """Raised for inputs a restoration model cannot process (wrong shape, channels, dtype, NaN/inf)."""
-
-
 class PromptRestorationPreTrainedModel(PreTrainedModel):
-    """Common base: initialisation as the official code, input validation, pad-to-multiple and crop back."""
+    """Common base: initialisation as the official code, input validation, pad-to-multiple and crop back.
+
+    Degradation labels. A model whose forward is steered by the degradation of each image (PIP, DPPD) sets the
+    class attribute ``accepts_degradation_labels = True``; ``restore()``, the pipeline and ``train.py`` ask
+    this attribute and nothing else. Such a model parses labels with ``degradation_weights`` (the one parser,
+    ``modeling.degradation_labels``) and, when it can tell the degradation itself, overrides
+    ``can_estimate_degradation`` and ``estimate_degradation`` so that label-free inference can estimate once
+    per image and reuse the weights for every tile.
+
+    Losses. When ``labels`` (clean images) are given, ``output.loss`` is the weighted sum of the terms in
+    ``output.loss_terms``; the terms are *unweighted* and keep their autograd graph, and every model has a
+    ``"pixel"`` term, so a training loop can treat the pixel term on its own (PIP's loss-spike guard does).
+    """
+
+    #: Whether ``forward`` takes ``degradation_labels`` (see the class docstring).
+    accepts_degradation_labels: bool = False
 
     config_class = RestorationBackboneConfig
     base_model_prefix = "unet"
@@ -57,6 +70,23 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.temperature)
         elif hasattr(module, "init_own_parameters"):
             module.init_own_parameters()
+
+    @property
+    def can_estimate_degradation(self) -> bool:
+        """Whether ``estimate_degradation`` works (a label-taking model with a built-in estimator)."""
+        return False
+
+    def estimate_degradation(self, pixel_values: torch.Tensor, hard: bool = False) -> torch.Tensor:
+        """(B, num_degradations) weights the model would use for ``pixel_values`` without labels."""
+        raise RestorationInputError(f"{type(self).__name__} does not estimate the degradation of its inputs")
+
+    def degradation_weights(
+        self, degradation_labels, batch_size: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Parse ``degradation_labels`` (names, aliases, mixtures, indices, weights) against this model's classes."""
+        if not self.accepts_degradation_labels:
+            raise RestorationInputError(f"{type(self).__name__} does not take degradation labels")
+        return degradation_weights_from_labels(degradation_labels, self.config.degradation_names, batch_size, device)
 
     def check_pixel_values(self, pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
         """Raise ``RestorationInputError`` naming the problem for inputs the network cannot restore."""
@@ -106,7 +136,7 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
         """Mean L1 distance to the clean ``labels`` (Restormer's and PromptIR's loss) and its named term."""
         self.check_labels(labels, pixel_values)
         loss = F.l1_loss(restored, labels.to(restored.dtype))
-        return loss, {"pixel": loss.detach()}
+        return loss, {"pixel": loss}
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
         if not isinstance(labels, torch.Tensor) or labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]:

@@ -19,7 +19,13 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .image_processing_restoration import RestorationImageProcessor
-from .inference import default_output_type, degradation_label_ids, run_model
+from .inference import (
+    accepts_degradation_labels,
+    default_output_type,
+    degradation_label_ids,
+    estimate_degradation_weights,
+    run_model,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -31,7 +37,8 @@ class ImageRestorationPipeline(Pipeline):
     """Restore images with any `*ForImageRestoration` model.
 
     Call kwargs: `tile` (int, tiled inference), `tile_overlap` (int, default 32), `degradation` (name, index or
-    "auto"; only for models taking `degradation_labels`), `dtype` ("fp32", "bf16", "fp16": autocast precision),
+    "auto"; only for models taking `degradation_labels`), `auto_mode` ("soft" or "hard", see `restore`),
+    `dtype` ("fp32", "bf16", "fp16": autocast precision),
     `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths). Inputs: PIL images, numpy
     arrays, tensors or file paths, or a list of them (a list returns a list). Images go through the model one at a
     time; use `modeling.inference.restore` to batch same-size images.
@@ -52,6 +59,7 @@ class ImageRestorationPipeline(Pipeline):
         tile: Optional[int] = None,
         tile_overlap: Optional[int] = None,
         degradation: Any = None,
+        auto_mode: Optional[str] = None,
         dtype: Any = None,
         output_type: Optional[str] = None,
         **kwargs,
@@ -63,6 +71,8 @@ class ImageRestorationPipeline(Pipeline):
         postprocess_params: dict = {}
         if degradation is not None:
             preprocess_params["degradation"] = degradation
+        if auto_mode is not None:
+            forward_params["auto_mode"] = auto_mode
         if tile is not None:
             forward_params["tile"] = tile
         if tile_overlap is not None:
@@ -82,12 +92,23 @@ class ImageRestorationPipeline(Pipeline):
         return inputs
 
     def _forward(
-        self, model_inputs: dict, tile: Optional[int] = None, tile_overlap: int = 32, dtype: Any = None
+        self,
+        model_inputs: dict,
+        tile: Optional[int] = None,
+        tile_overlap: int = 32,
+        dtype: Any = None,
+        auto_mode: str = "soft",
     ) -> dict:
+        weights = model_inputs.get("degradation_labels")
+        if weights is None and accepts_degradation_labels(self.model):
+            # Label-free: estimate once for the whole image, then every tile uses the same prompts.
+            weights = estimate_degradation_weights(
+                self.model, model_inputs["pixel_values"], auto_mode=auto_mode, device=self.device, dtype=dtype
+            )
         reconstruction = run_model(
             self.model,
             model_inputs["pixel_values"],
-            degradation_labels=model_inputs.get("degradation_labels"),
+            degradation_labels=weights,
             tile=tile,
             tile_overlap=tile_overlap,
             device=self.device,

@@ -54,17 +54,18 @@ def direct(model, image_float_hwc: np.ndarray) -> np.ndarray:
     return out[0].clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-class LabelledModel(nn.Module):
-    """Stand-in for a PIP-style model: takes degradation_labels and records them."""
+def recording_pip():
+    """A tiny PIP whose forward records the degradation weights it is given (what restore() passes)."""
+    pip = make_pip()
+    pip.seen = []
+    forward = pip.forward
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.seen = []
+    def record(pixel_values, degradation_labels=None, **kwargs):
+        pip.seen.append(None if degradation_labels is None else degradation_labels.argmax(-1).tolist())
+        return forward(pixel_values, degradation_labels=degradation_labels, **kwargs)
 
-    def forward(self, pixel_values, degradation_labels=None, return_dict=True):
-        self.seen.append(None if degradation_labels is None else degradation_labels.tolist())  # LongTensor
-        return (pixel_values * self.scale,)
+    pip.forward = record
+    return pip
 
 
 # ------------------------------------------------------------------------------------------------ restore
@@ -121,12 +122,13 @@ def test_degradation_only_for_models_that_take_it(model):
         restore(rgb(8, 8), model, degradation="rain")
     assert restore(rgb(8, 8), model, degradation="auto").shape == (8, 8, 3)
 
-    labelled = LabelledModel()
+    labelled = recording_pip()
     restore([rgb(8, 8), rgb(8, 8)], labelled, degradation="rain")
     restore([rgb(8, 8), rgb(8, 8)], labelled, degradation=["noise", 4])
-    restore(rgb(8, 8), labelled)
-    assert labelled.seen == [[1, 1], [0, 4], None]
-    with pytest.raises(ValueError, match="Unknown degradation"):
+    restore(rgb(8, 8), labelled)  # auto: the estimate is passed on as weights too
+    expected_auto = labelled.estimate_degradation(torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 255)
+    assert labelled.seen == [[1, 1], [0, 4], expected_auto.argmax(-1).tolist()]
+    with pytest.raises(ValueError, match="unknown degradation 'fog'"):
         restore(rgb(8, 8), labelled, degradation="fog")
 
 
@@ -164,7 +166,11 @@ def test_bad_arguments_and_outputs(model, monkeypatch, tmp_path):
     with pytest.raises(RestorationInputError, match="non-finite"):
         restore(np.full((8, 8, 3), np.nan, np.float32), model)
 
-    class NaNModel(LabelledModel):
+    class NaNModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
         def forward(self, pixel_values, return_dict=True):
             return (pixel_values * float("nan"),)
 

@@ -141,16 +141,16 @@ def test_labels_change_the_restoration(model):
 def test_label_forms(model, labels, row):
     if isinstance(labels, tuple):
         labels = [labels]  # one pair for the single image
-    weights = model.degradation_weights_from_labels(labels, 1, torch.device("cpu"))
+    weights = model.degradation_weights(labels, 1, "cpu")
     torch.testing.assert_close(weights, torch.tensor([row], dtype=torch.float32))
 
 
 def test_mixed_labels_equal_the_mean_of_the_two_prompts(model):
     """The official mixture: mean of two one-hots, which is linear in the degradation-aware prompt."""
     pip = model.skip_prompts["level2"].prompt_in_prompt
-    rain_haze = pip.degradation_aware_prompt(model.degradation_weights_from_labels("rain+haze", 1, torch.device("cpu")))
-    rain = pip.degradation_aware_prompt(model.degradation_weights_from_labels("rain", 1, torch.device("cpu")))
-    haze = pip.degradation_aware_prompt(model.degradation_weights_from_labels("haze", 1, torch.device("cpu")))
+    rain_haze = pip.degradation_aware_prompt(model.degradation_weights("rain+haze", 1, "cpu"))
+    rain = pip.degradation_aware_prompt(model.degradation_weights("rain", 1, "cpu"))
+    haze = pip.degradation_aware_prompt(model.degradation_weights("haze", 1, "cpu"))
     torch.testing.assert_close(rain_haze, (rain + haze) / 2)
     # Official 'mean' reduction divides the selected prompt by the number of classes.
     torch.testing.assert_close(rain[0], pip.degradation_prompts[1] / 5)
@@ -205,3 +205,96 @@ def test_config_rejects_inconsistent_names():
         PIPConfig(degradation_names=["noise", "rain", "haze"])
     with pytest.raises(StrictDataclassClassValidationError, match="keep no channel"):
         PIPConfig(prompt_dims=[4, 4, 4], dim=8, heads=[1, 1, 4, 4])
+
+
+def test_prompt_interaction_ffn_and_bias_are_pip_fields_not_backbone_ones():
+    """The official block hard-codes expansion 2.66 and no bias whatever the backbone uses."""
+    base = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[8, 8, 8],
+                prompt_sizes=[4, 4, 4])
+    model = PIPForImageRestoration(PIPConfig(**base, ffn_expansion_factor=4.0, bias=True))
+    interaction = model.skip_prompts["level1"].prompt_in_prompt.prompt_interaction
+    assert interaction.ffn.project_out.in_channels == int(8 * 2.66)
+    assert interaction.attn.q.bias is None
+    # The backbone's own blocks did take the backbone values.
+    assert model.unet.encoder_level1[0].ffn.project_out.in_channels == int(8 * 4.0)
+    custom = PIPForImageRestoration(
+        PIPConfig(**base, prompt_interaction_ffn_expansion_factor=2.0, prompt_interaction_bias=True)
+    )
+    interaction = custom.skip_prompts["level1"].prompt_in_prompt.prompt_interaction
+    assert interaction.ffn.project_out.in_channels == 16 and interaction.attn.q.bias is not None
+
+
+def test_topm_selection_under_bf16_autocast_equals_fp32():
+    torch.manual_seed(0)
+    from modeling.modeling_pip import TopMCrossAttention
+
+    attention = TopMCrossAttention(32, 2, False, [[1, 2], [2, 3], [3, 4], [4, 5]], 0.2)
+    differing, differing_bf16_logits = 0, 0
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        feature = torch.randn(2, 32, 12, 12, generator=generator)
+        prompt = torch.randn(2, 32, 12, 12, generator=generator)
+        reference = attention.selected_channels(feature, prompt)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = attention.selected_channels(feature, prompt)
+            out_bf16 = attention(feature, prompt)
+            # What the attention did before: projections and logits in bf16 under autocast.
+            query = attention.q_dwconv(attention.q(feature)).reshape(2, 2, -1, 144)
+            key = attention.kv_dwconv(attention.kv(prompt)).chunk(2, dim=1)[0].reshape(2, 2, -1, 144)
+            logits = F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).transpose(-2, -1) * attention.temperature
+        differing += sum(int((a != b).any()) for a, b in zip(reference, mixed))
+        for keep, chosen in zip(attention.kept_counts(16), reference):
+            differing_bf16_logits += int((torch.topk(logits.float(), keep, dim=-1).indices.sort(-1).values != chosen).any())
+        torch.testing.assert_close(out_bf16.float(), attention(feature, prompt), atol=0.05, rtol=0.05)
+    assert differing == 0
+    # The check has teeth: bf16 logits do select other channels on these inputs.
+    assert differing_bf16_logits > 0
+
+
+def test_loss_terms_keep_their_graph_and_sum_to_the_loss(model):
+    out = model(torch.rand(2, 3, 16, 16), degradation_labels=torch.tensor([0, 2]), labels=torch.rand(2, 3, 16, 16))
+    terms, config = out.loss_terms, model.config
+    assert all(term.requires_grad for term in terms.values())
+    expected = (terms["pixel"] + config.prompt_regularization_weight * terms["prompt_angle"]
+                + config.degradation_estimator_loss_weight * terms["degradation_estimator"])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_integer_task_ids_equal_names(model):
+    pixel_values = torch.rand(2, 3, 16, 16)
+    by_ids = model(pixel_values, degradation_labels=torch.tensor([1, 4])).reconstruction
+    by_names = model(pixel_values, degradation_labels=["rain", "low-light"]).reconstruction
+    torch.testing.assert_close(by_ids, by_names, rtol=0, atol=0)
+
+
+def test_label_free_tiling_estimates_once_per_image_so_tiles_agree():
+    """Auto mode with tiles uses one estimate for the whole image; per-tile estimates would differ."""
+    import numpy as np
+
+    from modeling import restore
+    from modeling.inference import estimate_degradation_weights, run_model
+
+    model = tiny_model("pip", seed=3)
+    with torch.no_grad():  # make the estimator's answer depend strongly on content
+        model.degradation_estimator.classifier[-1].weight.mul_(40)
+    rng = np.random.default_rng(0)
+    image = np.concatenate([np.full((96, 48, 3), 0.9), rng.random((96, 48, 3))], axis=1).astype(np.float32)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    weights = estimate_degradation_weights(model, pixels)
+    auto = restore(image, model=model, tile=48, tile_overlap=16)
+    labelled = restore(image, model=model, tile=48, tile_overlap=16, degradation=weights)
+    np.testing.assert_array_equal(auto, labelled)
+    # Estimating on each tile (the old behaviour) gives a different result on this image.
+    per_tile = run_model(model, pixels, tile=48, tile_overlap=16)[0].permute(1, 2, 0).numpy()
+    assert np.abs(per_tile - labelled).max() > 1e-3
+    # Hard mode is the one-hot of the most likely class.
+    hard = estimate_degradation_weights(model, pixels, auto_mode="hard")
+    assert hard.sum() == 1 and hard[0, weights.argmax()] == 1
+
+
+def test_large_images_are_judged_from_four_crops():
+    from modeling.inference import _estimation_views
+
+    views = _estimation_views(torch.zeros(1, 3, 300, 500), max_pixels=100 * 100, crop=64)
+    assert len(views) == 4 and all(v.shape[-2:] == (64, 64) for v in views)
+    assert len(_estimation_views(torch.zeros(1, 3, 50, 50), max_pixels=100 * 100, crop=64)) == 1
