@@ -325,3 +325,21 @@ def test_cli_degradation_for_pip(inputs, tmp_path, capsys):
     assert (out / "a.png").is_file()
     assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "-q"]) == 2
     assert "--degradation" in capsys.readouterr().err
+
+
+def test_pipeline_rejects_unknown_and_positional_arguments(model):
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    image = rgb(8, 8)
+    with pytest.raises(TypeError, match="'degradation_label' \\(did you mean 'degradation'\\?\\)"):
+        pipe(image, degradation_label="rain")
+    with pytest.raises(TypeError, match="'tiles' \\(did you mean 'tile'\\?\\)"):
+        pipe(image, tiles=16)
+    with pytest.raises(TypeError, match="'zzz'\\. Valid arguments: tile, tile_overlap"):
+        pipe(image, zzz=1)
+    with pytest.raises(TypeError, match="only positional argument"):
+        pipe(image, 16)
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        pipe(image, tile=4)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(image, output_type="numpy")
+    np.testing.assert_array_equal(pipe(image, tile=8), restore(image, model, tile=8))
