@@ -394,6 +394,11 @@ def test_cuda_without_cuda_is_a_clear_error(inputs, tmp_path, model, capsys, mon
         restore(rgb(8, 8), model, device="cuda")
     with pytest.raises(ValueError, match="Unknown device 'gpu'"):
         restore(rgb(8, 8), model, device="gpu")
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        patched.setattr(torch.cuda, "device_count", lambda: 1)
+        with pytest.raises(ValueError, match="'cuda:3' was requested but only 1 CUDA device"):
+            restore(rgb(8, 8), model, device="cuda:3")
     monkeypatch.setattr(inference, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--device", "cuda:0", "-q"]) == 2
     line = one_error_line(capsys.readouterr().err)
