@@ -158,7 +158,7 @@ def test_check_tiling_rejects_with_the_rule_in_the_message(tile, overlap, messag
 def test_check_tiling_names_the_callers_arguments_and_defaults_fit_every_valid_tile():
     with pytest.raises(ValueError, match=r"^--tile must be an integer of at least 8 pixels, got 7"):
         check_tiling(7, None, names=("--tile", "--tile-overlap"))
-    with pytest.raises(ValueError, match=r"^--tile-overlap must be an integer between 0 and half the tile \(8 for --tile 16\)"):
+    with pytest.raises(ValueError, match=r"^--tile-overlap must be an integer between 0 and half the tile \(8 for"):
         check_tiling(16, 9, names=("--tile", "--tile-overlap"))
     for tile in range(MIN_TILE, 600):
         assert check_tiling(tile, None) == (tile, default_tile_overlap(tile)) and 2 * default_tile_overlap(tile) <= tile
