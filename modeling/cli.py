@@ -1,14 +1,21 @@
 """``prompt-restore``: restore image files from the command line with `modeling.inference.restore`.
 
-    prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N]
+    prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N] [--overwrite]
                    [--degradation NAME|auto] [--device DEV] [--dtype fp32|bf16|fp16] [--suffix S]
 
 INPUTs are files, folders (their image files, not recursive) and glob patterns. Each result is written to
-``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit grayscale and alpha (a JPEG
-input therefore comes back as PNG). An output that would overwrite one of the inputs is refused.
+``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit depth (gray and colour) and
+alpha (a JPEG input therefore comes back as PNG). An output that would overwrite one of the inputs is always
+refused; one that would replace another existing file is refused unless ``--overwrite`` is given. Results are
+written through a temporary file and renamed, with the permissions of any new file (the umask applies).
 
 Exit codes: 0 all images restored; 1 some inputs failed (one line each on stderr; the others are still written);
-2 usage errors (bad options, output path is a file, model cannot be loaded).
+2 usage errors (bad options, output folder cannot be created or written, unusable device, model cannot be loaded),
+reported on one line before any model is loaded where possible.
+
+The console script starts in `training.cli_launcher`, which runs this file's `main` without importing the
+`modeling` package first, so ``--help`` and usage errors answer at once: this module must import only the standard
+library at module level (torch, transformers and the rest of `modeling` are imported inside `main`).
 """
 
 from __future__ import annotations
@@ -17,9 +24,8 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 #: Extensions picked up when a folder is given (explicitly named files are tried whatever their extension).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif")
@@ -36,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, metavar="ID_OR_DIR",
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
-                        help="restore in overlapping N x N tiles (bounded memory); default: whole images")
-    parser.add_argument("--tile-overlap", type=int, default=32, metavar="N", help="tile overlap in pixels (default 32)")
+                        help="restore in overlapping N x N tiles (bounded memory), N >= 8; default: whole images")
+    parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
+                        help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
                         help="degradation label for models that take one (e.g. noise, rain, haze, blur, low-light)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast precision (default fp32)")
     parser.add_argument("--suffix", default="", help="appended to each output file stem, e.g. _restored")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (input files are never overwritten)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass in tiled mode (default 4)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow loading model code shipped with the checkpoint")
@@ -77,8 +86,11 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     return unique, errors
 
 
-def plan_outputs(files: Sequence[Path], out_dir: Path, suffix: str) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Pair inputs with output paths; refuse outputs that would overwrite an input or another output."""
+def plan_outputs(
+    files: Sequence[Path], out_dir: Path, suffix: str, overwrite: bool = False
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Pair inputs with output paths; refuse outputs that would overwrite an input (always) or another output, and
+    existing files unless `overwrite`."""
     inputs = {f.resolve() for f in files}
     jobs, errors, taken = [], [], {}
     for file in files:
@@ -88,10 +100,32 @@ def plan_outputs(files: Sequence[Path], out_dir: Path, suffix: str) -> tuple[lis
             errors.append(f"{file}: refusing to overwrite input file {target} (use another -o or a --suffix)")
         elif key in taken:
             errors.append(f"{file}: output {target} would also be written for {taken[key]} (same file stem)")
+        elif not overwrite and os.path.lexists(target):
+            errors.append(f"{file}: output {target} already exists; not replacing it (use --overwrite, another -o "
+                          "or a --suffix)")
         else:
             taken[key] = file
             jobs.append((file, target))
     return jobs, errors
+
+
+def check_output_folder(out_dir: Path) -> Optional[str]:
+    """Why results cannot be written into `out_dir`, or None. Creates nothing: a missing folder's nearest existing
+    ancestor must be a writable folder (the folder itself is created after the model has loaded)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            return f"output {out_dir} exists and is not a folder"
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            return f"output folder {out_dir} is not writable"
+        return None
+    ancestor = out_dir.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot create output folder {out_dir}: {ancestor} is not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create output folder {out_dir}: {ancestor} is not writable"
+    return None
 
 
 def _one_line(err: BaseException) -> str:
@@ -99,15 +133,33 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-def _save_png(image, target: Path) -> None:
+def _open_new_file_beside(target: Path) -> tuple[int, Path]:
+    """Create a hidden temporary file next to `target` with the mode of any new file (0o666 less the umask;
+    `tempfile.mkstemp` would make it 0o600, and the rename keeps that mode)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {target}")
+
+
+def _save_png(image: Any, target: Path, overwrite: bool = False) -> None:
+    """Write a PIL image or uint8/uint16 array as `target` (16-bit colour kept); never leaves a partial file."""
+    from .image_processing_restoration import write_png
+
     # Write to a temporary file first so an interrupted run never leaves a half-written PNG under the final name.
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png", dir=target.parent)
-    os.close(handle)
+    handle, tmp = _open_new_file_beside(target)
     try:
-        image.save(tmp, format="PNG")
+        with os.fdopen(handle, "wb") as file:
+            write_png(image, file)
+        if not overwrite and os.path.lexists(target):  # appeared while this image was being restored
+            raise FileExistsError(f"output {target} already exists; not replacing it (use --overwrite)")
         os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
         raise
 
@@ -124,18 +176,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"prompt-restore: error: {message}", file=sys.stderr)
         return 2
 
-    if args.tile is not None and args.tile < 1:
-        return fail_usage(f"--tile must be a positive number of pixels, got {args.tile}")
-    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
-        return fail_usage(f"--tile-overlap must be in [0, --tile), got {args.tile_overlap}")
+    # Checks that need no third-party import come first, so these usage errors are immediate.
+    if args.tile is None and args.tile_overlap is not None:
+        return fail_usage("--tile-overlap only applies to tiled inference: give --tile N as well")
     if args.batch_size < 1:
         return fail_usage(f"--batch-size must be >= 1, got {args.batch_size}")
     out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        return fail_usage(f"output {out_dir} exists and is not a folder")
+    problem = check_output_folder(out_dir)
+    if problem is not None:
+        return fail_usage(problem)
 
     files, errors = expand_inputs(args.inputs)
-    jobs, plan_errors = plan_outputs(files, out_dir, args.suffix)
+    jobs, plan_errors = plan_outputs(files, out_dir, args.suffix, overwrite=args.overwrite)
     errors += plan_errors
 
     # Imported here so `--help` and usage errors stay fast (torch/transformers take seconds to import).
@@ -149,25 +201,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resolve_device,
         restore,
     )
+    from .tiling import check_tiling
 
     try:
+        tile, tile_overlap = check_tiling(args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))
+    except ValueError as err:
+        return fail_usage(_one_line(err))
+    try:
         device = resolve_device(args.device)
-    except RuntimeError as err:
+    except (ValueError, RuntimeError) as err:
         return fail_usage(f"invalid --device {args.device!r}: {_one_line(err)}")
     if jobs:
+        from transformers.utils import logging as transformers_logging
+
+        bars = transformers_logging.is_progress_bar_enabled()
+        if args.quiet:  # from_pretrained's "Loading weights" bar
+            transformers_logging.disable_progress_bar()
         try:
             model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=device)
             processor = load_processor(args.model if args.model is not None else DEMO_CHECKPOINT_DIR)
             degradation_label_ids(model, args.degradation, 1)  # validate the name before the first image
         except (OSError, ValueError, TypeError, RuntimeError, ImportError) as err:
             return fail_usage(_one_line(err))
+        finally:
+            if bars:
+                transformers_logging.enable_progress_bar()
     else:
         model = processor = None
 
+    if jobs:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return fail_usage(f"cannot create output folder {out_dir}: {err.strerror or _one_line(err)}")
     for line in errors:
         print(f"prompt-restore: error: {line}", file=sys.stderr)
-    if jobs:
-        out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     bar = tqdm(jobs, desc="restoring", unit="img", disable=args.quiet, file=sys.stderr)
     for source, target in bar:
@@ -176,14 +244,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 source,
                 model,
                 processor,
-                tile=args.tile,
-                tile_overlap=args.tile_overlap,
+                tile=tile,
+                tile_overlap=tile_overlap,
                 degradation=args.degradation,
                 device=device,
                 dtype=args.dtype,
                 batch_size=args.batch_size,
             )
-            _save_png(restored, target)
+            _save_png(restored, target, overwrite=args.overwrite)
             written += 1
         except Exception as err:  # one bad file must not stop the others; report it on one line
             errors.append(str(source))

@@ -12,7 +12,12 @@ Conventions (documented choices):
   except 16-bit grayscale PIL images (mode ``I;16``/``I``, e.g. 16-bit PNG files): PIL has no 16-bit RGB mode,
   so those come back as PIL ``I;16`` (ITU-R 601 luma of the result), which saves as a 16-bit PNG. As numpy
   (``output_type="np"``) every 16-bit input comes back as ``uint16`` (H, W, 3) or (H, W, 4).
-* Pillow decodes 16-bit *colour* PNG files to 8-bit RGB; to restore 16-bit colour, pass a uint16 numpy array.
+* Pillow decodes 16-bit *colour* PNG files (RGB, RGBA, gray + alpha) to 8 bits, so `load_image_file` reads those
+  with pypng instead and returns a uint16 (H, W, 3|4) array (gray + alpha becomes RGBA); they are restored at 16
+  bits and `write_png` writes uint16 results back losslessly. Without pypng installed they fall back to Pillow's
+  8-bit decoding, with a warning.
+* Files above Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused with a
+  `RestorationInputError`; raise that limit to restore larger files you trust.
 * No padding by default (the models pad to their multiple internally); ``do_pad=True`` reflect-pads bottom/right
   to a multiple of ``size_divisor``, and ``postprocess`` crops back.
 """
@@ -20,8 +25,10 @@ Conventions (documented choices):
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -69,8 +76,78 @@ def _is_torch_tensor(obj: Any) -> bool:
     return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
 
 
-def load_image_file(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open and fully decode an image file, with clear `RestorationInputError`s for bad files."""
+def _bomb_error(where: str, err: Exception) -> RestorationInputError:
+    # Pillow's own message quotes twice the limit for the error and the limit for the warning; state it once.
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"has {found.group(1)} pixels, more than" if found else "is larger than"
+    return RestorationInputError(
+        f"Input {where} {size} Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); not decoding it. Raise that limit to restore larger files you trust."
+    )
+
+
+# PNG colour types (IHDR byte 25) whose 16-bit samples Pillow reduces to 8 bits: gray + alpha, RGB, RGBA.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_16_BIT_COLOUR_TYPES = (2, 4, 6)
+
+
+def _is_16_bit_colour_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    # Signature (8 bytes), IHDR length and type (8), width and height (8), bit depth (1), colour type (1).
+    return (
+        len(header) == 26
+        and header.startswith(_PNG_SIGNATURE)
+        and header[12:16] == b"IHDR"
+        and header[24] == 16
+        and header[25] in _PNG_16_BIT_COLOUR_TYPES
+    )
+
+
+def _read_png_16(path: Path, where: str, orientation: int) -> Optional[np.ndarray]:
+    """Decode a 16-bit colour PNG to uint16 (H, W, 3|4) with pypng (None when pypng is not installed)."""
+    try:
+        import png  # pypng: pure Python, reads and writes the 16-bit colour PNGs Pillow cannot
+    except ImportError:
+        png = None
+    if png is None:
+        logger.warning(f"Input {where} is a 16-bit colour PNG; install pypng to restore it at 16 bits (using 8).")
+        return None
+    try:
+        width, height, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
+        array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except (png.Error, OSError, ValueError, EOFError) as err:
+        raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
+    array = array.reshape(height, width, info["planes"])
+    if info["bitdepth"] != 16:  # an sBIT chunk made pypng reduce the samples; scale back to the 16-bit range
+        array = np.round(array * (65535.0 / (2 ** info["bitdepth"] - 1))).astype(np.uint16)
+    if info["greyscale"]:  # gray (+ alpha) -> RGB(A): the models are RGB models
+        array = np.concatenate([np.repeat(array[:, :, :1], 3, axis=-1), array[:, :, 1:]], axis=-1)
+    return _apply_exif_orientation(array, orientation)
+
+
+def _apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """What `ImageOps.exif_transpose` does to a PIL image, for an (H, W, C) array."""
+    transforms = {
+        2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda a: a[::-1, ::-1],  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: a.transpose(1, 0, 2),  # TRANSPOSE
+        6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise) = 90 clockwise
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # TRANSVERSE
+        8: lambda a: np.rot90(a, 1),  # ROTATE_90 (counter-clockwise)
+    }
+    transform = transforms.get(orientation)
+    return np.ascontiguousarray(transform(array)) if transform else array
+
+
+def load_image_file(path: Union[str, os.PathLike]) -> Union[Image.Image, np.ndarray]:
+    """Open and fully decode an image file, with clear `RestorationInputError`s for bad files.
+
+    Returns a PIL image, or a uint16 (H, W, 3|4) array (EXIF orientation applied) for a 16-bit colour PNG, which
+    PIL cannot hold. Files above `PIL.Image.MAX_IMAGE_PIXELS` (Pillow's decompression-bomb guard, also the
+    warning zone below twice that limit) are refused.
+    """
     path = Path(path)
     where = f"file '{path}'"
     if not path.exists():
@@ -79,18 +156,69 @@ def load_image_file(path: Union[str, os.PathLike]) -> Image.Image:
         raise RestorationInputError(f"Input {where} is a directory, not an image file.")
     if path.stat().st_size == 0:
         raise RestorationInputError(f"Input {where} is empty (0 bytes).")
-    try:
-        image = Image.open(path)
-    except UnidentifiedImageError as err:
-        raise RestorationInputError(f"Input {where} is not an image (unidentified format).") from err
-    except OSError as err:
-        raise RestorationInputError(f"Input {where} could not be read: {err}.") from err
-    try:
-        # Image.open is lazy: decoding happens here, which is where truncated files fail.
-        image.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _bomb_error(where, err) from err
+        except UnidentifiedImageError as err:
+            raise RestorationInputError(f"Input {where} is not an image (unidentified format).") from err
+        except OSError as err:
+            raise RestorationInputError(f"Input {where} could not be read: {err}.") from err
+        if image.format == "PNG" and _is_16_bit_colour_png(path):
+            try:
+                orientation = int(image.getexif().get(0x0112, 1))
+            except Exception:  # broken EXIF blocks should not make a readable image unusable
+                orientation = 1
+            array = _read_png_16(path, where, orientation)
+            if array is not None:
+                image.close()
+                return array
+        try:
+            # Image.open is lazy: decoding happens here, which is where truncated files fail.
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _bomb_error(where, err) from err
+        except (OSError, SyntaxError, ValueError) as err:
+            raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
     return image
+
+
+def write_png(image: Union[Image.Image, np.ndarray], file: Union[str, os.PathLike, IO[bytes]]) -> None:
+    """Write a restored image as PNG, losslessly: PIL images with Pillow; numpy uint8 / uint16 arrays (H, W),
+    (H, W, 3) or (H, W, 4) at their own bit depth (16-bit colour with pypng, as Pillow cannot write it)."""
+    if isinstance(image, Image.Image):
+        image.save(file, format="PNG")
+        return
+    array = np.asarray(image)
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (
+        array.ndim == 3 and array.shape[2] not in (1, 3, 4)
+    ):
+        raise ValueError(
+            f"write_png takes a PIL image or a uint8/uint16 (H, W[, 1|3|4]) array, got {array.dtype} "
+            f"{tuple(array.shape)}."
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype == np.uint8 or array.ndim == 2:
+        Image.fromarray(array).save(file, format="PNG")  # 8-bit anything and 16-bit gray ("I;16")
+        return
+    try:
+        import png  # pypng: pure Python, reads and writes the 16-bit colour PNGs Pillow cannot
+    except ImportError:
+        png = None
+    if png is None:
+        raise ImportError("Writing 16-bit colour PNGs needs pypng: pip install pypng")
+    height, width, channels = array.shape
+    writer = png.Writer(width, height, greyscale=False, alpha=channels == 4, bitdepth=16)
+    # Packed rows (big-endian bytes) let zlib do the work; pypng's per-value packing is much slower.
+    rows = np.ascontiguousarray(array.astype(">u2")).reshape(height, -1).view(np.uint8)
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "wb") as handle:
+            writer.write_packed(handle, rows)
+    else:
+        writer.write_packed(file, rows)
 
 
 class RestorationImageProcessor(PilBackend):
@@ -193,7 +321,10 @@ class RestorationImageProcessor(PilBackend):
             source = os.fspath(image)
             input_type = "path"
             image = load_image_file(image)
-        if isinstance(image, Image.Image):
+        if input_type == "path" and isinstance(image, np.ndarray):  # a 16-bit colour PNG, as uint16 RGB(A)
+            rgb, alpha, bit_depth, _ = self._numpy_to_float(image, where, channels_last=True)
+            mode = f"PNG-{'RGBA' if alpha is not None else 'RGB'};16"
+        elif isinstance(image, Image.Image):
             rgb, alpha, bit_depth, mode = self._pil_to_float(image, where)
         elif isinstance(image, np.ndarray):
             input_type = "np"
@@ -380,4 +511,4 @@ def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return array.astype(np.float32)
 
 
-__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file"]
+__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "write_png"]

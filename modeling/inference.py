@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -21,7 +22,7 @@ from .configuration_backbone import DEGRADATION_NAMES
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
-from .tiling import tiled_apply
+from .tiling import check_tiling, tiled_apply
 
 
 logger = logging.get_logger(__name__)
@@ -46,15 +47,72 @@ class NonFiniteOutputError(RuntimeError):
 
 
 def resolve_device(device: Union[str, torch.device, None], model: Optional[torch.nn.Module] = None) -> torch.device:
-    """`None` keeps a given model's device (CUDA if available for a freshly loaded one); strings as in torch."""
+    """`None` keeps a given model's device (CUDA if available for a freshly loaded one); strings as in torch.
+
+    Raises ValueError for an unknown device string and for a CUDA / MPS device this torch cannot use (CPU-only
+    build, no GPU, or an index beyond the visible GPUs).
+    """
     if device is not None:
-        return torch.device(device)
+        return _check_device(device)
     if model is not None:
         try:
             return next(model.parameters()).device
         except StopIteration:
             pass
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_device(device: Union[str, torch.device]) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Unknown device {device!r} ({err}); use 'cpu', 'cuda', 'cuda:0', ...") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"Device {str(device)!r} was requested but CUDA is not available ({build}); use 'cpu'.")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"Device {str(device)!r} was requested but only {count} CUDA device(s) are visible.")
+    elif resolved.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"Device {str(device)!r} was requested but MPS is not available; use 'cpu'.")
+    return resolved
+
+
+# Hub repo ids: "name" or "namespace/name" of letters, digits, "-", "_", "." (huggingface_hub's validate_repo_id).
+_HUB_ID = re.compile(r"^(?:[\w\-.]+/)?[\w\-.]+$")
+
+
+def _missing_local_model(source: str) -> Optional[str]:
+    """Error text when `source` (not an existing path) must be a local folder or cannot be loaded offline, else None.
+
+    Local-looking: starts with ".", "/" or "~", contains a backslash or several "/", is not a valid Hub id, or its
+    first component is an existing folder ("outputs/nope" next to an outputs/ folder). Such a path fails at once
+    instead of waiting on Hub retries. A Hub id that is not cached fails at once when HF_HUB_OFFLINE is set.
+    """
+    first = source.split("/", 1)[0]
+    looks_local = (
+        source.startswith((".", "/", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or not _HUB_ID.match(source)
+        or ".." in source
+        or ("/" in source and Path(first).is_dir())
+    )
+    if looks_local:
+        return f"Model folder '{source}' does not exist (pass an existing local folder or a Hub id)."
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
+    if offline:
+        cached = try_to_load_from_cache(source, "config.json")
+        if not isinstance(cached, str):
+            return (
+                f"'{source}' is not a local folder and the Hub model '{source}' is not in the local cache, "
+                "while HF_HUB_OFFLINE is set (download it once online, or pass a local folder)."
+            )
+    return None
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
@@ -88,8 +146,14 @@ def load_model(
         model = DEMO_CHECKPOINT_DIR
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
+        if source.startswith("~"):
+            source = os.path.expanduser(source)
         if Path(source).exists() and not (Path(source) / "config.json").is_file():
             raise FileNotFoundError(f"Model folder '{source}' has no config.json; is it a saved checkpoint?")
+        if not Path(source).exists():
+            problem = _missing_local_model(os.fspath(model))
+            if problem is not None:
+                raise FileNotFoundError(problem)
         model = AutoModelForImageToImage.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")
@@ -215,7 +279,7 @@ def run_model(
     *,
     degradation_labels: Optional[torch.Tensor] = None,
     tile: Optional[int] = None,
-    tile_overlap: int = 32,
+    tile_overlap: Optional[int] = None,
     tile_batch_size: int = 4,
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
@@ -247,6 +311,7 @@ def run_model(
             output = model(pixel_values=batch.to(input_dtype), return_dict=True, **kwargs)
         return _reconstruction_of(output).float()
 
+    tile, tile_overlap = check_tiling(tile, tile_overlap)
     with torch.inference_mode():
         if tile:
             result = tiled_apply(
@@ -265,8 +330,15 @@ def run_model(
 
 
 def default_output_type(meta: dict) -> str:
-    """Output kind matching the input recorded in `meta`: "np" for numpy, "pt" for tensors, else "pil"."""
-    return {"np": "np", "pt": "pt"}.get(meta["input_type"], "pil")
+    """Output kind matching the input recorded in `meta`: "np" for numpy, "pt" for tensors, else "pil" — except
+    16-bit colour or alpha images (e.g. 16-bit RGB PNG files), which PIL cannot hold: "np" (uint16 (H, W, 3|4))."""
+    if meta["input_type"] in ("np", "pt"):
+        return meta["input_type"]
+    if meta.get("bit_depth") == 16 and not (
+        str(meta.get("original_mode", "")).startswith("I") and meta.get("alpha") is None
+    ):
+        return "np"
+    return "pil"
 
 
 def restore(
@@ -275,7 +347,7 @@ def restore(
     processor: Optional[RestorationImageProcessor] = None,
     *,
     tile: Optional[int] = None,
-    tile_overlap: int = 32,
+    tile_overlap: Optional[int] = None,
     degradation: Any = None,
     auto_mode: str = "soft",
     device: Union[str, torch.device, None] = None,
@@ -292,14 +364,16 @@ def restore(
         model: a model instance, a Hub id or local folder (loaded with `AutoModelForImageToImage`), or `None` for
             the demo checkpoint shipped in the package.
         processor: a `RestorationImageProcessor`; default: the one saved with the model, else default settings.
-        tile: run on overlapping `tile` x `tile` tiles (bounded memory); `None` restores whole images.
-        tile_overlap: pixels shared by neighbouring tiles (blended smoothly).
+        tile: run on overlapping `tile` x `tile` tiles (bounded memory), at least 8; `None` restores whole images.
+        tile_overlap: pixels shared by neighbouring tiles (blended smoothly), in [0, tile // 2]; `None`: 32, capped
+            at tile // 4. See `modeling.tiling.check_tiling`.
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
             one per image, or None/"auto" to let the model estimate it, once per image (every tile of an image
             then uses the same prompts). Error for models that cannot take it.
         auto_mode: how "auto" uses the estimate: "soft" (the estimator's softmax weights, as the model's own
             forward) or "hard" (only the most likely degradation's prompt).
         device: "cpu", "cuda", "cuda:0", ...; `None`: the given model's device, else CUDA if available.
+            ValueError for a device this torch cannot use (e.g. "cuda" on a CPU-only build).
         dtype: "fp32" (default), "bf16" or "fp16": autocast precision on `device`.
         batch_size: images (or tile positions) per forward pass.
         progress: show tqdm progress bars.
@@ -307,7 +381,8 @@ def restore(
 
     Returns:
         The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy (input dtype) for numpy,
-        CHW float tensor for tensors; a list for a list input. See `RestorationImageProcessor` for bit depth,
+        CHW float tensor for tensors; a list for a list input. 16-bit colour files (e.g. 16-bit RGB PNG), which
+        PIL cannot hold, come back as uint16 numpy (H, W, 3|4). See `RestorationImageProcessor` for bit depth,
         alpha and grayscale handling.
     """
     if batch_size < 1:
@@ -318,7 +393,11 @@ def restore(
     items = [images] if single else list(images)
     if not items:
         return []
-    resolve_dtype(dtype)  # fail on a bad dtype before loading anything
+    # Fail on bad arguments before loading anything.
+    resolve_dtype(dtype)
+    tile, tile_overlap = check_tiling(tile, tile_overlap)
+    if device is not None:
+        resolve_device(device)
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
     # load_model switches to eval mode; a model the caller passed in training mode goes back to it at the end.
     was_training = isinstance(model, torch.nn.Module) and model.training

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Optional
 
 from transformers import AutoModelForImageToImage, Pipeline
@@ -26,22 +27,40 @@ from .inference import (
     estimate_degradation_weights,
     run_model,
 )
+from .tiling import check_tiling
 
 
 logger = logging.get_logger(__name__)
 
 TASK_NAME = "image-restoration"
 
+#: Call arguments of the pipeline (besides the inputs); `batch_size` and `num_workers` are the base class's.
+CALL_ARGUMENTS = ("tile", "tile_overlap", "degradation", "auto_mode", "dtype", "output_type")
+_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def _unknown_argument_error(names: list[str]) -> TypeError:
+    valid = CALL_ARGUMENTS + ("batch_size", "num_workers")
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        parts.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return TypeError(
+        f"Unknown argument{'s' if len(names) > 1 else ''} for the {TASK_NAME} pipeline: {', '.join(parts)}. "
+        f"Valid arguments: {', '.join(valid)}."
+    )
+
 
 class ImageRestorationPipeline(Pipeline):
     """Restore images with any `*ForImageRestoration` model.
 
-    Call kwargs: `tile` (int, tiled inference), `tile_overlap` (int, default 32), `degradation` (name, index or
-    "auto"; only for models taking `degradation_labels`), `auto_mode` ("soft" or "hard", see `restore`),
-    `dtype` ("fp32", "bf16", "fp16": autocast precision),
-    `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths). Inputs: PIL images, numpy
-    arrays, tensors or file paths, or a list of them (a list returns a list). Images go through the model one at a
-    time; use `modeling.inference.restore` to batch same-size images.
+    Call kwargs: `tile` (int >= 8, tiled inference), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
+    tile // 4; see `modeling.tiling.check_tiling`), `degradation` (name, index or "auto"; only for models taking
+    `degradation_labels`), `auto_mode` ("soft" or "hard", see `restore`), `dtype` ("fp32", "bf16", "fp16":
+    autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
+    numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
+    one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list of them (a list returns a list).
+    Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
     """
 
     _load_processor = False
@@ -54,6 +73,15 @@ class ImageRestorationPipeline(Pipeline):
         if self.image_processor is None:
             self.image_processor = RestorationImageProcessor()
 
+    def __call__(self, inputs: Any, *args, **kwargs) -> Any:
+        # The base class only warns about positional arguments and drops them ("Ignoring args").
+        if args:
+            raise TypeError(
+                f"The {TASK_NAME} pipeline takes the image(s) as its only positional argument; pass options by name "
+                f"({', '.join(f'{name}=...' for name in CALL_ARGUMENTS)}), got {len(args)} more."
+            )
+        return super().__call__(inputs, **kwargs)
+
     def _sanitize_parameters(
         self,
         tile: Optional[int] = None,
@@ -65,7 +93,11 @@ class ImageRestorationPipeline(Pipeline):
         **kwargs,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
-            raise TypeError(f"Unknown arguments for the {TASK_NAME} pipeline: {sorted(kwargs)}.")
+            raise _unknown_argument_error(sorted(kwargs))
+        if tile is not None:
+            check_tiling(tile, tile_overlap)  # fail before the first image; _forward applies the defaults
+        if output_type is not None and output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(map(repr, _OUTPUT_TYPES))}, got {output_type!r}.")
         preprocess_params: dict = {}
         forward_params: dict = {}
         postprocess_params: dict = {}
@@ -95,10 +127,11 @@ class ImageRestorationPipeline(Pipeline):
         self,
         model_inputs: dict,
         tile: Optional[int] = None,
-        tile_overlap: int = 32,
+        tile_overlap: Optional[int] = None,
         dtype: Any = None,
         auto_mode: str = "soft",
     ) -> dict:
+        tile, tile_overlap = check_tiling(tile, tile_overlap)
         weights = model_inputs.get("degradation_labels")
         if weights is None and accepts_degradation_labels(self.model):
             # Label-free: estimate once for the whole image, then every tile uses the same prompts.

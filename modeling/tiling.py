@@ -15,9 +15,63 @@ image. The blending window makes the remaining differences small and smooth (the
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+import numbers
+from typing import Any, Callable, Optional
 
 import torch
+
+
+#: Smallest tile side. The models work on multiples of 8 pixels (three 2x downsamplings), so a smaller tile would be
+#: padded up to 8 and spend most of its compute on padding.
+MIN_TILE = 8
+#: Overlap used when none is given, capped at a quarter of the tile (`default_tile_overlap`).
+DEFAULT_TILE_OVERLAP = 32
+
+
+def default_tile_overlap(tile: int) -> int:
+    """Overlap used for `tile` when the caller gives none: 32 pixels, at most a quarter of the tile."""
+    return min(DEFAULT_TILE_OVERLAP, tile // 4)
+
+
+def _as_int(value: Any) -> Optional[int]:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+def check_tiling(
+    tile: Any, tile_overlap: Any = None, *, names: tuple[str, str] = ("tile", "tile_overlap")
+) -> tuple[Optional[int], int]:
+    """The one tiling rule, shared by `restore`, the pipeline, the CLI and `tiled_apply`; returns `(tile, overlap)`.
+
+    * `tile=None`: whole-image inference; returns `(None, 0)` and ignores `tile_overlap`.
+    * Otherwise `tile` is an integer >= `MIN_TILE` (8).
+    * `tile_overlap=None` picks `default_tile_overlap(tile)` = min(32, tile // 4), which always fits.
+    * A given overlap must be an integer in [0, tile // 2]: then the tile stride (tile - overlap) is at least the
+      overlap, so a tile's two blending ramps never overlap and every pixel lies in at most two tiles per axis
+      (at most 4x the whole-image compute).
+
+    `names` are the argument names used in error messages (the CLI passes `("--tile", "--tile-overlap")`).
+    Raises ValueError.
+    """
+    tile_name, overlap_name = names
+    if tile is None:
+        return None, 0
+    tile_int = _as_int(tile)
+    if tile_int is None or tile_int < MIN_TILE:
+        raise ValueError(
+            f"{tile_name} must be an integer of at least {MIN_TILE} pixels, got {tile!r} "
+            "(leave it unset for whole-image inference)."
+        )
+    if tile_overlap is None:
+        return tile_int, default_tile_overlap(tile_int)
+    overlap_int = _as_int(tile_overlap)
+    if overlap_int is None or not 0 <= overlap_int <= tile_int // 2:
+        raise ValueError(
+            f"{overlap_name} must be an integer between 0 and half the tile ({tile_int // 2} for {tile_name} "
+            f"{tile_int}), got {tile_overlap!r}."
+        )
+    return tile_int, overlap_int
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -58,7 +112,7 @@ def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
     pixel_values: torch.Tensor,
     tile: int,
-    overlap: int = 32,
+    overlap: Optional[int] = None,
     *,
     tile_batch_size: int = 4,
     device: Optional[torch.device | str] = None,
@@ -69,8 +123,9 @@ def tiled_apply(
     Args:
         fn: image-to-image function that keeps the spatial size (e.g. a model call returning `reconstruction`).
         pixel_values: input batch; it stays on its own device (e.g. CPU), only tiles are moved to `device`.
-        tile: tile side in pixels (tiles are squares clipped to the image size).
-        overlap: pixels shared by neighbouring tiles and blended; must be smaller than `tile`.
+        tile: tile side in pixels (tiles are squares clipped to the image size); at least `MIN_TILE`.
+        overlap: pixels shared by neighbouring tiles and blended, in [0, tile // 2]; default
+            `default_tile_overlap(tile)` (see `check_tiling`).
         tile_batch_size: number of tile positions run through `fn` at once (each holds B tiles).
         device: where `fn` runs; defaults to the device of `pixel_values`.
         progress: show a tqdm progress bar over tile batches.
@@ -80,10 +135,9 @@ def tiled_apply(
     """
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
-    if tile < 1:
-        raise ValueError(f"tile must be a positive number of pixels, got {tile}.")
-    if overlap < 0 or overlap >= tile:
-        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap} with tile={tile}.")
+    if tile is None:
+        raise ValueError("tile must be an integer number of pixels for tiled_apply (None means no tiling).")
+    tile, overlap = check_tiling(tile, overlap, names=("tile", "overlap"))
     if tile_batch_size < 1:
         raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}.")
     batch, channels, height, width = pixel_values.shape
@@ -129,4 +183,12 @@ def tiled_apply(
     return output / weight
 
 
-__all__ = ["tiled_apply", "tile_starts", "blend_ramp"]
+__all__ = [
+    "DEFAULT_TILE_OVERLAP",
+    "MIN_TILE",
+    "blend_ramp",
+    "check_tiling",
+    "default_tile_overlap",
+    "tile_starts",
+    "tiled_apply",
+]

@@ -285,3 +285,128 @@ def test_bad_files_raise_clear_errors_naming_the_file(processor, tmp_path, kind,
         processor([str(path)])
     assert word in str(info.value)
     assert path.name in str(info.value)
+
+
+# ------------------------------------------------------------------------------------- 16-bit colour PNG files
+def _write_png16(path: Path, array: np.ndarray, exif_orientation: int = 0) -> None:
+    """Write uint16 (H, W, C) with pypng (Pillow cannot), optionally with an eXIf chunk before the image data."""
+    import io
+
+    import png
+
+    height, width, channels = array.shape
+    writer = png.Writer(width, height, greyscale=channels in (1, 2), alpha=channels in (2, 4), bitdepth=16)
+    buffer = io.BytesIO()
+    writer.write(buffer, array.reshape(height, -1))
+    chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        tiff = exif.tobytes()
+        tiff = tiff[6:] if tiff.startswith(b"Exif\x00\x00") else tiff
+        chunks.insert(1, (b"eXIf", tiff))
+    with open(path, "wb") as handle:
+        png.write_chunks(handle, chunks)
+
+
+def _read_png16(path: Path) -> tuple[np.ndarray, dict]:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).read()
+    return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, -1), info
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_colour_png_files_are_read_and_written_at_16_bits(processor, tmp_path, channels):
+    """Pillow would decode these to 8 bits; the loader keeps all 16 and write_png writes them back losslessly."""
+    from modeling.image_processing_restoration import load_image_file, write_png
+    from modeling.inference import default_output_type
+
+    image = np.random.default_rng(9).integers(0, 65536, (11, 13, channels), dtype=np.uint16)
+    path = tmp_path / "colour16.png"
+    _write_png16(path, image)
+    assert np.asarray(Image.open(path).convert("RGB")).dtype == np.uint8  # what Pillow alone gives
+    loaded = load_image_file(path)
+    assert loaded.dtype == np.uint16 and loaded.shape == image.shape
+    np.testing.assert_array_equal(loaded, image)
+
+    out, features = identity_round_trip(processor, str(path))
+    meta = features["metadata"][0]
+    assert meta["bit_depth"] == 16 and meta["input_type"] == "path"
+    assert meta["original_mode"] == ("PNG-RGBA;16" if channels == 4 else "PNG-RGB;16")
+    assert default_output_type(meta) == "np"  # PIL has no 16-bit colour mode
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, image)
+
+    saved = tmp_path / "saved.png"
+    write_png(out, saved)
+    written, info = _read_png16(saved)
+    assert info["bitdepth"] == 16 and info["planes"] == channels and not info["greyscale"]
+    np.testing.assert_array_equal(written, image)
+
+
+def test_16_bit_gray_alpha_png_becomes_16_bit_rgba(processor, tmp_path):
+    gray_alpha = np.random.default_rng(10).integers(0, 65536, (5, 6, 2), dtype=np.uint16)
+    path = tmp_path / "la16.png"
+    _write_png16(path, gray_alpha)
+    out, _ = identity_round_trip(processor, path)
+    assert out.dtype == np.uint16 and out.shape == (5, 6, 4)
+    for channel in range(3):
+        np.testing.assert_array_equal(out[..., channel], gray_alpha[..., 0])
+    np.testing.assert_array_equal(out[..., 3], gray_alpha[..., 1])
+
+
+def test_exif_orientation_of_16_bit_png_matches_pillow(tmp_path):
+    """The array transforms for all 8 EXIF orientations agree with ImageOps.exif_transpose, and a 16-bit PNG's
+    eXIf chunk is applied."""
+    from PIL import ImageOps
+
+    from modeling.image_processing_restoration import _apply_exif_orientation, load_image_file
+
+    rgb = np.random.default_rng(11).integers(0, 256, (4, 7, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        image = Image.fromarray(rgb)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.png"
+        image.save(path, exif=exif.tobytes())
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+        np.testing.assert_array_equal(_apply_exif_orientation(rgb, orientation), expected, err_msg=str(orientation))
+
+    image16 = np.random.default_rng(12).integers(0, 65536, (4, 7, 3), dtype=np.uint16)
+    path = tmp_path / "rotated16.png"
+    _write_png16(path, image16, exif_orientation=6)
+    np.testing.assert_array_equal(load_image_file(path), np.rot90(image16, -1))  # 90 degrees clockwise
+
+
+def test_16_bit_colour_png_without_pypng_falls_back_to_8_bits(processor, tmp_path, monkeypatch):
+    image = np.random.default_rng(13).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    path = tmp_path / "colour16.png"
+    _write_png16(path, image)
+    monkeypatch.setitem(sys.modules, "png", None)  # "import png" raises ImportError
+    out, features = identity_round_trip(processor, path)
+    assert features["metadata"][0]["bit_depth"] == 8 and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, (image >> 8).astype(np.uint8))  # Pillow keeps the high bytes
+
+
+def test_write_png_rejects_what_it_cannot_write_losslessly(tmp_path):
+    from modeling.image_processing_restoration import write_png
+
+    for bad in (np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint16), np.zeros((2, 4, 4, 3), np.uint8)):
+        with pytest.raises(ValueError, match="write_png takes"):
+            write_png(bad, tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize("size", [(20, 20), (12, 10)])
+def test_decompression_bombs_raise_a_clear_input_error(processor, tmp_path, monkeypatch, size):
+    """Above twice the limit Pillow raises DecompressionBombError, between the limit and twice it only warns:
+    both become a RestorationInputError naming the file and the limit."""
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros(size + (3,), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(RestorationInputError) as info:
+        processor([str(path)])
+    message = str(info.value)
+    assert "bomb.png" in message and f"has {size[0] * size[1]} pixels" in message
+    assert "limit of 100 pixels" in message and "MAX_IMAGE_PIXELS" in message
+    assert "\n" not in message

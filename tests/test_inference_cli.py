@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import configparser
+import io
 import os
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,9 +316,10 @@ def test_cli_globs(inputs, tmp_path, checkpoint):
 
 
 def test_cli_subprocess_smoke(inputs, tmp_path, checkpoint):
+    """Through the console script's launcher, which loads modeling/cli.py before the modeling package."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-m", "modeling.cli", str(inputs / "a.png"), "-o", str(tmp_path / "out"),
+        [sys.executable, "-m", "training.cli_launcher", str(inputs / "a.png"), "-o", str(tmp_path / "out"),
          "--model", str(checkpoint), "--dtype", "bf16"],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -329,5 +334,204 @@ def test_cli_degradation_for_pip(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "--degradation", "rain", "-q"]) == 0
     assert (out / "a.png").is_file()
-    assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "-q"]) == 2
+    assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(folder), "-q", "--overwrite"]) == 2
     assert "--degradation" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- review fixes: files, folders, devices, models
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("prompt-restore: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Usage errors must be found before the model is loaded."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(inference, "load_model", fail)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_cli_outputs_respect_the_umask(inputs, tmp_path, checkpoint, umask, mode):
+    old = os.umask(umask)
+    try:
+        code = main([str(inputs / "a.png"), str(inputs / "deep.png"), "-o", str(tmp_path / "out"),
+                     "--model", str(checkpoint), "-q"])
+    finally:
+        os.umask(old)
+    assert code == 0
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in written] == ["a.png", "deep.png"]  # no temporary file left behind
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in written] == [oct(mode)] * 2
+
+
+def test_cli_output_folder_under_a_file_is_a_usage_error(inputs, tmp_path, capsys, no_model_loading):
+    (tmp_path / "file.txt").write_text("x")
+    for out, words in [(tmp_path / "file.txt" / "sub", ["cannot create output folder", "file.txt is not a folder"]),
+                       (tmp_path / "file.txt", ["exists and is not a folder"])]:
+        assert main([str(inputs / "a.png"), "-o", str(out), "--model", "some/where", "-q"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert all(word in line for word in words), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in"]
+
+
+def test_cli_unwritable_output_folder_is_a_usage_error(inputs, tmp_path, capsys, no_model_loading, monkeypatch):
+    # Root may write anywhere, so simulate the permission check answering "no" for the output side only.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: "locked" not in str(path) and real_access(path, mode))
+    (tmp_path / "locked").mkdir()
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "locked"), "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"output folder {tmp_path / 'locked'} is not writable" in line
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "locked" / "new" / "deeper"), "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot create output folder" in line and "locked is not writable" in line
+    assert list((tmp_path / "locked").iterdir()) == []
+
+
+def test_cuda_without_cuda_is_a_clear_error(inputs, tmp_path, model, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda' was requested but CUDA is not available"):
+        restore(rgb(8, 8), model, device="cuda")
+    with pytest.raises(ValueError, match="Unknown device 'gpu'"):
+        restore(rgb(8, 8), model, device="gpu")
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        patched.setattr(torch.cuda, "device_count", lambda: 1)
+        with pytest.raises(ValueError, match="'cuda:3' was requested but only 1 CUDA device"):
+            restore(rgb(8, 8), model, device="cuda:3")
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--device", "cuda:0", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "invalid --device 'cuda:0'" in line and "CUDA is not available" in line
+    assert not (tmp_path / "out").exists()
+
+
+def _png16_rgb(path: Path, array: np.ndarray) -> None:
+    import png
+
+    height, width, _ = array.shape
+    with open(path, "wb") as handle:
+        png.Writer(width, height, greyscale=False, bitdepth=16).write(handle, array.reshape(height, -1))
+
+
+def test_cli_keeps_16_bit_rgb_png(tmp_path, model, checkpoint):
+    import png
+
+    image = np.random.default_rng(7).integers(0, 65536, (14, 19, 3), dtype=np.uint16)
+    _png16_rgb(tmp_path / "deep_rgb.png", image)
+    assert main([str(tmp_path / "deep_rgb.png"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-q"]) == 0
+    width, height, rows, info = png.Reader(filename=str(tmp_path / "out" / "deep_rgb.png")).read()
+    assert (info["bitdepth"], info["planes"], info["greyscale"]) == (16, 3, False)
+    written = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, 3)
+    # The restored float image times 65535, rounded: exactly what restore() gives for the same uint16 pixels,
+    # and within rounding of the model run by hand.
+    expected = restore(image, model)
+    assert expected.dtype == np.uint16
+    np.testing.assert_array_equal(written, expected)
+    by_hand = np.round(direct(model, image.astype(np.float32) / 65535).astype(np.float64) * 65535)
+    assert np.abs(written.astype(np.float64) - by_hand).max() <= 1
+    assert np.any(written % 257 != 0)  # real 16-bit values, not 8-bit ones scaled up
+    # restore() on the path gives the same uint16 array (PIL cannot hold 16-bit colour).
+    np.testing.assert_array_equal(restore(str(tmp_path / "deep_rgb.png"), model), expected)
+
+
+def test_cli_keeps_existing_outputs_unless_overwrite(inputs, tmp_path, checkpoint, capsys):
+    mine = inputs / "b.png"  # the user's own file, where b.jpg's result would go
+    mine.write_bytes(b"precious")
+    code = main([str(inputs / "b.jpg"), "-o", str(inputs), "--model", str(checkpoint), "-q"])
+    assert code == 1 and mine.read_bytes() == b"precious"
+    line = one_error_line(capsys.readouterr().err)
+    assert f"output {mine} already exists" in line and "--overwrite" in line
+
+    code = main([str(inputs / "b.jpg"), str(inputs / "a.png"), "-o", str(inputs), "--model", str(checkpoint), "-q",
+                 "--overwrite"])
+    assert code == 1  # a.png would overwrite its own input: refused even with --overwrite
+    assert "refusing to overwrite input file" in one_error_line(capsys.readouterr().err)
+    assert Image.open(mine).size == (16, 16)  # replaced by b.jpg's result
+    assert Image.open(inputs / "a.png").size == (24, 20)
+
+
+def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, checkpoint, capsys):
+    image = rgb(20, 24)
+    for bad in (0, 7, -1):
+        with pytest.raises(ValueError, match="at least 8 pixels"):
+            restore(image, model, tile=bad)
+    with pytest.raises(ValueError, match=r"between 0 and half the tile \(8 for tile 16\), got 9"):
+        restore(image, model, tile=16, tile_overlap=9)
+    # Overlap left unset: min(32, tile // 4), for restore() and the CLI alike.
+    np.testing.assert_array_equal(restore(image, model, tile=16), restore(image, model, tile=16, tile_overlap=4))
+    out = tmp_path / "out"
+    assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(checkpoint), "-q", "--tile", "16"]) == 0
+    expected = restore(Image.open(inputs / "a.png"), model, tile=16, tile_overlap=4)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), np.asarray(expected))
+
+    argv = [str(inputs / "a.png"), "-o", str(tmp_path / "out2"), "--model", str(checkpoint), "-q"]
+    assert main(argv + ["--tile", "7"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--tile must be an integer of at least 8 pixels, got 7" in line and "overlap" not in line
+    assert main(argv + ["--tile", "16", "--tile-overlap", "9"]) == 2
+    assert "--tile-overlap must be an integer between 0 and half the tile (8 for --tile 16), got 9" in \
+        one_error_line(capsys.readouterr().err)
+    assert main(argv + ["--tile-overlap", "8"]) == 2
+    assert "--tile-overlap only applies to tiled inference" in one_error_line(capsys.readouterr().err)
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    """The console script (training.cli_launcher, see setup.cfg) parses arguments before importing `modeling`."""
+    config = configparser.ConfigParser()
+    config.read(REPO_ROOT / "setup.cfg")
+    assert "prompt-restore = training.cli_launcher:main" in config["options.entry_points"]["console_scripts"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for args, code, stream in [(["--help"], 0, "stdout"), (["x.png", "-o", "out", "--dtype", "int8"], 2, "stderr")]:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "training.cli_launcher", *args],
+                                env=env, capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - started
+        assert result.returncode == code, result.stderr[-2000:]
+        assert "usage: prompt-restore" in getattr(result, stream)
+        imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                    if line.startswith("import time:") and "|" in line}
+        assert "argparse" in imported  # the importtime report was read
+        heavy = {name for name in imported if name.split(".")[0] in ("torch", "transformers", "numpy", "modeling")}
+        assert not heavy, sorted(heavy)[:10]
+        print(f"prompt-restore {' '.join(args)}: {seconds:.2f} s")
+
+
+@pytest.mark.parametrize(
+    "source, word",
+    [("outputs/nope", "does not exist"), ("./nope", "does not exist"), ("~/no-such-model-folder", "does not exist"),
+     ("a/b/c", "does not exist"), ("nobody-here/not-cached-model", "HF_HUB_OFFLINE")],
+)
+def test_missing_model_fails_fast_with_one_line(inputs, tmp_path, capsys, monkeypatch, source, word):
+    (tmp_path / "outputs").mkdir()  # like a training output folder next to the user
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--model", source, "-q"]) == 2
+    assert time.perf_counter() - started < 10
+    line = one_error_line(capsys.readouterr().err)
+    assert word in line and source.lstrip("~") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_rejects_unknown_and_positional_arguments(model):
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    image = rgb(8, 8)
+    with pytest.raises(TypeError, match="'degradation_label' \\(did you mean 'degradation'\\?\\)"):
+        pipe(image, degradation_label="rain")
+    with pytest.raises(TypeError, match="'tiles' \\(did you mean 'tile'\\?\\)"):
+        pipe(image, tiles=16)
+    with pytest.raises(TypeError, match="'zzz'\\. Valid arguments: tile, tile_overlap"):
+        pipe(image, zzz=1)
+    with pytest.raises(TypeError, match="only positional argument"):
+        pipe(image, 16)
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        pipe(image, tile=4)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(image, output_type="numpy")
+    np.testing.assert_array_equal(pipe(image, tile=8), restore(image, model, tile=8))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from modeling import RestormerConfig, RestormerForImageRestoration
-from modeling.tiling import blend_ramp, tile_starts, tiled_apply
+from modeling.tiling import MIN_TILE, blend_ramp, check_tiling, default_tile_overlap, tile_starts, tiled_apply
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,13 +62,13 @@ def test_exact_for_receptive_field_within_context_margin():
 
 def test_receptive_field_larger_than_context_needs_more_overlap():
     """The limitation the module docstring states: a receptive field (radius 12) beyond the context margin
-    (overlap // 4 = 8) makes tiling approximate; overlap 64 (margin 16) makes it exact again."""
+    (overlap // 4 = 8) makes tiling approximate; overlap 64 (margin 16, on 128-pixel tiles) makes it exact again."""
     image = torch.rand(1, 3, 150, 250, generator=torch.Generator().manual_seed(1))
     box = nn.AvgPool2d(25, stride=1, padding=12, count_include_pad=False)
     whole = box(image)
     approximate = tiled_apply(box, image, tile=64, overlap=32)
     assert (approximate - whole).abs().max().item() > 1e-4  # far above float round-off (~1e-7)
-    exact = tiled_apply(box, image, tile=96, overlap=64)  # 4 x 7 tiles
+    exact = tiled_apply(box, image, tile=128, overlap=64)  # 2 x 4 tiles
     torch.testing.assert_close(exact, whole, atol=1e-6, rtol=0)
 
 
@@ -105,13 +106,72 @@ def test_tiles_are_batched_and_run_on_requested_device():
     "kwargs, word",
     [
         (dict(tile=32, overlap=32), "overlap"),
-        (dict(tile=0), "tile"),
+        (dict(tile=32, overlap=17), "half the tile"),
+        (dict(tile=0), "at least 8"),
+        (dict(tile=None), "None means no tiling"),
         (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size"),
     ],
 )
 def test_invalid_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         tiled_apply(lambda t: t, torch.rand(1, 3, 20, 20), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "tile, overlap, expected",
+    [
+        (None, None, (None, 0)),  # whole image; the overlap is ignored
+        (None, 999, (None, 0)),
+        (8, None, (8, 2)),  # default overlap min(32, tile // 4) always fits the tile
+        (64, None, (64, 16)),
+        (256, None, (256, 32)),
+        (1024, None, (1024, 32)),
+        (16, 8, (16, 8)),  # at most half the tile
+        (16, 0, (16, 0)),
+        (np.int64(32), np.int32(4), (32, 4)),
+    ],
+)
+def test_check_tiling_accepts_and_fills_in_defaults(tile, overlap, expected):
+    result = check_tiling(tile, overlap)
+    assert result == expected and all(type(v) is int for v in result if v is not None)
+
+
+@pytest.mark.parametrize(
+    "tile, overlap, message",
+    [
+        (0, None, "tile must be an integer of at least 8 pixels, got 0"),
+        (7, None, "tile must be an integer of at least 8 pixels, got 7"),
+        (-16, None, "at least 8"),
+        (True, None, "at least 8"),
+        (16.0, None, "at least 8"),
+        (16, 9, "tile_overlap must be an integer between 0 and half the tile (8 for tile 16), got 9"),
+        (16, -1, "got -1"),
+        (16, 4.0, "got 4.0"),
+    ],
+)
+def test_check_tiling_rejects_with_the_rule_in_the_message(tile, overlap, message):
+    with pytest.raises(ValueError) as info:
+        check_tiling(tile, overlap)
+    assert message in str(info.value)
+
+
+def test_check_tiling_names_the_callers_arguments_and_defaults_fit_every_valid_tile():
+    with pytest.raises(ValueError, match=r"^--tile must be an integer of at least 8 pixels, got 7"):
+        check_tiling(7, None, names=("--tile", "--tile-overlap"))
+    with pytest.raises(ValueError, match=r"^--tile-overlap must be an integer between 0 and half the tile \(8 for"):
+        check_tiling(16, 9, names=("--tile", "--tile-overlap"))
+    for tile in range(MIN_TILE, 600):
+        assert check_tiling(tile, None) == (tile, default_tile_overlap(tile)) and 2 * default_tile_overlap(tile) <= tile
+
+
+def test_default_overlap_is_what_tiled_apply_uses():
+    image = torch.rand(1, 3, 40, 50, generator=torch.Generator().manual_seed(3))
+
+    def tile_mean(batch: torch.Tensor) -> torch.Tensor:
+        return batch.mean(dim=(2, 3), keepdim=True).expand_as(batch).clone()
+
+    torch.testing.assert_close(tiled_apply(tile_mean, image, 16), tiled_apply(tile_mean, image, 16, 4))
+    assert not torch.allclose(tiled_apply(tile_mean, image, 16), tiled_apply(tile_mean, image, 16, 8))
 
 
 def test_shape_changing_function_is_rejected():
