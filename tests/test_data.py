@@ -400,24 +400,3 @@ def test_validation_pairs_deterministic_full_images(corpus):
     assert [p["source"] for p in subset].count("noise-s25") == 2
     other_seed = list(D.validation_pairs(sources[:1], seed=1))
     assert not np.array_equal(other_seed[0]["degraded"], first[0]["degraded"])
-
-
-# ---------------------------------------------------------------------------------------------------- embedded corpus
-
-
-def test_prepare_embedded_corpus(tmp_path):
-    from training.prepare_embedded_corpus import prepare
-
-    manifest = prepare(tmp_path / "embedded", wallpaper_dir=None, max_side=48, heldout_every=4)
-    splits = {entry["split"] for entry in manifest.values()}
-    assert splits == {"train", "heldout"}
-    train = D.list_image_files(tmp_path / "embedded/train")
-    heldout = D.list_image_files(tmp_path / "embedded/heldout")
-    assert len(train) >= 5 and len(heldout) >= 1 and len(train) + len(heldout) == len(manifest)
-    image, converted = D.decode_image(train[0])
-    assert not converted and max(image.shape[:2]) <= 48
-    again = prepare(tmp_path / "again", wallpaper_dir=None, max_side=48, heldout_every=4)
-    assert again == manifest
-    stream = D.build_stream("5-task", {"clean": tmp_path / "embedded/train"}, synthesize_missing=True,
-                            patch_size=16, shards_per_rank=1, repeats={"noise": 1, "synthetic": 1})
-    assert {e["task"] for e in stream} == {0, 1, 2, 3, 4}

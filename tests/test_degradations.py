@@ -110,10 +110,74 @@ def test_blur_kernels_and_smoothing():
     assert disk.shape == (7, 7) and abs(disk.sum() - 1) < 1e-12 and np.allclose(disk, disk.T)
     image = _photo()
     flat = np.full((32, 32, 3), 77, np.uint8)
-    for fn in (D.motion_blur, D.defocus_blur):
-        np.testing.assert_array_equal(fn(flat, np.random.default_rng(0)).image, flat)
-        blurred = fn(image, np.random.default_rng(0)).image.astype(float)
-        assert np.abs(np.diff(blurred, axis=1)).mean() < 0.7 * np.abs(np.diff(image.astype(float), axis=1)).mean()
+    for fn in (D.motion_blur, D.defocus_blur, D.gaussian_blur):
+        for seed in range(3):  # Gaussian: isotropic and anisotropic draws
+            np.testing.assert_array_equal(fn(flat, np.random.default_rng(seed)).image, flat)
+            blurred = fn(image, np.random.default_rng(seed)).image.astype(float)
+            sharp_gradient = np.abs(np.diff(image.astype(float), axis=1)).mean()
+            assert np.abs(np.diff(blurred, axis=1)).mean() < 0.7 * sharp_gradient
+
+
+def test_gaussian_kernel_shape_orientation_and_normalization():
+    from scipy import ndimage
+
+    kernel = D.gaussian_kernel(2.0)
+    assert kernel.shape == (17, 17) and abs(kernel.sum() - 1) < 1e-12  # +-4 std, scipy's truncation
+    impulse = np.zeros(17)
+    impulse[8] = 1
+    scipy_1d = ndimage.gaussian_filter1d(impulse, 2.0, truncate=4.0)
+    np.testing.assert_allclose(kernel, np.outer(scipy_1d, scipy_1d), atol=1e-15)
+    wide = D.gaussian_kernel(3.0, 0.7, 0.0)  # elongated along x
+    assert abs(wide.sum() - 1) < 1e-12
+    coords = np.arange(wide.shape[0]) - wide.shape[0] // 2
+    var_x, var_y = (wide.sum(0) * coords**2).sum(), (wide.sum(1) * coords**2).sum()
+    assert var_x == pytest.approx(9.0, rel=0.02) and var_y == pytest.approx(0.49, rel=0.1)
+    np.testing.assert_allclose(D.gaussian_kernel(3.0, 0.7, 90.0), wide.T, atol=1e-15)
+    diagonal = D.gaussian_kernel(3.0, 0.7, 45.0)  # along the anti-diagonal of the array (y up)
+    assert diagonal[0, -1] > diagonal[0, 0]
+    np.testing.assert_allclose(diagonal, np.fliplr(D.gaussian_kernel(3.0, 0.7, 135.0)), atol=1e-15)
+    with pytest.raises(ValueError, match="> 0"):
+        D.gaussian_kernel(0.0)
+
+
+def test_gaussian_sigma_2_matches_pillow_gaussian_blur_radius_2():
+    """Pillow's GaussianBlur(radius=2) (a std-2 Gaussian approximated by box passes) is the blur users try."""
+    from PIL import Image, ImageFilter
+
+    assert D.GAUSSIAN_SIGMA_RANGE[0] < 2.0 < D.GAUSSIAN_SIGMA_RANGE[1]
+    image = _photo(96, 112)
+    ours = D.gaussian_blur(image, np.random.default_rng(0), sigma=2.0).image.astype(float)
+    pillow = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(2))).astype(float)
+    inner = (slice(12, -12), slice(12, -12))
+    psnr = 10 * np.log10(255**2 / np.mean((ours[inner] - pillow[inner]) ** 2))
+    assert psnr > 40
+    # no parameter left to draw: the generator is not used
+    np.testing.assert_array_equal(D.blur(image, np.random.default_rng(5), family="gaussian", sigma=2.0).image,
+                                  D.gaussian_blur(image, None, sigma=2.0).image)
+
+
+def test_blur_draws_every_family(monkeypatch):
+    image = _photo(24, 24)
+    calls = []
+
+    def spy(family, fn):
+        def wrapped(img, rng, **params):
+            calls.append(family)
+            return fn(img, rng, **params)
+        return wrapped
+
+    for family, fn in list(D.BLUR_FAMILIES.items()):
+        monkeypatch.setitem(D.BLUR_FAMILIES, family, spy(family, fn))
+    for seed in range(60):
+        assert D.blur(image, np.random.default_rng(seed)).task_name == "blur"
+    counts = {family: calls.count(family) for family in ("gaussian", "defocus", "motion")}
+    assert all(10 <= n <= 30 for n in counts.values()), counts
+    with pytest.raises(ValueError, match="unknown blur family"):
+        D.blur(image, np.random.default_rng(0), family="shake")
+    with pytest.raises(ValueError, match="explicit family"):
+        D.blur(image, np.random.default_rng(0), sigma=2.0)
+    same = D.synthesize(image, "blur", np.random.default_rng(1), family="motion", length=9, angle=0.0)
+    np.testing.assert_array_equal(same.image, D.motion_blur(image, None, length=9, angle=0.0).image)
 
 
 def test_composites_use_cdd11_names():

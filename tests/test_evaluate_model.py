@@ -43,9 +43,41 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
     folder = tmp_path / "model"
     tiny_model("pip").save_pretrained(folder)
     output = tmp_path / "eval.json"
-    results = main(["--model", str(folder), "--heldout", str(heldout), "--settings", "haze", "--output", str(output)])
+    results = main(["--model", str(folder), "--heldout", str(heldout), "--noise_sigmas", "25", "--settings", "haze",
+                    "--output", str(output)])
     assert json.loads(output.read_text()) == results
     table = capsys.readouterr().out
     assert table == markdown_table(results) + "\n"
     assert "| noise-25 |" in table and "| haze |" in table
     assert np.isfinite(results["haze"]["psnr"])
+
+
+def test_default_rows_cover_noise_levels_blur_families_and_other_tasks():
+    from training.evaluate_model import DEFAULT_NOISE_SIGMAS, DEFAULT_SETTINGS, SETTINGS
+
+    assert DEFAULT_NOISE_SIGMAS == (15, 25, 50)
+    assert DEFAULT_SETTINGS == ("blur-gaussian", "blur-defocus", "blur-motion", "low-light", "haze", "rain")
+    assert SETTINGS["blur-gaussian"] == ("blur", {"family": "gaussian", "sigma": 2.0})
+    assert all(SETTINGS[name][0] == "blur" for name in ("blur", "blur-defocus", "blur-motion"))
+
+
+def test_named_blur_rows_synthesize_their_kernel_and_rows_are_seeded_by_name(heldout):
+    from training.data import decode_image, list_image_files
+    from training.degradations import gaussian_blur
+    from training.evaluation import load_restoration_metric
+
+    model = tiny_model("restormer")
+    alone = evaluate_heldout(model, heldout, noise_sigmas=(), settings=("blur-gaussian",), baseline=False)
+    both = evaluate_heldout(model, heldout, noise_sigmas=(), settings=("rain", "blur-gaussian"), baseline=False)
+    assert list(both) == ["rain", "blur-gaussian"]
+    assert both["blur-gaussian"] == alone["blur-gaussian"]  # same images whatever other rows are asked for
+    # the row's input is exactly a std-2 Gaussian blur (Pillow's GaussianBlur(radius=2)) of each clean image
+    cleans = [decode_image(path)[0] for path in list_image_files(heldout)]
+    blurred = [gaussian_blur(clean, None, sigma=2.0).image.astype(np.float32) / 255 for clean in cleans]
+    expected = load_restoration_metric().compute(
+        predictions=blurred, references=[clean.astype(np.float32) / 255 for clean in cleans]
+    )
+    assert alone["blur-gaussian"]["input_psnr"] == pytest.approx(float(expected["psnr"]), abs=1e-9)
+    motion = evaluate_heldout(model, heldout, noise_sigmas=(), settings=("blur-defocus", "blur-motion"),
+                              baseline=False)
+    assert all(np.isfinite(r["input_psnr"]) and r["input_psnr"] < 60 for r in motion.values())
