@@ -81,3 +81,29 @@ def test_named_blur_rows_synthesize_their_kernel_and_rows_are_seeded_by_name(hel
     motion = evaluate_heldout(model, heldout, noise_sigmas=(), settings=("blur-defocus", "blur-motion"),
                               baseline=False)
     assert all(np.isfinite(r["input_psnr"]) and r["input_psnr"] < 60 for r in motion.values())
+
+
+def test_worst_image_gain_is_the_minimum_over_images(heldout):
+    """A mean can hide one image made worse; the worst single-image gain cannot."""
+    from modeling import restore
+    from training.data import decode_image, list_image_files
+    from training.degradations import synthesize
+    from training.evaluation import load_restoration_metric
+
+    model = tiny_model("pip")
+    results = evaluate_heldout(model, heldout, noise_sigmas=(), settings=("haze",), baseline=False, auto_mode="hard")
+    metric = load_restoration_metric()
+    gains = []
+    for index, path in enumerate(list_image_files(heldout)):
+        import zlib
+
+        clean = decode_image(path)[0]
+        degraded = synthesize(clean, "haze", np.random.default_rng([0, zlib.crc32(b"haze"), index])).image
+        degraded = degraded.astype(np.float32) / 255
+        reference = clean.astype(np.float32) / 255
+        before = metric.compute(predictions=[degraded], references=[reference])["psnr"]
+        after = metric.compute(predictions=[restore(degraded, model, degradation="haze")], references=[reference])["psnr"]
+        gains.append(after - before)
+    assert results["haze"]["min_image_gain"] == pytest.approx(min(gains), abs=1e-6)
+    assert results["haze"]["min_image_gain"] <= results["haze"]["psnr_gain"] + 1e-6 or len(gains) == 1
+    assert "min_image_gain_auto" in results["haze"]

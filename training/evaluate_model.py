@@ -62,6 +62,10 @@ def nl_means(image: np.ndarray, sigma: float) -> np.ndarray:
     ).astype(np.float32)
 
 
+def _psnr(metric, prediction: np.ndarray, reference: np.ndarray) -> float:
+    return float(metric.compute(predictions=[prediction], references=[reference])["psnr"])
+
+
 def evaluate_heldout(
     model,
     heldout: str | Path,
@@ -71,14 +75,20 @@ def evaluate_heldout(
     seed: int = 0,
     tile: int | None = None,
     baseline: bool = True,
+    auto_mode: str = "soft",
 ) -> dict[str, dict[str, float]]:
-    """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc)."""
+    """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc).
+
+    Besides the means, each row reports the worst single-image PSNR gain over the degraded input
+    (``min_image_gain``, and ``min_image_gain_auto`` for the label-free mode run with ``auto_mode``), since a
+    restoration must never make an image worse.
+    """
     from modeling import restore
     from modeling.inference import accepts_degradation_labels
 
     metric = load_restoration_metric()
     takes_labels = accepts_degradation_labels(model)
-    label_free = takes_labels and getattr(model, "degradation_estimator", None) is not None
+    label_free = takes_labels and getattr(model, "can_estimate_degradation", False)
     files = list_image_files(heldout)
     if not files:
         raise FileNotFoundError(f"no images in {heldout}")
@@ -95,7 +105,7 @@ def evaluate_heldout(
             kwargs = {"degradation": task} if takes_labels else {}
             restored.append(restore(noisy, model, tile=tile, **kwargs))
             if label_free:
-                restored_auto.append(restore(noisy, model, tile=tile, degradation="auto"))
+                restored_auto.append(restore(noisy, model, tile=tile, degradation="auto", auto_mode=auto_mode))
             if baseline and task == "noise":
                 baseline_out.append(nl_means(noisy, params["sigma"] / 255))
         references = [clean.astype(np.float32) / 255 for clean in cleans]
@@ -106,9 +116,17 @@ def evaluate_heldout(
             "input_psnr": float(inputs["psnr"]), "input_ssim": float(inputs["ssim"]), "images": len(cleans),
         }
         entry["psnr_gain"] = entry["psnr"] - entry["input_psnr"]
+        input_psnrs = [_psnr(metric, image, reference) for image, reference in zip(degraded, references)]
+        entry["min_image_gain"] = min(
+            _psnr(metric, image, reference) - before for image, reference, before in zip(restored, references, input_psnrs)
+        )
         if restored_auto:
             auto = metric.compute(predictions=restored_auto, references=references)
             entry["psnr_auto"], entry["ssim_auto"] = float(auto["psnr"]), float(auto["ssim"])
+            entry["min_image_gain_auto"] = min(
+                _psnr(metric, image, reference) - before
+                for image, reference, before in zip(restored_auto, references, input_psnrs)
+            )
         if baseline_out:
             classical = metric.compute(predictions=baseline_out, references=references)
             entry["nlm_psnr"], entry["nlm_ssim"] = float(classical["psnr"]), float(classical["ssim"])
@@ -117,12 +135,18 @@ def evaluate_heldout(
 
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    header = "| degradation | input PSNR | restored PSNR (gain) | SSIM | label-free PSNR | NL-means PSNR |\n|---|---|---|---|---|---|"
+    header = (
+        "| degradation | input PSNR | restored PSNR (gain) | SSIM | worst image gain | label-free PSNR "
+        "(worst image gain) | NL-means PSNR |\n|---|---|---|---|---|---|---|"
+    )
     rows = []
     for name, r in results.items():
-        auto = f"{r['psnr_auto']:.2f}" if "psnr_auto" in r else "–"
+        auto = f"{r['psnr_auto']:.2f} ({r['min_image_gain_auto']:+.2f})" if "psnr_auto" in r else "–"
         nlm = f"{r['nlm_psnr']:.2f}" if "nlm_psnr" in r else "–"
-        rows.append(f"| {name} | {r['input_psnr']:.2f} | {r['psnr']:.2f} ({r['psnr_gain']:+.2f}) | {r['ssim']:.3f} | {auto} | {nlm} |")
+        rows.append(
+            f"| {name} | {r['input_psnr']:.2f} | {r['psnr']:.2f} ({r['psnr_gain']:+.2f}) | {r['ssim']:.3f} | "
+            f"{r['min_image_gain']:+.2f} | {auto} | {nlm} |"
+        )
     return "\n".join([header, *rows])
 
 
@@ -138,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
+    parser.add_argument("--auto_mode", default="soft", choices=("soft", "hard"),
+                        help="how the label-free rows use the estimate (see modeling.restore)")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
     from modeling.inference import load_model
@@ -145,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.model)
     results = evaluate_heldout(
         model, args.heldout, noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings), seed=args.seed,
-        tile=args.tile, baseline=not args.no_baseline,
+        tile=args.tile, baseline=not args.no_baseline, auto_mode=args.auto_mode,
     )
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
