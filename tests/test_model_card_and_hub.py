@@ -23,9 +23,11 @@ from training.model_card import (
     DEFAULT_METRIC_PROTOCOL,
     HubPushError,
     build_model_card,
+    plot_training_curves,
     push_folder_to_hub,
     results_table,
     save_model_card,
+    save_model_folder,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +210,77 @@ def test_model_card_takes_numbers_only_from_results(tmp_path):
     card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}], {})
     assert card.data.eval_results[0].metric_value == 30.5  # numpy scalars from validation become plain floats
     assert results_table([RESULTS[0]]).count("\n") == 2  # header, rule, one row; no average of a single row
+
+
+# --- validation, grids, training curves, the final folder -------------------------------------------------------
+
+
+def _validation_set():
+    rng = np.random.default_rng(0)
+    pairs = []
+    for task, count in (("noise", 2), ("rain", 1)):
+        for _ in range(count):
+            clean = rng.integers(40, 200, (16, 24, 3), dtype=np.uint8)
+            degraded = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+            pairs.append({"degraded": degraded, "clean": clean, "task_name": task})
+    return evaluation.ValidationSet(pairs)
+
+
+def test_validation_scores_the_inputs_once(monkeypatch, metric):
+    validation_set = _validation_set()
+    torch.manual_seed(0)
+    model = RestormerForImageRestoration(
+        RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+    )
+    calls = []
+    compute = metric.compute
+    monkeypatch.setattr(metric, "compute", lambda **kw: calls.append(kw) or compute(**kw))
+    first = evaluation.evaluate_model(model, validation_set)
+    assert len(calls) == 4  # 2 tasks x (restored, inputs)
+    second = evaluation.evaluate_model(model, validation_set)
+    assert len(calls) == 6  # the inputs were scored once: only the restorations again
+    assert first["tasks"] == second["tasks"] and set(first["tasks"]) == {"noise", "rain"}
+    noise = [p for p in validation_set if p["task_name"] == "noise"]
+    expected = np.mean([evaluation.psnr(p["degraded"], p["clean"]) for p in noise])
+    assert first["tasks"]["noise"]["input_psnr"] == pytest.approx(expected, abs=1e-9)
+    assert first["tasks"]["noise"]["images"] == 2
+    grid = evaluation.sample_grid(first["samples"], height=32)
+    assert grid.size == (3 * 48, 2 * 32)  # rows: tasks; columns: degraded | restored | clean (aspect kept)
+
+
+def test_training_curves_average_per_window_and_validation_per_task(tmp_path):
+    history = [{"step": s, "loss": 0.1 / s, "lr": 1e-4} for s in (10, 20, 30)]
+    validation = [{"step": 10, "psnr": {"noise": 25.0, "rain": 28.0}},
+                  {"step": 30, "psnr": {"noise": 26.5, "rain": 29.0}}]
+    assert plot_training_curves(history, tmp_path / "curves.png", validation)
+    with Image.open(tmp_path / "curves.png") as image:
+        width, _ = image.size
+        assert width == 3 * 560  # loss, validation PSNR per task, learning rate
+        colours = {c for _, c in image.convert("RGB").getcolors(1 << 16)}
+    assert (40, 110, 200) in colours  # the second task's curve
+    assert plot_training_curves(history, tmp_path / "no_val.png")
+    with Image.open(tmp_path / "no_val.png") as image:
+        assert image.size[0] == 2 * 560
+    assert not plot_training_curves([], tmp_path / "nothing.png") and not (tmp_path / "nothing.png").exists()
+
+
+def test_save_model_folder_is_complete_and_atomic(tmp_path):
+    torch.manual_seed(0)
+    model = RestormerForImageRestoration(
+        RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+    )
+    results = {"noise": {"psnr": 30.25, "ssim": 0.9, "input_psnr": 20.5, "input_ssim": 0.5, "images": 2}}
+    folder = save_model_folder(
+        model, tmp_path / "model", model_id="me/tiny", model_type="restormer", results=results, dataset="5-task",
+        training_summary={"steps": 3},
+        history=[{"step": 1, "loss": 0.2, "lr": 1e-3}, {"step": 2, "loss": 0.1, "lr": 1e-3}],
+    )
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_curves.png",
+            "eval_results.json"} <= names
+    assert not list(tmp_path.glob(".*partial"))
+    card = (folder / "README.md").read_text()
+    assert "30.25" in card and "| 2 |" in card  # measured PSNR and the number of images
 
 
 # --- push ------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The real training script, launched as users launch it: DDP on 2 CPU processes, kill -9 and exact resume,
-push to a fake Hub, and the pieces it is built from (schedules, loss-spike guard, atomic checkpoints)."""
+push to a fake Hub, and the pieces it is built from (arguments, schedules, loss-spike guard, labels, uint8
+batches, atomic checkpoints)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,23 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
+import torch.nn.functional as F
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
 from safetensors.torch import load_file
 
 from training import checkpointing
 from training.schedules import cosine_restart_cyclic, linear_warmup_cosine
-from training.train import LossSpikeGuard, parse_args
+from training.train import LossSpikeGuard, guard_pixel_loss, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
@@ -63,9 +67,43 @@ def script_env(**extra) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A port nothing listens on now (bound by the OS and released), for one launch's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant. torch's elastic agent starts each rank in a new session, so
+    killing the launcher's process group would leave the ranks running (holding ports, CPU and our pipes)."""
+    try:
+        parent = psutil.Process(pid)
+        processes = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=30)
+
+
 def run_train(argv: list[str], env=None, launcher=(), timeout=600) -> subprocess.CompletedProcess:
+    """Run the script (optionally under a launcher); on timeout kill the whole process tree and fail with its log."""
     command = [*launcher, str(TRAIN), *argv] if launcher else [sys.executable, str(TRAIN), *argv]
-    return subprocess.run(command, env=env or script_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    process = subprocess.Popen(command, env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=REPO, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command[:8])} ... did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
+    finally:
+        kill_tree(process.pid)  # nothing of a launch may outlive it (a rank left behind blocks the next test)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -76,8 +114,9 @@ def test_two_process_ddp_launch(corpus, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (the --cpu form silently runs one process)."""
     output_dir = tmp_path / "ddp"
     accelerate = Path(sys.executable).with_name("accelerate")
+    # A port of its own: accelerate's default 29500 is shared by every launch on the machine (other test runs).
     launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     # Validation runs on the main process only, once at the end: the other process must wait, not deadlock.
     argv = train_args(corpus, output_dir, validation_images_per_task=1)
     argv += ["--validation_roots", f"clean={corpus / 'heldout'}"]
@@ -178,13 +217,65 @@ def test_push_offline_fails_with_one_line_after_saving(corpus, tmp_path):
 def test_recipe_then_flags_override(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model_type: promptir\nlearning_rate: 3.0e-4\nnum_train_epochs: 2\nsteps_per_epoch: 10\n"
-                      "data_roots: {clean: /data/clean}\n")
+                      "data_roots: {clean: /data/clean}\nadam_epsilon: 1e-6\nuse_ema: false\n"
+                      "model_config: {dim: 16}\n")
     args = parse_args(["--config", str(recipe), "--learning_rate", "1e-4", "--data_roots", "rain=/data/rain"])
     assert args.model_type == "promptir" and args.learning_rate == 1e-4
     assert args.max_train_steps == 20 and args.data_roots == {"rain": "/data/rain"}
-    recipe.write_text("learning_rat: 1\n")
-    with pytest.raises(SystemExit):
-        parse_args(["--config", str(recipe)])
+    assert args.adam_epsilon == 1e-6 and isinstance(args.adam_epsilon, float)  # YAML reads 1e-6 as a string
+    assert args.use_ema is False and args.model_config == {"dim": 16}
+    assert args.config == str(recipe)
+    # Defaults of the fields the recipe leaves out; JSON for the dict fields on the command line.
+    args = parse_args(["--config", str(recipe), "--use_ema", "--lr_scheduler", "linear_warmup_cosine",
+                       "--lr_scheduler_options", '{"warmup_epochs": 1, "max_epochs": 2}', "--model_config", "{}"])
+    assert args.use_ema is True and args.train_batch_size == 8 and args.patch_size == 128
+    assert args.lr_scheduler_options == {"warmup_epochs": 1, "max_epochs": 2} and args.model_config == {}
+
+
+def _parse_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_unknown_recipe_key_names_it_and_the_closest(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_train_steps: 5\nlearning_rat: 1.0e-3\n")
+    message = _parse_error(capsys, ["--config", str(recipe)])
+    assert "unknown key 'learning_rat'" in message and "did you mean 'learning_rate'" in message
+
+
+@pytest.mark.parametrize("flag", ["--learning_rat", "--learning-rat", "--learnin_rate"])
+def test_misspelled_flag_names_it_and_the_closest(capsys, flag):
+    # No argparse abbreviation either: a prefix of a real flag must not be taken for it.
+    message = _parse_error(capsys, ["--max_train_steps", "5", flag, "1e-3"])
+    assert f"unknown argument {flag!r}" in message and "did you mean '--learning_rate'" in message
+
+
+def test_misspelled_model_config_key_fails_at_parse_time(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("max_train_steps: 5\nmodel_type: pip\nmodel_config: {dim: 16, prompt_dim: [8, 8, 8]}\n")
+    message = _parse_error(capsys, ["--config", str(recipe)])
+    assert "unknown key 'prompt_dim' for PIPConfig" in message and "did you mean 'prompt_dims'" in message
+    message = _parse_error(capsys, ["--max_train_steps", "5", "--model_type", "restormer",
+                                    "--model_config", '{"num_block": [1, 1, 1, 1]}'])
+    assert "unknown key 'num_block' for RestormerConfig" in message and "'num_blocks'" in message
+    # Values are validated by the config class itself, before anything is built.
+    message = _parse_error(capsys, ["--max_train_steps", "5", "--model_config", '{"dim": 7}'])
+    assert "not a valid PIPConfig" in message and "dim" in message
+    # transformers' own config keywords are not typos.
+    assert parse_args(["--max_train_steps", "5", "--model_config", '{"dim": 16, "torch_dtype": "float32"}'])
+
+
+RECIPES = sorted(p.name for p in (REPO / "training" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_parses(name):
+    args = parse_args(["--config", str(REPO / "training" / "configs" / name)])
+    assert args.max_train_steps == args.num_train_epochs * args.steps_per_epoch
+    assert isinstance(args.learning_rate, float) and args.data_roots and args.output_dir.startswith("outputs/")
 
 
 @pytest.mark.parametrize("name", ["promptir_3task", "promptir_5task", "pip_restormer_5task"])
@@ -234,6 +325,69 @@ def test_loss_spike_guard_rescales_like_the_official_scaler():
     assert list(restored.history) == [1.0, 0.5, 4.0] and restored.triggered == 1
 
 
+def _synthetic_loss(pixel_scale: float = 1.0, estimator_scale: float = 1.0, angle_scale: float = 1.0):
+    """A PIP-shaped loss from three independent parameter groups: the pixel path, the estimator head and the
+    prompts. Terms are unweighted and keep their graph (the model contract); the total weights them as PIP."""
+    torch.manual_seed(0)
+    pixel_weight = torch.randn(4, requires_grad=True)
+    estimator_weight = torch.randn(3, 5, requires_grad=True)
+    prompts = torch.randn(5, 8, requires_grad=True)
+    restored = pixel_weight[None] * torch.linspace(0, 1, 16).reshape(4, 4)
+    pixel = pixel_scale * F.smooth_l1_loss(restored, torch.zeros(4, 4))
+    estimator = estimator_scale * F.cross_entropy(torch.ones(2, 3) @ estimator_weight, torch.tensor([0, 3]))
+    normed = F.normalize(prompts, dim=1)
+    angle = angle_scale * torch.relu(normed @ normed.T).triu(1).sum()
+    loss = pixel + 0.1 * estimator + 0.002 * angle
+    terms = {"pixel": pixel, "degradation_estimator": estimator, "prompt_angle": angle}
+    return loss, terms, {"pixel": pixel_weight, "degradation_estimator": estimator_weight, "prompt_angle": prompts}
+
+
+def _gradients(loss, parameters) -> dict[str, torch.Tensor]:
+    loss.backward()
+    return {name: p.grad.clone() for name, p in parameters.items()}
+
+
+def _warm_guard() -> LossSpikeGuard:
+    guard = LossSpikeGuard(history=10, factor=5.0)
+    for _ in range(3):  # recent pixel losses of a normal run
+        guard(_synthetic_loss()[1]["pixel"])
+    return guard
+
+
+def test_guard_rescales_a_pixel_spike_and_only_the_pixel_gradient():
+    guard = _warm_guard()
+    loss, terms, parameters = _synthetic_loss(pixel_scale=40.0)
+    reference = _gradients(*_synthetic_loss(pixel_scale=40.0)[::2])
+    pixel = terms["pixel"].item()
+    guarded = guard_pixel_loss(loss, terms, guard)
+    assert guard.triggered == 1
+    factor = (pixel / 40.0) * 2.5 / pixel  # official: min(history) x factor / 2, over the spike
+    assert guarded.item() == pytest.approx(loss.item() - pixel + pixel * factor, rel=1e-6)
+    got = _gradients(guarded, parameters)
+    torch.testing.assert_close(got["pixel"], reference["pixel"] * factor)
+    # The estimator's cross-entropy and the prompt regulariser keep their gradients exactly.
+    assert torch.equal(got["degradation_estimator"], reference["degradation_estimator"])
+    torch.testing.assert_close(got["prompt_angle"], reference["prompt_angle"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("term", ["degradation_estimator", "prompt_angle"])
+def test_guard_ignores_a_spike_in_other_terms(term):
+    guard = _warm_guard()
+    spiked = {"estimator_scale": 1000.0} if term == "degradation_estimator" else {"angle_scale": 1000.0}
+    loss, terms, parameters = _synthetic_loss(**spiked)
+    reference = _gradients(*_synthetic_loss(**spiked)[::2])
+    guarded = guard_pixel_loss(loss, terms, guard)
+    assert guard.triggered == 0 and guarded is loss  # untouched: the very same tensor
+    got = _gradients(guarded, parameters)
+    for name in parameters:
+        assert torch.equal(got[name], reference[name]), name
+
+
+def test_guard_needs_the_pixel_term():
+    with pytest.raises(ValueError, match="pixel"):
+        guard_pixel_loss(torch.tensor(1.0), {"prompt_angle": torch.tensor(0.1)}, LossSpikeGuard())
+
+
 def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
     for step in (2, 4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -249,12 +403,13 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
 
 
 def test_validation_set_is_deterministic_and_cropped(corpus):
-    from training.train import build_validation_set
+    from training.evaluation import build_validation_set
 
-    argv = ["--data_preset", "3-task", "--synthesize_missing", "--max_train_steps", "1",
-            "--validation_roots", f"clean={corpus / 'heldout'}", "--validation_images_per_task", "2"]
-    full = build_validation_set(parse_args(argv))
-    cropped = build_validation_set(parse_args(argv + ["--validation_crop", "16"]))
+    def build(crop: int):
+        return build_validation_set("3-task", {"clean": str(corpus / "heldout")}, synthesize_missing=True,
+                                    images_per_task=2, crop=crop)
+
+    full, cropped = build(0), build(16)
     # 3 noise levels + rain + haze, 2 images each; identical synthesis both times, same centre window.
     assert len(full) == len(cropped) == 10
     assert sorted({p["task_name"] for p in full}) == ["haze", "noise", "rain"]
@@ -262,3 +417,80 @@ def test_validation_set_is_deterministic_and_cropped(corpus):
         assert whole["clean"].shape == (32, 32, 3) and crop["clean"].shape == (16, 16, 3)
         assert (crop["degraded"] == whole["degraded"][8:24, 8:24]).all()
         assert (crop["clean"] == whole["clean"][8:24, 8:24]).all()
+
+
+# ---- integer labels and uint8 batches --------------------------------------------------------------------------
+
+
+def test_loader_sends_uint8_that_converts_exactly_to_the_float_stream(corpus):
+    from training.data import build_dataloader, build_stream
+    from training.train import to_model_images
+
+    def first_batch(output_dtype: str) -> dict:
+        stream = build_stream("5-task", {"clean": str(corpus / "clean")}, synthesize_missing=True, patch_size=32,
+                              seed=3, shards_per_rank=2, output_dtype=output_dtype)
+        return next(iter(build_dataloader(stream, 4, num_workers=0)))
+
+    as_uint8, as_float = first_batch("uint8"), first_batch("float32")
+    assert as_uint8["degraded"].dtype == as_uint8["clean"].dtype == torch.uint8
+    assert as_uint8["task"].dtype == torch.long and as_uint8["task"].shape == (4,)
+    for key in ("degraded", "clean"):
+        converted = to_model_images(as_uint8[key], torch.device("cpu"))
+        assert converted.dtype == torch.float32
+        assert torch.equal(converted, as_float[key]), key  # bit-identical to the stream's own float32 output
+
+
+def test_degradation_label_lookup_follows_the_model_class_order():
+    from conftest import tiny_model
+
+    from training.evaluation import degradation_label_lookup
+
+    tasks = ("noise", "rain", "haze", "blur", "low-light")
+    model = tiny_model("pip")
+    lookup = degradation_label_lookup(model, tasks)
+    assert lookup.dtype == torch.long and lookup.tolist() == [0, 1, 2, 3, 4]
+    reordered = tiny_model("pip", degradation_names=["rain", "noise", "low-light", "haze", "blur"])
+    assert degradation_label_lookup(reordered, tasks).tolist() == [1, 0, 3, 4, 2]
+    assert degradation_label_lookup(model, ("derain",)).tolist() == [1]  # the model's own aliases
+    with pytest.raises(ValueError, match="'snow' of the data is not one of the model's degradation_names"):
+        degradation_label_lookup(model, ("rain", "snow"))
+    # A training step indexes the lookup with the batch's stream label ids (low-light, noise, haze).
+    assert degradation_label_lookup(reordered, tasks)[torch.tensor([4, 0, 2])].tolist() == [2, 1, 3]
+
+
+def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(corpus, tmp_path, monkeypatch):
+    """In-process run of main() with a recording tiny PIP that declares `accepts_degradation_labels`."""
+    from accelerate.state import AcceleratorState
+
+    import training.train as train_module
+    from modeling import PIPForImageRestoration
+
+    seen = []
+
+    class RecordingPIP(PIPForImageRestoration):
+        accepts_degradation_labels = True
+
+        def forward(self, pixel_values, degradation_labels=None, labels=None, **kwargs):
+            if self.training:
+                seen.append((pixel_values.dtype, float(pixel_values.min()), float(pixel_values.max()),
+                             labels.dtype, degradation_labels))
+            return super().forward(pixel_values, degradation_labels=degradation_labels, labels=labels, **kwargs)
+
+    def build_model(args):
+        config_class, _ = train_module.MODEL_CLASSES["pip"]
+        names = ["rain", "noise", "low-light", "haze", "blur"]
+        return RecordingPIP(config_class(**args.model_config, degradation_names=names))
+
+    monkeypatch.setattr(train_module, "build_model", build_model)
+    argv = train_args(corpus, tmp_path / "run", max_train_steps=2, checkpointing_steps=0, use_ema="false",
+                      validation_steps=0)
+    try:
+        train_module.main(parse_args(argv))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert len(seen) == 2
+    for dtype, low, high, label_dtype, labels in seen:
+        assert dtype == label_dtype == torch.float32 and 0.0 <= low <= high <= 1.0
+        assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (2,)
+        assert set(labels.tolist()) <= {0, 1, 2, 3, 4}
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -1,10 +1,12 @@
-"""Model cards with measured results, and pushing a saved model folder to the Hub.
+"""Model cards with measured results, the final model folder, and pushing it to the Hub.
 
 `build_model_card` fills a template from ``model_cards/`` (one per published model, ``generic.md`` otherwise)
 with the numbers the training run measured: the YAML header's ``model-index`` and the results table both come
 from `results` and nothing else. `push_folder_to_hub` uploads the whole folder (weights, config, image processor,
 card, figures) in one commit; ``PreTrainedModel.push_to_hub`` cannot, since it re-saves into a temporary folder
-and replaces the README with transformers' default card (ecosystem-more.md §7).
+and replaces the README with transformers' default card (ecosystem-more.md §7). `save_model_folder` writes what
+training publishes (weights through the ``image-restoration`` pipeline, processor, card, training curves drawn
+by `plot_training_curves`, measured results) atomically.
 
 A failed push can be retried from the command line::
 
@@ -18,6 +20,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -248,6 +251,133 @@ def _format_value(value: Any) -> str:
 
 def _caption(path: str) -> str:
     return Path(path).stem.replace("_", " ").replace("-", " ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training curves and the final folder
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Line colours of the per-task validation curves (cycled).
+_TASK_COLOURS = ((200, 40, 40), (40, 110, 200), (30, 150, 60), (200, 130, 20), (140, 60, 170), (20, 160, 160),
+                 (120, 120, 120), (220, 80, 150))
+
+
+def plot_training_curves(
+    history: Sequence[Mapping[str, Any]],
+    path: Union[str, os.PathLike],
+    validation_history: Sequence[Mapping[str, Any]] = (),
+) -> bool:
+    """Draw the training curves as one PNG with PIL (no plotting dependency); False if there is nothing to draw.
+
+    Panels: the training loss averaged over each logging window (log scale; ``history`` rows ``{"step",
+    "loss", "lr"}``), the validation PSNR of each task over the steps (``validation_history`` rows ``{"step",
+    "psnr": {task: dB}}``; only when there are some), and the learning rate.
+    """
+    from PIL import Image, ImageDraw
+
+    history = [row for row in history if row.get("loss") is not None]
+    panels = []
+    if history:
+        steps = [row["step"] for row in history]
+        panels.append(("log10 training loss (mean over each logging window)",
+                       {"loss": (steps, [math.log10(max(row["loss"], 1e-12)) for row in history])}))
+    tasks = sorted({task for row in validation_history for task in row.get("psnr", {})})
+    if tasks:
+        panels.append(("validation PSNR (dB) per task", {
+            task: ([row["step"] for row in validation_history if task in row["psnr"]],
+                   [row["psnr"][task] for row in validation_history if task in row["psnr"]])
+            for task in tasks
+        }))
+    if history and all(row.get("lr") is not None for row in history):
+        panels.append(("learning rate", {"lr": ([row["step"] for row in history], [row["lr"] for row in history])}))
+    if not panels:
+        return False
+    width, height, margin = 560, 320, 44
+    image = Image.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(image)
+    for panel, (title, series) in enumerate(panels):
+        x0 = panel * width
+        all_steps = [s for steps, _ in series.values() for s in steps]
+        all_values = [v for _, values in series.values() for v in values]
+        step_lo, step_hi = min(all_steps), max(all_steps)
+        lo, hi = min(all_values), max(all_values)
+        step_span, span = (step_hi - step_lo) or 1, (hi - lo) or 1.0
+        box = (x0 + margin, margin, x0 + width - margin // 2, height - margin)
+        draw.rectangle(box, outline=(120, 120, 120))
+
+        def point(step: float, value: float) -> tuple[float, float]:
+            return (box[0] + (step - step_lo) / step_span * (box[2] - box[0]),
+                    box[3] - (value - lo) / span * (box[3] - box[1]))
+
+        for index, (name, (steps, values)) in enumerate(series.items()):
+            colour = _TASK_COLOURS[index % len(_TASK_COLOURS)]
+            points = [point(s, v) for s, v in zip(steps, values)]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points if len(points) <= 40 else ():
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+            if len(series) > 1:  # legend
+                draw.text((box[0] + 6, box[1] + 4 + 12 * index), name, fill=colour)
+        shown = (10 ** lo, 10 ** hi) if title.startswith("log10") else (lo, hi)
+        draw.text((x0 + margin, 8), title, fill=(0, 0, 0))
+        draw.text((x0 + margin, 22), f"range {shown[0]:.4g} .. {shown[1]:.4g}", fill=(80, 80, 80))
+        draw.text((box[0], box[3] + 8), f"step {step_lo} .. {step_hi}", fill=(0, 0, 0))
+    image.save(path)
+    return True
+
+
+def save_model_folder(
+    model: Any,
+    folder: Union[str, os.PathLike],
+    *,
+    model_id: str,
+    model_type: str,
+    results: Mapping[str, Mapping[str, Any]],
+    dataset: str,
+    training_summary: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]] = (),
+    validation_history: Sequence[Mapping[str, Any]] = (),
+    image_processor: Any = None,
+) -> Path:
+    """Write the publishable model folder atomically (a ``.partial`` sibling renamed into place).
+
+    Contents: weights (safetensors), config and code saved through the ``image-restoration`` pipeline (so the
+    folder works with ``pipeline("image-restoration", model=folder, trust_remote_code=True)``), the image
+    processor, ``README.md`` from `build_model_card` with `results` (``{task: {"psnr", "ssim", "input_psnr",
+    ...}}`` as measured on `dataset`), ``training_curves.png`` and ``eval_results.json``.
+    """
+    from transformers import pipeline as make_pipeline
+
+    if image_processor is None:
+        from modeling.image_processing_restoration import RestorationImageProcessor
+
+        image_processor = RestorationImageProcessor()
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    device = next(model.parameters()).device
+    make_pipeline("image-restoration", model=model, image_processor=image_processor, device=device).save_pretrained(
+        partial
+    )
+    figures = []
+    if plot_training_curves(history, partial / "training_curves.png", validation_history):
+        figures.append("training_curves.png")
+    card_results = [
+        {"task": task, "dataset": dataset, "split": "validation", "num_images": scores.get("images"),
+         **{k: v for k, v in scores.items() if k != "images"}}
+        for task, scores in results.items()
+    ]
+    card = build_model_card(
+        model_id=model_id, model_type=model_type, results=card_results, training_summary=training_summary,
+        figures=figures,
+    )
+    save_model_card(card, partial)
+    (partial / "eval_results.json").write_text(json.dumps(dict(results), indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------------

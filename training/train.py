@@ -14,16 +14,19 @@ checkpoint, so a resumed run continues with exactly the batches the uninterrupte
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import inspect
 import json
 import logging
 import math
-import os
 import sys
 import time
+import typing
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 if __package__ in (None, ""):
     # `accelerate launch training/train.py` runs this file as a script: make the repository importable.
@@ -36,6 +39,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from transformers import HfArgumentParser
 
 from modeling import MODEL_CLASSES
 from training import checkpointing
@@ -43,124 +47,241 @@ from training.schedules import build_lr_lambda
 
 logger = get_logger(__name__)
 
-# name: (type, default, help). Every field can be set in the YAML recipe or on the command line.
-FIELDS: dict[str, tuple[Any, Any, str]] = {
+
+def _arg(default: Any = None, help: str = "", value: Optional[str] = None) -> Any:
+    """A `TrainingArguments` field: its default, its --help text and, for dict fields, how a flag is read
+    (``value="json"``: a JSON object; ``value="mapping"``: ``key=value`` items)."""
+    metadata = {"help": help, **({"value": value} if value else {})}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainingArguments:
+    """Every field can be set in the YAML recipe (``--config``) or as a flag; flags win over the recipe."""
+
+    config: Optional[str] = _arg(None, "YAML recipe (training/configs/*.yaml)")
     # model
-    "model_type": (str, "pip", "one of " + ", ".join(MODEL_CLASSES)),
-    "model_config": (json.loads, {}, "config overrides, JSON (YAML: a mapping)"),
-    "pretrained_model_name_or_path": (str, None, "start from these weights (Hub id or folder)"),
+    model_type: str = _arg("pip", "one of " + ", ".join(MODEL_CLASSES))
+    model_config: dict = _arg({}, "config overrides, JSON (YAML: a mapping)", value="json")
+    pretrained_model_name_or_path: Optional[str] = _arg(None, "start from these weights (Hub id or folder)")
     # data
-    "data_preset": (str, "5-task", "3-task, 5-task or cdd11"),
-    "data_roots": ("mapping", {}, "task=folder pairs: clean, rain, haze, blur, low-light, cdd11 (or Hub ids)"),
-    "synthesize_missing": (bool, False, "synthesize tasks without a root from the clean photos"),
-    "validation_roots": ("mapping", {}, "task=folder pairs of held-out data (test layouts)"),
-    "validation_images_per_task": (int, 8, "held-out images per source used at each validation"),
-    "validation_crop": (int, 0, "centre-crop held-out images to at most this side (0: full images)"),
-    "patch_size": (int, 128, "training crop size"),
-    "train_batch_size": (int, 8, "batch per process"),
-    "dataloader_num_workers": (int, 2, "DataLoader workers per process"),
-    "shards_per_rank": (int, 16, "stream shards per process (multiple of the workers)"),
-    "steps_per_epoch": (int, 1000, "optimizer steps that make one epoch of the lr schedule"),
+    data_preset: str = _arg("5-task", "3-task, 5-task or cdd11")
+    data_roots: dict = _arg(
+        {}, "task=folder pairs: clean, rain, haze, blur, low-light, cdd11 (or Hub ids)", value="mapping"
+    )
+    synthesize_missing: bool = _arg(False, "synthesize tasks without a root from the clean photos")
+    validation_roots: dict = _arg({}, "task=folder pairs of held-out data (test layouts)", value="mapping")
+    validation_images_per_task: int = _arg(8, "held-out images per source used at each validation")
+    validation_crop: int = _arg(0, "centre-crop held-out images to at most this side (0: full images)")
+    patch_size: int = _arg(128, "training crop size")
+    train_batch_size: int = _arg(8, "batch per process")
+    dataloader_num_workers: int = _arg(2, "DataLoader workers per process")
+    shards_per_rank: int = _arg(16, "stream shards per process (multiple of the workers)")
+    steps_per_epoch: int = _arg(1000, "optimizer steps that make one epoch of the lr schedule")
     # optimisation
-    "learning_rate": (float, 2e-4, "base learning rate"),
-    "adam_beta1": (float, 0.9, ""),
-    "adam_beta2": (float, 0.999, ""),
-    "adam_weight_decay": (float, 0.01, ""),
-    "adam_epsilon": (float, 1e-8, ""),
-    "max_grad_norm": (float, 0.0, "gradient clipping max norm; 0 disables"),
-    "lr_scheduler": (str, "constant", "constant, linear_warmup_cosine, cosine_restart_cyclic, cosine_restart"),
-    "lr_scheduler_options": (json.loads, {}, "options of the schedule, JSON (see training/schedules.py)"),
-    "num_train_epochs": (int, None, "epochs of steps_per_epoch steps (or use max_train_steps)"),
-    "max_train_steps": (int, None, "total optimizer steps; overrides num_train_epochs"),
-    "gradient_accumulation_steps": (int, 1, ""),
-    "mixed_precision": (str, None, "no, fp16 or bf16 (default: accelerate config)"),
-    "gradient_checkpointing": (bool, False, "recompute Transformer blocks in backward"),
-    "seed": (int, 0, "seed of the model initialisation and of the data plan"),
-    "loss_spike_guard": (bool, False, "PIP's guard: a loss above factor x min(last N) is rescaled to factor/2 x min"),
-    "loss_spike_history": (int, 100, ""),
-    "loss_spike_factor": (float, 5.0, ""),
+    learning_rate: float = _arg(2e-4, "base learning rate")
+    adam_beta1: float = _arg(0.9, "AdamW beta1")
+    adam_beta2: float = _arg(0.999, "AdamW beta2")
+    adam_weight_decay: float = _arg(0.01, "AdamW weight decay")
+    adam_epsilon: float = _arg(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _arg(0.0, "gradient clipping max norm; 0 disables")
+    lr_scheduler: str = _arg("constant", "constant, linear_warmup_cosine, cosine_restart_cyclic, cosine_restart")
+    lr_scheduler_options: dict = _arg({}, "options of the schedule, JSON (see training/schedules.py)", value="json")
+    num_train_epochs: Optional[int] = _arg(None, "epochs of steps_per_epoch steps (or use max_train_steps)")
+    max_train_steps: Optional[int] = _arg(None, "total optimizer steps; overrides num_train_epochs")
+    gradient_accumulation_steps: int = _arg(1, "micro-batches per optimizer step")
+    mixed_precision: Optional[str] = _arg(None, "no, fp16 or bf16 (default: accelerate config)")
+    gradient_checkpointing: bool = _arg(False, "recompute Transformer blocks in backward")
+    seed: int = _arg(0, "seed of the model initialisation and of the data plan")
+    loss_spike_guard: bool = _arg(
+        False, "PIP's guard: a pixel loss above factor x min(last N) is rescaled to factor/2 x min"
+    )
+    loss_spike_history: int = _arg(100, "N: pixel losses remembered by the guard")
+    loss_spike_factor: float = _arg(5.0, "factor of the guard")
     # EMA
-    "use_ema": (bool, True, "keep an EMA of the weights (final and best weights are the EMA)"),
-    "ema_decay": (float, 0.999, ""),
-    "ema_update_after_step": (int, 0, ""),
+    use_ema: bool = _arg(True, "keep an EMA of the weights (final and best weights are the EMA)")
+    ema_decay: float = _arg(0.999, "EMA decay")
+    ema_update_after_step: int = _arg(0, "steps before the EMA starts averaging")
     # checkpoints, validation, logging
-    "output_dir": (str, "outputs/run", ""),
-    "checkpointing_steps": (int, 500, ""),
-    "checkpoints_total_limit": (int, None, "keep at most this many checkpoints (pruned after a save completes)"),
-    "resume_from_checkpoint": (str, None, "'latest' or a checkpoint folder"),
-    "validation_steps": (int, 500, "0 disables periodic validation"),
-    "logging_steps": (int, 10, ""),
-    "report_to": (str, "tensorboard", "accelerate tracker(s), comma separated, or 'none'"),
-    "cpu": (bool, False, "force CPU even if a GPU is present"),
+    output_dir: str = _arg("outputs/run", "checkpoints, logs, validation grids, final model")
+    checkpointing_steps: int = _arg(500, "save a checkpoint every N steps; 0 disables")
+    checkpoints_total_limit: Optional[int] = _arg(None, "keep at most this many checkpoints (pruned after a save)")
+    resume_from_checkpoint: Optional[str] = _arg(None, "'latest' or a checkpoint folder")
+    validation_steps: int = _arg(500, "0 disables periodic validation")
+    logging_steps: int = _arg(10, "log the mean loss of each window of N steps")
+    report_to: str = _arg("tensorboard", "accelerate tracker(s), comma separated, or 'none'")
+    cpu: bool = _arg(False, "force CPU even if a GPU is present")
     # Hub
-    "push_to_hub": (bool, False, "upload the final folder (weights, processor, card, figures)"),
-    "hub_model_id": (str, None, "org/name on the Hub"),
-    "hub_token": (str, None, "defaults to the HF_TOKEN environment variable / login"),
-}
+    push_to_hub: bool = _arg(False, "upload the final folder (weights, processor, card, figures)")
+    hub_model_id: Optional[str] = _arg(None, "org/name on the Hub")
+    hub_token: Optional[str] = _arg(None, "defaults to the HF_TOKEN environment variable / login")
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+#: Keyword arguments every transformers config accepts besides its dataclass fields.
+PRETRAINED_CONFIG_KWARGS = frozenset(
+    {"torch_dtype", "num_labels", "name_or_path", "output_attentions", "attn_implementation", "experts_implementation"}
+)
 
 
-def _parse_mapping(items: list[str]) -> dict[str, str]:
-    mapping = {}
-    for item in items:
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        mapping[key] = value
-    return mapping
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Defaults < YAML recipe (``--config``) < command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML recipe (training/configs/*.yaml)")
-    for name, (kind, default, help_text) in FIELDS.items():
-        if kind is bool:
-            parser.add_argument(f"--{name}", type=_parse_bool, nargs="?", const=True, default=None, help=help_text)
-        elif kind == "mapping":
-            parser.add_argument(f"--{name}", nargs="*", default=None, metavar="KEY=VALUE", help=help_text)
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+class _MappingAction(argparse.Action):
+    """``--data_roots clean=/x rain=/y`` -> ``{"clean": "/x", "rain": "/y"}`` (replaces the recipe's mapping)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, dict(values or []))
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over `TrainingArguments` with recipe-friendly mapping and JSON fields, no abbreviations."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            TrainingArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # `--learning_rat` must be an error, not a silent prefix of --learning_rate
+        )
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field):
+        kind = field.metadata.get("value")
+        if kind is None:
+            return HfArgumentParser._parse_dataclass_field(parser, field)
+        options = [f"--{field.name}", f"--{field.name.replace('_', '-')}"]
+        help_text = field.metadata.get("help")
+        if kind == "mapping":
+            parser.add_argument(*options, nargs="*", type=_key_value, action=_MappingAction, default={},
+                                metavar="KEY=VALUE", help=help_text)
         else:
-            parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
-    cli = parser.parse_args(argv)
-    values = {name: default for name, (_, default, _) in FIELDS.items()}
-    if cli.config:
-        recipe = yaml.safe_load(Path(cli.config).read_text()) or {}
-        unknown = set(recipe) - set(FIELDS)
-        if unknown:
-            parser.error(f"{cli.config}: unknown fields {sorted(unknown)}")
-        values.update(recipe)
-    for name, (kind, _, _) in FIELDS.items():
-        given = getattr(cli, name)
-        if given is not None:
-            values[name] = _parse_mapping(given) if kind == "mapping" else given
-    args = argparse.Namespace(config=cli.config, **values)
+            parser.add_argument(*options, type=_json_object, default={}, metavar="JSON", help=help_text)
+
+    def option_names(self) -> list[str]:
+        return [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+
+
+def _closest(name: str, valid, prefix: str = "") -> str:
+    """``"; did you mean 'x'?"`` for the closest of `valid` (difflib), or nothing when none is close."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {prefix + match[0]!r}?" if match else ""
+
+
+def check_model_config(model_type: str, model_config: dict, from_pretrained: bool = False) -> None:
+    """Fail early on misspelled ``model_config`` keys (and, for a new model, invalid values).
+
+    Keys are checked against the dataclass fields of the model's config class plus the keyword arguments every
+    transformers config accepts, so a typo cannot be swallowed as an unused extra attribute.
+    """
+    config_class, _ = MODEL_CLASSES[model_type]
+    if dataclasses.is_dataclass(config_class):
+        valid = {f.name for f in dataclasses.fields(config_class)}
+    else:
+        valid = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    valid |= PRETRAINED_CONFIG_KWARGS
+    for key in model_config:
+        if key not in valid:
+            raise ValueError(f"model_config: unknown key {key!r} for {config_class.__name__}{_closest(key, valid)}")
+    if not from_pretrained:  # with pretrained weights the values are overrides of the saved config
+        try:
+            config_class(**model_config)
+        except Exception as error:  # noqa: BLE001 - ValueError, TypeError or huggingface_hub's strict-dataclass errors
+            reason = error.__cause__ or error
+            raise ValueError(f"model_config is not a valid {config_class.__name__}: {reason}") from error
+
+
+def parse_args(argv: Optional[list[str]] = None) -> TrainingArguments:
+    """Defaults < YAML recipe (``--config``) < command-line flags. Unknown keys and flags are errors."""
+    parser = RecipeArgumentParser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    config_path = pre.parse_known_args(argv)[0].config
+    if config_path:
+        recipe = yaml.safe_load(Path(config_path).read_text()) or {}
+        if not isinstance(recipe, dict):
+            parser.error(f"{config_path}: a recipe is a mapping of argument names to values")
+        valid = [f.name for f in dataclasses.fields(TrainingArguments) if f.name != "config"]
+        for key in recipe:
+            if key not in valid:
+                parser.error(f"{config_path}: unknown key {key!r}{_closest(str(key), valid)}")
+        # Recipe values become the parser's defaults, so any flag given on the command line overrides them
+        # (string values go through the field's type, as flags do).
+        parser.set_defaults(**recipe)
+    args, remaining = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
+    if remaining:
+        unknown = next((item for item in remaining if item.startswith("-")), remaining[0])
+        flag = unknown.split("=", 1)[0]
+        names = [option[2:] for option in parser.option_names() if "-" not in option[2:]]
+        parser.error(f"unknown argument {flag!r}{_closest(flag.lstrip('-').replace('-', '_'), names, prefix='--')}")
+    try:
+        validate_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def validate_args(args: TrainingArguments) -> None:
+    """Cross-field checks and normalisation (recipe values arrive as YAML types); ValueError with a clear message."""
     if args.model_type not in MODEL_CLASSES:
-        parser.error(f"model_type must be one of {sorted(MODEL_CLASSES)}, got {args.model_type!r}")
+        raise ValueError(f"model_type must be one of {sorted(MODEL_CLASSES)}, got {args.model_type!r}"
+                         f"{_closest(str(args.model_type), MODEL_CLASSES)}")
+    for name in ("model_config", "lr_scheduler_options"):
+        value = getattr(args, name)
+        if isinstance(value, str):
+            setattr(args, name, value := _json_object(value))
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+    for name in ("data_roots", "validation_roots"):
+        value = getattr(args, name)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping of task to folder, got {value!r}")
+        setattr(args, name, {str(k): str(v) for k, v in value.items()})
+    types = typing.get_type_hints(TrainingArguments)
+    for f in dataclasses.fields(TrainingArguments):  # YAML reads 1e-4 as a string, and 10 for a float as an int
+        value, kind = getattr(args, f.name), types[f.name]
+        if value is None or isinstance(value, bool):
+            continue
+        if kind in (float, Optional[float]) and isinstance(value, (str, int)):
+            setattr(args, f.name, float(value))
+        elif kind in (int, Optional[int]) and isinstance(value, str):
+            setattr(args, f.name, int(value))
+    check_model_config(args.model_type, args.model_config, bool(args.pretrained_model_name_or_path))
     if args.max_train_steps is None:
         if args.num_train_epochs is None:
-            parser.error("set max_train_steps or num_train_epochs")
+            raise ValueError("set max_train_steps or num_train_epochs")
         args.max_train_steps = args.num_train_epochs * args.steps_per_epoch
     try:
         build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
     except (TypeError, ValueError) as error:
-        parser.error(f"lr_scheduler {args.lr_scheduler!r} with options {args.lr_scheduler_options}: {error}")
+        raise ValueError(
+            f"lr_scheduler {args.lr_scheduler!r} with options {args.lr_scheduler_options}: {error}"
+        ) from None
     if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id org/name")
-    return args
+        raise ValueError("--push_to_hub needs --hub_model_id org/name")
 
 
 class LossSpikeGuard:
     """PIP's guard against loss spikes (official ``LossScaler(max_len=100, scale_factor=5)``).
 
-    The current loss joins a window of recent values; if it exceeds ``factor`` x the window minimum it is
-    rescaled (gradient included) to ``factor / 2`` x that minimum.
+    The current value joins a window of recent values; if it exceeds ``factor`` x the window minimum it is
+    rescaled (gradient included) to ``factor / 2`` x that minimum. The trainer applies it to the pixel term only
+    (`guard_pixel_loss`), as the official trainer does before it adds the prompt regulariser. Returns its input
+    unchanged (the same object) when it does not trigger.
     """
 
     def __init__(self, history: int = 100, factor: float = 5.0) -> None:
@@ -186,6 +307,60 @@ class LossSpikeGuard:
         self.triggered = state["triggered"]
 
 
+_warned_detached_terms = False
+
+
+def guard_pixel_loss(loss: torch.Tensor, loss_terms: dict[str, torch.Tensor], guard: LossSpikeGuard) -> torch.Tensor:
+    """``loss - pixel + guard(pixel)``: only the pixel term of the total loss is guarded.
+
+    ``loss_terms`` are the model's unweighted terms (``output.loss_terms``), still attached to the graph;
+    ``"pixel"`` is the restoration loss, which enters ``loss`` with weight 1. A spike in any other term (the
+    estimator's cross-entropy, the prompt angle regulariser) neither triggers the guard nor has its gradient
+    rescaled. When the guard does not trigger, ``loss`` itself is returned (bit-identical training).
+    """
+    global _warned_detached_terms
+    pixel = (loss_terms or {}).get("pixel")
+    if pixel is None:
+        raise ValueError("the loss-spike guard needs the model's output.loss_terms['pixel']")
+    guarded = guard(pixel)
+    if guarded is pixel:
+        return loss
+    if pixel.requires_grad or not loss.requires_grad:
+        return loss - pixel + guarded
+    # Models whose loss_terms are detached copies: the pixel gradient cannot be separated from the others, so the
+    # whole loss takes the guard's factor (the pixel term dominates it). Gone once the terms carry their graph.
+    if not _warned_detached_terms:
+        logger.warning("loss_terms are detached: the loss-spike guard rescales the whole loss, not only the pixel term")
+        _warned_detached_terms = True
+    return loss * (guarded / pixel)
+
+
+class LossWindow:
+    """Sums of the loss and its terms over a logging window, kept on the device (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.images = 0
+
+    def add(self, loss: torch.Tensor, loss_terms: Optional[dict[str, torch.Tensor]], images: int) -> None:
+        for name, value in {"loss": loss, **(loss_terms or {})}.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+        self.images += images
+
+    def reduce_means(self, accelerator: Accelerator) -> dict[str, float]:
+        """Means over the window's micro-batches and over the processes; resets the window."""
+        if not self.count:
+            return {}
+        names = sorted(self.sums)
+        means = torch.stack([self.sums[name] for name in names]) / self.count
+        means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
+        self.sums, self.count, self.images = {}, 0, 0
+        return dict(zip(names, means.tolist()))
+
+
 def weights_checksum(model: torch.nn.Module) -> torch.Tensor:
     """Two float64 numbers summarising all weights (sum and position-weighted sum), for replica checks."""
     total, weighted = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
@@ -196,174 +371,57 @@ def weights_checksum(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([total, weighted])[None]
 
 
-def build_model(args: argparse.Namespace):
+def gather_replica_checksums(accelerator: Accelerator, model: torch.nn.Module, keep: list) -> torch.Tensor:
+    """(num_processes, 2) weight checksums of every replica.
+
+    The collective's work handle and tensors go into ``keep``, which the caller holds until the process group
+    is destroyed: a gloo worker thread that drops the last reference to Python-visible tensors needs the GIL,
+    and it does so while holding the lock that ``~ProcessGroupGloo`` takes on the main thread (which holds the
+    GIL) -- a deadlock at exit when this last collective finishes just before the process group goes away.
+    """
+    local = weights_checksum(accelerator.unwrap_model(model)).to(accelerator.device)
+    if accelerator.num_processes == 1:
+        return local.cpu()
+    gathered = torch.empty((accelerator.num_processes, 2), dtype=local.dtype, device=local.device)
+    work = torch.distributed.all_gather_into_tensor(gathered, local, async_op=True)
+    work.wait()
+    keep.extend((work, local, gathered))
+    return gathered.cpu()
+
+
+def build_model(args: TrainingArguments):
     config_class, model_class = MODEL_CLASSES[args.model_type]
     if args.pretrained_model_name_or_path:
         return model_class.from_pretrained(args.pretrained_model_name_or_path, **args.model_config)
     return model_class(config_class(**args.model_config))
 
 
-def accepts_degradation_labels(model: torch.nn.Module) -> bool:
-    return "degradation_labels" in inspect.signature(model.forward).parameters
+def to_model_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch from the loader (uint8, or float in [0, 1]) as float32 in [0, 1] on `device`.
+
+    The loader sends uint8 (a quarter of float32's inter-process traffic); the conversion happens here, on the
+    device, and gives bit-identical values to the stream's own float32 output (x / 255 correctly rounded).
+    """
+    images = images.to(device, non_blocking=True)
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-def build_validation_set(args: argparse.Namespace) -> list[dict]:
-    """Held-out full images per task (from ``validation_roots``; synthesized ones follow ``synthesize_missing``)."""
-    if not args.validation_roots:
-        return []
-    from training.data import PRESET_LABELS, preset_sources, validation_pairs
-
-    sources = preset_sources(
-        args.data_preset, args.validation_roots, synthesize_missing=args.synthesize_missing, cdd11_split="test"
-    )
-    pairs = list(
-        validation_pairs(
-            sources,
-            label_names=PRESET_LABELS[args.data_preset],
-            seed=args.seed,
-            max_per_source=args.validation_images_per_task,
-            multiple_of=16,
-        )
-    )
-    if args.validation_crop:
-        # Same window of degraded and clean image; keeps periodic validation cheap on large photos.
-        for pair in pairs:
-            height, width = pair["clean"].shape[:2]
-            top, left = max(0, (height - args.validation_crop) // 2), max(0, (width - args.validation_crop) // 2)
-            window = (slice(top, top + args.validation_crop), slice(left, left + args.validation_crop))
-            pair["clean"], pair["degraded"] = pair["clean"][window], pair["degraded"][window]
-    return pairs
-
-
-@torch.no_grad()
-def evaluate_model(model, pairs: list[dict], autocast_dtype: torch.dtype | None, with_labels: bool) -> dict:
-    """PSNR/SSIM per task on held-out pairs (PromptIR protocol: RGB, [0, 1], data_range 1)."""
-    from training.evaluation import load_restoration_metric
-
-    metric = load_restoration_metric()
-    model.eval()
-    device = next(model.parameters()).device
-    use_labels = with_labels and accepts_degradation_labels(model)
-    by_task: dict[str, dict[str, list]] = {}
-    samples = {}
-    for pair in pairs:
-        degraded = torch.from_numpy(pair["degraded"]).permute(2, 0, 1)[None].float().div(255).to(device)
-        kwargs = {"degradation_labels": [pair["task_name"]]} if use_labels else {}
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            restored = model(degraded, **kwargs).reconstruction
-        restored = restored.float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-        clean = pair["clean"].astype(np.float32) / 255
-        entry = by_task.setdefault(pair["task_name"], {"restored": [], "clean": [], "degraded": []})
-        entry["restored"].append(restored)
-        entry["clean"].append(clean)
-        entry["degraded"].append(pair["degraded"].astype(np.float32) / 255)
-        samples.setdefault(pair["task_name"], (pair["degraded"], (restored * 255).round().astype(np.uint8), pair["clean"]))
-    results = {}
-    for task, entry in by_task.items():
-        scores = metric.compute(predictions=entry["restored"], references=entry["clean"])
-        baseline = metric.compute(predictions=entry["degraded"], references=entry["clean"])
-        results[task] = {
-            "psnr": float(scores["psnr"]), "ssim": float(scores["ssim"]),
-            "input_psnr": float(baseline["psnr"]), "input_ssim": float(baseline["ssim"]), "images": len(entry["clean"]),
-        }
-    return {"tasks": results, "samples": samples}
-
-
-def sample_grid(samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], height: int = 160) -> np.ndarray:
-    """One row per task: degraded | restored | clean, each resized to ``height`` pixels high."""
-    from PIL import Image
-
-    rows = []
-    for _, images in sorted(samples.items()):
-        tiles = []
-        for image in images:
-            width = max(1, round(image.shape[1] * height / image.shape[0]))
-            tiles.append(np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC)))
-        rows.append(np.concatenate(tiles, axis=1))
-    width = max(row.shape[1] for row in rows)
-    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows]
-    return np.concatenate(rows, axis=0)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Training loss and learning rate against the step, as a PNG drawn with PIL (no plotting dependency)."""
-    from PIL import Image, ImageDraw
-
-    if len(history) < 2:
-        return
-    width, height, margin = 720, 300, 40
-    image = Image.new("RGB", (width * 2, height), "white")
-    draw = ImageDraw.Draw(image)
-    steps = np.array([h["step"] for h in history], dtype=np.float64)
-    for panel, (key, colour) in enumerate((("loss", (200, 40, 40)), ("lr", (40, 80, 200)))):
-        values = np.array([h[key] for h in history], dtype=np.float64)
-        if key == "loss":
-            values = np.log10(np.maximum(values, 1e-12))
-        x0 = panel * width
-        lo, hi = float(values.min()), float(values.max())
-        span, step_span = (hi - lo) or 1.0, (steps.max() - steps.min()) or 1.0
-        points = [
-            (x0 + margin + (s - steps.min()) / step_span * (width - 2 * margin),
-             height - margin - (v - lo) / span * (height - 2 * margin))
-            for s, v in zip(steps, values)
-        ]
-        draw.rectangle([x0 + margin, margin, x0 + width - margin, height - margin], outline=(120, 120, 120))
-        draw.line(points, fill=colour, width=2)
-        label = "log10 training loss" if key == "loss" else "learning rate"
-        draw.text((x0 + margin, 10), f"{label}: {hi if key == 'lr' else 10 ** lo:.3g} .. {10 ** hi if key == 'loss' else lo:.3g}", fill=(0, 0, 0))
-        draw.text((x0 + margin, height - margin + 8), f"step {int(steps.min())} .. {int(steps.max())}", fill=(0, 0, 0))
-    image.save(path)
-
-
-def save_final_folder(model, folder: Path, args, results: dict, history: list[dict], accelerator) -> None:
-    """Weights (safetensors) + image processor + model card + training curves, written atomically."""
-    from modeling.image_processing_restoration import RestorationImageProcessor
-    from training.model_card import build_model_card, save_model_card
-
-    partial = folder.with_name(f".{folder.name}.partial")
-    if partial.exists():
-        import shutil
-
-        shutil.rmtree(partial)
-    # Saving through the pipeline also records the custom "image-restoration" task and ships its code, so the
-    # folder works with pipeline("image-restoration", model=folder, trust_remote_code=True).
-    from transformers import pipeline as make_pipeline
-
-    make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device=model.device).save_pretrained(partial)
-    figures = []
-    if history:
-        plot_curves(history, partial / "training_curves.png")
-        figures.append("training_curves.png")
-    card_results = [
-        {"task": task, "dataset": args.data_preset, "split": "validation", **scores}
-        for task, scores in results.get("tasks", {}).items()
-    ]
-    summary = {
-        "command": "accelerate launch training/train.py " + (f"--config {args.config}" if args.config else ""),
-        "steps": history[-1]["step"] if history else 0,
-        "processes": accelerator.num_processes,
-        "device": str(accelerator.device),
-        "mixed_precision": str(accelerator.mixed_precision),
-        **{k: getattr(args, k) for k in ("learning_rate", "train_batch_size", "patch_size", "lr_scheduler", "data_preset")},
-    }
-    card = build_model_card(
-        model_id=args.hub_model_id or folder.name, model_type=args.model_type, results=card_results,
-        training_summary=summary, figures=figures,
-    )
-    save_model_card(card, partial)
-    (partial / "eval_results.json").write_text(json.dumps(results.get("tasks", {}), indent=2))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(partial, folder)
-
-
-def main(args: argparse.Namespace) -> dict:
+def main(args: TrainingArguments) -> dict:
     """Train, checkpoint, validate, save the final EMA weights (and push them). Returns the last validation."""
     from training.data import build_dataloader, build_stream
+    from training.evaluation import (
+        ValidationSet,
+        build_validation_set,
+        degradation_label_lookup,
+        evaluate_model,
+        sample_grid,
+        takes_degradation_labels,
+    )
+    from training.model_card import save_model_folder
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     output_dir = Path(args.output_dir)
     report_to = None if args.report_to in (None, "none", "") else args.report_to.split(",")
     # DDP must be told about parameters that never get a gradient: only the unused official modules.
@@ -379,9 +437,11 @@ def main(args: argparse.Namespace) -> dict:
     set_seed(args.seed)  # identical initial weights on every process
     model = build_model(args)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.train()
-    uses_labels = accepts_degradation_labels(model)
+    # Declared by each model class; models that take labels get the true class of every image.
+    uses_labels = takes_degradation_labels(model)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -395,7 +455,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.use_ema:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(model.parameters(), decay=args.ema_decay, update_after_step=args.ema_update_after_step)
+        # foreach: one fused update over all parameters instead of a Python loop (see benchmarks/bench_train_loop.py)
+        ema = EMAModel(
+            model.parameters(), decay=args.ema_decay, update_after_step=args.ema_update_after_step, foreach=True
+        )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if ema is not None:
@@ -404,20 +467,31 @@ def main(args: argparse.Namespace) -> dict:
     guard = LossSpikeGuard(args.loss_spike_history, args.loss_spike_factor) if args.loss_spike_guard else None
 
     # Each process streams its own shards (split_dataset_by_node inside the stream): the loader is NOT prepared.
+    # Workers send uint8 crops; they become float on the device (to_model_images).
     stream = build_stream(
         args.data_preset, args.data_roots, synthesize_missing=args.synthesize_missing, patch_size=args.patch_size,
         seed=args.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-        shards_per_rank=args.shards_per_rank,
+        shards_per_rank=args.shards_per_rank, output_dtype="uint8",
     )
+    # Stream label i (batch["task"]) -> class index of the model, computed once.
+    label_lookup = None
+    if uses_labels:
+        label_lookup = degradation_label_lookup(accelerator.unwrap_model(model), stream.label_names)
     loader = build_dataloader(stream, args.train_batch_size, num_workers=args.dataloader_num_workers)
-    validation_set = build_validation_set(args) if accelerator.is_main_process else []
+    validation_set = ValidationSet()
+    if accelerator.is_main_process:
+        validation_set = build_validation_set(
+            args.data_preset, args.validation_roots, synthesize_missing=args.synthesize_missing, seed=args.seed,
+            images_per_task=args.validation_images_per_task, crop=args.validation_crop,
+        )
 
-    step, history, best_psnr, last_results = 0, [], -math.inf, {}
+    step, history, validation_history, best_psnr, last_results = 0, [], [], -math.inf, {}
     resume = checkpointing.resolve_resume_path(args.resume_from_checkpoint, output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
         state = checkpointing.load_training_state(resume)
         step, history = state["step"], state.get("history", [])
+        validation_history = state.get("validation_history", [])
         best_psnr = -math.inf if state.get("best_psnr") is None else state["best_psnr"]
         data_state = checkpointing.load_data_state(resume, accelerator.process_index)
         if data_state is not None:
@@ -430,16 +504,36 @@ def main(args: argparse.Namespace) -> dict:
         logger.info("no checkpoint to resume from; starting a new run")
 
     if accelerator.is_main_process and report_to:
-        accelerator.init_trackers("prompt-restoration", config={k: str(v) for k, v in vars(args).items()})
+        accelerator.init_trackers("prompt-restoration", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
-    progress = tqdm(total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
-    window_start, window_images = time.perf_counter(), 0
+    progress = tqdm(
+        total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train"
+    )
+    window, window_start = LossWindow(), time.perf_counter()
 
     def data_state() -> dict:
         return {
             "epoch": stream.epoch, "loader": loader.state_dict(),
             "loss_spike_guard": guard.state_dict() if guard is not None else None,
         }
+
+    def save_folder(unwrapped, folder: Path, results: dict) -> None:
+        summary = {
+            "command": "accelerate launch training/train.py " + (f"--config {args.config}" if args.config else ""),
+            "steps": step,
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "mixed_precision": str(accelerator.mixed_precision),
+            **{k: getattr(args, k)
+               for k in ("learning_rate", "train_batch_size", "patch_size", "lr_scheduler", "data_preset")},
+        }
+        if guard is not None:
+            summary["loss_spike_guard_triggers"] = guard.triggered
+        save_model_folder(
+            unwrapped, folder, model_id=args.hub_model_id or folder.name, model_type=args.model_type,
+            results=results.get("tasks", {}), dataset=args.data_preset, training_summary=summary, history=history,
+            validation_history=validation_history,
+        )
 
     def validate() -> dict:
         nonlocal best_psnr
@@ -455,20 +549,20 @@ def main(args: argparse.Namespace) -> dict:
                 for task, scores in auto["tasks"].items():
                     results["tasks"][task]["psnr_auto"] = scores["psnr"]
                     results["tasks"][task]["ssim_auto"] = scores["ssim"]
+            samples = results.pop("samples")
             mean_psnr = float(np.mean([s["psnr"] for s in results["tasks"].values()]))
+            validation_history.append({"step": step, "psnr": {t: s["psnr"] for t, s in results["tasks"].items()}})
             logs = {f"val/{t}/{k}": v for t, s in results["tasks"].items() for k, v in s.items() if k != "images"}
             accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
-            grid = sample_grid(results.pop("samples"))
+            grid = sample_grid(samples)
             (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-            from PIL import Image
-
-            Image.fromarray(grid).save(output_dir / "validation" / f"step-{step:07d}.png")
+            grid.save(output_dir / "validation" / f"step-{step:07d}.png")
             for tracker in accelerator.trackers:
                 if tracker.name == "tensorboard":
-                    tracker.writer.add_image("val/degraded_restored_clean", grid, step, dataformats="HWC")
+                    tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step, dataformats="HWC")
             if mean_psnr > best_psnr:
                 best_psnr = mean_psnr
-                save_final_folder(unwrapped, output_dir / "best", args, results, history, accelerator)
+                save_folder(unwrapped, output_dir / "best", results)
             if ema is not None:
                 ema.restore(unwrapped.parameters())
             model.train()
@@ -480,19 +574,21 @@ def main(args: argparse.Namespace) -> dict:
         for batch in loader:
             batches_this_pass += 1
             with accelerator.accumulate(model):
-                degraded = batch["degraded"].to(accelerator.device, non_blocking=True)
-                clean = batch["clean"].to(accelerator.device, non_blocking=True)
-                kwargs = {"degradation_labels": list(batch["task_name"])} if uses_labels else {}
-                loss = model(pixel_values=degraded, labels=clean, **kwargs).loss
-                raw_loss = loss.detach().float()
+                degraded = to_model_images(batch["degraded"], accelerator.device)
+                clean = to_model_images(batch["clean"], accelerator.device)
+                kwargs = {}
+                if label_lookup is not None:
+                    kwargs["degradation_labels"] = label_lookup[batch["task"]].to(accelerator.device, non_blocking=True)
+                output = model(pixel_values=degraded, labels=clean, **kwargs)
+                loss, loss_terms = output.loss, output.loss_terms
+                window.add(loss, loss_terms, degraded.shape[0] * accelerator.num_processes)
                 if guard is not None:
-                    loss = guard(loss)
+                    loss = guard_pixel_loss(loss, loss_terms, guard)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            window_images += degraded.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -501,20 +597,27 @@ def main(args: argparse.Namespace) -> dict:
             step += 1
             progress.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
-                loss_value = accelerator.reduce(raw_loss, reduction="mean").item()
+                images = window.images
+                means = window.reduce_means(accelerator)
                 elapsed = time.perf_counter() - window_start
-                logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                        "train/images_per_second": window_images / max(elapsed, 1e-9)}
-                history.append({"step": step, "loss": loss_value, "lr": logs["train/lr"]})
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{logs['train/lr']:.2e}",
-                                     img_s=f"{logs['train/images_per_second']:.1f}")
+                loss_mean = means.pop("loss")
+                lr = scheduler.get_last_lr()[0]
+                logs = {"train/loss": loss_mean, "train/lr": lr, "train/images_per_second": images / max(elapsed, 1e-9),
+                        **{f"train/loss_{name}": value for name, value in means.items()}}
+                if guard is not None:
+                    triggered = torch.tensor(float(guard.triggered), device=accelerator.device)
+                    logs["train/loss_spike_guard_triggers"] = accelerator.reduce(triggered, reduction="sum").item()
+                history.append({"step": step, "loss": loss_mean, "lr": lr, "loss_terms": means})
+                progress.set_postfix(
+                    loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{logs['train/images_per_second']:.1f}"
+                )
                 accelerator.log(logs, step=step)
-                window_start, window_images = time.perf_counter(), 0
+                window_start = time.perf_counter()
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 checkpointing.save_checkpoint(
                     accelerator, output_dir, step,
-                    {"history": history, "best_psnr": best_psnr if math.isfinite(best_psnr) else None,
-                     "epoch": stream.epoch},
+                    {"history": history, "validation_history": validation_history,
+                     "best_psnr": best_psnr if math.isfinite(best_psnr) else None, "epoch": stream.epoch},
                     data_state(), args.checkpoints_total_limit,
                 )
             if args.validation_steps and step % args.validation_steps == 0:
@@ -523,7 +626,9 @@ def main(args: argparse.Namespace) -> dict:
                 break
         else:
             if batches_this_pass == 0 and not resume:
-                raise RuntimeError(f"the training stream yielded no batch (bad data per source: {stream.bad_data_counts()})")
+                raise RuntimeError(
+                    f"the training stream yielded no batch (bad data per source: {stream.bad_data_counts()})"
+                )
             stream.set_epoch(stream.epoch + 1)
     progress.close()
 
@@ -532,26 +637,29 @@ def main(args: argparse.Namespace) -> dict:
         last_results = validate() or last_results
     accelerator.wait_for_everyone()
     # DDP keeps the replicas identical; check it rather than trust it (a silent divergence wastes a run).
-    checksums = accelerator.gather(weights_checksum(accelerator.unwrap_model(model)).to(accelerator.device)).cpu()
+    keep_until_teardown: list = []
+    checksums = gather_replica_checksums(accelerator, model, keep_until_teardown)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpointing.write_json_atomic(output_dir / "replica_checksums.json", {"checksums": checksums.tolist()})
-        if not torch.allclose(checksums, checksums[0].expand_as(checksums), rtol=0, atol=0):
-            raise RuntimeError(f"model replicas diverged across processes: checksums {checksums.tolist()}")
-    if accelerator.is_main_process:
+    diverged = not torch.equal(checksums, checksums[:1].expand_as(checksums))
+    if accelerator.is_main_process and not diverged:
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.copy_to(unwrapped.parameters())
         final = output_dir / "model"
-        save_final_folder(unwrapped, final, args, last_results, history, accelerator)
+        save_folder(unwrapped, final, last_results)
         counts = stream.bad_data_counts() if hasattr(stream, "bad_data_counts") else {}
         logger.info(f"saved {final}; bad data per source: {counts}")
+    if guard is not None:
+        logger.info(f"loss-spike guard triggered {guard.triggered} times on this process")
+    # Everyone leaves together, then the process group goes (accelerate destroys it in end_training). The
+    # checksum collective's handles are released only afterwards (see gather_replica_checksums).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Tear the process group down while every rank is still here: left to garbage collection at exit, the
-        # gloo group of the last rank can wait forever for peers that already left.
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
+    keep_until_teardown.clear()
+    if diverged:
+        raise RuntimeError(f"model replicas diverged across processes: checksums {checksums.tolist()}")
     if args.push_to_hub and accelerator.is_main_process:
         from training.model_card import HubPushError, push_folder_to_hub
 
