@@ -5,7 +5,8 @@
     accelerate launch training/train.py --config ... --resume_from_checkpoint latest --max_train_steps 20000
 
 Every recipe value comes from the YAML file given with ``--config``; any flag overrides it. The model
-returns its own loss (L1 for Restormer/PromptIR; smooth-L1 + prompt regulariser + estimator for PIP), so the
+returns its own loss (L1 for Restormer/PromptIR; smooth-L1 + prompt regulariser + estimator for PIP), plus the
+training-side loss its config names (CPL's contrastive prompt regularisation, training/losses.py), so the
 loop has no per-method branch. Shaped after diffusers' training examples, with two fixes: checkpoints are
 written atomically and pruned only after the new one is complete, and the data position is part of the
 checkpoint, so a resumed run continues with exactly the batches the uninterrupted run would have seen.
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 
 from modeling import MODEL_CLASSES
 from training import checkpointing
+from training.losses import build_training_loss
 from training.schedules import build_lr_lambda
 
 logger = get_logger(__name__)
@@ -382,6 +384,8 @@ def main(args: argparse.Namespace) -> dict:
         model.gradient_checkpointing_enable()
     model.train()
     uses_labels = accepts_degradation_labels(model)
+    with accelerator.main_process_first():  # a loss the config names (CPL's CPR); never part of the model
+        training_loss = build_training_loss(model.config, accelerator.device)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -483,7 +487,9 @@ def main(args: argparse.Namespace) -> dict:
                 degraded = batch["degraded"].to(accelerator.device, non_blocking=True)
                 clean = batch["clean"].to(accelerator.device, non_blocking=True)
                 kwargs = {"degradation_labels": list(batch["task_name"])} if uses_labels else {}
-                loss = model(pixel_values=degraded, labels=clean, **kwargs).loss
+                output = model(pixel_values=degraded, labels=clean, **kwargs)
+                loss = output.loss if training_loss is None else training_loss(
+                    accelerator.unwrap_model(model), output, degraded, clean, kwargs)[0]
                 raw_loss = loss.detach().float()
                 if guard is not None:
                     loss = guard(loss)
