@@ -10,11 +10,14 @@ this package is not installed.
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageToImage
 
 from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
+from .configuration_cpl import CPLConfig
 from .configuration_pip import PIPConfig
 from .configuration_promptir import PromptIRConfig
 from .configuration_restormer import RestormerConfig
 from .image_processing_restoration import RestorationImageProcessor
+from .decoder_prompts import PerPlace
 from .inference import restore
+from .modeling_cpl import CPLForImageRestoration
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
@@ -26,6 +29,7 @@ MODEL_CLASSES = {
     "restormer": (RestormerConfig, RestormerForImageRestoration),
     "promptir": (PromptIRConfig, PromptIRForImageRestoration),
     "pip": (PIPConfig, PIPForImageRestoration),
+    "cpl": (CPLConfig, CPLForImageRestoration),
 }
 
 
@@ -46,11 +50,14 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "CPLConfig",
+    "CPLForImageRestoration",
     "DEGRADATION_NAMES",
     "ImageRestorationOutput",
     "ImageRestorationPipeline",
     "MODEL_CLASSES",
     "PIPConfig",
+    "PerPlace",
     "PIPForImageRestoration",
     "PromptIRConfig",
     "PromptIRForImageRestoration",

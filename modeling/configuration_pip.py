@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig, check_bool, check_finite
+from .configuration_backbone import DEGRADATION_NAMES, check_bool, check_finite
+from .configuration_prompt_regularization import ContrastivePromptRegularizationConfig
 
 
 @strict(accept_kwargs=True)
-class PIPConfig(RestorationBackboneConfig):
+class PIPConfig(ContrastivePromptRegularizationConfig):
     r"""
     Configuration of [`PIPForImageRestoration`]. Defaults are the configuration the official code trains
     (`src/Main_trainer.py`: `PIPNet_Restormer_onskip_inter` with `prompt_interaction_mode='pip_cross_topm'`,
@@ -65,6 +66,10 @@ class PIPConfig(RestorationBackboneConfig):
             instead of the 1x1 `latent_projection` of `pip-restormer`.
         decoder_prompt_dims / decoder_prompt_sizes / decoder_prompt_len: PromptIR's values
             ([64, 128, 320], [64, 32, 16], 5), used only with `decoder_prompts=True`.
+        decoder_prompt_top_k (`int`, *optional*): make those decoder prompts CPL's sparse prompt module: keep
+            only the top-k softmax weights of each router (CPL: 1). `None` keeps all (PromptIR). With it,
+            `training_loss="contrastive_prompt_regularization"` adds CPL's contrastive prompt regularisation
+            (settings `contrastive_*`, documented in [`ContrastivePromptRegularizationConfig`]) in training.
 
         keep_unused_official_modules (`bool`, defaults to `False`): build the three 1x1 convolutions the
             official model constructs but never calls (`reduce_noise_channel_1-3`, 112,896 parameters), only to
@@ -95,6 +100,7 @@ class PIPConfig(RestorationBackboneConfig):
     decoder_prompt_dims: list[int] | tuple[int, ...] = (64, 128, 320)
     decoder_prompt_sizes: list[int] | tuple[int, ...] = (64, 32, 16)
     decoder_prompt_len: int = 5
+    decoder_prompt_top_k: int | None = None
     keep_unused_official_modules: bool = False
 
     def __post_init__(self, **kwargs):
@@ -102,6 +108,11 @@ class PIPConfig(RestorationBackboneConfig):
             setattr(self, name, list(getattr(self, name)))
         self.topm_fractions = [list(pair) for pair in self.topm_fractions]
         super().__post_init__(**kwargs)
+
+    def sparse_prompt_routing(self) -> tuple[int, int] | None:
+        if not self.decoder_prompts or self.decoder_prompt_top_k is None:
+            return None
+        return self.decoder_prompt_top_k, self.decoder_prompt_len
 
     @property
     def feature_heads(self) -> int:
@@ -147,6 +158,14 @@ class PIPConfig(RestorationBackboneConfig):
                 raise ValueError(
                     f"level {level}: {per_head} prompt channels per head keep no channel in the smallest top-m "
                     "mask; use wider prompts or fewer prompt_to_feature_heads"
+                )
+        if self.decoder_prompt_top_k is not None:
+            if not self.decoder_prompts:
+                raise ValueError("decoder_prompt_top_k needs decoder_prompts=True")
+            if not 1 <= self.decoder_prompt_top_k <= self.decoder_prompt_len:
+                raise ValueError(
+                    f"decoder_prompt_top_k must be in [1, decoder_prompt_len={self.decoder_prompt_len}], got "
+                    f"{self.decoder_prompt_top_k}"
                 )
         if self.decoder_prompts:
             if len(self.decoder_prompt_dims) != 3 or len(self.decoder_prompt_sizes) != 3:

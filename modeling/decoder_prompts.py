@@ -3,6 +3,9 @@ body, CPL's sparse prompts, DPPD).
 
 A *prompt generator* holds ``prompt_len`` learned prompt components; the pooled decoder feature predicts
 softmax weights over them, their weighted sum is resized to the feature map and refined by a 3x3 conv.
+With ``top_k`` the generator is CPL's *sparse prompt module*: only the ``top_k`` largest weights are kept.
+A forward can *force* a prompt component instead of the routed one (``forced_prompt``); CPL's contrastive
+regulariser restores the same input with the components the router did not choose to get its negatives.
 A *prompt fusion* concatenates the feature with that prompt, runs one Transformer block on the joint width
 and reduces it with a 1x1 conv (official names ``promptK``, ``noise_levelK``, ``reduce_noise_levelK``).
 """
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import RestorationInputError
 from .restoration_unet import EncoderFeatures
 from .restormer_blocks import TransformerBlock
 
@@ -42,16 +46,47 @@ class PromptGenerator(nn.Module):
         # Uniform [0, 1) as the official torch.rand initialisation.
         nn.init.uniform_(self.prompt_components, 0.0, 1.0)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the prompt (B, prompt_dim, H, W) for ``features`` (B, feature_dim, H, W) and its weights."""
+    @property
+    def prompt_len(self) -> int:
+        return self.prompt_components.shape[0]
+
+    def forward(
+        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the prompt (B, prompt_dim, H, W) for ``features`` (B, feature_dim, H, W) and its weights.
+
+        ``forced_prompt`` (an index, or one per image as a (B,) integer tensor) replaces the routed choice by
+        that single component. It gets the total weight the router kept for its own choice (the top-k softmax
+        values; 1 without top-k), so that a forced prompt differs from the routed one only in *which* component
+        is used, not in how strongly it enters; the returned weights are the ones actually used.
+        """
         height, width = features.shape[-2:]
         weights = F.softmax(self.component_weights(features.mean(dim=(-2, -1))), dim=1)
         if self.top_k is not None:
             kept = torch.topk(weights, self.top_k, dim=1).indices
             weights = torch.zeros_like(weights).scatter(1, kept, weights.gather(1, kept))
+        if forced_prompt is not None:
+            forced = self.forced_indices(forced_prompt, weights.shape[0], weights.device)
+            weights = torch.zeros_like(weights).scatter(1, forced[:, None], weights.sum(dim=1, keepdim=True))
         prompt = torch.einsum("bl,lchw->bchw", weights, self.prompt_components)
         prompt = F.interpolate(prompt, size=(height, width), mode="bilinear", align_corners=False)
         return self.output_conv(prompt), weights
+
+    def forced_indices(self, forced_prompt: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) component indices from an int or a (B,) integer tensor, checked against ``prompt_len``."""
+        if isinstance(forced_prompt, bool) or not isinstance(forced_prompt, (int, torch.Tensor)):
+            raise RestorationInputError(
+                f"forced_prompt must be a prompt index or a (batch,) integer tensor, got {type(forced_prompt).__name__}"
+            )
+        forced = torch.as_tensor(forced_prompt, device=device)
+        if forced.is_floating_point() or forced.dtype == torch.bool:
+            raise RestorationInputError(f"forced_prompt must hold integer prompt indices, got dtype {forced.dtype}")
+        forced = forced.long().expand(batch) if forced.ndim == 0 else forced.long()
+        if forced.shape != (batch,):
+            raise RestorationInputError(f"forced_prompt must hold one index per image ({batch}), got shape {tuple(forced.shape)}")
+        if forced.numel() and (forced.min() < 0 or forced.max() >= self.prompt_len):
+            raise RestorationInputError(f"forced_prompt indices must be in [0, {self.prompt_len}), got {forced.tolist()}")
+        return forced
 
 
 class PromptFusion(nn.Module):
@@ -98,9 +133,22 @@ class DecoderPrompt(nn.Module):
             feature_dim, prompt_dim, out_dim, num_heads, ffn_expansion_factor, bias, layer_norm_type
         )
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt, weights = self.generator(features)
+    def forward(
+        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt, weights = self.generator(features, forced_prompt)
         return self.fusion(features, prompt), weights
+
+
+class PerPlace(tuple):
+    """A keyword argument of ``DecoderPromptPlaces.decode`` with its own value for each place, deepest first
+    (latent, level 3, level 2) — e.g. ``forced_prompt=PerPlace((i_latent, i_level3, i_level2))``."""
+
+    def __new__(cls, values):
+        values = tuple(values)
+        if len(values) != 3:
+            raise RestorationInputError(f"PerPlace needs one value per prompt place (3, deepest first), got {len(values)}")
+        return super().__new__(cls, values)
 
 
 class DecoderPromptPlaces(nn.Module):
@@ -108,7 +156,8 @@ class DecoderPromptPlaces(nn.Module):
 
     Each place is a module mapping a feature map to ``(feature map, what the method reports)``; ``decode`` runs
     the Restormer decoder with the three places in PromptIR's order, so a method file shows only its own
-    place modules. Extra keyword arguments go to every place (e.g. CPL's forced routing, DPPD's assignment).
+    place modules. Extra keyword arguments go to every place (e.g. CPL's forced routing, DPPD's assignment);
+    a ``PerPlace`` value gives each place its own.
     """
 
     latent: nn.Module
@@ -128,9 +177,13 @@ class DecoderPromptPlaces(nn.Module):
         output of decoder level 1 (with refinement) and what the places reported, deepest first.
         """
         skip1, skip2, skip3 = skips if skips is not None else (features.level1, features.level2, features.level3)
-        latent, latent_info = self.latent(features.latent, **place_kwargs)
-        decoded3, level3_info = self.level3(unet.decode_level3(latent, skip3), **place_kwargs)
-        decoded2, level2_info = self.level2(unet.decode_level2(decoded3, skip2), **place_kwargs)
+
+        def kwargs_of(place: int) -> dict:
+            return {k: v[place] if isinstance(v, PerPlace) else v for k, v in place_kwargs.items()}
+
+        latent, latent_info = self.latent(features.latent, **kwargs_of(0))
+        decoded3, level3_info = self.level3(unet.decode_level3(latent, skip3), **kwargs_of(1))
+        decoded2, level2_info = self.level2(unet.decode_level2(decoded3, skip2), **kwargs_of(2))
         return unet.decode_level1(decoded2, skip1), (latent_info, level3_info, level2_info)
 
 

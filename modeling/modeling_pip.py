@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_pip import PIPConfig
-from .decoder_prompts import DecoderPrompts
+from .decoder_prompts import DecoderPrompts, PerPlace
 from .modeling_outputs import ImageRestorationOutput
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
@@ -314,6 +314,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
                 ffn_expansion_factor=config.ffn_expansion_factor,
                 bias=config.bias,
                 layer_norm_type=config.layer_norm_type,
+                top_k=config.decoder_prompt_top_k,
             )
             if config.decoder_prompts
             else None
@@ -366,6 +367,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         pixel_values: torch.Tensor,
         degradation_labels=None,
         labels: torch.Tensor | None = None,
+        forced_prompt: torch.Tensor | int | PerPlace | None = None,
         return_dict: bool | None = None,
     ) -> ImageRestorationOutput | tuple:
         """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W.
@@ -376,9 +378,13 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
                 built-in estimator's softmax weights are used.
             labels: clean images; when given, ``loss`` = pixel loss + weight x prompt angle regulariser
                 (+ the estimator's cross-entropy when ``degradation_labels`` are given too).
+            forced_prompt: with ``decoder_prompts``, use these decoder prompt components instead of the routed
+                ones (see ``CPLForImageRestoration.forward``; CPL's regulariser uses it for its negatives).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.check_pixel_values(pixel_values)
+        if forced_prompt is not None and self.decoder_prompts is None:
+            raise RestorationInputError("forced_prompt needs decoder prompts (PIPConfig(decoder_prompts=True))")
         batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
         padded = self.pad_to_multiple(pixel_values)
         features = self.unet.encode(padded)
@@ -403,7 +409,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             decoded3 = self.unet.decode_level3(latent, skips[2])
             decoded1 = self.unet.decode_level1(self.unet.decode_level2(decoded3, skips[1]), skips[0])
         else:
-            decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features, skips)
+            decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features, skips, forced_prompt=forced_prompt)
         restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
 
         loss = loss_terms = None

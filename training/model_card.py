@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # huggingface_hub is imported where used, so `--help` and err
 
 #: Card templates, one per published model (jinja, rendered by `huggingface_hub.ModelCard.from_template`).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
-TEMPLATE_FILES = {"pip": "pip-restormer.md", "promptir": "promptir.md", "restormer": "restormer.md"}
+TEMPLATE_FILES = {
+    "pip": "pip-restormer.md", "promptir": "promptir.md", "restormer": "restormer.md", "cpl": "promptir-cpl.md"
+}
 GENERIC_TEMPLATE = "generic.md"
 
 #: Training output that is not part of the published model (accelerate checkpoints, temporary folders).

@@ -5,7 +5,8 @@
     accelerate launch training/train.py --config ... --resume_from_checkpoint latest --max_train_steps 20000
 
 Every recipe value comes from the YAML file given with ``--config``; any flag overrides it. The model
-returns its own loss (L1 for Restormer/PromptIR; smooth-L1 + prompt regulariser + estimator for PIP), so the
+returns its own loss (L1 for Restormer/PromptIR; smooth-L1 + prompt regulariser + estimator for PIP), plus the
+training-side loss its config names (CPL's contrastive prompt regularisation, training/losses.py), so the
 loop has no per-method branch. Shaped after diffusers' training examples, with two fixes: checkpoints are
 written atomically and pruned only after the new one is complete, and the data position is part of the
 checkpoint, so a resumed run continues with exactly the batches the uninterrupted run would have seen.
@@ -43,6 +44,7 @@ from transformers import HfArgumentParser
 
 from modeling import MODEL_CLASSES
 from training import checkpointing
+from training.losses import build_training_loss
 from training.schedules import build_lr_lambda
 
 logger = get_logger(__name__)
@@ -442,6 +444,8 @@ def main(args: TrainingArguments) -> dict:
     model.train()
     # Declared by each model class; models that take labels get the true class of every image.
     uses_labels = takes_degradation_labels(model)
+    with accelerator.main_process_first():  # a loss the config names (CPL's CPR); never part of the model
+        training_loss = build_training_loss(model.config, accelerator.device)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -544,7 +548,7 @@ def main(args: TrainingArguments) -> dict:
                 ema.store(unwrapped.parameters())
                 ema.copy_to(unwrapped.parameters())
             results = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=True)
-            if uses_labels and getattr(unwrapped, "degradation_estimator", None) is not None:
+            if uses_labels and getattr(unwrapped, "can_estimate_degradation", False):
                 auto = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=False)
                 for task, scores in auto["tasks"].items():
                     results["tasks"][task]["psnr_auto"] = scores["psnr"]
@@ -581,6 +585,9 @@ def main(args: TrainingArguments) -> dict:
                     kwargs["degradation_labels"] = label_lookup[batch["task"]].to(accelerator.device, non_blocking=True)
                 output = model(pixel_values=degraded, labels=clean, **kwargs)
                 loss, loss_terms = output.loss, output.loss_terms
+                if training_loss is not None:
+                    # The negatives go through the unwrapped model: one synchronised DDP forward per step.
+                    loss, loss_terms = training_loss(accelerator.unwrap_model(model), output, degraded, clean, kwargs)
                 window.add(loss, loss_terms, degraded.shape[0] * accelerator.num_processes)
                 if guard is not None:
                     loss = guard_pixel_loss(loss, loss_terms, guard)

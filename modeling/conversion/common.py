@@ -22,6 +22,31 @@ KeyRule = tuple[str, str]
 #: Inside every Transformer block the official LayerNorm wraps its parameters in a ``.body`` module.
 LAYER_NORM_RULE: KeyRule = (r"\.(norm1|norm2|norm11|norm12)\.body\.", r".\1.")
 
+#: PromptIR's decoder prompt names, which CPL's official code keeps. Official ``promptK``/``noise_levelK``/
+#: ``reduce_noise_levelK`` are one prompt place: K=3 acts on the latent, K=2 after decoder level 3, K=1 after
+#: decoder level 2.
+PROMPTIR_DECODER_PROMPT_RULES: list[KeyRule] = [
+    (r"^prompt3\.", "decoder_prompts.latent.generator."),
+    (r"^noise_level3\.", "decoder_prompts.latent.fusion.block."),
+    (r"^reduce_noise_level3\.", "decoder_prompts.latent.fusion.reduce."),
+    (r"^prompt2\.", "decoder_prompts.level3.generator."),
+    (r"^noise_level2\.", "decoder_prompts.level3.fusion.block."),
+    (r"^reduce_noise_level2\.", "decoder_prompts.level3.fusion.reduce."),
+    (r"^prompt1\.", "decoder_prompts.level2.generator."),
+    (r"^noise_level1\.", "decoder_prompts.level2.fusion.block."),
+    (r"^reduce_noise_level1\.", "decoder_prompts.level2.fusion.reduce."),
+    (r"\.generator\.prompt_param$", ".generator.prompt_components"),
+    (r"\.generator\.linear_layer\.", ".generator.component_weights."),
+    (r"\.generator\.conv3x3\.", ".generator.output_conv."),
+]
+
+
+def squeeze_prompt_components(key: str, value: torch.Tensor) -> torch.Tensor:
+    """Official prompt components carry a leading broadcast axis: (1, L, C, S, S) -> (L, C, S, S)."""
+    if key.endswith("prompt_components") and value.ndim == 5:
+        return value.squeeze(0)
+    return value
+
 
 def rename_key(key: str, rules: Iterable[KeyRule]) -> str:
     """Apply every rule whose pattern matches, in order (several may apply to one key)."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ..configuration_promptir import PromptIRConfig
 from ..modeling_promptir import PromptIRForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
+    PROMPTIR_DECODER_PROMPT_RULES,
     base_argument_parser,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
     save_converted,
+    squeeze_prompt_components,
 )
 
 logger = logging.getLogger(__name__)
@@ -30,33 +30,13 @@ UNUSED_OFFICIAL_MODULES = (
     "reduce_noise_channel_1", "reduce_noise_channel_2", "reduce_noise_channel_3",
 )
 
-#: official key -> our key, in order. Official ``promptK``/``noise_levelK``/``reduce_noise_levelK`` are one
-#: prompt place: K=3 acts on the latent, K=2 after decoder level 3, K=1 after decoder level 2.
+#: official key -> our key, in order (the prompt places are named as in every PromptIR-derived official code).
 KEY_RULES = [
-    (r"^prompt3\.", "decoder_prompts.latent.generator."),
-    (r"^noise_level3\.", "decoder_prompts.latent.fusion.block."),
-    (r"^reduce_noise_level3\.", "decoder_prompts.latent.fusion.reduce."),
-    (r"^prompt2\.", "decoder_prompts.level3.generator."),
-    (r"^noise_level2\.", "decoder_prompts.level3.fusion.block."),
-    (r"^reduce_noise_level2\.", "decoder_prompts.level3.fusion.reduce."),
-    (r"^prompt1\.", "decoder_prompts.level2.generator."),
-    (r"^noise_level1\.", "decoder_prompts.level2.fusion.block."),
-    (r"^reduce_noise_level1\.", "decoder_prompts.level2.fusion.reduce."),
-    (r"\.generator\.prompt_param$", ".generator.prompt_components"),
-    (r"\.generator\.linear_layer\.", ".generator.component_weights."),
-    (r"\.generator\.conv3x3\.", ".generator.output_conv."),
+    *PROMPTIR_DECODER_PROMPT_RULES,
     (r"^(" + "|".join(UNUSED_OFFICIAL_MODULES) + r")\.", r"unused_official_modules.\1."),
     (r"^(?!decoder_prompts\.|unused_official_modules\.)", "unet."),
     LAYER_NORM_RULE,
 ]
-
-
-def reshape_promptir_tensor(key: str, value: torch.Tensor) -> torch.Tensor:
-    # Official prompt components carry a leading broadcast axis: (1, L, C, S, S) -> (L, C, S, S).
-    if key.endswith("prompt_components") and value.ndim == 5:
-        return value.squeeze(0)
-    return value
-
 
 def convert_promptir_checkpoint(
     checkpoint_path: str, config: PromptIRConfig | None = None, drop_unused_official_modules: bool = False
@@ -71,7 +51,7 @@ def convert_promptir_checkpoint(
         has_unused = any(k.split(".")[0] in UNUSED_OFFICIAL_MODULES for k in official)
         config = PromptIRConfig(keep_unused_official_modules=has_unused)
     model = PromptIRForImageRestoration(config)
-    load_converted(model, convert_state_dict(official, KEY_RULES, reshape_promptir_tensor))
+    load_converted(model, convert_state_dict(official, KEY_RULES, squeeze_prompt_components))
     return model.eval()
 
 

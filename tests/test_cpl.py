@@ -1,0 +1,314 @@
+"""CPL: the sparse prompt module (top-k routing, forced prompts), contrastive prompt regularisation (training side),
+the plug-in on PIP's decoder prompts, parity with the official ``SparsePromptIR``, and training through train.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config, tiny_model
+from cpl_official_weights import FIXTURES, official_cpl_keys, parity_inputs, random_official_cpl_weights
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors.torch import load_file
+from transformers import ResNetBackbone, ResNetConfig
+
+from modeling import CPLConfig, CPLForImageRestoration, PerPlace, PIPConfig, PIPForImageRestoration, RestorationInputError
+from modeling.conversion import convert_cpl
+from modeling.conversion.common import rename_key
+from training.losses import (
+    ContrastivePromptRegularization,
+    build_training_loss,
+    contrastive_infonce,
+    contrastive_ratio,
+    load_feature_network,
+    negative_prompt_indices,
+)
+
+FEATURE_LAYERS = [0, 1, 2]
+LAYER_WEIGHTS = [0.25, 0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def feature_network_dir(tmp_path_factory) -> Path:
+    """A tiny random ResNet backbone saved like a Hub repository (the real one is VGG19 or a pretrained ResNet)."""
+    folder = tmp_path_factory.mktemp("feature-network")
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetBackbone(config).save_pretrained(folder)
+    return folder
+
+
+def cpr_settings(feature_network_dir: Path, **overrides) -> dict:
+    return dict(
+        training_loss="contrastive_prompt_regularization", contrastive_feature_network=str(feature_network_dir),
+        contrastive_feature_layers=FEATURE_LAYERS, contrastive_layer_weights=LAYER_WEIGHTS, **overrides,
+    )
+
+
+# ---- sparse prompt module ------------------------------------------------------------------------------------
+
+
+def test_official_sparse_prompt_ir_parameter_count():
+    with torch.device("meta"):
+        model = CPLForImageRestoration(CPLConfig())
+    assert sum(p.numel() for p in model.parameters()) == 35_376_967
+    assert len(model.state_dict()) == len(official_cpl_keys()) == 542
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_routing_keeps_exactly_k_softmax_weights(top_k):
+    model = tiny_model("cpl", prompt_top_k=top_k)
+    captured = []
+    for place in (model.decoder_prompts.latent, model.decoder_prompts.level3, model.decoder_prompts.level2):
+        router = place.generator.component_weights
+        router.register_forward_hook(lambda module, inputs, logits: captured.append(logits.softmax(dim=1)))
+    with torch.no_grad():
+        out = model(torch.rand(4, 3, 16, 16))
+    assert len(out.prompt_weights) == len(captured) == 3
+    for weights, softmax in zip(out.prompt_weights, captured):
+        assert ((weights != 0).sum(dim=1) == top_k).all()
+        kept = torch.topk(softmax, top_k, dim=1).indices
+        # Each kept weight is its softmax value (no renormalisation); the rest are exactly zero.
+        torch.testing.assert_close(weights.gather(1, kept), softmax.gather(1, kept), atol=0, rtol=0)
+        assert weights.sum(dim=1).lt(1).all()
+
+
+def test_forced_prompt_replaces_the_routed_choice_with_the_routed_weight():
+    model = tiny_model("cpl")
+    pixel_values = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        routed = model(pixel_values)
+        routed_indices = PerPlace(w.argmax(dim=1) for w in routed.prompt_weights)
+        # Forcing the routed components reproduces the routed forward exactly.
+        same = model(pixel_values, forced_prompt=routed_indices)
+        torch.testing.assert_close(same.reconstruction, routed.reconstruction, atol=0, rtol=0)
+        other = (routed.prompt_weights[0].argmax(dim=1) + 1) % 5
+        forced = model(pixel_values, forced_prompt=PerPlace([other, routed_indices[1], routed_indices[2]]))
+    used = forced.prompt_weights[0]
+    assert (used.argmax(dim=1) == other).all() and ((used != 0).sum(dim=1) == 1).all()
+    # The forced component enters with the weight the router gave its own choice.
+    torch.testing.assert_close(used.sum(dim=1), routed.prompt_weights[0].sum(dim=1))
+    assert not torch.allclose(forced.reconstruction, routed.reconstruction)
+    with torch.no_grad():
+        everywhere = model(pixel_values, forced_prompt=2)
+    assert all((w.argmax(dim=1) == 2).all() for w in everywhere.prompt_weights)
+
+
+@pytest.mark.parametrize(
+    "forced, message",
+    [(5, r"in \[0, 5\)"), (-1, r"in \[0, 5\)"), (torch.tensor([0, 1]), "one index per image"),
+     (torch.tensor([0.5]), "integer"), ("rain", "prompt index"), (PerPlace([0, 1, 2]), None)],
+)
+def test_forced_prompt_is_checked(forced, message):
+    model = tiny_model("cpl")
+    if message is None:
+        model(torch.rand(1, 3, 8, 8), forced_prompt=forced)
+        return
+    with pytest.raises(RestorationInputError, match=message):
+        model(torch.rand(1, 3, 8, 8), forced_prompt=forced)
+
+
+def test_cpl_config_checks():
+    with pytest.raises(StrictDataclassClassValidationError, match="leaves no prompt"):
+        tiny_config("cpl", prompt_top_k=5)
+    with pytest.raises(StrictDataclassClassValidationError, match="contrastive_num_negatives=5"):
+        tiny_config("cpl", contrastive_num_negatives=5)
+    with pytest.raises(StrictDataclassClassValidationError, match="contrastive_layer_weights lists 2"):
+        tiny_config("cpl", contrastive_layer_weights=[1.0, 1.0])
+    with pytest.raises(StrictDataclassClassValidationError, match="contrastive_loss"):
+        tiny_config("cpl", contrastive_loss="triplet")
+    with pytest.raises(TypeError, match="did you mean 'contrastive_weight'"):
+        tiny_config("cpl", contrastive_weigth=0.1)
+    assert tiny_config("cpl", prompt_top_k=5, training_loss=None).prompt_top_k == 5  # dense, L1 only
+
+
+# ---- the plug-in on PIP's decoder prompts --------------------------------------------------------------------
+
+
+def test_pip_decoder_prompts_become_sparse_and_forceable(feature_network_dir):
+    model = tiny_model("pip", decoder_prompts=True, decoder_prompt_dims=[4, 8, 16], decoder_prompt_sizes=[8, 4, 2],
+                       decoder_prompt_top_k=1, **cpr_settings(feature_network_dir)).train()
+    pixel_values, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    out = model(pixel_values, degradation_labels=["rain", "haze"], labels=clean)
+    assert all(((w != 0).sum(dim=1) == 1).all() for w in out.prompt_weights)
+    loss, terms = build_training_loss(model.config)(model, out, pixel_values, clean, {"degradation_labels": ["rain", "haze"]})
+    assert set(terms) >= {"pixel", "prompt_angle", "contrastive_prompt"} and torch.isfinite(loss)
+    loss.backward()
+    with pytest.raises(StrictDataclassClassValidationError, match="decoder_prompt_top_k needs decoder_prompts"):
+        tiny_config("pip", decoder_prompt_top_k=1)
+    with pytest.raises(StrictDataclassClassValidationError, match="needs sparse decoder prompts"):
+        tiny_config("pip", training_loss="contrastive_prompt_regularization")
+    with pytest.raises(RestorationInputError, match="forced_prompt needs decoder prompts"):
+        tiny_model("pip")(torch.rand(1, 3, 8, 8), degradation_labels="rain", forced_prompt=0)
+    assert isinstance(model, PIPForImageRestoration) and PIPConfig().training_loss is None
+
+
+# ---- contrastive prompt regularisation -----------------------------------------------------------------------
+
+
+def test_ratio_is_one_when_the_negative_is_the_positive():
+    generator = torch.Generator().manual_seed(0)
+    anchor, positive = torch.rand(2, 4, 5, 5, generator=generator), torch.rand(2, 4, 5, 5, generator=generator)
+    assert contrastive_ratio(anchor, positive, positive[None], epsilon=1e-7).item() == pytest.approx(1.0, abs=1e-6)
+    # With N such negatives the sum in the denominator gives 1/N; InfoNCE gives log(N + 1).
+    four = positive[None].expand(4, -1, -1, -1, -1)
+    assert contrastive_ratio(anchor, positive, four, epsilon=1e-7).item() == pytest.approx(0.25, abs=1e-6)
+    assert contrastive_infonce(anchor, positive, four, temperature=0.1).item() == pytest.approx(torch.log(torch.tensor(5.0)).item(), abs=1e-5)
+    # Negatives farther than the positive lower the ratio.
+    assert contrastive_ratio(anchor, positive, positive[None] + 1.0, epsilon=1e-7) < 1
+
+
+def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):
+    loss = ContrastivePromptRegularization(load_feature_network(str(feature_network_dir), FEATURE_LAYERS), LAYER_WEIGHTS)
+    anchor, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    value = loss.regularizer(anchor, clean, clean[None])
+    assert value.item() == pytest.approx(sum(LAYER_WEIGHTS), abs=1e-5)
+
+
+def test_lambda_zero_is_exactly_the_l1_loss(feature_network_dir):
+    pixel_values, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    results = []
+    for weight in (None, 0.0, 0.5):
+        model = tiny_model("cpl", **cpr_settings(feature_network_dir, contrastive_weight=weight or 0.0)).train()
+        out = model(pixel_values, labels=clean)
+        if weight is None:
+            loss, terms = out.loss, out.loss_terms
+        else:
+            loss, terms = build_training_loss(model.config)(model, out, pixel_values, clean, {})
+        loss.backward()
+        results.append((loss.detach(), terms, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (l1, _, l1_grads), (zero, zero_terms, zero_grads), (half, half_terms, _) = results
+    assert zero.item() == l1.item() == F.l1_loss(tiny_model("cpl")(pixel_values).reconstruction, clean).item()
+    assert torch.equal(zero_grads, l1_grads) and set(zero_terms) == {"pixel"}
+    assert half.item() == pytest.approx(l1.item() + 0.5 * half_terms["contrastive_prompt"].item(), rel=1e-6)
+
+
+def test_negatives_use_only_unchosen_prompts():
+    weights = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.25]])
+    everything = negative_prompt_indices((weights, weights, weights), None)
+    assert everything[0].T.tolist() == [[0, 2, 3, 4], [0, 1, 2, 3]]
+    two = negative_prompt_indices((weights,), 2, torch.Generator().manual_seed(0))[0]
+    assert two.shape == (2, 2)
+    for image, chosen in enumerate((1, 4)):
+        assert chosen not in two[:, image].tolist() and len(set(two[:, image].tolist())) == 2
+
+
+def test_negatives_are_restored_with_forced_prompts(feature_network_dir):
+    model = tiny_model("cpl", **cpr_settings(feature_network_dir))
+    loss = build_training_loss(model.config)
+    pixel_values = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model(pixel_values)
+        negatives = loss.restore_negatives(model, pixel_values, out.prompt_weights, {})
+        assert negatives.shape == (4, 2, 3, 16, 16)
+        indices = negative_prompt_indices(out.prompt_weights, None)
+        for n in range(4):
+            expected = model(pixel_values, forced_prompt=PerPlace(place[n] for place in indices)).reconstruction
+            torch.testing.assert_close(negatives[n], expected, atol=1e-6, rtol=0)
+    # Detached by default; gradients flow through the negatives only when asked to.
+    assert not loss.restore_negatives(model, pixel_values, out.prompt_weights, {}).requires_grad
+    loss.negatives_grad = True
+    assert loss.restore_negatives(model, pixel_values, out.prompt_weights, {}).requires_grad
+
+
+def test_timm_feature_network_needs_timm(monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_timm_available", lambda: False)
+    with pytest.raises(ImportError, match="pip install timm"):
+        load_feature_network("timm/vgg19.tv_in1k", [0, 1, 2, 3, 4])
+
+
+# ---- official checkpoint conversion and parity ---------------------------------------------------------------
+
+
+def test_converter_maps_every_official_key(tmp_path):
+    official = random_official_cpl_weights()
+    path = tmp_path / "cpl.pth"
+    ema = {k: v + 1 for k, v in official.items()}
+    torch.save({"params": official, "params_ema": ema}, path)
+    model = convert_cpl.convert_cpl_checkpoint(str(path))
+    ours = model.state_dict()
+    assert len(ours) == 542
+    for key, value in official.items():
+        expected = value[0] if key.endswith("prompt_param") else value
+        assert torch.equal(ours[rename_key(key, convert_cpl.KEY_RULES)], expected), key
+    assert torch.equal(convert_cpl.convert_cpl_checkpoint(str(path), use_ema_weights=True).state_dict()["unet.output.weight"],
+                       ema["output.weight"])
+
+
+def test_outputs_match_official_sparse_prompt_ir(tmp_path):
+    """Slices recorded from the official code (README, "Parity with the official code") with the same weights."""
+    expected = json.loads((FIXTURES / "official_outputs_cpl.json").read_text())
+    torch.save({"params": random_official_cpl_weights()}, tmp_path / "cpl.pth")
+    convert_cpl.main([str(tmp_path / "cpl.pth"), str(tmp_path / "converted")])
+    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    model = CPLForImageRestoration.from_pretrained(tmp_path / "converted").eval()
+    for pixel_values in parity_inputs():
+        with torch.no_grad():
+            restored = model(pixel_values).reconstruction
+        pinned = expected["x".join(map(str, pixel_values.shape))]
+        torch.testing.assert_close(restored[-1, 0, :3, :3], torch.tensor(pinned["slice"]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(restored[-1, 2, -3:, -3:], torch.tensor(pinned["corner"]), atol=1e-5, rtol=0)
+
+
+# ---- training through train.py -------------------------------------------------------------------------------
+
+
+def test_recipes_parse_and_build_cpl_configs():
+    from training.train import parse_args
+
+    for task in ("3task", "5task"):
+        args = parse_args(["--config", str(Path(__file__).resolve().parents[1] / "training" / "configs" / f"promptir_cpl_{task}.yaml")])
+        config = CPLConfig(**args.model_config)
+        assert args.model_type == "cpl" and config.training_loss == "contrastive_prompt_regularization"
+        assert (args.learning_rate, args.adam_beta2, args.adam_weight_decay, args.max_grad_norm) == (2e-4, 0.9, 0.0, 0.05)
+
+
+def test_two_process_training_with_cpr_keeps_the_feature_network_out(feature_network_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU with CPR on; the frozen feature network must not
+    reach the saved weights, the EMA or the optimizer."""
+    from data_helpers import save, textured_image
+    from test_training import run_train, train_args
+
+    corpus = tmp_path / "corpus"
+    for i in range(4):
+        save(corpus / "clean" / f"photo{i}.png", textured_image(i, 40, 40))
+    model_config = dict(
+        dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[4, 8, 16],
+        prompt_sizes=[8, 4, 2], contrastive_num_negatives=2, **cpr_settings(feature_network_dir),
+    )
+    output_dir = tmp_path / "run"
+    argv = train_args(corpus, output_dir, model_type="cpl", model_config=json.dumps(model_config), data_preset="3-task",
+                      max_train_steps=4, checkpointing_steps=4, loss_spike_guard="false", lr_scheduler="constant",
+                      lr_scheduler_options="{}", max_grad_norm=0.05)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    result = run_train(argv, launcher=launcher, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    state = json.loads((output_dir / "checkpoint-4" / "training_state.json").read_text())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in state["history"])
+
+    expected = CPLForImageRestoration(CPLConfig(**model_config)).state_dict()
+    feature_keys = set(ResNetBackbone.from_pretrained(feature_network_dir).state_dict())
+    for weights_file in (output_dir / "model" / "model.safetensors", output_dir / "checkpoint-4" / "model.safetensors"):
+        saved = load_file(weights_file)
+        assert set(saved) == set(expected), weights_file
+        assert not any("embedder" in key or "encoder.stages" in key for key in saved)
+        assert not set(saved) & feature_keys
+    optimizer = torch.load(output_dir / "checkpoint-4" / "optimizer.bin", weights_only=True)
+    assert len(optimizer["param_groups"][0]["params"]) == len(expected) == len(optimizer["state"])
+    ema = torch.load(output_dir / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=True)
+    assert [tuple(p.shape) for p in ema["shadow_params"]] == [tuple(v.shape) for v in expected.values()]
