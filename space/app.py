@@ -355,7 +355,13 @@ class RestorationSpace:
         return str(local.resolve()) if local.exists() else choice
 
     def get_model(self, choice: Optional[str]) -> LoadedModel:
-        return self.models.get(self.model_key(choice))
+        key = self.model_key(choice)
+        if key == str(DEMO_CHECKPOINT_DIR) and not (DEMO_CHECKPOINT_DIR / "config.json").is_file():
+            raise gr.Error(
+                "The shipped demo weights are not installed (modeling/demo/config.json is missing): type a Hub id "
+                "or a local folder in the model box, or set SPACE_MODEL."
+            )
+        return self.models.get(key)
 
     def example_paths(self) -> list[str]:
         folder = self.settings.examples_dir

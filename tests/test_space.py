@@ -308,6 +308,23 @@ def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
         np.testing.assert_array_equal(png_array(png), expected)
 
 
+def test_shipped_demo_weights_and_examples_are_the_default(app, checkpoints, tmp_path, monkeypatch):
+    demo_dir = tmp_path / "demo"
+    shutil.copytree(checkpoints["pip"], demo_dir)
+    (demo_dir / "examples").mkdir()
+    Image.fromarray(smooth_image(24, 24)).save(demo_dir / "examples" / "hazy.png")
+    monkeypatch.setattr(app, "DEMO_CHECKPOINT_DIR", demo_dir)
+    space = app.RestorationSpace(app.SpaceSettings(device="cpu", preload=False))
+    assert space.get_model(None).source == str(demo_dir) and space.get_model("demo") is space.get_model("")
+    assert space.example_paths() == [str(demo_dir / "examples" / "hazy.png")]
+
+    monkeypatch.setattr(app, "DEMO_CHECKPOINT_DIR", tmp_path / "not-installed")
+    space = app.RestorationSpace(app.SpaceSettings(device="cpu"))
+    with pytest.raises(gr.Error, match="demo weights are not installed"):
+        space.get_model(None)
+    assert isinstance(space.build(), gr.Blocks) and space.example_paths() == []  # the Space still starts
+
+
 # ------------------------------------------------------------------------------------------------ the browser
 def test_browser_upload_restore_and_bad_inputs(server, images, tmp_path):
     if CHROMIUM is None:
