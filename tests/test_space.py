@@ -1,0 +1,462 @@
+"""The Gradio Space (space/app.py), tested through the real server on 127.0.0.1.
+
+`gradio_client` checks that `/restore` returns exactly what `restore()` returns, that bad inputs get a message
+and the server keeps serving, the model picker and its cache, and 50 concurrent requests. A headless Chromium
+driven by Playwright uploads, restores and takes a screenshot (skipped only without chromium or playwright).
+Tiny models in temp folders; every server and browser is closed at the end of its module.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from conftest import smooth_image, tiny_model  # noqa: E402
+from modeling.image_processing_restoration import RestorationImageProcessor, load_image_file, write_png  # noqa: E402
+from modeling.inference import estimate_degradation_weights, load_model, restore  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPACE_DIR = REPO_ROOT / "space"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+#: Limits of the test server: small enough that over-limit images stay cheap to make.
+MAX_MEGAPIXELS = 0.02
+MAX_FILE_MB = 0.25
+TILE = 64
+
+
+def load_space_app():
+    """Import space/app.py as a module (it is a script folder, not a package)."""
+    name = "prompt_restoration_space_app"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SPACE_DIR / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Request handlers run in threads of this process; on a shared 2-core machine two torch threads each thrash."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_space_app()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("space-models")
+    folders = {}
+    for model_type in ("pip", "restormer", "promptir"):
+        folders[model_type] = root / model_type
+        tiny_model(model_type).save_pretrained(folders[model_type])
+    foreign = root / "not-ours"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"model_type": "swin2sr"}')
+    folders["not-ours"] = foreign
+    return folders
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("space-images")
+    paths = {name: root / f"{name}.png" for name in ("good", "good2", "tiled", "rgba", "tiny", "big_mp", "big_mb", "fake")}
+    Image.fromarray(smooth_image(48, 64, seed=1)).save(paths["good"])
+    Image.fromarray(smooth_image(44, 60, seed=2)).save(paths["good2"])  # not a multiple of 8
+    Image.fromarray(smooth_image(96, 120, seed=3)).save(paths["tiled"])  # sides above TILE: tiled
+    alpha = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (40, 1))
+    Image.fromarray(np.dstack([smooth_image(40, 56, seed=4), alpha]), "RGBA").save(paths["rgba"])
+    paths["png16"] = root / "png16.png"
+    write_png((smooth_image(32, 40, seed=5).astype(np.uint16) * 257 + 3), paths["png16"])  # 16-bit RGB PNG
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(paths["tiny"])
+    Image.fromarray(np.zeros((160, 160, 3), np.uint8)).save(paths["big_mp"])  # 0.026 MP, a few hundred bytes
+    noise = np.random.default_rng(0).integers(0, 256, (330, 330, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(paths["big_mb"])  # ~0.3 MB of incompressible pixels
+    assert paths["big_mb"].stat().st_size > MAX_FILE_MB * 2**20
+    paths["fake"].write_text("this is not an image, whatever its name says")
+    paths["text"] = root / "notes.txt"
+    paths["text"].write_text("not an image")
+    examples = root / "examples"
+    examples.mkdir()
+    Image.fromarray(smooth_image(40, 56, seed=6)).save(examples / "noisy_example.png")
+    Image.fromarray(smooth_image(40, 56, seed=7)).save(examples / "rainy_example.png")
+    paths["examples"] = examples
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(app, checkpoints, images):
+    """The Space on 127.0.0.1 (free port) with the tiny PIP as its default model; closed after the module."""
+    settings = app.SpaceSettings(
+        model=str(checkpoints["pip"]),
+        examples_dir=images["examples"],
+        max_megapixels=MAX_MEGAPIXELS,
+        max_file_mb=MAX_FILE_MB,
+        tile=TILE,
+        queue_size=64,
+        model_cache_size=2,
+        device="cpu",
+    )
+    demo, space = app.build_demo(settings)
+    demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, share=False,
+        **space.launch_kwargs(),
+    )
+    try:
+        yield demo, space, demo.local_url
+    finally:
+        demo.close()
+
+
+def make_client(url: str, **kwargs) -> Client:
+    # Uploads wait for the event loop, which a busy CI machine can hold up longer than httpx's default 5 s.
+    return Client(url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 120}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return make_client(server[2])
+
+
+def call(client, image, model="", degradation="auto", auto_mode="soft"):
+    """`/restore` → ((before, after), png, chart update, status)."""
+    return client.predict(handle_file(str(image)), str(model), degradation, auto_mode, api_name="/restore")
+
+
+def png_array(path) -> np.ndarray:
+    loaded = load_image_file(path)  # 16-bit colour PNGs come back as uint16 arrays
+    return np.asarray(loaded)
+
+
+def assert_serving(client, images, checkpoints):
+    """A good request after a bad one still succeeds and is right."""
+    _, png, _, status = call(client, images["good2"])
+    assert status.startswith("Restored 60×44 px")
+    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good2"]), model=str(checkpoints["pip"]))))
+
+
+# ------------------------------------------------------------------------------------------------ the API
+def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoints):
+    folder = str(checkpoints["pip"])
+    (before, after), png, chart, status = call(client, images["good"])
+    expected = np.asarray(restore(str(images["good"]), model=folder))
+    assert Image.open(png).format == "PNG" and Image.open(after).format == "PNG"
+    np.testing.assert_array_equal(png_array(png), expected)
+    np.testing.assert_array_equal(png_array(after), expected)
+    np.testing.assert_array_equal(png_array(before), np.asarray(Image.open(images["good"])))
+    assert status.startswith("Restored 64×48 px") and "whole image" in status
+
+    # The chart shows the weights restore(degradation="auto") uses.
+    model = load_model(folder)
+    pixel_values = torch.from_numpy(np.stack(RestorationImageProcessor()(str(images["good"]))["pixel_values"]))
+    weights = estimate_degradation_weights(model, pixel_values, auto_mode="soft")[0]
+    rows = chart["value"]["data"]
+    assert [name for name, _ in rows] == list(model.config.degradation_names)
+    np.testing.assert_allclose([value for _, value in rows], weights.numpy(), atol=1e-4)
+
+    # The same through the demo's other kinds of model (no labels: no chart) and the hard auto mode.
+    _, png, chart, _ = call(client, images["good"], model=checkpoints["restormer"])
+    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=str(checkpoints["restormer"]))))
+    assert chart["visible"] is False
+    _, png, chart, _ = call(client, images["good"], auto_mode="hard")
+    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=folder, auto_mode="hard")))
+    assert sorted(value for _, value in chart["value"]["data"]) == [0, 0, 0, 0, 1]
+
+
+def test_explicit_degradation_and_tiles_with_progress(client, images, checkpoints):
+    folder = str(checkpoints["pip"])
+    job = client.submit(handle_file(str(images["tiled"])), folder, "rain", "soft", api_name="/restore")
+    progress = set()
+    deadline = time.monotonic() + 240
+    while not job.done() and time.monotonic() < deadline:
+        for unit in job.status().progress_data or []:
+            progress.add(unit.desc)
+        time.sleep(0.005)
+    _, png, chart, status = job.result(timeout=60)
+    expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain")
+    np.testing.assert_array_equal(png_array(png), np.asarray(expected))
+    assert f"tiled ({TILE}×{TILE} tiles)" in status
+    assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
+    assert progress & {"tiles", "restoring"}, f"no tqdm progress reached the client (saw {progress})"
+
+
+BAD_INPUTS = {
+    # name: (image key, expected message part); None = served with a warning
+    "one-pixel": ("tiny", "needs at least 16 px on each side"),
+    "non-image": ("fake", "not an image this demo can read"),
+    "text-file": ("text", "not an image this demo can read"),
+    "over-megapixels": ("big_mp", f"this demo accepts up to {MAX_MEGAPIXELS:g} megapixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_through_the_api_gets_a_message(client, images, checkpoints, case):
+    key, message = BAD_INPUTS[case]
+    with pytest.raises(AppError, match=re.escape(message)):
+        call(client, images[key])
+    assert_serving(client, images, checkpoints)
+
+
+def test_file_over_the_size_limit_is_refused_by_client_and_server(server, client, images, checkpoints):
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        call(client, images["big_mb"])
+    import httpx  # a client that does not check: the server refuses the upload itself
+
+    with open(images["big_mb"], "rb") as handle:
+        response = httpx.post(server[2] + "gradio_api/upload", files={"files": handle}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert_serving(client, images, checkpoints)
+
+
+def test_rgba_and_16_bit_are_restored_with_a_warning(client, images, checkpoints):
+    folder = str(checkpoints["pip"])
+    _, png, _, status = call(client, images["rgba"])
+    restored = restore(str(images["rgba"]), model=folder)
+    assert restored.mode == "RGBA" and "alpha channel" in status
+    np.testing.assert_array_equal(png_array(png), np.asarray(restored))
+
+    _, png, _, status = call(client, images["png16"])
+    restored = restore(str(images["png16"]), model=folder)
+    assert restored.dtype == np.uint16 and "16-bit image" in status
+    downloaded = png_array(png)
+    assert downloaded.dtype == np.uint16
+    np.testing.assert_array_equal(downloaded, restored)
+    assert_serving(client, images, checkpoints)
+
+
+def test_model_picker_errors(client, images, checkpoints, tmp_path):
+    with pytest.raises(AppError, match="'swin2sr' model; this Space runs pip, promptir, restormer models"):
+        call(client, images["good"], model=checkpoints["not-ours"])
+    with pytest.raises(AppError, match="does not exist"):
+        call(client, images["good"], model=tmp_path / "missing")
+    with pytest.raises(AppError, match="does not take degradation labels"):
+        call(client, images["good"], model=checkpoints["restormer"], degradation="rain")
+    with pytest.raises(AppError, match="snowstorm is not in the list of choices"):  # gradio checks the choices
+        call(client, images["good"], degradation="snowstorm")
+    assert_serving(client, images, checkpoints)
+
+
+def test_model_picker_offers_each_models_degradations(server, checkpoints):
+    _, space, _ = server
+    pip = space.model_changed(str(checkpoints["pip"]))
+    assert [value for _, value in pip.choices] == ["auto", "noise", "rain", "haze", "blur", "low-light"]
+    restormer = space.model_changed(str(checkpoints["restormer"]))
+    assert [value for _, value in restormer.choices] == ["auto"] and restormer.interactive is False
+
+
+def test_model_cache_loads_once_and_is_bounded(app, checkpoints):
+    cache = app.ModelCache(capacity=2, device=torch.device("cpu"))
+    keys = [str(checkpoints[name]) for name in ("pip", "restormer", "promptir")]
+    threads = [threading.Thread(target=cache.get, args=(keys[0],)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert cache.loads == 1
+    assert cache.get(keys[0]) is cache.get(keys[0]) and cache.loads == 1
+    cache.get(keys[1])
+    cache.get(keys[0])  # most recently used: the restormer is evicted next
+    cache.get(keys[2])
+    assert cache.keys() == [keys[0], keys[2]] and cache.loads == 3
+
+
+def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
+    client = make_client(server[2], max_workers=50)
+    expected = np.asarray(restore(str(images["good"]), model=str(checkpoints["pip"])))
+    started = time.monotonic()
+    jobs = [client.submit(handle_file(str(images["good"])), "", "auto", "soft", api_name="/restore") for _ in range(50)]
+    results = [job.result(timeout=600) for job in jobs]
+    elapsed = time.monotonic() - started
+    assert len(results) == 50 and elapsed < 600
+    for _, png, _, status in results:
+        assert status.startswith("Restored 64×48 px")
+        np.testing.assert_array_equal(png_array(png), expected)
+
+
+def test_shipped_demo_weights_and_examples_are_the_default(app, checkpoints, tmp_path, monkeypatch):
+    demo_dir = tmp_path / "demo"
+    shutil.copytree(checkpoints["pip"], demo_dir)
+    (demo_dir / "examples").mkdir()
+    Image.fromarray(smooth_image(24, 24)).save(demo_dir / "examples" / "hazy.png")
+    monkeypatch.setattr(app, "DEMO_CHECKPOINT_DIR", demo_dir)
+    space = app.RestorationSpace(app.SpaceSettings(device="cpu", preload=False))
+    assert space.get_model(None).source == str(demo_dir) and space.get_model("demo") is space.get_model("")
+    assert space.example_paths() == [str(demo_dir / "examples" / "hazy.png")]
+
+    monkeypatch.setattr(app, "DEMO_CHECKPOINT_DIR", tmp_path / "not-installed")
+    space = app.RestorationSpace(app.SpaceSettings(device="cpu"))
+    with pytest.raises(gr.Error, match="demo weights are not installed"):
+        space.get_model(None)
+    assert isinstance(space.build(), gr.Blocks) and space.example_paths() == []  # the Space still starts
+
+
+# ------------------------------------------------------------------------------------------------ the browser
+def test_browser_upload_restore_and_bad_inputs(server, images, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    url = server[2]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "user-data"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(url, wait_until="networkidle")
+            upload = page.locator("#degraded-image input[type=file]")
+            restore_button = page.get_by_role("button", name="Restore")
+            status = page.locator("#status")
+
+            def restored(text: str) -> None:
+                page.wait_for_function(
+                    "t => document.querySelector('#status').innerText.includes(t)", arg=text, timeout=120_000
+                )
+
+            def upload_image(key: str) -> None:
+                upload.set_input_files(str(images[key]))
+                # Restore reads the component's value: wait until the upload is in it.
+                page.locator(f"#degraded-image img[src*='{images[key].name}']").first.wait_for(state="attached")
+
+            def toast(text: str) -> None:
+                page.locator(".toast-body", has_text=text).first.wait_for(state="visible", timeout=120_000)
+
+            # Pick the first example from the gallery, restore it.
+            page.locator("button.gallery-item").first.click()
+            page.locator("#degraded-image img[src*='noisy_example']").first.wait_for(state="attached")
+            restore_button.click()
+            restored("Restored 56×40 px")
+
+            # Upload, restore, see the slider with both images.
+            upload_image("good")
+            restore_button.click()
+            restored("Restored 64×48 px")
+            slider_images = page.locator("#before-after img")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#before-after img')].filter(i => i.complete && i.naturalWidth > 0).length >= 2"
+            )
+            page.wait_for_timeout(500)
+            screenshot = tmp_path / "space.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert page.locator("#before-after").is_visible() and slider_images.count() >= 2
+            assert all(slider_images.nth(i).is_visible() for i in range(2))
+            assert page.locator("#download a[href*='good_restored.png']").first.is_visible()
+            assert Image.open(screenshot).size[0] >= 1000
+
+            # Bad inputs: each gets a visible message, then the next request works.
+            upload.set_input_files(str(images["text"]))  # refused by the browser (not image/*)
+            toast("Invalid file type")
+            upload.set_input_files(str(images["big_mb"]))  # refused by the browser (max_file_size)
+            toast("exceed the maximum allowed size")
+            for key, message in (("fake", "not an image this demo can read"), ("tiny", "needs at least 16 px"),
+                                 ("big_mp", "this demo accepts up to")):
+                upload_image(key)
+                restore_button.click()
+                toast(message)
+            upload_image("rgba")
+            restore_button.click()
+            toast("alpha channel")
+            restored("Restored 56×40 px")
+            upload_image("png16")
+            restore_button.click()
+            toast("16-bit image")
+            restored("Restored 40×32 px")
+            upload_image("good2")
+            restore_button.click()
+            restored("Restored 60×44 px")
+            assert "Restored 60×44 px" in status.inner_text()
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)  # for whoever debugs it
+            raise
+        finally:
+            browser.close()
+
+
+# ------------------------------------------------------------------------------------------------ packaging
+def front_matter(path: Path) -> dict:
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("---\n"), f"{path} must start with the Spaces YAML header"
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_space_readme_header_matches_the_installed_gradio():
+    header = front_matter(SPACE_DIR / "README.md")
+    assert header["sdk"] == "gradio" and str(header["sdk_version"]) == gr.__version__
+    assert header["app_file"] == "app.py" and (SPACE_DIR / header["app_file"]).is_file()
+    assert header["license"] == "apache-2.0"
+    assert isinstance(header["models"], list) and header["models"]
+
+
+def test_space_requirements_cover_the_package_dependencies():
+    def names(lines):
+        return {re.split(r"[<>=!~\[ ;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+                for line in lines if line.strip() and not line.strip().startswith("#")}
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO_ROOT / "setup.cfg")
+    install_requires = names(parser["options"]["install_requires"].splitlines())
+    requirements = names((SPACE_DIR / "requirements.txt").read_text().splitlines())
+    assert install_requires <= requirements, f"missing on the Space: {install_requires - requirements}"
+    assert "gradio" not in requirements  # the Space's sdk_version installs gradio
+
+
+def test_build_space_folder_is_self_contained(tmp_path):
+    spec = importlib.util.spec_from_file_location("prompt_restoration_build_space", SPACE_DIR / "build_space.py")
+    build_space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_space)
+    folder = build_space.build(tmp_path / "space")
+    for name in ("app.py", "README.md", "requirements.txt", "modeling/__init__.py", "modeling/inference.py"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.rglob("__pycache__"))
+    with pytest.raises(ValueError, match="separate folder"):
+        build_space.build(SPACE_DIR / "build")
+
+
+def test_settings_from_environment(app):
+    settings = app.SpaceSettings.from_env(
+        {"SPACE_MODEL": "org/model", "SPACE_MODELS": "a/b, c/d", "SPACE_MAX_MEGAPIXELS": "2.5", "SPACE_TILE": "256",
+         "SPACE_CONCURRENCY": "3", "SPACE_EXAMPLES_DIR": "/nowhere"},
+        queue_size=8,
+    )
+    assert settings.model == "org/model" and settings.extra_models == ("a/b", "c/d")
+    assert settings.max_pixels == 2_500_000 and settings.tile == 256 and settings.concurrency == 3
+    assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
+    assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
