@@ -10,11 +10,13 @@ this package is not installed.
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageToImage
 
 from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
+from .configuration_dppd import DPPDConfig
 from .configuration_pip import PIPConfig
 from .configuration_promptir import PromptIRConfig
 from .configuration_restormer import RestormerConfig
 from .image_processing_restoration import RestorationImageProcessor
 from .inference import restore
+from .modeling_dppd import DPPDForImageRestoration
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
@@ -26,6 +28,7 @@ MODEL_CLASSES = {
     "restormer": (RestormerConfig, RestormerForImageRestoration),
     "promptir": (PromptIRConfig, PromptIRForImageRestoration),
     "pip": (PIPConfig, PIPForImageRestoration),
+    "dppd": (DPPDConfig, DPPDForImageRestoration),
 }
 
 
@@ -47,6 +50,8 @@ _register()
 
 __all__ = [
     "DEGRADATION_NAMES",
+    "DPPDConfig",
+    "DPPDForImageRestoration",
     "ImageRestorationOutput",
     "ImageRestorationPipeline",
     "MODEL_CLASSES",
