@@ -80,7 +80,7 @@ class DegradationPrototypeAssignment(nn.Module):
     Args:
         feature_dim: channels of the feature map. embedding_dim: width of the embedding/prototype space.
         num_prototypes: K, one per degradation class. temperature: divides the cosine similarities.
-        learnable_prototypes: train the prototypes (else they stay at their orthogonal initialisation).
+        learnable_prototypes: train the prototypes (else they are a buffer kept at its orthogonal initialisation).
     """
 
     def __init__(
@@ -91,7 +91,11 @@ class DegradationPrototypeAssignment(nn.Module):
         self.embedding = nn.Sequential(
             nn.Linear(feature_dim, embedding_dim), nn.GELU(), nn.Linear(embedding_dim, embedding_dim)
         )
-        self.prototypes = nn.Parameter(torch.empty(num_prototypes, embedding_dim), requires_grad=learnable_prototypes)
+        prototypes = torch.empty(num_prototypes, embedding_dim)
+        if learnable_prototypes:
+            self.prototypes = nn.Parameter(prototypes)
+        else:  # a buffer: saved and loaded like a weight, never trained (and never seen by an optimizer or DDP)
+            self.register_buffer("prototypes", prototypes)
         self.init_own_parameters()
 
     def init_own_parameters(self) -> None:
