@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig
 from .configuration_cpl import CPLConfig
+from .configuration_dppd import DPPDConfig
 from .configuration_pip import PIPConfig
 from .configuration_promptir import PromptIRConfig
 from .configuration_restormer import RestormerConfig
@@ -18,6 +19,7 @@ from .image_processing_restoration import RestorationImageProcessor
 from .decoder_prompts import PerPlace
 from .inference import restore
 from .modeling_cpl import CPLForImageRestoration
+from .modeling_dppd import DPPDForImageRestoration
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
@@ -30,6 +32,7 @@ MODEL_CLASSES = {
     "promptir": (PromptIRConfig, PromptIRForImageRestoration),
     "pip": (PIPConfig, PIPForImageRestoration),
     "cpl": (CPLConfig, CPLForImageRestoration),
+    "dppd": (DPPDConfig, DPPDForImageRestoration),
 }
 
 
@@ -53,6 +56,8 @@ __all__ = [
     "CPLConfig",
     "CPLForImageRestoration",
     "DEGRADATION_NAMES",
+    "DPPDConfig",
+    "DPPDForImageRestoration",
     "ImageRestorationOutput",
     "ImageRestorationPipeline",
     "MODEL_CLASSES",

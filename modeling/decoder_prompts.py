@@ -176,7 +176,20 @@ class DecoderPromptPlaces(nn.Module):
         ``skips`` (levels 1-3) default to the encoder features (PIP passes its prompted skips). Returns the
         output of decoder level 1 (with refinement) and what the places reported, deepest first.
         """
-        skip1, skip2, skip3 = skips if skips is not None else (features.level1, features.level2, features.level3)
+        decoded2, reports = self.decode_prompted_levels(unet, features, skips, **place_kwargs)
+        skip1 = skips[0] if skips is not None else features.level1
+        return unet.decode_level1(decoded2, skip1), reports
+
+    def decode_prompted_levels(
+        self,
+        unet: nn.Module,
+        features: EncoderFeatures,
+        skips: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        **place_kwargs,
+    ) -> tuple[torch.Tensor, tuple]:
+        """``decode`` up to and including the level-2 place, without decoder level 1 and the refinement (the
+        full-resolution stages): enough to read what the places report, e.g. DPPD's degradation estimate."""
+        _, skip2, skip3 = skips if skips is not None else (features.level1, features.level2, features.level3)
 
         def kwargs_of(place: int) -> dict:
             return {k: v[place] if isinstance(v, PerPlace) else v for k, v in place_kwargs.items()}
@@ -184,7 +197,7 @@ class DecoderPromptPlaces(nn.Module):
         latent, latent_info = self.latent(features.latent, **kwargs_of(0))
         decoded3, level3_info = self.level3(unet.decode_level3(latent, skip3), **kwargs_of(1))
         decoded2, level2_info = self.level2(unet.decode_level2(decoded3, skip2), **kwargs_of(2))
-        return unet.decode_level1(decoded2, skip1), (latent_info, level3_info, level2_info)
+        return decoded2, (latent_info, level3_info, level2_info)
 
 
 class DecoderPrompts(DecoderPromptPlaces):

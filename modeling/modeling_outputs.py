@@ -16,11 +16,14 @@ class ImageRestorationOutput(ModelOutput):
         loss: training loss when ``labels`` were given (the method's own loss, regularisers included).
         reconstruction: restored images, (B, C, H, W), same size as the input.
         degradation_weights: (B, num_degradations) weights of the degradation classes the model used
-            (one-hot / mixed labels when given, the estimator's soft weights otherwise). PIP only.
+            (one-hot / mixed labels when given, the estimator's soft weights otherwise). PIP and DPPD (DPPD:
+            the mean of its prompt modules' prototype assignment probabilities when no labels are given).
         degradation_logits: (B, num_degradations) logits of the built-in degradation estimator, if any.
         prompt_weights: per prompt level (deepest first), the (B, prompt_len) softmax weights with which
-            PromptIR-style prompt generators mixed their prompt components.
-        loss_terms: the named, unweighted parts of ``loss`` (e.g. ``pixel``, ``prompt_angle``), detached.
+            PromptIR-style prompt generators mixed their prompt components; for DPPD, each prompt module's
+            (B, num_degradations) prototype assignment probabilities.
+        loss_terms: the named, unweighted parts of ``loss`` (e.g. ``pixel``, ``prompt_angle``); they keep their
+            autograd graph (see ``PromptRestorationPreTrainedModel``).
     """
 
     loss: torch.Tensor | None = None

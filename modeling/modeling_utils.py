@@ -12,6 +12,9 @@ from .degradation_labels import degradation_weights_from_labels
 from .errors import RestorationInputError
 from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention
 
+# Bytes; PyTorch's CPU allocator aligns every new tensor to this.
+_CPU_ALIGNMENT = 64
+
 
 class PromptRestorationPreTrainedModel(PreTrainedModel):
     """Common base: initialisation as the official code, input validation, pad-to-multiple and crop back.
@@ -37,6 +40,23 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As transformers, then move weights that were loaded at unaligned addresses to aligned copies.
+
+        Safetensors aligns tensors in the file to 8 bytes, and the loaded weights can be views into it. CPU
+        matrix-multiply kernels choose their summation order by the address's alignment, so a ``Linear`` with
+        such a weight gives results a few ulps away from the model that was saved; aligned copies reproduce it
+        bit for bit.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        with torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % _CPU_ALIGNMENT:
+                    tensor.data = tensor.data.clone()
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as transformers does, with ``auto_map`` naming both AutoModel and AutoModelForImageToImage.

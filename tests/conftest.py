@@ -30,6 +30,8 @@ TINY_CONFIGS = {
     # Levels 1-2 have prompts wider than the feature (zero-pad path), level 3 narrower (pass-through path).
     "pip": dict(TINY_BACKBONE, prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4], degradation_estimator_hidden_dim=16),
     "cpl": dict(TINY_BACKBONE, prompt_dims=[4, 8, 16], prompt_sizes=[8, 4, 2]),
+    # Two CrossFusion heads exercise the multi-head reshape; per-place assignment (the default) all three modules.
+    "dppd": dict(TINY_BACKBONE, prompt_dims=[4, 8, 8], num_prompt_tokens=3, embedding_dim=8, cross_fusion_heads=2),
 }
 
 
