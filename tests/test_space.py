@@ -198,21 +198,38 @@ def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoin
     assert sorted(value for _, value in chart["value"]["data"]) == [0, 0, 0, 0, 1]
 
 
-def test_explicit_degradation_and_tiles_with_progress(client, images, checkpoints):
+def test_explicit_degradation_and_tiles(client, images, checkpoints):
     folder = str(checkpoints["pip"])
-    job = client.submit(handle_file(str(images["tiled"])), folder, "rain", "soft", api_name="/restore")
-    progress = set()
-    deadline = time.monotonic() + 240
-    while not job.done() and time.monotonic() < deadline:
-        for unit in job.status().progress_data or []:
-            progress.add(unit.desc)
-        time.sleep(0.005)
-    _, png, chart, status = job.result(timeout=60)
+    _, png, chart, status = call(client, images["tiled"], degradation="rain")
     expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain")
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert f"tiled ({TILE}×{TILE} tiles)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
-    assert progress & {"tiles", "restoring"}, f"no tqdm progress reached the client (saw {progress})"
+
+
+def test_progress_bar_follows_restore_and_its_tiles(server, client, images):
+    """tqdm bars of restore(progress=True) reach the client as progress updates (gr.Progress(track_tqdm=True))."""
+    _, space, _ = server
+    model = space.get_model(None).model
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):  # long enough for several progress updates, on any machine
+        time.sleep(1.5)
+        return forward(*args, **kwargs)
+
+    model.forward = slow_forward
+    try:
+        job = client.submit(handle_file(str(images["tiled"])), "", "rain", "soft", api_name="/restore")
+        seen = set()
+        deadline = time.monotonic() + 240
+        while not job.done() and time.monotonic() < deadline:
+            for unit in job.status().progress_data or []:
+                seen.add((unit.desc, unit.unit))
+            time.sleep(0.01)
+        job.result(timeout=60)
+    finally:
+        del model.forward  # back to the class's forward
+    assert ("tiles", "batch") in seen and ("restoring", "img") in seen, f"progress the client saw: {seen}"
 
 
 BAD_INPUTS = {
