@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import importlib.util
+import os
 import re
 import shutil
 import socket
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,7 @@ def server(app, checkpoints, images):
         queue_size=64,
         model_cache_size=2,
         device="cpu",
+        output_dir=images["examples"].parent / "outputs",
     )
     demo, space = app.build_demo(settings)
     demo.launch(
@@ -252,9 +255,7 @@ def test_bad_input_through_the_api_gets_a_message(client, images, checkpoints, c
 def test_file_over_the_size_limit_is_refused_by_client_and_server(server, client, images, checkpoints):
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         call(client, images["big_mb"])
-    import httpx  # a client that does not check: the server refuses the upload itself
-
-    with open(images["big_mb"], "rb") as handle:
+    with open(images["big_mb"], "rb") as handle:  # a client that does not check: the server refuses the upload
         response = httpx.post(server[2] + "gradio_api/upload", files={"files": handle}, timeout=60)
     assert response.status_code == 413 and "maximum allowed size" in response.text
     assert_serving(client, images, checkpoints)
@@ -310,6 +311,15 @@ def test_model_cache_loads_once_and_is_bounded(app, checkpoints):
     cache.get(keys[0])  # most recently used: the restormer is evicted next
     cache.get(keys[2])
     assert cache.keys() == [keys[0], keys[2]] and cache.loads == 3
+
+
+def test_output_folders_are_pruned_after_their_time(app, tmp_path):
+    outputs = app.OutputFolder(tmp_path, ttl_s=60)
+    old, recent = outputs.new(), outputs.new()
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    outputs._last_prune = 0.0  # pruning runs at most once a minute
+    newest = outputs.new()
+    assert not old.exists() and recent.is_dir() and newest.is_dir()
 
 
 def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
@@ -470,10 +480,11 @@ def test_build_space_folder_is_self_contained(tmp_path):
 def test_settings_from_environment(app):
     settings = app.SpaceSettings.from_env(
         {"SPACE_MODEL": "org/model", "SPACE_MODELS": "a/b, c/d", "SPACE_MAX_MEGAPIXELS": "2.5", "SPACE_TILE": "256",
-         "SPACE_CONCURRENCY": "3", "SPACE_EXAMPLES_DIR": "/nowhere"},
+         "SPACE_CONCURRENCY": "3", "SPACE_EXAMPLES_DIR": "/nowhere", "SPACE_OUTPUT_DIR": "/srv/out"},
         queue_size=8,
     )
     assert settings.model == "org/model" and settings.extra_models == ("a/b", "c/d")
     assert settings.max_pixels == 2_500_000 and settings.tile == 256 and settings.concurrency == 3
     assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
+    assert settings.output_dir == Path("/srv/out")
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
