@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
