@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
+import httpx  # noqa: E402  (a gradio_client dependency)
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
