@@ -184,7 +184,12 @@ class ModelCache:
                 if key in self._entries:
                     self._entries.move_to_end(key)
                     return self._entries[key]
-            loaded = self._load(key)
+            try:
+                loaded = self._load(key)
+            except BaseException:  # failed keys leave nothing behind (users type arbitrary ids)
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
                 self._entries[key] = loaded
                 self._entries.move_to_end(key)
@@ -199,7 +204,7 @@ class ModelCache:
         _check_model_type(source)
         try:
             model = load_model(source, device=self.device)
-        except (OSError, ValueError, TypeError) as err:
+        except Exception as err:  # missing folder, unknown Hub id, network, corrupt weights: all the user's to fix
             raise gr.Error(_message(f"Could not load the model '{source}': {err}")) from err
         if not isinstance(model, modeling.PromptRestorationPreTrainedModel):
             raise gr.Error(_message(f"'{source}' is not one of this project's restoration models."))

@@ -310,6 +310,9 @@ def test_model_cache_loads_once_and_is_bounded(app, checkpoints):
     cache.get(keys[0])  # most recently used: the restormer is evicted next
     cache.get(keys[2])
     assert cache.keys() == [keys[0], keys[2]] and cache.loads == 3
+    with pytest.raises(gr.Error, match="this Space runs"):
+        cache.get(str(checkpoints["not-ours"]))
+    assert cache.keys() == [keys[0], keys[2]] and not cache._loading  # a failed load leaves nothing behind
 
 
 def test_output_folders_are_pruned_after_their_time(app, tmp_path):
