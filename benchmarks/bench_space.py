@@ -84,7 +84,7 @@ def main() -> None:
     side = max(args.size, args.load_size)
     settings = app.SpaceSettings(
         model=model, device=args.device, concurrency=args.concurrency, queue_size=max(64, args.requests),
-        max_megapixels=side * side / 1e6 + 0.01, max_file_mb=64, tile=max(512, side),
+        max_megapixels=side * side / 1e6 + 0.01, max_file_mb=64, tile=max(512, side), output_dir=work / "outputs",
     )
     demo, space = app.build_demo(settings)
     with socket.socket() as sock:

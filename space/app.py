@@ -85,6 +85,7 @@ class SpaceSettings:
     device: Optional[str] = None  # SPACE_DEVICE: None = CUDA when available, else CPU
     dtype: Optional[str] = None  # SPACE_DTYPE: None/"fp32", "bf16", "fp16" (autocast)
     examples_dir: Path = field(default_factory=lambda: DEMO_CHECKPOINT_DIR / "examples")  # SPACE_EXAMPLES_DIR
+    output_dir: Optional[Path] = None  # SPACE_OUTPUT_DIR: restored PNGs; None: <system temp>/prompt-restoration-space
     output_ttl_s: float = 3600.0  # restored PNGs are deleted after this many seconds
     preload: bool = True  # load the default model at start-up (first request is then fast)
 
@@ -104,6 +105,7 @@ class SpaceSettings:
             device=environ.get("SPACE_DEVICE", "").strip() or None,
             dtype=environ.get("SPACE_DTYPE", "").strip() or None,
             examples_dir=Path(environ.get("SPACE_EXAMPLES_DIR", "").strip() or DEMO_CHECKPOINT_DIR / "examples"),
+            output_dir=Path(environ["SPACE_OUTPUT_DIR"]) if environ.get("SPACE_OUTPUT_DIR", "").strip() else None,
         )
         return replace(settings, **overrides)
 
@@ -182,7 +184,12 @@ class ModelCache:
                 if key in self._entries:
                     self._entries.move_to_end(key)
                     return self._entries[key]
-            loaded = self._load(key)
+            try:
+                loaded = self._load(key)
+            except BaseException:  # failed keys leave nothing behind (users type arbitrary ids)
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
                 self._entries[key] = loaded
                 self._entries.move_to_end(key)
@@ -197,7 +204,7 @@ class ModelCache:
         _check_model_type(source)
         try:
             model = load_model(source, device=self.device)
-        except (OSError, ValueError, TypeError) as err:
+        except Exception as err:  # missing folder, unknown Hub id, network, corrupt weights: all the user's to fix
             raise gr.Error(_message(f"Could not load the model '{source}': {err}")) from err
         if not isinstance(model, modeling.PromptRestorationPreTrainedModel):
             raise gr.Error(_message(f"'{source}' is not one of this project's restoration models."))
@@ -279,10 +286,11 @@ class UploadImage(gr.Image):
 
 # ---------------------------------------------------------------------------------------------- outputs
 class OutputFolder:
-    """Per-request folders for the PNG downloads under the system temp dir, deleted after `ttl_s` seconds."""
+    """Per-request folders for the PNG downloads (under the system temp dir by default), deleted after `ttl_s`
+    seconds; gradio copies what a request returns into its own cache, which `delete_cache` cleans."""
 
-    def __init__(self, ttl_s: float) -> None:
-        self.root = Path(tempfile.gettempdir()) / "prompt-restoration-space"
+    def __init__(self, root: Optional[Path], ttl_s: float) -> None:
+        self.root = Path(root) if root is not None else Path(tempfile.gettempdir()) / "prompt-restoration-space"
         self.ttl_s = ttl_s
         self._last_prune = 0.0
         self._lock = threading.Lock()
@@ -337,7 +345,7 @@ class RestorationSpace:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.models = ModelCache(settings.model_cache_size, self.device)
-        self.outputs = OutputFolder(settings.output_ttl_s)
+        self.outputs = OutputFolder(settings.output_dir, settings.output_ttl_s)
 
     @property
     def concurrency(self) -> int:
@@ -537,8 +545,9 @@ class RestorationSpace:
         return demo
 
     def launch_kwargs(self) -> dict:
-        """Arguments for ``demo.launch`` that belong to the settings (upload size limit, example folder)."""
+        """Arguments for ``demo.launch`` that belong to the settings (upload size limit, served folders)."""
         allowed = [str(self.settings.examples_dir)] if self.settings.examples_dir.is_dir() else []
+        allowed.append(str(self.outputs.root))
         return {"max_file_size": self.settings.max_file_bytes, "allowed_paths": allowed}
 
 

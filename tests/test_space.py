@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import configparser
 import importlib.util
+import os
 import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
+import httpx  # noqa: E402  (a gradio_client dependency)
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -131,6 +132,7 @@ def server(app, checkpoints, images):
         queue_size=64,
         model_cache_size=2,
         device="cpu",
+        output_dir=images["examples"].parent / "outputs",
     )
     demo, space = app.build_demo(settings)
     demo.launch(
@@ -198,21 +200,38 @@ def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoin
     assert sorted(value for _, value in chart["value"]["data"]) == [0, 0, 0, 0, 1]
 
 
-def test_explicit_degradation_and_tiles_with_progress(client, images, checkpoints):
+def test_explicit_degradation_and_tiles(client, images, checkpoints):
     folder = str(checkpoints["pip"])
-    job = client.submit(handle_file(str(images["tiled"])), folder, "rain", "soft", api_name="/restore")
-    progress = set()
-    deadline = time.monotonic() + 240
-    while not job.done() and time.monotonic() < deadline:
-        for unit in job.status().progress_data or []:
-            progress.add(unit.desc)
-        time.sleep(0.005)
-    _, png, chart, status = job.result(timeout=60)
+    _, png, chart, status = call(client, images["tiled"], degradation="rain")
     expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain")
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert f"tiled ({TILE}×{TILE} tiles)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
-    assert progress & {"tiles", "restoring"}, f"no tqdm progress reached the client (saw {progress})"
+
+
+def test_progress_bar_follows_restore_and_its_tiles(server, client, images):
+    """tqdm bars of restore(progress=True) reach the client as progress updates (gr.Progress(track_tqdm=True))."""
+    _, space, _ = server
+    model = space.get_model(None).model
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):  # long enough for several progress updates, on any machine
+        time.sleep(1.5)
+        return forward(*args, **kwargs)
+
+    model.forward = slow_forward
+    try:
+        job = client.submit(handle_file(str(images["tiled"])), "", "rain", "soft", api_name="/restore")
+        seen = set()
+        deadline = time.monotonic() + 240
+        while not job.done() and time.monotonic() < deadline:
+            for unit in job.status().progress_data or []:
+                seen.add((unit.desc, unit.unit))
+            time.sleep(0.01)
+        job.result(timeout=60)
+    finally:
+        del model.forward  # back to the class's forward
+    assert ("tiles", "batch") in seen and ("restoring", "img") in seen, f"progress the client saw: {seen}"
 
 
 BAD_INPUTS = {
@@ -235,9 +254,7 @@ def test_bad_input_through_the_api_gets_a_message(client, images, checkpoints, c
 def test_file_over_the_size_limit_is_refused_by_client_and_server(server, client, images, checkpoints):
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         call(client, images["big_mb"])
-    import httpx  # a client that does not check: the server refuses the upload itself
-
-    with open(images["big_mb"], "rb") as handle:
+    with open(images["big_mb"], "rb") as handle:  # a client that does not check: the server refuses the upload
         response = httpx.post(server[2] + "gradio_api/upload", files={"files": handle}, timeout=60)
     assert response.status_code == 413 and "maximum allowed size" in response.text
     assert_serving(client, images, checkpoints)
@@ -293,6 +310,18 @@ def test_model_cache_loads_once_and_is_bounded(app, checkpoints):
     cache.get(keys[0])  # most recently used: the restormer is evicted next
     cache.get(keys[2])
     assert cache.keys() == [keys[0], keys[2]] and cache.loads == 3
+    with pytest.raises(gr.Error, match="this Space runs"):
+        cache.get(str(checkpoints["not-ours"]))
+    assert cache.keys() == [keys[0], keys[2]] and not cache._loading  # a failed load leaves nothing behind
+
+
+def test_output_folders_are_pruned_after_their_time(app, tmp_path):
+    outputs = app.OutputFolder(tmp_path, ttl_s=60)
+    old, recent = outputs.new(), outputs.new()
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    outputs._last_prune = 0.0  # pruning runs at most once a minute
+    newest = outputs.new()
+    assert not old.exists() and recent.is_dir() and newest.is_dir()
 
 
 def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
@@ -453,10 +482,11 @@ def test_build_space_folder_is_self_contained(tmp_path):
 def test_settings_from_environment(app):
     settings = app.SpaceSettings.from_env(
         {"SPACE_MODEL": "org/model", "SPACE_MODELS": "a/b, c/d", "SPACE_MAX_MEGAPIXELS": "2.5", "SPACE_TILE": "256",
-         "SPACE_CONCURRENCY": "3", "SPACE_EXAMPLES_DIR": "/nowhere"},
+         "SPACE_CONCURRENCY": "3", "SPACE_EXAMPLES_DIR": "/nowhere", "SPACE_OUTPUT_DIR": "/srv/out"},
         queue_size=8,
     )
     assert settings.model == "org/model" and settings.extra_models == ("a/b", "c/d")
     assert settings.max_pixels == 2_500_000 and settings.tile == 256 and settings.concurrency == 3
     assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
+    assert settings.output_dir == Path("/srv/out")
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
