@@ -277,7 +277,7 @@ def test_rgba_and_16_bit_are_restored_with_a_warning(client, images, checkpoints
 
 
 def test_model_picker_errors(client, images, checkpoints, tmp_path):
-    with pytest.raises(AppError, match="'swin2sr' model; this Space runs pip, promptir, restormer models"):
+    with pytest.raises(AppError, match="'swin2sr' model; this Space runs cpl, dppd, pip, promptir, restormer models"):
         call(client, images["good"], model=checkpoints["not-ours"])
     with pytest.raises(AppError, match="does not exist"):
         call(client, images["good"], model=tmp_path / "missing")

@@ -454,6 +454,12 @@ def test_degradation_label_lookup_follows_the_model_class_order():
     assert degradation_label_lookup(model, ("derain",)).tolist() == [1]  # the model's own aliases
     with pytest.raises(ValueError, match="'snow' of the data is not one of the model's degradation_names"):
         degradation_label_lookup(model, ("rain", "snow"))
+    # A task of the label space the data never uses (blur in the 3-task preset) maps to an index the model refuses.
+    three = tiny_model("pip", num_degradations=3, degradation_names=["noise", "rain", "haze"])
+    lookup = degradation_label_lookup(three, tasks, used_tasks=("noise", "rain", "haze"))
+    assert lookup.tolist() == [0, 1, 2, 3, 3]
+    with pytest.raises(ValueError, match="out of range|must lie in"):
+        three(torch.rand(1, 3, 8, 8), degradation_labels=lookup[torch.tensor([3])])
     # A training step indexes the lookup with the batch's stream label ids (low-light, noise, haze).
     assert degradation_label_lookup(reordered, tasks)[torch.tensor([4, 0, 2])].tolist() == [2, 1, 3]
 

@@ -94,29 +94,33 @@ def _pairs(module: ModuleType, predictions: Any, references: Any) -> list:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def degradation_label_lookup(model: Any, task_names: Sequence[str]) -> torch.Tensor:
+def degradation_label_lookup(
+    model: Any, task_names: Sequence[str], used_tasks: Sequence[str] | None = None
+) -> torch.Tensor:
     """LongTensor mapping position ``i`` of `task_names` to its class index in ``model.config.degradation_names``.
 
     Built once, before training: each step then turns the stream's integer ``task`` labels into the model's
     class indices with one indexing operation (``lookup[batch["task"]]``), with no per-step string parsing.
-    Names are matched exactly, else through the model's own ``degradation_index`` (aliases such as "derain"),
-    so an unknown task fails here, naming the model's classes, instead of at the first step.
+    Names go through the one label parser (``modeling.degradation_labels``: exact names and aliases such as
+    "derain"), so a task the data uses but the model lacks fails here, naming the model's classes, instead of at
+    the first step. Tasks of `task_names` the data never uses (``used_tasks``; e.g. blur in the 3-task preset)
+    map to ``len(degradation_names)``, an index the model's parser refuses, so they can never pass silently.
     """
+    from modeling.degradation_labels import degradation_index
+
     config = getattr(model, "config", None)
     names = list(getattr(config, "degradation_names", None) or ())
     if not names:
         raise ValueError(f"{type(model).__name__} takes degradation labels but its config has no degradation_names")
-    resolve = getattr(model, "degradation_index", None)
+    used = set(task_names if used_tasks is None else used_tasks)
     indices = []
     for task in task_names:
-        if task in names:
-            indices.append(names.index(task))
-            continue
         try:
-            if resolve is None:
-                raise ValueError(task)
-            indices.append(int(resolve(task)))
-        except (ValueError, KeyError) as error:
+            indices.append(degradation_index(task, names))
+        except ValueError as error:
+            if task not in used:
+                indices.append(len(names))
+                continue
             raise ValueError(
                 f"task {task!r} of the data is not one of the model's degradation_names {names}; set "
                 "model_config.degradation_names (and num_degradations) to the data's tasks"

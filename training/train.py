@@ -480,7 +480,10 @@ def main(args: TrainingArguments) -> dict:
     # Stream label i (batch["task"]) -> class index of the model, computed once.
     label_lookup = None
     if uses_labels:
-        label_lookup = degradation_label_lookup(accelerator.unwrap_model(model), stream.label_names)
+        used_tasks = {source.task_name for source in stream.sources}
+        label_lookup = degradation_label_lookup(  # rows of Hub sources may carry their own tasks: then all are used
+            accelerator.unwrap_model(model), stream.label_names, None if "" in used_tasks else used_tasks
+        )
     loader = build_dataloader(stream, args.train_batch_size, num_workers=args.dataloader_num_workers)
     validation_set = ValidationSet()
     if accelerator.is_main_process:

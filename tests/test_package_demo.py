@@ -1,0 +1,47 @@
+"""Packaging trained weights as the shipped demo folder: evaluation JSON, card from it, examples, no code copies."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+from conftest import tiny_model
+from data_helpers import save, textured_image
+from PIL import Image
+
+from training.package_demo import EXAMPLES, package_demo
+
+
+def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
+    heldout = tmp_path / "heldout"
+    for index, (_, stem, _) in enumerate(EXAMPLES):
+        save(heldout / f"{stem}.png", textured_image(300 + index, 48, 56))
+    trained = tmp_path / "trained"
+    tiny_model("pip").save_pretrained(trained)
+    output = tmp_path / "demo"
+    results = package_demo(trained, heldout, output, auto_mode="hard")
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "eval_results.json",
+                 "before_after.png", "heldout_table.md"):
+        assert (output / name).is_file(), name
+    assert not list(output.glob("*.py")) and not (output.parent / ".demo.partial").exists()
+    evaluation = json.loads((output / "eval_results.json").read_text())
+    assert evaluation["results"] == results and evaluation["auto_mode"] == "hard"
+    assert set(results) == {"noise-15", "noise-25", "noise-50", "blur-gaussian", "blur-defocus", "blur-motion",
+                            "low-light", "haze", "rain"}
+    # The card's model-index carries exactly the evaluated numbers.
+    card = (output / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    reported = {r["dataset"]["config"]: r["metrics"] for r in metadata["model-index"][0]["results"]}
+    for row, scores in results.items():
+        psnr = next(m["value"] for m in reported[row] if m["type"] == "psnr")
+        assert psnr == scores["psnr"]
+    # One degraded example per degradation, each with its clean crop, and a 5 x 3 before/after grid.
+    assert {e["degradation"] for e in evaluation["examples"]} == {"noise", "rain", "haze", "blur", "low-light"}
+    for example in evaluation["examples"]:
+        degraded = np.asarray(Image.open(output / example["file"]))
+        clean = np.asarray(Image.open(output / example["clean"]))
+        assert degraded.shape == clean.shape == (48, 56, 3) and not np.array_equal(degraded, clean)
+    grid = Image.open(output / "before_after.png")
+    assert grid.size == (56 * 3, 48 * 5)

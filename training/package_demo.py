@@ -1,0 +1,146 @@
+"""Package trained weights as the demo model shipped inside the package (``modeling/demo/``).
+
+    python -m training.package_demo --model outputs/pip-restormer-cpu/model --heldout data/embedded/heldout \
+        --output modeling/demo
+
+The folder written holds what ``restore()``, the CLI, the pipeline and the Space load by default: the config,
+``model.safetensors``, the image processor, a model card whose results come from the held-out evaluation run
+here (``eval_results.json``, never typed in), the training curves, a before/after grid, and ``examples/``:
+small crops of held-out photos (never trained on) with each degradation synthesized at a fixed seed, plus their
+clean crops in ``examples/clean/`` so that a test can score them. No code files are copied: the package itself
+provides the model classes (a copy made with ``save_pretrained`` carries them for ``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: (degradation, held-out photo stem, synthesis parameters) of the shipped examples, one per degradation.
+EXAMPLES = (
+    ("noise", "lomiri-friends", {"sigma": 25.0}),
+    ("rain", "sklearn-china", {}),
+    ("haze", "lomiri-picosdeeuropa", {}),
+    ("blur", "plasma-FallenLeaf", {"family": "gaussian", "sigma": 2.0}),
+    ("low-light", "plasma-EveningGlow", {}),
+)
+EXAMPLE_SIZE = 256
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return image[top : top + size, left : left + size]
+
+
+def write_examples(heldout: Path, folder: Path, seed: int = 0) -> list[dict]:
+    """Degraded crops of held-out photos (``examples/<photo>-<task>.png``) and their clean crops."""
+    from PIL import Image
+
+    from training.data import decode_image
+    from training.degradations import synthesize
+
+    (folder / "clean").mkdir(parents=True, exist_ok=True)
+    written = []
+    for task, stem, params in EXAMPLES:
+        source = heldout / f"{stem}.png"
+        if not source.is_file():
+            raise FileNotFoundError(f"held-out photo {source} is missing (build the corpus with its Debian packages)")
+        clean = center_crop(decode_image(source)[0], EXAMPLE_SIZE)
+        rng = np.random.default_rng([seed, zlib.crc32(f"{stem}-{task}".encode())])
+        degraded = synthesize(clean, task, rng, **params).image
+        name = f"{stem}-{task}.png"
+        Image.fromarray(degraded).save(folder / name)
+        Image.fromarray(clean).save(folder / "clean" / f"{stem}.png")
+        written.append({"file": f"examples/{name}", "clean": f"examples/clean/{stem}.png", "degradation": task,
+                        "photo": stem, "synthesis": params})
+    return written
+
+
+def before_after_grid(model, examples: list[dict], folder: Path, auto_mode: str) -> Path:
+    """One row per example: degraded | restored without a label | clean."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    from modeling import restore
+
+    tiles = []
+    for example in examples:
+        degraded = Image.open(folder / example["file"]).convert("RGB")
+        restored = restore(degraded, model, degradation="auto", auto_mode=auto_mode)
+        tiles += [degraded, restored, Image.open(folder / example["clean"]).convert("RGB")]
+    path = folder / "before_after.png"
+    make_image_grid(tiles, rows=len(examples), cols=3).save(path)
+    return path
+
+
+def package_demo(model_dir: Path, heldout: Path, output: Path, auto_mode: str = "hard") -> dict:
+    """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically)."""
+    from transformers import pipeline as make_pipeline
+
+    import modeling  # noqa: F401  (registers the task)
+    from modeling import RestorationImageProcessor
+    from modeling.inference import load_model
+    from training.evaluate_model import evaluate_heldout, markdown_table
+    from training.model_card import build_model_card, save_model_card
+
+    model = load_model(str(model_dir), device="cpu")
+    results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu").save_pretrained(partial)
+    for code_file in partial.glob("*.py"):
+        code_file.unlink()  # the installed package provides the classes
+    examples = write_examples(heldout, partial / "examples")
+    figures = [before_after_grid(model, examples, partial, auto_mode).name]
+    if (model_dir / "training_curves.png").is_file():
+        shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
+        figures.insert(0, "training_curves.png")
+    evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
+                  "results": results, "examples": examples}
+    (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    training = {}
+    if (model_dir / "eval_results.json").is_file():
+        training["validation_during_training"] = "eval_results.json of the training run"
+    card = build_model_card(
+        model_id="prompt-restoration/pip-restormer-cpu-demo",
+        model_type=model.config.model_type,
+        results=[{"task": name, "dataset": "embedded held-out photos", "split": "heldout", **scores}
+                 for name, scores in results.items()],
+        training_summary={"command": "accelerate launch training/train.py --config "
+                                     "training/configs/pip_restormer_cpu.yaml", **training},
+        figures=figures,
+    )
+    save_model_card(card, partial)
+    (partial / "heldout_table.md").write_text(markdown_table(results) + "\n")
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(partial, output)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="trained model folder (train.py's OUTPUT/model)")
+    parser.add_argument("--heldout", required=True, type=Path, help="held-out clean photos")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "modeling" / "demo")
+    parser.add_argument("--auto_mode", default="hard", choices=("soft", "hard"))
+    args = parser.parse_args(argv)
+    from training.evaluate_model import markdown_table
+
+    results = package_demo(args.model, args.heldout, args.output, args.auto_mode)
+    print(markdown_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
