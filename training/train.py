@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import sys
 import time
 import typing
@@ -32,6 +33,12 @@ from typing import Any, Optional
 if __package__ in (None, ""):
     # `accelerate launch training/train.py` runs this file as a script: make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# OpenMP threads that spin between parallel regions take the cores from the DataLoader workers and from any other
+# program: on a 2-core CPU a training step was 5-10x slower with spinning threads (benchmarks/bench_train_loop.py).
+# Takes effect only before torch is imported, i.e. when this file runs as the training script; set
+# OMP_WAIT_POLICY=ACTIVE to opt out (a GPU run does not care either way).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -617,7 +624,8 @@ def main(args: TrainingArguments) -> dict:
                 if guard is not None:
                     triggered = torch.tensor(float(guard.triggered), device=accelerator.device)
                     logs["train/loss_spike_guard_triggers"] = accelerator.reduce(triggered, reduction="sum").item()
-                history.append({"step": step, "loss": loss_mean, "lr": lr, "loss_terms": means})
+                history.append({"step": step, "loss": loss_mean, "lr": lr, "loss_terms": means,
+                                "images_per_second": logs["train/images_per_second"]})
                 progress.set_postfix(
                     loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{logs['train/images_per_second']:.1f}"
                 )
