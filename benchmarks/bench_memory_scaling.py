@@ -7,8 +7,10 @@ Each size runs in a fresh subprocess (``--measure``), on CPU, in ``torch.inferen
 
 1. build the model and the input, and run one warm-up forward at 64 x 64 (kernels, thread pools and the
    allocator's first arenas are set up once, outside the measurement);
-2. baseline = the process's current resident memory (``/proc/self/statm``);
-3. forward at the size; peak = the process's peak resident memory (``getrusage`` ``ru_maxrss``);
+2. baseline = the process's current resident memory (``/proc/self/statm``), and the peak-RSS mark is reset
+   (``/proc/self/clear_refs``); ``ru_maxrss`` cannot be used, since Linux carries it over ``exec`` from the
+   forked parent, so a child of a large process (a long pytest run) would report the parent's size;
+3. forward at the size; peak = the process's peak resident memory since the reset (``VmHWM``);
 4. report peak - baseline: the memory the forward itself needed.
 
 glibc's dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) so that every large tensor is its own
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,19 @@ def resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_resident() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident size
+
+
+def peak_resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure(model_type: str, model_config: dict, size: int) -> dict:
     import torch
 
@@ -55,8 +69,9 @@ def measure(model_type: str, model_config: dict, size: int) -> dict:
     with torch.inference_mode():
         model(image[..., :64, :64])
         baseline = resident_bytes()
+        reset_peak_resident()
         output = model(image).reconstruction
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_resident_bytes()
     return {"size": size, "baseline_mib": baseline / 2**20, "forward_mib": (peak - baseline) / 2**20,
             "finite": bool(torch.isfinite(output).all())}
 
