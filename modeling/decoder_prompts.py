@@ -12,6 +12,8 @@ and reduces it with a 1x1 conv (official names ``promptK``, ``noise_levelK``, ``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -235,3 +237,20 @@ class DecoderPrompts(DecoderPromptPlaces):
         self.latent = DecoderPrompt(dim * 8, latent_out_dim, prompt_dims[2], prompt_size=prompt_sizes[2], **shared)
         self.level3 = DecoderPrompt(dim * 4, dim * 4, prompt_dims[1], prompt_size=prompt_sizes[1], **shared)
         self.level2 = DecoderPrompt(dim * 2, dim * 2, prompt_dims[0], prompt_size=prompt_sizes[0], **shared)
+
+    @classmethod
+    def from_promptir_config(cls, config: Any, top_k: int | None = None) -> "DecoderPrompts":
+        """The places of a PromptIR-style config (``dim``, ``prompt_dims``, ``prompt_sizes``, ``prompt_len``,
+        ``fusion_heads``, block settings), mapping the latent 8 dim -> 4 dim as PromptIR; ``top_k`` routes."""
+        return cls(
+            dim=config.dim,
+            latent_out_dim=config.dim * 4,
+            prompt_dims=config.prompt_dims,
+            prompt_sizes=config.prompt_sizes,
+            prompt_len=config.prompt_len,
+            num_heads=config.fusion_heads,
+            ffn_expansion_factor=config.ffn_expansion_factor,
+            bias=config.bias,
+            layer_norm_type=config.layer_norm_type,
+            top_k=top_k,
+        )

@@ -35,18 +35,7 @@ class CPLForImageRestoration(PromptRestorationPreTrainedModel):
         super().__init__(config)
         # The latent prompt fusion reduces 8 dim to 4 dim, so the first upsampling runs at 4 dim (as PromptIR).
         self.unet = RestorationUNet.from_config(config, decoder_latent_channels=config.dim * 4)
-        self.decoder_prompts = DecoderPrompts(
-            dim=config.dim,
-            latent_out_dim=config.dim * 4,
-            prompt_dims=config.prompt_dims,
-            prompt_sizes=config.prompt_sizes,
-            prompt_len=config.prompt_len,
-            num_heads=config.fusion_heads,
-            ffn_expansion_factor=config.ffn_expansion_factor,
-            bias=config.bias,
-            layer_norm_type=config.layer_norm_type,
-            top_k=config.prompt_top_k,
-        )
+        self.decoder_prompts = DecoderPrompts.from_promptir_config(config, top_k=config.prompt_top_k)
         self.post_init()
 
     def forward(

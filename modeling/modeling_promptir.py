@@ -48,17 +48,7 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
         super().__init__(config)
         # The latent prompt fusion reduces 8 dim to 4 dim, so the first upsampling runs at 4 dim.
         self.unet = RestorationUNet.from_config(config, decoder_latent_channels=config.dim * 4)
-        self.decoder_prompts = DecoderPrompts(
-            dim=config.dim,
-            latent_out_dim=config.dim * 4,
-            prompt_dims=config.prompt_dims,
-            prompt_sizes=config.prompt_sizes,
-            prompt_len=config.prompt_len,
-            num_heads=config.fusion_heads,
-            ffn_expansion_factor=config.ffn_expansion_factor,
-            bias=config.bias,
-            layer_norm_type=config.layer_norm_type,
-        )
+        self.decoder_prompts = DecoderPrompts.from_promptir_config(config)
         self.unused_official_modules = unused_official_modules(config) if config.keep_unused_official_modules else None
         self.post_init()
 
