@@ -50,24 +50,29 @@ def batch(per_degradation: int, size: int, generator: torch.Generator) -> tuple[
 
 
 @torch.no_grad()
-def prompt_separation(model: CPLForImageRestoration, probe: torch.Tensor) -> tuple[float, list]:
-    """Mean pairwise cosine between the degradations' mean prompts, over the three places; and their routing."""
+def prompt_separation(model: CPLForImageRestoration, probe: torch.Tensor) -> tuple[float, float, list]:
+    """Mean pairwise cosine between the degradations' mean prompts, over the three places; the mean pairwise
+    cosine between the prompt components themselves (the pool every place routes into); and the routing."""
     weights = model(probe).prompt_weights
     places = (model.decoder_prompts.latent, model.decoder_prompts.level3, model.decoder_prompts.level2)
-    cosines, routing = [], []
+    cosines, pool_cosines, routing = [], [], []
     for place, place_weights in zip(places, weights):
         components = place.generator.prompt_components.flatten(1)
         prompts = [(w @ components).mean(0) for w in place_weights.chunk(len(DEGRADATIONS))]
         cosines += [F.cosine_similarity(a, b, dim=0).item() for a, b in itertools.combinations(prompts, 2)]
+        pool_cosines += [F.cosine_similarity(a, b, dim=0).item() for a, b in itertools.combinations(components, 2)]
         routing.append([w.argmax(1).mode().values.item() for w in place_weights.chunk(len(DEGRADATIONS))])
-    return sum(cosines) / len(cosines), routing
+    return sum(cosines) / len(cosines), sum(pool_cosines) / len(pool_cosines), routing
 
 
-def run(weight: float, seed: int, steps: int, every: int, feature_dir: str) -> list[tuple[int, float, list]]:
+def run(
+    weight: float, seed: int, steps: int, every: int, feature_dir: str, negatives_grad: bool = False
+) -> list[tuple[int, float, float, list]]:
     config = CPLConfig(
         dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[8, 8, 16],
         prompt_sizes=[8, 4, 2], contrastive_weight=weight, contrastive_feature_network=feature_dir,
         contrastive_feature_layers=[0, 1, 2], contrastive_layer_weights=[0.25, 0.5, 1.0],
+        contrastive_negatives_grad=negatives_grad,
     )
     torch.manual_seed(seed)
     model = CPLForImageRestoration(config).train()
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--weight", type=float, default=0.1, help="lambda of the CPR run")
+    parser.add_argument("--negatives_grad", action="store_true", help="CPR run: gradients through the negatives too")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a shared machine
     feature_dir = tempfile.mkdtemp(prefix="cpl-drift-features-")
@@ -103,15 +109,17 @@ def main() -> None:
     for seed in args.seeds:
         for weight in (0.0, args.weight):
             start = time.perf_counter()
-            history = run(weight, seed, args.steps, args.every, feature_dir)
+            history = run(weight, seed, args.steps, args.every, feature_dir, args.negatives_grad and weight > 0)
             label = "L1 only" if weight == 0 else f"L1 + {weight} CPR"
             print(f"seed {seed}, {label} ({time.perf_counter() - start:.1f} s):")
-            for step, cosine, routing in history:
-                print(f"  step {step:4d}  mean cosine between degradations' prompts {cosine:.4f}  routing {routing}")
-            summary.append((seed, weight, history[0][1], history[-1][1]))
-    print("seed  lambda  cosine@0  cosine@end  drop")
-    for seed, weight, first, last in summary:
-        print(f"{seed:4d}  {weight:6.2f}  {first:8.4f}  {last:10.4f}  {first - last:.4f}")
+            for step, cosine, pool_cosine, routing in history:
+                print(f"  step {step:4d}  cosine between degradations' prompts {cosine:.4f}  between prompt "
+                      f"components {pool_cosine:.4f}  routing {routing}")
+            summary.append((seed, weight, history[0][1], history[-1][1], history[0][2], history[-1][2]))
+    print("seed  lambda  chosen cos@0  chosen cos@end  drop  | components cos@0  cos@end  drop")
+    for seed, weight, first, last, pool_first, pool_last in summary:
+        print(f"{seed:4d}  {weight:6.2f}  {first:12.4f}  {last:14.4f}  {first - last:.4f}  | {pool_first:16.4f}  "
+              f"{pool_last:7.4f}  {pool_first - pool_last:.4f}")
 
 
 if __name__ == "__main__":

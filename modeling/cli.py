@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore images (denoise, derain, dehaze, deblur, enhance) with an all-in-one restoration model.",
         epilog="Outputs are written as OUT/<stem><suffix>.png. Exit codes: 0 ok, 1 some inputs failed, 2 usage error.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive) or globs")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (not recursive) or globs")
+    parser.add_argument("--examples", action="store_true",
+                        help="also restore the degraded example photos shipped with the package (modeling/demo/examples)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
     parser.add_argument("--model", default=None, metavar="ID_OR_DIR",
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
@@ -177,6 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     # Checks that need no third-party import come first, so these usage errors are immediate.
+    if not args.inputs and not args.examples:
+        return fail_usage("give at least one INPUT (file, folder or glob), or --examples")
     if args.tile is None and args.tile_overlap is not None:
         return fail_usage("--tile-overlap only applies to tiled inference: give --tile N as well")
     if args.batch_size < 1:
@@ -186,7 +190,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem is not None:
         return fail_usage(problem)
 
-    files, errors = expand_inputs(args.inputs)
+    inputs = list(args.inputs)
+    if args.examples:
+        # The package's own folder, found without importing torch (this module stays import-light).
+        examples = Path(__file__).resolve().parent / "demo" / "examples"
+        if not examples.is_dir():
+            return fail_usage(f"no shipped examples in {examples} (this install carries no demo weights)")
+        inputs.append(str(examples))
+    files, errors = expand_inputs(inputs)
     jobs, plan_errors = plan_outputs(files, out_dir, args.suffix, overwrite=args.overwrite)
     errors += plan_errors
 

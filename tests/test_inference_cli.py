@@ -288,7 +288,7 @@ def test_cli_refuses_to_overwrite_inputs(inputs, checkpoint, capsys):
 @pytest.mark.parametrize(
     "args, word",
     [
-        (["-o", "OUT"], "required"),
+        (["-o", "OUT"], "at least one INPUT"),
         (["IN", "-o", "OUT", "--tile", "0"], "--tile"),
         (["IN", "-o", "OUT", "--tile", "16", "--tile-overlap", "16"], "--tile-overlap"),
         (["IN", "-o", "OUT", "--dtype", "int8"], "invalid choice"),
