@@ -8,6 +8,9 @@ from huggingface_hub.dataclasses import strict
 from .configuration_backbone import DEGRADATION_NAMES, check_bool, check_finite
 from .configuration_prompt_regularization import ContrastivePromptRegularizationConfig
 
+#: What the degradation estimator reads (see `degradation_estimator_input`).
+DEGRADATION_ESTIMATOR_INPUTS = ("features", "pixels")
+
 
 @strict(accept_kwargs=True)
 class PIPConfig(ContrastivePromptRegularizationConfig):
@@ -47,7 +50,14 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
         use_degradation_estimator (`bool`, defaults to `True`): build a light head on the pooled encoder
             features that predicts the degradation class; its softmax weights replace the one-hot weights when
             no `degradation_labels` are given.
-        degradation_estimator_hidden_dim (`int`, defaults to 128): hidden width of that head.
+        degradation_estimator_input (`str`, defaults to `"features"`): what the estimator looks at.
+            `"features"`: the mean-pooled encoder features of the four levels (an MLP head). `"pixels"`: the image
+            itself, through a small strided CNN whose maps are pooled by mean and standard deviation (noise,
+            rain streaks and blur are high-frequency cues that mean-pooled encoder features blur away). The
+            pixel estimator can be trained afterwards on its own (`python -m training.train_estimator`), with
+            the restoration weights frozen.
+        degradation_estimator_hidden_dim (`int`, defaults to 128): hidden width of that head (for `"pixels"`
+            also the width of the CNN's last layers).
         degradation_estimator_detach_features (`bool`, defaults to `True`): stop the estimator's gradient at
             the encoder, so training it never changes the restoration path (which always uses the true label
             when one is given, exactly as the official model).
@@ -90,6 +100,7 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
     topm_fractions: list[list[int]] | tuple[tuple[int, int], ...] = ((1, 2), (2, 3), (3, 4), (4, 5))
     topm_weight_init: float = 0.2
     use_degradation_estimator: bool = True
+    degradation_estimator_input: str = "features"
     degradation_estimator_hidden_dim: int = 128
     degradation_estimator_detach_features: bool = True
     degradation_estimator_loss_weight: float = 0.1
@@ -132,6 +143,11 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
         for name in ("prompt_interaction_bias", "use_degradation_estimator", "degradation_estimator_detach_features",
                      "decoder_prompts", "keep_unused_official_modules"):
             check_bool(name, getattr(self, name))
+        if self.degradation_estimator_input not in DEGRADATION_ESTIMATOR_INPUTS:
+            raise ValueError(
+                f"degradation_estimator_input must be one of {DEGRADATION_ESTIMATOR_INPUTS}, got "
+                f"{self.degradation_estimator_input!r}"
+            )
         if self.num_degradations < 1:
             raise ValueError(f"num_degradations must be positive, got {self.num_degradations}")
         if len(self.degradation_names) != self.num_degradations:

@@ -284,6 +284,49 @@ class DegradationEstimator(nn.Module):
         return self.classifier(pooled)
 
 
+def build_degradation_estimator(config: PIPConfig) -> nn.Module:
+    """The estimator ``config.degradation_estimator_input`` names (the encoder-feature head or the pixel CNN)."""
+    if config.degradation_estimator_input == "pixels":
+        return PixelDegradationEstimator(config.degradation_estimator_hidden_dim, config.num_degradations,
+                                         config.in_channels)
+    return DegradationEstimator(
+        config.dim * 15, config.degradation_estimator_hidden_dim, config.num_degradations,
+        config.degradation_estimator_detach_features,
+    )
+
+
+class PixelDegradationEstimator(nn.Module):
+    """Predicts the degradation class from the image itself (ours; ``degradation_estimator_input="pixels"``).
+
+    Four strided 3x3 convolutions (1/2 ... 1/16 resolution); the head reads the mean *and* standard deviation
+    of every channel at every level. The standard deviations carry the texture energy at each scale that tells
+    noise (finest), rain streaks and blur (missing fine texture) apart; the means carry the global brightness and
+    contrast that tell low light and haze apart. It never reads the restoration body, so it can be trained
+    afterwards with the body frozen.
+    """
+
+    def __init__(self, hidden_dim: int, num_degradations: int, in_channels: int = 3) -> None:
+        super().__init__()
+        widths = (max(8, hidden_dim // 4), max(8, hidden_dim // 2), hidden_dim, hidden_dim)
+        self.levels = nn.ModuleList()
+        previous = in_channels
+        for width in widths:
+            self.levels.append(nn.Sequential(nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.GELU()))
+            previous = width
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * sum(widths), hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled, hidden = [], pixel_values
+        for level in self.levels:
+            hidden = level(hidden)
+            # Statistics in fp32: a standard deviation over many pixels loses precision in half precision.
+            flat = hidden.float().flatten(2)
+            pooled += [flat.mean(dim=-1), flat.std(dim=-1, unbiased=False)]
+        return self.classifier(torch.cat(pooled, dim=1).to(self.classifier[0].weight.dtype))
+
+
 class PIPForImageRestoration(PromptRestorationPreTrainedModel):
     """PIP on the PromptIR-style Restormer body (``pip-restormer``), or on PromptIR with ``decoder_prompts``."""
 
@@ -319,14 +362,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             if config.decoder_prompts
             else None
         )
-        self.degradation_estimator = (
-            DegradationEstimator(
-                dim * 15, config.degradation_estimator_hidden_dim, config.num_degradations,
-                config.degradation_estimator_detach_features,
-            )
-            if config.use_degradation_estimator
-            else None
-        )
+        self.degradation_estimator = build_degradation_estimator(config) if config.use_degradation_estimator else None
         self.unused_official_modules = None
         if config.keep_unused_official_modules:
             # Constructed but never called by the official model; present only so its checkpoints load strictly.
@@ -352,7 +388,12 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         if self.degradation_estimator is None:
             raise RestorationInputError(self._no_estimator_message())
         self.check_pixel_values(pixel_values)
-        weights = self.degradation_estimator(self.unet.encode(self.pad_to_multiple(pixel_values))).softmax(dim=-1)
+        padded = self.pad_to_multiple(pixel_values)
+        if isinstance(self.degradation_estimator, PixelDegradationEstimator):
+            logits = self.degradation_estimator(padded)  # no encoder pass needed
+        else:
+            logits = self.degradation_estimator(self.unet.encode(padded))
+        weights = logits.softmax(dim=-1)
         return hard_weights(weights) if hard else weights
 
     def _no_estimator_message(self) -> str:
@@ -389,7 +430,11 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         padded = self.pad_to_multiple(pixel_values)
         features = self.unet.encode(padded)
 
-        estimator_logits = self.degradation_estimator(features) if self.degradation_estimator is not None else None
+        estimator_logits = None
+        if isinstance(self.degradation_estimator, PixelDegradationEstimator):
+            estimator_logits = self.degradation_estimator(padded)
+        elif self.degradation_estimator is not None:
+            estimator_logits = self.degradation_estimator(features)
         if degradation_labels is not None:
             weights = self.degradation_weights(degradation_labels, batch, padded.device)
         elif estimator_logits is not None:
