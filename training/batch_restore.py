@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -81,6 +82,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="column naming each row of a dataset input (default: the row index)")
     parser.add_argument("--split", default="train", help="split of a dataset input")
     parser.add_argument("--streaming", action="store_true", help="stream a Hub dataset instead of downloading it")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow the checkpoint's own model code")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -313,6 +315,20 @@ def restore_window(
     return restored, failed
 
 
+#: Temporary names of `modeling.cli.save_image_atomic`: ".<name>.<8 hex digits>.tmp".
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temporaries(images_dir: Path) -> int:
+    """Delete half-written outputs left by a killed run (called before any process writes); returns how many."""
+    removed = 0
+    for path in images_dir.rglob(".*.tmp") if images_dir.is_dir() else ():
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def build_dataset(source: FolderSource | DatasetSource, images_dir: Path, records: dict[str, dict]) -> Any:
     """Dataset with columns file_name, input, restored (images as stored bytes: formats and bit depth kept)."""
     import datasets
@@ -338,7 +354,10 @@ def build_dataset(source: FolderSource | DatasetSource, images_dir: Path, record
 def main(args: argparse.Namespace) -> dict:
     """Restore the archive; returns the summary (also written to OUT/summary.json on the main process)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    state = PartialState()
+    import torch
+
+    # Without cpu=True, PartialState leaves a CPU-only `accelerate launch --multi_gpu` as N separate rank-0 runs.
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
     output_dir = Path(args.output)
     input_dir = Path(args.input)
     if input_dir.is_dir():
@@ -354,6 +373,7 @@ def main(args: argparse.Namespace) -> dict:
     plan: list[Any] = [None]
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(images_dir)
         names = source.names()
         records = read_manifests(output_dir)
         done = {name for name, record in records.items() if record.get("status") == "ok"}
