@@ -210,7 +210,15 @@ def test_dataset_output_save_to_disk_round_trip_push_and_dataset_input(model_dir
         # HF_HUB_OFFLINE unset and HF_ENDPOINT on the fake server, for this subprocess only.
         run(argv, env=hub.client_env(script_env()))
         received = hub.files("me/restored")
-    assert any(path.endswith(".parquet") for path in received), sorted(received)
+    shards = sorted(path for path in received if path.endswith(".parquet"))
+    assert shards and "README.md" in received, sorted(received)
+    for number, shard in enumerate(shards):  # what `load_dataset("me/restored")` would read
+        (tmp_path / f"shard{number}.parquet").write_bytes(received[shard])
+    pushed = datasets.Dataset.from_parquet([str(tmp_path / f"shard{n}.parquet") for n in range(len(shards))])
+    assert pushed["file_name"] == names
+    assert pushed.cast_column("restored", datasets.Image(decode=False))[1]["restored"]["bytes"] == (
+        out / "images" / "c16.png"
+    ).read_bytes()
 
     dataset = datasets.load_from_disk(str(out / "dataset"))
     assert dataset.column_names == ["file_name", "input", "restored"]
