@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -329,26 +330,34 @@ def remove_stale_temporaries(images_dir: Path) -> int:
     return removed
 
 
-def build_dataset(source: FolderSource | DatasetSource, images_dir: Path, records: dict[str, dict]) -> Any:
-    """Dataset with columns file_name, input, restored (images as stored bytes: formats and bit depth kept)."""
+def _dataset_rows(names: list[str], outputs: list[str], source: Any) -> Iterator[dict]:
+    for name, output in zip(names, outputs):
+        yield {
+            "file_name": name,
+            "input": source.input_bytes(name),
+            "restored": {"bytes": Path(output).read_bytes(), "path": Path(output).name},
+        }
+
+
+def build_dataset(
+    source: FolderSource | DatasetSource, images_dir: Path, records: dict[str, dict], cache_dir: Path
+) -> Any:
+    """Dataset with columns file_name, input, restored (images as stored bytes: formats and bit depth kept).
+
+    Built with `Dataset.from_generator` into `cache_dir`, so the archive is streamed to Arrow files instead of
+    being held in memory.
+    """
     import datasets
 
     done = sorted(name for name, record in records.items() if record.get("status") == "ok")
-
-    def rows() -> Iterator[dict]:
-        for name in done:
-            output = images_dir / records[name]["output"]
-            yield {
-                "file_name": name,
-                "input": source.input_bytes(name),
-                "restored": {"bytes": output.read_bytes(), "path": output.name},
-            }
-
+    outputs = [str(images_dir / records[name]["output"]) for name in done]
     features = datasets.Features(
         {"file_name": datasets.Value("string"), "input": datasets.Image(), "restored": datasets.Image()}
     )
-    # from_list keeps it simple; rows are bytes of already-compressed files, so memory is the archive's size.
-    return datasets.Dataset.from_list(list(rows()), features=features)
+    return datasets.Dataset.from_generator(
+        _dataset_rows, features=features, cache_dir=str(cache_dir),
+        gen_kwargs={"names": done, "outputs": outputs, "source": source},
+    )
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -435,12 +444,15 @@ def main(args: argparse.Namespace) -> dict:
             "images_per_second": round(total_restored / work_seconds, 4) if work_seconds > 0 else None,
         }
         if args.output_format == "dataset":
-            dataset = build_dataset(source, images_dir, read_manifests(output_dir))
+            cache_dir = output_dir / ".dataset-cache"
+            dataset = build_dataset(source, images_dir, read_manifests(output_dir), cache_dir)
             dataset.save_to_disk(str(output_dir / "dataset"))
             summary["dataset"] = str(output_dir / "dataset")
             if args.push_to_hub:
                 dataset.push_to_hub(args.push_to_hub, private=args.private)
                 summary["pushed_to"] = args.push_to_hub
+            del dataset  # its Arrow files live in the cache: close them before removing it
+            shutil.rmtree(cache_dir, ignore_errors=True)
         tmp = output_dir / f".{SUMMARY_NAME}.tmp"
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, output_dir / SUMMARY_NAME)
