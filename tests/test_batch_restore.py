@@ -241,3 +241,26 @@ def test_dataset_output_save_to_disk_round_trip_push_and_dataset_input(model_dir
         assert np.array_equal(np.asarray(load_image_file(again / name)), want[name]), name
     assert json.loads((again / "summary.json").read_text())["restored"] == 3
     assert sorted(read_manifests(again)) == names
+
+
+def test_manifest_line_cut_by_a_kill_is_ignored_and_closed(tmp_path):
+    from training.batch_restore import Manifest
+
+    (tmp_path / f"{MANIFEST_PREFIX}0.jsonl").write_text('{"file": "a.png", "status": "ok", "output": "a.png"}\n{"fi')
+    (tmp_path / f"{MANIFEST_PREFIX}3.jsonl").write_text('{"file": "c.png", "status": "failed", "error": "x"}\n')
+    manifest = Manifest(tmp_path, 0)  # a resumed rank 0 appends after the cut line, not onto it
+    manifest.append({"file": "b.png", "status": "ok", "output": "b.png"})
+    manifest.close()
+    records = read_manifests(tmp_path)
+    assert sorted(records) == ["a.png", "b.png", "c.png"] and records["c.png"]["status"] == "failed"
+
+
+def test_output_inside_the_input_is_refused(tmp_path):
+    from training.batch_restore import main, parse_args
+
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    for output in (tmp_path / "in", tmp_path / "in" / "restored"):
+        with pytest.raises(ValueError, match="must not be --input"):
+            main(parse_args(["--input", str(tmp_path / "in"), "--output", str(output), "--model", "unused"]))
+    with pytest.raises(SystemExit):  # pushing needs the dataset output
+        parse_args(["--input", "x", "--output", "y", "--push_to_hub", "me/x"])
