@@ -118,7 +118,8 @@ def main() -> None:
             rows.append((processes, threads, summary))
     base = rows[0][2]["images_per_second"]
     print(f"\n{args.images} images of {args.size}x{args.size}, batch size {args.batch_size}, {cores} CPU cores")
-    print(f"{'processes':>9} | {'threads each':>12} | {'restored':>8} | {'seconds':>8} | {'images/s':>8} | {'ratio':>6}")
+    columns = (("processes", 9), ("threads each", 12), ("restored", 8), ("seconds", 8), ("images/s", 8), ("ratio", 6))
+    print(" | ".join(f"{name:>{width}}" for name, width in columns))
     print("-" * 68)
     for processes, threads, summary in rows:
         rate = summary["images_per_second"]

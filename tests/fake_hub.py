@@ -58,7 +58,10 @@ class FakeHub:
     """Context manager running the fake Hub in a background thread on a free port of 127.0.0.1."""
 
     def __init__(
-        self, token: str = FAKE_TOKEN, fail: Optional[Dict[str, int]] = None, lfs_suffixes: Tuple[str, ...] = (".parquet",)
+        self,
+        token: str = FAKE_TOKEN,
+        fail: Optional[Dict[str, int]] = None,
+        lfs_suffixes: Tuple[str, ...] = (".parquet",),
     ) -> None:
         self.token = token
         #: Files with these suffixes go through Git LFS (as the Hub does for parquet); everything else "regular".
@@ -276,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.fake_hub._lock:
                 present = obj["oid"] in self.fake_hub.lfs_objects
             href = f"{self.fake_hub.endpoint}/fake-lfs-storage/{obj['oid']}"
-            objects.append({"oid": obj["oid"], "size": obj["size"], **({} if present else {"actions": {"upload": {"href": href}}})})
+            actions = {} if present else {"actions": {"upload": {"href": href}}}  # no actions: already stored
+            objects.append({"oid": obj["oid"], "size": obj["size"], **actions})
         self._json(200, {"transfer": "basic", "objects": objects})
 
     def _lfs_upload(self, params: Dict[str, str], body: bytes, method: str) -> None:
