@@ -376,7 +376,10 @@ def main(args: argparse.Namespace) -> dict:
     images_dir = output_dir / "images" if args.output_format == "dataset" else output_dir
     started = time.perf_counter()
 
-    source = open_source(args)
+    # A Hub dataset or model is downloaded once, by the main process; the others then read the local cache.
+    with state.main_process_first():
+        source = open_source(args)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
     # The plan is made once, on the main process, before anyone writes: every process then works on the same
     # sorted to-do list, whatever the manifests of earlier runs (with any number of processes) contain.
     plan: list[Any] = [None]
@@ -392,7 +395,6 @@ def main(args: argparse.Namespace) -> dict:
         broadcast_object_list(plan, from_process=0)
     plan = plan[0]
 
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
     processor = load_processor(args.model if args.model is not None else modeling.inference.DEMO_CHECKPOINT_DIR)
     restore_kwargs = dict(
         model=model, processor=processor, tile=args.tile, tile_overlap=args.tile_overlap,
