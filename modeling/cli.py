@@ -148,15 +148,16 @@ def _open_new_file_beside(target: Path) -> tuple[int, Path]:
     raise FileExistsError(f"could not create a temporary file next to {target}")
 
 
-def _save_png(image: Any, target: Path, overwrite: bool = False) -> None:
-    """Write a PIL image or uint8/uint16 array as `target` (16-bit colour kept); never leaves a partial file."""
-    from .image_processing_restoration import write_png
+def save_image_atomic(image: Any, target: Path, overwrite: bool = False, format: str = "PNG") -> None:
+    """Write a PIL image or uint8/uint16 array as `target` in `format` (PNG keeps 16-bit colour); never leaves a
+    partial file under the final name. Also used by `training.batch_restore`."""
+    from .image_processing_restoration import write_image
 
-    # Write to a temporary file first so an interrupted run never leaves a half-written PNG under the final name.
+    # Write to a temporary file first so an interrupted run never leaves a half-written file under the final name.
     handle, tmp = _open_new_file_beside(target)
     try:
         with os.fdopen(handle, "wb") as file:
-            write_png(image, file)
+            write_image(image, file, format)
         if not overwrite and os.path.lexists(target):  # appeared while this image was being restored
             raise FileExistsError(f"output {target} already exists; not replacing it (use --overwrite)")
         os.replace(tmp, target)
@@ -164,6 +165,11 @@ def _save_png(image: Any, target: Path, overwrite: bool = False) -> None:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+def _save_png(image: Any, target: Path, overwrite: bool = False) -> None:
+    """Write `image` as the PNG `target` atomically (see `save_image_atomic`)."""
+    save_image_atomic(image, target, overwrite=overwrite, format="PNG")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -221,6 +221,35 @@ def write_png(image: Union[Image.Image, np.ndarray], file: Union[str, os.PathLik
         writer.write_packed(file, rows)
 
 
+#: Pillow save options per format for lossy formats (high quality: a restored archive should not lose detail).
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+
+
+def write_image(
+    image: Union[Image.Image, np.ndarray], file: Union[str, os.PathLike, IO[bytes]], format: str = "PNG"
+) -> None:
+    """Write a restored image in `format` (a Pillow format name such as "PNG", "JPEG", "TIFF").
+
+    PNG goes through `write_png` (lossless, 16-bit gray and colour kept). Other formats are written by Pillow;
+    uint8 arrays become PIL images, and a 16-bit colour array, which those formats cannot take through Pillow,
+    is refused with a ValueError rather than silently reduced to 8 bits.
+    """
+    format = format.upper()
+    if format == "PNG":
+        write_png(image, file)
+        return
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(
+                f"cannot write a {image.dtype} {tuple(image.shape)} image as {format} (Pillow writes 16-bit colour "
+                "only as PNG, through pypng); restore into PNG instead."
+            )
+        image = Image.fromarray(image)
+    if format == "JPEG" and image.mode not in ("RGB", "L"):  # JPEG has no alpha; keep the colour
+        image = image.convert("RGB")
+    image.save(file, format=format, **_SAVE_OPTIONS.get(format, {}))
+
+
 class RestorationImageProcessor(PilBackend):
     r"""
     Image processor for all-in-one restoration models.
@@ -511,4 +540,4 @@ def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return array.astype(np.float32)
 
 
-__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "write_png"]
+__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "write_image", "write_png"]

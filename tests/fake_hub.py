@@ -37,6 +37,18 @@ _ROUTES: List[Tuple[str, "re.Pattern[str]", str]] = [
     ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
     ("POST", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
     ("POST", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
+    # What `datasets.Dataset.push_to_hub` reads besides the above: repo info (with the head sha), and the repo's
+    # file listing through HfFileSystem (tree, paths-info) to find shards to replace and an existing card.
+    ("GET", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "repo_info"),
+    ("GET", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
+     "tree"),
+    ("POST", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/paths-info/(?P<rev>[^/]+)$"),
+     "paths_info"),
+    # Git LFS (basic transfer) for the suffixes in FakeHub.lfs_suffixes: the batch call, then an unauthenticated
+    # PUT of the bytes, as the real storage URL; the commit then names the object by its sha256.
+    ("POST", re.compile(r"^/(?:(?:datasets|spaces)/)?(?P<repo>[^/]+/[^/]+?|[^/]+?)\.git/info/lfs/objects/batch$"),
+     "lfs_batch"),
+    ("PUT", re.compile(r"^/fake-lfs-storage/(?P<oid>[0-9a-f]{64})$"), "lfs_upload"),
     ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
     ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
 ]
@@ -45,8 +57,17 @@ _ROUTES: List[Tuple[str, "re.Pattern[str]", str]] = [
 class FakeHub:
     """Context manager running the fake Hub in a background thread on a free port of 127.0.0.1."""
 
-    def __init__(self, token: str = FAKE_TOKEN, fail: Optional[Dict[str, int]] = None) -> None:
+    def __init__(
+        self,
+        token: str = FAKE_TOKEN,
+        fail: Optional[Dict[str, int]] = None,
+        lfs_suffixes: Tuple[str, ...] = (".parquet",),
+    ) -> None:
         self.token = token
+        #: Files with these suffixes go through Git LFS (as the Hub does for parquet); everything else "regular".
+        self.lfs_suffixes = lfs_suffixes
+        #: LFS objects received: sha256 hex -> bytes.
+        self.lfs_objects: Dict[str, bytes] = {}
         #: Endpoint name ("create_repo", "preupload", "commit", ...) -> HTTP status to answer it with instead.
         self.fail: Dict[str, int] = dict(fail or {})
         #: Every request as (method, path), in arrival order.
@@ -144,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         for route_method, pattern, name in _ROUTES:
             match = pattern.match(path)
             if route_method == method and match:
-                if method != "HEAD" and name != "resolve" and not self._authorized():
+                if method != "HEAD" and name not in ("resolve", "lfs_upload") and not self._authorized():
                     return self._json(401, {"error": "Invalid credentials in Authorization header"})
                 if name in self.fake_hub.fail:
                     return self._json(self.fake_hub.fail[name], {"error": f"fake hub told to fail {name}"})
@@ -204,7 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         # "regular" for everything: contents then travel base64 in the commit payload, no LFS / Xet round trips.
         self._json(
             200,
-            {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            {"files": [{"path": f["path"], "shouldIgnore": False,
+                        "uploadMode": "lfs" if f["path"].endswith(self.fake_hub.lfs_suffixes) else "regular"}
+                       for f in files]},
         )
 
     def _commit(self, params: Dict[str, str], body: bytes, method: str) -> None:
@@ -222,6 +245,12 @@ class _Handler(BaseHTTPRequestHandler):
                 content = value["content"]
                 is_base64 = value.get("encoding") == "base64"
                 files[value["path"]] = base64.b64decode(content) if is_base64 else content.encode()
+            elif key == "lfsFile":
+                with self.fake_hub._lock:
+                    content = self.fake_hub.lfs_objects.get(value["oid"])
+                if content is None:
+                    return self._json(400, {"error": f"LFS object {value['oid']} was never uploaded"})
+                files[value["path"]] = content
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             else:
@@ -242,6 +271,74 @@ class _Handler(BaseHTTPRequestHandler):
             200,
             {"commitUrl": f"{self.fake_hub.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None},
         )
+
+    def _lfs_batch(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        request = json.loads(body or b"{}")
+        objects = []
+        for obj in request.get("objects", []):
+            with self.fake_hub._lock:
+                present = obj["oid"] in self.fake_hub.lfs_objects
+            href = f"{self.fake_hub.endpoint}/fake-lfs-storage/{obj['oid']}"
+            actions = {} if present else {"actions": {"upload": {"href": href}}}  # no actions: already stored
+            objects.append({"oid": obj["oid"], "size": obj["size"], **actions})
+        self._json(200, {"transfer": "basic", "objects": objects})
+
+    def _lfs_upload(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        if hashlib.sha256(body).hexdigest() != params["oid"]:
+            return self._json(400, {"error": "sha256 of the body does not match the object id"})
+        with self.fake_hub._lock:
+            self.fake_hub.lfs_objects[params["oid"]] = body
+        self._json(200, {})
+
+    def _known(self, repo_id: str) -> bool:
+        with self.fake_hub._lock:
+            return any(r["repo_id"] == repo_id for r in self.fake_hub.created_repos) or any(
+                c["repo_id"] == repo_id for c in self.fake_hub.commits
+            )
+
+    def _head_sha(self, repo_id: str) -> str:
+        with self.fake_hub._lock:
+            count = sum(1 for c in self.fake_hub.commits if c["repo_id"] == repo_id)
+        return hashlib.sha1(f"{repo_id}@{count}".encode()).hexdigest()
+
+    def _entry(self, path: str, content: bytes) -> Dict[str, Any]:
+        return {"type": "file", "path": path, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+
+    def _repo_info(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        repo_id = params["repo"]
+        if not self._known(repo_id):
+            return self._json(404, {"error": f"Repository {repo_id} not found"}, error_code="RepoNotFound")
+        siblings = [{"rfilename": path} for path in sorted(self.fake_hub.files(repo_id))]
+        self._json(200, {"id": repo_id, "sha": self._head_sha(repo_id), "private": False, "siblings": siblings})
+
+    def _tree(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        if not self._known(params["repo"]):
+            return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
+        prefix = (params.get("path") or "").strip("/")
+        entries, folders = [], set()
+        for path, content in sorted(self.fake_hub.files(params["repo"]).items()):
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            rest = path[len(prefix) + 1:] if prefix else path
+            if "/" in rest:  # one level only: sub-folders as directory entries
+                folders.add(f"{prefix}/{rest.split('/')[0]}" if prefix else rest.split("/")[0])
+            else:
+                entries.append(self._entry(path, content))
+        entries += [{"type": "directory", "path": folder, "oid": "0" * 40, "size": 0} for folder in sorted(folders)]
+        if prefix and not entries:  # as the Hub: a folder that does not exist is a 404, not an empty listing
+            return self._json(404, {"error": f"{prefix} not found"}, error_code="EntryNotFound")
+        self._json(200, entries)
+
+    def _paths_info(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        from urllib.parse import parse_qs
+
+        fields = parse_qs(body.decode()) if body and not body.startswith(b"{") else {}
+        paths = fields.get("paths") or json.loads(body or b"{}").get("paths", [])
+        files = self.fake_hub.files(params["repo"])
+        found = [self._entry(path, files[path]) for path in paths if path in files]
+        folders = [{"type": "directory", "path": path, "oid": "0" * 40, "size": 0} for path in paths
+                   if path not in files and any(name.startswith(path.rstrip("/") + "/") for name in files)]
+        self._json(200, found + folders)
 
     def _resolve(self, params: Dict[str, str], body: bytes, method: str) -> None:
         content = self.fake_hub.files(params["repo"]).get(params["path"])

@@ -8,18 +8,17 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import torch.nn.functional as F
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
+from launch_helpers import free_port, kill_tree
 from safetensors.torch import load_file
 
 from training import checkpointing
@@ -65,29 +64,6 @@ def script_env(**extra) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", **extra)
     return env
-
-
-def free_port() -> int:
-    """A port nothing listens on now (bound by the OS and released), for one launch's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant. torch's elastic agent starts each rank in a new session, so
-    killing the launcher's process group would leave the ranks running (holding ports, CPU and our pipes)."""
-    try:
-        parent = psutil.Process(pid)
-        processes = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for process in processes:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(processes, timeout=30)
 
 
 def run_train(argv: list[str], env=None, launcher=(), timeout=600) -> subprocess.CompletedProcess:

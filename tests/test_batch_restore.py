@@ -1,0 +1,266 @@
+"""`training.batch_restore` launched as users launch it: 2 CPU processes under `accelerate launch`, kill -9 and
+resume with another number of processes, bad files, 16-bit PNGs, dataset output (save_to_disk and a fake Hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_helpers import save, textured_image
+from fake_hub import FakeHub
+from launch_helpers import free_port, kill_tree
+from PIL import Image
+
+import modeling
+from modeling import RestorationImageProcessor
+from modeling.image_processing_restoration import load_image_file, write_image, write_png
+from modeling.inference import load_model
+from training.batch_restore import MANIFEST_PREFIX, TEST_SLEEP_ENV, WINDOW_BATCHES, output_format_of, read_manifests
+
+REPO = Path(__file__).resolve().parents[1]
+PIP_TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],
+                prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4], degradation_estimator_hidden_dim=16)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny PIP (degradation estimated per image: the "auto" path) saved as a model folder."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("model")
+    config_class, model_class = modeling.MODEL_CLASSES["pip"]
+    torch.manual_seed(0)
+    model_class(config_class(**PIP_TINY)).save_pretrained(folder)
+    RestorationImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def sixteen_bit(seed: int, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65536, (height, width, 3)).astype(np.uint16)
+
+
+def script_env(**extra) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def launcher(processes: int) -> list[str]:
+    if processes == 1:
+        return [sys.executable]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    # --multi_gpu on CPU gives real processes (--cpu --num_processes 2 silently runs one); a port of our own.
+    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+
+
+def start(argv: list[str], processes: int, env=None) -> subprocess.Popen:
+    command = [*launcher(processes), "-m", "training.batch_restore", *argv]
+    return subprocess.Popen(command, env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, start_new_session=True)
+
+
+def run(argv: list[str], processes: int = 1, env=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the script to the end; on timeout kill the whole process tree and fail with its log."""
+    process = start(argv, processes, env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"batch_restore did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
+    finally:
+        kill_tree(process.pid)  # no rank may outlive its launch
+    assert process.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def manifest_lines(output_dir: Path) -> list[dict]:
+    lines = []
+    for manifest in sorted(output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
+        lines += [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def expected(model_dir: Path, input_dir: Path, names: list[str], scratch: Path) -> dict[str, np.ndarray]:
+    """`modeling.restore()` of each file with the same model, written in the output's format and decoded (a JPEG
+    in comes back as JPEG, so compare after the same encoding)."""
+    model = load_model(model_dir)
+    results = {}
+    for name in names:
+        target = scratch / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_image(modeling.restore(str(input_dir / name), model), target, output_format_of(name))
+        results[name] = np.asarray(load_image_file(target))
+    return results
+
+
+def recorded(output_dir: Path) -> int:
+    return len(manifest_lines(output_dir)) if output_dir.is_dir() else 0
+
+
+def outputs(output_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(load_image_file(output_dir / name)) for name in names}
+
+
+def test_two_processes_restore_each_file_once_like_restore(model_dir, tmp_path):
+    archive = tmp_path / "archive"
+    good = []
+    for i in range(6):  # two sizes in two sub-folders: same-size batches, mirrored tree
+        name = f"{'day' if i % 2 else 'night'}/photo{i}.png"
+        save(archive / name, textured_image(i, 24 if i < 3 else 16, 32))
+        good.append(name)
+    save(archive / "day" / "shot.jpg", textured_image(7, 16, 24), quality=90)
+    write_png(sixteen_bit(8, 16, 24), archive / "deep16.png")
+    good += ["day/shot.jpg", "deep16.png"]
+    (archive / "corrupt.png").write_bytes((archive / "night" / "photo0.png").read_bytes()[:120])
+    (archive / "notes.jpg").write_text("not an image")
+    (archive / "readme.txt").write_text("ignored: no image extension")
+    out = tmp_path / "out"
+
+    run(["--input", str(archive), "--output", str(out), "--model", str(model_dir), "--batch_size", "2"], processes=2)
+
+    lines = manifest_lines(out)
+    done = [line["file"] for line in lines if line["status"] == "ok"]
+    assert sorted(done) == sorted(good), "every readable input restored exactly once"
+    assert {line["rank"] for line in lines if line["status"] == "ok"} == {0, 1}, "both processes worked"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["restored"], summary["skipped"], summary["failed"]) == (len(good), 0, 2)
+    assert summary["failed_files"] == ["corrupt.png", "notes.jpg"]
+    assert summary["num_processes"] == 2 and all(n > 0 for n in summary["restored_per_process"])
+    assert summary["images_per_second"] > 0
+    assert not (out / "readme.txt").exists() and summary["ignored_non_image_files"] == 1
+
+    # Pixel-equal to restore() called as each process called it: one window per process here, so its readable
+    # files in manifest order, batched by size. (A batch of 2 and a batch of 1 may differ by 1e-8 in float, which
+    # can flip a rounding: the batching itself must be the same for bit equality.)
+    got = outputs(out, good)
+    model = load_model(model_dir)
+    for rank in (0, 1):
+        mine = [line["file"] for line in lines if line["rank"] == rank]
+        assert len(mine) <= 2 * WINDOW_BATCHES, "one window per process"
+        readable = [line["file"] for line in lines if line["rank"] == rank and line["status"] == "ok"]
+        restored = modeling.restore([load_image_file(archive / name) for name in readable], model, batch_size=2)
+        for name, image in zip(readable, restored):
+            target = tmp_path / "reference" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_image(image, target, output_format_of(name))  # JPEG in -> JPEG out: compare after one encode
+            assert np.array_equal(got[name], np.asarray(load_image_file(target))), name
+    assert Image.open(out / "day" / "shot.jpg").format == "JPEG"
+    assert got["deep16.png"].dtype == np.uint16 and got["deep16.png"].shape == (16, 24, 3)
+
+
+def test_sigkill_then_resume_with_one_process_finishes_the_archive_once(model_dir, tmp_path):
+    archive = tmp_path / "archive"
+    names = [f"part{i % 3}/img{i:02d}.png" for i in range(24)]
+    for i, name in enumerate(names):
+        save(archive / name, textured_image(i, 16, 16))
+    out = tmp_path / "out"
+    # One image per forward pass: the outputs are then bit-equal to restore() of each file whatever the split.
+    argv = ["--input", str(archive), "--output", str(out), "--model", str(model_dir), "--batch_size", "1"]
+
+    # Slow each image down (tests only) so the kill lands half-way; kill -9 every process of the launch.
+    process = start(argv, processes=2, env=script_env(**{TEST_SLEEP_ENV: "0.4"}))
+    try:
+        deadline = time.monotonic() + 240
+        while recorded(out) < 4:
+            assert process.poll() is None, process.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "no manifest lines appeared"
+            time.sleep(0.2)
+    finally:
+        kill_tree(process.pid)
+        process.communicate()
+    before = [line["file"] for line in manifest_lines(out)]
+    assert 4 <= len(before) < len(names), "killed half-way"
+
+    # Resume with another number of processes (1): the recorded images are skipped, the rest restored.
+    run(argv, processes=1)
+    lines = manifest_lines(out)
+    done = [line["file"] for line in lines if line["status"] == "ok"]
+    assert sorted(done) == sorted(names), "nothing restored twice, nothing lost"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == len(before) and summary["restored"] == len(names) - len(before)
+    assert summary["failed"] == 0
+    assert not list(out.rglob("*.tmp")), "no half-written file left behind"
+    produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert produced == sorted(names)
+    got, want = outputs(out, names), expected(model_dir, archive, names, tmp_path / "reference")
+    for name in names:
+        assert np.array_equal(got[name], want[name]), name
+
+
+def test_dataset_output_save_to_disk_round_trip_push_and_dataset_input(model_dir, tmp_path):
+    import datasets
+
+    archive = tmp_path / "archive"
+    save(archive / "a.png", textured_image(1, 16, 16))
+    save(archive / "sub" / "b.png", textured_image(2, 16, 24))
+    write_png(sixteen_bit(3, 16, 16), archive / "c16.png")
+    names = ["a.png", "c16.png", "sub/b.png"]
+    out = tmp_path / "out"
+    argv = ["--input", str(archive), "--output", str(out), "--model", str(model_dir),
+            "--output_format", "dataset", "--push_to_hub", "me/restored", "--batch_size", "1"]
+    with FakeHub() as hub:
+        # HF_HUB_OFFLINE unset and HF_ENDPOINT on the fake server, for this subprocess only.
+        run(argv, env=hub.client_env(script_env()))
+        received = hub.files("me/restored")
+    shards = sorted(path for path in received if path.endswith(".parquet"))
+    assert shards and "README.md" in received, sorted(received)
+    for number, shard in enumerate(shards):  # what `load_dataset("me/restored")` would read
+        (tmp_path / f"shard{number}.parquet").write_bytes(received[shard])
+    pushed = datasets.Dataset.from_parquet([str(tmp_path / f"shard{n}.parquet") for n in range(len(shards))])
+    assert pushed["file_name"] == names
+    assert pushed.cast_column("restored", datasets.Image(decode=False))[1]["restored"]["bytes"] == (
+        out / "images" / "c16.png"
+    ).read_bytes()
+
+    dataset = datasets.load_from_disk(str(out / "dataset"))
+    assert dataset.column_names == ["file_name", "input", "restored"]
+    assert dataset["file_name"] == names
+    want = expected(model_dir, archive, names, tmp_path / "reference")
+    for row in dataset.cast_column("restored", datasets.Image(decode=False)).cast_column(
+        "input", datasets.Image(decode=False)
+    ):
+        name = row["file_name"]
+        assert row["input"]["bytes"] == (archive / name).read_bytes()
+        assert row["restored"]["bytes"] == (out / "images" / name).read_bytes()
+        assert np.array_equal(np.asarray(load_image_file(out / "images" / name)), want[name]), name
+    assert np.asarray(load_image_file(out / "images" / "c16.png")).dtype == np.uint16
+
+    # The saved dataset is itself an input: rows named by file_name, images from the "input" column.
+    again = tmp_path / "again"
+    run(["--input", str(out / "dataset"), "--output", str(again), "--model", str(model_dir),
+         "--image_column", "input", "--batch_size", "1"])
+    for name in ["a.png", "sub/b.png"]:  # 8-bit rows: the dataset's PIL images restore like the files
+        assert np.array_equal(np.asarray(load_image_file(again / name)), want[name]), name
+    assert json.loads((again / "summary.json").read_text())["restored"] == 3
+    assert sorted(read_manifests(again)) == names
+
+
+def test_manifest_line_cut_by_a_kill_is_ignored_and_closed(tmp_path):
+    from training.batch_restore import Manifest
+
+    (tmp_path / f"{MANIFEST_PREFIX}0.jsonl").write_text('{"file": "a.png", "status": "ok", "output": "a.png"}\n{"fi')
+    (tmp_path / f"{MANIFEST_PREFIX}3.jsonl").write_text('{"file": "c.png", "status": "failed", "error": "x"}\n')
+    manifest = Manifest(tmp_path, 0)  # a resumed rank 0 appends after the cut line, not onto it
+    manifest.append({"file": "b.png", "status": "ok", "output": "b.png"})
+    manifest.close()
+    records = read_manifests(tmp_path)
+    assert sorted(records) == ["a.png", "b.png", "c.png"] and records["c.png"]["status"] == "failed"
+
+
+def test_output_inside_the_input_is_refused(tmp_path):
+    from training.batch_restore import main, parse_args
+
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    for output in (tmp_path / "in", tmp_path / "in" / "restored"):
+        with pytest.raises(ValueError, match="must not be --input"):
+            main(parse_args(["--input", str(tmp_path / "in"), "--output", str(output), "--model", "unused"]))
+    with pytest.raises(SystemExit):  # pushing needs the dataset output
+        parse_args(["--input", "x", "--output", "y", "--push_to_hub", "me/x"])

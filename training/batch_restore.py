@@ -1,0 +1,472 @@
+"""Restore a whole archive (a folder tree or a `datasets` dataset) on several processes, resumably.
+
+    accelerate launch -m training.batch_restore --input DIR|DATASET --output DIR [--model ID_OR_DIR]
+        [--degradation auto|NAME] [--tile N] [--batch_size N] [--output_format folder|dataset] [--push_to_hub ID]
+
+How it works:
+
+* The inputs are listed and sorted on the main process (files below a folder, or the rows of a dataset) and the
+  ones not yet done are split between the processes with `PartialState.split_between_processes`; neighbouring
+  (sorted) files tend to share a size, so each process decodes a window of them and hands the whole window to
+  `modeling.restore`, which batches same-size images. Everything `restore()` does (batching, tiling, labels,
+  bit depth) therefore applies here unchanged.
+* Each output is written atomically (temporary name, then `os.replace`), and only then is a JSON line appended
+  to the process's own ``manifest-rank{i}.jsonl``. At start the main process reads every manifest, so a run
+  killed at any point resumes without restoring a recorded image again, whatever the number of processes of
+  either run; an output written but not yet recorded is simply restored again and replaced.
+* A file that cannot be read or restored is logged, recorded as failed and counted; it never stops the run (and
+  is tried again on a resume).
+* ``--output_format folder`` mirrors the input tree (relative names, formats and bit depth kept: 16-bit PNG in,
+  16-bit PNG out; JPEG in, JPEG out). ``--output_format dataset`` writes the same files under ``OUT/images`` and
+  then a dataset with columns ``file_name``, ``input``, ``restored`` with ``save_to_disk`` to ``OUT/dataset``
+  (and to the Hub with ``--push_to_hub ID``).
+* The main process shows one progress bar for the whole archive and writes ``OUT/summary.json`` (restored,
+  skipped as already done, failed, images/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from PIL import Image
+
+from accelerate import PartialState
+from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list, gather_object
+
+import modeling
+from modeling.cli import save_image_atomic
+from modeling.image_processing_restoration import load_image_file
+from modeling.inference import load_model, load_processor
+
+from .data import IMAGE_EXTENSIONS, list_image_files
+
+logger = get_logger(__name__)
+
+MANIFEST_PREFIX = "manifest-rank"
+SUMMARY_NAME = "summary.json"
+#: Images decoded and handed to `restore()` at once, in batches: bounded memory, room for same-size batching.
+WINDOW_BATCHES = 4
+#: Tests only: seconds to sleep per image, so that a run can be killed half-way.
+TEST_SLEEP_ENV = "BATCH_RESTORE_TEST_SLEEP_S"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line arguments (see the module docstring)."""
+    parser = argparse.ArgumentParser(description="Restore every image of a folder tree or dataset, resumably.")
+    parser.add_argument("--input", required=True,
+                        help="a folder (restored recursively), a dataset saved with save_to_disk, or a Hub dataset id")
+    parser.add_argument("--output", required=True, help="output folder (manifests and summary.json go here too)")
+    parser.add_argument("--model", default=None,
+                        help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
+    parser.add_argument("--degradation", default="auto",
+                        help="degradation label for models that take one, or 'auto' to estimate it per image")
+    parser.add_argument("--tile", type=int, default=None, help="restore in overlapping N x N tiles (bounded memory)")
+    parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default 32, ≤ N/4)")
+    parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    parser.add_argument("--output_format", default="folder", choices=("folder", "dataset"),
+                        help="folder: mirror the input tree; dataset: also a datasets dataset (save_to_disk)")
+    parser.add_argument("--push_to_hub", default=None, metavar="ID",
+                        help="push the dataset (file_name, input, restored) to this Hub dataset repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub dataset repo as private")
+    parser.add_argument("--image_column", default="image", help="image column of a dataset input")
+    parser.add_argument("--file_column", default="file_name",
+                        help="column naming each row of a dataset input (default: the row index)")
+    parser.add_argument("--split", default="train", help="split of a dataset input")
+    parser.add_argument("--streaming", action="store_true", help="stream a Hub dataset instead of downloading it")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow the checkpoint's own model code")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.push_to_hub and args.output_format != "dataset":
+        parser.error("--push_to_hub pushes a dataset: add --output_format dataset")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+class FolderSource:
+    """Image files below a folder, named by their POSIX path relative to it (sorted, hidden entries skipped)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        root = self.root.as_posix().rstrip("/")
+        return [path[len(root) + 1:] for path in list_image_files(self.root)]
+
+    def ignored(self) -> int:
+        """Files below the folder without an image extension (not restored, only counted)."""
+        return sum(
+            1 for path in self.root.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self.root).parts)
+            and path.suffix.lower() not in IMAGE_EXTENSIONS
+        )
+
+    def read(self, name: str) -> Any:
+        # The inference decoder: EXIF rotation, gray/palette/alpha, 16-bit colour PNG as uint16, clear errors.
+        return load_image_file(self.root / name)
+
+    def output_name(self, name: str) -> str:
+        return name
+
+    def input_bytes(self, name: str) -> dict:
+        return {"bytes": (self.root / name).read_bytes(), "path": Path(name).name}
+
+
+class DatasetSource:
+    """Rows of a `datasets` dataset (saved with save_to_disk, or a Hub id); rows named by `file_column` when the
+    dataset has that column, else by their index."""
+
+    def __init__(self, dataset: Any, image_column: str, file_column: str) -> None:
+        if image_column not in (dataset.column_names or []):
+            raise ValueError(f"dataset has no column {image_column!r} (columns: {dataset.column_names}); "
+                             "use --image_column")
+        self.dataset, self.image_column = dataset, image_column
+        self.file_column = file_column if file_column in dataset.column_names else None
+        if self.file_column:
+            names = [str(n) for n in dataset[self.file_column]]
+            if len(set(names)) != len(names):
+                raise ValueError(f"column {self.file_column!r} has duplicate names; they must name rows uniquely")
+        else:
+            width = max(6, len(str(len(dataset))))
+            names = [f"{i:0{width}d}" for i in range(len(dataset))]
+        self._index = {name: i for i, name in enumerate(names)}
+
+    def names(self) -> list[str]:
+        return sorted(self._index)
+
+    def ignored(self) -> int:
+        return 0
+
+    def read(self, name: str) -> Any:
+        image = self.dataset[self._index[name]][self.image_column]
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"row {name!r}: column {self.image_column!r} holds {type(image).__name__}, not an image")
+        image.load()
+        return image
+
+    def output_name(self, name: str) -> str:
+        # Dataset rows are written losslessly as PNG unless their name already says which format.
+        return name if Path(name).suffix.lower() in IMAGE_EXTENSIONS else f"{name}.png"
+
+    def input_bytes(self, name: str) -> Any:
+        return self.read(name)
+
+
+def open_source(args: argparse.Namespace) -> FolderSource | DatasetSource:
+    """A folder, a dataset saved with save_to_disk, or a Hub dataset id."""
+    path = Path(args.input)
+    if path.is_dir() and not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return FolderSource(path)
+    import datasets
+
+    if path.is_dir():
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset[args.split]
+    else:
+        dataset = datasets.load_dataset(args.input, split=args.split, streaming=args.streaming)
+        if args.streaming:
+            # Rows are named and read by index, so the stream is materialised once (one pass over the data).
+            dataset = datasets.Dataset.from_list(list(dataset), features=dataset.features)
+    return DatasetSource(dataset, args.image_column, args.file_column)
+
+
+# ---------------------------------------------------------------------------------------------------- manifest
+def read_manifests(output_dir: Path) -> dict[str, dict]:
+    """Last record per input name over every ``manifest-rank*.jsonl`` (any number of earlier processes); a line
+    cut short by a kill is ignored."""
+    records: dict[str, dict] = {}
+    for manifest in sorted(output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "file" in record:
+                records[record["file"]] = record
+    return records
+
+
+class Manifest:
+    """This process's append-only record of finished inputs."""
+
+    def __init__(self, output_dir: Path, rank: int) -> None:
+        self.path = output_dir / f"{MANIFEST_PREFIX}{rank}.jsonl"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        # A kill during a write can leave a partial last line: end it, or the next record would be glued to it.
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(self.path, "rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
+
+    def append(self, record: dict) -> None:
+        # One write() of one short line on an O_APPEND descriptor: lines of concurrent writers never interleave.
+        os.write(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+
+
+class ArchiveProgress:
+    """The main process's bar over the whole archive: it counts the lines every process appended to its manifest
+    since the start, so other processes' work shows too without any communication."""
+
+    def __init__(self, output_dir: Path, total: Optional[int], initial: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.output_dir, self.enabled = output_dir, enabled
+        self._offsets = {p: p.stat().st_size for p in output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl")}
+        self._counted = 0
+        self.bar = tqdm(total=total, initial=initial, desc="restoring archive", unit="img", disable=not enabled)
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        count = 0
+        for manifest in self.output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl"):
+            with open(manifest, "rb") as handle:
+                handle.seek(self._offsets.get(manifest, 0))
+                count += handle.read().count(b"\n")
+        self.bar.update(count - self._counted)
+        self._counted = count
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------- restore
+def output_format_of(name: str) -> str:
+    """Pillow format for an output name, from its extension (".jpg" -> "JPEG", ".tif" -> "TIFF")."""
+    return Image.registered_extensions().get(Path(name).suffix.lower(), "PNG")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def restore_window(
+    names: Sequence[str],
+    source: FolderSource | DatasetSource,
+    images_dir: Path,
+    manifest: Manifest,
+    restore_kwargs: dict,
+    rank: int,
+) -> tuple[int, list[str]]:
+    """Decode, restore (one `modeling.restore` call, same-size images batched) and write one window of inputs,
+    recording each in the manifest after its output is in place. Returns (restored count, failed names)."""
+    decoded: list[tuple[str, Any]] = []
+    failed: list[str] = []
+
+    def fail(name: str, err: BaseException) -> None:
+        logger.warning(f"{name}: {_one_line(err)}")
+        manifest.append({"file": name, "status": "failed", "error": _one_line(err), "rank": rank})
+        failed.append(name)
+
+    for name in names:
+        try:
+            decoded.append((name, source.read(name)))
+        except Exception as err:  # one unreadable file must not stop the archive
+            fail(name, err)
+    if not decoded:
+        return 0, failed
+    try:
+        results = modeling.restore([image for _, image in decoded], **restore_kwargs)
+    except Exception as err:  # an image the processor or model refuses: restore one by one to isolate it
+        logger.info(f"batch of {len(decoded)} failed ({_one_line(err)}); restoring its images one by one")
+        results = []
+        for name, image in decoded:
+            try:
+                results.append(modeling.restore(image, **restore_kwargs))
+            except Exception as one_err:
+                results.append(one_err)
+    sleep = float(os.environ.get(TEST_SLEEP_ENV, "0") or 0)
+    restored = 0
+    for (name, _), result in zip(decoded, results):
+        if isinstance(result, BaseException):
+            fail(name, result)
+            continue
+        out_name = source.output_name(name)
+        target = images_dir / out_name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # overwrite=True: an output without a manifest line is from a killed run and is redone.
+            save_image_atomic(result, target, overwrite=True, format=output_format_of(out_name))
+        except Exception as err:
+            fail(name, err)
+            continue
+        if sleep:
+            time.sleep(sleep)
+        manifest.append({"file": name, "status": "ok", "output": out_name, "rank": rank})
+        restored += 1
+    return restored, failed
+
+
+#: Temporary names of `modeling.cli.save_image_atomic`: ".<name>.<8 hex digits>.tmp".
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temporaries(images_dir: Path) -> int:
+    """Delete half-written outputs left by a killed run (called before any process writes); returns how many."""
+    removed = 0
+    for path in images_dir.rglob(".*.tmp") if images_dir.is_dir() else ():
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _dataset_rows(names: list[str], outputs: list[str], source: Any) -> Iterator[dict]:
+    for name, output in zip(names, outputs):
+        yield {
+            "file_name": name,
+            "input": source.input_bytes(name),
+            "restored": {"bytes": Path(output).read_bytes(), "path": Path(output).name},
+        }
+
+
+def build_dataset(
+    source: FolderSource | DatasetSource, images_dir: Path, records: dict[str, dict], cache_dir: Path
+) -> Any:
+    """Dataset with columns file_name, input, restored (images as stored bytes: formats and bit depth kept).
+
+    Built with `Dataset.from_generator` into `cache_dir`, so the archive is streamed to Arrow files instead of
+    being held in memory.
+    """
+    import datasets
+
+    done = sorted(name for name, record in records.items() if record.get("status") == "ok")
+    outputs = [str(images_dir / records[name]["output"]) for name in done]
+    features = datasets.Features(
+        {"file_name": datasets.Value("string"), "input": datasets.Image(), "restored": datasets.Image()}
+    )
+    return datasets.Dataset.from_generator(
+        _dataset_rows, features=features, cache_dir=str(cache_dir),
+        gen_kwargs={"names": done, "outputs": outputs, "source": source},
+    )
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Restore the archive; returns the summary (also written to OUT/summary.json on the main process)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    import torch
+
+    # Without cpu=True, PartialState leaves a CPU-only `accelerate launch --multi_gpu` as N separate rank-0 runs.
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+    output_dir = Path(args.output)
+    input_dir = Path(args.input)
+    if input_dir.is_dir():
+        inside = output_dir.resolve() == input_dir.resolve() or input_dir.resolve() in output_dir.resolve().parents
+        if inside:  # outputs would replace the inputs, or be taken for inputs by the next (resumed) run
+            raise ValueError(f"--output {output_dir} must not be --input {input_dir} or a folder inside it")
+    images_dir = output_dir / "images" if args.output_format == "dataset" else output_dir
+    started = time.perf_counter()
+
+    # A Hub dataset or model is downloaded once, by the main process; the others then read the local cache.
+    with state.main_process_first():
+        source = open_source(args)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
+    # The plan is made once, on the main process, before anyone writes: every process then works on the same
+    # sorted to-do list, whatever the manifests of earlier runs (with any number of processes) contain.
+    plan: list[Any] = [None]
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(images_dir)
+        names = source.names()
+        records = read_manifests(output_dir)
+        done = {name for name, record in records.items() if record.get("status") == "ok"}
+        todo = [name for name in names if name not in done]
+        plan = [{"todo": todo, "total": len(names), "skipped": len(names) - len(todo), "ignored": source.ignored()}]
+    if state.num_processes > 1:
+        broadcast_object_list(plan, from_process=0)
+    plan = plan[0]
+
+    processor = load_processor(args.model if args.model is not None else modeling.inference.DEMO_CHECKPOINT_DIR)
+    restore_kwargs = dict(
+        model=model, processor=processor, tile=args.tile, tile_overlap=args.tile_overlap,
+        degradation=None if args.degradation == "auto" else args.degradation,
+        device=state.device, dtype=args.dtype, batch_size=args.batch_size,
+    )
+    # Throughput is timed from here, once every process has its model: loading is a constant, not restoring.
+    state.wait_for_everyone()
+    work_started = time.perf_counter()
+    manifest = Manifest(output_dir, state.process_index)
+    progress = ArchiveProgress(output_dir, plan["total"], plan["skipped"], enabled=state.is_main_process)
+    restored, failed = 0, []
+    with state.split_between_processes(plan["todo"]) as mine:
+        window = args.batch_size * WINDOW_BATCHES
+        try:
+            for start in range(0, len(mine), window):
+                count, bad = restore_window(
+                    mine[start:start + window], source, images_dir, manifest, restore_kwargs, state.process_index
+                )
+                restored += count
+                failed += bad
+                progress.refresh()
+        finally:
+            manifest.close()
+    state.wait_for_everyone()
+    progress.close()
+
+    per_rank = [{"rank": state.process_index, "restored": restored, "failed": failed}]
+    if state.num_processes > 1:
+        per_rank = gather_object(per_rank)
+    finished = time.perf_counter()
+    seconds, work_seconds = finished - started, finished - work_started
+    summary: dict = {}
+    if state.is_main_process:
+        total_restored = sum(r["restored"] for r in per_rank)
+        failed_files = sorted(name for r in per_rank for name in r["failed"])
+        summary = {
+            "total": plan["total"],
+            "restored": total_restored,
+            "skipped": plan["skipped"],
+            "failed": len(failed_files),
+            "failed_files": failed_files,
+            "ignored_non_image_files": plan["ignored"],
+            "restored_per_process": [r["restored"] for r in sorted(per_rank, key=lambda r: r["rank"])],
+            "num_processes": state.num_processes,
+            "seconds": round(seconds, 3),
+            "restore_seconds": round(work_seconds, 3),
+            # Over the restore phase (all processes, from the moment every one has loaded the model).
+            "images_per_second": round(total_restored / work_seconds, 4) if work_seconds > 0 else None,
+        }
+        if args.output_format == "dataset":
+            cache_dir = output_dir / ".dataset-cache"
+            dataset = build_dataset(source, images_dir, read_manifests(output_dir), cache_dir)
+            dataset.save_to_disk(str(output_dir / "dataset"))
+            summary["dataset"] = str(output_dir / "dataset")
+            if args.push_to_hub:
+                dataset.push_to_hub(args.push_to_hub, private=args.private)
+                summary["pushed_to"] = args.push_to_hub
+            del dataset  # its Arrow files live in the cache: close them before removing it
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        tmp = output_dir / f".{SUMMARY_NAME}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, output_dir / SUMMARY_NAME)
+        logger.info(
+            f"restored {summary['restored']}, skipped {summary['skipped']} (already done), failed {summary['failed']}"
+            f" in {work_seconds:.1f} s ({summary['images_per_second']} images/s; {seconds:.1f} s with loading)"
+            f" -> {output_dir}",
+            main_process_only=True,
+        )
+    state.wait_for_everyone()
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
