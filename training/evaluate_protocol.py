@@ -151,17 +151,18 @@ CONVENTIONS: dict[str, MetricConvention] = {
 
 @dataclass(frozen=True)
 class TestColumn:
-    """One column of a protocol's table: a test set and, for noise, its σ."""
+    """One column of a protocol's table: a test set, for noise its σ, and the ``--test_roots`` key it reads."""
 
     name: str
     task: str
     dataset: str
     sigma: Optional[int] = None
+    root: str = ""
 
     @property
     def root_key(self) -> str:
-        """Key of ``--test_roots`` that holds this column's images."""
-        return self.task if self.task in DEFAULT_SUBFOLDERS else "cdd11"
+        """Key of ``--test_roots`` that holds this column's images (default: the task)."""
+        return self.root or self.task
 
     @property
     def label(self) -> str:
@@ -196,7 +197,7 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "cdd11": Protocol(
         "cdd11",
-        tuple(TestColumn(t, t, "CDD-11") for t in CDD11_TYPES),
+        tuple(TestColumn(t, t, "CDD-11", root="cdd11") for t in CDD11_TYPES),
         "onerestore",
         "CDD-11 (OneRestore): eleven single and composite weather/low-light degradations, mean over the types",
     ),
