@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import png
 import pytest
 import torch
 from PIL import Image
@@ -44,6 +45,8 @@ def make_test_root(root: Path, protocol: str) -> Path:
         _save(bsd / f"{index}.png", smooth_image(H, W, seed=10 + index))
     deep = (smooth_image(H, W, seed=12)[:, :, 0].astype(np.uint16) * 257)
     Image.fromarray(deep).save(bsd / "deep16.png")  # 16-bit gray: converted to 8-bit RGB
+    colour = smooth_image(H, W, seed=13).astype(np.uint16) * 257
+    png.from_array(colour.reshape(H, -1), "RGB;16").save(str(bsd / "deep16rgb.png"))  # 16-bit colour, too
     _save(bsd / "dot.png", np.zeros((1, 1, 3), np.uint8))  # 1x1: nothing left to score after the crop
     (bsd / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # corrupt
     clean = smooth_image(H, W, seed=20)
@@ -142,25 +145,25 @@ def test_three_task_identity_model_scores_the_inputs(root3, monkeypatch):
         structural_similarity(clean / 255, degraded / 255, data_range=1, channel_axis=-1), abs=1e-9)
     # PromptIR's test.py: np.random.seed(0) once, then sigma 15, 25, 50 over the (sorted) clean images
     bsd = root3 / "test" / "denoise" / "bsd68"
-    cleans = [_crop_read(bsd / name) for name in ("0.png", "1.png", "deep16.png")]
+    cleans = [_crop_read(bsd / name) for name in ("0.png", "1.png", "deep16.png", "deep16rgb.png")]
     np.random.seed(0)
     for sigma in (15, 25, 50):
         noisy = [np.clip(c + np.random.randn(*c.shape) * sigma, 0, 255).astype(np.uint8) for c in cleans]
         expected = np.mean([peak_signal_noise_ratio(c / 255, n / 255, data_range=1) for c, n in zip(cleans, noisy)])
         assert tasks[f"noise-{sigma}"]["input_psnr"] == pytest.approx(expected, abs=1e-9)
-        assert tasks[f"noise-{sigma}"]["num_images"] == 3
+        assert tasks[f"noise-{sigma}"]["num_images"] == 4
     assert tasks["noise-15"]["input_psnr"] > tasks["noise-50"]["input_psnr"] + 8
     # bad files: counted, never fatal
     skipped = {Path(s["file"]).name: s["reason"] for s in results["skipped"]["files"]}
     assert results["skipped"]["count"] == 2
     assert skipped["broken.png"].startswith("corrupt") and skipped["dot.png"].startswith("too small")
-    assert [Path(c["file"]).name for c in results["converted"]["files"]] == ["deep16.png"]
+    assert [Path(c["file"]).name for c in results["converted"]["files"]] == ["deep16.png", "deep16rgb.png"]
     assert results["average"]["psnr"] == pytest.approx(np.mean([t["psnr"] for t in tasks.values()]), abs=1e-12)
     # a second model on the same test sets scores the inputs from the cache: only its restorations
     first_calls = len(calls)
-    assert first_calls == 2 * (1 + 1 + 3 * 3)  # restored + input per image
+    assert first_calls == 2 * (1 + 1 + 3 * 4)  # restored + input per image
     again = ep.evaluate_protocol(tiny_model("promptir"), test_sets, tile=16, tile_overlap=4)
-    assert len(calls) - first_calls == 1 + 1 + 3 * 3
+    assert len(calls) - first_calls == 1 + 1 + 3 * 4
     assert {n: t["input_psnr"] for n, t in again["tasks"].items()} == {n: t["input_psnr"] for n, t in tasks.items()}
     # report: ours, the input row and the published rows of the protocol, side by side
     report = ep.markdown_report(results, model_name="identity")
@@ -196,7 +199,7 @@ def test_five_task_cli_with_labels_writes_json_and_markdown(tmp_path):
     assert results["environment"]["scikit-image"]
     markdown = output.with_suffix(".md").read_text()
     assert "| low-light | LOL-v1 | 1 | 0 |" in markdown
-    assert "| noise-25 | BSD68 | 3 | 2 |" in markdown  # the corrupt and the 1x1 file, skipped and counted
+    assert "| noise-25 | BSD68 | 4 | 2 |" in markdown  # the corrupt and the 1x1 file, skipped and counted
     # the same labels and images through the model directly give the same score (tiling off, fp32)
     from modeling import restore
 

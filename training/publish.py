@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output, results=results, repo_id=args.repo_id, official_checkpoint=args.official_checkpoint,
             model_type=args.model_type, model_dir=args.model_dir, config_overrides=args.config, license=args.license,
         )
-    except (PublishError, OSError, json.JSONDecodeError) as error:
+    except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers
         sys.stderr.write(f"publish failed: {error}\n")
         return 2
     sys.stdout.write(f"verified folder: {folder}\n")
