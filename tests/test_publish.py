@@ -149,3 +149,33 @@ def test_verification_fails_for_a_folder_missing_its_code(tmp_path):
     (folder / "modeling_promptir.py").unlink()
     with pytest.raises(publish.PublishError, match="trust_remote_code without the package"):
         publish.verify_folder(folder, model)
+
+
+@pytest.fixture(scope="module")
+def three_task_results(tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("eval")
+    return json.loads(evaluation_json(tiny_model("restormer"), tmp_path).read_text())
+
+
+@pytest.mark.parametrize(
+    "model_type, template_text",
+    [("restormer", "swz30/Restormer"), ("promptir", "va1shn9v/PromptIR"), ("pip", "arXiv:2312.05038"),
+     ("cpl", "Aitical/CPLIR"), ("dppd", "10.1109/tip.2025.3567205")],
+)
+def test_every_model_has_a_card_rendered_from_the_json(tmp_path, three_task_results, model_type, template_text):
+    from huggingface_hub import ModelCard
+
+    from training import publish
+    from training.model_card import TEMPLATE_FILES
+
+    assert (REPO_ROOT / "model_cards" / TEMPLATE_FILES[model_type]).is_file()
+    results = {**three_task_results, "model_type": model_type}
+    path = publish.render_card(tmp_path, results, f"me/{model_type}", model_type, "apache-2.0", "trained here")
+    card = ModelCard.load(path)
+    assert _card_numbers(card) == {(n, m): t[m] for n, t in results["tasks"].items() for m in ("psnr", "ssim")}
+    text = card.text
+    assert template_text in text and "## Limits" in text and "## Training" in text and "Licence" in text
+    assert f'AutoModel.from_pretrained("me/{model_type}", trust_remote_code=True)' in text
+    assert 'pipeline("image-restoration"' in text and "prompt-restore" in text and "Space" in text
+    assert "{{" not in text and "Measured by the training run" not in text  # the evaluation is named instead
+    assert json.loads((tmp_path / "protocol_results.json").read_text()) == results
