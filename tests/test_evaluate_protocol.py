@@ -156,6 +156,7 @@ def test_three_task_identity_model_scores_the_inputs(root3, monkeypatch):
     # bad files: counted, never fatal
     skipped = {Path(s["file"]).name: s["reason"] for s in results["skipped"]["files"]}
     assert results["skipped"]["count"] == 2
+    assert [tasks[f"noise-{s}"]["skipped"] for s in (15, 25, 50)] == [2, 2, 2] and tasks["rain"]["skipped"] == 0
     assert skipped["broken.png"].startswith("corrupt") and skipped["dot.png"].startswith("too small")
     assert [Path(c["file"]).name for c in results["converted"]["files"]] == ["deep16.png", "deep16rgb.png"]
     assert results["average"]["psnr"] == pytest.approx(np.mean([t["psnr"] for t in tasks.values()]), abs=1e-12)

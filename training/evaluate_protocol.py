@@ -344,6 +344,11 @@ class ProtocolTestSets:
                 continue
             yield _stem(degraded_path), degraded, clean
 
+    def skipped_in(self, name: str) -> int:
+        """How many files of column `name` were skipped (a bad BSD68 file counts in every noise column)."""
+        files = {path for pair in self.columns[name].pairs for path in pair if path is not None}
+        return len(files & self.skipped.keys())
+
     def input_score(self, name: str, image: str, degraded: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
         """(PSNR, SSIM) of a degraded input against its clean image, computed once per test set."""
         cache = self.columns[name].input_scores.setdefault(self.convention.name, {})
@@ -444,7 +449,7 @@ def evaluate_protocol(
             "input_psnr": _mean([s[0] for s in inputs]),
             "input_ssim": _mean([s[1] for s in inputs]),
             "num_images": len(scores),
-            "skipped": sum(1 for s in test_sets.skipped.values() if s["column"] == spec.name),
+            "skipped": test_sets.skipped_in(spec.name),
             "missing_pairs": test_sets.missing_pairs.get(spec.name, 0),
         }
         if progress:
