@@ -212,6 +212,9 @@ def test_five_task_cli_with_labels_writes_json_and_markdown(tmp_path):
 
 def test_cdd11_from_test_roots_full_images(tmp_path):
     root = make_test_root(tmp_path / "cdd", "cdd11")
+    clean = smooth_image(H, W, seed=9)  # a training pair next to the test split: never scored
+    _save(root / "train" / "clear" / "000009.png", clean)
+    _save(root / "train" / "low" / "000009.png", _degrade(clean, 9))
     test_sets = ep.ProtocolTestSets("cdd11", ep.parse_test_roots([f"cdd11={root}"]),
                                     convention=ep.CONVENTIONS["onerestore"])
     results = ep.evaluate_protocol(identity_model("promptir"), test_sets)

@@ -365,6 +365,9 @@ class ProtocolTestSets:
 
 def _cdd11_sources(root: str) -> list:
     # CDD-11 ships train/ and test/ splits; a folder holding only <type>/ and clear/ is the test split itself.
+    # A local root with a test/ folder never falls back to reading everything (that would score train images).
+    if os.path.isdir(root):
+        return cdd11_sources(root, split="test" if os.path.isdir(os.path.join(root, "test")) else None)
     try:
         return cdd11_sources(root, split="test")
     except ValueError:
