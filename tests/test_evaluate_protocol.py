@@ -240,3 +240,34 @@ def test_usage_errors_are_clear(tmp_path):
         ep.find_test_roots("3-task", tmp_path)
     with pytest.raises(ValueError, match=r"needs test roots for \['haze', 'noise'\]"):
         ep.ProtocolTestSets("3-task", {"rain": str(tmp_path)}, convention=ep.CONVENTIONS["promptir"])
+
+
+def test_row_paired_parquet_datasets_read_through_hub_paired_source(root3, tmp_path):
+    """``ROOT@DEGRADED,CLEAN``: one pair per row (as Hub parquet datasets); same scores as the folder layout."""
+    import datasets
+
+    rain = root3 / "test" / "derain" / "Rain100L"
+    rows = {"input": [(rain / "input" / "1.png").read_bytes(), b"not an image"],
+            "target": [(rain / "target" / "1.png").read_bytes()] * 2}
+    features = datasets.Features({"input": datasets.Image(), "target": datasets.Image()})
+    table = datasets.Dataset.from_dict(
+        {k: [{"bytes": b, "path": None} for b in v] for k, v in rows.items()}, features=features)
+    table.to_parquet(str(tmp_path / "rain.parquet"))
+    bsd = root3 / "test" / "denoise" / "bsd68"
+    clean = datasets.Dataset.from_dict(
+        {"image": [{"bytes": (bsd / n).read_bytes(), "path": None} for n in ("0.png", "1.png")]},
+        features=datasets.Features({"image": datasets.Image()}))
+    clean.to_parquet(str(tmp_path / "bsd.parquet"))
+    roots = {**ep.find_test_roots("3-task", root3), "rain": f"{tmp_path / 'rain.parquet'}@input,target",
+             "noise": f"{tmp_path / 'bsd.parquet'}@image"}
+    test_sets = ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
+    results = ep.evaluate_protocol(identity_model(), test_sets)
+    folder = ep.evaluate_protocol(identity_model(), ep.ProtocolTestSets(
+        "3-task", ep.find_test_roots("3-task", root3), convention=ep.CONVENTIONS["promptir"]))
+    assert results["tasks"]["rain"]["num_images"] == 1 and results["tasks"]["rain"]["skipped"] == 1
+    assert results["tasks"]["rain"]["input_psnr"] == folder["tasks"]["rain"]["input_psnr"]
+    assert results["tasks"]["noise-15"]["num_images"] == 2
+    assert [s["reason"].split(":")[0] for s in results["skipped"]["files"]] == ["corrupt"]
+    with pytest.raises(ValueError, match="ROOT@DEGRADED_COLUMN,CLEAN_COLUMN"):
+        ep.ProtocolTestSets("3-task", {**roots, "rain": f"{tmp_path / 'rain.parquet'}@input"},
+                            convention=ep.CONVENTIONS["promptir"])

@@ -12,7 +12,8 @@ Protocols (:data:`PROTOCOLS`): ``3-task`` (BSD68 σ 15/25/50, Rain100L, SOTS-out
 Test folders are read in the official layouts by the corpus readers of :mod:`training.data` (the same pairing
 rules as training: Rain100L ``input/`` ↔ ``target/``, SOTS ``<id>_<A>_<beta>`` ↔ ``<id>.png``, GoPro ``blur/`` ↔
 ``sharp/`` or ``input/`` ↔ ``target/``, LOL ``low/`` ↔ ``high/``, CDD-11 ``<type>/`` ↔ ``clear/``), from a local
-folder or a Hub dataset repo id. ``--data_root`` finds each task's folder below the PromptIR/AdaIR test root
+folder or a Hub dataset repo id; a dataset with one pair per row (parquet) is read as ``ROOT@DEGRADED,CLEAN``
+(column names; ``ROOT@CLEAN`` for the noise test set; ``--hub_split``, default ``test``). ``--data_root`` finds each task's folder below the PromptIR/AdaIR test root
 (:data:`DEFAULT_SUBFOLDERS`); ``--test_roots task=DIR|HUB_ID`` names them one by one.
 
 Noisy test images are synthesized exactly as PromptIR's ``test.py``: one ``numpy`` legacy generator seeded once
@@ -50,8 +51,12 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import datasets  # noqa: E402
+
 from training.data import (  # noqa: E402
     CDD11_TYPES,
+    HubPairedSource,
+    _as_image_record,
     center_crop_to_multiple,
     cdd11_sources,
     clean_source,
@@ -262,7 +267,15 @@ class ProtocolTestSets:
     convention (:meth:`input_score`), so evaluating several models scores the inputs once.
     """
 
-    def __init__(self, protocol: str, roots: Mapping[str, str], *, convention: MetricConvention, seed: int = 0):
+    def __init__(
+        self,
+        protocol: str,
+        roots: Mapping[str, str],
+        *,
+        convention: MetricConvention,
+        seed: int = 0,
+        hub_split: str = "test",
+    ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
         self.protocol = PROTOCOLS[protocol]
@@ -273,13 +286,18 @@ class ProtocolTestSets:
         self.converted: dict[str, str] = {}  # file -> column
         self.missing_pairs: dict[str, int] = {}
         self.columns: dict[str, _Column] = {}
+        self.hub_split = hub_split
+        self._blobs: dict[str, bytes] = {}  # row-paired datasets: item key -> encoded image
+        self._rows: dict[str, list[tuple[Optional[str], str]]] = {}  # root -> its rows' keys, read once
         missing = sorted({c.root_key for c in self.protocol.columns} - set(self.roots))
         if missing:
             raise ValueError(f"protocol {protocol!r} needs test roots for {missing} (--data_root or --test_roots)")
         cdd11 = None
         for spec in self.protocol.columns:
             root = self.roots[spec.root_key]
-            if spec.task == "noise":
+            if "@" in root:  # a dataset with one (degraded, clean) pair per row: ROOT@DEGRADED,CLEAN
+                pairs = self._row_pairs(root, spec)
+            elif spec.task == "noise":
                 pairs = list(clean_source(root, "noise", name=f"{spec.dataset}").pairs)
             elif spec.root_key == "cdd11":
                 if cdd11 is None:
@@ -292,6 +310,48 @@ class ProtocolTestSets:
                 self.missing_pairs[spec.name] = source.missing_pairs
             self.columns[spec.name] = _Column(spec, pairs)
         self._synthesize_noise()
+
+    def _row_pairs(self, root: str, spec: TestColumn) -> list[tuple[Optional[str], str]]:
+        """Rows of a Hub dataset (or local parquet file) ``ROOT@DEGRADED,CLEAN`` (noise: ``ROOT@CLEAN``), streamed
+        with the corpus reader `HubPairedSource`; encoded images are kept in memory, decoded on each pass."""
+        if root in self._rows:
+            return self._rows[root]
+        if spec.root_key == "cdd11":
+            raise ValueError("CDD-11 is read in its folder layout (<type>/ and clear/), not as ROOT@COLUMNS")
+        path, _, names = root.rpartition("@")
+        columns = [name for name in names.split(",") if name]
+        if len(columns) not in (1, 2) or (len(columns) == 1) != (spec.task == "noise"):
+            raise ValueError(f"{root!r}: give ROOT@DEGRADED_COLUMN,CLEAN_COLUMN (noise: ROOT@CLEAN_COLUMN)")
+        degraded_column, clean_column = (None, columns[0]) if len(columns) == 1 else columns
+        local_parquet = os.path.isfile(path) and path.endswith(".parquet")
+        source = HubPairedSource(
+            path="parquet" if local_parquet else path, task_name=spec.task, degraded_column=degraded_column,
+            clean_column=clean_column, synthesis="noise" if degraded_column is None else None,
+            split="train" if local_parquet else self.hub_split, data_files=path if local_parquet else None,
+        )
+        dataset = source.load()
+        for column in filter(None, (degraded_column, clean_column)):
+            if isinstance((dataset.features or {}).get(column), datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))  # we decode (bad rows skip)
+        pairs = []
+        for index, row in enumerate(dataset):
+            keys = []
+            for column in (degraded_column, clean_column):
+                if column is None:
+                    keys.append(None)
+                    continue
+                record = _as_image_record(row[column])
+                key = f"{path}/row{index:05d}.{column}"
+                if record is None or (record["bytes"] is None and not record["path"]):
+                    self._blobs[key] = b""  # an empty cell: decoding fails, the row is skipped and counted
+                elif record["bytes"] is not None:
+                    self._blobs[key] = record["bytes"]
+                else:
+                    key = record["path"]
+                keys.append(key)
+            pairs.append((keys[0], keys[1]))
+        self._rows[root] = pairs
+        return pairs
 
     def _synthesize_noise(self) -> None:
         # PromptIR test.py: np.random.seed(0) once, then sigma 15, 25, 50 in turn over the same image list.
@@ -316,7 +376,7 @@ class ProtocolTestSets:
 
     def _read(self, path: str, column: str) -> np.ndarray:
         try:
-            image, converted = decode_image(path)
+            image, converted = decode_image(self._blobs.get(path, path))
         except Exception as error:  # any undecodable file is skipped and counted, never fatal
             raise _Skip(f"corrupt: {type(error).__name__}: {error}") from error
         if converted:
@@ -359,7 +419,7 @@ class ProtocolTestSets:
 
     def dataset_id(self, spec: TestColumn) -> str:
         """The Hub id of the column's test set when it was read from the Hub, else the dataset's name."""
-        root = self.roots[spec.root_key]
+        root = self.roots[spec.root_key].rpartition("@")[0] or self.roots[spec.root_key]
         return root if not os.path.exists(root) and "/" in root else spec.dataset
 
 
@@ -578,6 +638,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--data_root", default=None, help="test root in the PromptIR/AdaIR layout (see above)")
     parser.add_argument("--test_roots", nargs="*", default=[], metavar="TASK=DIR_OR_HUB_ID",
                         help=f"test set per task ({', '.join(DEFAULT_SUBFOLDERS)}); overrides --data_root")
+    parser.add_argument("--hub_split", default="test", help="split of row-paired Hub datasets (ROOT@COLUMNS)")
     parser.add_argument("--convention", default=None, choices=sorted(CONVENTIONS),
                         help="scoring convention (default: the protocol's: promptir for 3/5-task, onerestore for cdd11)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PromptIR's noise generator (official: 0)")
@@ -604,7 +665,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if not roots:
         raise SystemExit("give --data_root or --test_roots")
     convention = CONVENTIONS[args.convention or PROTOCOLS[args.protocol].default_convention]
-    test_sets = ProtocolTestSets(args.protocol, roots, convention=convention, seed=args.seed)
+    test_sets = ProtocolTestSets(args.protocol, roots, convention=convention, seed=args.seed,
+                                 hub_split=args.hub_split)
     from modeling.inference import load_model
 
     model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
