@@ -77,6 +77,31 @@ def test_metric_matches_skimage_per_image_then_mean(metric):
     assert evaluation.ssim(pairs[1][0], pairs[1][1]) == expected_ssim[1]
 
 
+@pytest.mark.parametrize("crop_border", [0, 3])
+@pytest.mark.parametrize("test_y_channel", [False, True])
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_metric_matches_skimage_under_every_setting(metric, crop_border, test_y_channel, gaussian):
+    """Random images, every combination of the protocol options: equal to scikit-image to 1e-6."""
+    pairs = [_pair(29, 37, 10), _pair(40, 33, 11, noise=0.2)]
+
+    def prepare(image):
+        image = image[crop_border:-crop_border, crop_border:-crop_border] if crop_border else image
+        return image @ (np.array([65.481, 128.553, 24.966]) / 255) + 16 / 255 if test_y_channel else image
+
+    expected_psnr = [peak_signal_noise_ratio(prepare(r), prepare(p), data_range=1) for p, r in pairs]
+    expected_ssim = [
+        structural_similarity(prepare(r), prepare(p), data_range=1, gaussian_weights=gaussian,
+                              channel_axis=None if test_y_channel else -1)
+        for p, r in pairs
+    ]
+    result = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs],
+                            crop_border=crop_border, test_y_channel=test_y_channel, ssim_gaussian_weights=gaussian,
+                            return_per_image=True)
+    np.testing.assert_allclose(result["psnr_per_image"], expected_psnr, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result["ssim_per_image"], expected_ssim, rtol=0, atol=1e-6)
+    assert result["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-6)
+
+
 def test_psnr_of_known_mse(metric):
     reference = np.linspace(0.0, 0.875, 16 * 16 * 3).reshape(16, 16, 3)
     # constant offset 0.1 -> MSE 0.01 -> 20 dB; 0.125 (exact in binary) -> 10*log10(64)

@@ -188,11 +188,13 @@ def decode_image(source: str | os.PathLike | bytes) -> tuple[np.ndarray, bool]:
     """
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else _open_binary(os.fspath(source))
     with stream, Image.open(stream) as image:
+        # Pillow opens 16-bit colour PNGs as 8-bit "RGB" (rawmode "RGB;16B"); only the tile says they were deeper.
+        deep_rgb = any(";16" in str(tile.args) for tile in image.tile)
         image.load()  # decode everything now: truncated files raise here, not later
         ImageOps.exif_transpose(image, in_place=True)
         mode = image.mode
         if mode == "RGB":
-            return np.asarray(image, dtype=np.uint8).copy(), False
+            return np.asarray(image, dtype=np.uint8).copy(), deep_rgb
         if mode.startswith("I") or mode == "F":
             values = np.asarray(image).astype(np.float64)
             if mode == "F":

@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # huggingface_hub is imported where used, so `--help` and err
 #: Card templates, one per published model (jinja, rendered by `huggingface_hub.ModelCard.from_template`).
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 TEMPLATE_FILES = {
-    "pip": "pip-restormer.md", "promptir": "promptir.md", "restormer": "restormer.md", "cpl": "promptir-cpl.md"
+    "pip": "pip-restormer.md", "promptir": "promptir.md", "restormer": "restormer.md", "cpl": "promptir-cpl.md",
+    "dppd": "dppd.md",
 }
 GENERIC_TEMPLATE = "generic.md"
 
@@ -46,6 +47,9 @@ DEFAULT_METRIC_PROTOCOL = (
     "shave; SSIM with scikit-image's uniform 7×7 window), one score per image averaged over the images, as in the "
     "PromptIR / PIP evaluation code (`training/metrics/restoration_psnr_ssim`)."
 )
+
+#: Where the numbers of a card come from, by default (the training run's validation).
+DEFAULT_RESULTS_SOURCE = "Measured by the training run on held-out image pairs."
 
 
 class HubPushError(RuntimeError):
@@ -66,6 +70,9 @@ def build_model_card(
     base_model: Optional[Union[str, List[str]]] = None,
     metric_protocol: str = DEFAULT_METRIC_PROTOCOL,
     template_dir: Union[str, os.PathLike] = MODEL_CARDS_DIR,
+    results_source: str = DEFAULT_RESULTS_SOURCE,
+    comparison: str = "",
+    license: str = "apache-2.0",
 ) -> "ModelCard":
     """A `huggingface_hub.ModelCard` for a trained model, with model-index results taken from `results`.
 
@@ -82,6 +89,11 @@ def build_model_card(
         base_model: Hub id(s) of the weights training started from, if any.
         metric_protocol: one or two sentences on how PSNR/SSIM were measured (change it with the metric options).
         template_dir: folder holding the templates (default: the repository's ``model_cards/``).
+        results_source: one sentence saying what was evaluated (a training run's validation, or a protocol's
+            test sets by ``training.evaluate_protocol``).
+        comparison: optional Markdown shown after the results table (e.g. the published numbers beside ours,
+            rendered from the same evaluation JSON).
+        license: the card's ``license`` field (the weights' licence).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -105,7 +117,7 @@ def build_model_card(
     datasets = training_summary.get("datasets")
     card_data = ModelCardData(
         model_name=title,
-        license="apache-2.0",
+        license=license,
         library_name="transformers",
         pipeline_tag="image-to-image",
         tags=["image-restoration", "all-in-one", "prompt-learning", model_type],
@@ -124,6 +136,9 @@ def build_model_card(
         model_id=model_id,
         model_type=model_type,
         metric_protocol=metric_protocol,
+        results_source=results_source,
+        comparison=comparison,
+        license=license,
         results_table=results_table(results),
         training_section=training_section(training_summary),
         usage_section=usage_section(model_id),
@@ -226,7 +241,10 @@ From the command line, with this repository installed (`pip install .` in a clon
 
 ```bash
 prompt-restore degraded.png -o restored/ --model {model_id} --trust-remote-code
-```"""
+```
+
+In a browser: the repository's Gradio Space (`python space/app.py`, or publish your own with
+`python space/build_space.py --push you/name`) takes this model id in its model picker."""
 
 
 def _check_result(result: Mapping[str, Any], index: int) -> Dict[str, Any]:

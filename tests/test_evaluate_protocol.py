@@ -1,0 +1,273 @@
+"""Evaluation in the papers' protocols: official test layouts, PromptIR's seeded noise, conventions, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from conftest import smooth_image, tiny_model
+from training import evaluate_protocol as ep
+from training.data import CDD11_TYPES, center_crop_to_multiple, decode_image
+from training.published_results import PUBLISHED
+
+H, W = 35, 41  # not multiples of 16: the PromptIR crop keeps the centre 32x32
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _degrade(clean: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(clean.astype(np.float64) * 0.8 + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8)
+
+
+def make_test_root(root: Path, protocol: str) -> Path:
+    """A tiny test root in the official layouts (PromptIR test/, AdaIR deblur, PIP enhance, CDD-11)."""
+    test = root / "test"
+    if protocol == "cdd11":
+        for index in range(2):
+            clean = smooth_image(H, W, seed=index)
+            _save(test / "clear" / f"00000{index}.png", clean)
+            for t, cdd_type in enumerate(CDD11_TYPES):
+                _save(test / cdd_type / f"00000{index}.png", _degrade(clean, 100 * t + index))
+        return root
+    bsd = test / "denoise" / "bsd68"
+    for index in range(2):
+        _save(bsd / f"{index}.png", smooth_image(H, W, seed=10 + index))
+    deep = (smooth_image(H, W, seed=12)[:, :, 0].astype(np.uint16) * 257)
+    Image.fromarray(deep).save(bsd / "deep16.png")  # 16-bit gray: converted to 8-bit RGB
+    colour = smooth_image(H, W, seed=13).astype(np.uint16) * 257
+    png.from_array(colour.reshape(H, -1), "RGB;16").save(str(bsd / "deep16rgb.png"))  # 16-bit colour, too
+    _save(bsd / "dot.png", np.zeros((1, 1, 3), np.uint8))  # 1x1: nothing left to score after the crop
+    (bsd / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # corrupt
+    clean = smooth_image(H, W, seed=20)
+    _save(test / "derain" / "Rain100L" / "target" / "1.png", clean)
+    _save(test / "derain" / "Rain100L" / "input" / "1.png", _degrade(clean, 1))
+    clean = smooth_image(H, W, seed=21)
+    _save(test / "dehaze" / "target" / "0001.png", clean)
+    _save(test / "dehaze" / "input" / "0001_0.8_0.2.png", _degrade(clean, 2))
+    if protocol == "5-task":
+        clean = smooth_image(H, W, seed=22)
+        _save(test / "deblur" / "gopro" / "target" / "GOPR0384_11_00_000001.png", clean)
+        _save(test / "deblur" / "gopro" / "input" / "GOPR0384_11_00_000001.png", _degrade(clean, 3))
+        clean = smooth_image(H, W, seed=23)
+        _save(test / "enhance" / "high" / "1.png", clean)
+        _save(test / "enhance" / "low" / "1.png", _degrade(clean, 4))
+    return root
+
+
+def identity_model(model_type: str = "restormer"):
+    """A tiny model whose output convolution is zero: with the global residual it returns its input exactly."""
+    model = tiny_model(model_type)
+    with torch.no_grad():
+        model.unet.output.weight.zero_()
+        if model.unet.output.bias is not None:
+            model.unet.output.bias.zero_()
+    return model
+
+
+def _crop_read(path: Path) -> np.ndarray:
+    return center_crop_to_multiple(decode_image(path)[0], 16)
+
+
+def test_conventions_registry_and_metric_parity_with_skimage():
+    """Each named convention scores exactly as scikit-image does under the same settings (random images)."""
+    rng = np.random.default_rng(0)
+    clean = rng.random((40, 44, 3))
+    restored = np.clip(clean + 0.05 * rng.standard_normal(clean.shape), 0, 1)
+
+    def luma(image):
+        return image @ (np.array([65.481, 128.553, 24.966]) / 255) + 16 / 255
+
+    for name, convention in ep.CONVENTIONS.items():
+        assert convention.used_by, name
+        a, b = restored, clean
+        if convention.border_shave:
+            s = convention.border_shave
+            a, b = a[s:-s, s:-s], b[s:-s, s:-s]
+        if convention.channel == "y":
+            a, b = luma(a), luma(b)
+        channel_axis = -1 if a.ndim == 3 else None
+        expected_psnr = peak_signal_noise_ratio(b, a, data_range=1)
+        expected_ssim = structural_similarity(b, a, data_range=1, channel_axis=channel_axis,
+                                              gaussian_weights=convention.ssim_window == "gaussian11")
+        assert ep.psnr(restored, clean, **convention.psnr_kwargs()) == pytest.approx(expected_psnr, abs=1e-6), name
+        assert ep.ssim(restored, clean, **convention.ssim_kwargs()) == pytest.approx(expected_ssim, abs=1e-6), name
+    assert ep.CONVENTIONS["promptir"].crop_multiple == 16 and ep.CONVENTIONS["onerestore"].crop_multiple == 0
+    with pytest.raises(ValueError, match="ssim_window"):
+        ep.MetricConvention("x", ssim_window="gaussian7")
+
+
+def test_published_rows_cover_the_protocol_columns():
+    for protocol, rows in PUBLISHED.items():
+        columns = {c.name for c in ep.PROTOCOLS[protocol].columns}
+        for row in rows:
+            assert set(row.scores) <= columns, (protocol, row.method)
+            assert row.source and row.average is not None
+    cpl = next(r for r in PUBLISHED["3-task"] if r.method == "PromptIR + CPL")
+    assert cpl.scores["rain"] == (38.77, 0.985) and cpl.scores["noise-15"] == (34.15, 0.933)
+
+
+@pytest.fixture(scope="module")
+def root3(tmp_path_factory) -> Path:
+    return make_test_root(tmp_path_factory.mktemp("three"), "3-task")
+
+
+def test_three_task_identity_model_scores_the_inputs(root3, monkeypatch):
+    roots = ep.find_test_roots("3-task", root3)
+    assert roots["noise"].endswith("test/denoise/bsd68") and roots["haze"].endswith("test/dehaze")
+    test_sets = ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
+    calls = []
+    real_psnr = ep.psnr
+    monkeypatch.setattr(ep, "psnr", lambda *a, **k: calls.append(1) or real_psnr(*a, **k))  # a counting spy
+    results = ep.evaluate_protocol(identity_model(), test_sets)
+    tasks = results["tasks"]
+    assert list(tasks) == ["haze", "rain", "noise-15", "noise-25", "noise-50"]
+    for name, t in tasks.items():  # identity model: restoration scores == degraded-input scores
+        assert t["psnr"] == pytest.approx(t["input_psnr"], abs=1e-6), name
+        assert t["ssim"] == pytest.approx(t["input_ssim"], abs=1e-6), name
+    # the input baseline, recomputed here with scikit-image on the PromptIR crop
+    rain = root3 / "test" / "derain" / "Rain100L"
+    degraded, clean = _crop_read(rain / "input" / "1.png"), _crop_read(rain / "target" / "1.png")
+    assert degraded.shape == (32, 32, 3)
+    assert tasks["rain"]["input_psnr"] == pytest.approx(
+        peak_signal_noise_ratio(clean / 255, degraded / 255, data_range=1), abs=1e-9)
+    assert tasks["rain"]["input_ssim"] == pytest.approx(
+        structural_similarity(clean / 255, degraded / 255, data_range=1, channel_axis=-1), abs=1e-9)
+    # PromptIR's test.py: np.random.seed(0) once, then sigma 15, 25, 50 over the (sorted) clean images
+    bsd = root3 / "test" / "denoise" / "bsd68"
+    cleans = [_crop_read(bsd / name) for name in ("0.png", "1.png", "deep16.png", "deep16rgb.png")]
+    np.random.seed(0)
+    for sigma in (15, 25, 50):
+        noisy = [np.clip(c + np.random.randn(*c.shape) * sigma, 0, 255).astype(np.uint8) for c in cleans]
+        expected = np.mean([peak_signal_noise_ratio(c / 255, n / 255, data_range=1) for c, n in zip(cleans, noisy)])
+        assert tasks[f"noise-{sigma}"]["input_psnr"] == pytest.approx(expected, abs=1e-9)
+        assert tasks[f"noise-{sigma}"]["num_images"] == 4
+    assert tasks["noise-15"]["input_psnr"] > tasks["noise-50"]["input_psnr"] + 8
+    # bad files: counted, never fatal
+    skipped = {Path(s["file"]).name: s["reason"] for s in results["skipped"]["files"]}
+    assert results["skipped"]["count"] == 2
+    assert [tasks[f"noise-{s}"]["skipped"] for s in (15, 25, 50)] == [2, 2, 2] and tasks["rain"]["skipped"] == 0
+    assert skipped["broken.png"].startswith("corrupt") and skipped["dot.png"].startswith("too small")
+    assert [Path(c["file"]).name for c in results["converted"]["files"]] == ["deep16.png", "deep16rgb.png"]
+    assert results["average"]["psnr"] == pytest.approx(np.mean([t["psnr"] for t in tasks.values()]), abs=1e-12)
+    # a second model on the same test sets scores the inputs from the cache: only its restorations
+    first_calls = len(calls)
+    assert first_calls == 2 * (1 + 1 + 3 * 4)  # restored + input per image
+    again = ep.evaluate_protocol(tiny_model("promptir"), test_sets, tile=16, tile_overlap=4)
+    assert len(calls) - first_calls == 1 + 1 + 3 * 4
+    assert {n: t["input_psnr"] for n, t in again["tasks"].items()} == {n: t["input_psnr"] for n, t in tasks.items()}
+    # report: ours, the input row and the published rows of the protocol, side by side
+    report = ep.markdown_report(results, model_name="identity")
+    assert "| Method | haze | rain | noise-15 | noise-25 | noise-50 | Average | Source |" in report
+    assert f"| **identity** | {tasks['haze']['psnr']:.2f}/{tasks['haze']['ssim']:.3f} |" in report
+    assert "| PromptIR + CPL | 31.27/0.980 | 38.77/0.985 | 34.15/0.933 | 31.50/0.889 | 28.23/0.800 | 32.78/0.917 |" \
+        in report
+    assert "| MoCE-IR (Gaussian SSIM) |" in report and "`broken.png`" not in report.split("Skipped")[0]
+
+
+def test_tiling_gives_the_same_identity_scores(root3):
+    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3), convention=ep.CONVENTIONS["promptir"])
+    whole = ep.evaluate_protocol(identity_model(), test_sets)
+    tiled = ep.evaluate_protocol(identity_model(), test_sets, tile=16, tile_overlap=4)
+    for name in whole["tasks"]:
+        assert tiled["tasks"][name]["psnr"] == pytest.approx(whole["tasks"][name]["psnr"], abs=1e-6)
+
+
+def test_five_task_cli_with_labels_writes_json_and_markdown(tmp_path):
+    root = make_test_root(tmp_path / "data", "5-task")
+    model_dir = tmp_path / "pip"
+    model = tiny_model("pip")
+    model.save_pretrained(model_dir)
+    output = tmp_path / "results.json"
+    returned = ep.main(["--model", str(model_dir), "--protocol", "5-task", "--data_root", str(root),
+                        "--output", str(output), "--device", "cpu"])
+    results = json.loads(output.read_text())
+    assert results["tasks"] == json.loads(json.dumps(returned["tasks"]))
+    assert list(results["tasks"]) == ["haze", "rain", "noise-25", "blur", "low-light"]
+    assert results["tasks"]["blur"]["label"] == "blur" and results["tasks"]["noise-25"]["sigma"] == 25
+    assert results["model_type"] == "pip" and results["convention"]["name"] == "promptir"
+    assert results["degradation"] == "label" and {r["method"] for r in results["published"]} >= {"IDR", "AdaIR"}
+    assert results["environment"]["scikit-image"]
+    markdown = output.with_suffix(".md").read_text()
+    assert "| low-light | LOL-v1 | 1 | 0 |" in markdown
+    assert "| noise-25 | BSD68 | 4 | 2 |" in markdown  # the corrupt and the 1x1 file, skipped and counted
+    # the same labels and images through the model directly give the same score (tiling off, fp32)
+    from modeling import restore
+
+    test = root / "test" / "enhance"
+    degraded, clean = _crop_read(test / "low" / "1.png"), _crop_read(test / "high" / "1.png")
+    restored = restore(degraded.astype(np.float32) / 255, model, degradation="low-light")
+    assert results["tasks"]["low-light"]["psnr"] == pytest.approx(ep.psnr(restored, clean), abs=1e-6)
+
+
+def test_cdd11_from_test_roots_full_images(tmp_path):
+    root = make_test_root(tmp_path / "cdd", "cdd11")
+    clean = smooth_image(H, W, seed=9)  # a training pair next to the test split: never scored
+    _save(root / "train" / "clear" / "000009.png", clean)
+    _save(root / "train" / "low" / "000009.png", _degrade(clean, 9))
+    test_sets = ep.ProtocolTestSets("cdd11", ep.parse_test_roots([f"cdd11={root}"]),
+                                    convention=ep.CONVENTIONS["onerestore"])
+    results = ep.evaluate_protocol(identity_model("promptir"), test_sets)
+    assert list(results["tasks"]) == list(CDD11_TYPES)
+    low = results["tasks"]["low"]
+    assert low["num_images"] == 2 and low["dataset"] == "CDD-11"
+    degraded = [decode_image(root / "test" / "low" / f"00000{i}.png")[0] for i in range(2)]
+    clean = [decode_image(root / "test" / "clear" / f"00000{i}.png")[0] for i in range(2)]
+    assert degraded[0].shape == (H, W, 3)  # OneRestore scores full images (no crop)
+    expected = np.mean([peak_signal_noise_ratio(c, d) for c, d in zip(clean, degraded)])
+    assert low["input_psnr"] == pytest.approx(expected, abs=1e-9)
+    assert low["psnr"] == pytest.approx(low["input_psnr"], abs=1e-6)
+    report = ep.markdown_report(results)
+    assert "| PromptIR + CPL | 27.35 | 32.79 |" in report
+
+
+def test_usage_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="TASK=DIR"):
+        ep.parse_test_roots(["rain"])
+    with pytest.raises(ValueError, match="unknown task"):
+        ep.parse_test_roots(["snow=x"])
+    with pytest.raises(FileNotFoundError, match="no test folder for haze.*noise \\(tried denoise/bsd68"):
+        ep.find_test_roots("3-task", tmp_path)
+    with pytest.raises(ValueError, match=r"needs test roots for \['haze', 'noise'\]"):
+        ep.ProtocolTestSets("3-task", {"rain": str(tmp_path)}, convention=ep.CONVENTIONS["promptir"])
+
+
+def test_row_paired_parquet_datasets_read_through_hub_paired_source(root3, tmp_path):
+    """``ROOT@DEGRADED,CLEAN``: one pair per row (as Hub parquet datasets); same scores as the folder layout."""
+    import datasets
+
+    rain = root3 / "test" / "derain" / "Rain100L"
+    rows = {"input": [(rain / "input" / "1.png").read_bytes(), b"not an image"],
+            "target": [(rain / "target" / "1.png").read_bytes()] * 2}
+    features = datasets.Features({"input": datasets.Image(), "target": datasets.Image()})
+    table = datasets.Dataset.from_dict(
+        {k: [{"bytes": b, "path": None} for b in v] for k, v in rows.items()}, features=features)
+    table.to_parquet(str(tmp_path / "rain.parquet"))
+    bsd = root3 / "test" / "denoise" / "bsd68"
+    clean = datasets.Dataset.from_dict(
+        {"image": [{"bytes": (bsd / n).read_bytes(), "path": None} for n in ("0.png", "1.png")]},
+        features=datasets.Features({"image": datasets.Image()}))
+    clean.to_parquet(str(tmp_path / "bsd.parquet"))
+    roots = {**ep.find_test_roots("3-task", root3), "rain": f"{tmp_path / 'rain.parquet'}@input,target",
+             "noise": f"{tmp_path / 'bsd.parquet'}@image"}
+    test_sets = ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
+    results = ep.evaluate_protocol(identity_model(), test_sets)
+    folder = ep.evaluate_protocol(identity_model(), ep.ProtocolTestSets(
+        "3-task", ep.find_test_roots("3-task", root3), convention=ep.CONVENTIONS["promptir"]))
+    assert results["tasks"]["rain"]["num_images"] == 1 and results["tasks"]["rain"]["skipped"] == 1
+    assert results["tasks"]["rain"]["input_psnr"] == folder["tasks"]["rain"]["input_psnr"]
+    assert results["tasks"]["noise-15"]["num_images"] == 2
+    assert [s["reason"].split(":")[0] for s in results["skipped"]["files"]] == ["corrupt"]
+    with pytest.raises(ValueError, match="ROOT@DEGRADED_COLUMN,CLEAN_COLUMN"):
+        ep.ProtocolTestSets("3-task", {**roots, "rain": f"{tmp_path / 'rain.parquet'}@input"},
+                            convention=ep.CONVENTIONS["promptir"])

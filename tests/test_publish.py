@@ -1,0 +1,181 @@
+"""The publish command: convert or take a folder, verify remote code without the package, card from the JSON, push."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from conftest import TINY_CONFIGS, tiny_model
+from fake_hub import FakeHub
+from test_evaluate_protocol import make_test_root
+from training import evaluate_protocol as ep
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def official_restormer_state_dict(model) -> dict[str, torch.Tensor]:
+    """Our Restormer weights under the official names (the inverse of convert_restormer.KEY_RULES)."""
+    official = {}
+    for key, value in model.state_dict().items():
+        key = key.removeprefix("unet.")
+        for norm in ("norm1", "norm2"):
+            key = key.replace(f".{norm}.weight", f".{norm}.body.weight").replace(f".{norm}.bias", f".{norm}.body.bias")
+        official[key] = value.clone()
+    return official
+
+
+def evaluation_json(model, tmp_path: Path, protocol: str = "3-task") -> Path:
+    root = make_test_root(tmp_path / f"data-{protocol}", protocol)
+    convention = ep.CONVENTIONS[ep.PROTOCOLS[protocol].default_convention]
+    test_sets = ep.ProtocolTestSets(protocol, ep.find_test_roots(protocol, root), convention=convention)
+    results = ep.evaluate_protocol(model, test_sets)
+    path = tmp_path / f"results-{protocol}.json"
+    path.write_text(json.dumps(results))
+    return path
+
+
+def _publish(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    # A fresh interpreter: huggingface_hub reads HF_ENDPOINT / HF_TOKEN at import.
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "training.publish", *args], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _card_numbers(card) -> dict:
+    return {(e.dataset_config, e.metric_type): e.metric_value for e in card.data.eval_results}
+
+
+def test_publish_official_checkpoint_to_fake_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = tiny_model("restormer")
+    checkpoint = tmp_path / "restormer_official.pth"
+    torch.save({"params": official_restormer_state_dict(model)}, checkpoint)
+    eval_json = evaluation_json(model, tmp_path)
+    results = json.loads(eval_json.read_text())
+    with FakeHub() as hub:
+        result = _publish(["--official_checkpoint", str(checkpoint), "--model_type", "restormer",
+                           "--config", json.dumps(TINY_CONFIGS["restormer"]), "--eval_json", str(eval_json),
+                           "--repo_id", "me/tiny-restormer", "--output", str(tmp_path / "out")], hub.client_env())
+        assert result.returncode == 0, result.stderr[-3000:]
+        received = hub.files("me/tiny-restormer")
+    assert result.stdout.splitlines()[-1].startswith(f"{hub.endpoint}/me/tiny-restormer/commit/")
+    # config, weights, processor, the code trust_remote_code needs, the card and the evaluation it came from
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md",
+            "protocol_results.json"} <= set(received)
+    code = {name for name in received if name.endswith(".py")}
+    assert {"modeling_restormer.py", "configuration_restormer.py", "pipeline_restoration.py",
+            "image_processing_restoration.py"} <= code
+    assert set(received) == {p.name for p in (tmp_path / "out").iterdir()}
+    # the uploaded weights are the official ones, converted
+    weights = load_safetensors(received["model.safetensors"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(weights[key], value), key
+    config = json.loads(received["config.json"])
+    assert config["model_type"] == "restormer" and config["dim"] == TINY_CONFIGS["restormer"]["dim"]
+    assert "AutoModel" in config["auto_map"]
+    # the card's model-index holds exactly the JSON's numbers
+    card = ModelCard(received["README.md"].decode())
+    expected = {(name, metric): t[metric] for name, t in results["tasks"].items() for metric in ("psnr", "ssim")}
+    assert _card_numbers(card) == expected
+    assert {e.dataset_split for e in card.data.eval_results} == {"test"}
+    assert card.data.license == "other"  # official weights: their own terms, never a licence claimed for them
+    text = card.text
+    assert results["convention_description"] in text and "`3-task` protocol" in text
+    assert "| PromptIR + CPL | 31.27/0.980 | 38.77/0.985 |" in text  # published rows beside ours
+    assert f"| haze | SOTS-outdoor | test | 1 | {results['tasks']['haze']['psnr']:.2f} |" in text
+    assert "## Limits" in text and "converted from the official checkpoint `restormer_official.pth`" in text
+    assert json.loads(received["protocol_results.json"]) == results
+
+
+def test_publish_trained_folder_with_labels_no_push(tmp_path):
+    """A PIP folder (labels) through --model_dir: verified with remote code, card from a 5-task evaluation."""
+    from huggingface_hub import ModelCard
+
+    model = tiny_model("pip")
+    model_dir = tmp_path / "trained"
+    model.save_pretrained(model_dir)
+    (model_dir / "README.md").write_text("old card, replaced")
+    eval_json = evaluation_json(model, tmp_path, "5-task")
+    out = tmp_path / "folder"
+    from training import publish
+
+    code = publish.main(["--model_dir", str(model_dir), "--eval_json", str(eval_json), "--repo_id", "me/tiny-pip",
+                         "--output", str(out), "--no_push"])
+    assert code == 0
+    card = ModelCard.load(out / "README.md")
+    results = json.loads(eval_json.read_text())
+    assert _card_numbers(card) == {(n, m): t[m] for n, t in results["tasks"].items() for m in ("psnr", "ssim")}
+    assert card.data.license == "apache-2.0" and "pip" in card.data.tags
+    assert "| IDR | 25.24/0.943 |" in card.text and "Prompt-In-Prompt" in card.text
+    assert any(p.suffix == ".py" for p in out.iterdir()) and not list(tmp_path.glob(".folder.partial"))
+    # an evaluation of another kind of model is refused before anything is written
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**results, "model_type": "promptir"}))
+    assert publish.main(["--model_dir", str(model_dir), "--eval_json", str(other), "--repo_id", "me/x",
+                         "--output", str(tmp_path / "refused"), "--no_push"]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
+def test_publish_usage_errors(tmp_path, capsys):
+    from training import publish
+
+    assert publish.main(["--official_checkpoint", str(tmp_path / "missing.pth"), "--eval_json",
+                         str(tmp_path / "missing.json"), "--repo_id", "me/x", "--no_push"]) == 2
+    assert "publish failed" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text(json.dumps({"protocol": "3-task", "tasks": {}}))
+    assert publish.main(["--official_checkpoint", str(tmp_path / "missing.pth"), "--eval_json",
+                         str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+    assert "needs --model_type" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        publish.parse_args(["--eval_json", "x", "--repo_id", "me/x"])  # neither checkpoint nor folder
+
+
+def test_verification_fails_for_a_folder_missing_its_code(tmp_path):
+    from training import publish
+
+    model = tiny_model("promptir")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    publish.save_folder(model, folder)
+    publish.verify_folder(folder, model)  # complete: passes
+    (folder / "modeling_promptir.py").unlink()
+    with pytest.raises(publish.PublishError, match="trust_remote_code without the package"):
+        publish.verify_folder(folder, model)
+
+
+@pytest.fixture(scope="module")
+def three_task_results(tmp_path_factory) -> dict:
+    tmp_path = tmp_path_factory.mktemp("eval")
+    return json.loads(evaluation_json(tiny_model("restormer"), tmp_path).read_text())
+
+
+@pytest.mark.parametrize(
+    "model_type, template_text",
+    [("restormer", "swz30/Restormer"), ("promptir", "va1shn9v/PromptIR"), ("pip", "arXiv:2312.05038"),
+     ("cpl", "Aitical/CPLIR"), ("dppd", "10.1109/tip.2025.3567205")],
+)
+def test_every_model_has_a_card_rendered_from_the_json(tmp_path, three_task_results, model_type, template_text):
+    from huggingface_hub import ModelCard
+
+    from training import publish
+    from training.model_card import TEMPLATE_FILES
+
+    assert (REPO_ROOT / "model_cards" / TEMPLATE_FILES[model_type]).is_file()
+    results = {**three_task_results, "model_type": model_type}
+    path = publish.render_card(tmp_path, results, f"me/{model_type}", model_type, "apache-2.0", "trained here")
+    card = ModelCard.load(path)
+    assert _card_numbers(card) == {(n, m): t[m] for n, t in results["tasks"].items() for m in ("psnr", "ssim")}
+    text = card.text
+    assert template_text in text and "## Limits" in text and "## Training" in text and "Licence" in text
+    assert f'AutoModel.from_pretrained("me/{model_type}", trust_remote_code=True)' in text
+    assert 'pipeline("image-restoration"' in text and "prompt-restore" in text and "Space" in text
+    assert "{{" not in text and "Measured by the training run" not in text  # the evaluation is named instead
+    assert json.loads((tmp_path / "protocol_results.json").read_text()) == results

@@ -1,0 +1,306 @@
+"""Publish a model: convert or take a trained folder, verify it loads everywhere, card from an evaluation, upload.
+
+    python -m training.publish --official_checkpoint model.ckpt --model_type promptir \
+        --eval_json results.json --repo_id org/promptir-3task --license other
+    python -m training.publish --model_dir outputs/pip-restormer/model --eval_json results.json \
+        --repo_id org/pip-restormer --output publish/pip-restormer
+
+Steps, each of which stops the command with one clear line when it fails:
+
+1. **Weights.** ``--official_checkpoint`` is converted by the method's converter in ``modeling/conversion``
+   (read with ``torch.load(weights_only=True)``; ``--config`` JSON overrides the config, e.g. for a BiasFree
+   Restormer); ``--model_dir`` is a folder written by training. Either way the model is saved through the
+   ``image-restoration`` pipeline, so the folder carries its code (``*.py``), config, safetensors weights and
+   image processor.
+2. **Verification.** The folder is loaded back with ``AutoModelForImageToImage`` (outputs must match the model
+   that was saved), then a bare copy is loaded in a fresh interpreter in which this package cannot be imported,
+   with ``AutoModel.from_pretrained(..., trust_remote_code=True)`` and ``pipeline("image-restoration", ...,
+   trust_remote_code=True)``; its output must equal ours.
+3. **Card.** ``README.md`` is rendered by ``training.model_card.build_model_card`` from ``--eval_json`` (written by
+   ``python -m training.evaluate_protocol``): the model-index and the tables hold the JSON's numbers and no
+   others. The JSON's ``model_type`` must be the model's. The JSON itself is shipped as ``protocol_results.json``.
+4. **Upload** of the whole folder in one commit (``training.model_card.push_folder_to_hub``), unless
+   ``--no_push``. A failed push leaves the verified folder in ``--output``.
+
+Exit codes: 0 published (or prepared with ``--no_push``), 1 the push failed, 2 usage, conversion or
+verification error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+logger = logging.getLogger(__name__)
+
+#: ``--model_type`` -> (module in ``modeling.conversion``, converter function).
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "restormer": ("convert_restormer", "convert_restormer_checkpoint"),
+    "promptir": ("convert_promptir", "convert_promptir_checkpoint"),
+    "pip": ("convert_pip", "convert_pip_checkpoint"),
+    "cpl": ("convert_cpl", "convert_cpl_checkpoint"),
+    "dppd": ("convert_dppd", "convert_dppd_checkpoint"),
+}
+
+#: Files of a training folder that are not part of the published model (the card is rendered anew).
+_NOT_PUBLISHED = {"README.md", "protocol_results.json"}
+
+
+class PublishError(RuntimeError):
+    """Conversion, loading or verification failed; the message says what and where."""
+
+
+def convert_official(checkpoint: str | os.PathLike, model_type: str, config_overrides: Optional[dict] = None):
+    """Our model with the weights of an official checkpoint (the converters check every key)."""
+    import importlib
+
+    import modeling
+
+    if model_type not in CONVERTERS:
+        raise PublishError(f"--model_type must be one of {sorted(CONVERTERS)}, got {model_type!r}")
+    module_name, function_name = CONVERTERS[model_type]
+    convert = getattr(importlib.import_module(f"modeling.conversion.{module_name}"), function_name)
+    config_class, _ = modeling.MODEL_CLASSES[model_type]
+    # Restormer's converter needs a config (LayerNorm type); the others infer theirs from the file when None.
+    config = config_class(**config_overrides) if config_overrides or model_type == "restormer" else None
+    try:
+        return convert(str(checkpoint), config)
+    except (ValueError, OSError, RuntimeError) as error:
+        raise PublishError(f"cannot convert {checkpoint} as {model_type}: {error}") from error
+
+
+def _probe_input():
+    """A fixed, seeded RGB input of odd size (so the model's padding and cropping are exercised)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.random((21, 27, 3)).astype(np.float32)
+
+
+def _probe_label(model: Any) -> Optional[str]:
+    """A degradation label for models that need one (converted PIP has no estimator), else None."""
+    from modeling.inference import accepts_degradation_labels
+
+    if not accepts_degradation_labels(model):
+        return None
+    names = list(getattr(model.config, "degradation_names", None) or [])
+    return names[0] if names else None
+
+
+def save_folder(model: Any, folder: Path, processor: Any = None, extra_files: Sequence[Path] = ()) -> None:
+    """Save weights, config, code and processor through the ``image-restoration`` pipeline (what remote code needs)."""
+    import modeling  # noqa: F401 - registers the pipeline task and the auto classes
+    from transformers import pipeline as make_pipeline
+
+    if processor is None:
+        from modeling.image_processing_restoration import RestorationImageProcessor
+
+        processor = RestorationImageProcessor()
+    make_pipeline("image-restoration", model=model, image_processor=processor, device="cpu").save_pretrained(folder)
+    for path in extra_files:
+        target = folder / path.name
+        if not target.exists():
+            shutil.copy2(path, target)
+
+
+def verify_folder(folder: Path, model: Any, timeout: float = 600) -> None:
+    """Load `folder` with AutoModel here and with remote code from a bare copy, without this package, elsewhere.
+
+    Raises `PublishError` when either load fails or gives other outputs than `model`.
+    """
+    import numpy as np
+    from transformers import AutoModelForImageToImage
+
+    from modeling import restore
+
+    image, label = _probe_input(), _probe_label(model)
+    kwargs = {"degradation": label} if label is not None else {}
+    expected = restore(image, model, device="cpu", **kwargs)
+    try:
+        reloaded = AutoModelForImageToImage.from_pretrained(folder).eval()
+    except Exception as error:  # noqa: BLE001 - any loading failure is a verification failure
+        raise PublishError(f"{folder} does not load with AutoModelForImageToImage: {error}") from error
+    if type(reloaded).__name__ != type(model).__name__:
+        raise PublishError(f"{folder} loads as {type(reloaded).__name__}, not {type(model).__name__}")
+    reloaded_output = restore(image, reloaded, device="cpu", **kwargs)
+    if not np.allclose(reloaded_output, expected, atol=1e-6, rtol=0):
+        raise PublishError(f"{folder}: the reloaded model's output differs from the converted one's")
+    del reloaded
+
+    with tempfile.TemporaryDirectory(prefix="publish-verify-") as scratch:
+        scratch = Path(scratch)
+        bare = scratch / "bare-copy"
+        shutil.copytree(folder, bare)
+        np.save(scratch / "image.npy", image)
+        np.save(scratch / "expected.npy", expected)
+        script = f"""
+import sys
+import numpy as np
+sys.modules["modeling"] = None  # the installed package must not be needed: only the folder's own code
+sys.modules["training"] = None
+from transformers import AutoModel, pipeline
+model = AutoModel.from_pretrained({str(bare)!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+pipe = pipeline("image-restoration", model={str(bare)!r}, trust_remote_code=True, device="cpu")
+assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
+kwargs = {kwargs!r}
+out = pipe(np.load({str(scratch / "image.npy")!r}), **kwargs)
+expected = np.load({str(scratch / "expected.npy")!r})
+error = float(np.abs(np.asarray(out, dtype=np.float64) - expected).max())
+assert error <= 1e-6, f"remote-code output differs by {{error}}"
+print("remote code ok")
+"""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(scratch / "modules"), PYTHONNOUSERSITE="1")
+        result = subprocess.run([sys.executable, "-c", script], cwd=scratch, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+    if result.returncode != 0 or "remote code ok" not in result.stdout:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PublishError(f"{folder} does not load with trust_remote_code without the package: {tail}")
+
+
+def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str) -> Path:
+    """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON."""
+    from training.evaluate_protocol import markdown_report, model_card_results
+    from training.model_card import build_model_card, save_model_card
+
+    report = markdown_report(results, model_name=repo_id.split("/")[-1])
+    # Only the side-by-side table: the per-column table is the card's own results table.
+    comparison = report[report.index("PSNR/SSIM beside the published numbers"):].split("\n\nSkipped files")[0]
+    skipped = results.get("skipped", {}).get("count", 0)
+    source = (f"Evaluated with `python -m training.evaluate_protocol` on the test sets of the `{results['protocol']}` "
+              f"protocol ({results['protocol_description']}); the numbers come from `protocol_results.json`"
+              + (f", where the {skipped} skipped test files are listed" if skipped else "") + ".")
+    summary = {"weights": weights, "evaluation seed": results.get("seed"),
+               "degradation labels at test time": results.get("degradation") or "none (blind model)"}
+    card = build_model_card(
+        repo_id, model_type, model_card_results(results), summary,
+        metric_protocol=results["convention_description"], results_source=source, comparison=comparison,
+        license=license,
+    )
+    (folder / "protocol_results.json").write_text(json.dumps(results, indent=2))
+    return save_model_card(card, folder)
+
+
+def prepare_folder(
+    output: Path,
+    *,
+    results: dict,
+    repo_id: str,
+    official_checkpoint: Optional[str] = None,
+    model_type: Optional[str] = None,
+    model_dir: Optional[str] = None,
+    config_overrides: Optional[dict] = None,
+    license: Optional[str] = None,
+    verify: bool = True,
+) -> Path:
+    """Build, verify and card the publishable folder at `output` (written atomically); return it."""
+    from modeling.inference import load_model, load_processor
+
+    if (official_checkpoint is None) == (model_dir is None):
+        raise PublishError("give either --official_checkpoint (with --model_type) or --model_dir")
+    extra: list[Path] = []
+    if official_checkpoint is not None:
+        if model_type is None:
+            raise PublishError("--official_checkpoint needs --model_type")
+        model = convert_official(official_checkpoint, model_type, config_overrides)
+        processor = None
+        weights = f"converted from the official checkpoint `{Path(official_checkpoint).name}`"
+        # Official releases carry their own terms; never claim a licence for them by default.
+        license = license or "other"
+    else:
+        try:
+            model = load_model(model_dir, device="cpu")
+        except Exception as error:  # noqa: BLE001
+            raise PublishError(f"cannot load {model_dir}: {error}") from error
+        processor = load_processor(model_dir)
+        extra = [p for p in sorted(Path(model_dir).iterdir())
+                 if p.is_file() and p.name not in _NOT_PUBLISHED and p.suffix in (".png", ".json", ".jpg")]
+        weights = f"trained with this repository (`{Path(model_dir).name}`)"
+        license = license or "apache-2.0"
+    model_type = model.config.model_type
+    if results.get("model_type") not in (None, model_type):
+        raise PublishError(f"the evaluation JSON is of a {results['model_type']!r} model, this is {model_type!r}")
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    save_folder(model, partial, processor, extra)
+    render_card(partial, results, repo_id, model_type, license, weights)
+    if verify:
+        verify_folder(partial, model)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(partial, output)
+    return output
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--official_checkpoint", help="official .pth/.ckpt file to convert")
+    source.add_argument("--model_dir", help="model folder written by training")
+    parser.add_argument("--model_type", choices=sorted(CONVERTERS), help="method of --official_checkpoint")
+    parser.add_argument("--config", type=json.loads, default=None,
+                        help='config overrides for the conversion, JSON (e.g. \'{"layer_norm_type": "BiasFree"}\')')
+    parser.add_argument("--eval_json", required=True, help="results of python -m training.evaluate_protocol")
+    parser.add_argument("--repo_id", required=True, help="Hub repo to create or update (org/name)")
+    parser.add_argument("--output", default=None, help="local folder to write (default: publish/<name>)")
+    parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--license", default=None,
+                        help="card licence (default: apache-2.0 for trained folders, 'other' for official weights)")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--no_push", action="store_true", help="prepare and verify the folder, do not upload")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line entry point (see the module docstring); returns the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from training.model_card import HubPushError, push_folder_to_hub
+
+    try:
+        results = json.loads(Path(args.eval_json).read_text())
+        if "tasks" not in results or "protocol" not in results:
+            raise PublishError(f"{args.eval_json} is not a training.evaluate_protocol result (no 'tasks'/'protocol')")
+        output = Path(args.output or Path("publish") / args.repo_id.split("/")[-1])
+        folder = prepare_folder(
+            output, results=results, repo_id=args.repo_id, official_checkpoint=args.official_checkpoint,
+            model_type=args.model_type, model_dir=args.model_dir, config_overrides=args.config, license=args.license,
+        )
+    except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers
+        sys.stderr.write(f"publish failed: {error}\n")
+        return 2
+    sys.stdout.write(f"verified folder: {folder}\n")
+    if args.no_push:
+        return 0
+    try:
+        url = push_folder_to_hub(folder, args.repo_id, token=args.token, private=args.private or None,
+                                 commit_message=f"Upload {results.get('model_type')} evaluated on {results['protocol']}")
+    except HubPushError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+    sys.stdout.write(f"{url}\n")
+    return 0
+
+
+__all__ = ["CONVERTERS", "PublishError", "convert_official", "prepare_folder", "render_card", "save_folder",
+           "verify_folder", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
