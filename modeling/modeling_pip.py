@@ -313,6 +313,9 @@ class PixelDegradationEstimator(nn.Module):
         for width in widths:
             self.levels.append(nn.Sequential(nn.Conv2d(previous, width, kernel_size=3, stride=2, padding=1), nn.GELU()))
             previous = width
+        # The statistics differ in scale by orders of magnitude (a noise std against a mean brightness): without
+        # this normalisation the head learned only the large ones (about 50 % accuracy instead of about 90 %).
+        self.norm = nn.LayerNorm(2 * sum(widths))
         self.classifier = nn.Sequential(
             nn.Linear(2 * sum(widths), hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
         )
@@ -324,7 +327,7 @@ class PixelDegradationEstimator(nn.Module):
             # Statistics in fp32: a standard deviation over many pixels loses precision in half precision.
             flat = hidden.float().flatten(2)
             pooled += [flat.mean(dim=-1), flat.std(dim=-1, unbiased=False)]
-        return self.classifier(torch.cat(pooled, dim=1).to(self.classifier[0].weight.dtype))
+        return self.classifier(self.norm(torch.cat(pooled, dim=1).to(self.norm.weight.dtype)))
 
 
 class PIPForImageRestoration(PromptRestorationPreTrainedModel):

@@ -48,9 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_roots", nargs="+", default=[], metavar="TASK=DIR",
                         help="task=folder pairs (as train.py); tasks without a root are synthesized from 'clean'")
     parser.add_argument("--heldout", type=Path, default=None, help="held-out clean photos to score the estimator on")
+    parser.add_argument("--skip_score_before", action="store_true",
+                        help="do not score the estimator the model came with (saves the encoder passes)")
     parser.add_argument("--estimator_input", default="pixels", choices=("pixels", "features", "keep"),
                         help="build a new estimator reading this input ('keep': fine-tune the current one)")
-    parser.add_argument("--max_train_steps", type=int, default=600)
+    parser.add_argument("--init_estimator_from", type=Path, default=None,
+                        help="start from the estimator of this folder (e.g. one trained beside an earlier checkpoint: "
+                             "a pixel estimator does not depend on the body)")
+    parser.add_argument("--max_train_steps", type=int, default=600, help="0: only evaluate and save")
     parser.add_argument("--patch_size", type=int, default=128)
     parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -60,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logging_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("max_train_steps", "patch_size", "train_batch_size", "logging_steps"):
+    if args.max_train_steps < 0:
+        parser.error("--max_train_steps must be >= 0")
+    for name in ("patch_size", "train_batch_size", "logging_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     try:
@@ -106,7 +113,7 @@ def train_estimator(args: argparse.Namespace) -> dict:
     if not getattr(model, "can_estimate_degradation", False) or not hasattr(model.config, "degradation_estimator_input"):
         raise SystemExit(f"{args.model}: not a PIP model with a degradation estimator")
     record: dict = {"arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    if args.heldout is not None:
+    if args.heldout is not None and not args.skip_score_before:
         record["heldout_before"] = heldout_confusion(model, args.heldout, args.seed)
         logger.info("held-out accuracy before: %.3f", record["heldout_before"]["accuracy"])
 
@@ -116,6 +123,18 @@ def train_estimator(args: argparse.Namespace) -> dict:
 
         model.config.degradation_estimator_input = args.estimator_input
         model.degradation_estimator = build_degradation_estimator(model.config)
+    if args.init_estimator_from is not None:
+        from safetensors.torch import load_file
+
+        donor = json.loads((args.init_estimator_from / "config.json").read_text())["degradation_estimator_input"]
+        if donor != model.config.degradation_estimator_input:
+            raise SystemExit(f"{args.init_estimator_from} has a {donor!r} estimator, not "
+                             f"{model.config.degradation_estimator_input!r} (see --estimator_input)")
+        prefix = "degradation_estimator."
+        weights = load_file(args.init_estimator_from / "model.safetensors")
+        model.degradation_estimator.load_state_dict(
+            {name[len(prefix):]: tensor for name, tensor in weights.items() if name.startswith(prefix)}, strict=True
+        )
     before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
               if not name.startswith("degradation_estimator.")}
     model.requires_grad_(False)
