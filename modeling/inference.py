@@ -10,15 +10,13 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import AutoModelForImageToImage
 from transformers.utils import logging
 
-from .configuration_backbone import DEGRADATION_NAMES
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
+import pytest
 
 
 def free_port() -> int:
@@ -28,3 +32,33 @@ def kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(processes, timeout=30)
+
+
+def accelerate_launch(processes: int = 2) -> list[str]:
+    """The `accelerate launch` prefix for ``processes`` CPU ranks on a port of their own.
+
+    ``--multi_gpu`` is what gives real processes on CPU (``--cpu --num_processes 2`` silently runs one), and
+    accelerate's default port 29500 is shared by every launch on the machine (another test run's, say).
+    """
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+
+
+def run_to_end(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` in a session of its own and wait; on timeout kill its whole tree and fail with the log.
+
+    Whatever happens, nothing of the launch outlives it: a rank left behind holds a port and the CPU and makes
+    the next launch hang.
+    """
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command[:8])} ... did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
+    finally:
+        kill_tree(process.pid)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

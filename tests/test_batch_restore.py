@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
-from launch_helpers import free_port, kill_tree
+from launch_helpers import accelerate_launch, kill_tree, run_to_end
 from PIL import Image
 
 import modeling
@@ -52,12 +52,7 @@ def script_env(**extra) -> dict[str, str]:
 
 
 def launcher(processes: int) -> list[str]:
-    if processes == 1:
-        return [sys.executable]
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # --multi_gpu on CPU gives real processes (--cpu --num_processes 2 silently runs one); a port of our own.
-    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    return [sys.executable] if processes == 1 else accelerate_launch(processes)
 
 
 def start(argv: list[str], processes: int, env=None) -> subprocess.Popen:
@@ -67,18 +62,11 @@ def start(argv: list[str], processes: int, env=None) -> subprocess.Popen:
 
 
 def run(argv: list[str], processes: int = 1, env=None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the script to the end; on timeout kill the whole process tree and fail with its log."""
-    process = start(argv, processes, env)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(process.pid)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"batch_restore did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
-    finally:
-        kill_tree(process.pid)  # no rank may outlive its launch
-    assert process.returncode == 0, stderr[-4000:]
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    """Run the script to the end (see `launch_helpers.run_to_end`) and require success."""
+    command = [*launcher(processes), "-m", "training.batch_restore", *argv]
+    result = run_to_end(command, env=env or script_env(), cwd=REPO, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def manifest_lines(output_dir: Path) -> list[dict]:

@@ -4,7 +4,6 @@ the plug-in on PIP's decoder prompts, parity with the official ``SparsePromptIR`
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from conftest import tiny_config, tiny_model
 from cpl_official_weights import FIXTURES, official_cpl_keys, parity_inputs, random_official_cpl_weights
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from launch_helpers import accelerate_launch
 from safetensors.torch import load_file
 from transformers import ResNetBackbone, ResNetConfig
 
@@ -286,14 +286,7 @@ def test_two_process_training_with_cpr_keeps_the_feature_network_out(feature_net
     argv = train_args(corpus, output_dir, model_type="cpl", model_config=json.dumps(model_config), data_preset="3-task",
                       max_train_steps=4, checkpointing_steps=4, loss_spike_guard="false", lr_scheduler="constant",
                       lr_scheduler_options="{}", max_grad_norm=0.05)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    launcher = accelerate_launch(2)
     result = run_train(argv, launcher=launcher, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]

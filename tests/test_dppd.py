@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 from conftest import tiny_config, tiny_model
 from data_helpers import save, textured_image
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from launch_helpers import accelerate_launch, run_to_end
 from safetensors.torch import load_file
 
 import modeling
@@ -487,12 +486,6 @@ def script_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("name", ["dppd_3task", "dppd_5task"])
 def test_recipes_are_promptirs_with_dppd(name):
     from training.train import parse_args
@@ -511,8 +504,8 @@ def test_recipes_are_promptirs_with_dppd(name):
 def test_train_py_with_the_3task_recipe(corpus, tmp_path):
     output_dir = tmp_path / "run"
     config = dict(TINY_DPPD, degradation_names=["noise", "rain", "haze"])
-    result = subprocess.run([sys.executable, str(TRAIN), *recipe_argv("dppd_3task.yaml", corpus, output_dir, config)],
-                            env=script_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = run_to_end([sys.executable, str(TRAIN), *recipe_argv("dppd_3task.yaml", corpus, output_dir, config)],
+                        env=script_env(), cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert set(json.loads((output_dir / "model" / "eval_results.json").read_text())) == {"noise", "rain", "haze"}
     trained = DPPDForImageRestoration.from_pretrained(output_dir / "model")
@@ -523,12 +516,8 @@ def test_train_py_with_the_3task_recipe(corpus, tmp_path):
 
 def test_two_process_ddp_launch_with_the_5task_recipe(corpus, tmp_path):
     output_dir = tmp_path / "ddp"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     argv = recipe_argv("dppd_5task.yaml", corpus, output_dir, TINY_DPPD)
-    result = subprocess.run([*launcher, str(TRAIN), *argv], env=script_env(), capture_output=True, text=True,
-                            timeout=600, cwd=REPO)
+    result = run_to_end([*accelerate_launch(2), str(TRAIN), *argv], env=script_env(), cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import io
 import os
 import stat
 import subprocess

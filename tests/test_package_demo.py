@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from conftest import tiny_model
 from data_helpers import save, textured_image
@@ -45,3 +46,21 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
         assert degraded.shape == clean.shape == (48, 56, 3) and not np.array_equal(degraded, clean)
     grid = Image.open(output / "before_after.png")
     assert grid.size == (56 * 3, 48 * 5)
+    # The card's second table has both modes, the worst image and NL-means, from the same results.
+    assert f"{results['noise-25']['nlm_psnr']:.2f}" in card and "worst image gain" in card
+
+    # Rewriting the folder from the saved evaluation reuses its numbers (no second evaluation), and refuses a
+    # different label-free mode than the one scored.
+    import training.evaluate_model
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    training.evaluate_model.evaluate_heldout, original = no_evaluation, training.evaluate_model.evaluate_heldout
+    try:
+        assert package_demo(trained, heldout, output, auto_mode="hard", reuse_evaluation=True) == results
+        assert json.loads((output / "eval_results.json").read_text()) == evaluation
+        with pytest.raises(ValueError, match="auto_mode"):
+            package_demo(trained, heldout, output, auto_mode="soft", reuse_evaluation=True)
+    finally:
+        training.evaluate_model.evaluate_heldout = original

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from conftest import smooth_image, tiny_model  # noqa: E402
+from launch_helpers import free_port  # noqa: E402
 from modeling.image_processing_restoration import RestorationImageProcessor, load_image_file, write_png  # noqa: E402
 from modeling.inference import estimate_degradation_weights, load_model, restore  # noqa: E402
 
@@ -57,12 +57,6 @@ def load_space_app():
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)

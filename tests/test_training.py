@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
-from launch_helpers import free_port, kill_tree
+from launch_helpers import accelerate_launch, run_to_end
 from safetensors.torch import load_file
 
 from training import checkpointing
@@ -67,19 +67,9 @@ def script_env(**extra) -> dict[str, str]:
 
 
 def run_train(argv: list[str], env=None, launcher=(), timeout=600) -> subprocess.CompletedProcess:
-    """Run the script (optionally under a launcher); on timeout kill the whole process tree and fail with its log."""
+    """Run the script (optionally under a launcher) to the end; see `launch_helpers.run_to_end`."""
     command = [*launcher, str(TRAIN), *argv] if launcher else [sys.executable, str(TRAIN), *argv]
-    process = subprocess.Popen(command, env=env or script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=REPO, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(process.pid)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command[:8])} ... did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
-    finally:
-        kill_tree(process.pid)  # nothing of a launch may outlive it (a rank left behind blocks the next test)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return run_to_end(command, env=env or script_env(), cwd=REPO, timeout=timeout)
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -89,10 +79,7 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
 def test_two_process_ddp_launch(corpus, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (the --cpu form silently runs one process)."""
     output_dir = tmp_path / "ddp"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    # A port of its own: accelerate's default 29500 is shared by every launch on the machine (other test runs).
-    launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    launcher = accelerate_launch(2)
     # Validation runs on the main process only, once at the end: the other process must wait, not deadlock.
     argv = train_args(corpus, output_dir, validation_images_per_task=1)
     argv += ["--validation_roots", f"clean={corpus / 'heldout'}"]

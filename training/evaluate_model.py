@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def evaluate_heldout(
     all_settings = [(f"noise-{sigma:g}", "noise", {"sigma": float(sigma)}) for sigma in noise_sigmas]
     all_settings += [(name, *SETTINGS.get(name, (name, {}))) for name in settings]
     results = {}
+    started = time.monotonic()
     for label, task, params in all_settings:
         degraded, restored, restored_auto, baseline_out = [], [], [], []
         for image_index, clean in enumerate(cleans):
@@ -131,6 +133,9 @@ def evaluate_heldout(
             classical = metric.compute(predictions=baseline_out, references=references)
             entry["nlm_psnr"], entry["nlm_ssim"] = float(classical["psnr"]), float(classical["ssim"])
         results[label] = entry
+        # Progress on stderr: a full held-out evaluation takes tens of minutes on a CPU.
+        print(f"[evaluate_heldout] {label}: {entry['psnr']:.2f} dB (input {entry['input_psnr']:.2f}), "
+              f"{time.monotonic() - started:.0f} s elapsed", file=sys.stderr, flush=True)
     return results
 
 
