@@ -57,7 +57,7 @@ def main() -> None:
         image = Image.open(example).convert("RGB").resize((args.size, args.size), Image.BICUBIC)
     else:  # no shipped examples (a checkout without modeling/demo): a fixed random image costs the same
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8))
-    pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
     labels = ["noise"] if getattr(model, "accepts_degradation_labels", False) else None
 
     def forward() -> None:

@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 SPACE_DIR = Path(__file__).resolve().parent
@@ -30,6 +31,7 @@ def main() -> None:
 
     spec = importlib.util.spec_from_file_location("space_app", SPACE_DIR / "app.py")
     app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app  # dataclasses look their module up while the app defines its settings
     spec.loader.exec_module(app)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
