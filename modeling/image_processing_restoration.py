@@ -438,11 +438,9 @@ class RestorationImageProcessor(PilBackend):
                 f"Input {where} has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA) channels.{hint}"
             )
         dtype = array.dtype
-        if dtype == np.uint8:
-            scaled, bit_depth = array.astype(np.float32) / 255.0, 8
-        elif dtype == np.uint16:
-            scaled, bit_depth = array.astype(np.float32) / 65535.0, 16
-        elif dtype == np.bool_:
+        if dtype in (np.uint8, np.uint16):
+            return self._integer_to_float(array, channels, channels_last)
+        if dtype == np.bool_:
             scaled, bit_depth = array.astype(np.float32), 8
         elif np.issubdtype(dtype, np.floating):
             scaled, bit_depth = array.astype(np.float32), 32
@@ -467,6 +465,22 @@ class RestorationImageProcessor(PilBackend):
             scaled = np.repeat(scaled, 3, axis=-1)
         mode = f"np-{dtype}-{'HWC' if channels_last else 'CHW'}-{channels}"
         rgb = np.ascontiguousarray(np.moveaxis(scaled, -1, 0), dtype=np.float32)
+        return rgb, alpha, bit_depth, mode
+
+    @staticmethod
+    def _integer_to_float(
+        array: np.ndarray, channels: int, channels_last: bool
+    ) -> tuple[np.ndarray, Optional[np.ndarray], int, str]:
+        """uint8/uint16 (H, W, C) -> (3, H, W) float32 written once: value / (2**bits - 1), the same float32 division
+        as ``astype(float32) / max``, without the HWC float copies (a large image's peak memory)."""
+        dtype = array.dtype
+        bit_depth, top = (8, np.float32(255.0)) if dtype == np.uint8 else (16, np.float32(65535.0))
+        planes = np.moveaxis(array, -1, 0)  # a view, (C, H, W)
+        rgb = np.empty((3, *array.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.divide(planes[0 if channels == 1 else channel], top, out=rgb[channel], dtype=np.float32)
+        alpha = np.divide(planes[3], top, dtype=np.float32) if channels == 4 else None
+        mode = f"np-{dtype}-{'HWC' if channels_last else 'CHW'}-{channels}"
         return rgb, alpha, bit_depth, mode
 
     # ------------------------------------------------------------------ output side
@@ -510,25 +524,45 @@ class RestorationImageProcessor(PilBackend):
             )
         if not np.isfinite(array).all():
             raise ValueError("The reconstruction contains non-finite values (NaN or inf).")
-        rgb = np.clip(np.moveaxis(array[:, :height, :width], 0, -1), 0.0, 1.0)
+        rgb = np.moveaxis(array[:, :height, :width], 0, -1)  # a view; clipped below, a band of rows at a time
         alpha = meta.get("alpha")
-        if alpha is not None:
-            rgb = np.concatenate([rgb, np.asarray(alpha, dtype=np.float32)[:, :, None]], axis=-1)
         bit_depth = meta.get("bit_depth", 8)
 
         if output_type == "pt":
             import torch
 
+            rgb = np.clip(rgb, 0.0, 1.0)
+            if alpha is not None:
+                rgb = np.concatenate([rgb, np.asarray(alpha, dtype=np.float32)[:, :, None]], axis=-1)
             return torch.from_numpy(np.ascontiguousarray(np.moveaxis(rgb, -1, 0)))
         if output_type == "np":
-            return _quantize(rgb, bit_depth)
+            return _quantize_bands(rgb, alpha, bit_depth)
         # PIL
         if bit_depth == 16:
             if str(meta.get("original_mode", "")).startswith("I") and alpha is None:
-                luma = rgb[:, :, :3] @ _ITU_R_601_LUMA
+                luma = np.clip(rgb, 0.0, 1.0) @ _ITU_R_601_LUMA
                 return Image.fromarray(_quantize(luma, 16))  # mode "I;16": round-trips through 16-bit PNG
             logger.warning("PIL has no 16-bit RGB/RGBA mode; returning an 8-bit PIL image (use output_type='np').")
-        return Image.fromarray(_quantize(rgb, 8))
+        return Image.fromarray(_quantize_bands(rgb, alpha, 8))
+
+
+#: Rows quantized at a time by `_quantize_bands`: its float temporaries stay a band, not an image.
+QUANTIZE_BAND_ROWS = 256
+
+
+def _quantize_bands(rgb: np.ndarray, alpha: Optional[np.ndarray], bit_depth: int) -> np.ndarray:
+    """Clip (H, W, 3) floats to [0, 1], attach alpha and `_quantize` them, band by band into one output array
+    (the same values as quantizing the whole image at once; the peak memory is the output plus a band)."""
+    height, width = rgb.shape[:2]
+    channels = 3 if alpha is None else 4
+    dtype = {8: np.uint8, 16: np.uint16}.get(bit_depth, np.float32)
+    output = np.empty((height, width, channels), dtype=dtype)
+    for top in range(0, height, QUANTIZE_BAND_ROWS):
+        rows = slice(top, top + QUANTIZE_BAND_ROWS)
+        output[rows, :, :3] = _quantize(np.clip(rgb[rows], 0.0, 1.0), bit_depth)
+        if alpha is not None:
+            output[rows, :, 3] = _quantize(np.asarray(alpha[rows], dtype=np.float32), bit_depth)
+    return output
 
 
 def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:

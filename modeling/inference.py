@@ -421,7 +421,14 @@ def restore(
         bar = tqdm(total=len(items), desc="restoring", unit="img")
     try:
         for batch in batches:
-            pixel_values = torch.from_numpy(np.stack([arrays[i] for i in batch]))
+            # One image: a view, not a copy. The list lets go of the arrays, so a batch's input is freed as soon
+            # as it is restored (a large image's peak memory).
+            if len(batch) == 1:
+                pixel_values = torch.from_numpy(arrays[batch[0]])[None]
+            else:
+                pixel_values = torch.from_numpy(np.stack([arrays[i] for i in batch]))
+            for index in batch:
+                arrays[index] = None
             if labels is not None:
                 weights = labels[batch]
             elif accepts_degradation_labels(model):
@@ -446,6 +453,7 @@ def restore(
             except NonFiniteOutputError as err:
                 names = [metadata[i]["source"] or f"image {i}" for i in batch]
                 raise NonFiniteOutputError(f"{err} Inputs: {', '.join(map(str, names))}.") from err
+            del pixel_values
             for position, index in enumerate(batch):
                 meta = metadata[index]
                 image = restored[position : position + 1]

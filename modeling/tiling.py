@@ -148,19 +148,19 @@ def tiled_apply(
     positions = [(y, x) for y in starts_y for x in starts_x]
 
     out_device = pixel_values.device
+    # Memory: the output is the only full-size buffer (4 bytes per value). The windows are separable and the tile
+    # grid is a product of row and column starts, so the summed weight is too: sum_y(wy) x sum_x(wx), two vectors.
     output = torch.zeros((batch, channels, height, width), dtype=torch.float32, device=out_device)
-    weight = torch.zeros((1, 1, height, width), dtype=torch.float32, device=out_device)
-
-    # Windows depend only on whether a tile edge is interior, so cache them per (top, bottom, left, right) flag.
-    window_cache: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
-
-    def window_for(y: int, x: int) -> torch.Tensor:
-        key = (y > 0, y + tile_h < height, x > 0, x + tile_w < width)
-        if key not in window_cache:
-            wy = blend_ramp(tile_h, overlap, key[0], key[1])
-            wx = blend_ramp(tile_w, overlap, key[2], key[3])
-            window_cache[key] = (wy[:, None] * wx[None, :]).to(out_device)
-        return window_cache[key]
+    row_windows = {start: blend_ramp(tile_h, overlap, start > 0, start + tile_h < height) for start in starts_y}
+    col_windows = {start: blend_ramp(tile_w, overlap, start > 0, start + tile_w < width) for start in starts_x}
+    row_total = torch.zeros(height, dtype=torch.float32)
+    col_total = torch.zeros(width, dtype=torch.float32)
+    for start, window in row_windows.items():
+        row_total[start : start + tile_h] += window
+    for start, window in col_windows.items():
+        col_total[start : start + tile_w] += window
+    row_windows = {start: window.to(out_device) for start, window in row_windows.items()}
+    col_windows = {start: window.to(out_device) for start, window in col_windows.items()}
 
     groups = [positions[i : i + tile_batch_size] for i in range(0, len(positions), tile_batch_size)]
     iterator = groups
@@ -175,12 +175,15 @@ def tiled_apply(
             raise ValueError(
                 f"The tiled function must keep the tile shape {tuple(crops.shape)}, got {tuple(result.shape)}."
             )
+        del crops
         result = result.to(device=out_device, dtype=torch.float32)
         for index, (y, x) in enumerate(group):
-            win = window_for(y, x)
-            output[:, :, y : y + tile_h, x : x + tile_w] += result[index * batch : (index + 1) * batch] * win
-            weight[:, :, y : y + tile_h, x : x + tile_w] += win
-    return output / weight
+            window = row_windows[y][:, None] * col_windows[x][None, :]
+            output[:, :, y : y + tile_h, x : x + tile_w].addcmul_(result[index * batch : (index + 1) * batch], window)
+        del result
+    # In place, row by row of the separable total (no second full-size buffer).
+    output.div_(row_total.to(out_device)[:, None]).div_(col_total.to(out_device)[None, :])
+    return output
 
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -45,20 +46,40 @@ def accelerate_launch(processes: int = 2) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
+def dump_stacks_and_kill(pid: int, settle: float = 5.0) -> None:
+    """SIGABRT every process of the tree below ``pid`` (and ``pid``): with ``PYTHONFAULTHANDLER`` set, each Python
+    process prints every thread's stack to its stderr before it dies, so a hang leaves its place in the log. Then
+    SIGKILL whatever is left."""
+    try:
+        parent = psutil.Process(pid)
+        processes = [*reversed(parent.children(recursive=True)), parent]
+    except psutil.NoSuchProcess:
+        processes = []
+    for process in processes:  # the ranks first, their launcher last: it forwards their stderr
+        try:
+            process.send_signal(signal.SIGABRT)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=settle)
+    kill_tree(pid)
+
+
 def run_to_end(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """Run ``command`` in a session of its own and wait; on timeout kill its whole tree and fail with the log.
+    """Run ``command`` in a session of its own and wait; on timeout fail with the log and every process's stacks.
 
     Whatever happens, nothing of the launch outlives it: a rank left behind holds a port and the CPU and makes
     the next launch hang.
     """
+    env = {**env, "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT (see dump_stacks_and_kill)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=cwd, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_tree(process.pid)
+        dump_stacks_and_kill(process.pid)
         stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command[:8])} ... did not finish in {timeout} s; stderr:\n{stderr[-4000:]}")
+        pytest.fail(f"{' '.join(command[:8])} ... did not finish in {timeout} s; stderr (with the stacks of its "
+                    f"processes at the timeout):\n{stderr[-12000:]}")
     finally:
         kill_tree(process.pid)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

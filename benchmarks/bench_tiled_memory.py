@@ -1,0 +1,108 @@
+"""Peak memory of a tiled restore of a large photo, in bytes per pixel outside the model.
+
+    python benchmarks/bench_tiled_memory.py                          # 5800², tile 512, a small random PIP
+    python benchmarks/bench_tiled_memory.py --size 2048 --source /path/to/another/checkout   # compare code
+
+Each measurement is a fresh interpreter that restores a PNG file (as the CLI does: path in, PIL out, saved as
+PNG) with `modeling.restore(..., tile=T)` and reports its peak RSS (`ru_maxrss`). The same run on a
+(2T - overlap)² image is the baseline: 2 x 2 tiles, one full batch of `restore()`'s 4 tiles per forward, so the
+same model, activations and libraries as the large run, and
+
+    bytes per pixel = (peak RSS at size² - peak RSS at baseline²) / (size² - baseline²)
+
+counts what grows with the image: decoded input, float planes, the blended output, quantization, the PIL image.
+`--source` runs another checkout's `modeling` (e.g. a worktree of an earlier commit) for a before/after pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from modeling import restore
+from modeling.inference import load_model
+model = load_model(sys.argv[1], device="cpu")
+start = time.perf_counter()
+restored = restore(sys.argv[2], model, tile=int(sys.argv[3]))
+restored.save(sys.argv[2] + ".restored.png")
+print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "seconds": time.perf_counter() - start, "size": restored.size}))
+"""
+
+
+def write_photo(path: Path, size: int) -> None:
+    """A smooth colour image with fine texture (compresses well, so the file stays small)."""
+    import numpy as np
+    from PIL import Image
+
+    axis = np.linspace(0, 1, size, dtype=np.float32)
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    for row in range(0, size, 512):  # in bands: the generator must not dominate this script's own memory
+        y = axis[row : row + 512, None]
+        image[row : row + 512, :, 0] = (127 + 100 * np.sin(9 * y + 4 * axis[None, :])).astype(np.uint8)
+        image[row : row + 512, :, 1] = (127 + 100 * np.cos(7 * axis[None, :] - 5 * y)).astype(np.uint8)
+        image[row : row + 512, :, 2] = (127 + 60 * np.sin(40 * (y + axis[None, :]))).astype(np.uint8)
+    Image.fromarray(image).save(path)
+
+
+def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), str(image), str(tile), str(threads)],
+                            env=env, capture_output=True, text=True, cwd=source)
+    if result.returncode != 0:
+        raise SystemExit(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=5800, help="side of the large square photo")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--model", default=None, help="model folder (default: a small random PIP, dim 8)")
+    parser.add_argument("--source", type=Path, default=REPO_ROOT, help="checkout whose `modeling` is measured")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        model_dir = Path(args.model) if args.model else scratch / "model"
+        sys.path.insert(0, str(REPO_ROOT))
+        if args.model is None:
+            import torch
+
+            from modeling import PIPConfig, PIPForImageRestoration
+
+            torch.manual_seed(0)
+            PIPForImageRestoration(PIPConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
+                                             heads=[1, 1, 2, 2], prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4],
+                                             degradation_estimator_hidden_dim=16)).save_pretrained(model_dir)
+        small, large = scratch / "small.png", scratch / "large.png"
+        from modeling.tiling import default_tile_overlap
+
+        baseline_size = 2 * args.tile - default_tile_overlap(args.tile)
+        write_photo(small, baseline_size)
+        write_photo(large, args.size)
+        baseline = measure(args.source, model_dir, small, args.tile, args.threads)
+        big = measure(args.source, model_dir, large, args.tile, args.threads)
+    extra_pixels = args.size**2 - baseline_size**2
+    per_pixel = (big["peak_kib"] - baseline["peak_kib"]) * 1024 / extra_pixels
+    print(f"source {args.source}, tile {args.tile}, {args.threads} threads")
+    print(f"{'image':>12} {'peak RSS (MiB)':>15} {'seconds':>9}")
+    print(f"{baseline_size:>5}x{baseline_size:<6} {baseline['peak_kib'] / 1024:>15.0f} {baseline['seconds']:>9.1f}")
+    print(f"{args.size:>5}x{args.size:<6} {big['peak_kib'] / 1024:>15.0f} {big['seconds']:>9.1f}")
+    print(f"bytes per pixel outside the model: {per_pixel:.1f}")
+
+
+if __name__ == "__main__":
+    main()
