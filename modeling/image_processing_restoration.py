@@ -24,6 +24,7 @@ Conventions (documented choices):
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -91,12 +92,11 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_16_BIT_COLOUR_TYPES = (2, 4, 6)
 
 
-def _is_16_bit_colour_png(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        header = handle.read(26)
+def _is_16_bit_colour_png(header: bytes) -> bool:
+    """Whether a file's first 26 bytes are those of a 16-bit RGB, RGBA or gray + alpha PNG."""
     # Signature (8 bytes), IHDR length and type (8), width and height (8), bit depth (1), colour type (1).
     return (
-        len(header) == 26
+        len(header) >= 26
         and header.startswith(_PNG_SIGNATURE)
         and header[12:16] == b"IHDR"
         and header[24] == 16
@@ -104,7 +104,7 @@ def _is_16_bit_colour_png(path: Path) -> bool:
     )
 
 
-def _read_png_16(path: Path, where: str, orientation: int) -> Optional[np.ndarray]:
+def _read_png_16(source: Union[Path, bytes], where: str, orientation: int) -> Optional[np.ndarray]:
     """Decode a 16-bit colour PNG to uint16 (H, W, 3|4) with pypng (None when pypng is not installed)."""
     try:
         import png  # pypng: pure Python, reads and writes the 16-bit colour PNGs Pillow cannot
@@ -114,7 +114,8 @@ def _read_png_16(path: Path, where: str, orientation: int) -> Optional[np.ndarra
         logger.warning(f"Input {where} is a 16-bit colour PNG; install pypng to restore it at 16 bits (using 8).")
         return None
     try:
-        width, height, rows, info = png.Reader(filename=os.fspath(path)).asDirect()
+        reader = png.Reader(bytes=source) if isinstance(source, bytes) else png.Reader(filename=os.fspath(source))
+        width, height, rows, info = reader.asDirect()
         array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     except (png.Error, OSError, ValueError, EOFError) as err:
         raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
@@ -141,37 +142,48 @@ def _apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(transform(array)) if transform else array
 
 
-def load_image_file(path: Union[str, os.PathLike]) -> Union[Image.Image, np.ndarray]:
-    """Open and fully decode an image file, with clear `RestorationInputError`s for bad files.
+def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image, np.ndarray]:
+    """Open and fully decode an image file (a path, or its encoded bytes), with clear `RestorationInputError`s.
 
     Returns a PIL image, or a uint16 (H, W, 3|4) array (EXIF orientation applied) for a 16-bit colour PNG, which
     PIL cannot hold. Files above `PIL.Image.MAX_IMAGE_PIXELS` (Pillow's decompression-bomb guard, also the
-    warning zone below twice that limit) are refused.
+    warning zone below twice that limit) are refused. This is the one decoder of the project: inference reads
+    files through it, and training (`training.data.decode_image`) reduces what it returns to 8 bits.
     """
-    path = Path(path)
-    where = f"file '{path}'"
-    if not path.exists():
-        raise RestorationInputError(f"Input {where} does not exist (not found).")
-    if path.is_dir():
-        raise RestorationInputError(f"Input {where} is a directory, not an image file.")
-    if path.stat().st_size == 0:
-        raise RestorationInputError(f"Input {where} is empty (0 bytes).")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+        where = f"image bytes ({len(source)} bytes)"
+        if not source:
+            raise RestorationInputError(f"Input {where} is empty (0 bytes).")
+        header, opened = source[:26], io.BytesIO(source)
+    else:
+        source = Path(source)
+        where = f"file '{source}'"
+        if not source.exists():
+            raise RestorationInputError(f"Input {where} does not exist (not found).")
+        if source.is_dir():
+            raise RestorationInputError(f"Input {where} is a directory, not an image file.")
+        if source.stat().st_size == 0:
+            raise RestorationInputError(f"Input {where} is empty (0 bytes).")
+        with open(source, "rb") as handle:
+            header = handle.read(26)
+        opened = source
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
+            image = Image.open(opened)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise _bomb_error(where, err) from err
         except UnidentifiedImageError as err:
             raise RestorationInputError(f"Input {where} is not an image (unidentified format).") from err
         except OSError as err:
             raise RestorationInputError(f"Input {where} could not be read: {err}.") from err
-        if image.format == "PNG" and _is_16_bit_colour_png(path):
+        if image.format == "PNG" and _is_16_bit_colour_png(header):
             try:
                 orientation = int(image.getexif().get(0x0112, 1))
             except Exception:  # broken EXIF blocks should not make a readable image unusable
                 orientation = 1
-            array = _read_png_16(path, where, orientation)
+            array = _read_png_16(source, where, orientation)
             if array is not None:
                 image.close()
                 return array
@@ -541,7 +553,7 @@ class RestorationImageProcessor(PilBackend):
         if bit_depth == 16:
             if str(meta.get("original_mode", "")).startswith("I") and alpha is None:
                 luma = np.clip(rgb, 0.0, 1.0) @ _ITU_R_601_LUMA
-                return Image.fromarray(_quantize(luma, 16))  # mode "I;16": round-trips through 16-bit PNG
+                return Image.fromarray(quantize(luma, 16))  # mode "I;16": round-trips through 16-bit PNG
             logger.warning("PIL has no 16-bit RGB/RGBA mode; returning an 8-bit PIL image (use output_type='np').")
         return Image.fromarray(_quantize_bands(rgb, alpha, 8))
 
@@ -551,7 +563,7 @@ QUANTIZE_BAND_ROWS = 256
 
 
 def _quantize_bands(rgb: np.ndarray, alpha: Optional[np.ndarray], bit_depth: int) -> np.ndarray:
-    """Clip (H, W, 3) floats to [0, 1], attach alpha and `_quantize` them, band by band into one output array
+    """Clip (H, W, 3) floats to [0, 1], attach alpha and `quantize` them, band by band into one output array
     (the same values as quantizing the whole image at once; the peak memory is the output plus a band)."""
     height, width = rgb.shape[:2]
     channels = 3 if alpha is None else 4
@@ -559,13 +571,13 @@ def _quantize_bands(rgb: np.ndarray, alpha: Optional[np.ndarray], bit_depth: int
     output = np.empty((height, width, channels), dtype=dtype)
     for top in range(0, height, QUANTIZE_BAND_ROWS):
         rows = slice(top, top + QUANTIZE_BAND_ROWS)
-        output[rows, :, :3] = _quantize(np.clip(rgb[rows], 0.0, 1.0), bit_depth)
+        output[rows, :, :3] = quantize(np.clip(rgb[rows], 0.0, 1.0), bit_depth)
         if alpha is not None:
-            output[rows, :, 3] = _quantize(np.asarray(alpha[rows], dtype=np.float32), bit_depth)
+            output[rows, :, 3] = quantize(np.asarray(alpha[rows], dtype=np.float32), bit_depth)
     return output
 
 
-def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
+def quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     """Convert float [0, 1] to uint8 (8), uint16 (16) or float32 (32), rounding to nearest."""
     if bit_depth == 8:
         return np.round(array * 255.0).astype(np.uint8)
@@ -574,4 +586,4 @@ def _quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return array.astype(np.float32)
 
 
-__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "write_image", "write_png"]
+__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "quantize", "write_image", "write_png"]

@@ -225,9 +225,57 @@ def test_decode_image_conversions(tmp_path):
     assert not converted and rotated.shape == upright.shape == (40, 48, 3)
     assert np.abs(rotated.astype(int) - upright).mean() < 4  # EXIF orientation applied (JPEG loss only)
     for name in ("corrupt.png", "truncated.png"):
-        with pytest.raises(OSError):
+        with pytest.raises(ValueError, match="corrupt|not an image"):  # RestorationInputError, as at inference
             D.decode_image(tmp_path / "input" / name)
     assert expected["kept"] == 7
+
+
+def _odd_files(folder: Path) -> list[Path]:
+    """One file per decoding rule: 8-bit RGB (all 256 values), 16-bit RGB/RGBA/gray, palette with transparency,
+    gray + alpha, 1-bit, CMYK JPEG and an EXIF-rotated JPEG."""
+    from PIL import Image
+
+    from modeling.image_processing_restoration import write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    every_value = np.arange(256 * 3, dtype=np.uint16).reshape(16, 16, 3) % 256
+    Image.fromarray(every_value.astype(np.uint8)).save(folder / "rgb.png")
+    deep = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    deep[0, 0] = 257 * 100 + 129  # v / 257 = 100.50: rounds to 101, where Pillow's own 8-bit reduction keeps 100
+    write_png(deep, folder / "rgb16.png")
+    write_png(np.concatenate([deep, deep[..., :1]], axis=-1), folder / "rgba16.png")
+    Image.fromarray(rng.integers(0, 65536, (9, 11), dtype=np.uint16)).save(folder / "gray16.png")
+    palette = Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 3
+    palette.save(folder / "palette.png", transparency=3)
+    Image.fromarray(rng.integers(0, 256, (9, 11, 2), dtype=np.uint8), mode="LA").save(folder / "gray_alpha.png")
+    Image.fromarray(rng.integers(0, 2, (9, 11), dtype=bool)).save(folder / "bilevel.png")
+    Image.fromarray(rng.integers(0, 256, (9, 11, 4), dtype=np.uint8), mode="CMYK").save(folder / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise
+    Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)).save(folder / "rotated.jpg", exif=exif)
+    return sorted(folder.iterdir())
+
+
+def test_training_decodes_what_inference_sees_rounded_to_8_bits(tmp_path):
+    """One decoder: training's uint8 image is the processor's float input of the same file, quantized to 8 bits
+    (for paths and for encoded bytes, as Hub rows arrive)."""
+    from modeling.image_processing_restoration import RestorationImageProcessor, quantize
+
+    processor = RestorationImageProcessor()
+    for path in _odd_files(tmp_path):
+        inference, meta = processor.to_rgb_float(path)
+        expected = quantize(inference, 8).transpose(1, 2, 0)
+        for source in (path, path.read_bytes()):
+            image, converted = D.decode_image(source)
+            assert image.dtype == np.uint8 and image.shape == expected.shape, path.name
+            np.testing.assert_array_equal(image, expected, err_msg=path.name)
+            assert converted == (path.name not in ("rgb.png", "rotated.jpg")), path.name
+        if path.name == "rgb16.png":
+            assert meta["bit_depth"] == 16 and image[0, 0, 0] == 101
+        if path.name == "rotated.jpg":
+            assert image.shape[:2] == (11, 9)  # EXIF orientation applied
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -415,13 +415,13 @@ def test_decompression_bombs_raise_a_clear_input_error(processor, tmp_path, monk
 @pytest.mark.parametrize("bit_depth", [8, 16, 32])
 def test_band_quantization_equals_whole_image_quantization(bit_depth):
     """Postprocessing quantizes a band of rows at a time (bounded temporaries on huge images): same values."""
-    from modeling.image_processing_restoration import QUANTIZE_BAND_ROWS, _quantize, _quantize_bands
+    from modeling.image_processing_restoration import QUANTIZE_BAND_ROWS, _quantize_bands, quantize
 
     rng = np.random.default_rng(bit_depth)
     height = 2 * QUANTIZE_BAND_ROWS + 37  # bands that do not divide the height
     rgb = rng.uniform(-0.2, 1.2, (height, 19, 3)).astype(np.float32)  # out of range: clipped
     alpha = rng.uniform(0, 1, (height, 19)).astype(np.float32)
-    whole = _quantize(np.concatenate([np.clip(rgb, 0, 1), alpha[:, :, None]], axis=-1), bit_depth)
+    whole = quantize(np.concatenate([np.clip(rgb, 0, 1), alpha[:, :, None]], axis=-1), bit_depth)
     banded = _quantize_bands(rgb, alpha, bit_depth)
     assert banded.dtype == whole.dtype and banded.shape == (height, 19, 4)
     np.testing.assert_array_equal(banded, whole)

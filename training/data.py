@@ -18,8 +18,8 @@ Design (each point answers a trap verified in ``shared/ecosystem*.md``):
   imagefolder is a single shard (no worker/rank parallelism); a plan has as many shards as we ask for.
 * **No ``.shuffle()``.** Shuffling is the plan permutation, so ``state_dict()``/``load_state_dict()`` resume
   exactly (a shuffle buffer is not saved, and crashes torchdata's loader on resume with workers).
-* **We decode, not `datasets`.** The generator yields tiny records; a ``.map`` decodes with PIL (EXIF transpose;
-  gray/RGBA/palette/16-bit -> RGB uint8), crops, augments and synthesizes; a ``.filter`` drops bad examples.
+* **We decode, not `datasets`.** The generator yields tiny records; a ``.map`` decodes with the inference decoder
+  (:func:`decode_image`: EXIF transpose; gray/RGBA/palette/16-bit -> RGB uint8, rounded), crops, augments and synthesizes; a ``.filter`` drops bad examples.
   A corrupt file decoded by ``datasets`` ends the whole stream; ours is skipped and counted. Because decoding
   happens after the generator, resuming inside a shard re-reads only records, not images.
 * **Every random draw of an example** (crop, flip/rot90 mode, noise) comes from ``default_rng([seed, epoch, 0,
@@ -68,6 +68,8 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
+
+from modeling.image_processing_restoration import RestorationImageProcessor, load_image_file, quantize
 
 from .degradations import (
     AUGMENT_MODES,
@@ -179,33 +181,42 @@ def _open_binary(path: str):
     return open(path, "rb")
 
 
-def decode_image(source: str | os.PathLike | bytes) -> tuple[np.ndarray, bool]:
-    """Decode a path, URL or encoded bytes to a uint8 ``(H, W, 3)`` RGB array.
+def _inference_view(image: Image.Image | np.ndarray) -> tuple[np.ndarray, bool]:
+    """The processor's float conversion of a decoded file, reduced to 8 bits (the rounding of `postprocess`)."""
+    global _PROCESSOR
+    if _PROCESSOR is None:
+        _PROCESSOR = RestorationImageProcessor()
+    rgb, meta = _PROCESSOR.to_rgb_float(image)
+    converted = meta["bit_depth"] != 8 or meta["original_mode"] != "RGB"
+    return np.ascontiguousarray(quantize(rgb, 8).transpose(1, 2, 0)), converted
 
-    Applies the EXIF orientation, converts gray, gray+alpha, RGBA (alpha dropped), palette, CMYK, 1-bit and
-    16-/32-bit images to 8-bit RGB. Returns ``(array, converted)`` where ``converted`` says the file was not
-    8-bit RGB. Raises ``OSError``/``ValueError`` for corrupt or truncated files.
+
+_PROCESSOR: RestorationImageProcessor | None = None
+
+
+def decode_image(source: str | os.PathLike | bytes) -> tuple[np.ndarray, bool]:
+    """Decode a path, URL or encoded bytes to a uint8 ``(H, W, 3)`` RGB array: what inference sees, at 8 bits.
+
+    Training and inference share one decoder: the file is read by `modeling`'s ``load_image_file`` (EXIF
+    orientation, 16-bit colour PNGs at 16 bits, decompression-bomb guard) and converted by the image
+    processor's rules (gray -> RGB, alpha set aside, palette, CMYK, 1-bit, 16-bit / 65535), then rounded to
+    the nearest 8-bit value. So a 16-bit pixel ``v`` trains as ``round(v / 257)``, exactly the value the
+    processor's float ``v / 65535`` quantizes to. Returns ``(array, converted)`` where ``converted`` says the
+    file was not 8-bit RGB. Raises ``OSError`` (unreadable URL) or ``ValueError`` (`RestorationInputError`:
+    corrupt, truncated, empty, bomb) for bad files.
     """
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else _open_binary(os.fspath(source))
-    with stream, Image.open(stream) as image:
-        # Pillow opens 16-bit colour PNGs as 8-bit "RGB" (rawmode "RGB;16B"); only the tile says they were deeper.
-        deep_rgb = any(";16" in str(tile.args) for tile in image.tile)
-        image.load()  # decode everything now: truncated files raise here, not later
-        ImageOps.exif_transpose(image, in_place=True)
-        mode = image.mode
-        if mode == "RGB":
-            return np.asarray(image, dtype=np.uint8).copy(), deep_rgb
-        if mode.startswith("I") or mode == "F":
-            values = np.asarray(image).astype(np.float64)
-            if mode == "F":
-                values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
-            elif mode.startswith("I;16") or values.max(initial=0.0) > 255:
-                values = values / 257.0  # 16-bit range -> 8-bit (65535 -> 255)
-            gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2), True
-        if mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")  # PIL wants palette transparency resolved through RGBA
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy(), True
+    if not isinstance(source, (bytes, bytearray)) and "://" in os.fspath(source):
+        with _open_binary(os.fspath(source)) as stream:  # hf://, s3://, https:// through fsspec
+            source = stream.read()
+    image = load_image_file(source)
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        # 8-bit RGB, nearly every training file: the processor's float round trip would give these very values
+        # (round(255 * float32(v / 255)) == v, tested), so skip it and only apply the EXIF orientation.
+        try:
+            return np.asarray(ImageOps.exif_transpose(image), dtype=np.uint8).copy(), False
+        except Exception:  # unreadable EXIF: the processor's path below ignores it, with a warning
+            pass
+    return _inference_view(image)
 
 
 def center_crop_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:

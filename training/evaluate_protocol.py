@@ -30,8 +30,9 @@ test set and convention and reused by later models (:class:`ProtocolTestSets`).
 
 Bad files never stop an evaluation: a file that cannot be decoded, a pair whose sizes differ, and an image too
 small to score (smaller than the SSIM window after cropping) are skipped and listed under ``"skipped"``;
-16-bit, gray, palette and alpha files are converted to 8-bit RGB (as the official ``Image.open(...).convert('RGB')``)
-and listed under ``"converted"``.
+16-bit, gray, palette and alpha files are converted to 8-bit RGB by the project's one decoder (as the official
+``Image.open(...).convert('RGB')``, except that 16-bit samples round to the nearest 8-bit value where Pillow keeps
+the high byte) and listed under ``"converted"``.
 """
 
 from __future__ import annotations
