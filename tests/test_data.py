@@ -448,3 +448,22 @@ def test_validation_pairs_deterministic_full_images(corpus):
     assert [p["source"] for p in subset].count("noise-s25") == 2
     other_seed = list(D.validation_pairs(sources[:1], seed=1))
     assert not np.array_equal(other_seed[0]["degraded"], first[0]["degraded"])
+
+
+def test_data_package_exports_and_layers():
+    """`training.data` is a package along the data flow; its public names resolve, and each layer imports only
+    the layers before it (files <- sources <- plan <- stream; validation reads files and sources)."""
+    import ast
+    import importlib
+
+    for name in D.__all__:
+        assert getattr(D, name) is not None, name
+    order = ["files", "sources", "plan", "stream"]
+    allowed = {"files": set(), "sources": {"files"}, "plan": {"files", "sources"},
+               "stream": {"files", "sources", "plan"}, "validation": {"files", "sources"}}
+    for module_name, may_import in allowed.items():
+        module = importlib.import_module(f"training.data.{module_name}")
+        tree = ast.parse(Path(module.__file__).read_text())
+        siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert siblings <= may_import, (module_name, siblings)
+    assert D.decode_image.__module__ == "training.data.files" and D.RestorationStream.__module__.endswith(order[-1])

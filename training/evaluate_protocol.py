@@ -57,13 +57,13 @@ import datasets  # noqa: E402
 from training.data import (  # noqa: E402
     CDD11_TYPES,
     HubPairedSource,
-    _as_image_record,
     center_crop_to_multiple,
     cdd11_sources,
     clean_source,
     decode_image,
     paired_source,
 )
+from training.data.plan import _as_image_record  # noqa: E402  (a Hub row's image cell, as the stream reads it)
 from training.degradations import add_gaussian_noise  # noqa: E402
 from training.evaluation import psnr, ssim  # noqa: E402
 from training.published_results import published_rows, row_as_dict  # noqa: E402
