@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +47,21 @@ def accelerate_launch(processes: int = 2) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
+def native_stacks(processes: list[psutil.Process]) -> None:
+    """Where py-spy is installed (a developer's tool, not a dependency), print each process's native and Python
+    stacks to this process's stderr: a hang inside a C++ destructor shows only as its Python caller otherwise."""
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        return
+    for process in processes:
+        try:
+            dump = subprocess.run([py_spy, "dump", "--native", "--pid", str(process.pid)], capture_output=True,
+                                  text=True, timeout=60)
+            print(f"py-spy dump --native --pid {process.pid}:\n{dump.stdout}{dump.stderr}", file=sys.stderr)
+        except (OSError, subprocess.SubprocessError) as error:
+            print(f"py-spy could not read {process.pid}: {error}", file=sys.stderr)
+
+
 def dump_stacks_and_kill(pid: int, settle: float = 5.0) -> None:
     """SIGABRT every process of the tree below ``pid`` (and ``pid``): with ``PYTHONFAULTHANDLER`` set, each Python
     process prints every thread's stack to its stderr before it dies, so a hang leaves its place in the log. Then
@@ -55,6 +71,7 @@ def dump_stacks_and_kill(pid: int, settle: float = 5.0) -> None:
         processes = [*reversed(parent.children(recursive=True)), parent]
     except psutil.NoSuchProcess:
         processes = []
+    native_stacks(processes)
     for process in processes:  # the ranks first, their launcher last: it forwards their stderr
         try:
             process.send_signal(signal.SIGABRT)

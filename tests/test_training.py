@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
-from launch_helpers import accelerate_launch, run_to_end
+from launch_helpers import accelerate_launch, free_port, run_to_end
 from safetensors.torch import load_file
 
 from training import checkpointing
@@ -98,6 +98,44 @@ def test_two_process_ddp_launch(corpus, tmp_path):
     ]
     assert (output_dir / "model" / "model.safetensors").is_file()
     assert (output_dir / "model" / "preprocessor_config.json").is_file()
+    assert "DDP wrapper is still referenced" not in result.stderr
+
+
+RELEASE_DDP_SCRIPT = """
+import logging, sys, weakref
+import torch
+from accelerate import Accelerator
+from training.train import release_ddp_wrapper
+
+logging.basicConfig(level=logging.INFO)
+torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+accelerator = Accelerator(cpu=True)
+inner = torch.nn.Linear(3, 2)
+model = torch.nn.parallel.DistributedDataParallel(inner)
+held = [model] if sys.argv[1] == "held" else []
+wrapper = weakref.ref(model)
+model = accelerator.unwrap_model(model)
+release_ddp_wrapper(accelerator, wrapper)
+print("bare", model is inner, "wrapper_alive", wrapper() is not None, flush=True)
+torch.distributed.destroy_process_group()
+print("destroyed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("holder", ["free", "held"])
+def test_release_ddp_wrapper_frees_the_reducer_before_the_process_group(holder, tmp_path):
+    """A real gloo group and DDP wrapper in a fresh process: the wrapper dies before the group (so the group's
+    last owner is torch's Python handle, see release_ddp_wrapper), and a leftover reference is reported."""
+    env = {**script_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    result = run_to_end([sys.executable, "-c", RELEASE_DDP_SCRIPT, holder], env=env, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    if holder == "free":
+        assert "bare True wrapper_alive False" in result.stdout
+        assert "still referenced" not in result.stderr
+    else:
+        assert "bare True wrapper_alive True" in result.stdout
+        assert "DDP wrapper is still referenced after training (by ['list'])" in result.stderr
+    assert "destroyed" in result.stdout
 
 
 def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):

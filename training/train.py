@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import gc
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ import os
 import sys
 import time
 import typing
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +400,26 @@ def gather_replica_checksums(accelerator: Accelerator, model: torch.nn.Module, k
     return gathered.cpu()
 
 
+def release_ddp_wrapper(accelerator: Accelerator, wrapper: weakref.ref) -> None:
+    """Free the DDP wrapper (``wrapper`` refers to it weakly) now, while the process group is still registered.
+
+    DDP's C++ reducer co-owns the process group. Freed last (when ``main`` returns), it runs ``~ProcessGroupGloo``
+    with the GIL held, and that destructor joins gloo's worker threads -- one of which may be waiting for the GIL
+    to drop the last reference to a Python-visible tensor: a deadlock at exit (seen twice in 41 repeated runs of
+    the training tests, each with several two-process launches). Freed here, the reducer drops a reference that
+    is not the last; ``destroy_process_group`` then drops the last one through torch's Python handle, which
+    releases the GIL while it destructs. The caller drops its own references first (closures share its names).
+    """
+    accelerator.free_memory()  # accelerate's own references to the prepared model and optimizer
+    gc.collect()
+    still_alive = wrapper()
+    if isinstance(still_alive, torch.nn.parallel.DistributedDataParallel):
+        logger.warning(
+            "the DDP wrapper is still referenced after training (by %s); the process group may hang at exit",
+            [type(referrer).__name__ for referrer in gc.get_referrers(still_alive)], main_process_only=False,
+        )
+
+
 def build_model(args: TrainingArguments):
     config_class, model_class = MODEL_CLASSES[args.model_type]
     if args.pretrained_model_name_or_path:
@@ -674,6 +696,9 @@ def main(args: TrainingArguments) -> dict:
     # Everyone leaves together, then the process group goes (accelerate destroys it in end_training). The
     # checksum collective's handles are released only afterwards (see gather_replica_checksums).
     accelerator.wait_for_everyone()
+    ddp_wrapper = weakref.ref(model)
+    model = accelerator.unwrap_model(model)
+    release_ddp_wrapper(accelerator, ddp_wrapper)
     accelerator.end_training()
     keep_until_teardown.clear()
     if diverged:
