@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="autocast precision (default fp32)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None,
+                        help="turn off the CPU fast path (channels-last inputs; same outputs up to float rounding)")
     parser.add_argument("--suffix", default="", help="appended to each output file stem, e.g. _restored")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing output files (input files are never overwritten)")
@@ -267,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 device=device,
                 dtype=args.dtype,
                 batch_size=args.batch_size,
+                channels_last=args.channels_last,
             )
             _save_png(restored, target, overwrite=args.overwrite)
             written += 1

@@ -127,6 +127,16 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]
     return None if dtype == torch.float32 else dtype
 
 
+def resolve_channels_last(channels_last: Optional[bool], device: torch.device) -> bool:
+    """`None` (the default everywhere) means channels-last inputs on CPU, where oneDNN's depthwise and 1x1
+    convolutions run several times faster on them (see benchmarks/bench_infer.py), and the usual layout elsewhere."""
+    if channels_last is None:
+        return device.type == "cpu"
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be True, False or None, got {channels_last!r}.")
+    return channels_last
+
+
 def load_model(
     model: Union[str, os.PathLike, torch.nn.Module, None] = None,
     *,
@@ -237,16 +247,18 @@ def estimate_degradation_weights(
     dtype: Union[str, torch.dtype, None] = None,
     max_pixels: int = 1024 * 1024,
     crop: int = 512,
+    channels_last: Optional[bool] = None,
 ) -> torch.Tensor:
     """The model's degradation weights for each image of a (B, 3, H, W) batch, estimated once per image.
 
     Large images are judged from four crops whose softmax weights are averaged. ``auto_mode="hard"`` turns
     the result into a one-hot of the most likely class. Every tile of an image then uses these weights, so
-    neighbouring tiles never get different prompts.
+    neighbouring tiles never get different prompts. ``channels_last`` as in `run_model`.
     """
     if auto_mode not in AUTO_MODES:
         raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}")
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
+    memory_format = torch.channels_last if resolve_channels_last(channels_last, device) else torch.contiguous_format
     autocast_dtype = resolve_dtype(dtype)
     param = next(iter(model.parameters()), None)
     input_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -255,7 +267,10 @@ def estimate_degradation_weights(
     )
     with torch.inference_mode(), context:
         views = _estimation_views(pixel_values, max_pixels, crop)
-        weights = sum(model.estimate_degradation(view.to(device, input_dtype)).float() for view in views) / len(views)
+        weights = sum(
+            model.estimate_degradation(view.to(device, input_dtype).contiguous(memory_format=memory_format)).float()
+            for view in views
+        ) / len(views)
     weights = weights.cpu()
     return hard_weights(weights) if auto_mode == "hard" else weights
 
@@ -282,13 +297,17 @@ def run_model(
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
     progress: bool = False,
+    channels_last: Optional[bool] = None,
 ) -> torch.Tensor:
     """Restore a (B, 3, H, W) batch in [0, 1]: whole image or tiled, optional autocast; returns float32 on CPU.
 
     With `tile`, the input stays on its device (e.g. CPU) and only tiles go to `device`.
     `degradation_labels`: (B, num_degradations) weights (see `degradation_label_ids`), reused for every tile.
+    `channels_last`: feed the model channels-last maps (same outputs up to float rounding); `None`: on CPU only
+    (see `resolve_channels_last`). The model's own weights are left as they are.
     """
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
+    memory_format = torch.channels_last if resolve_channels_last(channels_last, device) else torch.contiguous_format
     autocast_dtype = resolve_dtype(dtype)
     param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
     # Models loaded in half precision need half inputs; autocast handles the fp32-weights case.
@@ -306,7 +325,8 @@ def run_model(
             else contextlib.nullcontext()
         )
         with context:
-            output = model(pixel_values=batch.to(input_dtype), return_dict=True, **kwargs)
+            batch = batch.to(input_dtype).contiguous(memory_format=memory_format)
+            output = model(pixel_values=batch, return_dict=True, **kwargs)
         return _reconstruction_of(output).float()
 
     tile, tile_overlap = check_tiling(tile, tile_overlap)
@@ -353,6 +373,7 @@ def restore(
     batch_size: int = 4,
     progress: bool = False,
     trust_remote_code: bool = False,
+    channels_last: Optional[bool] = None,
 ) -> Any:
     """Restore one image or a list of images.
 
@@ -376,6 +397,8 @@ def restore(
         batch_size: images (or tile positions) per forward pass.
         progress: show tqdm progress bars.
         trust_remote_code: passed to `from_pretrained` when `model` is a Hub id or folder.
+        channels_last: the CPU fast path: channels-last inputs, same outputs up to float rounding; `None`
+            (default) turns it on for CPU devices, `False` gives the plain NCHW path (see `run_model`).
 
     Returns:
         The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy (input dtype) for numpy,
@@ -393,6 +416,7 @@ def restore(
         return []
     # Fail on bad arguments before loading anything.
     resolve_dtype(dtype)
+    resolve_channels_last(channels_last, torch.device("cpu"))
     tile, tile_overlap = check_tiling(tile, tile_overlap)
     if device is not None:
         resolve_device(device)
@@ -433,7 +457,7 @@ def restore(
                 weights = labels[batch]
             elif accepts_degradation_labels(model):
                 weights = estimate_degradation_weights(
-                    model, pixel_values, auto_mode=auto_mode, device=device, dtype=dtype
+                    model, pixel_values, auto_mode=auto_mode, device=device, dtype=dtype, channels_last=channels_last
                 )
             else:
                 weights = None
@@ -449,6 +473,7 @@ def restore(
                     device=device,
                     dtype=dtype,
                     progress=progress,
+                    channels_last=channels_last,
                 )
             except NonFiniteOutputError as err:
                 names = [metadata[i]["source"] or f"image {i}" for i in batch]
@@ -479,6 +504,7 @@ __all__ = [
     "estimate_degradation_weights",
     "load_model",
     "load_processor",
+    "resolve_channels_last",
     "resolve_device",
     "resolve_dtype",
     "restore",

@@ -48,7 +48,7 @@ from .degradation_labels import hard_weights
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import RestorationUNet
-from .restormer_blocks import ChannelLayerNorm, TransformerBlock
+from .restormer_blocks import ChannelLayerNorm, TransformerBlock, channels_innermost, merge_heads, split_heads
 
 
 @dataclass
@@ -213,12 +213,12 @@ class CrossFusion(nn.Module):
         tokens = prompts.shape[1]
         query = self.query(self.norm(features))
         head_dim = query.shape[1] // self.num_heads
-        query = query.reshape(batch, self.num_heads, head_dim, height * width).transpose(-2, -1)
+        query = split_heads(query, self.num_heads).transpose(-2, -1)
         prompts = prompts.to(query.dtype)
         key = self.key(prompts).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
         value = self.value(prompts).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
         attention = ((query @ key.transpose(-2, -1)) * head_dim**-0.5).float().softmax(dim=-1).to(value.dtype)
-        fused = (attention @ value).transpose(-2, -1).reshape(batch, self.num_heads * head_dim, height, width)
+        fused = merge_heads((attention @ value).transpose(-2, -1), height, width, channels_innermost(features))
         return features + self.project_out(fused)
 
 

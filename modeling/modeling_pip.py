@@ -29,7 +29,14 @@ from .degradation_labels import hard_weights
 from .errors import RestorationInputError
 from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import EncoderFeatures, RestorationUNet
-from .restormer_blocks import ChannelLayerNorm, GatedDconvFeedForward, channel_attention
+from .restormer_blocks import (
+    ChannelLayerNorm,
+    GatedDconvFeedForward,
+    channel_attention,
+    channels_innermost,
+    merge_heads,
+    split_heads,
+)
 
 def align_channels(features: torch.Tensor, channels: int) -> torch.Tensor:
     """Zero-pad (or truncate) the channel axis to ``channels``, as the official code aligns feature and prompt."""
@@ -162,13 +169,11 @@ class TopMCrossAttention(PromptCrossAttention):
         channels than fp32 ones. So the projections run outside autocast in the weights' precision (fp32 for an
         fp32 model under autocast) and the logits in fp32.
         """
-        batch, _, height, width = feature.shape
         weight_dtype = self.q.weight.dtype
         with torch.autocast(device_type=feature.device.type, enabled=False):
-            query = self.q_dwconv(self.q(feature.to(weight_dtype))).reshape(batch, self.num_heads, -1, height * width)
+            query = split_heads(self.q_dwconv(self.q(feature.to(weight_dtype))), self.num_heads)
             key, value = self.kv_dwconv(self.kv(prompt.to(weight_dtype))).chunk(2, dim=1)
-            key = key.reshape(batch, self.num_heads, -1, height * width)
-            value = value.reshape(batch, self.num_heads, -1, height * width)
+            key, value = split_heads(key, self.num_heads), split_heads(value, self.num_heads)
             query, key = F.normalize(query.float(), dim=-1), F.normalize(key.float(), dim=-1)
             return (query @ key.transpose(-2, -1)) * self.temperature.float(), value
 
@@ -176,7 +181,7 @@ class TopMCrossAttention(PromptCrossAttention):
         return [int(per_head * numerator / denominator) for numerator, denominator in self.fractions]
 
     def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = feature.shape
+        height, width = feature.shape[-2:]
         attention, value = self.attention_logits(feature, prompt)
         with torch.autocast(device_type=feature.device.type, enabled=False):
             probabilities = 0
@@ -185,7 +190,7 @@ class TopMCrossAttention(PromptCrossAttention):
                 mask = torch.zeros_like(attention, dtype=torch.bool).scatter_(-1, kept, True)
                 probabilities = probabilities + attention.masked_fill(~mask, float("-inf")).softmax(dim=-1) * weight.float()
             out = probabilities.to(value.dtype) @ value
-        return self.project_out(out.reshape(batch, channels, height, width))
+        return self.project_out(merge_heads(out, height, width, channels_innermost(feature)))
 
     def selected_channels(self, feature: torch.Tensor, prompt: torch.Tensor) -> list[torch.Tensor]:
         """Sorted channel indices kept by each top-m mask (the discrete choice the forward makes)."""

@@ -25,6 +25,7 @@ from .inference import (
     default_output_type,
     degradation_label_ids,
     estimate_degradation_weights,
+    resolve_channels_last,
     run_model,
 )
 from .tiling import check_tiling
@@ -35,7 +36,7 @@ logger = logging.get_logger(__name__)
 TASK_NAME = "image-restoration"
 
 #: Call arguments of the pipeline (besides the inputs); `batch_size` and `num_workers` are the base class's.
-CALL_ARGUMENTS = ("tile", "tile_overlap", "degradation", "auto_mode", "dtype", "output_type")
+CALL_ARGUMENTS = ("tile", "tile_overlap", "degradation", "auto_mode", "dtype", "output_type", "channels_last")
 _OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -90,6 +91,7 @@ class ImageRestorationPipeline(Pipeline):
         auto_mode: Optional[str] = None,
         dtype: Any = None,
         output_type: Optional[str] = None,
+        channels_last: Optional[bool] = None,
         **kwargs,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
@@ -111,6 +113,9 @@ class ImageRestorationPipeline(Pipeline):
             forward_params["tile_overlap"] = tile_overlap
         if dtype is not None:
             forward_params["dtype"] = dtype
+        if channels_last is not None:
+            resolve_channels_last(channels_last, self.device)  # a wrong value fails before the first image
+            forward_params["channels_last"] = channels_last
         if output_type is not None:
             postprocess_params["output_type"] = output_type
         return preprocess_params, forward_params, postprocess_params
@@ -130,13 +135,15 @@ class ImageRestorationPipeline(Pipeline):
         tile_overlap: Optional[int] = None,
         dtype: Any = None,
         auto_mode: str = "soft",
+        channels_last: Optional[bool] = None,
     ) -> dict:
         tile, tile_overlap = check_tiling(tile, tile_overlap)
         weights = model_inputs.get("degradation_labels")
         if weights is None and accepts_degradation_labels(self.model):
             # Label-free: estimate once for the whole image, then every tile uses the same prompts.
             weights = estimate_degradation_weights(
-                self.model, model_inputs["pixel_values"], auto_mode=auto_mode, device=self.device, dtype=dtype
+                self.model, model_inputs["pixel_values"], auto_mode=auto_mode, device=self.device, dtype=dtype,
+                channels_last=channels_last,
             )
         reconstruction = run_model(
             self.model,
@@ -146,6 +153,7 @@ class ImageRestorationPipeline(Pipeline):
             tile_overlap=tile_overlap,
             device=self.device,
             dtype=dtype,
+            channels_last=channels_last,
         )
         return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}
 

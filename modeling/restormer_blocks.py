@@ -36,6 +36,8 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if self.with_bias else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if channels_innermost(hidden_states):
+            return self.forward_channels_last(hidden_states)
         variance = hidden_states.var(dim=1, keepdim=True, unbiased=False)
         if self.with_bias:
             hidden_states = hidden_states - hidden_states.mean(dim=1, keepdim=True)
@@ -44,6 +46,48 @@ class ChannelLayerNorm(nn.Module):
         if self.bias is not None:
             hidden_states = hidden_states + self.bias[:, None, None]
         return hidden_states
+
+    def forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The same normalisation on a map whose channels are innermost in memory (``channels_last``).
+
+        Seen as (B, H, W, C), the channel axis is the last one, so WithBias is one fused ``F.layer_norm`` and
+        BiasFree reads each pixel's channels contiguously; the result is channels-last again.
+        """
+        pixels = hidden_states.permute(0, 2, 3, 1)
+        if self.with_bias:
+            pixels = F.layer_norm(pixels, (pixels.shape[-1],), self.weight, self.bias, self.eps)
+        else:
+            pixels = pixels / torch.sqrt(pixels.var(dim=-1, keepdim=True, unbiased=False) + self.eps) * self.weight
+        return pixels.permute(0, 3, 1, 2)
+
+
+def channels_innermost(tensor: torch.Tensor) -> bool:
+    """Whether a (B, C, H, W) tensor keeps each pixel's channels next to each other in memory (channels-last,
+    or a channel slice of a channels-last map) while it has more than one pixel, so NCHW is not also true."""
+    return tensor.dim() == 4 and tensor.stride(1) == 1 and tensor.shape[2] * tensor.shape[3] > 1
+
+
+def split_heads(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, heads, C / heads, H * W), a view in either memory layout where one exists.
+
+    For NCHW this is the plain reshape. For a channels-last map the pixel axis of the result has stride C:
+    matmul and the reductions read it in place, where the plain reshape would first transpose the whole map.
+    """
+    batch, channels, height, width = tensor.shape
+    if channels_innermost(tensor):
+        per_pixel = tensor.permute(0, 2, 3, 1).reshape(batch, height * width, num_heads, channels // num_heads)
+        return per_pixel.permute(0, 2, 3, 1)
+    return tensor.reshape(batch, num_heads, channels // num_heads, height * width)
+
+
+def merge_heads(heads: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    """(B, heads, C / heads, H * W) -> (B, C, H, W), dense channels-last when ``channels_last`` (a view when
+    matmul already wrote it so, else one copy)."""
+    batch, num_heads, head_channels, _ = heads.shape
+    if channels_last:
+        per_pixel = heads.permute(0, 3, 1, 2).reshape(batch, height, width, num_heads * head_channels)
+        return per_pixel.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    return heads.reshape(batch, num_heads * head_channels, height, width)
 
 
 def channel_attention(
@@ -54,13 +98,13 @@ def channel_attention(
     Inputs are (B, C, H, W); query and key are L2-normalised over the pixel axis, so the attention map is a
     cosine similarity between channels scaled by a learned per-head temperature.
     """
-    batch, channels, height, width = value.shape
-    query = F.normalize(query.reshape(batch, num_heads, -1, height * width), dim=-1)
-    key = F.normalize(key.reshape(batch, num_heads, -1, height * width), dim=-1)
-    value = value.reshape(batch, num_heads, -1, height * width)
+    height, width = value.shape[-2:]
+    channels_last = channels_innermost(value)
+    query = F.normalize(split_heads(query, num_heads), dim=-1)
+    key = F.normalize(split_heads(key, num_heads), dim=-1)
     attention = (query @ key.transpose(-2, -1)) * temperature
-    out = attention.softmax(dim=-1) @ value
-    return out.reshape(batch, channels, height, width)
+    out = attention.softmax(dim=-1) @ split_heads(value, num_heads)
+    return merge_heads(out, height, width, channels_last)
 
 
 class MultiDconvHeadTransposedAttention(nn.Module):

@@ -69,6 +69,18 @@ def _env_int(environ, name: str, default: Optional[int]) -> Optional[int]:
     return int(value) if value else default
 
 
+def _env_switch(environ, name: str) -> Optional[bool]:
+    """Unset or empty: None (the library's default); 1/true/yes/on or 0/false/no/off; anything else is an error."""
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be one of 1/true/yes/on or 0/false/no/off, got {environ[name]!r}")
+
+
 @dataclass(frozen=True)
 class SpaceSettings:
     """Everything an operator may tune; `from_env` reads the ``SPACE_*`` variable named in each comment."""
@@ -84,6 +96,7 @@ class SpaceSettings:
     model_cache_size: int = 2  # SPACE_MODEL_CACHE_SIZE: models kept loaded (least recently used evicted)
     device: Optional[str] = None  # SPACE_DEVICE: None = CUDA when available, else CPU
     dtype: Optional[str] = None  # SPACE_DTYPE: None/"fp32", "bf16", "fp16" (autocast)
+    channels_last: Optional[bool] = None  # SPACE_CHANNELS_LAST: None = the CPU fast path on CPU; 0 turns it off
     examples_dir: Path = field(default_factory=lambda: DEMO_CHECKPOINT_DIR / "examples")  # SPACE_EXAMPLES_DIR
     output_dir: Optional[Path] = None  # SPACE_OUTPUT_DIR: restored PNGs; None: <system temp>/prompt-restoration-space
     output_ttl_s: float = 3600.0  # restored PNGs are deleted after this many seconds
@@ -104,6 +117,7 @@ class SpaceSettings:
             model_cache_size=_env_int(environ, "SPACE_MODEL_CACHE_SIZE", cls.model_cache_size),
             device=environ.get("SPACE_DEVICE", "").strip() or None,
             dtype=environ.get("SPACE_DTYPE", "").strip() or None,
+            channels_last=_env_switch(environ, "SPACE_CHANNELS_LAST"),
             examples_dir=Path(environ.get("SPACE_EXAMPLES_DIR", "").strip() or DEMO_CHECKPOINT_DIR / "examples"),
             output_dir=Path(environ["SPACE_OUTPUT_DIR"]) if environ.get("SPACE_OUTPUT_DIR", "").strip() else None,
         )
@@ -409,7 +423,8 @@ class RestorationSpace:
                 # handed to restore(), so the chart shows exactly what the model used and nothing runs twice.
                 pixel_values = torch.from_numpy(np.stack(processor(image_path, do_pad=False)["pixel_values"]))
                 weights = estimate_degradation_weights(
-                    model, pixel_values, auto_mode=auto_mode, device=self.device, dtype=self.settings.dtype
+                    model, pixel_values, auto_mode=auto_mode, device=self.device, dtype=self.settings.dtype,
+                    channels_last=self.settings.channels_last,
                 )
                 argument, chart = weights, weights_frame(loaded.degradation_names, weights)
             elif loaded.takes_labels and label is not None:
@@ -424,6 +439,7 @@ class RestorationSpace:
                 device=self.device,
                 dtype=self.settings.dtype,
                 progress=True,
+                channels_last=self.settings.channels_last,
             )
         except gr.Error:
             raise

@@ -534,3 +534,69 @@ def test_pipeline_rejects_unknown_and_positional_arguments(model):
     with pytest.raises(ValueError, match="output_type"):
         pipe(image, output_type="numpy")
     np.testing.assert_array_equal(pipe(image, tile=8), restore(image, model, tile=8))
+
+
+def test_channels_last_fast_path_is_the_cpu_default_and_can_be_turned_off(model, monkeypatch, inputs, tmp_path,
+                                                                          checkpoint):
+    """restore(), the estimator pass, the pipeline and the CLI feed channels-last maps on CPU unless told not to;
+    the outputs agree with the plain NCHW path up to float rounding."""
+    from modeling.inference import resolve_channels_last
+
+    assert resolve_channels_last(None, torch.device("cpu")) is True
+    assert resolve_channels_last(None, torch.device("cuda")) is False
+    with pytest.raises(TypeError, match="channels_last"):
+        restore(rgb(9, 9), model, channels_last="yes")
+    layouts = []
+    original = type(model).forward
+
+    def record(self, pixel_values, *args, **kwargs):
+        layouts.append(pixel_values.is_contiguous(memory_format=torch.channels_last))
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", record)
+    image = np.random.default_rng(1).random((21, 30, 3)).astype(np.float32)
+    fast = restore(image, model)
+    assert layouts == [True]
+    plain = restore(image, model, channels_last=False)
+    assert layouts == [True, False]
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+    register_pipeline()
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    pipe(Image.fromarray(rgb(16, 16)), channels_last=False)
+    assert layouts[-1] is False
+    pipe(Image.fromarray(rgb(16, 16)))
+    assert layouts[-1] is True
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "plain"), "--model", str(checkpoint),
+                     "--no-channels-last", "-q"]) == 0
+    assert layouts[-1] is False
+
+
+def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
+    """benchmarks/bench_infer.py on a tiny PIP model that takes the shipped examples' labels: one row per path,
+    ratios against the reference row, peak memory from a child process per path, and PSNR on the examples
+    that differs from the reference path by float rounding only (timings are not asserted)."""
+    import json
+
+    from conftest import tiny_model
+
+    folder = tmp_path / "tiny-pip"
+    tiny_model("pip").save_pretrained(folder)
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_infer.py"), "--model", str(folder), "--size", "32",
+         "--repeats", "1", "--threads", "1", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert (report["model"], report["size"], report["parameters"]) == ("pip", 32, tiny_model("pip").num_parameters())
+    rows = {row["path"]: row for row in report["rows"]}
+    assert list(rows) == ["reference", "channels-last"]
+    assert rows["reference"]["ratio"] == 1.0
+    for row in rows.values():
+        assert row["ms"] > 0 and row["images_per_s"] == pytest.approx(1000 / row["ms"])
+        assert row["ratio"] == pytest.approx(rows["reference"]["ms"] / row["ms"])
+        assert 50 < row["peak_mib"] < 4096  # an interpreter with torch and a tiny model, not 0 and not garbage
+        assert 5 < row["psnr"] < 60
+    assert abs(rows["channels-last"]["psnr_vs_reference"]) < 1e-3
+    assert "channels-last" in result.stdout and "PSNR dB" in result.stdout

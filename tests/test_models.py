@@ -201,3 +201,52 @@ def test_wrong_config_raises_clear_error(model_type, overrides, message):
 
 def test_every_registered_model_is_tested():
     assert set(TINY_CONFIGS) == set(modeling.MODEL_CLASSES)
+
+
+@pytest.mark.parametrize("layer_norm_type", ["WithBias", "BiasFree"])
+def test_channels_last_gives_the_nchw_output_and_gradients(model_type, layer_norm_type):
+    """The CPU fast path feeds channels-last maps (and may hold channels-last weights): every block must compute
+    the same function in that layout, forward and backward."""
+    overrides = {"layer_norm_type": layer_norm_type}
+    pixel_values, labels = torch.rand(2, 3, 24, 40), torch.rand(2, 3, 24, 40)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = tiny_model(model_type, **overrides).train().to(memory_format=layout)
+        torch.manual_seed(0)  # DPPD samples its prompts in training
+        out = model(pixel_values.contiguous(memory_format=layout), labels=labels, **forward_kwargs(model_type, 2))
+        out.loss.backward()
+        with torch.no_grad():
+            restored = model.eval()(pixel_values.contiguous(memory_format=layout)).reconstruction
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((restored, out.loss.detach(), grads))
+    (nchw, nchw_loss, nchw_grads), (last, last_loss, last_grads) = results
+    torch.testing.assert_close(last, nchw, atol=1e-5, rtol=0)
+    torch.testing.assert_close(last_loss, nchw_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last_grads, nchw_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_heads_of_a_channels_last_map_are_views_with_the_nchw_values():
+    from modeling.restormer_blocks import ChannelLayerNorm, channels_innermost, merge_heads, split_heads
+
+    qkv = torch.rand(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    query = qkv.chunk(3, dim=1)[0]  # a channel slice: channels innermost, but not channels-last contiguous
+    assert channels_innermost(query) and not channels_innermost(query.contiguous())
+    heads = split_heads(query, 2)
+    assert heads.shape == (2, 2, 4, 35) and heads.data_ptr() == query.data_ptr()  # a view, no copy
+    torch.testing.assert_close(heads, query.contiguous().reshape(2, 2, 4, 35), atol=0, rtol=0)
+    torch.testing.assert_close(merge_heads(heads, 5, 7, channels_last=True), query, atol=0, rtol=0)
+    attended = heads @ torch.rand(2, 2, 35, 35)  # what attention returns: dense (B, heads, C / heads, H * W)
+    merged = merge_heads(attended, 5, 7, channels_last=True)
+    assert merged.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(merged, merge_heads(attended, 5, 7, channels_last=False), atol=0, rtol=0)
+    # A 1x1 map is both layouts at once; it takes the NCHW path.
+    assert not channels_innermost(torch.rand(1, 8, 1, 1).contiguous(memory_format=torch.channels_last))
+    for kind in ("WithBias", "BiasFree"):
+        norm = ChannelLayerNorm(8, kind)
+        torch.nn.init.normal_(norm.weight)
+        if norm.bias is not None:
+            torch.nn.init.normal_(norm.bias)
+        features = torch.randn(2, 8, 6, 5) * 3 + 1
+        last = norm(features.contiguous(memory_format=torch.channels_last))
+        assert last.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(last, norm(features), atol=1e-5, rtol=1e-5)

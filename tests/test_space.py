@@ -484,3 +484,9 @@ def test_settings_from_environment(app):
     assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
     assert settings.output_dir == Path("/srv/out")
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
+    # The CPU fast path: library default unless switched; a typo is an error, not silently "on".
+    assert app.SpaceSettings.from_env({}).channels_last is None
+    assert app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": "0"}).channels_last is False
+    assert app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": " Yes"}).channels_last is True
+    with pytest.raises(ValueError, match="SPACE_CHANNELS_LAST"):
+        app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": "of"})

@@ -1,0 +1,208 @@
+"""Inference speed of the fast paths against the plain fp32 eager path, in one table.
+
+    python benchmarks/bench_infer.py                                # shipped weights, 512², CPU, 2 threads
+    python benchmarks/bench_infer.py --random promptir --size 256   # a random PromptIR of the official size
+    python benchmarks/bench_infer.py --model org/pip-restormer --device cuda --size 1024 --bf16
+
+Rows (paths), all through `modeling.inference.run_model`, the function behind `restore()`, the CLI, the
+pipeline and the Space:
+- `reference`: fp32, NCHW inputs (`channels_last=False`): the official code's eager path;
+- `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on CPU;
+- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast.
+
+Paths are warmed up, then timed in turn for `--repeats` rounds, so every ratio compares runs of the same
+minutes. Columns: median ms per batch, img/s, peak memory (CUDA: `max_memory_allocated` of that path; CPU: peak
+RSS of a fresh interpreter that loads the model and runs only that path once), and the ratio reference
+ms / path ms. Quality: where the model takes the shipped examples' degradations (the shipped weights do), each
+path restores the example crops of held-out photos (`modeling/demo/examples`, labelled), and the table gives
+its mean PSNR against the clean crops and the difference to the reference path (goal: within 0.05 dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+PATHS = {  # name: (channels_last, autocast dtype)
+    "reference": (False, None),
+    "channels-last": (True, None),
+    "bf16": (False, "bf16"),
+    "channels-last+bf16": (True, "bf16"),
+}
+
+
+def load(args: argparse.Namespace):
+    """The model to measure: `--random TYPE` (official configuration, random weights) or `--model` (default:
+    the shipped weights)."""
+    import torch
+
+    from modeling import MODEL_CLASSES
+    from modeling.inference import DEMO_CHECKPOINT_DIR, load_model
+
+    if args.random:
+        config_class, model_class = MODEL_CLASSES[args.random]
+        torch.manual_seed(0)
+        return model_class(config_class()).eval().to(args.device)
+    return load_model(args.model or str(DEMO_CHECKPOINT_DIR), device=args.device)
+
+
+def inputs_for(model, size: int, batch: int):
+    """A fixed random batch and, for models that take them, the weights of their first degradation."""
+    import torch
+
+    from modeling.inference import degradation_label_ids
+
+    pixel_values = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    labels = None
+    if getattr(model, "accepts_degradation_labels", False):
+        labels = degradation_label_ids(model, 0, batch)
+    return pixel_values, labels
+
+
+def run_path(model, pixel_values, labels, name: str, device: str):
+    from modeling.inference import run_model
+
+    channels_last, dtype = PATHS[name]
+    return run_model(model, pixel_values, degradation_labels=labels, device=device, dtype=dtype,
+                     channels_last=channels_last)
+
+
+def child_peak_rss(args: argparse.Namespace) -> None:
+    """`--child-path NAME`: load, run one path once, print the peak RSS in KiB (one fresh interpreter per path)."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = load(args)
+    pixel_values, labels = inputs_for(model, args.size, args.batch)
+    run_path(model, pixel_values, labels, args.child_path, args.device)
+    print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def cpu_peak_mib(args: argparse.Namespace, name: str) -> float:
+    command = [sys.executable, __file__, "--child-path", name, "--size", str(args.size), "--batch", str(args.batch),
+               "--threads", str(args.threads), "--device", args.device]
+    command += ["--random", args.random] if args.random else (["--model", args.model] if args.model else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
+
+
+def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
+    """Mean PSNR of each path on the shipped examples whose degradation the model takes; {} when none."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from modeling.inference import DEMO_CHECKPOINT_DIR, degradation_label_ids
+    from training.evaluation import psnr
+
+    folder = DEMO_CHECKPOINT_DIR / "examples"
+    classes = list(getattr(model.config, "degradation_names", None) or [])
+    pairs = []
+    for path in sorted(folder.glob("*.png")):
+        task = next((c for c in sorted(classes, key=len, reverse=True) if path.stem.endswith("-" + c)), None)
+        clean = folder / "clean" / (path.stem[: -len(task) - 1] + ".png") if task else None
+        if clean is not None and clean.is_file():
+            pairs.append((path, clean, task))
+    if not pairs:
+        return {}
+    scores = {name: [] for name in names}
+    for degraded_path, clean_path, task in pairs:
+        degraded = np.asarray(Image.open(degraded_path).convert("RGB"), dtype=np.float32) / 255
+        clean = np.asarray(Image.open(clean_path).convert("RGB"), dtype=np.float32) / 255
+        pixel_values = torch.from_numpy(degraded).permute(2, 0, 1)[None]
+        labels = degradation_label_ids(model, task, 1)
+        for name in names:
+            restored = run_path(model, pixel_values, labels, name, device)[0].clamp(0, 1)
+            scores[name].append(psnr(restored.permute(1, 2, 0).numpy(), clean))
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped weights)")
+    parser.add_argument("--random", default=None, metavar="MODEL_TYPE",
+                        help="instead: a randomly initialised model of this type in its official configuration")
+    parser.add_argument("--size", type=int, default=512, help="side of the square input")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every path once)")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (always on a GPU)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (no child processes)")
+    parser.add_argument("--no-quality", action="store_true", help="skip the PSNR columns")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--child-path", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_path:
+        child_peak_rss(args)
+        return
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model = load(args)
+    on_gpu = args.device.startswith("cuda")
+    names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
+    pixel_values, labels = inputs_for(model, args.size, args.batch)
+
+    def timed(name: str) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run_path(model, pixel_values, labels, name, args.device)  # returns on CPU: includes the copy back
+        return time.perf_counter() - start
+
+    peaks: dict[str, float] = {}
+    for name in names:  # warm-up (allocator, oneDNN primitives, cuDNN autotune) and the GPU peak of each path
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        timed(name)
+        if on_gpu:
+            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            times[name].append(timed(name))
+    if not on_gpu and not args.no_memory:
+        peaks = {name: cpu_peak_mib(args, name) for name in names}
+    quality = {} if args.no_quality else example_psnr(model, names, args.device)
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², {args.device}"
+          + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats}")
+    header = f"{'path':<20}{'ms':>10}{'img/s':>9}{'peak MiB':>10}{'ratio':>8}"
+    if quality:
+        header += f"{'PSNR dB':>9}{'vs ref':>8}"
+    print(header)
+    rows = []
+    for name in names:
+        row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
+               "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
+        peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        line = f"{name:<20}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
+        if quality:
+            row["psnr"], row["psnr_vs_reference"] = quality[name], quality[name] - quality["reference"]
+            line += f"{row['psnr']:>9.2f}{row['psnr_vs_reference']:>+8.3f}"
+        rows.append(row)
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"model": model.config.model_type, "parameters": parameters,
+                                         "size": args.size, "batch": args.batch, "device": args.device,
+                                         "threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
