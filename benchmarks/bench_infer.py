@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import child_peak_mib, interleaved_medians, print_table, report_child_peak  # noqa: E402
 
 PATHS = {  # name: (channels_last, autocast dtype)
     "reference": (False, None),
@@ -77,25 +76,21 @@ def run_path(model, pixel_values, labels, name: str, device: str):
 
 
 def child_peak_rss(args: argparse.Namespace) -> None:
-    """`--child-path NAME`: load, run one path once, print the peak RSS in KiB (one fresh interpreter per path)."""
-    import resource
-
+    """`--child-path NAME`: load, run one path once, report the peak RSS (one fresh interpreter per path)."""
     import torch
 
     torch.set_num_threads(args.threads)
     model = load(args)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
     run_path(model, pixel_values, labels, args.child_path, args.device)
-    print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    report_child_peak()
 
 
 def cpu_peak_mib(args: argparse.Namespace, name: str) -> float:
-    command = [sys.executable, __file__, "--child-path", name, "--size", str(args.size), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--device", args.device]
-    command += ["--random", args.random] if args.random else (["--model", args.model] if args.model else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
+    argv = ["--child-path", name, "--size", str(args.size), "--batch", str(args.batch), "--threads", str(args.threads),
+            "--device", args.device]
+    argv += ["--random", args.random] if args.random else (["--model", args.model] if args.model else [])
+    return child_peak_mib(__file__, argv, args.threads)
 
 
 def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
@@ -157,47 +152,32 @@ def main() -> None:
     names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
     pixel_values, labels = inputs_for(model, args.size, args.batch)
 
-    def timed(name: str) -> float:
-        if on_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    def run_once(name: str) -> None:
         run_path(model, pixel_values, labels, name, args.device)  # returns on CPU: includes the copy back
-        return time.perf_counter() - start
 
     peaks: dict[str, float] = {}
     for name in names:  # warm-up (allocator, oneDNN primitives, cuDNN autotune) and the GPU peak of each path
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        timed(name)
+        run_once(name)
         if on_gpu:
             peaks[name] = torch.cuda.max_memory_allocated() / 2**20
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name in names:
-            times[name].append(timed(name))
+    medians = interleaved_medians(names, run_once, args.repeats)
     if not on_gpu and not args.no_memory:
         peaks = {name: cpu_peak_mib(args, name) for name in names}
     quality = {} if args.no_quality else example_psnr(model, names, args.device)
 
-    medians = {name: statistics.median(values) for name, values in times.items()}
     parameters = sum(p.numel() for p in model.parameters())
     print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², {args.device}"
           + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats}")
-    header = f"{'path':<20}{'ms':>10}{'img/s':>9}{'peak MiB':>10}{'ratio':>8}"
-    if quality:
-        header += f"{'PSNR dB':>9}{'vs ref':>8}"
-    print(header)
     rows = []
     for name in names:
         row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
                "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
-        peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-        line = f"{name:<20}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
         if quality:
             row["psnr"], row["psnr_vs_reference"] = quality[name], quality[name] - quality["reference"]
-            line += f"{row['psnr']:>9.2f}{row['psnr_vs_reference']:>+8.3f}"
         rows.append(row)
-        print(line)
+    print_table(rows, "psnr" if quality else None, "PSNR dB", ".3f", ".3f")
     if args.json:
         args.json.write_text(json.dumps({"model": model.config.model_type, "parameters": parameters,
                                          "size": args.size, "batch": args.batch, "device": args.device,

@@ -4,7 +4,8 @@
     python benchmarks/bench_tiled_memory.py --size 2048 --source /path/to/another/checkout   # compare code
 
 Each measurement is a fresh interpreter that restores a PNG file (as the CLI does: path in, PIL out, saved as
-PNG) with `modeling.restore(..., tile=T)` and reports its peak RSS (`ru_maxrss`). The same run on a
+PNG) with `modeling.restore(..., tile=T)` and reports its peak RSS (`VmHWM`:
+`ru_maxrss` would carry this script's own peak over `exec`). The same run on a
 (2T - overlap)² image is the baseline: 2 x 2 tiles, one full batch of `restore()`'s 4 tiles per forward, so the
 same model, activations and libraries as the large run, and
 
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from modeling import restore
@@ -36,7 +37,9 @@ model = load_model(sys.argv[1], device="cpu")
 start = time.perf_counter()
 restored = restore(sys.argv[2], model, tile=int(sys.argv[3]))
 restored.save(sys.argv[2] + ".restored.png")
-print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+with open("/proc/self/status") as status:  # VmHWM: this image's own peak (ru_maxrss survives exec)
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_kib": peak,
                   "seconds": time.perf_counter() - start, "size": restored.size}))
 """
 

@@ -3,20 +3,22 @@
     python benchmarks/bench_tiling.py --size 1024 --tile 256 --dim 16
 
 Each mode runs in its own subprocess so the peak resident memory (CPU) or peak allocated memory (CUDA) of one
-mode does not hide the other's. Random weights: this measures cost, not quality.
+mode does not hide the other's (CPU: `VmHWM`, see bench_common.peak_rss_kib). Random weights: this measures cost, not quality.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import peak_rss_kib  # noqa: E402
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -43,7 +45,7 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mib = peak_rss_kib() / 1024
     torch.save(out, args.save)
     return {"mode": args.mode, "seconds": seconds, "peak_mib": peak_mib}
 
@@ -76,7 +78,7 @@ def main() -> None:
             ]
             output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
-            results[mode]["out"] = torch.load(save)
+            results[mode]["out"] = torch.load(save, weights_only=True)
     whole, tiled = results["whole"], results["tiled"]
     mse = ((whole["out"] - tiled["out"]) ** 2).mean().item()
     agreement = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()

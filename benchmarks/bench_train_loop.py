@@ -12,6 +12,7 @@ rounds alternate between the variants so that load from other programs affects t
 * ``loader:N``   the 5-task stream alone (decode, crop, synthesize, collate) with N DataLoader workers.
 * ``train:N``    ``training.train.main`` on the same model and batch size with N workers (synthesized tasks, EMA,
   loss-spike guard, integer labels, uint8 batches), images/s of the logging windows after the first one.
+* ``train-nchw:N`` the same with ``--channels_last false`` (the script's CPU default is channels-last).
 
 A suffix ``@T`` runs a variant with ``OMP_NUM_THREADS=T`` (e.g. ``bare@1``, ``train:1@2``); ``+passive`` or
 ``+active`` sets ``OMP_WAIT_POLICY`` (OpenMP threads sleep, or spin, between parallel regions). ``train``
@@ -109,7 +110,7 @@ def measure_loader(args: argparse.Namespace, workers: int) -> float:
     return args.batch * args.steps / (time.perf_counter() - start)
 
 
-def measure_train(args: argparse.Namespace, workers: int) -> float:
+def measure_train(args: argparse.Namespace, workers: int, channels_last: bool = True) -> float:
     from training.train import main, parse_args  # first: it sets the OpenMP wait policy before torch loads
 
     from training import checkpointing
@@ -123,7 +124,7 @@ def measure_train(args: argparse.Namespace, workers: int) -> float:
             "--validation_roots", "--train_batch_size", str(args.batch), "--patch_size", str(args.size),
             "--dataloader_num_workers", str(workers), "--max_train_steps", str(steps), "--logging_steps", str(window),
             "--checkpointing_steps", str(steps), "--validation_steps", "0", "--report_to", "none",
-            "--output_dir", output_dir, "--mixed_precision", "no",
+            "--output_dir", output_dir, "--mixed_precision", "no", "--channels_last", str(channels_last).lower(),
         ]
         main(parse_args(argv))
         history = checkpointing.load_training_state(Path(output_dir) / f"checkpoint-{steps}")["history"]
@@ -137,8 +138,8 @@ def run_one(variant: str, args: argparse.Namespace) -> float:
         return measure_bare(args, option or "none")
     if kind == "loader":
         return measure_loader(args, int(option))
-    if kind == "train":
-        return measure_train(args, int(option))
+    if kind in ("train", "train-nchw"):
+        return measure_train(args, int(option), channels_last=kind == "train")
     raise ValueError(variant)
 
 

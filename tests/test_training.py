@@ -465,8 +465,8 @@ def test_degradation_label_lookup_follows_the_model_class_order():
     assert degradation_label_lookup(reordered, tasks)[torch.tensor([4, 0, 2])].tolist() == [2, 1, 3]
 
 
-def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(corpus, tmp_path, monkeypatch):
-    """In-process run of main() with a recording tiny PIP that declares `accepts_degradation_labels`."""
+def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dict]:
+    """In-process run of main() with a tiny PIP that records what each training forward receives."""
     from accelerate.state import AcceleratorState
 
     import training.train as train_module
@@ -479,8 +479,13 @@ def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(
 
         def forward(self, pixel_values, degradation_labels=None, labels=None, **kwargs):
             if self.training:
-                seen.append((pixel_values.dtype, float(pixel_values.min()), float(pixel_values.max()),
-                             labels.dtype, degradation_labels))
+                weight = self.unet.patch_embed.proj.weight  # a 3x3 convolution
+                seen.append({
+                    "dtype": pixel_values.dtype, "min": float(pixel_values.min()), "max": float(pixel_values.max()),
+                    "label_dtype": labels.dtype, "degradation_labels": degradation_labels,
+                    "channels_last": [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                                      for t in (pixel_values, labels, weight)],
+                })
             return super().forward(pixel_values, degradation_labels=degradation_labels, labels=labels, **kwargs)
 
     def build_model(args):
@@ -489,15 +494,65 @@ def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(
         return RecordingPIP(config_class(**args.model_config, degradation_names=names))
 
     monkeypatch.setattr(train_module, "build_model", build_model)
-    argv = train_args(corpus, tmp_path / "run", max_train_steps=2, checkpointing_steps=0, use_ema="false",
-                      validation_steps=0)
+    argv = train_args(corpus, output_dir, **{"max_train_steps": 2, "checkpointing_steps": 0, "use_ema": "false",
+                                             "validation_steps": 0, **overrides})
     try:
         train_module.main(parse_args(argv))
     finally:
         AcceleratorState._reset_state(True)
+    return seen
+
+
+def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(corpus, tmp_path, monkeypatch):
+    seen = run_recording_main(corpus, tmp_path / "run", monkeypatch)
     assert len(seen) == 2
-    for dtype, low, high, label_dtype, labels in seen:
-        assert dtype == label_dtype == torch.float32 and 0.0 <= low <= high <= 1.0
+    for step in seen:
+        assert step["dtype"] == step["label_dtype"] == torch.float32 and 0.0 <= step["min"] <= step["max"] <= 1.0
+        labels = step["degradation_labels"]
         assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (2,)
         assert set(labels.tolist()) <= {0, 1, 2, 3, 4}
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tmp_path, monkeypatch):
+    """The CPU fast path: batches and 4-D weights channels-last unless `--channels_last false`; the saved weights
+    are ordinary safetensors that load anywhere, and agree with the NCHW run up to float rounding."""
+    fast = run_recording_main(corpus, tmp_path / "fast", monkeypatch)
+    plain = run_recording_main(corpus, tmp_path / "plain", monkeypatch, channels_last="false")
+    assert [step["channels_last"] for step in fast] == [[True, True, True]] * 2
+    assert [step["channels_last"] for step in plain] == [[False, False, False]] * 2
+    fast_weights, plain_weights = final_weights(tmp_path / "fast"), final_weights(tmp_path / "plain")
+    assert fast_weights.keys() == plain_weights.keys()
+    moved = 0
+    for name, value in fast_weights.items():
+        torch.testing.assert_close(value, plain_weights[name], atol=2e-5, rtol=1e-4, msg=name)
+        moved += int(value.dim() == 4 and value.shape[-1] > 1)
+    assert moved > 0  # the comparison covered real 3x3 convolution kernels
+    card = (tmp_path / "fast" / "model" / "README.md").read_text()
+    assert "- **channels last**: True" in card
+    assert "- **channels last**: False" in (tmp_path / "plain" / "model" / "README.md").read_text()
+
+
+def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
+    """benchmarks/bench_train.py on a tiny PIP: one row per path, ratios against the reference row, peak memory
+    from a child process per path, and toy loss curves that agree (timings are not asserted)."""
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--model-config", TINY_PIP, "--batch", "2",
+         "--size", "32", "--steps", "1", "--repeats", "1", "--threads", "1", "--curve-steps", "60",
+         "--curve-size", "16", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=script_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert (report["model"], report["batch"], report["size"], report["curve_steps"]) == ("pip", 2, 32, 60)
+    rows = {row["path"]: row for row in report["rows"]}
+    assert list(rows) == ["reference", "channels-last"]
+    assert rows["reference"]["ratio"] == 1.0 and rows["reference"]["toy_loss_vs_reference"] == 0.0
+    for row in rows.values():
+        assert row["ms"] > 0 and row["images_per_s"] == pytest.approx(2000 / row["ms"])
+        assert row["ratio"] == pytest.approx(rows["reference"]["ms"] / row["ms"])
+        assert 50 < row["peak_mib"] < 4096
+        assert 0 < row["toy_loss"] < 0.9 * row["toy_loss_first_steps"]  # the toy denoising task is being learned
+    assert abs(rows["channels-last"]["toy_loss_vs_reference"]) < 0.01
+    assert "channels-last" in result.stdout and "toy loss" in result.stdout

@@ -105,6 +105,10 @@ class TrainingArguments:
     gradient_accumulation_steps: int = _arg(1, "micro-batches per optimizer step")
     mixed_precision: Optional[str] = _arg(None, "no, fp16 or bf16 (default: accelerate config)")
     gradient_checkpointing: bool = _arg(False, "recompute Transformer blocks in backward")
+    channels_last: Optional[bool] = _arg(
+        None, "channels-last weights and batches: faster convolutions on CPU (benchmarks/bench_train.py); "
+        "default: on for CPU, off on GPU (not measured there yet); false turns it off"
+    )
     seed: int = _arg(0, "seed of the model initialisation and of the data plan")
     loss_spike_guard: bool = _arg(
         False, "PIP's guard: a pixel loss above factor x min(last N) is rescaled to factor/2 x min"
@@ -427,13 +431,15 @@ def build_model(args: TrainingArguments):
     return model_class(config_class(**args.model_config))
 
 
-def to_model_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch from the loader (uint8, or float in [0, 1]) as float32 in [0, 1] on `device`.
+def to_model_images(
+    images: torch.Tensor, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    """A batch from the loader (uint8, or float in [0, 1]) as float32 in [0, 1] on `device`, in `memory_format`.
 
     The loader sends uint8 (a quarter of float32's inter-process traffic); the conversion happens here, on the
     device, and gives bit-identical values to the stream's own float32 output (x / 255 correctly rounded).
     """
-    images = images.to(device, non_blocking=True)
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
@@ -471,6 +477,11 @@ def main(args: TrainingArguments) -> dict:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     model.train()
+    # Channels-last: convolutions run without layout conversions (oneDNN's native NHWC on CPU). Only the layout of
+    # the 4-D weights changes, before the optimizer and the EMA copy them; saved files are the same tensors.
+    channels_last = accelerator.device.type == "cpu" if args.channels_last is None else args.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     # Declared by each model class; models that take labels get the true class of every image.
     uses_labels = takes_degradation_labels(model)
     with accelerator.main_process_first():  # a loss the config names (CPL's CPR); never part of the model
@@ -560,6 +571,7 @@ def main(args: TrainingArguments) -> dict:
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "mixed_precision": str(accelerator.mixed_precision),
+            "channels_last": channels_last,
             **{k: getattr(args, k)
                for k in ("learning_rate", "train_batch_size", "patch_size", "lr_scheduler", "data_preset")},
         }
@@ -610,8 +622,8 @@ def main(args: TrainingArguments) -> dict:
         for batch in loader:
             batches_this_pass += 1
             with accelerator.accumulate(model):
-                degraded = to_model_images(batch["degraded"], accelerator.device)
-                clean = to_model_images(batch["clean"], accelerator.device)
+                degraded = to_model_images(batch["degraded"], accelerator.device, memory_format)
+                clean = to_model_images(batch["clean"], accelerator.device, memory_format)
                 kwargs = {}
                 if label_lookup is not None:
                     kwargs["degradation_labels"] = label_lookup[batch["task"]].to(accelerator.device, non_blocking=True)

@@ -1,0 +1,61 @@
+"""What bench_infer.py and bench_train.py share: the peak-memory child process and the table they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Optional, Sequence
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB: ``VmHWM`` of /proc/self/status, the high-water mark of this
+    process image's own memory. ``ru_maxrss`` cannot be used: Linux carries it over ``exec``, so a child started
+    by a larger parent (vfork + exec) reports the parent's peak whenever that is higher."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def report_child_peak() -> None:
+    """In a `--child-path` process: print this process's peak RSS (KiB) as the last line, for `child_peak_mib`."""
+    print(json.dumps({"peak_kib": peak_rss_kib()}))
+
+
+def child_peak_mib(script: str, argv: Sequence[str], threads: int) -> float:
+    """Peak RSS (MiB) of `python script *argv` in a fresh interpreter: one path's CPU memory, free of the memory
+    every other path of the parent already touched."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_kib"] / 1024
+
+
+def print_table(rows: list[dict], quality_key: Optional[str] = None, quality_label: str = "",
+                quality_format: str = ".3f", difference_format: str = ".3f") -> None:
+    """One line per path: ms, img/s, peak MiB, the speed ratio to the reference and, if given, a quality column
+    with its difference to the reference (``<quality_key>_vs_reference``)."""
+    header = f"{'path':<20}{'ms':>10}{'img/s':>9}{'peak MiB':>10}{'ratio':>8}"
+    if quality_key:
+        header += f"{quality_label:>12}{'vs ref':>10}"
+    print(header)
+    for row in rows:
+        peak = "-" if row.get("peak_mib") is None else f"{row['peak_mib']:.0f}"
+        line = f"{row['path']:<20}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
+        if quality_key:
+            line += f"{row[quality_key]:>12{quality_format}}{row[quality_key + '_vs_reference']:>+10{difference_format}}"
+        print(line)
+
+
+def interleaved_medians(names: Sequence[str], run_once, repeats: int) -> dict[str, float]:
+    """Median seconds of `run_once(name)` per path, timed in `repeats` rounds that each run every path once, so
+    load from other programs affects all paths alike. `run_once` must wait for the device itself."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            start = time.perf_counter()
+            run_once(name)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -1,0 +1,203 @@
+"""Training-step speed of the fast paths against the plain fp32 eager step, in one table, with a toy loss curve each.
+
+    python benchmarks/bench_train.py                           # the CPU recipe's pip-restormer, 8 x 64², CPU
+    python benchmarks/bench_train.py --model-type promptir --official-size --batch 8 --size 128 --device cuda
+
+The model: the recipe's (`--recipe`, default training/configs/pip_restormer_cpu.yaml: the shipped weights'
+architecture), the official configuration of `--model-type` with `--official-size`, or `--model-config JSON`.
+One step is what `training/train.py` does per batch: the model's own loss on (degraded, clean), integer degradation
+labels for models that take them, backward, AdamW. Rows (paths):
+- `reference`: fp32, NCHW weights and batches: the official code's eager step;
+- `channels-last`: fp32, channels-last weights and batches: `train.py`'s default on CPU;
+- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast, as `--mixed_precision bf16`.
+
+Every path starts from the same initial weights. Paths are warmed up, then timed in turn for `--repeats` rounds of
+`--steps` steps. Columns: ms per step, img/s, peak memory (CUDA: `max_memory_allocated` of the path; CPU: peak RSS
+of a fresh interpreter that runs only that path's warm-up), and the ratio reference ms / path ms. Agreement: each
+path then trains a fresh copy for `--curve-steps` steps on a toy denoising task (the same batches for all), and
+the table gives the mean loss of the last fifth of the steps and its relative difference to the reference path
+(goal: within 1 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import child_peak_mib, interleaved_medians, print_table, report_child_peak  # noqa: E402
+
+PATHS = {  # name: (channels_last, autocast to bf16)
+    "reference": (False, False),
+    "channels-last": (True, False),
+    "bf16": (False, True),
+    "channels-last+bf16": (True, True),
+}
+DEFAULT_RECIPE = REPO_ROOT / "training" / "configs" / "pip_restormer_cpu.yaml"
+
+
+def model_spec(args: argparse.Namespace) -> tuple[str, dict]:
+    """(model_type, config overrides) of the model to measure."""
+    if args.model_config is not None:
+        return args.model_type or "pip", json.loads(args.model_config)
+    if args.official_size:
+        return args.model_type or "promptir", {}
+    import yaml
+
+    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    return recipe.get("model_type", "pip"), dict(recipe.get("model_config") or {})
+
+
+class TrainingPath:
+    """One path's model, optimizer and step, from the same seeded initial weights as every other path."""
+
+    def __init__(self, name: str, model_type: str, config: dict, device: str, learning_rate: float = 1e-3):
+        import torch
+
+        from modeling import MODEL_CLASSES
+
+        self.channels_last, self.bf16 = PATHS[name]
+        self.device = torch.device(device)
+        config_class, model_class = MODEL_CLASSES[model_type]
+        torch.manual_seed(0)
+        self.model = model_class(config_class(**config)).to(self.device).train()
+        if self.channels_last:  # as train.py does: the weights once, each batch as it arrives
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate)
+        self.num_labels = len(self.model.config.degradation_names) if self.model.accepts_degradation_labels else 0
+
+    def step(self, degraded, clean) -> float:
+        """One optimizer step on float batches in [0, 1]; returns the loss (the value is only read at the end)."""
+        import torch
+
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        degraded = degraded.to(self.device).contiguous(memory_format=memory_format)
+        clean = clean.to(self.device).contiguous(memory_format=memory_format)
+        kwargs = {}
+        if self.num_labels:
+            kwargs["degradation_labels"] = torch.arange(degraded.shape[0], device=self.device) % self.num_labels
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.model(pixel_values=degraded, labels=clean, **kwargs).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def fixed_batch(batch: int, size: int, seed: int):
+    """A (degraded, clean) pair: smooth random images and the same plus Gaussian noise of sigma 25/255."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, max(size // 8, 1), max(size // 8, 1), generator=generator)
+    clean = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    degraded = clean + torch.randn(clean.shape, generator=generator) * (25 / 255)
+    return degraded, clean
+
+
+def loss_curve(path: TrainingPath, steps: int, batch: int, size: int) -> list[float]:
+    """The path's loss at each of `steps` steps on the toy denoising task (batch i is the same for all paths)."""
+    return [float(path.step(*fixed_batch(batch, size, seed=1000 + i))) for i in range(steps)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="YAML recipe whose model to measure")
+    parser.add_argument("--model-type", default=None, help="with --official-size or --model-config")
+    parser.add_argument("--official-size", action="store_true", help="the official configuration of --model-type")
+    parser.add_argument("--model-config", default=None, help="config overrides, JSON (instead of the recipe)")
+    parser.add_argument("--batch", type=int, default=8, help="images per step")
+    parser.add_argument("--size", type=int, default=64, help="side of the square training crops")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per path per round")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every path)")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (always on a GPU)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (the CPU recipe's)")
+    parser.add_argument("--curve-steps", type=int, default=200, help="steps of the toy loss curve (0: skip)")
+    parser.add_argument("--curve-batch", type=int, default=4, help="batch of the toy loss curve")
+    parser.add_argument("--curve-size", type=int, default=32, help="crop side of the toy loss curve")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (no child processes)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--child-path", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_type, config = model_spec(args)
+    batch = fixed_batch(args.batch, args.size, seed=0)
+    if args.child_path:  # one path's warm-up in a fresh interpreter: its peak RSS
+        path = TrainingPath(args.child_path, model_type, config, args.device)
+        for _ in range(2):
+            path.step(*batch)
+        report_child_peak()
+        return
+
+    on_gpu = args.device.startswith("cuda")
+    names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
+    paths = {name: TrainingPath(name, model_type, config, args.device) for name in names}
+    peaks: dict[str, float] = {}
+    for name, path in paths.items():  # warm-up (allocator, oneDNN primitives, cuDNN autotune); the GPU peak
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            path.step(*batch)
+        if on_gpu:
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+
+    def run_once(name: str) -> None:
+        for _ in range(args.steps):
+            paths[name].step(*batch)
+        if on_gpu:
+            torch.cuda.synchronize()
+
+    medians = {name: seconds / args.steps for name, seconds in interleaved_medians(names, run_once, args.repeats).items()}
+    parameters = sum(p.numel() for p in paths["reference"].model.parameters())
+    paths.clear()  # free the timed models before the memory and curve runs
+    if not on_gpu and not args.no_memory:
+        argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
+                "--device", args.device, "--recipe", args.recipe]
+        argv += ["--model-type", args.model_type] if args.model_type else []
+        argv += ["--official-size"] if args.official_size else []
+        argv += ["--model-config", args.model_config] if args.model_config is not None else []
+        peaks = {name: child_peak_mib(__file__, [*argv, "--child-path", name], args.threads) for name in names}
+    final_losses, first_losses = {}, {}
+    if args.curve_steps:
+        tail = max(args.curve_steps // 5, 1)
+        for name in names:
+            curve = loss_curve(TrainingPath(name, model_type, config, args.device, args.learning_rate), args.curve_steps,
+                               args.curve_batch, args.curve_size)
+            final_losses[name] = sum(curve[-tail:]) / tail
+            first_losses[name] = sum(curve[:tail]) / tail
+
+    print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
+          + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
+          + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
+             if final_losses else ""))
+    rows = []
+    for name in names:
+        row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
+               "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
+        if final_losses:
+            reference = final_losses["reference"]
+            row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
+            row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
+        rows.append(row)
+    print_table(rows, "toy_loss" if final_losses else None, "toy loss", ".5f", ".2%")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
+                                         "size": args.size, "device": args.device, "threads": args.threads,
+                                         "repeats": args.repeats, "steps": args.steps,
+                                         "curve_steps": args.curve_steps, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
