@@ -12,11 +12,11 @@ labels for models that take them, backward, AdamW. Rows (paths):
 - `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast, as `--mixed_precision bf16`.
 
 Every path starts from the same initial weights. Paths are warmed up, then timed in turn for `--repeats` rounds of
-`--steps` steps. Columns: ms per step, img/s, peak memory (CUDA: `max_memory_allocated` of the path; CPU: peak RSS
-of a fresh interpreter that runs only that path's warm-up), and the ratio reference ms / path ms. Agreement: each
-path then trains a fresh copy for `--curve-steps` steps on a toy denoising task (the same batches for all), and
-the table gives the mean loss of the last fifth of the steps and its relative difference to the reference path
-(goal: within 1 %).
+`--steps` steps. Columns: ms per step, img/s, peak memory (a fresh interpreter runs only that path's warm-up, so
+no other path's weights count: CUDA `max_memory_allocated`, CPU peak RSS), and the ratio reference ms / path ms.
+Agreement: each path then trains a fresh copy for `--curve-steps` steps on a toy denoising task (the same batches
+for all), and the table gives the mean loss of the last fifth of the steps and its relative difference to the
+reference path (goal: within 1 %).
 """
 
 from __future__ import annotations
@@ -133,25 +133,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model_type, config = model_spec(args)
     batch = fixed_batch(args.batch, args.size, seed=0)
-    if args.child_path:  # one path's warm-up in a fresh interpreter: its peak RSS
+    if args.child_path:  # one path's warm-up in a fresh interpreter: its peak memory, no other path's weights
         path = TrainingPath(args.child_path, model_type, config, args.device)
         for _ in range(2):
             path.step(*batch)
-        report_child_peak()
+        if args.device.startswith("cuda"):
+            print(json.dumps({"peak_kib": torch.cuda.max_memory_allocated() // 1024}))
+        else:
+            report_child_peak()
         return
 
     on_gpu = args.device.startswith("cuda")
     names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
     paths = {name: TrainingPath(name, model_type, config, args.device) for name in names}
-    peaks: dict[str, float] = {}
-    for name, path in paths.items():  # warm-up (allocator, oneDNN primitives, cuDNN autotune); the GPU peak
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
+    for path in paths.values():  # warm-up: allocator, oneDNN primitives, cuDNN autotune
         for _ in range(2):
             path.step(*batch)
-        if on_gpu:
-            torch.cuda.synchronize()
-            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
 
     def run_once(name: str) -> None:
         for _ in range(args.steps):
@@ -162,7 +159,8 @@ def main() -> None:
     medians = {name: seconds / args.steps for name, seconds in interleaved_medians(names, run_once, args.repeats).items()}
     parameters = sum(p.numel() for p in paths["reference"].model.parameters())
     paths.clear()  # free the timed models before the memory and curve runs
-    if not on_gpu and not args.no_memory:
+    peaks: dict[str, float] = {}
+    if not args.no_memory:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
                 "--device", args.device, "--recipe", args.recipe]
         argv += ["--model-type", args.model_type] if args.model_type else []
