@@ -137,6 +137,19 @@ def resolve_channels_last(channels_last: Optional[bool], device: torch.device) -
     return channels_last
 
 
+def in_layout(tensor: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """`tensor` in `memory_format` with that format's canonical strides, copied only where they differ.
+
+    ``.contiguous(memory_format=...)`` accepts any strides on size-1 dimensions: one permuted HWC image has batch
+    stride 3, not C*H*W, and oneDNN then picks other kernels, so the output would depend (by float rounding) on how
+    the caller built the tensor. Canonical strides make it depend on the values only.
+    """
+    canonical = torch.empty(tensor.shape, device="meta", memory_format=memory_format).stride()
+    if tensor.stride() == canonical:
+        return tensor
+    return torch.empty_like(tensor, memory_format=memory_format).copy_(tensor)
+
+
 def load_model(
     model: Union[str, os.PathLike, torch.nn.Module, None] = None,
     *,
@@ -268,7 +281,7 @@ def estimate_degradation_weights(
     with torch.inference_mode(), context:
         views = _estimation_views(pixel_values, max_pixels, crop)
         weights = sum(
-            model.estimate_degradation(view.to(device, input_dtype).contiguous(memory_format=memory_format)).float()
+            model.estimate_degradation(in_layout(view.to(device, input_dtype), memory_format)).float()
             for view in views
         ) / len(views)
     weights = weights.cpu()
@@ -325,7 +338,7 @@ def run_model(
             else contextlib.nullcontext()
         )
         with context:
-            batch = batch.to(input_dtype).contiguous(memory_format=memory_format)
+            batch = in_layout(batch.to(input_dtype), memory_format)
             output = model(pixel_values=batch, return_dict=True, **kwargs)
         return _reconstruction_of(output).float()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from data_helpers import save, textured_image
 from fake_hub import FakeHub
 from launch_helpers import accelerate_launch, kill_tree, run_to_end
@@ -126,16 +127,26 @@ def test_two_processes_restore_each_file_once_like_restore(model_dir, tmp_path):
     assert not (out / "readme.txt").exists() and summary["ignored_non_image_files"] == 1
 
     # Pixel-equal to restore() called as each process called it: one window per process here, so its readable
-    # files in manifest order, batched by size. (A batch of 2 and a batch of 1 may differ by 1e-8 in float, which
-    # can flip a rounding: the batching itself must be the same for bit equality.)
+    # files in manifest order, batched by size, with the processes' one thread (OMP_NUM_THREADS=1). (A batch of 2
+    # and a batch of 1, or 1 and 2 threads, may differ by 1e-7 in float, which can flip a rounding: the batching
+    # and the threads must be the same for bit equality.)
     got = outputs(out, good)
     model = load_model(model_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        references = {
+            rank: modeling.restore([load_image_file(archive / line["file"]) for line in lines
+                                    if line["rank"] == rank and line["status"] == "ok"], model, batch_size=2)
+            for rank in (0, 1)
+        }
+    finally:
+        torch.set_num_threads(threads)
     for rank in (0, 1):
         mine = [line["file"] for line in lines if line["rank"] == rank]
         assert len(mine) <= 2 * WINDOW_BATCHES, "one window per process"
         readable = [line["file"] for line in lines if line["rank"] == rank and line["status"] == "ok"]
-        restored = modeling.restore([load_image_file(archive / name) for name in readable], model, batch_size=2)
-        for name, image in zip(readable, restored):
+        for name, image in zip(readable, references[rank]):
             target = tmp_path / "reference" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             write_image(image, target, output_format_of(name))  # JPEG in -> JPEG out: compare after one encode
