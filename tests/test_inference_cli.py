@@ -600,3 +600,26 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
         assert 5 < row["psnr"] < 60
     assert abs(rows["channels-last"]["psnr_vs_reference"]) < 1e-3
     assert "channels-last" in result.stdout and "PSNR dB" in result.stdout
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_outputs_depend_on_the_values_not_on_how_the_input_tensor_was_built(channels_last):
+    """A permuted HWC image (batch stride 3) and the same values copied to NCHW give bit-identical outputs and
+    estimates: inputs reach the model in the memory format's canonical strides."""
+    from conftest import tiny_model
+
+    from modeling.inference import estimate_degradation_weights, in_layout, run_model
+
+    model = tiny_model("pip", seed=3)
+    image = torch.from_numpy(np.random.default_rng(0).random((40, 56, 3), dtype=np.float32))
+    permuted = image.permute(2, 0, 1)[None]
+    copied = permuted.contiguous()
+    assert permuted.stride() != copied.stride()
+    for function in (lambda x: run_model(model, x, degradation_labels=torch.eye(5)[:1], channels_last=channels_last),
+                     lambda x: estimate_degradation_weights(model, x, channels_last=channels_last)):
+        assert torch.equal(function(permuted), function(copied))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    canonical = in_layout(permuted, memory_format)
+    assert canonical.stride() == torch.empty(1, 3, 40, 56, memory_format=memory_format).stride()
+    assert torch.equal(canonical, permuted)
+    assert in_layout(canonical, memory_format) is canonical  # no copy when the strides are already canonical
