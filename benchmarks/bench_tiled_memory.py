@@ -35,7 +35,8 @@ from modeling import restore
 from modeling.inference import load_model
 model = load_model(sys.argv[1], device="cpu")
 start = time.perf_counter()
-restored = restore(sys.argv[2], model, tile=int(sys.argv[3]))
+options = {"channels_last": sys.argv[5] == "on"} if len(sys.argv) > 5 else {}  # older checkouts lack the option
+restored = restore(sys.argv[2], model, tile=int(sys.argv[3]), **options)
 restored.save(sys.argv[2] + ".restored.png")
 with open("/proc/self/status") as status:  # VmHWM: this image's own peak (ru_maxrss survives exec)
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -59,9 +60,10 @@ def write_photo(path: Path, size: int) -> None:
     Image.fromarray(image).save(path)
 
 
-def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int) -> dict:
+def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int, channels_last: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), str(image), str(tile), str(threads)],
+    argv = [str(model_dir), str(image), str(tile), str(threads)] + ([channels_last] if channels_last != "default" else [])
+    result = subprocess.run([sys.executable, "-c", CHILD, *argv],
                             env=env, capture_output=True, text=True, cwd=source)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: a small random PIP, dim 8)")
     parser.add_argument("--source", type=Path, default=REPO_ROOT, help="checkout whose `modeling` is measured")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels-last", choices=("default", "on", "off"), default="default",
+                        help="restore()'s channels_last (default: its own default, on for CPU); an older --source "
+                        "without the option needs 'default'")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -96,11 +101,11 @@ def main() -> None:
         baseline_size = 2 * args.tile - default_tile_overlap(args.tile)
         write_photo(small, baseline_size)
         write_photo(large, args.size)
-        baseline = measure(args.source, model_dir, small, args.tile, args.threads)
-        big = measure(args.source, model_dir, large, args.tile, args.threads)
+        baseline = measure(args.source, model_dir, small, args.tile, args.threads, args.channels_last)
+        big = measure(args.source, model_dir, large, args.tile, args.threads, args.channels_last)
     extra_pixels = args.size**2 - baseline_size**2
     per_pixel = (big["peak_kib"] - baseline["peak_kib"]) * 1024 / extra_pixels
-    print(f"source {args.source}, tile {args.tile}, {args.threads} threads")
+    print(f"source {args.source}, tile {args.tile}, {args.threads} threads, channels_last {args.channels_last}")
     print(f"{'image':>12} {'peak RSS (MiB)':>15} {'seconds':>9}")
     print(f"{baseline_size:>5}x{baseline_size:<6} {baseline['peak_kib'] / 1024:>15.0f} {baseline['seconds']:>9.1f}")
     print(f"{args.size:>5}x{args.size:<6} {big['peak_kib'] / 1024:>15.0f} {big['seconds']:>9.1f}")
