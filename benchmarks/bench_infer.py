@@ -14,7 +14,8 @@ Paths are warmed up, then timed in turn for `--repeats` rounds, so every ratio c
 minutes. Columns: median ms per batch, img/s, peak memory (CUDA: `max_memory_allocated` of that path; CPU: peak
 RSS of a fresh interpreter that loads the model and runs only that path once), and the ratio reference
 ms / path ms. Quality: where the model takes the shipped examples' degradations (the shipped weights do), each
-path restores the example crops of held-out photos (`modeling/demo/examples`, labelled), and the table gives
+path restores the example crops of held-out photos (`modeling/demo/examples`, listed with their labels and clean
+crops in `modeling/demo/eval_results.json`), and the table gives
 its mean PSNR against the clean crops and the difference to the reference path (goal: within 0.05 dB).
 """
 
@@ -58,12 +59,10 @@ def inputs_for(model, size: int, batch: int):
     """A fixed random batch and, for models that take them, the weights of their first degradation."""
     import torch
 
-    from modeling.inference import degradation_label_ids
+    from modeling.inference import accepts_degradation_labels, degradation_label_ids
 
     pixel_values = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    labels = None
-    if getattr(model, "accepts_degradation_labels", False):
-        labels = degradation_label_ids(model, 0, batch)
+    labels = degradation_label_ids(model, 0, batch) if accepts_degradation_labels(model) else None
     return pixel_values, labels
 
 
@@ -94,33 +93,31 @@ def cpu_peak_mib(args: argparse.Namespace, name: str) -> float:
 
 
 def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
-    """Mean PSNR of each path on the shipped examples whose degradation the model takes; {} when none."""
+    """Mean PSNR of each path on the shipped examples (listed in the demo's eval_results.json, as
+    training/package_demo.py wrote them) whose degradation the model takes; {} when none."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from modeling.inference import DEMO_CHECKPOINT_DIR, degradation_label_ids
+    from modeling.inference import DEMO_CHECKPOINT_DIR, accepts_degradation_labels, degradation_label_ids
     from training.evaluation import psnr
 
-    folder = DEMO_CHECKPOINT_DIR / "examples"
-    classes = list(getattr(model.config, "degradation_names", None) or [])
-    pairs = []
-    for path in sorted(folder.glob("*.png")):
-        task = next((c for c in sorted(classes, key=len, reverse=True) if path.stem.endswith("-" + c)), None)
-        clean = folder / "clean" / (path.stem[: -len(task) - 1] + ".png") if task else None
-        if clean is not None and clean.is_file():
-            pairs.append((path, clean, task))
-    if not pairs:
+    manifest = DEMO_CHECKPOINT_DIR / "eval_results.json"
+    if not accepts_degradation_labels(model) or not manifest.is_file():
+        return {}
+    classes = set(model.config.degradation_names)
+    examples = [e for e in json.loads(manifest.read_text()).get("examples", []) if e["degradation"] in classes]
+    if not examples:
         return {}
     scores = {name: [] for name in names}
-    for degraded_path, clean_path, task in pairs:
-        degraded = np.asarray(Image.open(degraded_path).convert("RGB"), dtype=np.float32) / 255
-        clean = np.asarray(Image.open(clean_path).convert("RGB"), dtype=np.float32) / 255
-        pixel_values = torch.from_numpy(degraded).permute(2, 0, 1)[None]
-        labels = degradation_label_ids(model, task, 1)
+    for example in examples:
+        degraded = np.asarray(Image.open(DEMO_CHECKPOINT_DIR / example["file"]).convert("RGB"), dtype=np.float32)
+        clean = np.asarray(Image.open(DEMO_CHECKPOINT_DIR / example["clean"]).convert("RGB"), dtype=np.float32)
+        pixel_values = torch.from_numpy(degraded / 255).permute(2, 0, 1)[None]
+        labels = degradation_label_ids(model, example["degradation"], 1)
         for name in names:
             restored = run_path(model, pixel_values, labels, name, device)[0].clamp(0, 1)
-            scores[name].append(psnr(restored.permute(1, 2, 0).numpy(), clean))
+            scores[name].append(psnr(restored.permute(1, 2, 0).numpy(), clean / 255))
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 

@@ -623,3 +623,21 @@ def test_outputs_depend_on_the_values_not_on_how_the_input_tensor_was_built(chan
     assert canonical.stride() == torch.empty(1, 3, 40, 56, memory_format=memory_format).stride()
     assert torch.equal(canonical, permuted)
     assert in_layout(canonical, memory_format) is canonical  # no copy when the strides are already canonical
+
+
+def test_benchmark_children_report_their_own_peak_not_the_parents(tmp_path):
+    """bench_common.child_peak_mib: a small child of this (torch-loaded, hence large) process reports its own peak.
+    `ru_maxrss` would report this process's peak, which Linux carries over the exec of a vfork'd child."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from bench_common import child_peak_mib, peak_rss_kib
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    ballast = np.ones(256 * 2**20, dtype=np.uint8)  # this process's peak is at least 256 MiB above a bare python
+    parent_mib = peak_rss_kib() / 1024
+    script = tmp_path / "child.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'benchmarks')!r})\n"
+                      "from bench_common import report_child_peak; report_child_peak()\n")
+    child_mib = child_peak_mib(str(script), [], threads=1)
+    assert parent_mib > 300 and ballast.sum() > 0
+    assert 1 < child_mib < 100 < parent_mib  # a bare interpreter, far below the parent
