@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from training import checkpointing
 from training.schedules import cosine_restart_cyclic, linear_warmup_cosine
-from training.train import LossSpikeGuard, guard_pixel_loss, parse_args
+from training.train import LossSpikeGuard, guard_pixel_loss, parse_args, validate_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
@@ -304,6 +304,17 @@ def test_linear_warmup_cosine_matches_pl_bolts_closed_form():
     assert 2e-4 * promptir(120) == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * 105 / 135)))
 
 
+def test_linear_warmup_cosine_per_step_follows_the_same_curve_without_the_staircase():
+    smooth = linear_warmup_cosine(100, warmup_epochs=1, max_epochs=10, warmup_start_factor=0.1,
+                                  eta_min_factor=0.01, per_step=True)
+    assert smooth(0) == pytest.approx(0.1) and smooth(50) == pytest.approx(0.55) and smooth(100) == pytest.approx(1.0)
+    assert smooth(101) < smooth(100)  # moves every step, no constant epoch
+    assert smooth(550) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the cosine
+    assert smooth(1000) == pytest.approx(0.01) and smooth(5000) == pytest.approx(0.01)  # held at the floor
+    values = [smooth(step) for step in range(100, 1001)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
 def test_restormer_cyclic_schedule():
     factor = cosine_restart_cyclic([92000, 208000], [1.0, 1e-6 / 3e-4])
     assert factor(0) == factor(91999) == pytest.approx(1.0)
@@ -512,6 +523,21 @@ def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(
         assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (2,)
         assert set(labels.tolist()) <= {0, 1, 2, 3, 4}
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_task_probabilities_choose_what_the_stream_trains_on(corpus, tmp_path, monkeypatch):
+    """`--task_probabilities blur=1`: every training batch is blur (class 4 of the recording model), and the card
+    records the mixture; a bad mixture is refused before anything runs."""
+    seen = run_recording_main(corpus, tmp_path / "blur", monkeypatch, task_probabilities="blur=1")
+    assert len(seen) == 2 and all(step["degradation_labels"].tolist() == [4, 4] for step in seen)
+    assert '- **task probabilities**: `{"blur": 1.0}`' in (tmp_path / "blur" / "model" / "README.md").read_text()
+    for bad, message in (("blur=-1", "non-negative"), ("blur=x", "numbers"), ("blur=0", "positive sum")):
+        with pytest.raises(SystemExit):
+            parse_args(train_args(corpus, tmp_path / "bad", task_probabilities=bad))
+        with pytest.raises(ValueError, match=message):
+            args = parse_args(train_args(corpus, tmp_path / "ok"))
+            args.task_probabilities = dict([bad.split("=")])
+            validate_args(args)
 
 
 def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tmp_path, monkeypatch):

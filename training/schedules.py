@@ -3,7 +3,10 @@
 * ``linear_warmup_cosine`` — PromptIR and PIP (``LinearWarmupCosineAnnealingLR`` of pl_bolts, stepped once per
   *epoch*): the closed form of pl_bolts — a linear ramp from ``warmup_start_factor`` that reaches 1 at epoch
   ``warmup_epochs - 1``, then half a cosine from 1 at epoch ``warmup_epochs`` to ``eta_min_factor`` at
-  ``max_epochs``. The learning rate is constant within an epoch, as in the official training.
+  ``max_epochs``. The learning rate is constant within an epoch, as in the official training. With
+  ``per_step=True`` (our option for short runs, such as the CPU recipe) the same curve is followed continuously:
+  epochs are fractional (``step / steps_per_epoch``), the ramp reaches 1 at epoch ``warmup_epochs`` and the cosine
+  moves at every step instead of in an epoch staircase.
 * ``cosine_restart_cyclic`` — Restormer (BasicSR ``CosineAnnealingRestartCyclicLR``, stepped per iteration):
   consecutive periods, each a cosine from the base learning rate to its own ``eta_min``.
 * ``cosine_restart`` — CPL (BasicSR ``CosineAnnealingRestartLR``): periods with restart weights, one eta_min.
@@ -17,8 +20,23 @@ from collections.abc import Callable, Sequence
 
 
 def linear_warmup_cosine(
-    steps_per_epoch: int, warmup_epochs: int, max_epochs: int, warmup_start_factor: float = 0.0, eta_min_factor: float = 0.0
+    steps_per_epoch: int,
+    warmup_epochs: float,
+    max_epochs: float,
+    warmup_start_factor: float = 0.0,
+    eta_min_factor: float = 0.0,
+    per_step: bool = False,
 ) -> Callable[[int], float]:
+    if per_step:
+        def smooth_factor(step: int) -> float:
+            epoch = step / steps_per_epoch
+            if epoch < warmup_epochs:
+                return warmup_start_factor + epoch * (1.0 - warmup_start_factor) / warmup_epochs
+            progress = min(1.0, (epoch - warmup_epochs) / max(1e-12, max_epochs - warmup_epochs))
+            return eta_min_factor + 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * progress))
+
+        return smooth_factor
+
     def factor(step: int) -> float:
         epoch = step // steps_per_epoch
         if epoch < warmup_epochs:

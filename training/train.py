@@ -83,6 +83,10 @@ class TrainingArguments:
         {}, "task=folder pairs: clean, rain, haze, blur, low-light, cdd11 (or Hub ids)", value="mapping"
     )
     synthesize_missing: bool = _arg(False, "synthesize tasks without a root from the clean photos")
+    task_probabilities: dict = _arg(
+        {}, "task=probability pairs (task or source names, e.g. blur=0.3): sample the training stream by these "
+        "instead of the official repeat factors; empty: the repeat factors", value="mapping"
+    )
     validation_roots: dict = _arg({}, "task=folder pairs of held-out data (test layouts)", value="mapping")
     validation_images_per_task: int = _arg(8, "held-out images per source used at each validation")
     validation_crop: int = _arg(0, "centre-crop held-out images to at most this side (0: full images)")
@@ -266,6 +270,16 @@ def validate_args(args: TrainingArguments) -> None:
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping of task to folder, got {value!r}")
         setattr(args, name, {str(k): str(v) for k, v in value.items()})
+    if not isinstance(args.task_probabilities, dict):
+        raise ValueError(f"task_probabilities must be a mapping of task to probability, got {args.task_probabilities!r}")
+    try:
+        args.task_probabilities = {str(k): float(v) for k, v in args.task_probabilities.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"task_probabilities must map tasks to numbers, got {args.task_probabilities!r}") from None
+    if any(not math.isfinite(v) or v < 0 for v in args.task_probabilities.values()) or (
+        args.task_probabilities and sum(args.task_probabilities.values()) <= 0
+    ):
+        raise ValueError(f"task_probabilities must be non-negative with a positive sum, got {args.task_probabilities}")
     types = typing.get_type_hints(TrainingArguments)
     for f in dataclasses.fields(TrainingArguments):  # YAML reads 1e-4 as a string, and 10 for a float as an int
         value, kind = getattr(args, f.name), types[f.name]
@@ -516,7 +530,7 @@ def main(args: TrainingArguments) -> dict:
     stream = build_stream(
         args.data_preset, args.data_roots, synthesize_missing=args.synthesize_missing, patch_size=args.patch_size,
         seed=args.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-        shards_per_rank=args.shards_per_rank, output_dtype="uint8",
+        shards_per_rank=args.shards_per_rank, output_dtype="uint8", probabilities=args.task_probabilities or None,
     )
     # Stream label i (batch["task"]) -> class index of the model, computed once.
     label_lookup = None
@@ -576,6 +590,8 @@ def main(args: TrainingArguments) -> dict:
             **{k: getattr(args, k)
                for k in ("learning_rate", "train_batch_size", "patch_size", "lr_scheduler", "data_preset")},
         }
+        if args.task_probabilities:
+            summary["task_probabilities"] = args.task_probabilities
         if guard is not None:
             summary["loss_spike_guard_triggers"] = guard.triggered
         save_model_folder(
