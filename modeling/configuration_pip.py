@@ -10,6 +10,8 @@ from .configuration_prompt_regularization import ContrastivePromptRegularization
 
 #: What the degradation estimator reads (see `degradation_estimator_input`).
 DEGRADATION_ESTIMATOR_INPUTS = ("features", "pixels")
+#: Per-channel statistics the pixel estimator can pool (see `degradation_estimator_statistics`).
+DEGRADATION_ESTIMATOR_STATISTICS = ("mean", "std", "max")
 
 
 @strict(accept_kwargs=True)
@@ -58,6 +60,14 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
             the restoration weights frozen.
         degradation_estimator_hidden_dim (`int`, defaults to 128): hidden width of that head (for `"pixels"`
             also the width of the CNN's last layers).
+        degradation_estimator_statistics (`list[str]`, defaults to `["mean", "std"]`): how the pixel estimator
+            pools each channel of each level, in this order: any of `"mean"`, `"std"`, `"max"`. `"max"` sees
+            highlights: synthetic under-exposure never leaves a bright pixel, while a naturally dark photo (a
+            night sky) keeps its stars, and without it the estimator took dark photos for low-light ones.
+        degradation_estimator_window (`int`, *optional*): the crop side the pixel estimator was trained on
+            (`training.train_estimator` records it). `restore()` then judges an image on a 4 x 4 grid of windows of
+            that size and averages their weights, so statistics such as `"max"` and `"std"` are taken over as
+            many pixels as in training. `None`: the whole image (four 512² crops above 1 MP).
         degradation_estimator_detach_features (`bool`, defaults to `True`): stop the estimator's gradient at
             the encoder, so training it never changes the restoration path (which always uses the true label
             when one is given, exactly as the official model).
@@ -102,6 +112,8 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
     use_degradation_estimator: bool = True
     degradation_estimator_input: str = "features"
     degradation_estimator_hidden_dim: int = 128
+    degradation_estimator_statistics: list[str] | tuple[str, ...] = ("mean", "std")
+    degradation_estimator_window: int | None = None
     degradation_estimator_detach_features: bool = True
     degradation_estimator_loss_weight: float = 0.1
     pixel_loss: str = "smooth_l1"
@@ -115,7 +127,8 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
     keep_unused_official_modules: bool = False
 
     def __post_init__(self, **kwargs):
-        for name in ("prompt_dims", "prompt_sizes", "degradation_names", "decoder_prompt_dims", "decoder_prompt_sizes"):
+        for name in ("prompt_dims", "prompt_sizes", "degradation_names", "decoder_prompt_dims", "decoder_prompt_sizes",
+                     "degradation_estimator_statistics"):
             setattr(self, name, list(getattr(self, name)))
         self.topm_fractions = [list(pair) for pair in self.topm_fractions]
         super().__post_init__(**kwargs)
@@ -147,6 +160,21 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
             raise ValueError(
                 f"degradation_estimator_input must be one of {DEGRADATION_ESTIMATOR_INPUTS}, got "
                 f"{self.degradation_estimator_input!r}"
+            )
+        statistics = self.degradation_estimator_statistics
+        if not statistics or len(set(statistics)) != len(statistics) or not set(statistics) <= set(
+            DEGRADATION_ESTIMATOR_STATISTICS
+        ):
+            raise ValueError(
+                f"degradation_estimator_statistics must list distinct values of {DEGRADATION_ESTIMATOR_STATISTICS}, "
+                f"got {statistics!r}"
+            )
+        if self.degradation_estimator_window is not None and (
+            isinstance(self.degradation_estimator_window, bool) or self.degradation_estimator_window < 8
+        ):
+            raise ValueError(
+                f"degradation_estimator_window must be None or a side of at least 8 pixels, got "
+                f"{self.degradation_estimator_window!r}"
             )
         if self.num_degradations < 1:
             raise ValueError(f"num_degradations must be positive, got {self.num_degradations}")

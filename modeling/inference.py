@@ -252,6 +252,21 @@ def _estimation_views(pixel_values: torch.Tensor, max_pixels: int, crop: int) ->
     return views
 
 
+def _estimation_windows(pixel_values: torch.Tensor, window: int, per_side: int = 4) -> list[torch.Tensor]:
+    """A ``per_side`` x ``per_side`` grid of ``window``-sized windows spread evenly over the image (corners
+    included; fewer where the image is too small to hold distinct windows, the whole image when it is smaller
+    than one window): the size the estimator was trained on, so its statistics mean what they meant then."""
+    height, width = pixel_values.shape[-2:]
+    side_h, side_w = min(window, height), min(window, width)
+
+    def starts(size: int, side: int) -> list[int]:
+        count = min(per_side, size - side + 1)
+        return sorted({round(i * (size - side) / max(1, count - 1)) for i in range(count)})
+
+    return [pixel_values[..., top : top + side_h, left : left + side_w]
+            for top in starts(height, side_h) for left in starts(width, side_w)]
+
+
 def estimate_degradation_weights(
     model: Any,
     pixel_values: torch.Tensor,
@@ -265,7 +280,9 @@ def estimate_degradation_weights(
 ) -> torch.Tensor:
     """The model's degradation weights for each image of a (B, 3, H, W) batch, estimated once per image.
 
-    Large images are judged from four crops whose softmax weights are averaged. ``auto_mode="hard"`` turns
+    A model whose config names ``degradation_estimator_window`` (the crop side its estimator was trained on) is
+    judged on a 4 x 4 grid of windows of that size; otherwise the whole image is judged, or, when it is large,
+    four crops. The windows' softmax weights are averaged. ``auto_mode="hard"`` turns
     the result into a one-hot of the most likely class. Every tile of an image then uses these weights, so
     neighbouring tiles never get different prompts. ``channels_last`` as in `run_model`.
     """
@@ -280,7 +297,8 @@ def estimate_degradation_weights(
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )
     with torch.inference_mode(), context:
-        views = _estimation_views(pixel_values, max_pixels, crop)
+        window = getattr(getattr(model, "config", None), "degradation_estimator_window", None)
+        views = _estimation_windows(pixel_values, window) if window else _estimation_views(pixel_values, max_pixels, crop)
         weights = sum(
             model.estimate_degradation(in_layout(view.to(device, input_dtype), memory_format)).float()
             for view in views

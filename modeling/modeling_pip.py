@@ -18,6 +18,8 @@ The modulated skip feature then enters the decoder in place of the plain one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -293,25 +295,38 @@ def build_degradation_estimator(config: PIPConfig) -> nn.Module:
     """The estimator ``config.degradation_estimator_input`` names (the encoder-feature head or the pixel CNN)."""
     if config.degradation_estimator_input == "pixels":
         return PixelDegradationEstimator(config.degradation_estimator_hidden_dim, config.num_degradations,
-                                         config.in_channels)
+                                         config.in_channels, config.degradation_estimator_statistics)
     return DegradationEstimator(
         config.dim * 15, config.degradation_estimator_hidden_dim, config.num_degradations,
         config.degradation_estimator_detach_features,
     )
 
 
+def _pool_channels(flat: torch.Tensor, statistic: str) -> torch.Tensor:
+    """One statistic ("mean", "std" or "max") of each channel of a (B, C, N) tensor."""
+    if statistic == "mean":
+        return flat.mean(dim=-1)
+    if statistic == "std":
+        return flat.std(dim=-1, unbiased=False)
+    return flat.amax(dim=-1)
+
+
 class PixelDegradationEstimator(nn.Module):
     """Predicts the degradation class from the image itself (ours; ``degradation_estimator_input="pixels"``).
 
-    Four strided 3x3 convolutions (1/2 ... 1/16 resolution); the head reads the mean *and* standard deviation
-    of every channel at every level. The standard deviations carry the texture energy at each scale that tells
-    noise (finest), rain streaks and blur (missing fine texture) apart; the means carry the global brightness and
-    contrast that tell low light and haze apart. It never reads the restoration body, so it can be trained
-    afterwards with the body frozen.
+    Four strided 3x3 convolutions (1/2 ... 1/16 resolution); the head reads ``statistics`` of every channel at
+    every level: by default the mean *and* standard deviation. The standard deviations carry the texture energy
+    at each scale that tells noise (finest), rain streaks and blur (missing fine texture) apart; the means carry
+    the global brightness and contrast that tell low light and haze apart; the maxima (optional) carry the
+    highlights that a naturally dark photo keeps and an under-exposed one loses. It never reads the restoration
+    body, so it can be trained afterwards with the body frozen.
     """
 
-    def __init__(self, hidden_dim: int, num_degradations: int, in_channels: int = 3) -> None:
+    def __init__(
+        self, hidden_dim: int, num_degradations: int, in_channels: int = 3, statistics: Sequence[str] = ("mean", "std")
+    ) -> None:
         super().__init__()
+        self.statistics = tuple(statistics)
         widths = (max(8, hidden_dim // 4), max(8, hidden_dim // 2), hidden_dim, hidden_dim)
         self.levels = nn.ModuleList()
         previous = in_channels
@@ -320,9 +335,10 @@ class PixelDegradationEstimator(nn.Module):
             previous = width
         # The statistics differ in scale by orders of magnitude (a noise std against a mean brightness): without
         # this normalisation the head learned only the large ones (about 50 % accuracy instead of about 90 %).
-        self.norm = nn.LayerNorm(2 * sum(widths))
+        pooled_width = len(self.statistics) * sum(widths)
+        self.norm = nn.LayerNorm(pooled_width)
         self.classifier = nn.Sequential(
-            nn.Linear(2 * sum(widths), hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
+            nn.Linear(pooled_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -331,7 +347,7 @@ class PixelDegradationEstimator(nn.Module):
             hidden = level(hidden)
             # Statistics in fp32: a standard deviation over many pixels loses precision in half precision.
             flat = hidden.float().flatten(2)
-            pooled += [flat.mean(dim=-1), flat.std(dim=-1, unbiased=False)]
+            pooled += [_pool_channels(flat, name) for name in self.statistics]
         return self.classifier(self.norm(torch.cat(pooled, dim=1).to(self.norm.weight.dtype)))
 
 

@@ -298,3 +298,28 @@ def test_large_images_are_judged_from_four_crops():
     views = _estimation_views(torch.zeros(1, 3, 300, 500), max_pixels=100 * 100, crop=64)
     assert len(views) == 4 and all(v.shape[-2:] == (64, 64) for v in views)
     assert len(_estimation_views(torch.zeros(1, 3, 50, 50), max_pixels=100 * 100, crop=64)) == 1
+
+
+def test_an_estimator_trained_on_crops_judges_a_grid_of_windows_of_that_size():
+    """`degradation_estimator_window`: restore() averages the estimator's weights over a 4 x 4 grid of windows of
+    the trained crop size (corners included), whatever the image size; an image smaller than a window is judged
+    whole."""
+    from modeling.inference import _estimation_windows, estimate_degradation_weights
+
+    image = torch.rand(1, 3, 100, 70, generator=torch.Generator().manual_seed(0))
+    windows = _estimation_windows(image, 32)
+    assert len(windows) == 16 and all(w.shape[-2:] == (32, 32) for w in windows)
+    assert torch.equal(windows[0], image[..., :32, :32]) and torch.equal(windows[-1], image[..., -32:, -32:])
+    assert len(_estimation_windows(image[..., :34, :], 32)) == 12  # only 3 distinct rows of windows fit
+    assert [w.shape[-2:] for w in _estimation_windows(image[..., :20, :20], 32)] == [(20, 20)]
+
+    model = tiny_model("pip", seed=3, degradation_estimator_input="pixels",
+                       degradation_estimator_statistics=["mean", "std", "max"], degradation_estimator_window=32)
+    with torch.no_grad():
+        expected = torch.stack([model.estimate_degradation(w) for w in windows]).mean(0)
+        whole = model.estimate_degradation(image)
+    got = estimate_degradation_weights(model, image)
+    torch.testing.assert_close(got, expected)
+    assert (got - whole).abs().max() > 1e-4  # judging the whole image differs
+    with pytest.raises(Exception, match="degradation_estimator_window"):
+        tiny_model("pip", degradation_estimator_window=4)

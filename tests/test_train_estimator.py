@@ -30,6 +30,47 @@ def test_pixel_estimator_drives_the_label_free_forward():
     assert torch.equal(model.estimate_degradation(x, hard=True).sum(1), torch.ones(2))
 
 
+def test_pixel_estimator_statistics_pool_what_the_config_names():
+    """`degradation_estimator_statistics`: mean/std (default, the shipped layout) or with max, whose pooled
+    features are the per-channel maxima of each level; a bad list is refused."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    default = tiny_model("pip", degradation_estimator_input="pixels")
+    with_max = tiny_model("pip", degradation_estimator_input="pixels",
+                          degradation_estimator_statistics=["mean", "std", "max"])
+    widths = sum(level[0].out_channels for level in default.degradation_estimator.levels)
+    assert default.degradation_estimator.norm.normalized_shape == (2 * widths,)
+    assert with_max.degradation_estimator.norm.normalized_shape == (3 * widths,)
+    captured = {}
+    with_max.degradation_estimator.norm.register_forward_hook(lambda module, args, out: captured.update(x=args[0]))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_max.degradation_estimator(x)
+        first = with_max.degradation_estimator.levels[0](x).flatten(2)
+    width = first.shape[1]
+    torch.testing.assert_close(captured["x"][:, :width], first.mean(-1))
+    torch.testing.assert_close(captured["x"][:, width:2 * width], first.std(-1, unbiased=False))
+    torch.testing.assert_close(captured["x"][:, 2 * width:3 * width], first.amax(-1))
+    for bad in (["median"], ["mean", "mean"], []):
+        with pytest.raises(StrictDataclassClassValidationError, match="degradation_estimator_statistics"):
+            tiny_model("pip", degradation_estimator_input="pixels", degradation_estimator_statistics=bad)
+
+
+def test_dark_scene_augmentation_darkens_only_allowed_images_and_keeps_highlights():
+    from training.train_estimator import darken_scenes
+
+    images = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    images[:, :, 0, 0] = 1.0  # a white highlight in every image
+    allowed = torch.arange(64) % 2 == 0
+    out = darken_scenes(images, allowed, 0.5, torch.Generator().manual_seed(1))
+    changed = (out != images).flatten(1).any(1)
+    assert not changed[~allowed].any()  # never a class that darkening would change
+    assert 8 < int(changed.sum()) < 32  # about half of the allowed ones
+    assert (out[changed] <= images[changed]).all() and (out[:, :, 0, 0] == 1.0).all()
+    assert out[changed].mean() < 0.7 * images[changed].mean()  # uniform x: E[x ** 2.25] = 0.31 against 0.5
+    assert torch.equal(darken_scenes(images, allowed, 0.0, torch.Generator()), images)
+
+
 def test_wrong_estimator_input_is_refused():
     from huggingface_hub.errors import StrictDataclassClassValidationError
 
@@ -86,3 +127,29 @@ def test_estimator_stage_output_loads_and_restores_label_free(trained):
     with torch.no_grad():
         expected = model(image[None], degradation_labels=weights).reconstruction[0].clamp(0, 1)
     torch.testing.assert_close(restored, expected, atol=1e-6, rtol=0)
+
+
+def test_estimator_with_max_statistics_and_windows_is_saved_and_can_be_grafted(trained, tmp_path):
+    """The shipped estimator's recipe: mean/std/max statistics, judged on windows of the trained crop, dark-scene
+    augmentation; then grafted onto other restoration weights with --init_estimator_from and 0 steps."""
+    source, _, _ = trained
+    clean = source.parent / "clean"
+    common = ["--data_roots", f"clean={clean}", "--patch_size", "32", "--train_batch_size", "6",
+              "--dataloader_num_workers", "0", "--estimator_statistics", "mean", "std", "max", "--judge_on_windows"]
+    first = tmp_path / "estimator"
+    main(["--model", str(source), "--output", str(first), "--max_train_steps", "4", "--logging_steps", "2",
+          "--dark_scene_probability", "0.5", *common])
+    config = json.loads((first / "config.json").read_text())
+    assert config["degradation_estimator_statistics"] == ["mean", "std", "max"]
+    assert config["degradation_estimator_window"] == 32
+    grafted = tmp_path / "grafted"
+    main(["--model", str(source), "--output", str(grafted), "--max_train_steps", "0",
+          "--init_estimator_from", str(first), *common])
+    donor, result = load_file(first / "model.safetensors"), load_file(grafted / "model.safetensors")
+    original = load_file(source / "model.safetensors")
+    for name, tensor in result.items():
+        expected = donor[name] if name.startswith("degradation_estimator.") else original[name]
+        assert torch.equal(tensor, expected), name
+    with pytest.raises(SystemExit, match="keep"):
+        main(["--model", str(source), "--output", str(tmp_path / "x"), "--estimator_input", "keep",
+              "--estimator_statistics", "max", "--data_roots", f"clean={clean}"])

@@ -52,6 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not score the estimator the model came with (saves the encoder passes)")
     parser.add_argument("--estimator_input", default="pixels", choices=("pixels", "features", "keep"),
                         help="build a new estimator reading this input ('keep': fine-tune the current one)")
+    parser.add_argument("--estimator_statistics", nargs="+", default=None, choices=("mean", "std", "max"),
+                        help="what the new pixel estimator pools per channel (default: the model's config, "
+                             "mean and std); 'max' sees the highlights that tell a dark photo from an "
+                             "under-exposed one")
+    parser.add_argument("--judge_on_windows", action="store_true",
+                        help="record --patch_size as the config's degradation_estimator_window, so restore() "
+                             "judges images on a grid of windows of the size the estimator was trained on")
+    parser.add_argument("--dark_scene_probability", type=float, default=0.0,
+                        help="darken this fraction of the noise, rain and blur examples by a gamma of 1.5-3 "
+                             "(highlights stay white): dark scenes that are not under-exposed, such as a night "
+                             "sky, which the estimator otherwise takes for low light")
     parser.add_argument("--init_estimator_from", type=Path, default=None,
                         help="start from the estimator of this folder (e.g. one trained beside an earlier checkpoint: "
                              "a pixel estimator does not depend on the body)")
@@ -75,6 +86,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         parser.error("--data_roots takes TASK=DIR pairs")
     return args
+
+
+#: Classes whose examples `darken_scenes` may darken: darkening keeps them what they are. Not haze (a darkened
+#: veil reads as dim light) and not low light itself.
+DARK_SCENE_CLASSES = ("noise", "rain", "blur")
+
+
+def darken_scenes(
+    images: torch.Tensor, allowed: torch.Tensor, probability: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``images ** gamma`` (gamma uniform in 1.5-3) for each allowed image of a (B, 3, H, W) batch in [0, 1], with
+    the given probability. A gamma darkens the bulk of the picture but keeps white highlights white, unlike the
+    low-light synthesis (``scale * x ** gamma`` with scale at most 0.8, plus sensor noise), so the estimator must
+    learn the cues of under-exposure rather than darkness alone."""
+    chosen = (torch.rand(len(images), generator=generator) < probability) & allowed
+    gamma = 1.5 + 1.5 * torch.rand(len(images), generator=generator)
+    exponent = torch.where(chosen, gamma, torch.ones_like(gamma)).view(-1, 1, 1, 1)
+    return images.clamp(0, 1).pow(exponent)
 
 
 def heldout_confusion(model, heldout: Path, seed: int = 0) -> dict:
@@ -118,11 +147,17 @@ def train_estimator(args: argparse.Namespace) -> dict:
         logger.info("held-out accuracy before: %.3f", record["heldout_before"]["accuracy"])
 
     torch.manual_seed(args.seed)
+    if args.estimator_input == "keep" and args.estimator_statistics is not None:
+        raise SystemExit("--estimator_statistics builds a new estimator; it cannot be combined with --estimator_input keep")
     if args.estimator_input != "keep":
         from modeling.modeling_pip import build_degradation_estimator
 
         model.config.degradation_estimator_input = args.estimator_input
+        if args.estimator_statistics is not None:
+            model.config.degradation_estimator_statistics = list(args.estimator_statistics)
         model.degradation_estimator = build_degradation_estimator(model.config)
+    if args.judge_on_windows:  # restore() then judges images on windows of the size trained on
+        model.config.degradation_estimator_window = args.patch_size
     if args.init_estimator_from is not None:
         from safetensors.torch import load_file
 
@@ -153,6 +188,8 @@ def train_estimator(args: argparse.Namespace) -> dict:
     lookup = degradation_label_lookup(model, stream.label_names, None if "" in used else used)
     loader = build_dataloader(stream, args.train_batch_size, num_workers=args.dataloader_num_workers)
     uses_pixels = model.config.degradation_estimator_input == "pixels"
+    darkenable = torch.tensor([name in DARK_SCENE_CLASSES for name in model.config.degradation_names])
+    augment_rng = torch.Generator().manual_seed(args.seed)
 
     history, window_loss, window_correct, window_count = [], 0.0, 0, 0
     step, epoch = 0, 0
@@ -164,6 +201,8 @@ def train_estimator(args: argparse.Namespace) -> dict:
         for batch in loader:
             degraded = batch["degraded"].float().div_(255)
             targets = lookup[batch["task"]]
+            if args.dark_scene_probability > 0:
+                degraded = darken_scenes(degraded, darkenable[targets], args.dark_scene_probability, augment_rng)
             if uses_pixels:
                 logits = estimator(model.pad_to_multiple(degraded))
             else:
