@@ -101,6 +101,18 @@ def test_two_process_ddp_launch(corpus, tmp_path):
     assert "DDP wrapper is still referenced" not in result.stderr
 
 
+def test_two_processes_stop_together_when_the_time_budget_is_spent(corpus, tmp_path):
+    """--max_train_minutes under a 2-process launch: the budget is shared (a collective), so both ranks stop at
+    the same step and end with identical weights instead of one waiting forever in the next all-reduce."""
+    output_dir = tmp_path / "timed"
+    argv = train_args(corpus, output_dir, max_train_steps=40, max_train_minutes=1e-6, checkpointing_steps=0)
+    result = run_train(argv, launcher=accelerate_launch(2), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert "- **steps**: 1" in (output_dir / "model" / "README.md").read_text()
+
+
 RELEASE_DDP_SCRIPT = """
 import logging, sys, weakref
 import torch
@@ -538,6 +550,17 @@ def test_task_probabilities_choose_what_the_stream_trains_on(corpus, tmp_path, m
             args = parse_args(train_args(corpus, tmp_path / "ok"))
             args.task_probabilities = dict([bad.split("=")])
             validate_args(args)
+
+
+def test_max_train_minutes_stops_a_run_early_and_still_saves_it(corpus, tmp_path, monkeypatch):
+    """A timed run (the recipe sweep): a budget spent after the first step stops at step 1, with the final
+    model and its card written as for a finished run; a non-positive budget is refused."""
+    seen = run_recording_main(corpus, tmp_path / "timed", monkeypatch, max_train_steps=50, max_train_minutes=1e-6)
+    assert len(seen) == 1
+    assert "- **steps**: 1" in (tmp_path / "timed" / "model" / "README.md").read_text()
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(train_args(corpus, tmp_path / "bad", max_train_minutes=bad))
 
 
 def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tmp_path, monkeypatch):

@@ -106,6 +106,10 @@ class TrainingArguments:
     lr_scheduler_options: dict = _arg({}, "options of the schedule, JSON (see training/schedules.py)", value="json")
     num_train_epochs: Optional[int] = _arg(None, "epochs of steps_per_epoch steps (or use max_train_steps)")
     max_train_steps: Optional[int] = _arg(None, "total optimizer steps; overrides num_train_epochs")
+    max_train_minutes: Optional[float] = _arg(
+        None, "also stop (and save the final model as usual) once this many minutes of training have passed, "
+        "counted from the first step of this launch; all processes stop at the same step (timed sweeps)"
+    )
     gradient_accumulation_steps: int = _arg(1, "micro-batches per optimizer step")
     mixed_precision: Optional[str] = _arg(None, "no, fp16 or bf16 (default: accelerate config)")
     gradient_checkpointing: bool = _arg(False, "recompute Transformer blocks in backward")
@@ -290,6 +294,8 @@ def validate_args(args: TrainingArguments) -> None:
         elif kind in (int, Optional[int]) and isinstance(value, str):
             setattr(args, f.name, int(value))
     check_model_config(args.model_type, args.model_config, bool(args.pretrained_model_name_or_path))
+    if args.max_train_minutes is not None and not (math.isfinite(args.max_train_minutes) and args.max_train_minutes > 0):
+        raise ValueError(f"max_train_minutes must be a positive number of minutes, got {args.max_train_minutes}")
     if args.max_train_steps is None:
         if args.num_train_epochs is None:
             raise ValueError("set max_train_steps or num_train_epochs")
@@ -572,6 +578,14 @@ def main(args: TrainingArguments) -> dict:
         total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train"
     )
     window, window_start = LossWindow(), time.perf_counter()
+    launch_start = time.perf_counter()
+
+    def time_is_up() -> bool:
+        """Whether the time budget is spent, decided by the main process and shared, so every process agrees."""
+        if args.max_train_minutes is None:
+            return False
+        spent = float(time.perf_counter() - launch_start >= 60.0 * args.max_train_minutes)
+        return bool(accelerator.reduce(torch.tensor(spent, device=accelerator.device), reduction="sum").item() > 0)
 
     def data_state() -> dict:
         return {
@@ -634,7 +648,7 @@ def main(args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
         return results
 
-    while step < args.max_train_steps:
+    while step < args.max_train_steps and not (step and time_is_up()):
         batches_this_pass = 0
         for batch in loader:
             batches_this_pass += 1
@@ -692,6 +706,9 @@ def main(args: TrainingArguments) -> dict:
             if args.validation_steps and step % args.validation_steps == 0:
                 last_results = validate() or last_results
             if step >= args.max_train_steps:
+                break
+            if time_is_up():
+                logger.info(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
                 break
         else:
             if batches_this_pass == 0 and not resume:
