@@ -605,3 +605,29 @@ def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
         assert 0 < row["toy_loss"] < 0.9 * row["toy_loss_first_steps"]  # the toy denoising task is being learned
     assert abs(rows["channels-last"]["toy_loss_vs_reference"]) < 0.01
     assert "channels-last" in result.stdout and "toy loss" in result.stdout
+
+
+def test_recipe_sweep_trains_each_candidate_for_the_budget_and_tabulates_held_out_gains(corpus, tmp_path):
+    """benchmarks/sweep_cpu_recipe.py on a tiny model: one row per candidate, steps bounded by the time budget,
+    a PSNR gain per task from each run's final validation (numbers not asserted: two steps of a tiny model)."""
+    report = tmp_path / "sweep.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "sweep_cpu_recipe.py"), "--minutes", "0.001", "--max_steps", "3",
+         "--candidates", "recipe", "lr-2e-3", "--model_config", TINY_PIP, "--threads", "1",
+         "--train_dir", str(corpus / "clean"), "--heldout_dir", str(corpus / "heldout"),
+         "--output", str(tmp_path / "runs"), "--json", str(report), "--",
+         "--patch_size", "32", "--train_batch_size", "2", "--dataloader_num_workers", "0", "--shards_per_rank", "2",
+         "--validation_images_per_task", "1", "--validation_crop", "0"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=script_env(HF_HUB_OFFLINE="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["candidate"] for row in rows] == ["recipe", "lr-2e-3"]
+    for row in rows:
+        assert 1 <= row["steps"] <= 3 and row["images"] == 2 * row["steps"]
+        assert set(row["gains"]) == {"noise", "rain", "haze", "blur", "low-light"}
+        assert row["mean_gain"] == pytest.approx(sum(row["gains"].values()) / 5)
+        assert 10_000 < row["parameters"] < 200_000
+    runs = {row["candidate"]: tmp_path / "runs" / row["candidate"] / "model" / "README.md" for row in rows}
+    assert "- **learning rate**: 0.002" in runs["lr-2e-3"].read_text()
+    assert "| recipe |" in result.stdout and "mean gain" in result.stdout
