@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -136,6 +137,35 @@ def resolve_channels_last(channels_last: Optional[bool], device: torch.device) -
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be True, False or None, got {channels_last!r}.")
     return channels_last
+
+
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory_for_reuse(threshold_mib: int = 1024) -> bool:
+    """Let this process reuse freed activation buffers instead of asking the kernel for fresh pages every forward.
+
+    glibc serves every allocation above 32 MiB with its own ``mmap`` and returns it on free, so each forward of a
+    large model on a large image maps, page-faults and zeroes its big activations again. Raising the mmap and
+    trim thresholds to ``threshold_mib`` keeps such buffers in the heap for the next allocation
+    (benchmarks/bench_infer.py measures it). It changes the allocator of the whole process, so only our entry
+    points call it (the CLI, the Space, batch restoration), never ``restore()``. Returns whether it was applied:
+    False off glibc (macOS, Windows, musl), where nothing changes.
+    """
+    import ctypes
+    import platform
+
+    if threshold_mib < 1:
+        raise ValueError(f"threshold_mib must be positive, got {threshold_mib}")
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    threshold = int(threshold_mib) * 1024 * 1024
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
 
 
 def in_layout(tensor: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

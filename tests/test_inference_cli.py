@@ -641,3 +641,64 @@ def test_benchmark_children_report_their_own_peak_not_the_parents(tmp_path):
     child_mib = child_peak_mib(str(script), [], threads=1)
     assert parent_mib > 300 and ballast.sum() > 0
     assert 1 < child_mib < 100 < parent_mib  # a bare interpreter, far below the parent
+
+
+FREED_MEMORY_PROBE = """
+import sys
+import numpy as np
+from modeling.inference import keep_freed_memory_for_reuse
+
+def rss_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+applied = keep_freed_memory_for_reuse() if sys.argv[1] == "tuned" else False
+before = rss_mib()
+buffer = np.ones(96 * 1024 * 1024, dtype=np.uint8)  # 96 MiB, above glibc's 32 MiB mmap ceiling
+del buffer
+print(applied, rss_mib() - before)
+"""
+
+
+def test_keep_freed_memory_for_reuse_keeps_a_large_freed_buffer_in_the_heap():
+    """In a fresh process (the setting is process-wide): without it a freed 96 MiB buffer goes back to the kernel
+    (its own mmap), with it the pages stay for the next allocation; a bad threshold is refused."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    kept = {}
+    for mode in ("plain", "tuned"):
+        result = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, mode], capture_output=True, text=True,
+                                timeout=120, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        applied, retained = result.stdout.split()
+        kept[mode] = (applied == "True", float(retained))
+    assert kept["plain"][0] is False and kept["plain"][1] < 16
+    assert kept["tuned"][0] is True and kept["tuned"][1] > 80
+    with pytest.raises(ValueError, match="threshold_mib"):
+        inference.keep_freed_memory_for_reuse(0)
+
+
+def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
+    """benchmarks/bench_malloc.py on a tiny saved model: both rows, ratio against the plain path, the setting
+    applied only in its children, and bit-identical outputs (timings are not asserted)."""
+    import json
+
+    from conftest import tiny_model
+
+    folder = tmp_path / "tiny-pip"
+    tiny_model("pip").save_pretrained(folder)
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_malloc.py"), "--model", str(folder), "--size", "32",
+         "--repeats", "2", "--forwards", "1", "--threads", "1", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+    assert list(rows) == ["plain", "freed-memory-reuse"]
+    assert rows["freed-memory-reuse"]["applied"] is True and rows["plain"]["applied"] is False
+    assert all(row["identical_output"] for row in rows.values())
+    assert rows["freed-memory-reuse"]["ratio"] == pytest.approx(rows["plain"]["ms"] / rows["freed-memory-reuse"]["ms"])
+    assert all(50 < row["peak_mib"] < 4096 for row in rows.values())

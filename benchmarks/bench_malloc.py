@@ -1,0 +1,114 @@
+"""CPU inference with and without `keep_freed_memory_for_reuse()` (glibc's mmap/trim thresholds raised).
+
+The setting belongs to the whole process and cannot be undone in it, so every measurement is a fresh child
+interpreter: it loads the model, applies the setting or not, restores once to warm up, then times `--forwards`
+restorations through `modeling.inference.run_model` (the default CPU fast path, channels-last). Children of the
+two kinds alternate for `--repeats` rounds, so load from other programs affects both alike. Columns: median ms
+per restoration over all children of a kind, img/s, the children's peak RSS (VmHWM, the largest), the ratio
+against the plain path, and whether the outputs are bit-identical (the allocator must not change the math).
+
+    python benchmarks/bench_malloc.py --random promptir --size 512     # PromptIR at its official size
+    python benchmarks/bench_malloc.py                                   # the shipped weights, 512²
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import peak_rss_kib, print_table  # noqa: E402
+
+PATHS = ("plain", "freed-memory-reuse")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement in this fresh process: prints a JSON line with the times, peak and output digest."""
+    import time
+
+    import torch
+
+    from modeling import MODEL_CLASSES
+    from modeling.inference import DEMO_CHECKPOINT_DIR, keep_freed_memory_for_reuse, load_model, run_model
+
+    applied = keep_freed_memory_for_reuse() if args.child_path == "freed-memory-reuse" else False
+    torch.set_num_threads(args.threads)
+    if args.random:
+        config_class, model_class = MODEL_CLASSES[args.random]
+        torch.manual_seed(0)
+        model = model_class(config_class()).eval()
+    else:
+        model = load_model(args.model or str(DEMO_CHECKPOINT_DIR), device="cpu")
+    pixel_values = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    labels = None
+    if getattr(type(model), "accepts_degradation_labels", False):
+        labels = model.degradation_weights(model.config.degradation_names[0], 1, "cpu")
+    output = run_model(model, pixel_values, degradation_labels=labels)  # warm-up
+    times = []
+    for _ in range(args.forwards):
+        started = time.perf_counter()
+        output = run_model(model, pixel_values, degradation_labels=labels)
+        times.append(time.perf_counter() - started)
+    digest = hashlib.sha256(output.contiguous().numpy().tobytes()).hexdigest()
+    print(json.dumps({"times": times, "peak_kib": peak_rss_kib(), "digest": digest, "applied": applied}))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped weights)")
+    parser.add_argument("--random", default=None, metavar="MODEL_TYPE",
+                        help="a randomly initialised model of this type at its official size instead")
+    parser.add_argument("--size", type=int, default=512, help="side of the square input")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each one child of every kind")
+    parser.add_argument("--forwards", type=int, default=3, help="timed restorations per child")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--child-path", default=None, choices=PATHS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_path:
+        child(args)
+        return {}
+    forwarded = ["--size", str(args.size), "--threads", str(args.threads), "--forwards", str(args.forwards)]
+    forwarded += ["--random", args.random] if args.random else []
+    forwarded += ["--model", args.model] if args.model else []
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    results: dict[str, list[dict]] = {name: [] for name in PATHS}
+    for _ in range(args.repeats):
+        for name in PATHS:
+            completed = subprocess.run([sys.executable, __file__, *forwarded, "--child-path", name],
+                                       capture_output=True, text=True, env=env)
+            if completed.returncode != 0:
+                raise RuntimeError(f"{name} child failed:\n{completed.stderr[-3000:]}")
+            results[name].append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    digests = {name: {run["digest"] for run in runs} for name, runs in results.items()}
+    rows = []
+    for name in PATHS:
+        ms = 1000 * statistics.median(t for run in results[name] for t in run["times"])
+        rows.append({"path": name, "ms": ms, "images_per_s": 1000 / ms,
+                     "peak_mib": max(run["peak_kib"] for run in results[name]) / 1024,
+                     "applied": all(run["applied"] for run in results[name]) if name != "plain" else False,
+                     "identical_output": digests[name] == digests["plain"] and len(digests[name]) == 1})
+    for row in rows:
+        row["ratio"] = rows[0]["ms"] / row["ms"]
+    report = {"model": args.random or args.model or "shipped", "size": args.size, "threads": args.threads,
+              "repeats": args.repeats, "forwards": args.forwards, "rows": rows}
+    print(f"model {report['model']}, {args.size}², {args.threads} threads, {args.repeats} children x "
+          f"{args.forwards} restorations per path")
+    print_table(rows)
+    print("outputs bit-identical across paths and children:", all(row["identical_output"] for row in rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
