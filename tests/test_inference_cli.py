@@ -702,3 +702,18 @@ def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
     assert all(row["identical_output"] for row in rows.values())
     assert rows["freed-memory-reuse"]["ratio"] == pytest.approx(rows["plain"]["ms"] / rows["freed-memory-reuse"]["ms"])
     assert all(50 < row["peak_mib"] < 4096 for row in rows.values())
+
+
+@pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])
+def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
+    from conftest import tiny_model
+
+    calls = []
+    monkeypatch.setattr(inference, "keep_freed_memory_for_reuse", lambda *a, **k: calls.append(a) or True)
+    folder = tmp_path / "tiny"
+    tiny_model("pip").save_pretrained(folder)
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(tmp_path / "in.png")
+    code = main([str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--model", str(folder), "--device", "cpu",
+                 "--degradation", "noise", "-q", *flag])
+    assert code == 0 and (tmp_path / "out" / "in.png").is_file()
+    assert len(calls) == expected
