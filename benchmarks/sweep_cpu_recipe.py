@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -71,7 +72,7 @@ def run_candidate(name: str, overrides: dict[str, str], args: argparse.Namespace
     from safetensors import safe_open
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
-        parameters = sum(_numel(weights.get_slice(key).get_shape()) for key in weights.keys())
+        parameters = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     scores = json.loads((model_dir / "eval_results.json").read_text())
     gains = {task: s["psnr"] - s["input_psnr"] for task, s in scores.items() if isinstance(s, dict) and "psnr" in s}
     batch = int(re.search(r"- \*\*train batch size\*\*: (\d+)", card).group(1))
@@ -79,13 +80,6 @@ def run_candidate(name: str, overrides: dict[str, str], args: argparse.Namespace
         "candidate": name, "change": CANDIDATES.get(name, (name,))[0], "parameters": parameters, "steps": steps,
         "images": steps * batch, "wall_s": wall, "gains": gains, "mean_gain": sum(gains.values()) / max(1, len(gains)),
     }
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
 
 
 def print_sweep(rows: list[dict]) -> None:
