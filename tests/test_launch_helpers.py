@@ -21,7 +21,12 @@ HANGS = textwrap.dedent(
             time.sleep(1)
 
     threading.Thread(target=waiting_worker, daemon=True).start()
-    print("child", subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]).pid, flush=True)
+    # The child says when it runs: faulthandler is armed by then. A SIGABRT that lands while a slow machine is
+    # still starting the interpreter would kill it without a dump, and the count below would flake.
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print("child", child.pid, "ready", flush=True)
     time.sleep(600)
     """
 )
@@ -29,9 +34,9 @@ HANGS = textwrap.dedent(
 
 def test_a_hung_launch_fails_with_every_stack_and_leaves_nothing_running(tmp_path):
     with pytest.raises(pytest.fail.Exception) as failure:
-        run_to_end([sys.executable, "-c", HANGS], env=dict(os.environ), cwd=Path(tmp_path), timeout=5)
+        run_to_end([sys.executable, "-c", HANGS], env=dict(os.environ), cwd=Path(tmp_path), timeout=10)
     message = str(failure.value)
-    assert "did not finish in 5 s" in message
+    assert "did not finish in 10 s" in message
     assert "in waiting_worker" in message  # the parent's threads
     assert message.count("Fatal Python error: Aborted") == 2  # the parent and its child both dumped
     assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
