@@ -150,8 +150,8 @@ def keep_freed_memory_for_reuse(threshold_mib: int = 1024) -> bool:
     large model on a large image maps, page-faults and zeroes its big activations again. Raising the mmap and
     trim thresholds to ``threshold_mib`` keeps such buffers in the heap for the next allocation
     (benchmarks/bench_malloc.py measures it). It changes the allocator of the whole process, so only an entry
-    point that owns its process calls it (today the CLI), never ``restore()``. Returns whether it was applied:
-    False off glibc (macOS, Windows, musl), where nothing changes.
+    point that owns its process calls it (the CLI, the Space server, each batch-restoration rank), never
+    ``restore()``. Returns whether it was applied: False off glibc (macOS, Windows, musl), where nothing changes.
     """
     import ctypes
     import platform

@@ -42,6 +42,7 @@ from modeling.inference import (
     DEMO_CHECKPOINT_DIR,
     accepts_degradation_labels,
     estimate_degradation_weights,
+    keep_freed_memory_for_reuse,
     load_model,
     load_processor,
     resolve_device,
@@ -97,6 +98,10 @@ class SpaceSettings:
     device: Optional[str] = None  # SPACE_DEVICE: None = CUDA when available, else CPU
     dtype: Optional[str] = None  # SPACE_DTYPE: None/"fp32", "bf16", "fp16" (autocast)
     channels_last: Optional[bool] = None  # SPACE_CHANNELS_LAST: None = the CPU fast path on CPU; 0 turns it off
+    # SPACE_REUSE_FREED_MEMORY: None = on when serving on CPU (freed activations stay in the heap for the next
+    # request: modeling.inference.keep_freed_memory_for_reuse); 0 turns it off. Applied by main() only, since
+    # it changes the allocator of the whole process.
+    reuse_freed_memory: Optional[bool] = None
     examples_dir: Path = field(default_factory=lambda: DEMO_CHECKPOINT_DIR / "examples")  # SPACE_EXAMPLES_DIR
     output_dir: Optional[Path] = None  # SPACE_OUTPUT_DIR: restored PNGs; None: <system temp>/prompt-restoration-space
     output_ttl_s: float = 3600.0  # restored PNGs are deleted after this many seconds
@@ -118,10 +123,15 @@ class SpaceSettings:
             device=environ.get("SPACE_DEVICE", "").strip() or None,
             dtype=environ.get("SPACE_DTYPE", "").strip() or None,
             channels_last=_env_switch(environ, "SPACE_CHANNELS_LAST"),
+            reuse_freed_memory=_env_switch(environ, "SPACE_REUSE_FREED_MEMORY"),
             examples_dir=Path(environ.get("SPACE_EXAMPLES_DIR", "").strip() or DEMO_CHECKPOINT_DIR / "examples"),
             output_dir=Path(environ["SPACE_OUTPUT_DIR"]) if environ.get("SPACE_OUTPUT_DIR", "").strip() else None,
         )
         return replace(settings, **overrides)
+
+    def reuses_freed_memory(self, device: torch.device) -> bool:
+        """Whether `main` keeps freed memory for reuse when serving on ``device`` (the default: on CPU only)."""
+        return device.type == "cpu" if self.reuse_freed_memory is None else self.reuse_freed_memory
 
     @property
     def max_pixels(self) -> int:
@@ -582,6 +592,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"model": args.model} if args.model else {}
     demo, space = build_demo(SpaceSettings.from_env(**overrides))
+    if space.settings.reuses_freed_memory(space.device):
+        keep_freed_memory_for_reuse()  # this process is the server: nothing else shares its allocator
     demo.launch(server_name=args.host, server_port=args.port, **space.launch_kwargs())
 
 

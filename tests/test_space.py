@@ -486,6 +486,11 @@ def test_settings_from_environment(app):
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
     # The CPU fast path: library default unless switched; a typo is an error, not silently "on".
     assert app.SpaceSettings.from_env({}).channels_last is None
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    default, off = app.SpaceSettings.from_env({}), app.SpaceSettings.from_env({"SPACE_REUSE_FREED_MEMORY": "0"})
+    assert (default.reuses_freed_memory(cpu), default.reuses_freed_memory(gpu)) == (True, False)
+    assert (off.reuses_freed_memory(cpu), off.reuses_freed_memory(gpu)) == (False, False)
+    assert app.SpaceSettings.from_env({"SPACE_REUSE_FREED_MEMORY": "1"}).reuses_freed_memory(gpu) is True
     assert app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": "0"}).channels_last is False
     assert app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": " Yes"}).channels_last is True
     with pytest.raises(ValueError, match="SPACE_CHANNELS_LAST"):

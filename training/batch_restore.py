@@ -84,6 +84,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--split", default="train", help="split of a dataset input")
     parser.add_argument("--streaming", action="store_true", help="stream a Hub dataset instead of downloading it")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
+    parser.add_argument("--no_reuse_freed_memory", dest="reuse_freed_memory", action="store_false",
+                        help="on CPU, give freed activation memory back to the system after every batch (by default "
+                             "it is kept for the next batch: modeling.inference.keep_freed_memory_for_reuse)")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow the checkpoint's own model code")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -380,6 +383,9 @@ def main(args: argparse.Namespace) -> dict:
     with state.main_process_first():
         source = open_source(args)
         model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
+    # Each rank owns its process, so each may tune its allocator (False off glibc, where nothing changes).
+    reused_freed_memory = bool(state.device.type == "cpu" and args.reuse_freed_memory
+                               and modeling.inference.keep_freed_memory_for_reuse())
     # The plan is made once, on the main process, before anyone writes: every process then works on the same
     # sorted to-do list, whatever the manifests of earlier runs (with any number of processes) contain.
     plan: list[Any] = [None]
@@ -444,6 +450,7 @@ def main(args: argparse.Namespace) -> dict:
             "restore_seconds": round(work_seconds, 3),
             # Over the restore phase (all processes, from the moment every one has loaded the model).
             "images_per_second": round(total_restored / work_seconds, 4) if work_seconds > 0 else None,
+            "freed_memory_reused": reused_freed_memory,  # the main process's (every rank decides alike)
         }
         if args.output_format == "dataset":
             cache_dir = output_dir / ".dataset-cache"
