@@ -34,13 +34,13 @@ def print_table(rows: list[dict], quality_key: Optional[str] = None, quality_lab
                 quality_format: str = ".3f", difference_format: str = ".3f") -> None:
     """One line per path: ms, img/s, peak MiB, the speed ratio to the reference and, if given, a quality column
     with its difference to the reference (``<quality_key>_vs_reference``)."""
-    header = f"{'path':<20}{'ms':>10}{'img/s':>9}{'peak MiB':>10}{'ratio':>8}"
+    header = f"{'path':<24}{'ms':>10}{'img/s':>9}{'peak MiB':>10}{'ratio':>8}"
     if quality_key:
         header += f"{quality_label:>12}{'vs ref':>10}"
     print(header)
     for row in rows:
         peak = "-" if row.get("peak_mib") is None else f"{row['peak_mib']:.0f}"
-        line = f"{row['path']:<20}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
+        line = f"{row['path']:<24}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
         if quality_key:
             line += f"{row[quality_key]:>12{quality_format}}{row[quality_key + '_vs_reference']:>+10{difference_format}}"
         print(line)

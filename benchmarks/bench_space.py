@@ -98,7 +98,7 @@ def main() -> None:
         )
 
         def predict(path: Path):
-            return client.predict(handle_file(str(path)), "", "auto", "soft", api_name="/restore")
+            return client.predict(handle_file(str(path)), "", "auto", "hard", api_name="/restore")
 
         predict(load_image)  # warm-up: first request, allocator, kernels
         predict(big_image)
@@ -110,7 +110,7 @@ def main() -> None:
         jobs = []
         for _ in range(args.requests):
             submitted = time.perf_counter()
-            job = client.submit(handle_file(str(load_image)), "", "auto", "soft", api_name="/restore")
+            job = client.submit(handle_file(str(load_image)), "", "auto", "hard", api_name="/restore")
 
             def done(_future, submitted=submitted):
                 with lock:

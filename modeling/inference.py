@@ -238,6 +238,11 @@ def accepts_degradation_labels(model: Any) -> bool:
 
 #: How the label-free ("auto") mode turns the estimator's softmax into prompt weights.
 AUTO_MODES = ("soft", "hard")
+#: How ``degradation="auto"`` uses the estimate unless told otherwise. A blend of two prompts restores worse than
+#: either prompt alone: on a held-out rainy photo the shipped estimator said rain 0.43 / haze 0.37, and the soft
+#: blend lost 4.8 dB against the input where the rain prompt alone gained 3.0 dB (and when the top class is
+#: right, "hard" is exactly the labelled restoration). So the default is the confident choice.
+DEFAULT_AUTO_MODE = "hard"
 
 
 def degradation_label_ids(model: Any, degradation: Any, count: int) -> Optional[torch.Tensor]:
@@ -301,7 +306,7 @@ def estimate_degradation_weights(
     model: Any,
     pixel_values: torch.Tensor,
     *,
-    auto_mode: str = "soft",
+    auto_mode: str = DEFAULT_AUTO_MODE,
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
     max_pixels: int = 1024 * 1024,
@@ -312,8 +317,8 @@ def estimate_degradation_weights(
 
     A model whose config names ``degradation_estimator_window`` (the crop side its estimator was trained on) is
     judged on a 4 x 4 grid of windows of that size; otherwise the whole image is judged, or, when it is large,
-    four crops. The windows' softmax weights are averaged. ``auto_mode="hard"`` turns
-    the result into a one-hot of the most likely class. Every tile of an image then uses these weights, so
+    four crops. The windows' softmax weights are averaged. ``auto_mode="hard"`` (the default) turns
+    the result into a one-hot of the most likely class; ``"soft"`` keeps the averaged weights. Every tile of an image then uses these weights, so
     neighbouring tiles never get different prompts. ``channels_last`` as in `run_model`.
     """
     if auto_mode not in AUTO_MODES:
@@ -429,7 +434,7 @@ def restore(
     tile: Optional[int] = None,
     tile_overlap: Optional[int] = None,
     degradation: Any = None,
-    auto_mode: str = "soft",
+    auto_mode: str = DEFAULT_AUTO_MODE,
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
     batch_size: int = 4,
@@ -451,8 +456,8 @@ def restore(
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
             one per image, or None/"auto" to let the model estimate it, once per image (every tile of an image
             then uses the same prompts). Error for models that cannot take it.
-        auto_mode: how "auto" uses the estimate: "soft" (the estimator's softmax weights, as the model's own
-            forward) or "hard" (only the most likely degradation's prompt).
+        auto_mode: how "auto" uses the estimate: "hard" (default: only the most likely degradation's prompt) or
+            "soft" (the estimator's softmax weights, as the model's own forward; see `DEFAULT_AUTO_MODE`).
         device: "cpu", "cuda", "cuda:0", ...; `None`: the given model's device, else CUDA if available.
             ValueError for a device this torch cannot use (e.g. "cuda" on a CPU-only build).
         dtype: "fp32" (default), "bf16" or "fp16": autocast precision on `device`.

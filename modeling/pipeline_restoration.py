@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .image_processing_restoration import RestorationImageProcessor
 from .inference import (
+    DEFAULT_AUTO_MODE,
     accepts_degradation_labels,
     default_output_type,
     degradation_label_ids,
@@ -57,7 +58,7 @@ class ImageRestorationPipeline(Pipeline):
 
     Call kwargs: `tile` (int >= 8, tiled inference), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
     tile // 4; see `modeling.tiling.check_tiling`), `degradation` (name, index or "auto"; only for models taking
-    `degradation_labels`), `auto_mode` ("soft" or "hard", see `restore`), `dtype` ("fp32", "bf16", "fp16":
+    `degradation_labels`), `auto_mode` ("hard", the default, or "soft"; see `restore`), `dtype` ("fp32", "bf16", "fp16":
     autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
     numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
     one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list of them (a list returns a list).
@@ -134,7 +135,7 @@ class ImageRestorationPipeline(Pipeline):
         tile: Optional[int] = None,
         tile_overlap: Optional[int] = None,
         dtype: Any = None,
-        auto_mode: str = "soft",
+        auto_mode: str = DEFAULT_AUTO_MODE,
         channels_last: Optional[bool] = None,
     ) -> dict:
         tile, tile_overlap = check_tiling(tile, tile_overlap)

@@ -39,6 +39,7 @@ from transformers import PretrainedConfig
 import modeling
 from modeling.image_processing_restoration import write_png
 from modeling.inference import (
+    DEFAULT_AUTO_MODE,
     DEMO_CHECKPOINT_DIR,
     accepts_degradation_labels,
     estimate_degradation_weights,
@@ -422,7 +423,7 @@ class RestorationSpace:
         loaded = self.get_model(model_choice)
         model, processor = loaded.model, loaded.processor
         label = None if (degradation or AUTO).strip().lower() == AUTO else degradation
-        auto_mode = auto_mode or "soft"
+        auto_mode = auto_mode or DEFAULT_AUTO_MODE
         tile = self.settings.tile if max(info.width, info.height) > self.settings.tile else None
 
         try:
@@ -530,8 +531,8 @@ class RestorationSpace:
                     )
                     with gr.Accordion("Advanced", open=False):
                         auto_mode_in = gr.Radio(
-                            ["soft", "hard"], value="soft", label="Auto mode",
-                            info="soft: the estimator's weights; hard: only the most likely degradation's prompt.",
+                            ["hard", "soft"], value=DEFAULT_AUTO_MODE, label="Auto mode",
+                            info="hard: only the most likely degradation's prompt; soft: the estimator's weights.",
                         )
                     button = gr.Button("Restore", variant="primary", elem_id="restore-button")
                     gr.Markdown(

@@ -107,3 +107,41 @@ def test_worst_image_gain_is_the_minimum_over_images(heldout):
     assert results["haze"]["min_image_gain"] == pytest.approx(min(gains), abs=1e-6)
     assert results["haze"]["min_image_gain"] <= results["haze"]["psnr_gain"] + 1e-6 or len(gains) == 1
     assert "min_image_gain_auto" in results["haze"]
+
+
+def test_auto_mode_per_photo_reports_each_mode_on_the_evaluation_inputs(heldout, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "auto_mode_per_photo.py"
+    spec = importlib.util.spec_from_file_location("auto_mode_per_photo", script)
+    auto_mode_per_photo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auto_mode_per_photo)
+
+    from modeling import restore
+    from training.data import decode_image, list_image_files
+    from training.evaluate_model import synthesize_row_image
+
+    folder = tmp_path / "pip"
+    model = tiny_model("pip")
+    model.save_pretrained(folder)
+    report = auto_mode_per_photo.main(["--model", str(folder), "--heldout", str(heldout), "--rows", "noise-25",
+                                       "haze", "--json", str(tmp_path / "auto.json")])
+    assert json.loads((tmp_path / "auto.json").read_text()) == report
+    assert [(r["row"], r["photo"]) for r in report["rows"]] == [
+        (row, f"photo{i}") for row in ("noise-25", "haze") for i in range(2)]
+    names = list(model.config.degradation_names)
+    for row in report["rows"]:
+        assert sum(row["weights"].values()) == pytest.approx(1, abs=1e-5) and set(row["weights"]) == set(names)
+        assert row["top"] == max(row["weights"], key=row["weights"].get)
+        # hard = the labelled restoration with the likeliest class, recomputed here from the same input
+        index = int(row["photo"].removeprefix("photo"))
+        clean = decode_image(list_image_files(heldout)[index])[0]
+        degraded = synthesize_row_image(clean, row["row"], index)
+        reference = clean.astype(np.float64) / 255
+        before = auto_mode_per_photo.psnr(degraded, reference)
+        with_top = auto_mode_per_photo.psnr(restore(degraded, model, degradation=row["top"]), reference) - before
+        assert row["gain_hard"] == pytest.approx(with_top, abs=1e-6)
+    haze = report["summary"]["haze"]
+    assert haze["worst_soft"] <= haze["mean_soft"] and haze["mean_hard"] == pytest.approx(
+        np.mean([r["gain_hard"] for r in report["rows"] if r["row"] == "haze"]))

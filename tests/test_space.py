@@ -149,7 +149,7 @@ def client(server):
     return make_client(server[2])
 
 
-def call(client, image, model="", degradation="auto", auto_mode="soft"):
+def call(client, image, model="", degradation="auto", auto_mode="hard"):
     """`/restore` → ((before, after), png, chart update, status)."""
     return client.predict(handle_file(str(image)), str(model), degradation, auto_mode, api_name="/restore")
 
@@ -180,18 +180,20 @@ def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoin
     # The chart shows the weights restore(degradation="auto") uses.
     model = load_model(folder)
     pixel_values = torch.from_numpy(np.stack(RestorationImageProcessor()(str(images["good"]))["pixel_values"]))
-    weights = estimate_degradation_weights(model, pixel_values, auto_mode="soft")[0]
+    weights = estimate_degradation_weights(model, pixel_values)[0]
     rows = chart["value"]["data"]
     assert [name for name, _ in rows] == list(model.config.degradation_names)
     np.testing.assert_allclose([value for _, value in rows], weights.numpy(), atol=1e-4)
+    assert sorted(value for _, value in rows) == [0, 0, 0, 0, 1]  # the default auto mode: the one likeliest prompt
 
-    # The same through the demo's other kinds of model (no labels: no chart) and the hard auto mode.
+    # The same through the demo's other kinds of model (no labels: no chart) and the soft auto mode.
     _, png, chart, _ = call(client, images["good"], model=checkpoints["restormer"])
     np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=str(checkpoints["restormer"]))))
     assert chart["visible"] is False
-    _, png, chart, _ = call(client, images["good"], auto_mode="hard")
-    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=folder, auto_mode="hard")))
-    assert sorted(value for _, value in chart["value"]["data"]) == [0, 0, 0, 0, 1]
+    _, png, chart, _ = call(client, images["good"], auto_mode="soft")
+    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=folder, auto_mode="soft")))
+    soft = estimate_degradation_weights(model, pixel_values, auto_mode="soft")[0]
+    np.testing.assert_allclose([value for _, value in chart["value"]["data"]], soft.numpy(), atol=1e-4)
 
 
 def test_explicit_degradation_and_tiles(client, images, checkpoints):
@@ -322,7 +324,7 @@ def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
     client = make_client(server[2], max_workers=50)
     expected = np.asarray(restore(str(images["good"]), model=str(checkpoints["pip"])))
     started = time.monotonic()
-    jobs = [client.submit(handle_file(str(images["good"])), "", "auto", "soft", api_name="/restore") for _ in range(50)]
+    jobs = [client.submit(handle_file(str(images["good"])), "", "auto", "hard", api_name="/restore") for _ in range(50)]
     results = [job.result(timeout=600) for job in jobs]
     elapsed = time.monotonic() - started
     assert len(results) == 50 and elapsed < 600

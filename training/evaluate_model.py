@@ -35,6 +35,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
 from training.data import decode_image, list_image_files  # noqa: E402
 from training.degradations import synthesize  # noqa: E402
 from training.evaluation import load_restoration_metric  # noqa: E402
@@ -63,6 +64,21 @@ def nl_means(image: np.ndarray, sigma: float) -> np.ndarray:
     ).astype(np.float32)
 
 
+def row_setting(label: str) -> tuple[str, dict]:
+    """``(degradation, synthesis parameters)`` of a held-out row: ``noise-25`` or a :data:`SETTINGS` name."""
+    if label.startswith("noise-"):
+        return "noise", {"sigma": float(label.removeprefix("noise-"))}
+    return SETTINGS.get(label, (label, {}))
+
+
+def synthesize_row_image(clean: np.ndarray, label: str, image_index: int, seed: int = 0) -> np.ndarray:
+    """The degraded float [0, 1] image of row ``label`` for held-out image ``image_index``: seeded by the row's
+    name and the image's place, so every evaluation (and every tool that inspects one) sees the same inputs."""
+    task, params = row_setting(label)
+    rng = np.random.default_rng([seed, zlib.crc32(label.encode()), image_index])
+    return synthesize(clean, task, rng, **params).image.astype(np.float32) / 255
+
+
 def _psnr(metric, prediction: np.ndarray, reference: np.ndarray) -> float:
     return float(metric.compute(predictions=[prediction], references=[reference])["psnr"])
 
@@ -76,7 +92,7 @@ def evaluate_heldout(
     seed: int = 0,
     tile: int | None = None,
     baseline: bool = True,
-    auto_mode: str = "soft",
+    auto_mode: str = DEFAULT_AUTO_MODE,
 ) -> dict[str, dict[str, float]]:
     """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc).
 
@@ -94,15 +110,14 @@ def evaluate_heldout(
     if not files:
         raise FileNotFoundError(f"no images in {heldout}")
     cleans = [decode_image(path)[0] for path in files]
-    all_settings = [(f"noise-{sigma:g}", "noise", {"sigma": float(sigma)}) for sigma in noise_sigmas]
-    all_settings += [(name, *SETTINGS.get(name, (name, {}))) for name in settings]
+    all_settings = [(label, *row_setting(label)) for label in [f"noise-{sigma:g}" for sigma in noise_sigmas]]
+    all_settings += [(name, *row_setting(name)) for name in settings]
     results = {}
     started = time.monotonic()
     for label, task, params in all_settings:
         degraded, restored, restored_auto, baseline_out = [], [], [], []
         for image_index, clean in enumerate(cleans):
-            rng = np.random.default_rng([seed, zlib.crc32(label.encode()), image_index])
-            noisy = synthesize(clean, task, rng, **params).image.astype(np.float32) / 255
+            noisy = synthesize_row_image(clean, label, image_index, seed)
             degraded.append(noisy)
             kwargs = {"degradation": task} if takes_labels else {}
             restored.append(restore(noisy, model, tile=tile, **kwargs))
@@ -167,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
-    parser.add_argument("--auto_mode", default="soft", choices=("soft", "hard"),
+    parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)

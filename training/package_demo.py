@@ -26,6 +26,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
+
 #: (degradation, held-out photo stem, synthesis parameters) of the shipped examples, one per degradation.
 EXAMPLES = (
     ("noise", "lomiri-friends", {"sigma": 25.0}),
@@ -103,7 +105,7 @@ def heldout_comparison(results: dict, auto_mode: str) -> str:
 
 
 def package_demo(
-    model_dir: Path, heldout: Path, output: Path, auto_mode: str = "soft", reuse_evaluation: bool = False
+    model_dir: Path, heldout: Path, output: Path, auto_mode: str = DEFAULT_AUTO_MODE, reuse_evaluation: bool = False
 ) -> dict:
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", required=True, type=Path, help="trained model folder (train.py's OUTPUT/model)")
     parser.add_argument("--heldout", required=True, type=Path, help="held-out clean photos")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "modeling" / "demo")
-    parser.add_argument("--auto_mode", default="soft", choices=("soft", "hard"),
+    parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="label-free mode scored and shown (soft: what restore() does by default)")
     parser.add_argument("--reuse_evaluation", action="store_true",
                         help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights")
