@@ -11,6 +11,7 @@ from data_helpers import save, textured_image
 from safetensors.torch import load_file
 
 from modeling import PIPForImageRestoration, restore
+from modeling.degradation_labels import hard_weights
 from modeling.modeling_pip import PixelDegradationEstimator
 from training.train_estimator import main
 
@@ -122,7 +123,7 @@ def test_estimator_stage_output_loads_and_restores_label_free(trained):
     assert isinstance(model, PIPForImageRestoration)
     assert isinstance(model.degradation_estimator, PixelDegradationEstimator)
     image = (torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(1)))
-    weights = model.estimate_degradation(image[None])
+    weights = hard_weights(model.estimate_degradation(image[None]))  # restore()'s default auto mode
     restored = restore(image, model)
     with torch.no_grad():
         expected = model(image[None], degradation_labels=weights).reconstruction[0].clamp(0, 1)
