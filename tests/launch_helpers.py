@@ -72,12 +72,14 @@ def dump_stacks_and_kill(pid: int, settle: float = 5.0) -> None:
     except psutil.NoSuchProcess:
         processes = []
     native_stacks(processes)
-    for process in processes:  # the ranks first, their launcher last: it forwards their stderr
+    # The ranks first, their launcher last (it forwards their stderr), and one at a time: processes sharing a
+    # stderr pipe that dump together interleave their lines mid-word.
+    for process in processes:
         try:
             process.send_signal(signal.SIGABRT)
         except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(processes, timeout=settle)
+            continue
+        psutil.wait_procs([process], timeout=settle)
     kill_tree(pid)
 
 
