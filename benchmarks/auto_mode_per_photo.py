@@ -2,8 +2,9 @@
 
 For every held-out photo of the chosen rows of `training/evaluate_model.py` (the same seeded syntheses), prints
 the estimator's weights (averaged over its windows, as `restore()` judges an image) and the PSNR gain over the
-degraded input of three restorations: with the true label, `auto_mode="hard"` (only the likeliest prompt, the
-default) and `auto_mode="soft"` (the prompts blended by the weights). The question it answers: when the estimator
+degraded input of four restorations: with the true label, `auto_mode="hard"` (only the likeliest prompt, the
+default), `auto_mode="soft"` (the prompts blended by the weights) and `auto_mode="cautious"` (hard, unless the
+top classes are close: then the one whose restoration changes the image least). The question it answers: when the estimator
 is unsure, which use of its estimate stays safe?
 
     python benchmarks/auto_mode_per_photo.py --rows rain haze --json outputs/auto_mode.json
@@ -25,10 +26,7 @@ from modeling import restore  # noqa: E402
 from modeling.inference import DEMO_CHECKPOINT_DIR, estimate_degradation_weights, load_model  # noqa: E402
 from training.data import decode_image, list_image_files  # noqa: E402
 from training.evaluate_model import row_setting, synthesize_row_image  # noqa: E402
-
-
-def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((image.astype(np.float64) - reference) ** 2)))
+from training.evaluation import psnr  # noqa: E402  (the evaluate metric every table uses)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,6 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout", default=str(REPO_ROOT / "data" / "embedded" / "heldout"))
     parser.add_argument("--rows", nargs="+", default=["rain", "haze"], help="held-out rows, e.g. noise-25 rain")
     parser.add_argument("--seed", type=int, default=0, help="the evaluation's synthesis seed")
+    parser.add_argument("--photos", nargs="+", default=None,
+                        help="only the held-out photos whose names contain one of these (each keeps its place, "
+                             "so its synthesis is the evaluation's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     for label in args.rows:
         task, _ = row_setting(label)
         for index, path in enumerate(files):
+            if args.photos and not any(part in Path(path).name for part in args.photos):
+                continue
             clean = decode_image(path)[0]
             reference = clean.astype(np.float64) / 255
             degraded = synthesize_row_image(clean, label, index, args.seed)
@@ -61,21 +64,23 @@ def main(argv: list[str] | None = None) -> dict:
                 ("labelled", {"degradation": task}),
                 ("hard", {"degradation": "auto", "auto_mode": "hard"}),
                 ("soft", {"degradation": "auto", "auto_mode": "soft"}),
+                ("cautious", {"degradation": "auto", "auto_mode": "cautious"}),
             )}
             row = {"row": label, "photo": Path(path).stem, "weights": dict(zip(names, weights)),
                    "top": names[int(np.argmax(weights))], **{f"gain_{m}": g for m, g in gains.items()}}
             rows.append(row)
             print(f"{label:<14}{row['photo'][:26]:<28}top {row['top']:<10}{max(weights):5.2f}   labelled "
-                  f"{gains['labelled']:+6.2f}  hard {gains['hard']:+6.2f}  soft {gains['soft']:+6.2f}", flush=True)
+                  f"{gains['labelled']:+6.2f}  hard {gains['hard']:+6.2f}  soft {gains['soft']:+6.2f}  cautious "
+                  f"{gains['cautious']:+6.2f}", flush=True)
     summary = {}
     for label in args.rows:
         mine = [r for r in rows if r["row"] == label]
-        summary[label] = {f"{k}_{m}": float(f(r[f"gain_{m}"] for r in mine)) for m in ("labelled", "hard", "soft")
+        summary[label] = {f"{k}_{m}": float(f(r[f"gain_{m}"] for r in mine)) for m in ("labelled", "hard", "soft", "cautious")
                           for k, f in (("mean", lambda v: np.mean(list(v))), ("worst", min))}
-        print(f"{label}: mean gain labelled {summary[label]['mean_labelled']:+.2f} / hard "
-              f"{summary[label]['mean_hard']:+.2f} / soft {summary[label]['mean_soft']:+.2f} dB; worst photo "
-              f"{summary[label]['worst_labelled']:+.2f} / {summary[label]['worst_hard']:+.2f} / "
-              f"{summary[label]['worst_soft']:+.2f}")
+        modes = ("labelled", "hard", "soft", "cautious")
+        print(f"{label}: mean gain {' / '.join(modes)} "
+              f"{' / '.join(format(summary[label]['mean_' + m], '+.2f') for m in modes)} dB; worst photo "
+              f"{' / '.join(format(summary[label]['worst_' + m], '+.2f') for m in modes)}")
     report = {"model": args.model, "rows": rows, "summary": summary}
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

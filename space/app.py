@@ -39,6 +39,7 @@ from transformers import PretrainedConfig
 import modeling
 from modeling.image_processing_restoration import write_png
 from modeling.inference import (
+    AUTO_MODES,
     DEFAULT_AUTO_MODE,
     DEMO_CHECKPOINT_DIR,
     accepts_degradation_labels,
@@ -531,8 +532,10 @@ class RestorationSpace:
                     )
                     with gr.Accordion("Advanced", open=False):
                         auto_mode_in = gr.Radio(
-                            ["hard", "soft"], value=DEFAULT_AUTO_MODE, label="Auto mode",
-                            info="hard: only the most likely degradation's prompt; soft: the estimator's weights.",
+                            list(AUTO_MODES), value=DEFAULT_AUTO_MODE, label="Auto mode",
+                            info="hard: only the most likely degradation's prompt; soft: the estimator's weights; "
+                                 "cautious: hard, but when two degradations are about as likely, the one whose "
+                                 "restoration changes the image least.",
                         )
                     button = gr.Button("Restore", variant="primary", elem_id="restore-button")
                     gr.Markdown(

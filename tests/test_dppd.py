@@ -346,14 +346,14 @@ def test_tiled_restore_estimates_once_and_passes_the_weights_to_every_tile():
 
     model.forward = spy
     image = textured_image(0, 40, 40)
-    restored = modeling.restore(image, model=model, tile=16, tile_overlap=4, degradation="auto")
+    restored = modeling.restore(image, model=model, tile=16, tile_overlap=4, degradation="auto", auto_mode="hard")
     assert restored.shape == image.shape
     assert len(seen) >= 2 and all(labels is not None for labels in seen)
     first = seen[0][:1]
     assert all(torch.equal(labels, first.expand_as(labels)) for labels in seen)
     with torch.no_grad():
         estimate = model.estimate_degradation(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
-    torch.testing.assert_close(first, hard_weights(estimate))  # the default auto mode: the likeliest class
+    torch.testing.assert_close(first, hard_weights(estimate))  # "hard": the likeliest class
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from modeling import PIPConfig, PIPForImageRestoration, RestormerConfig, Restorm
 from modeling import inference
 from modeling.cli import main
 from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
-from modeling.inference import NonFiniteOutputError, restore
+from modeling.inference import NonFiniteOutputError, estimate_degradation_weights, restore
 from modeling.pipeline_restoration import ImageRestorationPipeline, register_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_degradation_only_for_models_that_take_it(model):
     labelled = recording_pip()
     restore([rgb(8, 8), rgb(8, 8)], labelled, degradation="rain")
     restore([rgb(8, 8), rgb(8, 8)], labelled, degradation=["noise", 4])
-    restore(rgb(8, 8), labelled)  # auto: the estimate is passed on as weights too
+    restore(rgb(8, 8), labelled, auto_mode="hard")  # auto: the estimate is passed on as weights too
     expected_auto = labelled.estimate_degradation(torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 255)
     assert labelled.seen == [[1, 1], [0, 4], expected_auto.argmax(-1).tolist()]
     with pytest.raises(ValueError, match="unknown degradation 'fog'"):
@@ -153,12 +153,15 @@ def test_degradation_labels_reach_a_pip_model():
     expected = rain[0].clamp(0, 1).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(restore(image, pip, degradation="rain"), expected, atol=1e-5)
     np.testing.assert_allclose(restore(image, pip, degradation=1), expected, atol=1e-5)
-    # "soft" is the model's own label-free forward; the default "hard" is the labelled restoration with the
-    # estimator's most likely degradation.
+    # "soft" is the model's own label-free forward; "hard" is the labelled restoration with the estimator's most
+    # likely degradation; the default "cautious" is the labelled restoration with the class it chooses.
     np.testing.assert_allclose(restore(image, pip, degradation="auto", auto_mode="soft"),
                                auto[0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     likely = int(pip.estimate_degradation(pixel_values).argmax(-1))
-    np.testing.assert_array_equal(restore(image, pip, degradation="auto"), restore(image, pip, degradation=likely))
+    np.testing.assert_array_equal(restore(image, pip, degradation="auto", auto_mode="hard"),
+                                  restore(image, pip, degradation=likely))
+    chosen = estimate_degradation_weights(pip, pixel_values, auto_mode="cautious")
+    np.testing.assert_array_equal(restore(image, pip, degradation="auto"), restore(image, pip, degradation=chosen))
     tiled = restore([image, image], pip, degradation=["rain", "haze"], tile=16, tile_overlap=4)
     assert tiled[0].shape == image.shape and not np.allclose(tiled[0], tiled[1])
     with pytest.raises(ValueError, match="fog"):

@@ -289,7 +289,54 @@ def test_label_free_tiling_estimates_once_per_image_so_tiles_agree():
     assert np.abs(per_tile - labelled).max() > 1e-3
     # Hard mode is the one-hot of the most likely class.
     hard = estimate_degradation_weights(model, pixels, auto_mode="hard")
-    assert hard.sum() == 1 and hard[0, weights.argmax()] == 1
+    soft = estimate_degradation_weights(model, pixels, auto_mode="soft")
+    assert hard.sum() == 1 and hard[0, soft.argmax()] == 1
+
+
+def test_cautious_label_free_mode_picks_the_least_changing_prompt_among_close_classes():
+    """auto_mode="cautious": the top class when it leads clearly; among classes within the margin of the top one,
+    the class whose one-hot restoration of the judged windows changes them least (checked per image of a batch)."""
+    import numpy as np
+
+    from modeling import restore
+    from modeling.inference import _estimation_views, estimate_degradation_weights
+
+    model = tiny_model("pip", seed=5)
+    with torch.no_grad():  # prompts that differ clearly, so each class restores differently
+        for name, prompt in model.named_parameters():
+            if name.endswith("degradation_prompts"):
+                prompt.normal_(0, 2, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(0))
+    soft = estimate_degradation_weights(model, images, auto_mode="soft")
+    windows = _estimation_views(images, max_pixels=32 * 24, crop=512)  # small: judged whole
+
+    def change(image: int, label: int) -> float:
+        one_hot = torch.nn.functional.one_hot(torch.tensor([label]), 5).float()
+        with torch.no_grad():
+            return sum(float((model(pixel_values=w[image : image + 1], degradation_labels=one_hot).reconstruction
+                              - w[image : image + 1]).pow(2).mean()) for w in windows)
+
+    # Margin 0: only the top class is a candidate, so cautious is hard.
+    torch.testing.assert_close(estimate_degradation_weights(model, images, auto_mode="cautious", margin=0.0),
+                               estimate_degradation_weights(model, images, auto_mode="hard"))
+    # Margin 1: every class is a candidate; the least-changing one is chosen, per image.
+    everyone = estimate_degradation_weights(model, images, auto_mode="cautious", margin=1.0)
+    changes = [[change(image, label) for label in range(5)] for image in range(2)]
+    assert everyone.argmax(-1).tolist() == [int(np.argmin(c)) for c in changes]
+    assert everyone.sum(-1).tolist() == [1.0, 1.0]
+    # A margin that takes in exactly the top two classes of the first image chooses between those two.
+    top_two = soft[0].topk(2)
+    between = float(top_two.values[0] - top_two.values[1]) + 1e-6
+    chosen = estimate_degradation_weights(model, images[:1], auto_mode="cautious", margin=between)
+    expected = min(top_two.indices.tolist(), key=lambda label: changes[0][label])
+    assert chosen.argmax(-1).item() == expected
+    # restore() uses the same choice: identical to restoring with that label.
+    image = images[0].permute(1, 2, 0).numpy()
+    cautious = estimate_degradation_weights(model, images[:1], auto_mode="cautious")
+    np.testing.assert_array_equal(restore(image, model, degradation="auto", auto_mode="cautious"),
+                                  restore(image, model, degradation=cautious))
+    with pytest.raises(ValueError, match="cautious"):
+        restore(image, model, degradation="auto", auto_mode="careful")
 
 
 def test_large_images_are_judged_from_four_crops():
@@ -321,7 +368,7 @@ def test_an_estimator_trained_on_crops_judges_a_grid_of_windows_of_that_size():
     got = estimate_degradation_weights(model, image, auto_mode="soft")
     torch.testing.assert_close(got, expected)
     assert (got - whole).abs().max() > 1e-4  # judging the whole image differs
-    chosen = estimate_degradation_weights(model, image)  # the default: one-hot of the windows' likeliest class
+    chosen = estimate_degradation_weights(model, image, auto_mode="hard")  # one-hot of the windows' likeliest class
     torch.testing.assert_close(chosen, torch.nn.functional.one_hot(expected.argmax(-1), 5).float())
     with pytest.raises(Exception, match="degradation_estimator_window"):
         tiny_model("pip", degradation_estimator_window=4)
