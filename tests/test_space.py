@@ -32,7 +32,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from conftest import smooth_image, tiny_model  # noqa: E402
 from launch_helpers import free_port  # noqa: E402
 from modeling.image_processing_restoration import RestorationImageProcessor, load_image_file, write_png  # noqa: E402
-from modeling.inference import estimate_degradation_weights, load_model, restore  # noqa: E402
+from modeling.inference import DEFAULT_AUTO_MODE, estimate_degradation_weights, load_model, restore  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = REPO_ROOT / "space"
@@ -149,7 +149,7 @@ def client(server):
     return make_client(server[2])
 
 
-def call(client, image, model="", degradation="auto", auto_mode="hard"):
+def call(client, image, model="", degradation="auto", auto_mode=DEFAULT_AUTO_MODE):
     """`/restore` → ((before, after), png, chart update, status)."""
     return client.predict(handle_file(str(image)), str(model), degradation, auto_mode, api_name="/restore")
 
@@ -184,12 +184,14 @@ def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoin
     rows = chart["value"]["data"]
     assert [name for name, _ in rows] == list(model.config.degradation_names)
     np.testing.assert_allclose([value for _, value in rows], weights.numpy(), atol=1e-4)
-    assert sorted(value for _, value in rows) == [0, 0, 0, 0, 1]  # the default auto mode: the one likeliest prompt
+    assert sorted(value for _, value in rows) == [0, 0, 0, 0, 1]  # the default auto mode: one prompt
 
     # The same through the demo's other kinds of model (no labels: no chart) and the soft auto mode.
     _, png, chart, _ = call(client, images["good"], model=checkpoints["restormer"])
     np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=str(checkpoints["restormer"]))))
     assert chart["visible"] is False
+    _, png, _, _ = call(client, images["good"], auto_mode="hard")
+    np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=folder, auto_mode="hard")))
     _, png, chart, _ = call(client, images["good"], auto_mode="soft")
     np.testing.assert_array_equal(png_array(png), np.asarray(restore(str(images["good"]), model=folder, auto_mode="soft")))
     soft = estimate_degradation_weights(model, pixel_values, auto_mode="soft")[0]
