@@ -61,7 +61,7 @@ def main() -> None:
     from PIL import Image
 
     from modeling import PIPConfig, PIPForImageRestoration
-    from modeling.inference import restore
+    from modeling.inference import DEFAULT_AUTO_MODE, restore
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +98,7 @@ def main() -> None:
         )
 
         def predict(path: Path):
-            return client.predict(handle_file(str(path)), "", "auto", "hard", api_name="/restore")
+            return client.predict(handle_file(str(path)), "", "auto", DEFAULT_AUTO_MODE, api_name="/restore")
 
         predict(load_image)  # warm-up: first request, allocator, kernels
         predict(big_image)
@@ -110,7 +110,7 @@ def main() -> None:
         jobs = []
         for _ in range(args.requests):
             submitted = time.perf_counter()
-            job = client.submit(handle_file(str(load_image)), "", "auto", "hard", api_name="/restore")
+            job = client.submit(handle_file(str(load_image)), "", "auto", DEFAULT_AUTO_MODE, api_name="/restore")
 
             def done(_future, submitted=submitted):
                 with lock:

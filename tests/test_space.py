@@ -326,7 +326,7 @@ def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
     client = make_client(server[2], max_workers=50)
     expected = np.asarray(restore(str(images["good"]), model=str(checkpoints["pip"])))
     started = time.monotonic()
-    jobs = [client.submit(handle_file(str(images["good"])), "", "auto", "hard", api_name="/restore") for _ in range(50)]
+    jobs = [client.submit(handle_file(str(images["good"])), "", "auto", DEFAULT_AUTO_MODE, api_name="/restore") for _ in range(50)]
     results = [job.result(timeout=600) for job in jobs]
     elapsed = time.monotonic() - started
     assert len(results) == 50 and elapsed < 600
