@@ -330,9 +330,8 @@ def estimate_degradation_weights(
     `run_model`.
 
     ``"cautious"`` (the default, `DEFAULT_AUTO_MODE`) is "hard" for an image whose top class leads every other by
-    more than ``margin``. Otherwise
-    each class within ``margin`` of the top restores the judged windows, and the class whose restoration changes
-    them least (mean squared change) is chosen. Why: a prompt for a degradation the image does not have makes
+    more than ``margin``. Otherwise each class within ``margin`` of the top restores the judged windows, and the
+    class whose restoration changes them least (mean squared change) is chosen. Why: a prompt for a degradation the image does not have makes
     large, wrong changes (a dehazing prompt stretches the contrast of a merely blurred photo: -6 dB on a held-out
     photo the estimator called haze 0.45 / blur 0.44), while the right prompt changes about as much as the
     degradation did. It costs one forward of the judged windows per candidate, on ambiguous images only.
@@ -354,9 +353,10 @@ def estimate_degradation_weights(
             model.estimate_degradation(in_layout(view.to(device, input_dtype), memory_format)).float()
             for view in views
         ) / len(views)
-        weights = weights.cpu()
-        if auto_mode == "cautious":
-            return _least_change_choice(model, views, weights, margin, device, input_dtype, memory_format)
+    weights = weights.cpu()
+    if auto_mode == "cautious":
+        return _least_change_choice(model, views, weights, margin, device=device, dtype=dtype,
+                                    channels_last=channels_last)
     return hard_weights(weights) if auto_mode == "hard" else weights
 
 
@@ -365,30 +365,21 @@ def _least_change_choice(
     views: list[torch.Tensor],
     weights: torch.Tensor,
     margin: float,
-    device: torch.device,
-    input_dtype: torch.dtype,
-    memory_format: torch.memory_format,
+    **run_kwargs: Any,
 ) -> torch.Tensor:
     """One-hot weights: the top class, or among the classes within ``margin`` of it, the one whose restoration
-    of ``views`` changes them least (see `estimate_degradation_weights`, "cautious"). Runs in the caller's
-    inference mode and autocast."""
+    of ``views`` (same-size windows, restored in one `run_model` pass per candidate) changes them least (see
+    `estimate_degradation_weights`, "cautious")."""
     choice = hard_weights(weights)
     for image, image_weights in enumerate(weights):
         candidates = torch.nonzero(image_weights >= image_weights.max() - margin).flatten().tolist()
         if len(candidates) < 2:
             continue
-        changes = []
-        for candidate in candidates:
-            one_hot = torch.zeros(1, weights.shape[-1])
-            one_hot[0, candidate] = 1.0
-            change = 0.0
-            for view in views:
-                window = in_layout(view[image : image + 1].to(device, input_dtype), memory_format)
-                output = model(pixel_values=window, degradation_labels=one_hot.to(device), return_dict=True)
-                change += float((_reconstruction_of(output).float() - window.float()).pow(2).mean())
-            changes.append(change)
-        choice[image] = 0.0
-        choice[image, candidates[changes.index(min(changes))]] = 1.0
+        windows = torch.cat([view[image : image + 1] for view in views]).float()
+        labels = torch.eye(weights.shape[-1])[candidates]
+        changes = [float((run_model(model, windows, degradation_labels=label[None], **run_kwargs) - windows)
+                         .pow(2).mean()) for label in labels]
+        choice[image] = labels[changes.index(min(changes))]
     return choice
 
 
