@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, metavar="ID_OR_DIR",
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
-                        help="restore in overlapping N x N tiles (bounded memory), N >= 8; default: whole images")
+                        help="restore in overlapping N x N tiles (bounded memory), N >= 8; 0: whole images; default: "
+                             "the model's inference_tile (the shipped model: 64), else whole images")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
                         help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
@@ -226,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .tiling import check_tiling
 
     try:
-        tile, tile_overlap = check_tiling(args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))
+        check_tiling(args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))
     except ValueError as err:
         return fail_usage(_one_line(err))
     try:
@@ -270,8 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 source,
                 model,
                 processor,
-                tile=tile,
-                tile_overlap=tile_overlap,
+                tile=args.tile,
+                tile_overlap=args.tile_overlap,
                 degradation=args.degradation,
                 device=device,
                 dtype=args.dtype,

@@ -82,6 +82,13 @@ class RestorationBackboneConfig(PreTrainedConfig):
         pad_mode (`str`, defaults to `"reflect"`): how inputs whose sides are not multiples of 8 are padded
             inside the model before being cropped back (the official test scripts reflect-pad; images too
             small to reflect fall back to replicate padding).
+        inference_tile (`int`, *optional*): tile side that `restore()`, the pipeline, the CLI, batch restoration
+            and the Space use when the caller names none (`tile=0` still asks for the whole image). Meant for
+            models trained on small crops: MDTA builds its channel attention from statistics over the whole
+            input, so on an image far larger than the training crops those statistics are not the ones the model
+            learned from; overlapping tiles near the crop size keep them local (the idea of TLC, Chu et al., ECCV
+            2022, done by tiling). The shipped CPU model (64 x 64 crops) uses 64, measured in the README.
+            `None` (default, and the official models): whole images. At least 8.
     """
 
     in_channels: int = 3
@@ -94,6 +101,7 @@ class RestorationBackboneConfig(PreTrainedConfig):
     bias: bool = False
     layer_norm_type: str = "WithBias"
     pad_mode: str = "reflect"
+    inference_tile: int | None = None
 
     def __post_init__(self, **kwargs):
         # A misspelled argument must never be silently ignored (transformers would store it as an attribute).
@@ -139,6 +147,11 @@ class RestorationBackboneConfig(PreTrainedConfig):
             raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {self.layer_norm_type!r}")
         if self.pad_mode not in ("reflect", "replicate", "constant"):
             raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {self.pad_mode!r}")
+        if self.inference_tile is not None and (
+            isinstance(self.inference_tile, bool) or not isinstance(self.inference_tile, int) or self.inference_tile < 8
+        ):
+            # 8 = modeling.tiling.MIN_TILE (not imported: configs stay free of torch code).
+            raise ValueError(f"inference_tile must be None or an integer of at least 8 pixels, got {self.inference_tile!r}")
         widths = [self.dim, self.dim * 2, self.dim * 4, self.dim * 8]
         for level, (width, num_heads) in enumerate(zip(widths, self.heads), start=1):
             if num_heads <= 0 or width % num_heads:

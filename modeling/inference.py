@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
-from .tiling import check_tiling, tiled_apply
+from .tiling import WHOLE_IMAGE, check_tiling, tiled_apply
 
 
 logger = logging.get_logger(__name__)
@@ -377,8 +377,9 @@ def _least_change_choice(
             continue
         windows = torch.cat([view[image : image + 1] for view in views]).float()
         labels = torch.eye(weights.shape[-1])[candidates]
-        changes = [float((run_model(model, windows, degradation_labels=label[None], **run_kwargs) - windows)
-                         .pow(2).mean()) for label in labels]
+        # The windows are already about the estimator's crop size, so they are restored whole.
+        changes = [float((run_model(model, windows, degradation_labels=label[None], tile=WHOLE_IMAGE, **run_kwargs)
+                          - windows).pow(2).mean()) for label in labels]
         choice[image] = labels[changes.index(min(changes))]
     return choice
 
@@ -392,6 +393,11 @@ def _reconstruction_of(output: Any) -> torch.Tensor:
     if not isinstance(reconstruction, torch.Tensor):
         raise TypeError(f"The model returned {type(output).__name__} without a `reconstruction` tensor.")
     return reconstruction
+
+
+def model_inference_tile(model: Any) -> Optional[int]:
+    """The tile side the model's config asks for when the caller names none (`inference_tile`), else None."""
+    return getattr(getattr(model, "config", None), "inference_tile", None)
 
 
 def run_model(
@@ -409,7 +415,8 @@ def run_model(
 ) -> torch.Tensor:
     """Restore a (B, 3, H, W) batch in [0, 1]: whole image or tiled, optional autocast; returns float32 on CPU.
 
-    With `tile`, the input stays on its device (e.g. CPU) and only tiles go to `device`.
+    `tile=None` takes the model's `inference_tile` (whole images when it names none); `tile=0` (`WHOLE_IMAGE`)
+    always restores whole images. With tiles, the input stays on its device (e.g. CPU) and only tiles go to `device`.
     `degradation_labels`: (B, num_degradations) weights (see `degradation_label_ids`), reused for every tile.
     `channels_last`: feed the model channels-last maps (same outputs up to float rounding); `None`: on CPU only
     (see `resolve_channels_last`). The model's own weights are left as they are.
@@ -437,7 +444,7 @@ def run_model(
             output = model(pixel_values=batch, return_dict=True, **kwargs)
         return _reconstruction_of(output).float()
 
-    tile, tile_overlap = check_tiling(tile, tile_overlap)
+    tile, tile_overlap = check_tiling(model_inference_tile(model) if tile is None else tile, tile_overlap)
     with torch.inference_mode():
         if tile:
             result = tiled_apply(
@@ -491,7 +498,9 @@ def restore(
         model: a model instance, a Hub id or local folder (loaded with `AutoModelForImageToImage`), or `None` for
             the demo checkpoint shipped in the package.
         processor: a `RestorationImageProcessor`; default: the one saved with the model, else default settings.
-        tile: run on overlapping `tile` x `tile` tiles (bounded memory), at least 8; `None` restores whole images.
+        tile: run on overlapping `tile` x `tile` tiles (bounded memory), at least 8; `0` restores whole images;
+            `None` (default) uses the model's `inference_tile` when its config names one (the shipped model: 64,
+            the crop size it was trained on), else whole images.
         tile_overlap: pixels shared by neighbouring tiles (blended smoothly), in [0, tile // 2]; `None`: 32, capped
             at tile // 4. See `modeling.tiling.check_tiling`.
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
@@ -527,7 +536,7 @@ def restore(
     # Fail on bad arguments before loading anything.
     resolve_dtype(dtype)
     resolve_channels_last(channels_last, torch.device("cpu"))
-    tile, tile_overlap = check_tiling(tile, tile_overlap)
+    check_tiling(tile, tile_overlap)  # run_model resolves tile=None to the model's inference_tile
     if device is not None:
         resolve_device(device)
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
@@ -615,6 +624,7 @@ __all__ = [
     "estimate_degradation_weights",
     "load_model",
     "load_processor",
+    "model_inference_tile",
     "resolve_channels_last",
     "resolve_device",
     "resolve_dtype",

@@ -56,7 +56,8 @@ def _unknown_argument_error(names: list[str]) -> TypeError:
 class ImageRestorationPipeline(Pipeline):
     """Restore images with any `*ForImageRestoration` model.
 
-    Call kwargs: `tile` (int >= 8, tiled inference), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
+    Call kwargs: `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else
+    the whole image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
     tile // 4; see `modeling.tiling.check_tiling`), `degradation` (name, index or "auto"; only for models taking
     `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("fp32", "bf16", "fp16":
     autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
@@ -98,7 +99,7 @@ class ImageRestorationPipeline(Pipeline):
         if kwargs:
             raise _unknown_argument_error(sorted(kwargs))
         if tile is not None:
-            check_tiling(tile, tile_overlap)  # fail before the first image; _forward applies the defaults
+            check_tiling(tile, tile_overlap)  # fail before the first image; run_model applies the defaults
         if output_type is not None and output_type not in _OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(map(repr, _OUTPUT_TYPES))}, got {output_type!r}.")
         preprocess_params: dict = {}
@@ -138,7 +139,6 @@ class ImageRestorationPipeline(Pipeline):
         auto_mode: str = DEFAULT_AUTO_MODE,
         channels_last: Optional[bool] = None,
     ) -> dict:
-        tile, tile_overlap = check_tiling(tile, tile_overlap)
         weights = model_inputs.get("degradation_labels")
         if weights is None and accepts_degradation_labels(self.model):
             # Label-free: estimate once for the whole image, then every tile uses the same prompts.

@@ -26,6 +26,9 @@ import torch
 MIN_TILE = 8
 #: Overlap used when none is given, capped at a quarter of the tile (`default_tile_overlap`).
 DEFAULT_TILE_OVERLAP = 32
+#: `tile=WHOLE_IMAGE` (0) asks for whole-image inference even from a model whose config names an `inference_tile`
+#: (`tile=None` means "the model's choice": its `inference_tile`, else the whole image).
+WHOLE_IMAGE = 0
 
 
 def default_tile_overlap(tile: int) -> int:
@@ -44,7 +47,9 @@ def check_tiling(
 ) -> tuple[Optional[int], int]:
     """The one tiling rule, shared by `restore`, the pipeline, the CLI and `tiled_apply`; returns `(tile, overlap)`.
 
-    * `tile=None`: whole-image inference; returns `(None, 0)` and ignores `tile_overlap`.
+    * `tile=None` or `tile=WHOLE_IMAGE` (0): whole-image inference; returns `(None, 0)` and ignores
+      `tile_overlap`. (Callers that honour a model's `inference_tile` resolve `None` to it first; see
+      `modeling.inference.model_inference_tile`.)
     * Otherwise `tile` is an integer >= `MIN_TILE` (8).
     * `tile_overlap=None` picks `default_tile_overlap(tile)` = min(32, tile // 4), which always fits.
     * A given overlap must be an integer in [0, tile // 2]: then the tile stride (tile - overlap) is at least the
@@ -55,13 +60,13 @@ def check_tiling(
     Raises ValueError.
     """
     tile_name, overlap_name = names
-    if tile is None:
-        return None, 0
     tile_int = _as_int(tile)
+    if tile is None or tile_int == WHOLE_IMAGE:
+        return None, 0
     if tile_int is None or tile_int < MIN_TILE:
         raise ValueError(
             f"{tile_name} must be an integer of at least {MIN_TILE} pixels, got {tile!r} "
-            "(leave it unset for whole-image inference)."
+            f"({WHOLE_IMAGE} for whole-image inference)."
         )
     if tile_overlap is None:
         return tile_int, default_tile_overlap(tile_int)
@@ -135,9 +140,11 @@ def tiled_apply(
     """
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}.")
-    if tile is None:
-        raise ValueError("tile must be an integer number of pixels for tiled_apply (None means no tiling).")
     tile, overlap = check_tiling(tile, overlap, names=("tile", "overlap"))
+    if tile is None:
+        raise ValueError(
+            f"tile must be an integer number of pixels for tiled_apply (None and {WHOLE_IMAGE} mean no tiling)."
+        )
     if tile_batch_size < 1:
         raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}.")
     batch, channels, height, width = pixel_values.shape
@@ -189,6 +196,7 @@ def tiled_apply(
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
     "MIN_TILE",
+    "WHOLE_IMAGE",
     "blend_ramp",
     "check_tiling",
     "default_tile_overlap",

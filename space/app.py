@@ -47,6 +47,7 @@ from modeling.inference import (
     keep_freed_memory_for_reuse,
     load_model,
     load_processor,
+    model_inference_tile,
     resolve_device,
     restore,
 )
@@ -425,7 +426,11 @@ class RestorationSpace:
         model, processor = loaded.model, loaded.processor
         label = None if (degradation or AUTO).strip().lower() == AUTO else degradation
         auto_mode = auto_mode or DEFAULT_AUTO_MODE
-        tile = self.settings.tile if max(info.width, info.height) > self.settings.tile else None
+        # A model that names its own tile (inference_tile, e.g. the shipped one) always runs on those tiles, which
+        # also bounds memory; other models run whole unless the image is larger than SPACE_TILE.
+        tile = model_inference_tile(model)
+        if tile is None and max(info.width, info.height) > self.settings.tile:
+            tile = self.settings.tile
 
         try:
             chart = None
@@ -540,7 +545,8 @@ class RestorationSpace:
                     button = gr.Button("Restore", variant="primary", elem_id="restore-button")
                     gr.Markdown(
                         f"Limits: {settings.max_megapixels:g} megapixels, {settings.max_file_mb:g} MB. Images with a "
-                        f"side above {settings.tile} px are restored in {settings.tile}×{settings.tile} tiles. "
+                        f"side above {settings.tile} px are restored in {settings.tile}×{settings.tile} tiles "
+                        "(models that name their own tile size, like the shipped one, always use theirs). "
                         f"Running on {self.device.type.upper()}."
                     )
                 with gr.Column():

@@ -295,7 +295,7 @@ def test_cli_refuses_to_overwrite_inputs(inputs, checkpoint, capsys):
     "args, word",
     [
         (["-o", "OUT"], "at least one INPUT"),
-        (["IN", "-o", "OUT", "--tile", "0"], "--tile"),
+        (["IN", "-o", "OUT", "--tile", "7"], "--tile"),
         (["IN", "-o", "OUT", "--tile", "16", "--tile-overlap", "16"], "--tile-overlap"),
         (["IN", "-o", "OUT", "--dtype", "int8"], "invalid choice"),
         (["IN", "-o", "OUT", "--model", "MISSING"], "config.json"),
@@ -465,7 +465,7 @@ def test_cli_keeps_existing_outputs_unless_overwrite(inputs, tmp_path, checkpoin
 
 def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, checkpoint, capsys):
     image = rgb(20, 24)
-    for bad in (0, 7, -1):
+    for bad in (7, -1, 2.5):
         with pytest.raises(ValueError, match="at least 8 pixels"):
             restore(image, model, tile=bad)
     with pytest.raises(ValueError, match=r"between 0 and half the tile \(8 for tile 16\), got 9"):
@@ -486,6 +486,34 @@ def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, c
         one_error_line(capsys.readouterr().err)
     assert main(argv + ["--tile-overlap", "8"]) == 2
     assert "--tile-overlap only applies to tiled inference" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_model_that_names_its_tile_is_restored_on_it_everywhere(inputs, tmp_path, capsys):
+    """config.inference_tile is the default tiling of restore(), the pipeline and the CLI; tile=0 is whole-image."""
+    torch.manual_seed(1)
+    config = RestormerConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1],
+                             inference_tile=16)
+    tiled_model = RestormerForImageRestoration(config).eval()
+    image = rgb(40, 36, seed=3)
+    by_default = restore(image, tiled_model)
+    np.testing.assert_array_equal(by_default, restore(image, tiled_model, tile=16))
+    np.testing.assert_array_equal(restore(image, tiled_model, tile_overlap=2), restore(image, tiled_model, tile=16, tile_overlap=2))
+    whole = restore(image, tiled_model, tile=0)
+    np.testing.assert_array_equal(whole, restore(image, make_model(1).eval(), tile=None))  # same weights, no tile
+    assert np.abs(by_default.astype(int) - whole.astype(int)).max() > 0  # the tiles really changed the result
+
+    pipe = ImageRestorationPipeline(model=tiled_model, image_processor=RestorationImageProcessor())
+    np.testing.assert_array_equal(np.asarray(pipe(image)), by_default)
+    np.testing.assert_array_equal(np.asarray(pipe(image, tile=0)), whole)
+
+    folder = tmp_path / "tiled-ckpt"
+    tiled_model.save_pretrained(folder)
+    Image.fromarray(image).save(inputs / "c.png")
+    argv = [str(inputs / "c.png"), "-o", str(tmp_path / "out"), "--model", str(folder), "-q"]
+    assert main(argv) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")), by_default)
+    assert main(argv + ["--tile", "0", "--overwrite"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")), whole)
 
 
 def test_help_and_usage_errors_do_not_import_torch():

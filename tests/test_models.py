@@ -192,6 +192,8 @@ def test_mismatched_labels_raise(model_type):
         (dict(dim=8, heads=[1, 3, 1, 1]), "not divisible by heads"),
         (dict(layer_norm_type="Batch"), "layer_norm_type"),
         (dict(in_channels=4), "in_channels"),
+        (dict(inference_tile=4), "inference_tile must be None or an integer of at least 8"),
+        (dict(inference_tile=64.0), "inference_tile"),
     ],
 )
 def test_wrong_config_raises_clear_error(model_type, overrides, message):

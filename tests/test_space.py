@@ -80,6 +80,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     for model_type in ("pip", "restormer", "promptir"):
         folders[model_type] = root / model_type
         tiny_model(model_type).save_pretrained(folders[model_type])
+    folders["pip-tiled"] = root / "pip-tiled"  # a model that names its own tile, as the shipped one does
+    tiny_model("pip", inference_tile=16).save_pretrained(folders["pip-tiled"])
     foreign = root / "not-ours"
     foreign.mkdir()
     (foreign / "config.json").write_text('{"model_type": "swin2sr"}')
@@ -205,6 +207,13 @@ def test_explicit_degradation_and_tiles(client, images, checkpoints):
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert f"tiled ({TILE}×{TILE} tiles)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
+
+    # A model whose config names inference_tile runs on its own tiles, even below SPACE_TILE.
+    tiled_folder = str(checkpoints["pip-tiled"])
+    _, png, _, status = call(client, images["good"], model=tiled_folder, degradation="rain")
+    expected = restore(str(images["good"]), model=tiled_folder, tile=16, degradation="rain")
+    np.testing.assert_array_equal(png_array(png), np.asarray(expected))
+    assert "tiled (16×16 tiles)" in status
 
 
 def test_progress_bar_follows_restore_and_its_tiles(server, client, images):

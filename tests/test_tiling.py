@@ -106,8 +106,9 @@ def test_tiles_are_batched_and_run_on_requested_device():
     [
         (dict(tile=32, overlap=32), "overlap"),
         (dict(tile=32, overlap=17), "half the tile"),
-        (dict(tile=0), "at least 8"),
-        (dict(tile=None), "None means no tiling"),
+        (dict(tile=4), "at least 8"),
+        (dict(tile=0), "mean no tiling"),
+        (dict(tile=None), "mean no tiling"),
         (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size"),
     ],
 )
@@ -121,6 +122,7 @@ def test_invalid_arguments(kwargs, word):
     [
         (None, None, (None, 0)),  # whole image; the overlap is ignored
         (None, 999, (None, 0)),
+        (0, 16, (None, 0)),  # WHOLE_IMAGE: whole image even for a model that names an inference_tile
         (8, None, (8, 2)),  # default overlap min(32, tile // 4) always fits the tile
         (64, None, (64, 16)),
         (256, None, (256, 32)),
@@ -138,8 +140,9 @@ def test_check_tiling_accepts_and_fills_in_defaults(tile, overlap, expected):
 @pytest.mark.parametrize(
     "tile, overlap, message",
     [
-        (0, None, "tile must be an integer of at least 8 pixels, got 0"),
+        (1, None, "tile must be an integer of at least 8 pixels, got 1 (0 for whole-image inference)"),
         (7, None, "tile must be an integer of at least 8 pixels, got 7"),
+        (0.0, None, "at least 8"),
         (-16, None, "at least 8"),
         (True, None, "at least 8"),
         (16.0, None, "at least 8"),

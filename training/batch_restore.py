@@ -69,7 +69,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--degradation", default="auto",
                         help="degradation label for models that take one, or 'auto' to estimate it per image")
-    parser.add_argument("--tile", type=int, default=None, help="restore in overlapping N x N tiles (bounded memory)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="restore in overlapping N x N tiles (bounded memory); 0: whole images; default: the "
+                             "model's inference_tile, else whole images")
     parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default 32, ≤ N/4)")
     parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")

@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"rows besides noise (default %(default)s; named rows: {', '.join(SETTINGS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile side (0: whole images; default: the model's inference_tile, as restore())")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")

@@ -105,12 +105,19 @@ def heldout_comparison(results: dict, auto_mode: str) -> str:
 
 
 def package_demo(
-    model_dir: Path, heldout: Path, output: Path, auto_mode: str = DEFAULT_AUTO_MODE, reuse_evaluation: bool = False
+    model_dir: Path,
+    heldout: Path,
+    output: Path,
+    auto_mode: str = DEFAULT_AUTO_MODE,
+    reuse_evaluation: bool = False,
+    inference_tile: int | None = None,
 ) -> dict:
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
     ``reuse_evaluation``: take the results from ``output/eval_results.json`` (an earlier run on the same weights)
     instead of evaluating again (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
+    ``inference_tile``: write this tile side into the shipped config (``restore()``'s default tiling for the model,
+    see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
     """
     from transformers import pipeline as make_pipeline
 
@@ -121,6 +128,9 @@ def package_demo(
     from training.model_card import build_model_card, save_model_card
 
     model = load_model(str(model_dir), device="cpu")
+    if inference_tile is not None:
+        model.config.inference_tile = inference_tile or None
+        model.config.validate()
     if reuse_evaluation:
         earlier = json.loads((output / "eval_results.json").read_text())
         if earlier["auto_mode"] != auto_mode:
@@ -139,7 +149,7 @@ def package_demo(
         shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
         figures.insert(0, "training_curves.png")
     evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
-                  "results": results, "examples": examples}
+                  "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
     (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     training = {"weights": f"{model_dir}"}
     if (model_dir / "estimator_training.json").is_file():
@@ -171,10 +181,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="label-free mode scored and shown (soft: what restore() does by default)")
     parser.add_argument("--reuse_evaluation", action="store_true",
                         help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights")
+    parser.add_argument("--inference_tile", type=int, default=None,
+                        help="tile side restore() uses for this model by default (written into its config; 0: "
+                             "whole images); default: keep the model's")
     args = parser.parse_args(argv)
     from training.evaluate_model import markdown_table
 
-    results = package_demo(args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation)
+    results = package_demo(
+        args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile
+    )
     print(markdown_table(results))
     return results
 
