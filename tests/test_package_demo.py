@@ -62,5 +62,13 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
         assert json.loads((output / "eval_results.json").read_text()) == evaluation
         with pytest.raises(ValueError, match="auto_mode"):
             package_demo(trained, heldout, output, auto_mode="soft", reuse_evaluation=True)
+        # Scores measured without tiles are not reused for a model that now restores on its own tiles.
+        with pytest.raises(ValueError, match="inference_tile=None, but the model restores with 16"):
+            package_demo(trained, heldout, output, auto_mode="hard", reuse_evaluation=True, inference_tile=16)
     finally:
         training.evaluate_model.evaluate_heldout = original
+    # --inference_tile is written into the shipped config and scored with: restore() then tiles by default.
+    tiled = package_demo(trained, heldout, tmp_path / "demo-tiled", auto_mode="hard", inference_tile=16)
+    assert json.loads((tmp_path / "demo-tiled" / "config.json").read_text())["inference_tile"] == 16
+    assert json.loads((tmp_path / "demo-tiled" / "eval_results.json").read_text())["inference_tile"] == 16
+    assert tiled != results  # the 48 x 56 photos are restored on 16 x 16 tiles, not whole

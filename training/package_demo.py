@@ -135,6 +135,11 @@ def package_demo(
         earlier = json.loads((output / "eval_results.json").read_text())
         if earlier["auto_mode"] != auto_mode:
             raise ValueError(f"{output}/eval_results.json scored auto_mode={earlier['auto_mode']!r}, not {auto_mode!r}")
+        if earlier.get("inference_tile") != model.config.inference_tile:
+            raise ValueError(
+                f"{output}/eval_results.json scored inference_tile={earlier.get('inference_tile')!r}, but the model "
+                f"restores with {model.config.inference_tile!r}"
+            )
         results = earlier["results"]
     else:
         results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
