@@ -87,8 +87,9 @@ class RestorationBackboneConfig(PreTrainedConfig):
             models trained on small crops: MDTA builds its channel attention from statistics over the whole
             input, so on an image far larger than the training crops those statistics are not the ones the model
             learned from; overlapping tiles near the crop size keep them local (the idea of TLC, Chu et al., ECCV
-            2022, done by tiling). The shipped CPU model (64 x 64 crops) uses 64, measured in the README.
-            `None` (default, and the official models): whole images. At least 8.
+            2022, done by tiling). It trades: on the shipped CPU model (64 x 64 crops), 64-pixel tiles gain on
+            rain, noise and motion blur and lose dB on low light and haze, which need the whole image (README,
+            "Restore an image"), so that model names none. `None` (default): whole images. At least 8.
     """
 
     in_channels: int = 3

@@ -499,8 +499,7 @@ def restore(
             the demo checkpoint shipped in the package.
         processor: a `RestorationImageProcessor`; default: the one saved with the model, else default settings.
         tile: run on overlapping `tile` x `tile` tiles (bounded memory), at least 8; `0` restores whole images;
-            `None` (default) uses the model's `inference_tile` when its config names one (the shipped model: 64,
-            the crop size it was trained on), else whole images.
+            `None` (default) uses the model's `inference_tile` when its config names one, else whole images.
         tile_overlap: pixels shared by neighbouring tiles (blended smoothly), in [0, tile // 2]; `None`: 32, capped
             at tile // 4. See `modeling.tiling.check_tiling`.
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with

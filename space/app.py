@@ -426,7 +426,7 @@ class RestorationSpace:
         model, processor = loaded.model, loaded.processor
         label = None if (degradation or AUTO).strip().lower() == AUTO else degradation
         auto_mode = auto_mode or DEFAULT_AUTO_MODE
-        # A model that names its own tile (inference_tile, e.g. the shipped one) always runs on those tiles, which
+        # A model that names its own tile (config.inference_tile) always runs on those tiles, which
         # also bounds memory; other models run whole unless the image is larger than SPACE_TILE.
         tile = model_inference_tile(model)
         if tile is None and max(info.width, info.height) > self.settings.tile:
@@ -546,7 +546,7 @@ class RestorationSpace:
                     gr.Markdown(
                         f"Limits: {settings.max_megapixels:g} megapixels, {settings.max_file_mb:g} MB. Images with a "
                         f"side above {settings.tile} px are restored in {settings.tile}×{settings.tile} tiles "
-                        "(models that name their own tile size, like the shipped one, always use theirs). "
+                        "(models whose config names their own tile size always use theirs). "
                         f"Running on {self.device.type.upper()}."
                     )
                 with gr.Column():

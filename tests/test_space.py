@@ -80,7 +80,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     for model_type in ("pip", "restormer", "promptir"):
         folders[model_type] = root / model_type
         tiny_model(model_type).save_pretrained(folders[model_type])
-    folders["pip-tiled"] = root / "pip-tiled"  # a model that names its own tile, as the shipped one does
+    folders["pip-tiled"] = root / "pip-tiled"  # a model whose config names its own tile
     tiny_model("pip", inference_tile=16).save_pretrained(folders["pip-tiled"])
     foreign = root / "not-ours"
     foreign.mkdir()
