@@ -304,6 +304,32 @@ def test_small_images_are_padded_and_counted(tmp_path):
     assert stream.bad_data_counts() == {"tiny": {"padded": 2}}
 
 
+def test_synthesis_crop_keeps_reflected_borders_out_of_the_patch(tmp_path):
+    """Blur leaves a linear ramp unchanged except where its kernel reads reflected pixels: synthesized on the
+    patch itself the border columns change, synthesized on a larger crop the patch keeps the ramp everywhere."""
+    ramp = np.tile(np.linspace(20, 235, 96).round().astype(np.uint8)[None, :, None], (96, 1, 3))
+    save(tmp_path / "ramp" / "0.png", ramp)
+    source = D.clean_source(tmp_path / "ramp", "blur", synthesis_kwargs={"family": "motion", "length": 15, "angle": 0.0},
+                            name="ramp")
+
+    def max_border_error(**kwargs) -> int:
+        stream = D.RestorationStream([source], patch_size=32, shards_per_rank=1, augment=False,
+                                     output_dtype="uint8", **kwargs)
+        worst = 0
+        for epoch in range(4):  # several random crops
+            stream.set_epoch(epoch)
+            for example in stream:
+                degraded, clean = (np.asarray(example[k]).astype(int) for k in ("degraded", "clean"))
+                assert degraded.shape == clean.shape == (3, 32, 32)
+                worst = max(worst, int(np.abs(degraded - clean).max()))
+        return worst
+
+    assert max_border_error() >= 5  # a 15-px kernel over the reflected border bends the ramp (7 levels here)
+    assert max_border_error(synthesis_crop_size=48) <= 1  # 8 px of real context on each side: rounding only
+    with pytest.raises(ValueError, match="synthesis_crop_size"):
+        D.RestorationStream([source], patch_size=32, synthesis_crop_size=24)
+
+
 # ---------------------------------------------------------------------------------------------------- resume
 
 

@@ -91,6 +91,10 @@ class TrainingArguments:
     validation_images_per_task: int = _arg(8, "held-out images per source used at each validation")
     validation_crop: int = _arg(0, "centre-crop held-out images to at most this side (0: full images)")
     patch_size: int = _arg(128, "training crop size")
+    synthesis_crop_size: int = _arg(
+        0, "synthesize degradations on a random crop of this side and train on its centre patch (0: synthesize on "
+        "the patch itself); keeps blur and rain borders real, and haze depth over more of the scene"
+    )
     train_batch_size: int = _arg(8, "batch per process")
     dataloader_num_workers: int = _arg(2, "DataLoader workers per process")
     shards_per_rank: int = _arg(16, "stream shards per process (multiple of the workers)")
@@ -537,6 +541,7 @@ def main(args: TrainingArguments) -> dict:
         args.data_preset, args.data_roots, synthesize_missing=args.synthesize_missing, patch_size=args.patch_size,
         seed=args.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
         shards_per_rank=args.shards_per_rank, output_dtype="uint8", probabilities=args.task_probabilities or None,
+        synthesis_crop_size=args.synthesis_crop_size or None,
     )
     # Stream label i (batch["task"]) -> class index of the model, computed once.
     label_lookup = None

@@ -65,6 +65,11 @@ def _crop_and_augment(
     return [augment(im, mode) for im in images], padded
 
 
+def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[top : top + size, left : left + size]
+
+
 class _ExampleLoader:
     """Picklable ``datasets.map`` function: record -> decoded, cropped, augmented, degraded example."""
 
@@ -79,11 +84,13 @@ class _ExampleLoader:
         output_dtype: str,
         seed: int,
         epoch: int,
+        synthesis_crop_size: int | None = None,
     ) -> None:
         self.sources = tuple(sources)
         self.labels = dict(labels)
         self.counts = counts
         self.patch_size = patch_size
+        self.synthesis_crop_size = synthesis_crop_size
         self.augment = augment
         self.output_dtype = output_dtype
         self.seed = seed
@@ -142,6 +149,13 @@ class _ExampleLoader:
                 self._count(source_index, "size_mismatch", f"{degraded.shape} vs {clean.shape}")
                 return failed
             (degraded, clean), padded = _crop_and_augment([degraded, clean], self.patch_size, rng, self.augment)
+        elif self.synthesis_crop_size and self.patch_size:
+            # Synthesize on a larger crop and keep its centre: blur kernels and rain streaks then reach into the
+            # patch from real neighbouring pixels (not from the reflected patch border), and haze's pseudo-depth
+            # spans more of the scene, as it does on a whole photo.
+            (region,), padded = _crop_and_augment([clean], self.synthesis_crop_size, rng, self.augment)
+            degraded = _centre_crop(synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image, self.patch_size)
+            clean = _centre_crop(region, self.patch_size)
         else:
             (clean,), padded = _crop_and_augment([clean], self.patch_size, rng, self.augment)
             degraded = synthesize(clean, synthesis, rng, **dict(synthesis_kwargs)).image
@@ -172,6 +186,10 @@ class RestorationStream(torch.utils.data.IterableDataset):
         sources: file-list sources (:class:`PairSource`), e.g. from :func:`preset_sources`.
         label_names: label space; ``task = label_names.index(task_name)`` (default :data:`TASK_NAMES`).
         patch_size: random crop size (official 128); ``None`` keeps full images (then use batch size 1).
+        synthesis_crop_size: for synthesized degradations, the side of the random crop the degradation is
+            synthesized on; the training patch is its centre (``None``: synthesize on the patch itself, as the
+            official noise pipeline does). Paired sources ignore it. Larger than ``patch_size`` by at least a blur
+            kernel keeps reflected borders out of the patch.
         augment: official flip/rot90 augmentation (modes 1..7, never identity).
         probabilities: optional sampling probability per task name or source name (instead of repeat factors).
         epoch_length: examples per epoch when sampling by ``probabilities`` (default: the repeated length).
@@ -204,6 +222,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
         local_weight: float = 1.0,
         stopping_strategy: str = "first_exhausted",
         epoch: int = 0,
+        synthesis_crop_size: int | None = None,
     ) -> None:
         super().__init__()
         if not sources and not hub_sources:
@@ -223,7 +242,12 @@ class RestorationStream(torch.utils.data.IterableDataset):
         for hub in self.hub_sources:
             if hub.task_column is None:
                 task_label(hub.task_name, self.label_names)
+        if synthesis_crop_size is not None and (patch_size is None or synthesis_crop_size < patch_size):
+            raise ValueError(
+                f"synthesis_crop_size ({synthesis_crop_size}) needs a patch_size no larger than it, got {patch_size}"
+            )
         self.patch_size = patch_size
+        self.synthesis_crop_size = synthesis_crop_size
         self.augment = augment
         self.epoch_length = epoch_length
         self.seed = int(seed)
@@ -324,6 +348,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
             output_dtype=self.output_dtype,
             seed=self.seed,
             epoch=epoch,
+            synthesis_crop_size=self.synthesis_crop_size,
         )
         examples = records.map(loader, remove_columns=["pair", "row_degraded", "row_clean", "row_task"])
         return examples.filter(_is_ok).remove_columns(["ok"])
