@@ -183,7 +183,7 @@ def build_validation_set(
     """
     if not validation_roots:
         return ValidationSet()
-    from training.data import PRESET_LABELS, preset_sources, validation_pairs
+    from training.data import PRESET_LABELS, center_crop, preset_sources, validation_pairs
 
     sources = preset_sources(data_preset, validation_roots, synthesize_missing=synthesize_missing, cdd11_split="test")
     pairs = list(
@@ -193,10 +193,7 @@ def build_validation_set(
     )
     if crop:
         for pair in pairs:
-            height, width = pair["clean"].shape[:2]
-            top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
-            window = (slice(top, top + crop), slice(left, left + crop))
-            pair["clean"], pair["degraded"] = pair["clean"][window], pair["degraded"][window]
+            pair["clean"], pair["degraded"] = center_crop(pair["clean"], crop), center_crop(pair["degraded"], crop)
     return ValidationSet(pairs)
 
 

@@ -39,17 +39,11 @@ EXAMPLES = (
 EXAMPLE_SIZE = 256
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
-    return image[top : top + size, left : left + size]
-
-
 def write_examples(heldout: Path, folder: Path, seed: int = 0) -> list[dict]:
     """Degraded crops of held-out photos (``examples/<photo>-<task>.png``) and their clean crops."""
     from PIL import Image
 
-    from training.data import decode_image
+    from training.data import center_crop, decode_image
     from training.degradations import synthesize
 
     (folder / "clean").mkdir(parents=True, exist_ok=True)

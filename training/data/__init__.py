@@ -58,6 +58,7 @@ sources (by row-level interleaving, before decoding). Their shards are the datas
 from ..degradations import AUGMENT_MODES, CDD11_TYPES, NOISE_SIGMAS, TASK_NAMES
 from .files import (
     IMAGE_EXTENSIONS,
+    center_crop,
     center_crop_to_multiple,
     dataset_image_files,
     decode_image,
@@ -105,5 +106,6 @@ __all__ = [
     "build_stream",
     "build_dataloader",
     "validation_pairs",
+    "center_crop",
     "center_crop_to_multiple",
 ]

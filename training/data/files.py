@@ -105,6 +105,13 @@ def decode_image(source: str | os.PathLike | bytes) -> tuple[np.ndarray, bool]:
     return _inference_view(image)
 
 
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` window of an (H, W, ...) array (a side shorter than ``size`` is kept whole)."""
+    height, width = image.shape[:2]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return image[top : top + size, left : left + size]
+
+
 def center_crop_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Official PromptIR ``crop_img``: centre-crop height and width down to a multiple of ``multiple``."""
     if multiple <= 1:

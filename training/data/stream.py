@@ -22,7 +22,7 @@ from ..degradations import (
     synthesize,
     task_label,
 )
-from .files import decode_image
+from .files import center_crop, decode_image
 from .plan import (
     _RECORD_FEATURES,
     EpochPlan,
@@ -63,11 +63,6 @@ def _crop_and_augment(
         images = [im[top : top + patch_size, left : left + patch_size] for im in images]
     mode = random_augment_mode(rng) if augment_flag else 0
     return [augment(im, mode) for im in images], padded
-
-
-def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[top : top + size, left : left + size]
 
 
 class _ExampleLoader:
@@ -149,13 +144,13 @@ class _ExampleLoader:
                 self._count(source_index, "size_mismatch", f"{degraded.shape} vs {clean.shape}")
                 return failed
             (degraded, clean), padded = _crop_and_augment([degraded, clean], self.patch_size, rng, self.augment)
-        elif self.synthesis_crop_size and self.patch_size:
+        elif self.synthesis_crop_size:  # the stream checked patch_size <= synthesis_crop_size
             # Synthesize on a larger crop and keep its centre: blur kernels and rain streaks then reach into the
             # patch from real neighbouring pixels (not from the reflected patch border), and haze's pseudo-depth
             # spans more of the scene, as it does on a whole photo.
             (region,), padded = _crop_and_augment([clean], self.synthesis_crop_size, rng, self.augment)
-            degraded = _centre_crop(synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image, self.patch_size)
-            clean = _centre_crop(region, self.patch_size)
+            degraded = center_crop(synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image, self.patch_size)
+            clean = center_crop(region, self.patch_size)
         else:
             (clean,), padded = _crop_and_augment([clean], self.patch_size, rng, self.augment)
             degraded = synthesize(clean, synthesis, rng, **dict(synthesis_kwargs)).image
