@@ -14,7 +14,8 @@ Rows (``--noise_sigmas`` and ``--settings``; default all of noise-15/25/50 and t
 
 Any other degradation or CDD-11 composite name of :mod:`training.degradations` is accepted too (labelled with
 its own name). For every held-out image and row, the degraded image is synthesized with a seed fixed by (seed,
-row name, image), so a row gives the same images whatever other rows are requested. It is restored through
+row name, the image's place in the sorted folder), so a row gives the same images whatever other rows are
+requested; a photo evaluated from another folder (alone, or among other photos) gets another synthesis. It is restored through
 ``modeling.restore`` (with the true label, and for models with a degradation estimator also without), and
 scored with the repository's ``evaluate`` metric (PromptIR protocol). Reported per row: PSNR/SSIM of the
 restoration, of the degraded input, of the label-free restoration (``psnr_auto``) and, for noise, of the
