@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -105,6 +106,10 @@ def test_worst_image_gain_is_the_minimum_over_images(heldout):
         after = metric.compute(predictions=[restore(degraded, model, degradation="haze")], references=[reference])["psnr"]
         gains.append(after - before)
     assert results["haze"]["min_image_gain"] == pytest.approx(min(gains), abs=1e-6)
+    names = [os.path.relpath(path, heldout) for path in list_image_files(heldout)]
+    assert results["haze"]["image_gains"] == pytest.approx(dict(zip(names, gains)), abs=1e-6)
+    assert set(results["haze"]["image_gains_auto"]) == set(names)
+    assert results["haze"]["min_image_gain_auto"] == pytest.approx(min(results["haze"]["image_gains_auto"].values()))
     assert results["haze"]["min_image_gain"] <= results["haze"]["psnr_gain"] + 1e-6 or len(gains) == 1
     assert "min_image_gain_auto" in results["haze"]
 

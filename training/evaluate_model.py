@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -94,12 +95,12 @@ def evaluate_heldout(
     tile: int | None = None,
     baseline: bool = True,
     auto_mode: str = DEFAULT_AUTO_MODE,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict]:
     """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc).
 
-    Besides the means, each row reports the worst single-image PSNR gain over the degraded input
-    (``min_image_gain``, and ``min_image_gain_auto`` for the label-free mode run with ``auto_mode``), since a
-    restoration must never make an image worse.
+    Besides the means, each row reports every image's PSNR gain over the degraded input by its path under ``heldout``
+    (``image_gains``; ``image_gains_auto`` for the label-free mode run with ``auto_mode``) and the worst of them
+    (``min_image_gain``, ``min_image_gain_auto``), since a restoration must never make an image worse.
     """
     from modeling import restore
     from modeling.inference import accepts_degradation_labels
@@ -135,16 +136,20 @@ def evaluate_heldout(
         }
         entry["psnr_gain"] = entry["psnr"] - entry["input_psnr"]
         input_psnrs = [_psnr(metric, image, reference) for image, reference in zip(degraded, references)]
-        entry["min_image_gain"] = min(
-            _psnr(metric, image, reference) - before for image, reference, before in zip(restored, references, input_psnrs)
-        )
+
+        def image_gains(outputs: list) -> dict[str, float]:
+            return {
+                os.path.relpath(path, heldout): _psnr(metric, image, reference) - before
+                for path, image, reference, before in zip(files, outputs, references, input_psnrs)
+            }
+
+        entry["image_gains"] = image_gains(restored)
+        entry["min_image_gain"] = min(entry["image_gains"].values())
         if restored_auto:
             auto = metric.compute(predictions=restored_auto, references=references)
             entry["psnr_auto"], entry["ssim_auto"] = float(auto["psnr"]), float(auto["ssim"])
-            entry["min_image_gain_auto"] = min(
-                _psnr(metric, image, reference) - before
-                for image, reference, before in zip(restored_auto, references, input_psnrs)
-            )
+            entry["image_gains_auto"] = image_gains(restored_auto)
+            entry["min_image_gain_auto"] = min(entry["image_gains_auto"].values())
         if baseline_out:
             classical = metric.compute(predictions=baseline_out, references=references)
             entry["nlm_psnr"], entry["nlm_ssim"] = float(classical["psnr"]), float(classical["ssim"])
