@@ -15,8 +15,8 @@ Rows (``--noise_sigmas`` and ``--settings``; default all of noise-15/25/50 and t
 Any other degradation or CDD-11 composite name of :mod:`training.degradations` is accepted too (labelled with
 its own name). For every held-out image and row, the degraded image is synthesized with a seed fixed by (seed,
 row name, the image's place in the sorted folder), so a row gives the same images whatever other rows are
-requested; a photo evaluated from another folder (alone, or among other photos) gets another synthesis. It is restored through
-``modeling.restore`` (with the true label, and for models with a degradation estimator also without), and
+requested; a photo evaluated from another folder (alone, or among other photos) gets another synthesis. It is
+restored through ``modeling.restore`` (with the true label, and for models with a degradation estimator also without), and
 scored with the repository's ``evaluate`` metric (PromptIR protocol). Reported per row: PSNR/SSIM of the
 restoration, of the degraded input, of the label-free restoration (``psnr_auto``) and, for noise, of the
 classical non-local-means baseline (scikit-image, sigma given).
@@ -98,8 +98,8 @@ def evaluate_heldout(
 ) -> dict[str, dict]:
     """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc).
 
-    Besides the means, each row reports every image's PSNR gain over the degraded input by its path under ``heldout``
-    (``image_gains``; ``image_gains_auto`` for the label-free mode run with ``auto_mode``) and the worst of them
+    Besides the means, each row reports every image's PSNR gain over the degraded input by its path under
+    ``heldout`` (``image_gains``; ``image_gains_auto`` for the label-free mode run with ``auto_mode``) and the worst of them
     (``min_image_gain``, ``min_image_gain_auto``), since a restoration must never make an image worse.
     """
     from modeling import restore
@@ -160,7 +160,7 @@ def evaluate_heldout(
     return results
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
+def markdown_table(results: dict[str, dict]) -> str:
     header = (
         "| degradation | input PSNR | restored PSNR (gain) | SSIM | worst image gain | label-free PSNR "
         "(worst image gain) | NL-means PSNR |\n|---|---|---|---|---|---|---|"

@@ -156,9 +156,7 @@ def package_demo(
     card = build_model_card(
         model_id="prompt-restoration/pip-restormer-cpu-demo",
         model_type=model.config.model_type,
-        # Per-image gains stay in eval_results.json; the card reports the rows' scores.
-        results=[{"task": name, "dataset": "embedded held-out photos", "split": "heldout",
-                  **{key: value for key, value in scores.items() if not key.startswith("image_gains")}}
+        results=[{"task": name, "dataset": "embedded held-out photos", "split": "heldout", **scores}
                  for name, scores in results.items()],
         training_summary={"command": "accelerate launch training/train.py --config "
                                      "training/configs/pip_restormer_cpu.yaml", **training},
