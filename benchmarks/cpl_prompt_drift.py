@@ -66,13 +66,14 @@ def prompt_separation(model: CPLForImageRestoration, probe: torch.Tensor) -> tup
 
 
 def run(
-    weight: float, seed: int, steps: int, every: int, feature_dir: str, negatives_grad: bool = False
+    weight: float, seed: int, steps: int, every: int, feature_dir: str, negatives_grad: bool = False,
+    routing_grad: bool = False,
 ) -> list[tuple[int, float, float, list]]:
     config = CPLConfig(
         dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[8, 8, 16],
         prompt_sizes=[8, 4, 2], contrastive_weight=weight, contrastive_feature_network=feature_dir,
         contrastive_feature_layers=[0, 1, 2], contrastive_layer_weights=[0.25, 0.5, 1.0],
-        contrastive_negatives_grad=negatives_grad,
+        contrastive_negatives_grad=negatives_grad, contrastive_routing_grad=routing_grad,
     )
     torch.manual_seed(seed)
     model = CPLForImageRestoration(config).train()
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--weight", type=float, default=0.1, help="lambda of the CPR run")
     parser.add_argument("--negatives_grad", action="store_true", help="CPR run: gradients through the negatives too")
+    parser.add_argument("--routing_grad", action="store_true",
+                        help="CPR run: let the regulariser reach the routers (off by default: contrastive_routing_grad)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a shared machine
     feature_dir = tempfile.mkdtemp(prefix="cpl-drift-features-")
@@ -109,7 +112,10 @@ def main() -> None:
     for seed in args.seeds:
         for weight in (0.0, args.weight):
             start = time.perf_counter()
-            history = run(weight, seed, args.steps, args.every, feature_dir, args.negatives_grad and weight > 0)
+            history = run(
+                weight, seed, args.steps, args.every, feature_dir, args.negatives_grad and weight > 0,
+                args.routing_grad and weight > 0,
+            )
             label = "L1 only" if weight == 0 else f"L1 + {weight} CPR"
             print(f"seed {seed}, {label} ({time.perf_counter() - start:.1f} s):")
             for step, cosine, pool_cosine, routing in history:

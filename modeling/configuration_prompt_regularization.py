@@ -54,6 +54,15 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
             by making wrong-prompt restorations arbitrarily bad (the denominator is unbounded), and the negatives
             would cost a full backward pass each; detached, they are a fixed target that the anchor is pushed
             away from, as AECR-Net's negatives are.
+        contrastive_routing_grad (`bool`, defaults to `False`): let the regulariser's gradient reach the routers
+            (the prompt weights). Off by default (our choice; the paper does not say): the ratio's denominator
+            grows with the weight the router keeps for its choice, since a stronger prompt moves the anchor further
+            from every wrong-prompt restoration, so through the router the regulariser rewards one
+            component kept ever more strongly for *every* input. In the 100-step toy
+            (`benchmarks/cpl_prompt_drift.py`) that collapsed the routing of all three degradations onto the same
+            component at every place in 3 of 3 seeds. Off, the regulariser is computed on a second forward with
+            detached routing weights (the same restoration, one extra forward and backward per step): it trains
+            the prompt components and the network, and the routers learn from the reconstruction loss alone.
     """
 
     training_loss: str | None = None
@@ -66,6 +75,7 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
     contrastive_temperature: float | int = 0.1
     contrastive_epsilon: float | int = 1e-7
     contrastive_negatives_grad: bool = False
+    contrastive_routing_grad: bool = False
 
     def __post_init__(self, **kwargs):
         self.contrastive_feature_layers = list(self.contrastive_feature_layers)
@@ -82,6 +92,7 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
         for name in ("contrastive_weight", "contrastive_temperature", "contrastive_epsilon"):
             check_finite(name, getattr(self, name))
         check_bool("contrastive_negatives_grad", self.contrastive_negatives_grad)
+        check_bool("contrastive_routing_grad", self.contrastive_routing_grad)
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight must be non-negative, got {self.contrastive_weight}")
         if self.contrastive_temperature <= 0 or self.contrastive_epsilon <= 0:

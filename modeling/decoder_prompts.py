@@ -5,7 +5,9 @@ A *prompt generator* holds ``prompt_len`` learned prompt components; the pooled 
 softmax weights over them, their weighted sum is resized to the feature map and refined by a 3x3 conv.
 With ``top_k`` the generator is CPL's *sparse prompt module*: only the ``top_k`` largest weights are kept.
 A forward can *force* a prompt component instead of the routed one (``forced_prompt``); CPL's contrastive
-regulariser restores the same input with the components the router did not choose to get its negatives.
+regulariser restores the same input with the components the router did not choose to get its negatives. A
+forward can also cut the routing weights out of the graph (``routing_grad=False``): the regulariser's term then
+trains the prompt components and the network but not the router (why: ``ContrastivePromptRegularizationConfig``).
 A *prompt fusion* concatenates the feature with that prompt, runs one Transformer block on the joint width
 and reduces it with a 1x1 conv (official names ``promptK``, ``noise_levelK``, ``reduce_noise_levelK``).
 """
@@ -53,7 +55,7 @@ class PromptGenerator(nn.Module):
         return self.prompt_components.shape[0]
 
     def forward(
-        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None
+        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None, routing_grad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the prompt (B, prompt_dim, H, W) for ``features`` (B, feature_dim, H, W) and its weights.
 
@@ -61,9 +63,13 @@ class PromptGenerator(nn.Module):
         that single component. It gets the total weight the router kept for its own choice (the top-k softmax
         values; 1 without top-k), so that a forced prompt differs from the routed one only in *which* component
         is used, not in how strongly it enters; the returned weights are the ones actually used.
+        ``routing_grad=False`` detaches the routing weights: the same prompt, but no gradient reaches the router
+        (``component_weights``) or, through it, the features it pools.
         """
         height, width = features.shape[-2:]
         weights = F.softmax(self.component_weights(features.mean(dim=(-2, -1))), dim=1)
+        if not routing_grad:
+            weights = weights.detach()
         if self.top_k is not None:
             kept = torch.topk(weights, self.top_k, dim=1).indices
             weights = torch.zeros_like(weights).scatter(1, kept, weights.gather(1, kept))
@@ -136,9 +142,9 @@ class DecoderPrompt(nn.Module):
         )
 
     def forward(
-        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None
+        self, features: torch.Tensor, forced_prompt: torch.Tensor | int | None = None, routing_grad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        prompt, weights = self.generator(features, forced_prompt)
+        prompt, weights = self.generator(features, forced_prompt, routing_grad)
         return self.fusion(features, prompt), weights
 
 

@@ -43,6 +43,7 @@ class CPLForImageRestoration(PromptRestorationPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         forced_prompt: torch.Tensor | int | PerPlace | None = None,
+        routing_grad: bool = True,
         return_dict: bool | None = None,
     ) -> ImageRestorationOutput | tuple:
         """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W.
@@ -53,6 +54,8 @@ class CPLForImageRestoration(PromptRestorationPreTrainedModel):
                 indices, or ``PerPlace((latent, level3, level2))`` with one of those per place. The forced
                 component gets the weight the router gave its own choice. ``prompt_weights`` reports the
                 weights actually used, per place (deepest first).
+            routing_grad: ``False`` gives the same restoration with the routing weights detached, so a loss on
+                it trains everything but the routers (CPL's regulariser by default, ``contrastive_routing_grad``).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.check_pixel_values(pixel_values)
@@ -60,7 +63,9 @@ class CPLForImageRestoration(PromptRestorationPreTrainedModel):
         padded = self.pad_to_multiple(pixel_values)
 
         features = self.unet.encode(padded)
-        decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features, forced_prompt=forced_prompt)
+        decoded1, prompt_weights = self.decoder_prompts.decode(
+            self.unet, features, forced_prompt=forced_prompt, routing_grad=routing_grad
+        )
         restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
 
         loss = loss_terms = None

@@ -433,6 +433,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         degradation_labels=None,
         labels: torch.Tensor | None = None,
         forced_prompt: torch.Tensor | int | PerPlace | None = None,
+        routing_grad: bool = True,
         return_dict: bool | None = None,
     ) -> ImageRestorationOutput | tuple:
         """Restore ``pixel_values`` (B, C, H, W) in [0, 1]; any H x W.
@@ -445,6 +446,8 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
                 (+ the estimator's cross-entropy when ``degradation_labels`` are given too).
             forced_prompt: with ``decoder_prompts``, use these decoder prompt components instead of the routed
                 ones (see ``CPLForImageRestoration.forward``; CPL's regulariser uses it for its negatives).
+            routing_grad: with ``decoder_prompts``, ``False`` detaches their routing weights (the same
+                restoration; see ``CPLForImageRestoration.forward``).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.check_pixel_values(pixel_values)
@@ -478,7 +481,9 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             decoded3 = self.unet.decode_level3(latent, skips[2])
             decoded1 = self.unet.decode_level1(self.unet.decode_level2(decoded3, skips[1]), skips[0])
         else:
-            decoded1, prompt_weights = self.decoder_prompts.decode(self.unet, features, skips, forced_prompt=forced_prompt)
+            decoded1, prompt_weights = self.decoder_prompts.decode(
+                self.unet, features, skips, forced_prompt=forced_prompt, routing_grad=routing_grad
+            )
         restored = self.crop_to(self.unet.reconstruct(decoded1, padded, features), height, width)
 
         loss = loss_terms = None

@@ -215,6 +215,53 @@ def test_negatives_are_restored_with_forced_prompts(feature_network_dir):
     assert loss.restore_negatives(model, pixel_values, out.prompt_weights, {}).requires_grad
 
 
+def router_and_prompt_grads(model, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``loss`` on the routers (``component_weights``) and on the prompt components."""
+    model.zero_grad(set_to_none=False)
+    loss.backward()
+    named = dict(model.named_parameters())
+    routers = torch.cat([p.grad.flatten() for n, p in named.items() if ".generator.component_weights." in n])
+    components = torch.cat([p.grad.flatten() for n, p in named.items() if n.endswith("generator.prompt_components")])
+    return routers, components
+
+
+@pytest.mark.parametrize("model_type", ["cpl", "pip"])
+def test_regulariser_leaves_the_routers_to_the_reconstruction_loss_by_default(feature_network_dir, model_type):
+    extra = {"decoder_prompts": True, "decoder_prompt_top_k": 1} if model_type == "pip" else {}
+    torch.manual_seed(0)
+    model = tiny_model(model_type, **extra, **cpr_settings(feature_network_dir, contrastive_weight=0.5)).train()
+    pixel_values, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    labels = {"degradation_labels": ["noise", "rain"]} if model_type == "pip" else {}
+    l1_routers, l1_components = router_and_prompt_grads(model, model(pixel_values, labels=clean, **labels).loss)
+
+    results = {}
+    for routing_grad in (False, True):
+        training_loss = build_training_loss(model.config)
+        training_loss.routing_grad = routing_grad
+        out = model(pixel_values, labels=clean, **labels)
+        loss, terms = training_loss(model, out, pixel_values, clean, labels)
+        results[routing_grad] = (terms["contrastive_prompt"].item(), *router_and_prompt_grads(model, loss))
+    (detached_value, detached_routers, detached_components) = results[False]
+    (attached_value, attached_routers, _) = results[True]
+    assert model.config.contrastive_routing_grad is False and detached_value > 0
+    # The same regulariser value either way: the second forward restores exactly what the routed forward did.
+    assert detached_value == pytest.approx(attached_value, rel=1e-6)
+    # Off (the default): the routers get the reconstruction loss's gradient and nothing else, while the prompt
+    # components do feel the regulariser. On: the regulariser reaches the routers too.
+    torch.testing.assert_close(detached_routers, l1_routers, rtol=0, atol=1e-9)
+    assert not torch.allclose(detached_components, l1_components, rtol=0, atol=1e-7)
+    assert (attached_routers - l1_routers).abs().max() > 1e-6
+
+
+def test_routing_grad_detaches_only_the_routing_weights():
+    model = tiny_model("cpl").train()
+    pixel_values = torch.rand(2, 3, 16, 16)
+    routed, detached = model(pixel_values), model(pixel_values, routing_grad=False)
+    torch.testing.assert_close(detached.reconstruction, routed.reconstruction, rtol=0, atol=0)
+    assert all(w.requires_grad for w in routed.prompt_weights)
+    assert not any(w.requires_grad for w in detached.prompt_weights) and detached.reconstruction.requires_grad
+
+
 def test_timm_feature_network_needs_timm(monkeypatch):
     import transformers.utils
 

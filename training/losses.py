@@ -10,7 +10,9 @@ loss module that ``train.py`` builds next to (never inside) the model, for model
 
 CPR (settings documented in ``modeling.configuration_prompt_regularization``):
 
-- anchor = ``output.reconstruction``, the restoration with the routed prompts (it keeps its graph);
+- anchor = the restoration with the routed prompts: ``output.reconstruction`` (it keeps its graph) when
+  ``contrastive_routing_grad``, else (default) the same restoration from a second forward with detached routing
+  weights (``routing_grad=False``), so that the regulariser does not train the routers;
 - positive = the clean image;
 - negatives = the same input restored with prompt components the router did not choose, at every prompt place
   (``forced_prompt=PerPlace(...)``), all of them or ``contrastive_num_negatives`` drawn at random; computed in
@@ -142,6 +144,7 @@ class ContrastivePromptRegularization(nn.Module):
         temperature: float = 0.1,
         epsilon: float = 1e-7,
         negatives_grad: bool = False,
+        routing_grad: bool = False,
     ) -> None:
         super().__init__()
         if loss_form not in ("ratio", "infonce"):
@@ -150,6 +153,7 @@ class ContrastivePromptRegularization(nn.Module):
         self.layer_weights = list(layer_weights)
         self.weight, self.loss_form, self.num_negatives = weight, loss_form, num_negatives
         self.temperature, self.epsilon, self.negatives_grad = temperature, epsilon, negatives_grad
+        self.routing_grad = routing_grad
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -164,6 +168,7 @@ class ContrastivePromptRegularization(nn.Module):
             temperature=config.contrastive_temperature,
             epsilon=config.contrastive_epsilon,
             negatives_grad=config.contrastive_negatives_grad,
+            routing_grad=getattr(config, "contrastive_routing_grad", False),
         )
 
     def train(self, mode: bool = True) -> "ContrastivePromptRegularization":
@@ -187,7 +192,8 @@ class ContrastivePromptRegularization(nn.Module):
         forced = PerPlace(place.reshape(-1) for place in indices)  # negative-major, like pixel_values.repeat
         with torch.set_grad_enabled(self.negatives_grad and torch.is_grad_enabled()):
             restored = model(
-                pixel_values.repeat(count, 1, 1, 1), forced_prompt=forced, **repeat_forward_kwargs(forward_kwargs, count)
+                pixel_values.repeat(count, 1, 1, 1), forced_prompt=forced, routing_grad=self.routing_grad,
+                **repeat_forward_kwargs(forward_kwargs, count),
             ).reconstruction
         return restored.view(count, *pixel_values.shape[:1], *restored.shape[1:])
 
@@ -222,8 +228,14 @@ class ContrastivePromptRegularization(nn.Module):
             return output.loss, terms
         if output.prompt_weights is None:
             raise ValueError("contrastive prompt regularisation needs a model that reports prompt_weights")
-        negatives = self.restore_negatives(model, pixel_values, output.prompt_weights, forward_kwargs or {})
-        regularizer = self.regularizer(output.reconstruction, labels.to(output.reconstruction.dtype), negatives)
+        forward_kwargs = forward_kwargs or {}
+        negatives = self.restore_negatives(model, pixel_values, output.prompt_weights, forward_kwargs)
+        anchor = output.reconstruction
+        if not self.routing_grad and torch.is_grad_enabled():
+            # The same restoration with the routing weights detached: the regulariser's gradient reaches the
+            # prompts and the network but not the routers (see contrastive_routing_grad for why).
+            anchor = model(pixel_values, routing_grad=False, **forward_kwargs).reconstruction
+        regularizer = self.regularizer(anchor, labels.to(anchor.dtype), negatives)
         terms["contrastive_prompt"] = regularizer
         return output.loss + self.weight * regularizer.to(output.loss.dtype), terms
 
