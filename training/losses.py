@@ -168,7 +168,7 @@ class ContrastivePromptRegularization(nn.Module):
             temperature=config.contrastive_temperature,
             epsilon=config.contrastive_epsilon,
             negatives_grad=config.contrastive_negatives_grad,
-            routing_grad=getattr(config, "contrastive_routing_grad", False),
+            routing_grad=config.contrastive_routing_grad,
         )
 
     def train(self, mode: bool = True) -> "ContrastivePromptRegularization":
