@@ -449,9 +449,28 @@ def release_ddp_wrapper(accelerator: Accelerator, wrapper: weakref.ref) -> None:
 
 
 def build_model(args: TrainingArguments):
+    """A new model from ``model_config``, or the pretrained one with ``model_config`` as overrides of its config.
+
+    Overrides may add modules (their weights start fresh, with a warning) but never drop trained weights: a recipe
+    whose architecture differs from the checkpoint's (e.g. ``num_blocks`` of a model deepened by
+    ``training.grow_model``) would otherwise train a smaller model and silently discard the rest.
+    """
     config_class, model_class = MODEL_CLASSES[args.model_type]
     if args.pretrained_model_name_or_path:
-        return model_class.from_pretrained(args.pretrained_model_name_or_path, **args.model_config)
+        model, loading = model_class.from_pretrained(
+            args.pretrained_model_name_or_path, output_loading_info=True, **args.model_config
+        )
+        dropped = sorted(set(loading.get("unexpected_keys", ())) | {str(k) for k in loading.get("mismatched_keys", ())})
+        if dropped:
+            raise ValueError(
+                f"{len(dropped)} weights of {args.pretrained_model_name_or_path} have no place in the model that "
+                f"model_config {args.model_config} builds (e.g. {dropped[:3]}); make model_config match the "
+                "checkpoint's config.json (flag: --model_config '{...}')"
+            )
+        if loading.get("missing_keys"):
+            logger.warning("%d weights are not in %s and start fresh (e.g. %s)", len(loading["missing_keys"]),
+                           args.pretrained_model_name_or_path, sorted(loading["missing_keys"])[:3])
+        return model
     return model_class(config_class(**args.model_config))
 
 
