@@ -53,6 +53,37 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
     assert np.isfinite(results["haze"]["psnr"])
 
 
+def test_worker_processes_give_the_single_process_numbers(heldout, tmp_path):
+    """`--workers 2`: two spawned one-thread processes share the rows, and the merged results (in the usual row
+    order) equal a single-process run's, since every row seeds its own syntheses (to float rounding: one thread
+    sums in another order than two)."""
+    folder = tmp_path / "model"
+    tiny_model("pip", seed=5).save_pretrained(folder)
+    argv = ["--model", str(folder), "--heldout", str(heldout), "--noise_sigmas", "15", "50", "--settings", "haze",
+            "blur-defocus"]
+    single = main(argv)
+    shared = main([*argv, "--workers", "2", "--output", str(tmp_path / "shared.json")])
+    assert list(shared) == ["noise-15", "noise-50", "haze", "blur-defocus"]
+    for label, row in single.items():
+        assert set(shared[label]) == set(row)
+        for key, value in row.items():
+            assert shared[label][key] == pytest.approx(value, abs=1e-5), (label, key)  # dicts of gains too
+    assert json.loads((tmp_path / "shared.json").read_text()) == shared
+
+
+def test_rows_are_shared_by_estimated_cost():
+    from training.evaluate_model import split_rows
+
+    rows = ["noise-15", "noise-25", "noise-50", "blur-gaussian", "blur-defocus", "blur-motion", "low-light", "haze",
+            "rain"]
+    shares = split_rows(rows, 2, baseline=True)
+    # Noise rows (with non-local means) cost 4/3 of another row: 3 of them + 1 other against 5 others.
+    assert sorted(len(share) for share in shares) == [4, 5]
+    assert sorted(rows) == sorted(label for share in shares for label in share)
+    assert sorted(len(share) for share in split_rows(rows, 2, baseline=False)) == [4, 5]
+    assert split_rows(["rain"], 4, baseline=True) == [["rain"]]  # never more workers than rows
+
+
 def test_default_rows_cover_noise_levels_blur_families_and_other_tasks():
     from training.evaluate_model import DEFAULT_NOISE_SIGMAS, DEFAULT_SETTINGS, SETTINGS
 

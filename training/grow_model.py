@@ -69,7 +69,9 @@ def grow_model(
     config = model.config
     for field in ("num_blocks", "num_refinement_blocks"):
         if not hasattr(config, field):
-            raise ValueError(f"{type(model).__name__} has no {field!r} in its config; it is not built on the U-Net body")
+            raise ValueError(
+                f"{type(model).__name__} has no {field!r} in its config; it is not built on the U-Net body"
+            )
     num_blocks = [int(count) for count in num_blocks]
     if len(num_blocks) != len(config.num_blocks):
         raise ValueError(f"num_blocks needs {len(config.num_blocks)} entries, got {num_blocks}")

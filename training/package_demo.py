@@ -105,6 +105,7 @@ def package_demo(
     auto_mode: str = DEFAULT_AUTO_MODE,
     reuse_evaluation: bool = False,
     inference_tile: int | None = None,
+    eval_workers: int = 1,
 ) -> dict:
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
@@ -112,13 +113,15 @@ def package_demo(
     instead of evaluating again (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
     ``inference_tile``: write this tile side into the shipped config (``restore()``'s default tiling for the model,
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
+    ``eval_workers``: share the evaluation's rows among this many one-thread processes (the same numbers to float
+    rounding; see ``training.evaluate_model.evaluate_heldout_in_processes``).
     """
     from transformers import pipeline as make_pipeline
 
     import modeling  # noqa: F401  (registers the task)
     from modeling import RestorationImageProcessor
     from modeling.inference import load_model
-    from training.evaluate_model import evaluate_heldout, markdown_table
+    from training.evaluate_model import evaluate_heldout, evaluate_heldout_in_processes, markdown_table
     from training.model_card import build_model_card, save_model_card
 
     model = load_model(str(model_dir), device="cpu")
@@ -135,13 +138,15 @@ def package_demo(
                 f"restores with {model.config.inference_tile!r}"
             )
         results = earlier["results"]
-    else:
-        results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
     partial = output.with_name(f".{output.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu").save_pretrained(partial)
     for code_file in partial.glob("*.py"):
         code_file.unlink()  # the installed package provides the classes
+    if not reuse_evaluation and eval_workers > 1:  # the workers load what is shipped (with its inference_tile)
+        results = evaluate_heldout_in_processes(partial, heldout, eval_workers, auto_mode=auto_mode)
+    elif not reuse_evaluation:
+        results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
     examples = write_examples(heldout, partial / "examples")
     figures = [before_after_grid(model, examples, partial, auto_mode).name]
     if (model_dir / "training_curves.png").is_file():
@@ -183,11 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--inference_tile", type=int, default=None,
                         help="tile side restore() uses for this model by default (written into its config; 0: "
                              "whole images); default: keep the model's")
+    parser.add_argument("--eval_workers", type=int, default=1,
+                        help="share the evaluation among this many one-thread processes (the same numbers to "
+                             "float rounding)")
     args = parser.parse_args(argv)
     from training.evaluate_model import markdown_table
 
     results = package_demo(
-        args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile
+        args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile,
+        args.eval_workers,
     )
     print(markdown_table(results))
     return results
