@@ -210,9 +210,8 @@ def evaluate_heldout_in_processes(
 ) -> dict[str, dict]:
     """:func:`evaluate_heldout` with the rows shared among ``workers`` one-thread processes (spawned, each loading
     ``model_source``), merged back in the usual row order. Every row's images are seeded by the row's own name, so
-    the numbers are those of a single-process run, to float rounding (one thread sums in another order). On a
-    2-core CPU two workers take about two thirds of the time of one process with two threads (24 vs 36 minutes
-    for the shipped model's nine rows)."""
+    the numbers are those of a single-process run, to float rounding (one thread sums in another order). Two
+    workers took 25 minutes for the shipped 2.05 M model's nine rows on the 2-core CPU (2026-12-03)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--workers", type=int, default=1,
                         help="share the rows among this many one-thread processes (the same numbers to float "
-                             "rounding; 2 on a 2-core CPU take about two thirds of the time)")
+                             "rounding; 2 suit a 2-core CPU)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")

@@ -5,7 +5,7 @@
 
 The Transformer stages are ``nn.Sequential`` stacks of pre-norm residual blocks, ``x + MDTA(LN(x))`` then
 ``x + GDFN(LN(x))``. A block whose two output projections (``attn.project_out`` and ``ffn.project_out``, both
-1x1 convolutions) are zero, and bias-free, is the identity, so appending such blocks to a stage leaves the model's
+1x1 convolutions) are zero, biases included where the config has them, is the identity, so appending such blocks to a stage leaves the model's
 output unchanged to the last bit, while the gradient reaching the zero projections is not zero: training grows
 them from there (the zero-initialised residual branch of ReZero / SkipInit, applied to a trained network). The
 other weights of a new block take the model's own initialisation.
@@ -136,7 +136,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     from transformers import pipeline as make_pipeline
 
-    from modeling.image_processing_restoration import RestorationImageProcessor
     from modeling.inference import load_model, load_processor
 
     model = load_model(args.model, device="cpu")
@@ -152,7 +151,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "max_abs_output_difference": difference,
         "seed": args.seed,
     }
-    processor = load_processor(args.model) if Path(args.model).is_dir() else RestorationImageProcessor()
+    processor = load_processor(args.model)  # the saved one, else the defaults
     partial = args.output.with_name(f".{args.output.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     make_pipeline("image-restoration", model=grown, image_processor=processor, device="cpu").save_pretrained(partial)
