@@ -10,6 +10,14 @@ Measured every ``--every`` steps on a fixed probe batch: at each prompt place, t
 gets (its routing weights times the prompt components) and the cosine similarity between the degradations'
 prompts, averaged over the pairs and the three places (1 = the same prompt, lower = apart).
 
+With ``--forced_routing`` every image of degradation i uses prompt component i at every place (CPL's routing
+override, ``forced_prompt``), in training and on the probe, so the chosen prompts no longer depend on the routers:
+the measure then shows only how the prompts themselves move. Without it, a single routing choice that flips
+(two degradations sharing a component, then not) moves the cosine by up to 0.2, which swamps the prompts' own
+drift over 100 steps. With forced routing the routers choose nothing, so the regulariser is allowed to reach them
+(``contrastive_routing_grad=True``: the anchor is then the training forward itself); they only scale the forced
+component by the softmax value of their own choice.
+
     PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/cpl_prompt_drift.py --steps 100 --seeds 0 1 2
 """
 
@@ -24,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ResNetBackbone, ResNetConfig
 
-from modeling import CPLConfig, CPLForImageRestoration
+from modeling import CPLConfig, CPLForImageRestoration, PerPlace
 from training.losses import build_training_loss
 
 DEGRADATIONS = ("noise", "haze", "dark")
@@ -43,6 +51,12 @@ def degrade(clean: torch.Tensor, kind: str, generator: torch.Generator) -> torch
     return clean * 0.25
 
 
+def forced_components(per_degradation: int) -> PerPlace:
+    """Component i at every place for the images of degradation i (batches are ordered by degradation)."""
+    indices = torch.arange(len(DEGRADATIONS)).repeat_interleave(per_degradation)
+    return PerPlace((indices, indices, indices))
+
+
 def batch(per_degradation: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     clean = smooth_images(per_degradation * len(DEGRADATIONS), size, generator)
     degraded = torch.cat([degrade(part, kind, generator) for part, kind in zip(clean.chunk(len(DEGRADATIONS)), DEGRADATIONS)])
@@ -50,10 +64,12 @@ def batch(per_degradation: int, size: int, generator: torch.Generator) -> tuple[
 
 
 @torch.no_grad()
-def prompt_separation(model: CPLForImageRestoration, probe: torch.Tensor) -> tuple[float, float, list]:
+def prompt_separation(
+    model: CPLForImageRestoration, probe: torch.Tensor, forced: PerPlace | None = None
+) -> tuple[float, float, list]:
     """Mean pairwise cosine between the degradations' mean prompts, over the three places; the mean pairwise
     cosine between the prompt components themselves (the pool every place routes into); and the routing."""
-    weights = model(probe).prompt_weights
+    weights = model(probe, forced_prompt=forced).prompt_weights
     places = (model.decoder_prompts.latent, model.decoder_prompts.level3, model.decoder_prompts.level2)
     cosines, pool_cosines, routing = [], [], []
     for place, place_weights in zip(places, weights):
@@ -67,13 +83,13 @@ def prompt_separation(model: CPLForImageRestoration, probe: torch.Tensor) -> tup
 
 def run(
     weight: float, seed: int, steps: int, every: int, feature_dir: str, negatives_grad: bool = False,
-    routing_grad: bool = False,
+    routing_grad: bool = False, forced_routing: bool = False,
 ) -> list[tuple[int, float, float, list]]:
     config = CPLConfig(
         dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[8, 8, 16],
         prompt_sizes=[8, 4, 2], contrastive_weight=weight, contrastive_feature_network=feature_dir,
         contrastive_feature_layers=[0, 1, 2], contrastive_layer_weights=[0.25, 0.5, 1.0],
-        contrastive_negatives_grad=negatives_grad, contrastive_routing_grad=routing_grad,
+        contrastive_negatives_grad=negatives_grad, contrastive_routing_grad=routing_grad or forced_routing,
     )
     torch.manual_seed(seed)
     model = CPLForImageRestoration(config).train()
@@ -81,17 +97,26 @@ def run(
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     data = torch.Generator().manual_seed(1000 + seed)
     probe, _ = batch(4, 16, torch.Generator().manual_seed(7))
-    history = [(0, *prompt_separation(model, probe))]
+    probe_forced = forced_components(4) if forced_routing else None
+    train_forced = forced_components(2) if forced_routing else None
+    history = [(0, *prompt_separation(model, probe, probe_forced))]
     for step in range(1, steps + 1):
         degraded, clean = batch(2, 16, data)
-        output = model(degraded, labels=clean)
+        output = model(degraded, labels=clean, forced_prompt=train_forced)
         loss, _ = loss_fn(model, output, degraded, clean, {})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % every == 0:
-            history.append((step, *prompt_separation(model, probe)))
+            history.append((step, *prompt_separation(model, probe, probe_forced)))
     return history
+
+
+def save_feature_network(folder: str) -> str:
+    """The toy's frozen feature CNN: a tiny ResNet with seed-123 random weights, saved like a Hub repository."""
+    torch.manual_seed(123)
+    ResNetBackbone(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(folder)
+    return folder
 
 
 def main() -> None:
@@ -103,18 +128,18 @@ def main() -> None:
     parser.add_argument("--negatives_grad", action="store_true", help="CPR run: gradients through the negatives too")
     parser.add_argument("--routing_grad", action="store_true",
                         help="CPR run: let the regulariser reach the routers (off by default: contrastive_routing_grad)")
+    parser.add_argument("--forced_routing", action="store_true",
+                        help="both runs: degradation i always uses prompt component i (see the module docstring)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a shared machine
-    feature_dir = tempfile.mkdtemp(prefix="cpl-drift-features-")
-    torch.manual_seed(123)
-    ResNetBackbone(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(feature_dir)
+    feature_dir = save_feature_network(tempfile.mkdtemp(prefix="cpl-drift-features-"))
     summary = []
     for seed in args.seeds:
         for weight in (0.0, args.weight):
             start = time.perf_counter()
             history = run(
                 weight, seed, args.steps, args.every, feature_dir, args.negatives_grad and weight > 0,
-                args.routing_grad and weight > 0,
+                args.routing_grad and weight > 0, args.forced_routing,
             )
             label = "L1 only" if weight == 0 else f"L1 + {weight} CPR"
             print(f"seed {seed}, {label} ({time.perf_counter() - start:.1f} s):")
