@@ -426,6 +426,32 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
         checkpointing.resolve_resume_path(str(tmp_path / ".checkpoint-8.partial"), tmp_path)
 
 
+def test_output_folders_appear_only_when_complete(tmp_path):
+    """`folder_written_atomically` (model folders, the demo, publish folders): the old folder stays whole until
+    the new one is complete, an exception leaves it untouched, and no hidden leftovers remain after a success."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.txt").write_text("old")
+    (tmp_path / ".model.old").mkdir()  # left by a crash between the two renames of an earlier write
+    with pytest.raises(RuntimeError, match="half-way"):
+        with checkpointing.folder_written_atomically(folder) as partial:
+            (partial / "weights.txt").write_text("new")
+            assert (folder / "weights.txt").read_text() == "old"
+            raise RuntimeError("killed half-way")
+    assert (folder / "weights.txt").read_text() == "old"
+    assert (tmp_path / ".model.partial" / "weights.txt").read_text() == "new"  # kept for inspection
+    with checkpointing.folder_written_atomically(folder) as partial:
+        assert partial == tmp_path / ".model.partial" and list(partial.iterdir()) == []  # a fresh start
+        (partial / "weights.txt").write_text("new")
+        (partial / "card.md").write_text("card")
+    assert sorted(p.name for p in folder.iterdir()) == ["card.md", "weights.txt"]
+    assert (folder / "weights.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with checkpointing.folder_written_atomically(tmp_path / "nested" / "fresh") as partial:  # no folder yet
+        (partial / "a").write_text("a")
+    assert (tmp_path / "nested" / "fresh" / "a").read_text() == "a"
+
+
 def test_validation_set_is_deterministic_and_cropped(corpus):
     from training.evaluation import build_validation_set
 

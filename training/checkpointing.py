@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
         _fsync_tree(partial)
-        if final.exists():  # re-saving the same step (e.g. the final step) replaces the old copy
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _fsync_dir(output_dir)
+        replace_folder(partial, final)  # re-saving the same step (e.g. the final step) replaces the old copy
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
@@ -114,6 +113,37 @@ def load_training_state(checkpoint: Path) -> dict[str, Any]:
 def load_data_state(checkpoint: Path, process_index: int) -> dict[str, Any] | None:
     path = checkpoint / data_state_file(process_index)
     return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def replace_folder(new: str | Path, final: str | Path) -> Path:
+    """Rename the complete folder ``new`` to ``final``, replacing what is there, so that a crash at any moment
+    leaves either the old folder or the new one at ``final`` (or the old one under a hidden ``.NAME.old``
+    name for the instant between the two renames), never a half-written or half-deleted one."""
+    new, final = Path(new), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@contextmanager
+def folder_written_atomically(folder: str | Path) -> Iterator[Path]:
+    """Write a whole output folder (a model, a demo, a publish folder) so that it appears only when complete.
+
+    Yields a fresh hidden sibling ``.NAME.partial`` to write into; when the block ends without an exception, it
+    replaces ``folder`` (`replace_folder`). After an exception ``folder`` is untouched and the partial copy stays
+    for inspection until the next write removes it.
+    """
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    replace_folder(partial, folder)
 
 
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,6 +34,8 @@ import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.checkpointing import folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger("training.grow_model")
 
@@ -152,12 +152,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "seed": args.seed,
     }
     processor = load_processor(args.model)  # the saved one, else the defaults
-    partial = args.output.with_name(f".{args.output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    make_pipeline("image-restoration", model=grown, image_processor=processor, device="cpu").save_pretrained(partial)
-    (partial / "grow_model.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(args.output, ignore_errors=True)
-    os.replace(partial, args.output)
+    with folder_written_atomically(args.output) as partial:
+        make_pipeline("image-restoration", model=grown, image_processor=processor, device="cpu").save_pretrained(partial)
+        (partial / "grow_model.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("grown %s -> %s: %s -> %s parameters, output unchanged (max |difference| %g)", args.model,
                 args.output, f"{record['parameters'][0]:,}", f"{record['parameters'][1]:,}", difference)
     return record

@@ -20,10 +20,11 @@ import json
 import math
 import numbers
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from training.checkpointing import folder_written_atomically
 
 if TYPE_CHECKING:  # huggingface_hub is imported where used, so `--help` and error paths stay fast
     from huggingface_hub import ModelCard
@@ -373,30 +374,25 @@ def save_model_folder(
 
         image_processor = RestorationImageProcessor()
     folder = Path(folder)
-    partial = folder.with_name(f".{folder.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
     device = next(model.parameters()).device
-    make_pipeline("image-restoration", model=model, image_processor=image_processor, device=device).save_pretrained(
-        partial
-    )
-    figures = []
-    if plot_training_curves(history, partial / "training_curves.png", validation_history):
-        figures.append("training_curves.png")
     card_results = [
         {"task": task, "dataset": dataset, "split": "validation", "num_images": scores.get("images"),
          **{k: v for k, v in scores.items() if k != "images"}}
         for task, scores in results.items()
     ]
-    card = build_model_card(
-        model_id=model_id, model_type=model_type, results=card_results, training_summary=training_summary,
-        figures=figures,
-    )
-    save_model_card(card, partial)
-    (partial / "eval_results.json").write_text(json.dumps(dict(results), indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(partial, folder)
+    with folder_written_atomically(folder) as partial:
+        make_pipeline("image-restoration", model=model, image_processor=image_processor, device=device).save_pretrained(
+            partial
+        )
+        figures = []
+        if plot_training_curves(history, partial / "training_curves.png", validation_history):
+            figures.append("training_curves.png")
+        card = build_model_card(
+            model_id=model_id, model_type=model_type, results=card_results, training_summary=training_summary,
+            figures=figures,
+        )
+        save_model_card(card, partial)
+        (partial / "eval_results.json").write_text(json.dumps(dict(results), indent=2))
     return folder
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import zlib
@@ -27,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
+from training.checkpointing import folder_written_atomically  # noqa: E402
 
 #: (degradation, held-out photo stem, synthesis parameters) of the shipped examples, one per degradation.
 EXAMPLES = (
@@ -138,41 +138,38 @@ def package_demo(
                 f"restores with {model.config.inference_tile!r}"
             )
         results = earlier["results"]
-    partial = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu").save_pretrained(partial)
-    for code_file in partial.glob("*.py"):
-        code_file.unlink()  # the installed package provides the classes
-    if not reuse_evaluation and eval_workers > 1:  # the workers load what is shipped (with its inference_tile)
-        results = evaluate_heldout_in_processes(partial, heldout, eval_workers, auto_mode=auto_mode)
-    elif not reuse_evaluation:
-        results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
-    examples = write_examples(heldout, partial / "examples")
-    figures = [before_after_grid(model, examples, partial, auto_mode).name]
-    if (model_dir / "training_curves.png").is_file():
-        shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
-        figures.insert(0, "training_curves.png")
-    evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
-                  "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
-    (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    training = {"weights": f"{model_dir}"}
-    if (model_dir / "estimator_training.json").is_file():
-        training["estimator"] = "trained afterwards, body frozen: `python -m training.train_estimator` (see README)"
-    card = build_model_card(
-        model_id="prompt-restoration/pip-restormer-cpu-demo",
-        model_type=model.config.model_type,
-        results=[{"task": name, "dataset": "embedded held-out photos", "split": "heldout", **scores}
-                 for name, scores in results.items()],
-        training_summary={"command": "accelerate launch training/train.py --config "
-                                     "training/configs/pip_restormer_cpu.yaml", **training},
-        figures=figures,
-        results_source=RESULTS_SOURCE,
-        comparison=heldout_comparison(results, auto_mode),
-    )
-    save_model_card(card, partial)
-    (partial / "heldout_table.md").write_text(markdown_table(results) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(partial, output)
+    with folder_written_atomically(output) as partial:
+        make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu").save_pretrained(partial)
+        for code_file in partial.glob("*.py"):
+            code_file.unlink()  # the installed package provides the classes
+        if not reuse_evaluation and eval_workers > 1:  # the workers load what is shipped (with its inference_tile)
+            results = evaluate_heldout_in_processes(partial, heldout, eval_workers, auto_mode=auto_mode)
+        elif not reuse_evaluation:
+            results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
+        examples = write_examples(heldout, partial / "examples")
+        figures = [before_after_grid(model, examples, partial, auto_mode).name]
+        if (model_dir / "training_curves.png").is_file():
+            shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
+            figures.insert(0, "training_curves.png")
+        evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
+                      "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
+        (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        training = {"weights": f"{model_dir}"}
+        if (model_dir / "estimator_training.json").is_file():
+            training["estimator"] = "trained afterwards, body frozen: `python -m training.train_estimator` (see README)"
+        card = build_model_card(
+            model_id="prompt-restoration/pip-restormer-cpu-demo",
+            model_type=model.config.model_type,
+            results=[{"task": name, "dataset": "embedded held-out photos", "split": "heldout", **scores}
+                     for name, scores in results.items()],
+            training_summary={"command": "accelerate launch training/train.py --config "
+                                         "training/configs/pip_restormer_cpu.yaml", **training},
+            figures=figures,
+            results_source=RESULTS_SOURCE,
+            comparison=heldout_comparison(results, auto_mode),
+        )
+        save_model_card(card, partial)
+        (partial / "heldout_table.md").write_text(markdown_table(results) + "\n")
     return results
 
 

@@ -42,6 +42,8 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.checkpointing import folder_written_atomically  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 #: ``--model_type`` -> (module in ``modeling.conversion``, converter function).
@@ -233,17 +235,11 @@ def prepare_folder(
     if results.get("model_type") not in (None, model_type):
         raise PublishError(f"the evaluation JSON is of a {results['model_type']!r} model, this is {model_type!r}")
     output = Path(output)
-    partial = output.with_name(f".{output.name}.partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    save_folder(model, partial, processor, extra)
-    render_card(partial, results, repo_id, model_type, license, weights)
-    if verify:
-        verify_folder(partial, model)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(partial, output)
+    with folder_written_atomically(output) as partial:
+        save_folder(model, partial, processor, extra)
+        render_card(partial, results, repo_id, model_type, license, weights)
+        if verify:
+            verify_folder(partial, model)
     return output
 
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import zlib
@@ -36,6 +35,8 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.checkpointing import folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -239,22 +240,18 @@ def train_estimator(args: argparse.Namespace) -> dict:
         record["heldout_after"] = heldout_confusion(model, args.heldout, args.seed)
         logger.info("held-out accuracy after: %.3f", record["heldout_after"]["accuracy"])
 
-    output = args.output
-    partial = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
     source = Path(args.model)
     processor = RestorationImageProcessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() \
         else RestorationImageProcessor()
     model.requires_grad_(True)
-    # The pipeline's save writes config, safetensors, processor and fresh code files (trust_remote_code).
-    make_pipeline("image-restoration", model=model, image_processor=processor, device="cpu").save_pretrained(partial)
-    if source.is_dir():  # keep the run's card, curves and validation results beside the new weights
-        for name in ("README.md", "training_curves.png", "eval_results.json", "replica_checksums.json"):
-            if (source / name).is_file():
-                shutil.copy(source / name, partial / name)
-    (partial / "estimator_training.json").write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(partial, output)
+    with folder_written_atomically(args.output) as partial:
+        # The pipeline's save writes config, safetensors, processor and fresh code files (trust_remote_code).
+        make_pipeline("image-restoration", model=model, image_processor=processor, device="cpu").save_pretrained(partial)
+        if source.is_dir():  # keep the run's card, curves and validation results beside the new weights
+            for name in ("README.md", "training_curves.png", "eval_results.json", "replica_checksums.json"):
+                if (source / name).is_file():
+                    shutil.copy(source / name, partial / name)
+        (partial / "estimator_training.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
