@@ -75,6 +75,11 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
 
     Loss (returned when `labels` are given; the paper's recipe):
         pixel_loss (`str`, defaults to `"smooth_l1"`): `"smooth_l1"` (official, beta 1) or `"l1"`.
+        frequency_loss_weight (`float`, defaults to 0.0): add this weight times the L1 distance between the 2-D
+            Fourier transforms (real and imaginary parts) of the restoration and the target, MIMO-UNet's
+            frequency loss (weight 0.1 there). Not in PIP's recipe (0 = off); an option for deblurring, whose
+            errors sit in the high frequencies that a pixel loss averages away. The transform is orthonormal
+            (`norm="ortho"`), so the term does not grow with the patch size as MIMO-UNet's unnormalised one does.
         prompt_regularization_weight (`float`, defaults to 0.002): weight of the prompt angle regulariser
             (official `alpha`).
         prompt_angle_scale (`float`, defaults to 0.01): the regulariser's inner scale (official
@@ -117,6 +122,7 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
     degradation_estimator_detach_features: bool = True
     degradation_estimator_loss_weight: float = 0.1
     pixel_loss: str = "smooth_l1"
+    frequency_loss_weight: float = 0.0
     prompt_regularization_weight: float = 0.002
     prompt_angle_scale: float = 0.01
     decoder_prompts: bool = False
@@ -189,6 +195,8 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
             raise ValueError(f"degradation_prompt_reduction must be 'mean' or 'sum', got {self.degradation_prompt_reduction!r}")
         if self.pixel_loss not in ("smooth_l1", "l1"):
             raise ValueError(f"pixel_loss must be 'smooth_l1' or 'l1', got {self.pixel_loss!r}")
+        if not self.frequency_loss_weight >= 0:
+            raise ValueError(f"frequency_loss_weight must be >= 0, got {self.frequency_loss_weight}")
         if not self.topm_fractions or any(len(p) != 2 or not 0 < p[0] <= p[1] for p in self.topm_fractions):
             raise ValueError(f"topm_fractions must be [numerator, denominator] pairs in (0, 1], got {self.topm_fractions}")
         for level, prompt_dim in enumerate(self.prompt_dims, start=1):

@@ -40,6 +40,16 @@ from .restormer_blocks import (
     split_heads,
 )
 
+def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the orthonormal 2-D FFTs (real and imaginary parts) over the last two axes.
+
+    The real FFT keeps the non-redundant half of the spectrum (the other half is its complex conjugate).
+    """
+    # FFTs in fp32: cuFFT/pocketfft take bf16 only for power-of-two sizes, and the sums need the range.
+    difference = torch.fft.rfft2(restored.float() - target.float(), norm="ortho")
+    return torch.view_as_real(difference).abs().mean()
+
+
 def align_channels(features: torch.Tensor, channels: int) -> torch.Tensor:
     """Zero-pad (or truncate) the channel axis to ``channels``, as the official code aligns feature and prompt."""
     current = features.shape[1]
@@ -517,6 +527,10 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         loss = pixel + config.prompt_regularization_weight * regularizer
         # Unweighted terms with their graph: a training loop may treat the pixel term alone (loss-spike guard).
         terms = {"pixel": pixel, "prompt_angle": regularizer}
+        if config.frequency_loss_weight > 0:
+            frequency = frequency_l1_loss(restored, labels)
+            loss = loss + config.frequency_loss_weight * frequency
+            terms["frequency"] = frequency
         if estimator_logits is not None and degradation_labels is not None:
             # Soft targets so that mixed labels (two halves) train the estimator too.
             estimator = F.cross_entropy(estimator_logits.float(), weights.float())

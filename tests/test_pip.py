@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model
+from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from modeling import PIPConfig, PIPForImageRestoration, RestorationInputError
 from modeling.conversion import convert_pip
@@ -372,3 +373,30 @@ def test_an_estimator_trained_on_crops_judges_a_grid_of_windows_of_that_size():
     torch.testing.assert_close(chosen, torch.nn.functional.one_hot(expected.argmax(-1), 5).float())
     with pytest.raises(Exception, match="degradation_estimator_window"):
         tiny_model("pip", degradation_estimator_window=4)
+
+
+def test_frequency_loss_adds_the_weighted_fft_l1_and_is_off_by_default(model):
+    """MIMO-UNet's frequency term, on an orthonormal real FFT, checked against numpy's FFT."""
+    import numpy as np
+
+    pixel_values, clean = torch.rand(2, 3, 16, 12), torch.rand(2, 3, 16, 12)
+    assert "frequency" not in model(pixel_values, degradation_labels=[0, 1], labels=clean).loss_terms
+    config = PIPConfig(**{**model.config.to_dict(), "frequency_loss_weight": 0.25, "pixel_loss": "l1"})
+    weighted = PIPForImageRestoration(config).eval()
+    weighted.load_state_dict(model.state_dict())
+    out = weighted(pixel_values, degradation_labels=[0, 1], labels=clean)
+    spectrum = np.fft.rfft2((out.reconstruction - clean).detach().double().numpy(), norm="ortho")
+    expected_frequency = np.abs(np.stack([spectrum.real, spectrum.imag])).mean()
+    assert out.loss_terms["frequency"].item() == pytest.approx(expected_frequency, rel=1e-5)
+    assert out.loss_terms["pixel"].item() == pytest.approx(F.l1_loss(out.reconstruction, clean).item(), rel=1e-6)
+    terms = out.loss_terms
+    expected = (terms["pixel"] + 0.25 * terms["frequency"] + config.prompt_regularization_weight * terms["prompt_angle"]
+                + config.degradation_estimator_loss_weight * terms["degradation_estimator"])
+    torch.testing.assert_close(out.loss, expected)
+    assert terms["frequency"].requires_grad
+    # Parseval: the orthonormal transform keeps the energy of the error, so the term is not a rescaled pixel loss
+    # of a size-dependent magnitude.
+    energy = np.sum(np.abs(np.fft.fft2((out.reconstruction - clean).detach().double().numpy(), norm="ortho")) ** 2)
+    assert energy == pytest.approx(((out.reconstruction - clean).double() ** 2).sum().item(), rel=1e-6)
+    with pytest.raises(StrictDataclassClassValidationError, match="frequency_loss_weight must be >= 0"):
+        PIPConfig(frequency_loss_weight=-0.1)
