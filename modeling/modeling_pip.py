@@ -40,6 +40,7 @@ from .restormer_blocks import (
     split_heads,
 )
 
+
 def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the orthonormal 2-D FFTs (real and imaginary parts) over the last two axes.
 
