@@ -44,6 +44,7 @@ def print_table(rows: list[dict], quality_key: Optional[str] = None, quality_lab
         if quality_key:
             line += f"{row[quality_key]:>12{quality_format}}{row[quality_key + '_vs_reference']:>+10{difference_format}}"
         print(line)
+    sys.stdout.flush()  # a benchmark killed later (a time limit) still leaves the table it printed
 
 
 def interleaved_medians(names: Sequence[str], run_once, repeats: int) -> dict[str, float]:

@@ -8,7 +8,10 @@ Rows (paths), all through `modeling.inference.run_model`, the function behind `r
 pipeline and the Space:
 - `reference`: fp32, NCHW inputs (`channels_last=False`): the official code's eager path;
 - `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on CPU;
-- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast.
+- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast;
+- `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same on a copy of the model
+  whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up).
+`--paths` picks a subset (the reference always runs).
 
 Paths are warmed up, then timed in turn for `--repeats` rounds, so every ratio compares runs of the same
 minutes. Columns: median ms per batch, img/s, peak memory (CUDA: `max_memory_allocated` of that path; CPU: peak
@@ -32,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import child_peak_mib, interleaved_medians, print_table, report_child_peak  # noqa: E402
 
-PATHS = {  # name: (channels_last, autocast dtype)
-    "reference": (False, None),
-    "channels-last": (True, None),
-    "bf16": (False, "bf16"),
-    "channels-last+bf16": (True, "bf16"),
+PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
+    "reference": (False, None, False),
+    "channels-last": (True, None, False),
+    "bf16": (False, "bf16", False),
+    "channels-last+bf16": (True, "bf16", False),
+    "bf16+compile": (False, "bf16", True),
+    "channels-last+bf16+compile": (True, "bf16", True),
 }
 
 
@@ -66,10 +71,21 @@ def inputs_for(model, size: int, batch: int):
     return pixel_values, labels
 
 
+def models_for(model, names: list[str]) -> dict:
+    """The model each path runs: `model` itself, or for compiled paths one shared copy with compiled blocks."""
+    import copy
+
+    compiled = None
+    if any(PATHS[name][2] for name in names):
+        compiled = copy.deepcopy(model)
+        compiled.compile_transformer_blocks()
+    return {name: compiled if PATHS[name][2] else model for name in names}
+
+
 def run_path(model, pixel_values, labels, name: str, device: str):
     from modeling.inference import run_model
 
-    channels_last, dtype = PATHS[name]
+    channels_last, dtype, _ = PATHS[name]
     return run_model(model, pixel_values, degradation_labels=labels, device=device, dtype=dtype,
                      channels_last=channels_last)
 
@@ -81,7 +97,7 @@ def child_peak_rss(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model = load(args)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
-    run_path(model, pixel_values, labels, args.child_path, args.device)
+    run_path(models_for(model, [args.child_path])[args.child_path], pixel_values, labels, args.child_path, args.device)
     report_child_peak()
 
 
@@ -92,7 +108,7 @@ def cpu_peak_mib(args: argparse.Namespace, name: str) -> float:
     return child_peak_mib(__file__, argv, args.threads)
 
 
-def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
+def example_psnr(models: dict, names: list[str], device: str) -> dict[str, float]:
     """Mean PSNR of each path on the shipped examples (listed in the demo's eval_results.json, as
     training/package_demo.py wrote them) whose degradation the model takes; {} when none."""
     import numpy as np
@@ -102,6 +118,7 @@ def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
     from modeling.inference import DEMO_CHECKPOINT_DIR, accepts_degradation_labels, degradation_label_ids
     from training.evaluation import psnr
 
+    model = models["reference"]
     manifest = DEMO_CHECKPOINT_DIR / "eval_results.json"
     if not accepts_degradation_labels(model) or not manifest.is_file():
         return {}
@@ -116,7 +133,7 @@ def example_psnr(model, names: list[str], device: str) -> dict[str, float]:
         pixel_values = torch.from_numpy(degraded / 255).permute(2, 0, 1)[None]
         labels = degradation_label_ids(model, example["degradation"], 1)
         for name in names:
-            restored = run_path(model, pixel_values, labels, name, device)[0].clamp(0, 1)
+            restored = run_path(models[name], pixel_values, labels, name, device)[0].clamp(0, 1)
             scores[name].append(psnr(restored.permute(1, 2, 0).numpy(), clean / 255))
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
@@ -132,6 +149,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every path once)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (always on a GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time bf16 with compiled Transformer blocks (always on a GPU)")
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help="time only these paths (and the reference)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (no child processes)")
     parser.add_argument("--no-quality", action="store_true", help="skip the PSNR columns")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -144,13 +165,18 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64  # one graph per block width and input shape (timing + examples)
     model = load(args)
     on_gpu = args.device.startswith("cuda")
     names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
+    names += ["bf16+compile", "channels-last+bf16+compile"] if args.compile or on_gpu else []
+    if args.paths:
+        names = ["reference"] + [name for name in PATHS if name in args.paths and name != "reference"]
+    models = models_for(model, names)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
 
     def run_once(name: str) -> None:
-        run_path(model, pixel_values, labels, name, args.device)  # returns on CPU: includes the copy back
+        run_path(models[name], pixel_values, labels, name, args.device)  # returns on CPU: includes the copy back
 
     peaks: dict[str, float] = {}
     for name in names:  # warm-up (allocator, oneDNN primitives, cuDNN autotune) and the GPU peak of each path
@@ -162,7 +188,7 @@ def main() -> None:
     medians = interleaved_medians(names, run_once, args.repeats)
     if not on_gpu and not args.no_memory:
         peaks = {name: cpu_peak_mib(args, name) for name in names}
-    quality = {} if args.no_quality else example_psnr(model, names, args.device)
+    quality = {} if args.no_quality else example_psnr(models, names, args.device)
 
     parameters = sum(p.numel() for p in model.parameters())
     print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², {args.device}"

@@ -9,11 +9,17 @@ One step is what `training/train.py` does per batch: the model's own loss on (de
 labels for models that take them, backward, AdamW. Rows (paths):
 - `reference`: fp32, NCHW weights and batches: the official code's eager step;
 - `channels-last`: fp32, channels-last weights and batches: `train.py`'s default on CPU;
-- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast, as `--mixed_precision bf16`.
+- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast, as `--mixed_precision bf16`;
+- `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same with every
+  Transformer block compiled (`model.compile_transformer_blocks()`, regional `torch.compile`), as `train.py`
+  does on a GPU.
+On a GPU every path but the reference steps a fused AdamW (`fused=True`, as `train.py` there); the reference
+keeps PyTorch's default AdamW, as the official code. `--paths` picks a subset (the reference always runs).
 
-Every path starts from the same initial weights. Paths are warmed up, then timed in turn for `--repeats` rounds of
-`--steps` steps. Columns: ms per step, img/s, peak memory (a fresh interpreter runs only that path's warm-up, so
-no other path's weights count: CUDA `max_memory_allocated`, CPU peak RSS), and the ratio reference ms / path ms.
+Every path starts from the same initial weights. Paths are warmed up (compiled paths compile there), then timed in
+turn for `--repeats` rounds of `--steps` steps. Columns: ms per step, img/s, peak memory (CUDA: the
+`max_memory_allocated` of the path's creation and warm-up less what earlier paths hold; CPU: peak RSS of a fresh
+interpreter that runs only that path's warm-up), and the ratio reference ms / path ms.
 Agreement: each path then trains a fresh copy for `--curve-steps` steps on a toy denoising task (the same batches
 for all), and the table gives the mean loss of the last fifth of the steps and its relative difference to the
 reference path (goal: within 1 %).
@@ -32,11 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import child_peak_mib, interleaved_medians, print_table, report_child_peak  # noqa: E402
 
-PATHS = {  # name: (channels_last, autocast to bf16)
-    "reference": (False, False),
-    "channels-last": (True, False),
-    "bf16": (False, True),
-    "channels-last+bf16": (True, True),
+PATHS = {  # name: (channels_last, autocast to bf16, compiled Transformer blocks)
+    "reference": (False, False, False),
+    "channels-last": (True, False, False),
+    "bf16": (False, True, False),
+    "channels-last+bf16": (True, True, False),
+    "bf16+compile": (False, True, True),
+    "channels-last+bf16+compile": (True, True, True),
 }
 DEFAULT_RECIPE = REPO_ROOT / "training" / "configs" / "pip_restormer_cpu.yaml"
 
@@ -61,14 +69,18 @@ class TrainingPath:
 
         from modeling import MODEL_CLASSES
 
-        self.channels_last, self.bf16 = PATHS[name]
+        self.channels_last, self.bf16, compiled = PATHS[name]
         self.device = torch.device(device)
         config_class, model_class = MODEL_CLASSES[model_type]
         torch.manual_seed(0)
         self.model = model_class(config_class(**config)).to(self.device).train()
         if self.channels_last:  # as train.py does: the weights once, each batch as it arrives
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate)
+        if compiled:
+            self.model.compile_transformer_blocks()
+        # The fast paths on a GPU update all parameters in one fused kernel, as train.py does there.
+        fused = self.device.type == "cuda" and name != "reference"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, fused=fused or None)
         self.num_labels = len(self.model.config.degradation_names) if self.model.accepts_degradation_labels else 0
 
     def step(self, degraded, clean) -> float:
@@ -119,6 +131,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per path per round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every path)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (always on a GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time bf16 with compiled Transformer blocks (always on a GPU)")
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help="time only these paths (and the reference)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (the CPU recipe's)")
     parser.add_argument("--curve-steps", type=int, default=200, help="steps of the toy loss curve (0: skip)")
     parser.add_argument("--curve-batch", type=int, default=4, help="batch of the toy loss curve")
@@ -131,24 +147,36 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    # Regional compilation caches one graph per block width and input shape; the default limit of 8 is too few
+    # for the toy curve's second crop size on top of the timed one.
+    torch._dynamo.config.recompile_limit = 64
     model_type, config = model_spec(args)
     batch = fixed_batch(args.batch, args.size, seed=0)
-    if args.child_path:  # one path's warm-up in a fresh interpreter: its peak memory, no other path's weights
+    if args.child_path:  # CPU: one path's warm-up in a fresh interpreter, its peak RSS free of other paths' weights
         path = TrainingPath(args.child_path, model_type, config, args.device)
         for _ in range(2):
             path.step(*batch)
-        if args.device.startswith("cuda"):
-            print(json.dumps({"peak_kib": torch.cuda.max_memory_allocated() // 1024}))
-        else:
-            report_child_peak()
+        report_child_peak()
         return
 
     on_gpu = args.device.startswith("cuda")
     names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
-    paths = {name: TrainingPath(name, model_type, config, args.device) for name in names}
-    for path in paths.values():  # warm-up: allocator, oneDNN primitives, cuDNN autotune
+    names += ["bf16+compile", "channels-last+bf16+compile"] if args.compile or on_gpu else []
+    if args.paths:
+        names = ["reference"] + [name for name in PATHS if name in args.paths and name != "reference"]
+    paths: dict[str, TrainingPath] = {}
+    peaks: dict[str, float] = {}
+    for name in names:  # warm-up: allocator, oneDNN primitives, cuDNN autotune, compilation
+        if on_gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            held_before = torch.cuda.memory_allocated()
+        paths[name] = TrainingPath(name, model_type, config, args.device)
         for _ in range(2):
-            path.step(*batch)
+            paths[name].step(*batch)
+        if on_gpu:
+            torch.cuda.synchronize()
+            peaks[name] = (torch.cuda.max_memory_allocated() - held_before) / 2**20
 
     def run_once(name: str) -> None:
         for _ in range(args.steps):
@@ -159,43 +187,47 @@ def main() -> None:
     medians = {name: seconds / args.steps for name, seconds in interleaved_medians(names, run_once, args.repeats).items()}
     parameters = sum(p.numel() for p in paths["reference"].model.parameters())
     paths.clear()  # free the timed models before the memory and curve runs
-    peaks: dict[str, float] = {}
-    if not args.no_memory:
+    if not on_gpu and not args.no_memory:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
                 "--device", args.device, "--recipe", args.recipe]
         argv += ["--model-type", args.model_type] if args.model_type else []
         argv += ["--official-size"] if args.official_size else []
         argv += ["--model-config", args.model_config] if args.model_config is not None else []
         peaks = {name: child_peak_mib(__file__, [*argv, "--child-path", name], args.threads) for name in names}
-    final_losses, first_losses = {}, {}
+    def report(final_losses: dict[str, float], first_losses: dict[str, float]) -> None:
+        """Print the table and write the JSON: once the timings are in, again with the toy losses."""
+        print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
+              + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
+              + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
+                 if final_losses else ""), flush=True)
+        rows = []
+        for name in names:
+            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
+                   "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
+            if final_losses:
+                reference = final_losses["reference"]
+                row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
+                row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
+            rows.append(row)
+        print_table(rows, "toy_loss" if final_losses else None, "toy loss", ".5f", ".2%")
+        if args.json:
+            args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
+                                             "size": args.size, "device": args.device, "threads": args.threads,
+                                             "repeats": args.repeats, "steps": args.steps,
+                                             "curve_steps": args.curve_steps if final_losses else 0, "rows": rows},
+                                            indent=2))
+
+    # The timings first: a run cut short during the (slower) toy curves still leaves them on screen and on disk.
+    report({}, {})
     if args.curve_steps:
+        final_losses, first_losses = {}, {}
         tail = max(args.curve_steps // 5, 1)
         for name in names:
             curve = loss_curve(TrainingPath(name, model_type, config, args.device, args.learning_rate), args.curve_steps,
                                args.curve_batch, args.curve_size)
             final_losses[name] = sum(curve[-tail:]) / tail
             first_losses[name] = sum(curve[:tail]) / tail
-
-    print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
-          + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
-          + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
-             if final_losses else ""))
-    rows = []
-    for name in names:
-        row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
-               "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
-        if final_losses:
-            reference = final_losses["reference"]
-            row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
-            row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
-        rows.append(row)
-    print_table(rows, "toy_loss" if final_losses else None, "toy loss", ".5f", ".2%")
-    if args.json:
-        args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
-                                         "size": args.size, "device": args.device, "threads": args.threads,
-                                         "repeats": args.repeats, "steps": args.steps,
-                                         "curve_steps": args.curve_steps, "rows": rows}, indent=2))
-
+        report(final_losses, first_losses)
 
 if __name__ == "__main__":
     main()

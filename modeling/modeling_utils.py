@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from .configuration_backbone import RestorationBackboneConfig
 from .degradation_labels import degradation_weights_from_labels
 from .errors import RestorationInputError
-from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention
+from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention, TransformerBlock
 
 # Bytes; PyTorch's CPU allocator aligns every new tensor to this.
 _CPU_ALIGNMENT = 64
@@ -90,6 +90,22 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.temperature)
         elif hasattr(module, "init_own_parameters"):
             module.init_own_parameters()
+
+    def compile_transformer_blocks(self, **compile_kwargs) -> int:
+        """Regional ``torch.compile``: compile every Restormer ``TransformerBlock`` in place; returns how many.
+
+        The blocks hold nearly all of the work and repeat with few distinct widths, so compiling them (rather
+        than the whole model, whose prompt modules branch on data) is quick and free of graph breaks; the blocks
+        of one width share their compiled code (PyTorch inlines the module, so its weights are inputs, not
+        constants). Shapes are static by default (``dynamic=False``): each new input size compiles once more,
+        so this suits fixed training crops and benchmarks, not one-off restores of arbitrary sizes. Weights,
+        ``state_dict`` keys and outputs are unchanged. ``compile_kwargs`` go to ``nn.Module.compile``.
+        """
+        compile_kwargs.setdefault("dynamic", False)
+        blocks = [module for module in self.modules() if isinstance(module, TransformerBlock)]
+        for block in blocks:
+            block.compile(**compile_kwargs)
+        return len(blocks)
 
     @property
     def can_estimate_degradation(self) -> bool:

@@ -636,6 +636,17 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
     assert abs(rows["channels-last"]["psnr_vs_reference"]) < 1e-3
     assert "channels-last" in result.stdout and "PSNR dB" in result.stdout
 
+    # --paths picks the rows (the reference always runs); bf16 autocast stays within a bf16 rounding of it.
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_infer.py"), "--model", str(folder), "--size", "32",
+         "--repeats", "1", "--threads", "1", "--no-memory", "--paths", "bf16", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+    assert list(rows) == ["reference", "bf16"] and rows["bf16"]["peak_mib"] is None
+    assert 0 < abs(rows["bf16"]["psnr_vs_reference"]) < 0.5
+
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_outputs_depend_on_the_values_not_on_how_the_input_tensor_was_built(channels_last):

@@ -227,6 +227,38 @@ def test_channels_last_gives_the_nchw_output_and_gradients(model_type, layer_nor
     torch.testing.assert_close(last_grads, nchw_grads, atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_transformer_blocks_trace_as_whole_graphs_and_compute_the_same(model_type):
+    """Regional compilation (train.py's and the benchmarks' GPU fast path): every TransformerBlock compiles as one
+    graph (`fullgraph=True` raises on any graph break), blocks of one width share their compiled code, outputs,
+    loss and gradients match eager, and the state_dict keys do not change."""
+    from torch._dynamo.testing import CompileCounter
+
+    from modeling.restormer_blocks import TransformerBlock
+
+    torch._dynamo.reset()
+    pixel_values, labels = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
+    counter = CompileCounter()
+    results = []
+    for compiled in (False, True):
+        model = tiny_model(model_type).train()
+        keys = list(model.state_dict())
+        blocks = [module for module in model.modules() if isinstance(module, TransformerBlock)]
+        if compiled:
+            assert model.compile_transformer_blocks(backend=counter, fullgraph=True) == len(blocks) > 1
+            assert list(model.state_dict()) == keys
+        torch.manual_seed(0)  # DPPD samples its prompts in training
+        out = model(pixel_values, labels=labels, **forward_kwargs(model_type, 2))
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((out.reconstruction.detach(), out.loss.detach(), grads))
+    # Each block ran compiled code; graphs were built per distinct (width, size), not per block.
+    assert 1 <= counter.frame_count < len(blocks)
+    (eager, eager_loss, eager_grads), (fast, fast_loss, fast_grads) = results
+    torch.testing.assert_close(fast, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_loss, eager_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast_grads, eager_grads, atol=1e-5, rtol=1e-4)
+
+
 def test_heads_of_a_channels_last_map_are_views_with_the_nchw_values():
     from modeling.restormer_blocks import ChannelLayerNorm, channels_innermost, merge_heads, split_heads
 

@@ -121,6 +121,10 @@ class TrainingArguments:
         None, "channels-last weights and batches: faster convolutions on CPU (benchmarks/bench_train.py); "
         "default: on for CPU, off on GPU (not measured there yet); false turns it off"
     )
+    compile_blocks: Optional[bool] = _arg(
+        None, "regional torch.compile of every Transformer block (model.compile_transformer_blocks(); fixed crop "
+        "sizes compile once); default: on for GPU, off on CPU (where compiling costs minutes); false turns it off"
+    )
     seed: int = _arg(0, "seed of the model initialisation and of the data plan")
     loss_spike_guard: bool = _arg(
         False, "PIP's guard: a pixel loss above factor x min(last N) is rescaled to factor/2 x min"
@@ -532,9 +536,16 @@ def main(args: TrainingArguments) -> dict:
     with accelerator.main_process_first():  # a loss the config names (CPL's CPR); never part of the model
         training_loss = build_training_loss(model.config, accelerator.device)
 
+    on_gpu = accelerator.device.type == "cuda"
+    compile_blocks = on_gpu if args.compile_blocks is None else args.compile_blocks
+    if compile_blocks:
+        # One graph per block width and crop size (training, validation, eval mode): more than the default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        model.compile_transformer_blocks()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        fused=True if on_gpu else None,  # one kernel for the whole update on a GPU (benchmarks/bench_train.py)
     )
     # Stepped once per optimizer step by us (an accelerate-prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -626,6 +637,7 @@ def main(args: TrainingArguments) -> dict:
             "device": str(accelerator.device),
             "mixed_precision": str(accelerator.mixed_precision),
             "channels_last": channels_last,
+            "compile_blocks": compile_blocks,
             **{k: getattr(args, k)
                for k in ("learning_rate", "train_batch_size", "patch_size", "lr_scheduler", "data_preset")},
         }
