@@ -537,6 +537,16 @@ def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dic
                 })
             return super().forward(pixel_values, degradation_labels=degradation_labels, labels=labels, **kwargs)
 
+        def compile_transformer_blocks(self, **compile_kwargs):
+            # The eager backend: dynamo traces the blocks as on a GPU, without minutes of C++ compilation here.
+            from modeling.restormer_blocks import TransformerBlock
+
+            count = super().compile_transformer_blocks(backend="eager", **compile_kwargs)
+            blocks = [module for module in self.modules() if isinstance(module, TransformerBlock)]
+            seen.append({"compiled_blocks": count, "blocks": len(blocks),
+                         "compiled": sum(module._compiled_call_impl is not None for module in blocks)})
+            return count
+
     def build_model(args):
         config_class, _ = train_module.MODEL_CLASSES["pip"]
         names = ["rain", "noise", "low-light", "haze", "blur"]
@@ -606,6 +616,23 @@ def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tm
     card = (tmp_path / "fast" / "model" / "README.md").read_text()
     assert "- **channels last**: True" in card
     assert "- **channels last**: False" in (tmp_path / "plain" / "model" / "README.md").read_text()
+
+
+def test_block_compilation_is_off_on_cpu_by_default_and_compiles_every_block_when_asked(corpus, tmp_path,
+                                                                                        monkeypatch):
+    """`--compile_blocks` (default: GPU only) compiles every Transformer block before training; the run then trains
+    through the compiled blocks and saves the usual weights."""
+    from safetensors.torch import load_file
+
+    default = run_recording_main(corpus, tmp_path / "default", monkeypatch)
+    assert not any("compiled_blocks" in record for record in default)
+    torch._dynamo.reset()
+    compiled = run_recording_main(corpus, tmp_path / "compiled", monkeypatch, compile_blocks="true")
+    record = compiled[0]
+    assert record["compiled_blocks"] == record["blocks"] == record["compiled"] > 1
+    assert len(compiled) == 3 and all("dtype" in step for step in compiled[1:])  # then the two training steps
+    weights = load_file(tmp_path / "compiled" / "model" / "model.safetensors")
+    assert weights.keys() == load_file(tmp_path / "default" / "model" / "model.safetensors").keys()
 
 
 def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
