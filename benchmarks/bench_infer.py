@@ -10,7 +10,8 @@ pipeline and the Space:
 - `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on CPU;
 - `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast;
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same on a copy of the model
-  whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up).
+  whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up);
+- `channels-last+compile` (only through `--paths`): fp32 with compiled blocks, for CPUs without fast bf16.
 `--paths` picks a subset (the reference always runs).
 
 Paths are warmed up, then timed in turn for `--repeats` rounds, so every ratio compares runs of the same
@@ -42,6 +43,7 @@ PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
     "channels-last+bf16": (True, "bf16", False),
     "bf16+compile": (False, "bf16", True),
     "channels-last+bf16+compile": (True, "bf16", True),
+    "channels-last+compile": (True, None, True),
 }
 
 
