@@ -216,3 +216,26 @@ def test_restormer_tiled_matches_whole_image_on_512x512():
     tiled = tiled_apply(restore_batch, noisy, tile=256)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.05
     assert psnr(tiled, whole) > 50.0
+
+
+def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run():
+    """benchmarks/bench_tiling.py on a tiny Restormer: both modes with their agreement, and `--tiled-only` (for sizes
+    whose whole image does not fit) with the tiled line alone (timings are not asserted)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
+    common = [sys.executable, str(script), "--size", "96", "--tile", "48", "--overlap", "8", "--dim", "8"]
+    both = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    assert both.returncode == 0, both.stderr[-3000:]
+    assert re.search(r"^ whole: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
+    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
+    agreement = float(re.search(r"tiled-vs-whole PSNR ([\d.]+|inf) dB", both.stdout).group(1))
+    assert agreement > 30  # overlapping tiles blend to nearly the whole-image output, even with random weights
+    tiled_only = subprocess.run(common + ["--tiled-only"], capture_output=True, text=True, timeout=300)
+    assert tiled_only.returncode == 0, tiled_only.stderr[-3000:]
+    assert "image 96x96, tile 48, overlap 8, dim 8" in tiled_only.stdout
+    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", tiled_only.stdout, re.M)
+    assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
