@@ -47,6 +47,16 @@ def print_table(rows: list[dict], quality_key: Optional[str] = None, quality_lab
     sys.stdout.flush()  # a benchmark killed later (a time limit) still leaves the table it printed
 
 
+def path_names(paths: Sequence[str], requested: Optional[Sequence[str]], bf16: bool, compiled: bool) -> list[str]:
+    """The rows to time, in `paths` order: `requested` (`--paths`) when given, else the reference and
+    channels-last, plus the bf16 pair when `bf16` and the bf16 compiled pair when `compiled`; the reference
+    always runs, since every ratio is against it."""
+    if requested:
+        return ["reference"] + [name for name in paths if name in requested and name != "reference"]
+    names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if bf16 else [])
+    return names + (["bf16+compile", "channels-last+bf16+compile"] if compiled else [])
+
+
 def interleaved_medians(names: Sequence[str], run_once, repeats: int) -> dict[str, float]:
     """Median seconds of `run_once(name)` per path, timed in `repeats` rounds that each run every path once, so
     load from other programs affects all paths alike. `run_once` must wait for the device itself."""

@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import child_peak_mib, interleaved_medians, print_table, report_child_peak  # noqa: E402
+from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
 
 PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
     "reference": (False, None, False),
@@ -170,10 +170,7 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64  # one graph per block width and input shape (timing + examples)
     model = load(args)
     on_gpu = args.device.startswith("cuda")
-    names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if args.bf16 or on_gpu else [])
-    names += ["bf16+compile", "channels-last+bf16+compile"] if args.compile or on_gpu else []
-    if args.paths:
-        names = ["reference"] + [name for name in PATHS if name in args.paths and name != "reference"]
+    names = path_names(list(PATHS), args.paths, args.bf16 or on_gpu, args.compile or on_gpu)
     models = models_for(model, names)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
 

@@ -77,7 +77,7 @@ def main() -> None:
         for mode in modes:
             save = f"{tmp}/{mode}.pt"
             command = [sys.executable, __file__, "--mode", mode, "--save", save] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("mode", "save", "tiled_only")
+                f"--{k}={v}" for k, v in vars(args).items() if k not in ("mode", "save", "tiled_only")
             ]
             output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
