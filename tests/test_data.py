@@ -134,6 +134,31 @@ def test_probability_mixture_frequencies(corpus):
         D.RestorationStream(sources, probabilities={"snow": 1.0})
 
 
+def test_synthesized_blur_is_one_source_per_kernel_family(corpus):
+    """Synthesized blur splits into gaussian/defocus/motion sources (the task keeps its repeat), so a recipe can
+    weight one family; each source synthesizes its own family."""
+    from training.degradations import BLUR_FAMILIES, blur, synthesize
+
+    roots = {"clean": corpus["roots"]["clean"]}
+    sources = D.preset_sources("5-task", roots, synthesize_missing=True)
+    blur_sources = [s for s in sources if s.task_name == "blur"]
+    assert [s.name for s in blur_sources] == [f"blur-synthetic:{f}" for f in BLUR_FAMILIES]
+    assert [dict(s.synthesis_kwargs) for s in blur_sources] == [{"family": f} for f in BLUR_FAMILIES]
+    rain = next(s for s in sources if s.task_name == "rain")
+    assert sum(s.repeat for s in blur_sources) == rain.repeat == 9  # same total weight as every synthesized task
+    image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    for source, family in zip(blur_sources, BLUR_FAMILIES):
+        made = synthesize(image, source.synthesis, np.random.default_rng(3), **source.synthesis_kwargs).image
+        np.testing.assert_array_equal(made, blur(image, np.random.default_rng(3), family=family).image)
+    # a family's own probability, the rest of the task split evenly
+    probabilities = {"blur-synthetic:motion": 0.4, "blur": 0.2, "noise": 0.4}
+    stream = D.RestorationStream(sources, probabilities=probabilities, epoch_length=20000, shards_per_rank=4)
+    names = np.array([sources[i].name for i in stream.plan().source])
+    assert abs((names == "blur-synthetic:motion").mean() - 0.4) < 0.015
+    for family in ("gaussian", "defocus"):
+        assert abs((names == f"blur-synthetic:{family}").mean() - 0.1) < 0.015
+
+
 # ---------------------------------------------------------------------------------------------------- examples
 
 

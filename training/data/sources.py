@@ -11,6 +11,7 @@ from typing import Any
 import datasets
 
 from ..degradations import (
+    BLUR_FAMILIES,
     CDD11_TYPES,
     NOISE_SIGMAS,
     TASK_NAMES,
@@ -215,7 +216,9 @@ def preset_sources(
     ``"haze"``, ``"blur"``, ``"low-light"``, ``"cdd11"``. Noise is one source per sigma (official x3 each);
     paired tasks use their official repeat factors. With ``synthesize_missing=True`` a task without a root is
     synthesized from the clean photos (repeat ``3 * len(sigmas)``, the weight of the whole noise task), which is
-    how the embedded corpus trains all tasks. ``repeats`` overrides factors by task name.
+    how the embedded corpus trains all tasks; synthesized blur is one source per kernel family
+    (``blur-synthetic:gaussian``, ``:defocus``, ``:motion``) sharing that repeat evenly (rounded, at least 1
+    each). ``repeats`` overrides factors by task name.
     """
     if preset not in PRESET_TASKS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESET_TASKS)}")
@@ -249,6 +252,16 @@ def preset_sources(
                 )
         elif roots.get(task) is not None:
             sources.append(paired_source(roots[task], task, repeat=factors.get(task, 1)))
+        elif synthesize_missing and clean_files is not None and task == "blur":
+            # One source per kernel family (like noise per sigma), so `task_probabilities` can weight a family
+            # (e.g. ``blur-synthetic:motion=0.2``) and validation reports each family; ``blur=p`` still splits p
+            # evenly, as drawing the family uniformly did. The families share the task's repeat (rounded, >= 1 each).
+            family_repeat = max(1, round(synthetic_repeat / len(BLUR_FAMILIES)))
+            for family in BLUR_FAMILIES:
+                sources.append(
+                    clean_source(clean_files, "blur", synthesis_kwargs={"family": family},
+                                 name=f"blur-synthetic:{family}", repeat=family_repeat)
+                )
         elif synthesize_missing and clean_files is not None:
             sources.append(clean_source(clean_files, task, name=f"{task}-synthetic", repeat=synthetic_repeat))
         else:
