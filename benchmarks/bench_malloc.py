@@ -12,6 +12,7 @@ and whether the output is bit-identical to the fast path's (the allocator must n
 
     python benchmarks/bench_malloc.py --random promptir --size 512     # PromptIR at its official size
     python benchmarks/bench_malloc.py                                   # the shipped weights, 512²
+    python benchmarks/bench_malloc.py --bf16   # + the fast path in bf16 autocast (CPUs with native bf16)
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import peak_rss_kib, print_table  # noqa: E402
 
-#: path: (channels_last, keep freed memory for reuse)
-PATHS = {"reference": (False, False), "fast": (True, False), "fast+freed-memory-reuse": (True, True)}
+#: path: (channels_last, keep freed memory for reuse, autocast dtype)
+PATHS = {"reference": (False, False, None), "fast": (True, False, None), "fast+freed-memory-reuse": (True, True, None),
+         "fast+bf16+freed-memory-reuse": (True, True, "bf16")}
+#: the bf16 row runs only with --bf16: fast on CPUs with native bf16 (AVX-512 BF16, AMX), slow elsewhere
+BF16_PATH = "fast+bf16+freed-memory-reuse"
 
 
 def child(args: argparse.Namespace) -> None:
@@ -47,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     from modeling import MODEL_CLASSES
     from modeling.inference import DEMO_CHECKPOINT_DIR, keep_freed_memory_for_reuse, load_model, run_model
 
-    channels_last, reuse = PATHS[args.child_path]
+    channels_last, reuse, dtype = PATHS[args.child_path]
     applied = keep_freed_memory_for_reuse() if reuse else False
     torch.set_num_threads(args.threads)
     if args.random:
@@ -60,13 +64,14 @@ def child(args: argparse.Namespace) -> None:
     labels = None
     if getattr(type(model), "accepts_degradation_labels", False):
         labels = model.degradation_weights(model.config.degradation_names[0], 1, "cpu")
-    output = run_model(model, pixel_values, degradation_labels=labels, channels_last=channels_last)  # warm-up
+    output = run_model(model, pixel_values, degradation_labels=labels, channels_last=channels_last,
+                       dtype=dtype)  # warm-up
     times = []
     for _ in range(args.forwards):
         started = time.perf_counter()
-        output = run_model(model, pixel_values, degradation_labels=labels, channels_last=channels_last)
+        output = run_model(model, pixel_values, degradation_labels=labels, channels_last=channels_last, dtype=dtype)
         times.append(time.perf_counter() - started)
-    output = output.contiguous().numpy()
+    output = output.float().contiguous().numpy()
     digest = hashlib.sha256(output.tobytes()).hexdigest()
     np.save(args.child_output, output)
     print(json.dumps({"times": times, "peak_kib": peak_rss_kib(), "digest": digest, "applied": applied}))
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=3, help="rounds, each one child of every kind")
     parser.add_argument("--forwards", type=int, default=3, help="timed restorations per child")
+    parser.add_argument("--bf16", action="store_true",
+                        help=f"also run {BF16_PATH} (bf16 autocast; max_abs_diff then shows bf16 rounding)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child-path", default=None, choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--child-output", default=None, help=argparse.SUPPRESS)
@@ -92,11 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
     forwarded += ["--random", args.random] if args.random else []
     forwarded += ["--model", args.model] if args.model else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    results: dict[str, list[dict]] = {name: [] for name in PATHS}
+    paths = [name for name in PATHS if args.bf16 or name != BF16_PATH]
+    results: dict[str, list[dict]] = {name: [] for name in paths}
     outputs: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for _ in range(args.repeats):
-            for name in PATHS:
+            for name in paths:
                 saved = Path(scratch) / f"{name}.npy"
                 completed = subprocess.run([sys.executable, __file__, *forwarded, "--child-path", name,
                                             "--child-output", str(saved)], capture_output=True, text=True, env=env)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
                 outputs[name] = np.load(saved)
     digests = {name: {run["digest"] for run in runs} for name, runs in results.items()}
     rows = []
-    for name in PATHS:
+    for name in paths:
         ms = 1000 * statistics.median(t for run in results[name] for t in run["times"])
         rows.append({"path": name, "ms": ms, "images_per_s": 1000 / ms,
                      "peak_mib": max(run["peak_kib"] for run in results[name]) / 1024,

@@ -754,6 +754,29 @@ def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
     assert all(50 < row["peak_mib"] < 4096 for row in rows.values())
 
 
+def test_bench_malloc_bf16_row_only_when_asked(tmp_path):
+    """--bf16 adds the fast path in bf16 autocast with freed-memory reuse: its own children, the setting applied,
+    an output that differs from fp32 by bf16 rounding only."""
+    import json
+
+    from conftest import tiny_model
+
+    folder = tmp_path / "tiny-pip"
+    tiny_model("pip").save_pretrained(folder)
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_malloc.py"), "--model", str(folder), "--size", "32",
+         "--repeats", "1", "--forwards", "1", "--threads", "1", "--bf16", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+    assert list(rows) == ["reference", "fast", "fast+freed-memory-reuse", "fast+bf16+freed-memory-reuse"]
+    bf16 = rows["fast+bf16+freed-memory-reuse"]
+    assert bf16["applied"] and not bf16["identical_to_fast"]
+    assert 0 < bf16["max_abs_diff_vs_reference"] < 0.05  # bf16 keeps 8 bits of mantissa: rounding, not garbage
+
+
 @pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])
 def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
     from conftest import tiny_model
