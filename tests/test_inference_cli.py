@@ -726,9 +726,9 @@ def test_keep_freed_memory_for_reuse_keeps_a_large_freed_buffer_in_the_heap():
         inference.keep_freed_memory_for_reuse(0)
 
 
-def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
-    """benchmarks/bench_malloc.py on a tiny saved model: both rows, ratio against the plain path, the setting
-    applied only in its children, and bit-identical outputs (timings are not asserted)."""
+def _bench_malloc_rows(tmp_path, *flags: str) -> dict:
+    """Run benchmarks/bench_malloc.py on a tiny saved pip model at 32², one thread, one forward per child; its
+    JSON rows by path."""
     import json
 
     from conftest import tiny_model
@@ -738,11 +738,17 @@ def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
     report_path = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_malloc.py"), "--model", str(folder), "--size", "32",
-         "--repeats", "2", "--forwards", "1", "--threads", "1", "--json", str(report_path)],
+         "--forwards", "1", "--threads", "1", *flags, "--json", str(report_path)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+    return {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+
+
+def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
+    """benchmarks/bench_malloc.py on a tiny saved model: both rows, ratio against the plain path, the setting
+    applied only in its children, and bit-identical outputs (timings are not asserted)."""
+    rows = _bench_malloc_rows(tmp_path, "--repeats", "2")
     assert list(rows) == ["reference", "fast", "fast+freed-memory-reuse"]
     assert [row["applied"] for row in rows.values()] == [False, False, True]
     assert rows["fast+freed-memory-reuse"]["identical_to_fast"] and rows["fast"]["identical_to_fast"]
@@ -757,20 +763,7 @@ def test_bench_malloc_runs_each_path_in_its_own_children(tmp_path):
 def test_bench_malloc_bf16_row_only_when_asked(tmp_path):
     """--bf16 adds the fast path in bf16 autocast with freed-memory reuse: its own children, the setting applied,
     an output that differs from fp32 by bf16 rounding only."""
-    import json
-
-    from conftest import tiny_model
-
-    folder = tmp_path / "tiny-pip"
-    tiny_model("pip").save_pretrained(folder)
-    report_path = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_malloc.py"), "--model", str(folder), "--size", "32",
-         "--repeats", "1", "--forwards", "1", "--threads", "1", "--bf16", "--json", str(report_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
+    rows = _bench_malloc_rows(tmp_path, "--repeats", "1", "--bf16")
     assert list(rows) == ["reference", "fast", "fast+freed-memory-reuse", "fast+bf16+freed-memory-reuse"]
     bf16 = rows["fast+bf16+freed-memory-reuse"]
     assert bf16["applied"] and not bf16["identical_to_fast"]

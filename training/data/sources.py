@@ -254,8 +254,9 @@ def preset_sources(
             sources.append(paired_source(roots[task], task, repeat=factors.get(task, 1)))
         elif synthesize_missing and clean_files is not None and task == "blur":
             # One source per kernel family (like noise per sigma), so `task_probabilities` can weight a family
-            # (e.g. ``blur-synthetic:motion=0.2``) and validation reports each family; ``blur=p`` still splits p
-            # evenly, as drawing the family uniformly did. The families share the task's repeat (rounded, >= 1 each).
+            # (e.g. ``blur-synthetic:motion=0.2``) and validation takes crops of every family; ``blur=p`` still
+            # splits p evenly, as drawing the family uniformly did. The families share the task's repeat (rounded,
+            # >= 1 each).
             family_repeat = max(1, round(synthetic_repeat / len(BLUR_FAMILIES)))
             for family in BLUR_FAMILIES:
                 sources.append(
