@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 #: A tiny PIP (the same shape as the tests' tiny model).
 TINY_PIP = dict(
     dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 
 CHILD = r"""
 import json, sys, time
@@ -85,7 +86,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir = Path(args.model) if args.model else scratch / "model"
-        sys.path.insert(0, str(REPO_ROOT))
         if args.model is None:
             import torch
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import peak_rss_kib  # noqa: E402

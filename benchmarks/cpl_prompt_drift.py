@@ -18,22 +18,27 @@ drift over 100 steps. With forced routing the routers choose nothing, so the reg
 (``contrastive_routing_grad=True``: the anchor is then the training forward itself); they only scale the forced
 component by the softmax value of their own choice.
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 python benchmarks/cpl_prompt_drift.py --steps 100 --seeds 0 1 2
+    HF_HUB_OFFLINE=1 python benchmarks/cpl_prompt_drift.py --steps 100 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import ResNetBackbone, ResNetConfig
 
-from modeling import CPLConfig, CPLForImageRestoration, PerPlace
-from training.losses import build_training_loss
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
+
+from modeling import CPLConfig, CPLForImageRestoration, PerPlace  # noqa: E402
+from training.losses import build_training_loss  # noqa: E402
 
 DEGRADATIONS = ("noise", "haze", "dark")
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 
 #: name: (what changes, train.py overrides). "recipe" is the recipe as committed.
 CANDIDATES: dict[str, tuple[str, dict[str, str]]] = {

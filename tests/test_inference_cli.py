@@ -770,6 +770,39 @@ def test_bench_malloc_bf16_row_only_when_asked(tmp_path):
     assert 0 < bf16["max_abs_diff_vs_reference"] < 0.05  # bf16 keeps 8 bits of mantissa: rounding, not garbage
 
 
+def test_every_benchmark_finds_the_project_from_a_bare_checkout(tmp_path):
+    """On a machine where the package is not installed (a GPU box with a copied checkout), each benchmark script
+    puts the checkout on sys.path itself: loading it (not running it) makes `modeling` and `training` importable.
+    One interpreter without `site` (so the editable install is invisible) loads every script in turn, restoring
+    sys.path and dropping the project modules between scripts so that one script cannot hide another's omission."""
+    import json
+    import site
+    import sysconfig
+
+    scripts = sorted(p for p in (REPO_ROOT / "benchmarks").glob("*.py") if p.name != "bench_common.py")
+    assert len(scripts) >= 15
+    probe = (
+        "import importlib.util, json, runpy, sys\n"
+        "missing = []\n"
+        "for script in sys.argv[1:]:\n"
+        "    saved = list(sys.path)\n"
+        "    assert importlib.util.find_spec('modeling') is None, 'the project leaked onto sys.path'\n"
+        "    runpy.run_path(script, run_name='benchmark_probe')\n"
+        "    if importlib.util.find_spec('modeling') is None or importlib.util.find_spec('training') is None:\n"
+        "        missing.append(script.rsplit('/', 1)[-1])\n"
+        "    sys.path[:] = saved\n"
+        "    for name in [m for m in sys.modules if m.split('.')[0] in ('modeling', 'training', 'bench_common')]:\n"
+        "        del sys.modules[name]\n"
+        "print(json.dumps(missing))\n"
+    )
+    packages = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()]))
+    env = {**os.environ, "PYTHONPATH": packages, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-S", "-c", probe, *map(str, scripts)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
 @pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])
 def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
     from conftest import tiny_model
