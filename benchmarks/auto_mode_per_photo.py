@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
             reference = clean.astype(np.float64) / 255
             degraded = synthesize_row_image(clean, label, index, args.seed)
             pixel_values = torch.from_numpy(degraded).permute(2, 0, 1)[None]
-            weights = estimate_degradation_weights(model, pixel_values, auto_mode="soft")[0].tolist()
+            weights = estimate_degradation_weights(model, pixel_values, auto_mode="soft", dtype="fp32")[0].tolist()
             before = psnr(degraded, reference)
-            gains = {mode: psnr(restore(degraded, model, **kwargs), reference) - before for mode, kwargs in (
+            gains = {mode: psnr(restore(degraded, model, dtype="fp32", **kwargs), reference) - before for mode, kwargs in (
                 ("labelled", {"degradation": task}),
                 ("hard", {"degradation": "auto", "auto_mode": "hard"}),
                 ("soft", {"degradation": "auto", "auto_mode": "soft"}),

@@ -7,8 +7,9 @@
 Rows (paths), all through `modeling.inference.run_model`, the function behind `restore()`, the CLI, the
 pipeline and the Space:
 - `reference`: fp32, NCHW inputs (`channels_last=False`): the official code's eager path;
-- `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on CPU;
-- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast;
+- `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on a CPU without native bf16;
+- `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast; `channels-last+bf16` is the
+  default on a CPU with native bf16 (`modeling.inference.default_autocast_dtype`);
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same on a copy of the model
   whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up);
 - `channels-last+compile` (only through `--paths`): fp32 with compiled blocks, for CPUs without fast bf16.
@@ -37,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
 
 PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
-    "reference": (False, None, False),
-    "channels-last": (True, None, False),
+    "reference": (False, "fp32", False),
+    "channels-last": (True, "fp32", False),
     "bf16": (False, "bf16", False),
     "channels-last+bf16": (True, "bf16", False),
     "bf16+compile": (False, "bf16", True),
     "channels-last+bf16+compile": (True, "bf16", True),
-    "channels-last+compile": (True, None, True),
+    "channels-last+compile": (True, "fp32", True),
 }
 
 

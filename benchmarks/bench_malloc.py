@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import peak_rss_kib, print_table  # noqa: E402
 
 #: path: (channels_last, keep freed memory for reuse, autocast dtype)
-PATHS = {"reference": (False, False, None), "fast": (True, False, None), "fast+freed-memory-reuse": (True, True, None),
+PATHS = {"reference": (False, False, "fp32"), "fast": (True, False, "fp32"),
+         "fast+freed-memory-reuse": (True, True, "fp32"),
          "fast+bf16+freed-memory-reuse": (True, True, "bf16")}
 #: the bf16 row runs only with --bf16: fast on CPUs with native bf16 (AVX-512 BF16, AMX), slow elsewhere
 BF16_PATH = "fast+bf16+freed-memory-reuse"

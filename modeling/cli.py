@@ -1,7 +1,7 @@
 """``prompt-restore``: restore image files from the command line with `modeling.inference.restore`.
 
     prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N] [--overwrite]
-                   [--degradation NAME|auto] [--device DEV] [--dtype fp32|bf16|fp16] [--suffix S]
+                   [--degradation NAME|auto] [--device DEV] [--dtype auto|fp32|bf16|fp16] [--suffix S]
 
 INPUTs are files, folders (their image files, not recursive) and glob patterns. Each result is written to
 ``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit depth (gray and colour) and
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
                         help="degradation label for models that take one (e.g. noise, rain, haze, blur, low-light)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="autocast precision (default fp32)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision; auto (default): bf16 on a CPU with native bf16 (AVX-512 BF16 or "
+                             "AMX), fp32 elsewhere; fp32 turns bf16 off (env PROMPT_RESTORE_DTYPE sets what auto means)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None,
                         help="turn off the CPU fast path (channels-last inputs; same outputs up to float rounding)")
     parser.add_argument("--no-reuse-freed-memory", dest="reuse_freed_memory", action="store_false",

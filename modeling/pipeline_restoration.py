@@ -59,8 +59,8 @@ class ImageRestorationPipeline(Pipeline):
     Call kwargs: `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else
     the whole image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
     tile // 4; see `modeling.tiling.check_tiling`), `degradation` (name, index or "auto"; only for models taking
-    `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("fp32", "bf16", "fp16":
-    autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
+    `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("auto", the default:
+    bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16": autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
     numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
     one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list of them (a list returns a list).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.

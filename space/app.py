@@ -99,7 +99,7 @@ class SpaceSettings:
     queue_size: int = 64  # SPACE_QUEUE_SIZE: waiting requests beyond this are turned away ("queue is full")
     model_cache_size: int = 2  # SPACE_MODEL_CACHE_SIZE: models kept loaded (least recently used evicted)
     device: Optional[str] = None  # SPACE_DEVICE: None = CUDA when available, else CPU
-    dtype: Optional[str] = None  # SPACE_DTYPE: None/"fp32", "bf16", "fp16" (autocast)
+    dtype: Optional[str] = None  # SPACE_DTYPE: None = auto (bf16 on a CPU with native bf16), "fp32", "bf16", "fp16"
     channels_last: Optional[bool] = None  # SPACE_CHANNELS_LAST: None = the CPU fast path on CPU; 0 turns it off
     # SPACE_REUSE_FREED_MEMORY: None = on when serving on CPU (freed activations stay in the heap for the next
     # request: modeling.inference.keep_freed_memory_for_reuse); 0 turns it off. Applied by main() only, since

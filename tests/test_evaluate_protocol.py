@@ -206,7 +206,7 @@ def test_five_task_cli_with_labels_writes_json_and_markdown(tmp_path):
 
     test = root / "test" / "enhance"
     degraded, clean = _crop_read(test / "low" / "1.png"), _crop_read(test / "high" / "1.png")
-    restored = restore(degraded.astype(np.float32) / 255, model, degradation="low-light")
+    restored = restore(degraded.astype(np.float32) / 255, model, degradation="low-light", dtype="fp32")
     assert results["tasks"]["low-light"]["psnr"] == pytest.approx(ep.psnr(restored, clean), abs=1e-6)
 
 

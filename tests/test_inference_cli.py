@@ -74,7 +74,7 @@ def recording_pip():
 # ------------------------------------------------------------------------------------------------ restore
 def test_restore_matches_the_model(model):
     image = np.random.default_rng(0).random((19, 23, 3)).astype(np.float32)
-    out = restore(image, model)
+    out = restore(image, model, dtype="fp32")  # the plain float path (the default may be bf16: see below)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == image.shape
     np.testing.assert_allclose(out, direct(model, image), atol=1e-5)
 
@@ -151,11 +151,11 @@ def test_degradation_labels_reach_a_pip_model():
         rain = pip(pixel_values=pixel_values, degradation_labels="rain").reconstruction
         auto = pip(pixel_values=pixel_values).reconstruction
     expected = rain[0].clamp(0, 1).permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(restore(image, pip, degradation="rain"), expected, atol=1e-5)
-    np.testing.assert_allclose(restore(image, pip, degradation=1), expected, atol=1e-5)
+    np.testing.assert_allclose(restore(image, pip, degradation="rain", dtype="fp32"), expected, atol=1e-5)
+    np.testing.assert_allclose(restore(image, pip, degradation=1, dtype="fp32"), expected, atol=1e-5)
     # "soft" is the model's own label-free forward; "hard" is the labelled restoration with the estimator's most
     # likely degradation; the default "cautious" is the labelled restoration with the class it chooses.
-    np.testing.assert_allclose(restore(image, pip, degradation="auto", auto_mode="soft"),
+    np.testing.assert_allclose(restore(image, pip, degradation="auto", auto_mode="soft", dtype="fp32"),
                                auto[0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     likely = int(pip.estimate_degradation(pixel_values).argmax(-1))
     np.testing.assert_array_equal(restore(image, pip, degradation="auto", auto_mode="hard"),
@@ -431,20 +431,21 @@ def test_cli_keeps_16_bit_rgb_png(tmp_path, model, checkpoint):
 
     image = np.random.default_rng(7).integers(0, 65536, (14, 19, 3), dtype=np.uint16)
     _png16_rgb(tmp_path / "deep_rgb.png", image)
-    assert main([str(tmp_path / "deep_rgb.png"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-q"]) == 0
+    assert main([str(tmp_path / "deep_rgb.png"), "-o", str(tmp_path / "out"), "--model", str(checkpoint), "-q",
+                 "--dtype", "fp32"]) == 0
     width, height, rows, info = png.Reader(filename=str(tmp_path / "out" / "deep_rgb.png")).read()
     assert (info["bitdepth"], info["planes"], info["greyscale"]) == (16, 3, False)
     written = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, 3)
     # The restored float image times 65535, rounded: exactly what restore() gives for the same uint16 pixels,
     # and within rounding of the model run by hand.
-    expected = restore(image, model)
+    expected = restore(image, model, dtype="fp32")
     assert expected.dtype == np.uint16
     np.testing.assert_array_equal(written, expected)
     by_hand = np.round(direct(model, image.astype(np.float32) / 65535).astype(np.float64) * 65535)
     assert np.abs(written.astype(np.float64) - by_hand).max() <= 1
     assert np.any(written % 257 != 0)  # real 16-bit values, not 8-bit ones scaled up
     # restore() on the path gives the same uint16 array (PIL cannot hold 16-bit colour).
-    np.testing.assert_array_equal(restore(str(tmp_path / "deep_rgb.png"), model), expected)
+    np.testing.assert_array_equal(restore(str(tmp_path / "deep_rgb.png"), model, dtype="fp32"), expected)
 
 
 def test_cli_keeps_existing_outputs_unless_overwrite(inputs, tmp_path, checkpoint, capsys):
@@ -590,9 +591,9 @@ def test_channels_last_fast_path_is_the_cpu_default_and_can_be_turned_off(model,
 
     monkeypatch.setattr(type(model), "forward", record)
     image = np.random.default_rng(1).random((21, 30, 3)).astype(np.float32)
-    fast = restore(image, model)
+    fast = restore(image, model, dtype="fp32")
     assert layouts == [True]
-    plain = restore(image, model, channels_last=False)
+    plain = restore(image, model, channels_last=False, dtype="fp32")
     assert layouts == [True, False]
     np.testing.assert_allclose(fast, plain, atol=1e-5)
     register_pipeline()
@@ -604,6 +605,77 @@ def test_channels_last_fast_path_is_the_cpu_default_and_can_be_turned_off(model,
     assert main([str(inputs / "a.png"), "-o", str(tmp_path / "plain"), "--model", str(checkpoint),
                      "--no-channels-last", "-q"]) == 0
     assert layouts[-1] is False
+
+
+def test_bf16_is_the_default_on_a_cpu_with_native_bf16_and_can_be_turned_off(model, monkeypatch, inputs, tmp_path,
+                                                                             checkpoint):
+    """dtype=None/"auto" (restore(), the estimator pass, the pipeline, the CLI): bf16 autocast on a CPU with native
+    bf16, fp32 on other CPUs, on a GPU and for weights not in fp32; "fp32", --dtype fp32 and
+    PROMPT_RESTORE_DTYPE=fp32 turn it off. Native bf16 is simulated both ways (autocast runs on any CPU)."""
+    from modeling.inference import DTYPE_ENV, default_autocast_dtype, native_bf16_cpu, resolve_dtype
+
+    assert isinstance(native_bf16_cpu(), bool)
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    seen = []
+    original = type(model).forward
+
+    def record(self, pixel_values, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", record)
+    image = np.random.default_rng(3).random((21, 30, 3)).astype(np.float32)
+    plain = restore(image, model, dtype="fp32")
+    assert seen == [torch.float32]
+
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: True)
+    assert default_autocast_dtype("cpu") == torch.bfloat16 and default_autocast_dtype("cuda") is None
+    assert resolve_dtype(None, "cpu") == resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_dtype("fp32", "cpu") is None
+    fast = restore(image, model)
+    assert seen[-1] == torch.bfloat16
+    assert 0 < np.abs(fast - plain).max() < 0.05  # bf16 rounding, not garbage (and not silently fp32)
+    np.testing.assert_array_equal(restore(image, model, dtype="auto"), fast)
+    register_pipeline()
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    pipe(Image.fromarray(rgb(16, 16)))
+    assert seen[-1] == torch.bfloat16
+    pipe(Image.fromarray(rgb(16, 16)), dtype="fp32")
+    assert seen[-1] == torch.float32
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "auto"), "--model", str(checkpoint), "-q"]) == 0
+    assert seen[-1] == torch.bfloat16
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "fp32"), "--model", str(checkpoint), "-q",
+                 "--dtype", "fp32"]) == 0
+    assert seen[-1] == torch.float32
+    # The estimator pass of a label-free restore follows the same default.
+    pip = make_pip()
+    pip_seen = []
+    estimate = pip.estimate_degradation
+
+    def record_estimate(pixel_values, *args, **kwargs):
+        pip_seen.append(torch.is_autocast_enabled("cpu"))
+        return estimate(pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(pip, "estimate_degradation", record_estimate)
+    estimate_degradation_weights(pip, torch.rand(1, 3, 16, 16), auto_mode="hard")
+    estimate_degradation_weights(pip, torch.rand(1, 3, 16, 16), auto_mode="hard", dtype="fp32")
+    assert pip_seen == [True, False]
+    # Weights already in half precision run in their own precision.
+    restore(image, make_model().to(torch.bfloat16))
+    assert seen[-1] == torch.float32
+
+    monkeypatch.setenv(DTYPE_ENV, "fp32")
+    assert default_autocast_dtype("cpu") is None
+    restore(image, model)
+    assert seen[-1] == torch.float32
+    monkeypatch.setenv(DTYPE_ENV, "bf17")
+    with pytest.raises(ValueError, match="PROMPT_RESTORE_DTYPE='bf17'"):
+        restore(image, model)
+    monkeypatch.delenv(DTYPE_ENV)
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: False)
+    assert default_autocast_dtype("cpu") is None
+    np.testing.assert_array_equal(restore(image, model), plain)
+    assert seen[-1] == torch.float32
 
 
 def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):

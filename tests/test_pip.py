@@ -366,10 +366,10 @@ def test_an_estimator_trained_on_crops_judges_a_grid_of_windows_of_that_size():
     with torch.no_grad():
         expected = torch.stack([model.estimate_degradation(w) for w in windows]).mean(0)
         whole = model.estimate_degradation(image)
-    got = estimate_degradation_weights(model, image, auto_mode="soft")
+    got = estimate_degradation_weights(model, image, auto_mode="soft", dtype="fp32")
     torch.testing.assert_close(got, expected)
     assert (got - whole).abs().max() > 1e-4  # judging the whole image differs
-    chosen = estimate_degradation_weights(model, image, auto_mode="hard")  # one-hot of the windows' likeliest class
+    chosen = estimate_degradation_weights(model, image, auto_mode="hard", dtype="fp32")  # one-hot of the windows' likeliest class
     torch.testing.assert_close(chosen, torch.nn.functional.one_hot(expected.argmax(-1), 5).float())
     with pytest.raises(Exception, match="degradation_estimator_window"):
         tiny_model("pip", degradation_estimator_window=4)

@@ -124,7 +124,7 @@ def test_estimator_stage_output_loads_and_restores_label_free(trained):
     assert isinstance(model.degradation_estimator, PixelDegradationEstimator)
     image = (torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(1)))
     weights = hard_weights(model.estimate_degradation(image[None]))
-    restored = restore(image, model, auto_mode="hard")
+    restored = restore(image, model, auto_mode="hard", dtype="fp32")
     with torch.no_grad():
         expected = model(image[None], degradation_labels=weights).reconstruction[0].clamp(0, 1)
     torch.testing.assert_close(restored, expected, atol=1e-6, rtol=0)

@@ -74,7 +74,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "model's inference_tile, else whole images")
     parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default 32, ≤ N/4)")
     parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision; auto (default): bf16 on a CPU with native bf16, else fp32")
     parser.add_argument("--output_format", default="folder", choices=("folder", "dataset"),
                         help="folder: mirror the input tree; dataset: also a datasets dataset (save_to_disk)")
     parser.add_argument("--push_to_hub", default=None, metavar="ID",

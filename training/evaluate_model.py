@@ -95,12 +95,14 @@ def evaluate_heldout(
     tile: int | None = None,
     baseline: bool = True,
     auto_mode: str = DEFAULT_AUTO_MODE,
+    dtype: str = "fp32",
 ) -> dict[str, dict]:
     """Mean scores per row (``noise-25``, ``blur-gaussian``, ...) over the held-out images (see the module doc).
 
     Besides the means, each row reports every image's PSNR gain over the degraded input by its path under
     ``heldout`` (``image_gains``; ``image_gains_auto`` for the label-free mode run with ``auto_mode``) and the worst of them
     (``min_image_gain``, ``min_image_gain_auto``), since a restoration must never make an image worse.
+    ``dtype`` is `restore()`'s precision: "fp32" by default, so that the scores do not depend on the CPU.
     """
     from modeling import restore
     from modeling.inference import accepts_degradation_labels
@@ -122,9 +124,10 @@ def evaluate_heldout(
             noisy = synthesize_row_image(clean, label, image_index, seed)
             degraded.append(noisy)
             kwargs = {"degradation": task} if takes_labels else {}
-            restored.append(restore(noisy, model, tile=tile, **kwargs))
+            restored.append(restore(noisy, model, tile=tile, dtype=dtype, **kwargs))
             if label_free:
-                restored_auto.append(restore(noisy, model, tile=tile, degradation="auto", auto_mode=auto_mode))
+                restored_auto.append(restore(noisy, model, tile=tile, degradation="auto", auto_mode=auto_mode,
+                                             dtype=dtype))
             if baseline and task == "noise":
                 baseline_out.append(nl_means(noisy, params["sigma"] / 255))
         references = [clean.astype(np.float32) / 255 for clean in cleans]
@@ -239,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "auto", "bf16"),
+                        help="restore()'s precision: fp32 (default, the same scores on every CPU) or auto (what "
+                             "restore() does by default here: bf16 on a CPU with native bf16)")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--workers", type=int, default=1,
                         help="share the rows among this many one-thread processes (the same numbers to float "
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
-    options = dict(seed=args.seed, tile=args.tile, baseline=not args.no_baseline, auto_mode=args.auto_mode)
+    options = dict(seed=args.seed, tile=args.tile, baseline=not args.no_baseline, auto_mode=args.auto_mode,
+                   dtype=args.dtype)
     rows = dict(noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings))
     if args.workers > 1:
         results = evaluate_heldout_in_processes(args.model, args.heldout, args.workers, **rows, **options)

@@ -471,7 +471,7 @@ def evaluate_protocol(
     tile_overlap: Optional[int] = None,
     degradation: str = "label",
     device: Optional[str] = None,
-    dtype: Optional[str] = None,
+    dtype: Optional[str] = "fp32",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Scores of `model` on every column of `test_sets`, the average, and the published rows of the protocol.
@@ -648,7 +648,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--degradation", default="label", choices=("label", "auto"),
                         help="models taking labels (PIP, DPPD): the true label (default) or their own estimate")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--dtype", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision (default fp32, so that scores do not depend on the CPU; auto: "
+                             "restore()'s default)")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--output", default=None, help="write the results JSON here (and the tables next to it as .md)")
     return parser.parse_args(argv)

@@ -128,14 +128,14 @@ def verify_folder(folder: Path, model: Any, timeout: float = 600) -> None:
 
     image, label = _probe_input(), _probe_label(model)
     kwargs = {"degradation": label} if label is not None else {}
-    expected = restore(image, model, device="cpu", **kwargs)
+    expected = restore(image, model, device="cpu", dtype="fp32", **kwargs)
     try:
         reloaded = AutoModelForImageToImage.from_pretrained(folder).eval()
     except Exception as error:  # noqa: BLE001 - any loading failure is a verification failure
         raise PublishError(f"{folder} does not load with AutoModelForImageToImage: {error}") from error
     if type(reloaded).__name__ != type(model).__name__:
         raise PublishError(f"{folder} loads as {type(reloaded).__name__}, not {type(model).__name__}")
-    reloaded_output = restore(image, reloaded, device="cpu", **kwargs)
+    reloaded_output = restore(image, reloaded, device="cpu", dtype="fp32", **kwargs)
     if not np.allclose(reloaded_output, expected, atol=1e-6, rtol=0):
         raise PublishError(f"{folder}: the reloaded model's output differs from the converted one's")
     del reloaded
@@ -157,7 +157,7 @@ assert type(model).__module__.startswith("transformers_modules"), type(model).__
 pipe = pipeline("image-restoration", model={str(bare)!r}, trust_remote_code=True, device="cpu")
 assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
 kwargs = {kwargs!r}
-out = pipe(np.load({str(scratch / "image.npy")!r}), **kwargs)
+out = pipe(np.load({str(scratch / "image.npy")!r}), dtype="fp32", **kwargs)
 expected = np.load({str(scratch / "expected.npy")!r})
 error = float(np.abs(np.asarray(out, dtype=np.float64) - expected).max())
 assert error <= 1e-6, f"remote-code output differs by {{error}}"

@@ -122,7 +122,7 @@ def heldout_confusion(model, heldout: Path, seed: int = 0) -> dict:
             rng = np.random.default_rng([seed, zlib.crc32(f"{Path(path).stem}-{task}".encode())])
             degraded = synthesize(clean, task, rng).image
             pixels = torch.from_numpy(degraded).permute(2, 0, 1)[None].float() / 255
-            weights = estimate_degradation_weights(model, pixels, device="cpu")
+            weights = estimate_degradation_weights(model, pixels, device="cpu", dtype="fp32")
             confusion[true_index, int(weights.argmax())] += 1
     total = int(confusion.sum())
     return {"classes": names, "accuracy": float(np.trace(confusion) / max(total, 1)), "images": total,
