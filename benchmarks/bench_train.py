@@ -13,6 +13,9 @@ labels for models that take them, backward, AdamW. Rows (paths):
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same with every
   Transformer block compiled (`model.compile_transformer_blocks()`, regional `torch.compile`), as `train.py`
   does on a GPU.
+- `bf16+checkpointing`, `channels-last+bf16+checkpointing` (only through `--paths`): bf16 with every Transformer
+  block recomputed in the backward pass instead of keeping its activations (`train.py --gradient_checkpointing`):
+  less peak memory for more compute, the lever for large batches on one GPU.
 On a GPU every path but the reference steps a fused AdamW (`fused=True`, as `train.py` there); the reference
 keeps PyTorch's default AdamW, as the official code. `--paths` picks a subset (the reference always runs).
 
@@ -38,13 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
 
-PATHS = {  # name: (channels_last, autocast to bf16, compiled Transformer blocks)
-    "reference": (False, False, False),
-    "channels-last": (True, False, False),
-    "bf16": (False, True, False),
-    "channels-last+bf16": (True, True, False),
-    "bf16+compile": (False, True, True),
-    "channels-last+bf16+compile": (True, True, True),
+PATHS = {  # name: (channels_last, autocast to bf16, compiled Transformer blocks, activation checkpointing)
+    "reference": (False, False, False, False),
+    "channels-last": (True, False, False, False),
+    "bf16": (False, True, False, False),
+    "channels-last+bf16": (True, True, False, False),
+    "bf16+compile": (False, True, True, False),
+    "channels-last+bf16+compile": (True, True, True, False),
+    "bf16+checkpointing": (False, True, False, True),
+    "channels-last+bf16+checkpointing": (True, True, False, True),
 }
 DEFAULT_RECIPE = REPO_ROOT / "training" / "configs" / "pip_restormer_cpu.yaml"
 
@@ -69,11 +74,14 @@ class TrainingPath:
 
         from modeling import MODEL_CLASSES
 
-        self.channels_last, self.bf16, compiled = PATHS[name]
+        self.channels_last, self.bf16, compiled, checkpointing = PATHS[name]
         self.device = torch.device(device)
         config_class, model_class = MODEL_CLASSES[model_type]
         torch.manual_seed(0)
         self.model = model_class(config_class(**config)).to(self.device).train()
+        if checkpointing:  # as train.py --gradient_checkpointing (the method's name in transformers 5, else 4's)
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            (enable or self.model.gradient_checkpointing_enable)()
         if self.channels_last:  # as train.py does: the weights once, each batch as it arrives
             self.model.to(memory_format=torch.channels_last)
         if compiled:

@@ -660,6 +660,37 @@ def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
     assert "channels-last" in result.stdout and "toy loss" in result.stdout
 
 
+def test_bench_train_checkpointing_path_recomputes_blocks_and_gives_the_same_step(monkeypatch):
+    """The `bf16+checkpointing` path of benchmarks/bench_train.py (train.py --gradient_checkpointing): each
+    Transformer block's attention runs twice per step (forward, then again in backward), and the step's loss and
+    updated weights equal the `bf16` path's from the same initial weights. (The count hooks the attention inside
+    the block: replacing the block's own forward would bypass the checkpointing wrapper.)"""
+    import importlib.util
+
+    from modeling.restormer_blocks import MultiDconvHeadTransposedAttention, TransformerBlock
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_train_probe", REPO / "benchmarks" / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    calls = []
+    original = MultiDconvHeadTransposedAttention.forward
+    monkeypatch.setattr(MultiDconvHeadTransposedAttention, "forward",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    batch = bench_train.fixed_batch(2, 16, seed=0)
+    losses, weights, per_step = {}, {}, {}
+    for name in ("bf16", "bf16+checkpointing"):
+        path = bench_train.TrainingPath(name, "pip", json.loads(TINY_PIP), "cpu")
+        calls.clear()
+        losses[name] = float(path.step(*batch))
+        per_step[name] = len(calls)
+        weights[name] = torch.cat([p.detach().flatten() for p in path.model.parameters()])
+    blocks = sum(isinstance(m, TransformerBlock) for m in path.model.modules())
+    assert per_step == {"bf16": blocks, "bf16+checkpointing": 2 * blocks}
+    assert losses["bf16+checkpointing"] == pytest.approx(losses["bf16"], rel=1e-6)
+    torch.testing.assert_close(weights["bf16+checkpointing"], weights["bf16"], atol=1e-6, rtol=0)
+
+
 def test_recipe_sweep_trains_each_candidate_for_the_budget_and_tabulates_held_out_gains(corpus, tmp_path):
     """benchmarks/sweep_cpu_recipe.py on a tiny model: one row per candidate, steps bounded by the time budget,
     a PSNR gain per task from each run's final validation (numbers not asserted: two steps of a tiny model)."""
