@@ -115,6 +115,21 @@ def test_named_blur_rows_synthesize_their_kernel_and_rows_are_seeded_by_name(hel
     assert all(np.isfinite(r["input_psnr"]) and r["input_psnr"] < 60 for r in motion.values())
 
 
+def test_evaluation_runs_fp32_unless_asked_for_restores_default(heldout, monkeypatch):
+    """Scores do not depend on the CPU: fp32 by default, even where restore() would default to bf16 (simulated
+    here); `dtype="auto"` (`--dtype auto`) scores what restore() does by default."""
+    from modeling import inference
+
+    model = tiny_model("pip")
+    options = dict(noise_sigmas=(), settings=("haze",), baseline=False, auto_mode="hard")
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: False)
+    plain = evaluate_heldout(model, heldout, **options)["haze"]["psnr"]
+    monkeypatch.setattr(inference, "native_bf16_cpu", lambda: True)
+    assert evaluate_heldout(model, heldout, **options)["haze"]["psnr"] == plain
+    bf16 = evaluate_heldout(model, heldout, dtype="auto", **options)["haze"]["psnr"]
+    assert bf16 != plain and abs(bf16 - plain) < 0.5
+
+
 def test_worst_image_gain_is_the_minimum_over_images(heldout):
     """A mean can hide one image made worse; the worst single-image gain cannot."""
     from modeling import restore
