@@ -132,10 +132,10 @@ def default_autocast_dtype(device: Union[str, torch.device]) -> Optional[torch.d
     elsewhere.
 
     Why: on such a CPU bf16 restores the shipped model about 3 times and a PromptIR-size model about 2 to 4 times
-    as fast as fp32, with held-out means within 0.05 dB of fp32 on 8 of 9 rows (low light +0.16 dB; README,
-    Performance); where bf16 is emulated it is slower than
-    fp32, and on a GPU the plain path is the default as for channels-last. `PROMPT_RESTORE_DTYPE` (`DTYPE_ENV`)
-    replaces this choice everywhere, e.g. ``PROMPT_RESTORE_DTYPE=fp32``.
+    as fast as fp32, with the shipped weights' held-out means within 0.05 dB of fp32 on all nine rows (README,
+    Performance); where bf16 is emulated it is slower than fp32, and on a GPU the plain path is the default as
+    for channels-last. `PROMPT_RESTORE_DTYPE` (`DTYPE_ENV`) replaces this choice everywhere, e.g.
+    ``PROMPT_RESTORE_DTYPE=fp32``.
     """
     configured = _configured_dtype()
     if configured is not None:
