@@ -53,7 +53,7 @@ def test_demo_loads_with_automodel(demo_model):
     assert demo_model.can_estimate_degradation
 
 
-#: Degradations the shipped weights restore by a wide margin (their card: the worst single-image gain is +3.9 dB or
+#: Degradations the shipped weights restore by a wide margin (their card: the worst single-image gain is +3.89 dB or
 #: more for noise σ 25/50, and low light gains +9.4 dB or more on every everyday photo, +1.4 on the Hubble deep
 #: field; every row gains on every photo).
 RESTORED_BY_THE_DEMO = ("noise", "low-light")
