@@ -60,6 +60,12 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
     try:
         assert package_demo(trained, heldout, output, auto_mode="hard", reuse_evaluation=True) == results
         assert json.loads((output / "eval_results.json").read_text()) == evaluation
+        assert f"- **weights**: {trained}\n" in (output / "README.md").read_text()
+        # The card can name where the weights are kept instead of the (often scratch) folder packaged.
+        package_demo(trained, heldout, output, auto_mode="hard", reuse_evaluation=True,
+                     weights_name="training/weights/pip-restormer-stepN")
+        rewritten = (output / "README.md").read_text()
+        assert "- **weights**: training/weights/pip-restormer-stepN\n" in rewritten and str(trained) not in rewritten
         with pytest.raises(ValueError, match="auto_mode"):
             package_demo(trained, heldout, output, auto_mode="soft", reuse_evaluation=True)
         # Scores measured without tiles are not reused for a model that now restores on its own tiles.

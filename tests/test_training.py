@@ -534,6 +534,7 @@ def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dic
                     "label_dtype": labels.dtype, "degradation_labels": degradation_labels,
                     "channels_last": [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                                       for t in (pixel_values, labels, weight)],
+                    "autocast": torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
                 })
             return super().forward(pixel_values, degradation_labels=degradation_labels, labels=labels, **kwargs)
 
@@ -602,8 +603,9 @@ def test_max_train_minutes_stops_a_run_early_and_still_saves_it(corpus, tmp_path
 def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tmp_path, monkeypatch):
     """The CPU fast path: batches and 4-D weights channels-last unless `--channels_last false`; the saved weights
     are ordinary safetensors that load anywhere, and agree with the NCHW run up to float rounding."""
-    fast = run_recording_main(corpus, tmp_path / "fast", monkeypatch)
-    plain = run_recording_main(corpus, tmp_path / "plain", monkeypatch, channels_last="false")
+    # fp32 both (on a CPU with native bf16 the default autocast would round far more than the layout does)
+    fast = run_recording_main(corpus, tmp_path / "fast", monkeypatch, mixed_precision="no")
+    plain = run_recording_main(corpus, tmp_path / "plain", monkeypatch, channels_last="false", mixed_precision="no")
     assert [step["channels_last"] for step in fast] == [[True, True, True]] * 2
     assert [step["channels_last"] for step in plain] == [[False, False, False]] * 2
     fast_weights, plain_weights = final_weights(tmp_path / "fast"), final_weights(tmp_path / "plain")
@@ -616,6 +618,39 @@ def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tm
     card = (tmp_path / "fast" / "model" / "README.md").read_text()
     assert "- **channels last**: True" in card
     assert "- **channels last**: False" in (tmp_path / "plain" / "model" / "README.md").read_text()
+
+
+def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp_path, monkeypatch):
+    """`--mixed_precision auto` (the default): bf16 autocast on a CPU that computes bf16 natively, fp32 on other
+    CPUs and on GPUs; fp16/bf16 asked of `accelerate launch` win, its default "no" does not; an explicit value is
+    kept. The training forwards run under the chosen autocast, and the card records it."""
+    import modeling.inference
+    from training.train import resolve_mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for native in (True, False):
+        monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda native=native: native)
+        assert resolve_mixed_precision("auto", on_cpu=True) == resolve_mixed_precision(None, on_cpu=True) == (
+            "bf16" if native else "no")
+        assert resolve_mixed_precision("auto", on_cpu=False) == "no"
+        assert resolve_mixed_precision("no", on_cpu=True) == "no"
+        assert resolve_mixed_precision("fp16", on_cpu=True) == "fp16"
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports unless asked
+        assert resolve_mixed_precision("auto", on_cpu=True) == ("bf16" if native else "no")
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        assert resolve_mixed_precision("auto", on_cpu=True) == "fp16"
+        assert resolve_mixed_precision("no", on_cpu=True) == "no"
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+
+    monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda: True)
+    fast = run_recording_main(corpus, tmp_path / "auto", monkeypatch)
+    plain = run_recording_main(corpus, tmp_path / "fp32", monkeypatch, mixed_precision="no")
+    assert [step["autocast"] for step in fast] == [torch.bfloat16] * 2
+    assert [step["autocast"] for step in plain] == [None] * 2
+    assert "- **mixed precision**: bf16" in (tmp_path / "auto" / "model" / "README.md").read_text()
+    assert "- **mixed precision**: no" in (tmp_path / "fp32" / "model" / "README.md").read_text()
+    monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda: False)
+    assert [step["autocast"] for step in run_recording_main(corpus, tmp_path / "emulated", monkeypatch)] == [None] * 2
 
 
 def test_block_compilation_is_off_on_cpu_by_default_and_compiles_every_block_when_asked(corpus, tmp_path,

@@ -106,6 +106,7 @@ def package_demo(
     reuse_evaluation: bool = False,
     inference_tile: int | None = None,
     eval_workers: int = 1,
+    weights_name: str | None = None,
 ) -> dict:
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
@@ -115,6 +116,8 @@ def package_demo(
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
     ``eval_workers``: share the evaluation's rows among this many one-thread processes (the same numbers to float
     rounding; see ``training.evaluate_model.evaluate_heldout_in_processes``).
+    ``weights_name``: where the card says the weights are kept (e.g. the committed ``training/weights/...`` folder);
+    default: ``model_dir``, which is often a scratch folder under ``outputs/``.
     """
     from transformers import pipeline as make_pipeline
 
@@ -154,7 +157,9 @@ def package_demo(
         evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
                       "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
         (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-        training = {"weights": f"{model_dir}"}
+        training = {"weights": weights_name or f"{model_dir}",
+                    "stages": "trained in several runs; the repository README's \"Train\" section lists each "
+                              "run's command, from scratch to these weights"}
         if (model_dir / "estimator_training.json").is_file():
             training["estimator"] = "trained afterwards, body frozen: `python -m training.train_estimator` (see README)"
         card = build_model_card(
@@ -188,12 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval_workers", type=int, default=1,
                         help="share the evaluation among this many one-thread processes (the same numbers to "
                              "float rounding)")
+    parser.add_argument("--weights_name", default=None,
+                        help="where the card says the weights are kept, e.g. the committed training/weights/... "
+                             "folder (default: --model)")
     args = parser.parse_args(argv)
     from training.evaluate_model import markdown_table
 
     results = package_demo(
         args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile,
-        args.eval_workers,
+        args.eval_workers, args.weights_name,
     )
     print(markdown_table(results))
     return results
