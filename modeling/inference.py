@@ -143,14 +143,15 @@ def default_autocast_dtype(device: Union[str, torch.device]) -> Optional[torch.d
     return torch.bfloat16 if torch.device(device).type == "cpu" and native_bf16_cpu() else None
 
 
-def _is_auto(dtype: Union[str, torch.dtype, None]) -> bool:
+def is_auto(dtype: Union[str, torch.dtype, None]) -> bool:
+    """Whether a precision setting asks for the automatic choice: ``None`` or "auto" (any case and spacing)."""
     return dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
 
 
 def _configured_dtype() -> Optional[str]:
     """`PROMPT_RESTORE_DTYPE` when it names a precision (checked, with the variable in the error), else `None`."""
     configured = os.environ.get(DTYPE_ENV, "").strip()
-    if _is_auto(configured or None):
+    if is_auto(configured or None):
         return None
     try:
         resolve_dtype(configured)
@@ -167,7 +168,7 @@ def resolve_dtype(
     `None` or "auto": the device default (`default_autocast_dtype`); without a `device`, only
     `PROMPT_RESTORE_DTYPE` is checked and `None` comes back (used to validate arguments early).
     """
-    if _is_auto(dtype):
+    if is_auto(dtype):
         if device is None:
             _configured_dtype()
             return None
@@ -186,7 +187,7 @@ def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, 
                     ) -> Optional[torch.dtype]:
     """The autocast dtype of one call: the default ("auto") applies to fp32 weights only, since a model already
     loaded in half precision runs in its own precision."""
-    if _is_auto(dtype):
+    if is_auto(dtype):
         return resolve_dtype(dtype, device) if input_dtype == torch.float32 else None
     return resolve_dtype(dtype)
 
@@ -693,6 +694,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "default_autocast_dtype",
+    "is_auto",
     "native_bf16_cpu",
     "DTYPE_ENV",
     "restore",

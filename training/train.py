@@ -464,9 +464,9 @@ def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     from the launcher cannot be told from no request at all: only fp16/bf16 from it override "auto", and
     ``--mixed_precision no`` given to train.py is the way to keep fp32 where bf16 would be chosen.
     """
-    from modeling.inference import native_bf16_cpu
+    from modeling.inference import is_auto, native_bf16_cpu
 
-    if requested is None or str(requested).strip().lower() == "auto":
+    if is_auto(requested):
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
         if launcher not in ("", "no"):
             return launcher
