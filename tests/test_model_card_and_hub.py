@@ -25,6 +25,7 @@ from training.model_card import (
     build_model_card,
     plot_training_curves,
     push_folder_to_hub,
+    recipe_config,
     results_table,
     save_model_card,
     save_model_folder,
@@ -235,6 +236,22 @@ def test_model_card_takes_numbers_only_from_results(tmp_path):
     card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}], {})
     assert card.data.eval_results[0].metric_value == 30.5  # numpy scalars from validation become plain floats
     assert results_table([RESULTS[0]]).count("\n") == 2  # header, rule, one row; no average of a single row
+
+
+def test_pip_card_names_the_recipe_its_command_used():
+    """A run of the small CPU recipe says so first; a card without a recipe file names the paper's recipe."""
+    cpu = build_model_card("org/pip-cpu", "pip", [], {"command": "accelerate launch training/train.py --config "
+                                                                "training/configs/pip_restormer_cpu.yaml"})
+    recipe_line = next(line for line in cpu.text.splitlines() if line.startswith("Recipe:"))
+    assert recipe_line.startswith("Recipe: `training/configs/pip_restormer_cpu.yaml`, run as the command below")
+    assert "The paper's recipe is `training/configs/pip_restormer_5task.yaml`" in recipe_line
+    five_task = "accelerate launch training/train.py --config=training/configs/pip_restormer_5task.yaml"
+    for summary in ({}, {"command": five_task}):
+        card = build_model_card("org/pip", "pip", [], summary)
+        recipe_line = next(line for line in card.text.splitlines() if line.startswith("Recipe:"))
+        assert recipe_line.startswith("Recipe: `training/configs/pip_restormer_5task.yaml` (AdamW 3.6e-4")
+    assert recipe_config({"command": "train.py --config recipe.yaml --seed 1"}) == "recipe.yaml"
+    assert recipe_config({"command": "train.py --seed 1"}) == "" and recipe_config({}) == ""
 
 
 # --- validation, grids, training curves, the final folder -------------------------------------------------------

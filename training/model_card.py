@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -142,6 +143,7 @@ def build_model_card(
         license=license,
         results_table=results_table(results),
         training_section=training_section(training_summary),
+        recipe_config=recipe_config(training_summary),
         usage_section=usage_section(model_id),
         figures=[{"path": Path(f).as_posix(), "caption": _caption(f)} for f in figures],
     )
@@ -188,6 +190,12 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> str:
                 means.append("")
         lines.append("| " + " | ".join(means) + " |")
     return "\n".join(lines)
+
+
+def recipe_config(summary: Mapping[str, Any]) -> str:
+    """The recipe file the run's ``command`` names with ``--config`` ("" when it names none)."""
+    match = re.search(r"--config[ =](\S+)", str(summary.get("command", "")))
+    return match.group(1) if match else ""
 
 
 def training_section(summary: Mapping[str, Any]) -> str:
