@@ -1,0 +1,79 @@
+"""`training.interpolate_weights`: the weighted average of two runs' weights, written as a loadable model folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from modeling.inference import load_model
+from training.interpolate_weights import interpolate_models, interpolate_state_dicts, main
+
+
+def _two_runs(model_type: str = "pip"):
+    """One model and a 'continued run' of it: the same architecture, every weight moved."""
+    first = tiny_model(model_type, seed=0)
+    second = tiny_model(model_type, seed=0)
+    with torch.no_grad():
+        for parameter in second.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return first, second
+
+
+def test_the_average_is_the_weighted_mean_of_every_weight(model_type):
+    first, second = _two_runs(model_type)
+    averaged = interpolate_models([first, second], [0.25, 0.75]).state_dict()
+    a, b = first.state_dict(), second.state_dict()
+    for key, tensor in averaged.items():
+        assert tensor.dtype == a[key].dtype, key
+        if tensor.is_floating_point():
+            expected = (0.25 * a[key].double() + 0.75 * b[key].double()).to(tensor.dtype)
+            assert torch.equal(tensor, expected), key
+    # The end points are the models themselves, to the last bit.
+    for weights, source in (([1.0, 0.0], a), ([0.0, 1.0], b)):
+        end_point = interpolate_models([first, second], weights).state_dict()
+        assert all(torch.equal(end_point[key], source[key]) for key in source)
+
+
+def test_the_midpoint_restores_between_the_two_runs():
+    first, second = _two_runs()
+    middle = interpolate_models([first, second], [0.5, 0.5])
+    pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = [model(pixel_values=pixels, degradation_labels=["noise"]).reconstruction
+                   for model in (first, middle, second)]
+    assert not torch.equal(outputs[0], outputs[2])
+    assert (outputs[1] - outputs[0]).abs().max() > 0 and (outputs[1] - outputs[2]).abs().max() > 0
+
+
+def test_weights_and_models_that_cannot_be_averaged_are_refused():
+    first, second = _two_runs()
+    with pytest.raises(ValueError, match="sum to 1"):
+        interpolate_models([first, second], [0.5, 0.6])
+    with pytest.raises(ValueError, match="non-negative"):
+        interpolate_models([first, second], [1.5, -0.5])
+    with pytest.raises(ValueError, match="two or more"):
+        interpolate_state_dicts([first.state_dict()], [1.0])
+    deeper = tiny_model("pip", seed=0, num_blocks=[1, 1, 1, 2])
+    with pytest.raises(ValueError, match="num_blocks"):
+        interpolate_models([first, deeper], [0.5, 0.5])
+    with pytest.raises(ValueError, match="is a"):
+        interpolate_models([first, tiny_model("restormer")], [0.5, 0.5])
+    counters = [{"steps": torch.tensor([3])}, {"steps": torch.tensor([4])}]
+    with pytest.raises(ValueError, match="non-float"):
+        interpolate_state_dicts(counters, [0.5, 0.5])
+
+
+def test_command_writes_a_loadable_folder_with_its_record(tmp_path):
+    first, second = _two_runs()
+    first.save_pretrained(tmp_path / "run-a")
+    second.save_pretrained(tmp_path / "run-b")
+    record = main(["--models", str(tmp_path / "run-a"), str(tmp_path / "run-b"), "--output", str(tmp_path / "mid")])
+    assert record["weights"] == [0.5, 0.5]  # equal by default
+    assert json.loads((tmp_path / "mid" / "interpolate_weights.json").read_text()) == record
+    assert not (tmp_path / ".mid.partial").exists()
+    loaded = load_model(tmp_path / "mid").state_dict()
+    expected = interpolate_models([first, second], [0.5, 0.5]).state_dict()
+    assert all(torch.equal(loaded[key], expected[key]) for key in expected)
