@@ -40,6 +40,7 @@ def weights_dir(tmp_path: Path) -> Path:
     _weights_folder(root, "pip-restormer-step900", {"noise-25": _entry(8.5, 3.25, auto_gap=0.25),
                                                     "blur-motion": _entry(1.76, -0.5)})
     _weights_folder(root, "pip-restormer-cpu-step80", {"noise-25": _entry(6.0, 1.0, auto_gap=None)})
+    _weights_folder(root, "pip-restormer-step900-interpolated", {"noise-25": _entry(8.0, 3.0)})
     # Folders without a whole-photo evaluation are not rows.
     _weights_folder(root, "pip-restormer-step1000", {"noise-25": _entry(9.0, 4.0)}, file="heldout_eval_partial.json")
     return root
@@ -49,14 +50,15 @@ def test_table_rows_are_ordered_by_step_with_gains_worst_photos_and_the_label_fr
     shipped = tmp_path / "eval_results.json"
     shipped.write_text((weights_dir / "pip-restormer-step900" / "heldout_eval_whole.json").read_text())
     lines = history_table(weights_dir, shipped).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[0] == "weights" and header[1] == "noise σ 15" and header[-1].startswith("label-free")
     assert len(header) == len(weights_history.COLUMNS) + 2
-    older, newer = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
-    # Step 80 comes before step 900, whatever the folder name's prefix.
+    older, newer, suffixed = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
+    # Step 80 comes before step 900, whatever the folder name's prefix; a suffixed folder after its step's.
     assert older[0] == "`pip-restormer-cpu-step80`"
     assert newer[0] == "`pip-restormer-step900` (shipped)"
+    assert suffixed[0] == "`pip-restormer-step900-interpolated`" and suffixed[-1] == "0.00"
     column = {row: index + 1 for index, (row, _) in enumerate(weights_history.COLUMNS)}
     assert older[column["noise-25"]] == "+6.00 / +1.00"
     assert older[column["noise-15"]] == "–" and older[-1] == "–"  # not scored, and no label-free run
@@ -71,7 +73,7 @@ def test_without_the_shipped_results_no_row_is_marked(weights_dir, tmp_path):
 
 def test_a_folder_not_named_after_its_step_is_an_error(tmp_path):
     _weights_folder(tmp_path, "pip-restormer-latest", {"noise-25": _entry(1.0, 0.5)})
-    with pytest.raises(ValueError, match="step<N>"):
+    with pytest.raises(ValueError, match=r"step<N>\["):
         history_table(tmp_path, None)
 
 

@@ -42,16 +42,18 @@ COLUMNS = (
 
 
 def folder_step(folder: Path) -> int:
-    """The training step a weights folder is named after (``pip-restormer-step47591`` → 47591)."""
-    match = re.search(r"step(\d+)$", folder.name)
+    """The training step a weights folder is named after (``pip-restormer-step47591`` → 47591; a suffix such as
+    ``-interpolated`` may follow the step)."""
+    match = re.search(r"step(\d+)(?:-[\w-]+)?$", folder.name)
     if match is None:
-        raise ValueError(f"{folder.name}: a weights folder is named '<model>-step<N>'")
+        raise ValueError(f"{folder.name}: a weights folder is named '<model>-step<N>[-<suffix>]'")
     return int(match.group(1))
 
 
 def scored_folders(weights_dir: Path = WEIGHTS_DIR) -> list[Path]:
     """Weights folders with a whole-photo evaluation, oldest step first."""
-    return sorted((path.parent for path in weights_dir.glob(f"*/{EVALUATION_FILE}")), key=folder_step)
+    folders = (path.parent for path in weights_dir.glob(f"*/{EVALUATION_FILE}"))
+    return sorted(folders, key=lambda folder: (folder_step(folder), folder.name))
 
 
 def _cell(entry: dict | None) -> str:
