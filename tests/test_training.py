@@ -22,7 +22,7 @@ from launch_helpers import accelerate_launch, free_port, run_to_end
 from safetensors.torch import load_file
 
 from training import checkpointing
-from training.schedules import cosine_restart_cyclic, linear_warmup_cosine
+from training.schedules import cosine_restart_cyclic, linear_warmup_cosine, schedule_end_step
 from training.train import LossSpikeGuard, guard_pixel_loss, parse_args, validate_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,6 +325,17 @@ def test_linear_warmup_cosine_per_step_follows_the_same_curve_without_the_stairc
     assert smooth(1000) == pytest.approx(0.01) and smooth(5000) == pytest.approx(0.01)  # held at the floor
     values = [smooth(step) for step in range(100, 1001)]
     assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_schedule_end_step_is_where_the_cosine_reaches_its_floor():
+    """train.py warns when max_train_steps runs past this step (step 2r of the README ran 750 steps at the floor)."""
+    options = dict(warmup_epochs=0.04, max_epochs=15, warmup_start_factor=0.5, eta_min_factor=0.02, per_step=True)
+    end = schedule_end_step("linear_warmup_cosine", 250, **options)
+    assert end == 3750
+    smooth = linear_warmup_cosine(250, **options)
+    assert smooth(end - 1) > smooth(end) == pytest.approx(0.02) == smooth(4500)
+    assert schedule_end_step("constant", 250) is None
+    assert schedule_end_step("cosine_restart", 250, periods=[10], restart_weights=[1], eta_min=0.0) is None
 
 
 def test_restormer_cyclic_schedule():

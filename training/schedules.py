@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Optional
 
 
 def linear_warmup_cosine(
@@ -80,6 +81,14 @@ def cosine_restart(
         return eta_min_factor + weight * 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * offset / periods[index]))
 
     return factor
+
+
+def schedule_end_step(name: str, steps_per_epoch: int, **options) -> Optional[int]:
+    """The step at which a warm-up + cosine schedule reaches its floor (``max_epochs`` × ``steps_per_epoch``);
+    ``None`` for schedules without an end (constant, restarts)."""
+    if name != "linear_warmup_cosine":
+        return None
+    return int(round(float(options["max_epochs"]) * steps_per_epoch))
 
 
 def build_lr_lambda(name: str, steps_per_epoch: int, **options) -> Callable[[int], float]:

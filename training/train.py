@@ -54,7 +54,7 @@ from transformers import HfArgumentParser
 from modeling import MODEL_CLASSES
 from training import checkpointing
 from training.losses import build_training_loss
-from training.schedules import build_lr_lambda
+from training.schedules import build_lr_lambda, schedule_end_step
 
 logger = get_logger(__name__)
 
@@ -569,6 +569,13 @@ def main(args: TrainingArguments) -> dict:
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
         fused=True if on_gpu else None,  # one kernel for the whole update on a GPU (benchmarks/bench_train.py)
     )
+    schedule_end = schedule_end_step(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
+    if schedule_end is not None and args.max_train_steps > schedule_end:
+        # Easy to miss: the cosine's length comes from max_epochs x steps_per_epoch, not from max_train_steps.
+        logger.warning("the learning rate reaches its floor at step %d (max_epochs %g x steps_per_epoch %d); the "
+                       "last %d of the %d steps run at the floor", schedule_end,
+                       args.lr_scheduler_options["max_epochs"], args.steps_per_epoch,
+                       args.max_train_steps - schedule_end, args.max_train_steps)
     # Stepped once per optimizer step by us (an accelerate-prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
