@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from training import checkpointing
 from training.schedules import cosine_restart_cyclic, linear_warmup_cosine, schedule_end_step
-from training.train import LossSpikeGuard, guard_pixel_loss, parse_args, validate_args
+from training.train import LossSpikeGuard, guard_pixel_loss, parse_args, schedule_overrun_warning, validate_args
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "training" / "train.py"
@@ -336,6 +336,21 @@ def test_schedule_end_step_is_where_the_cosine_reaches_its_floor():
     assert smooth(end - 1) > smooth(end) == pytest.approx(0.02) == smooth(4500)
     assert schedule_end_step("constant", 250) is None
     assert schedule_end_step("cosine_restart", 250, periods=[10], restart_weights=[1], eta_min=0.0) is None
+
+
+def test_train_warns_when_the_steps_run_past_the_schedule(corpus, tmp_path):
+    """Step 2r's case: 15 epochs of 250 steps in the schedule, 4,500 steps asked for."""
+    schedule = json.dumps({"warmup_epochs": 0.04, "max_epochs": 15, "eta_min_factor": 0.02, "per_step": True})
+    args = parse_args(train_args(corpus, tmp_path, max_train_steps=4500, steps_per_epoch=250,
+                                 lr_scheduler_options=schedule))
+    assert schedule_overrun_warning(args) == ("the learning rate reaches its floor at step 3750 (max_epochs 15 x "
+                                              "steps_per_epoch 250); the last 750 of the 4500 steps run at the floor")
+    args = parse_args(train_args(corpus, tmp_path, max_train_steps=3750, steps_per_epoch=250,
+                                 lr_scheduler_options=schedule))
+    assert schedule_overrun_warning(args) is None
+    args = parse_args(train_args(corpus, tmp_path, max_train_steps=4500, lr_scheduler="constant",
+                                 lr_scheduler_options="{}"))
+    assert schedule_overrun_warning(args) is None
 
 
 def test_restormer_cyclic_schedule():

@@ -457,6 +457,19 @@ def release_ddp_wrapper(accelerator: Accelerator, wrapper: weakref.ref) -> None:
         )
 
 
+def schedule_overrun_warning(args: TrainingArguments) -> Optional[str]:
+    """A warning when ``max_train_steps`` runs past the learning-rate schedule's end, else ``None``.
+
+    Easy to miss: a warm-up + cosine's length is ``max_epochs`` × ``steps_per_epoch``, not ``max_train_steps``.
+    """
+    end = schedule_end_step(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
+    if end is None or args.max_train_steps <= end:
+        return None
+    return (f"the learning rate reaches its floor at step {end} (max_epochs {args.lr_scheduler_options['max_epochs']:g}"
+            f" x steps_per_epoch {args.steps_per_epoch}); the last {args.max_train_steps - end} of the "
+            f"{args.max_train_steps} steps run at the floor")
+
+
 def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     """The ``Accelerator``'s ``mixed_precision`` for train.py's ``--mixed_precision`` (see its help).
 
@@ -569,13 +582,9 @@ def main(args: TrainingArguments) -> dict:
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
         fused=True if on_gpu else None,  # one kernel for the whole update on a GPU (benchmarks/bench_train.py)
     )
-    schedule_end = schedule_end_step(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
-    if schedule_end is not None and args.max_train_steps > schedule_end:
-        # Easy to miss: the cosine's length comes from max_epochs x steps_per_epoch, not from max_train_steps.
-        logger.warning("the learning rate reaches its floor at step %d (max_epochs %g x steps_per_epoch %d); the "
-                       "last %d of the %d steps run at the floor", schedule_end,
-                       args.lr_scheduler_options["max_epochs"], args.steps_per_epoch,
-                       args.max_train_steps - schedule_end, args.max_train_steps)
+    overrun = schedule_overrun_warning(args)
+    if overrun:
+        logger.warning(overrun)
     # Stepped once per optimizer step by us (an accelerate-prepared scheduler steps once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
