@@ -53,8 +53,8 @@ def test_demo_loads_with_automodel(demo_model):
     assert demo_model.can_estimate_degradation
 
 
-#: Degradations the shipped weights restore by a wide margin (their card: the worst single-image gain is +3.94 dB or
-#: more for noise σ 25/50, and low light gains +9.3 dB or more on every everyday photo, +0.5 on the Hubble deep
+#: Degradations the shipped weights restore by a wide margin (their card: the worst single-image gain is +3.97 dB or
+#: more for noise σ 25/50, and low light gains +10.5 dB or more on every everyday photo, +0.27 on the Hubble deep
 #: field; every row gains on every photo).
 RESTORED_BY_THE_DEMO = ("noise", "low-light")
 
@@ -62,8 +62,8 @@ RESTORED_BY_THE_DEMO = ("noise", "low-light")
 def test_shipped_examples_restore_with_a_real_gain(demo_model):
     """The shipped noisy and dark examples get clearly better, with their label and without (label-free).
 
-    Measured with the shipped weights, the step-52,091 midpoint (2026-12-05, fp32): noise +10.79 dB, low light
-    +18.71 dB, in both modes."""
+    Measured with the shipped weights, 0.7 of step 56,341 and 0.3 of step 52,091 (2026-12-05, fp32): noise +10.81 dB,
+    low light +18.72 dB, in both modes."""
     evaluation = json.loads((DEMO_CHECKPOINT_DIR / "eval_results.json").read_text())
     checked = 0
     for example in evaluation["examples"]:
