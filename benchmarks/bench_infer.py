@@ -9,7 +9,10 @@ pipeline and the Space:
 - `reference`: fp32, NCHW inputs (`channels_last=False`): the official code's eager path;
 - `channels-last`: fp32, channels-last inputs: the default of `restore()` & co. on a CPU without native bf16;
 - `bf16`, `channels-last+bf16` (with `--bf16`, always on a GPU): bf16 autocast; `channels-last+bf16` is the
-  default on a CPU with native bf16 (`modeling.inference.default_autocast_dtype`);
+  default on a CPU with native bf16 (`modeling.inference.default_autocast_dtype`), where attention and the
+  resampling layers stay in fp32 (`modeling.restormer_blocks.fp32_in_cpu_inference`);
+- `channels-last+all-bf16` (only through `--paths`): the same with every layer in autocast on CPU as well (the CPU
+  default before 2026-12-05);
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same on a copy of the model
   whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up);
 - `channels-last+compile` (only through `--paths`): fp32 with compiled blocks, for CPUs without fast bf16.
@@ -45,7 +48,9 @@ PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
     "bf16+compile": (False, "bf16", True),
     "channels-last+bf16+compile": (True, "bf16", True),
     "channels-last+compile": (True, "fp32", True),
+    "channels-last+all-bf16": (True, "bf16", False),
 }
+ALL_LAYERS_IN_AUTOCAST = ("channels-last+all-bf16",)  # paths that turn off fp32_in_cpu_inference
 
 
 def load(args: argparse.Namespace):
@@ -88,9 +93,15 @@ def models_for(model, names: list[str]) -> dict:
 def run_path(model, pixel_values, labels, name: str, device: str):
     from modeling.inference import run_model
 
+    from modeling.restormer_blocks import set_fp32_layers_in_cpu_inference
+
     channels_last, dtype, _ = PATHS[name]
-    return run_model(model, pixel_values, degradation_labels=labels, device=device, dtype=dtype,
-                     channels_last=channels_last)
+    set_fp32_layers_in_cpu_inference(name not in ALL_LAYERS_IN_AUTOCAST)
+    try:
+        return run_model(model, pixel_values, degradation_labels=labels, device=device, dtype=dtype,
+                         channels_last=channels_last)
+    finally:
+        set_fp32_layers_in_cpu_inference(True)
 
 
 def child_peak_rss(args: argparse.Namespace) -> None:

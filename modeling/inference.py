@@ -131,8 +131,9 @@ def default_autocast_dtype(device: Union[str, torch.device]) -> Optional[torch.d
     """What ``dtype=None``/"auto" means on `device`: bf16 autocast on a CPU with native bf16, fp32 (no autocast)
     elsewhere.
 
-    Why: on such a CPU bf16 restores the shipped model about 3 times and a PromptIR-size model about 2 to 4 times
-    as fast as fp32, with the shipped weights' held-out means within 0.05 dB of fp32 on all nine rows (README,
+    Why: on such a CPU bf16 (with attention and resampling kept in fp32, `restormer_blocks.fp32_in_cpu_inference`)
+    restores the shipped model about 2.4 times and a PromptIR-size model 1.6 to 2.5 times as fast as the fp32
+    reference at 512², with the shipped weights' held-out means within 0.02 dB of fp32 on all nine rows (README,
     Performance); where bf16 is emulated it is slower than fp32, and on a GPU the plain path is the default as
     for channels-last. `PROMPT_RESTORE_DTYPE` (`DTYPE_ENV`) replaces this choice everywhere, e.g.
     ``PROMPT_RESTORE_DTYPE=fp32``.

@@ -711,13 +711,66 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
     # --paths picks the rows (the reference always runs); bf16 autocast stays within a bf16 rounding of it.
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_infer.py"), "--model", str(folder), "--size", "32",
-         "--repeats", "1", "--threads", "1", "--no-memory", "--paths", "bf16", "--json", str(report_path)],
+         "--repeats", "1", "--threads", "1", "--no-memory", "--paths", "bf16", "channels-last+all-bf16",
+         "--json", str(report_path)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
-    assert list(rows) == ["reference", "bf16"] and rows["bf16"]["peak_mib"] is None
+    assert list(rows) == ["reference", "bf16", "channels-last+all-bf16"] and rows["bf16"]["peak_mib"] is None
     assert 0 < abs(rows["bf16"]["psnr_vs_reference"]) < 0.5
+    # Every layer in autocast (fp32 attention and resampling off) is another output, still a bf16 rounding away.
+    assert 0 < abs(rows["channels-last+all-bf16"]["psnr_vs_reference"]) < 0.5
+    assert rows["channels-last+all-bf16"]["psnr"] != rows["bf16"]["psnr"]
+
+
+def test_bf16_sensitivity_keeps_the_chosen_layers_in_fp32(tmp_path):
+    """benchmarks/bf16_sensitivity.py on a tiny PIP and two held-out photos: keeping every layer in fp32 gives the
+    fp32 output back exactly, the default bf16 path differs from it by rounding, groups join with "+", and
+    `--all-bf16` (every layer in autocast) moves further from fp32. Unknown photos and groups are refused."""
+    import json
+
+    from conftest import smooth_image, tiny_model
+    from PIL import Image
+
+    folder = tmp_path / "tiny-pip"
+    tiny_model("pip", seed=1).save_pretrained(folder)
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    for seed, name in enumerate(["a.png", "b.png"]):
+        Image.fromarray(smooth_image(40, 48, seed=seed)).save(heldout / name)
+    script = str(REPO_ROOT / "benchmarks" / "bf16_sensitivity.py")
+
+    def run(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, script, "--model", str(folder), "--heldout", str(heldout), "--row", "noise-25",
+             "--threads", "1", *flags], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    report = tmp_path / "report.json"
+    result = run("--keep-fp32", "none", "convolutions+attention", "everything", "--json", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    photos = json.loads(report.read_text())["photos"]
+    assert [photo["image"] for photo in photos] == ["a.png", "b.png"]
+    for photo in photos:
+        policies = photo["policies"]
+        assert list(policies) == ["none", "convolutions+attention", "everything"]
+        assert policies["everything"]["max_abs_difference"] == 0 and policies["everything"]["psnr_vs_fp32"] == 0
+        assert policies["everything"]["correction_slope"] == pytest.approx(1, abs=1e-9)
+        assert 0 < policies["none"]["max_abs_difference"] < 0.05
+        assert 0 < photo["ideal_correction_slope"] < 2
+    assert "fp32 kept in everything" in result.stdout
+
+    result = run("--keep-fp32", "none", "--all-bf16", "--json", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    all_bf16 = json.loads(report.read_text())
+    assert all_bf16["all_bf16"] is True
+    assert sum(photo["policies"]["none"]["max_abs_difference"] for photo in all_bf16["photos"]) > sum(
+        photo["policies"]["none"]["max_abs_difference"] for photo in photos)
+
+    result = run("--images", "missing.png")
+    assert result.returncode != 0 and "missing.png" in result.stderr
+    result = run("--keep-fp32", "dense+softmax")
+    assert result.returncode == 2 and "softmax" in result.stderr
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

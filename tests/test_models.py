@@ -284,3 +284,59 @@ def test_heads_of_a_channels_last_map_are_views_with_the_nchw_values():
         last = norm(features.contiguous(memory_format=torch.channels_last))
         assert last.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(last, norm(features), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_and_resampling_run_in_fp32_in_cpu_inference_under_autocast():
+    """In eval mode under CPU bf16 autocast, MDTA, the patch embedding and the down/upsampling convolutions compute
+    in fp32: exactly their fp32 forward of the same input. In training mode, with the switch off, and for the other
+    layers (the feed-forward here) autocast applies as usual."""
+    from modeling import restormer_blocks as blocks
+
+    torch.manual_seed(0)
+    cases = [
+        (blocks.MultiDconvHeadTransposedAttention(16, 2, bias=False), torch.rand(1, 16, 12, 10)),
+        (blocks.OverlapPatchEmbed(3, 16), torch.rand(1, 3, 12, 10)),
+        (blocks.Downsample(16), torch.rand(1, 16, 12, 10)),
+        (blocks.Upsample(16), torch.rand(1, 16, 12, 10)),
+    ]
+    feed_forward = blocks.GatedDconvFeedForward(16, 2.66, bias=False).eval()
+    for module, hidden in cases:
+        hidden = hidden.bfloat16()  # what an autocast layer before it hands on
+        module.eval()
+        reference = module(hidden.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inference = module(hidden)
+            assert feed_forward(torch.rand(1, 16, 6, 5)).dtype == torch.bfloat16
+            module.train()
+            training = module(hidden)
+            module.eval()
+            blocks.set_fp32_layers_in_cpu_inference(False)
+            try:
+                switched_off = module(hidden)
+            finally:
+                blocks.set_fp32_layers_in_cpu_inference(True)
+        assert inference.dtype == torch.float32 and torch.equal(inference, reference), type(module).__name__
+        assert training.dtype == torch.bfloat16 and switched_off.dtype == torch.bfloat16
+        assert 0 < (switched_off.float() - reference).abs().max() < 0.1
+
+
+def test_fp32_attention_and_resampling_bring_bf16_restoration_closer_to_fp32():
+    """Through `restore()` on a tiny PIP: the default bf16 path (attention and resampling in fp32) differs from fp32
+    by less than bf16 autocast in every layer, and by bf16 rounding (not garbage) either way."""
+    from conftest import smooth_image
+
+    from modeling import restore
+    from modeling.restormer_blocks import set_fp32_layers_in_cpu_inference
+
+    model = tiny_model("pip", seed=1)
+    image = smooth_image(48, 40).astype("float32") / 255
+    plain = restore(image, model, dtype="fp32", degradation="noise")
+    default_bf16 = restore(image, model, dtype="bf16", degradation="noise")
+    set_fp32_layers_in_cpu_inference(False)
+    try:
+        all_bf16 = restore(image, model, dtype="bf16", degradation="noise")
+    finally:
+        set_fp32_layers_in_cpu_inference(True)
+    default_error = float(abs(default_bf16 - plain).mean())
+    all_bf16_error = float(abs(all_bf16 - plain).mean())
+    assert 0 < default_error < all_bf16_error < 0.05, (default_error, all_bf16_error)
