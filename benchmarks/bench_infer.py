@@ -92,7 +92,6 @@ def models_for(model, names: list[str]) -> dict:
 
 def run_path(model, pixel_values, labels, name: str, device: str):
     from modeling.inference import run_model
-
     from modeling.restormer_blocks import set_fp32_layers_in_cpu_inference
 
     channels_last, dtype, _ = PATHS[name]

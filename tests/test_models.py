@@ -340,3 +340,9 @@ def test_fp32_attention_and_resampling_bring_bf16_restoration_closer_to_fp32():
     default_error = float(abs(default_bf16 - plain).mean())
     all_bf16_error = float(abs(all_bf16 - plain).mean())
     assert 0 < default_error < all_bf16_error < 0.05, (default_error, all_bf16_error)
+
+    # Weights already in bf16 have no fp32 to keep: those layers run in the weights' bf16, as without autocast.
+    model.to(torch.bfloat16)
+    in_bf16_weights = restore(image, model, dtype="bf16", degradation="noise")
+    assert in_bf16_weights.dtype == plain.dtype
+    assert (in_bf16_weights == restore(image, model, degradation="noise")).all()
