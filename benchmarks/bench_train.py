@@ -13,6 +13,9 @@ labels for models that take them, backward, AdamW. Rows (paths):
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same with every
   Transformer block compiled (`model.compile_transformer_blocks()`, regional `torch.compile`), as `train.py`
   does on a GPU.
+- `bf16+compile-model`, `channels-last+bf16+compile-model` (only through `--paths`): bf16 with the whole model
+  compiled as one graph (`torch.compile(model, fullgraph=True)`), on a GPU in "reduce-overhead" mode: forward and
+  backward replayed as CUDA graphs, the lever for small batches whose step is bound by kernel launches;
 - `bf16+checkpointing`, `channels-last+bf16+checkpointing` (only through `--paths`): bf16 with every Transformer
   block recomputed in the backward pass instead of keeping its activations (`train.py --gradient_checkpointing`):
   less peak memory for more compute, the lever for large batches on one GPU.
@@ -41,15 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
 
-PATHS = {  # name: (channels_last, autocast to bf16, compiled Transformer blocks, activation checkpointing)
-    "reference": (False, False, False, False),
-    "channels-last": (True, False, False, False),
-    "bf16": (False, True, False, False),
-    "channels-last+bf16": (True, True, False, False),
-    "bf16+compile": (False, True, True, False),
-    "channels-last+bf16+compile": (True, True, True, False),
-    "bf16+checkpointing": (False, True, False, True),
-    "channels-last+bf16+checkpointing": (True, True, False, True),
+PATHS = {  # name: (channels_last, autocast to bf16, what is compiled (None, "blocks", "model"), checkpointing)
+    "reference": (False, False, None, False),
+    "channels-last": (True, False, None, False),
+    "bf16": (False, True, None, False),
+    "channels-last+bf16": (True, True, None, False),
+    "bf16+compile": (False, True, "blocks", False),
+    "channels-last+bf16+compile": (True, True, "blocks", False),
+    "bf16+checkpointing": (False, True, None, True),
+    "channels-last+bf16+checkpointing": (True, True, None, True),
+    "bf16+compile-model": (False, True, "model", False),
+    "channels-last+bf16+compile-model": (True, True, "model", False),
 }
 DEFAULT_RECIPE = REPO_ROOT / "training" / "configs" / "pip_restormer_cpu.yaml"
 
@@ -69,7 +74,8 @@ def model_spec(args: argparse.Namespace) -> tuple[str, dict]:
 class TrainingPath:
     """One path's model, optimizer and step, from the same seeded initial weights as every other path."""
 
-    def __init__(self, name: str, model_type: str, config: dict, device: str, learning_rate: float = 1e-3):
+    def __init__(self, name: str, model_type: str, config: dict, device: str, learning_rate: float = 1e-3,
+                 compile_backend: str = "inductor"):
         import torch
 
         from modeling import MODEL_CLASSES
@@ -84,8 +90,14 @@ class TrainingPath:
             (enable or self.model.gradient_checkpointing_enable)()
         if self.channels_last:  # as train.py does: the weights once, each batch as it arrives
             self.model.to(memory_format=torch.channels_last)
-        if compiled:
+        self.forward = self.model
+        if compiled == "blocks":
             self.model.compile_transformer_blocks()
+        elif compiled == "model":
+            # The whole model as one graph (its input checks step aside under torch.compile, so there is no host
+            # sync inside); on a GPU "reduce-overhead" replays it, forward and backward, as CUDA graphs.
+            mode = "reduce-overhead" if self.device.type == "cuda" and compile_backend == "inductor" else None
+            self.forward = torch.compile(self.model, fullgraph=True, dynamic=False, mode=mode, backend=compile_backend)
         # The fast paths on a GPU update all parameters in one fused kernel, as train.py does there.
         fused = self.device.type == "cuda" and name != "reference"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, fused=fused or None)
@@ -102,7 +114,7 @@ class TrainingPath:
         if self.num_labels:
             kwargs["degradation_labels"] = torch.arange(degraded.shape[0], device=self.device) % self.num_labels
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.model(pixel_values=degraded, labels=clean, **kwargs).loss
+            loss = self.forward(pixel_values=degraded, labels=clean, **kwargs).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -143,6 +155,8 @@ def main() -> None:
                         help="also time bf16 with compiled Transformer blocks (always on a GPU)")
     parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
                         help="time only these paths (and the reference)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compile-model paths (eager or aot_eager: trace only)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (the CPU recipe's)")
     parser.add_argument("--curve-steps", type=int, default=200, help="steps of the toy loss curve (0: skip)")
     parser.add_argument("--curve-batch", type=int, default=4, help="batch of the toy loss curve")
@@ -161,7 +175,7 @@ def main() -> None:
     model_type, config = model_spec(args)
     batch = fixed_batch(args.batch, args.size, seed=0)
     if args.child_path:  # CPU: one path's warm-up in a fresh interpreter, its peak RSS free of other paths' weights
-        path = TrainingPath(args.child_path, model_type, config, args.device)
+        path = TrainingPath(args.child_path, model_type, config, args.device, compile_backend=args.compile_backend)
         for _ in range(2):
             path.step(*batch)
         report_child_peak()
@@ -176,7 +190,7 @@ def main() -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             held_before = torch.cuda.memory_allocated()
-        paths[name] = TrainingPath(name, model_type, config, args.device)
+        paths[name] = TrainingPath(name, model_type, config, args.device, compile_backend=args.compile_backend)
         for _ in range(2):
             paths[name].step(*batch)
         if on_gpu:
@@ -194,7 +208,7 @@ def main() -> None:
     paths.clear()  # free the timed models before the memory and curve runs
     if not on_gpu and not args.no_memory:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
-                "--device", args.device, "--recipe", args.recipe]
+                "--device", args.device, "--recipe", args.recipe, "--compile-backend", args.compile_backend]
         argv += ["--model-type", args.model_type] if args.model_type else []
         argv += ["--official-size"] if args.official_size else []
         argv += ["--model-config", args.model_config] if args.model_config is not None else []
@@ -228,8 +242,8 @@ def main() -> None:
         final_losses, first_losses = {}, {}
         tail = max(args.curve_steps // 5, 1)
         for name in names:
-            curve = loss_curve(TrainingPath(name, model_type, config, args.device, args.learning_rate), args.curve_steps,
-                               args.curve_batch, args.curve_size)
+            path = TrainingPath(name, model_type, config, args.device, args.learning_rate, args.compile_backend)
+            curve = loss_curve(path, args.curve_steps, args.curve_batch, args.curve_size)
             final_losses[name] = sum(curve[-tail:]) / tail
             first_losses[name] = sum(curve[:tail]) / tail
         report(final_losses, first_losses)

@@ -92,7 +92,7 @@ class PromptGenerator(nn.Module):
         forced = forced.long().expand(batch) if forced.ndim == 0 else forced.long()
         if forced.shape != (batch,):
             raise RestorationInputError(f"forced_prompt must hold one index per image ({batch}), got shape {tuple(forced.shape)}")
-        if forced.numel() and (forced.min() < 0 or forced.max() >= self.prompt_len):
+        if not torch.compiler.is_compiling() and forced.numel() and (forced.min() < 0 or forced.max() >= self.prompt_len):
             raise RestorationInputError(f"forced_prompt indices must be in [0, {self.prompt_len}), got {forced.tolist()}")
         return forced
 

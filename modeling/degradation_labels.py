@@ -73,12 +73,13 @@ def degradation_weights_from_labels(
                 raise RestorationInputError(
                     f"degradation weights must have shape ({batch_size}, {num}), got {tuple(labels.shape)}"
                 )
-            if not torch.isfinite(labels).all() or (labels < 0).any():
+            # Value checks sync with the device; compiled graphs skip them (see check_pixel_values).
+            if not torch.compiler.is_compiling() and (not torch.isfinite(labels).all() or (labels < 0).any()):
                 raise RestorationInputError("degradation weights must be finite and non-negative")
             return labels.to(device=device, dtype=torch.float32)
         if labels.ndim == 1 and labels.shape[0] == batch_size:
             # The training loop's fast path: one class index per image, no Python-level parsing.
-            if labels.numel() and (labels.min() < 0 or labels.max() >= num):
+            if not torch.compiler.is_compiling() and labels.numel() and (labels.min() < 0 or labels.max() >= num):
                 raise RestorationInputError(f"degradation indices must lie in 0..{num - 1}, got {labels.tolist()}")
             return torch.nn.functional.one_hot(labels.to(device=device, dtype=torch.long), num).float()
         labels = labels.item() if labels.ndim == 0 else labels.tolist()

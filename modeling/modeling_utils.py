@@ -143,7 +143,9 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
                 f"{name} must be a floating-point tensor in [0, 1], got dtype {pixel_values.dtype}; "
                 "use the image processor to convert integer images"
             )
-        if not torch.isfinite(pixel_values).all():
+        # Value checks read the tensor back to the host. Inside torch.compile they are skipped, so that a compiled
+        # model is one graph without host syncs (what CUDA graphs need); eager calls, restore() included, check.
+        if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():
             raise RestorationInputError(f"{name} contains NaN or infinite values")
 
     def pad_to_multiple(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -346,3 +346,26 @@ def test_fp32_attention_and_resampling_bring_bf16_restoration_closer_to_fp32():
     in_bf16_weights = restore(image, model, dtype="bf16", degradation="noise")
     assert in_bf16_weights.dtype == plain.dtype
     assert (in_bf16_weights == restore(image, model, degradation="noise")).all()
+
+
+def test_training_forward_is_one_graph_without_host_syncs(model_type):
+    """torch.compile sees a training forward (loss included, channels-last, bf16 autocast) as one graph: the input
+    checks that read values back to the host step aside under compile, since a graph break there would split the
+    model and a host sync cannot live in a CUDA graph. Called eagerly, the model still refuses NaN inputs."""
+    from modeling.errors import RestorationInputError
+
+    model = tiny_model(model_type).train().to(memory_format=torch.channels_last)
+    degraded = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    clean = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    kwargs = {"degradation_labels": torch.tensor([0, 1])} if model.accepts_degradation_labels else {}
+
+    def training_loss(degraded, clean):
+        return model(pixel_values=degraded, labels=clean, **kwargs).loss
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(training_loss)(degraded, clean)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+    degraded[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RestorationInputError, match="NaN"):
+        training_loss(degraded, clean)

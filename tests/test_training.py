@@ -752,6 +752,29 @@ def test_bench_train_checkpointing_path_recomputes_blocks_and_gives_the_same_ste
     torch.testing.assert_close(weights["bf16+checkpointing"], weights["bf16"], atol=1e-6, rtol=0)
 
 
+def test_bench_train_compile_model_path_traces_one_graph_and_gives_the_same_step(monkeypatch):
+    """The `channels-last+bf16+compile-model` path of benchmarks/bench_train.py: the whole model goes through
+    torch.compile as one graph (fullgraph: a host sync or data-dependent branch would fail it), and one step, traced
+    with the eager backend (inductor's compile takes minutes here), gives the loss and weights of the eager path."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_train_probe", REPO / "benchmarks" / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    batch = bench_train.fixed_batch(2, 16, seed=0)
+    losses, weights = {}, {}
+    torch._dynamo.reset()
+    for name in ("channels-last+bf16", "channels-last+bf16+compile-model"):
+        path = bench_train.TrainingPath(name, "pip", json.loads(TINY_PIP), "cpu", compile_backend="eager")
+        losses[name] = float(path.step(*batch))
+        weights[name] = torch.cat([p.detach().flatten() for p in path.model.parameters()])
+    assert isinstance(path.forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert losses["channels-last+bf16+compile-model"] == pytest.approx(losses["channels-last+bf16"], rel=1e-5)
+    torch.testing.assert_close(weights["channels-last+bf16+compile-model"], weights["channels-last+bf16"],
+                               atol=1e-5, rtol=0)
+
+
 def test_recipe_sweep_trains_each_candidate_for_the_budget_and_tabulates_held_out_gains(corpus, tmp_path):
     """benchmarks/sweep_cpu_recipe.py on a tiny model: one row per candidate, steps bounded by the time budget,
     a PSNR gain per task from each run's final validation (numbers not asserted: two steps of a tiny model)."""
