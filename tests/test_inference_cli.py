@@ -928,6 +928,36 @@ def test_every_benchmark_finds_the_project_from_a_bare_checkout(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
+def test_gpu_goals_script_names_only_existing_benchmarks_paths_and_flags(tmp_path):
+    """benchmarks/gpu_goals.sh waits for a GPU session, so what can be checked without one is checked: bash accepts
+    it, every benchmark it runs exists, each `--paths` name is one of that benchmark's PATHS, and each flag is one
+    the benchmark defines."""
+    import re
+    import shlex
+
+    script = (REPO_ROOT / "benchmarks" / "gpu_goals.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh")]).returncode == 0
+    arrays = {name: shlex.split(body) for name, body in re.findall(r"^(\w+)=\((.*?)\)$", script, re.M | re.S)}
+    calls = []
+    for command in re.findall(r"^run \d+ (.*?)(?<!\\)$", script.replace("\\\n", " "), re.M):
+        words = shlex.split(command.replace('"$RESULTS', '"' + str(tmp_path)))
+        if words[0].startswith("${"):
+            words = arrays[words[0][2:].split("[")[0]] + words[1:]
+        calls.append(words)
+    assert len(calls) == 5
+    for words in calls:
+        benchmark = REPO_ROOT / words[0]
+        assert benchmark.is_file(), words[0]
+        choices = re.search(r"PATHS = \{(.*?)\n\}", benchmark.read_text(), re.S).group(1)
+        names = re.findall(r'^\s+"([\w+-]+)":', choices, re.M)
+        paths = words[words.index("--paths") + 1:]
+        paths = paths[:next((i for i, word in enumerate(paths) if word.startswith("--")), len(paths))]
+        assert paths and set(paths) <= set(names), (words[0], paths)
+        flags = {word for word in words if word.startswith("--")}
+        source = benchmark.read_text()
+        assert all(f'"{flag}"' in source for flag in flags), (words[0], flags)
+
+
 @pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])
 def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
     from conftest import tiny_model
