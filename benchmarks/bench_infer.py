@@ -15,7 +15,9 @@ pipeline and the Space:
   default before 2026-12-05);
 - `bf16+compile`, `channels-last+bf16+compile` (with `--compile`, always on a GPU): the same on a copy of the model
   whose Transformer blocks are compiled (`model.compile_transformer_blocks()`; compiled during the warm-up);
-- `channels-last+compile` (only through `--paths`): fp32 with compiled blocks, for CPUs without fast bf16.
+- `channels-last+compile` (only through `--paths`): fp32 with compiled blocks, for CPUs without fast bf16;
+- `bf16+compile-model`, `channels-last+bf16+compile-model` (only through `--paths`): bf16 with the whole model
+  compiled as one graph, on a GPU in "reduce-overhead" mode (CUDA graphs), compiled during the warm-up.
 `--paths` picks a subset (the reference always runs).
 
 Paths are warmed up, then timed in turn for `--repeats` rounds, so every ratio compares runs of the same
@@ -40,15 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
 
-PATHS = {  # name: (channels_last, autocast dtype, compiled Transformer blocks)
-    "reference": (False, "fp32", False),
-    "channels-last": (True, "fp32", False),
-    "bf16": (False, "bf16", False),
-    "channels-last+bf16": (True, "bf16", False),
-    "bf16+compile": (False, "bf16", True),
-    "channels-last+bf16+compile": (True, "bf16", True),
-    "channels-last+compile": (True, "fp32", True),
-    "channels-last+all-bf16": (True, "bf16", False),
+PATHS = {  # name: (channels_last, autocast dtype, what is compiled: None, "blocks" or "model")
+    "reference": (False, "fp32", None),
+    "channels-last": (True, "fp32", None),
+    "bf16": (False, "bf16", None),
+    "channels-last+bf16": (True, "bf16", None),
+    "bf16+compile": (False, "bf16", "blocks"),
+    "channels-last+bf16+compile": (True, "bf16", "blocks"),
+    "channels-last+compile": (True, "fp32", "blocks"),
+    "channels-last+all-bf16": (True, "bf16", None),
+    "bf16+compile-model": (False, "bf16", "model"),
+    "channels-last+bf16+compile-model": (True, "bf16", "model"),
 }
 ALL_LAYERS_IN_AUTOCAST = ("channels-last+all-bf16",)  # paths that turn off fp32_in_cpu_inference
 
@@ -79,15 +83,24 @@ def inputs_for(model, size: int, batch: int):
     return pixel_values, labels
 
 
-def models_for(model, names: list[str]) -> dict:
-    """The model each path runs: `model` itself, or for compiled paths one shared copy with compiled blocks."""
+def models_for(model, names: list[str], compile_backend: str = "inductor") -> dict:
+    """The model each path runs: `model` itself, or for compiled paths a shared copy per kind: with compiled
+    Transformer blocks, or compiled whole as one graph (on a GPU in "reduce-overhead" mode: CUDA graphs)."""
     import copy
 
-    compiled = None
-    if any(PATHS[name][2] for name in names):
-        compiled = copy.deepcopy(model)
-        compiled.compile_transformer_blocks()
-    return {name: compiled if PATHS[name][2] else model for name in names}
+    import torch
+
+    compiled = {}
+    kinds = {PATHS[name][2] for name in names} - {None}
+    if "blocks" in kinds:
+        compiled["blocks"] = copy.deepcopy(model)
+        compiled["blocks"].compile_transformer_blocks(backend=compile_backend)
+    if "model" in kinds:
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        mode = "reduce-overhead" if on_gpu and compile_backend == "inductor" else None
+        compiled["model"] = torch.compile(copy.deepcopy(model), fullgraph=True, dynamic=False, mode=mode,
+                                          backend=compile_backend)
+    return {name: compiled.get(PATHS[name][2], model) for name in names}
 
 
 def run_path(model, pixel_values, labels, name: str, device: str):
@@ -110,13 +123,14 @@ def child_peak_rss(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model = load(args)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
-    run_path(models_for(model, [args.child_path])[args.child_path], pixel_values, labels, args.child_path, args.device)
+    models = models_for(model, [args.child_path], args.compile_backend)
+    run_path(models[args.child_path], pixel_values, labels, args.child_path, args.device)
     report_child_peak()
 
 
 def cpu_peak_mib(args: argparse.Namespace, name: str) -> float:
     argv = ["--child-path", name, "--size", str(args.size), "--batch", str(args.batch), "--threads", str(args.threads),
-            "--device", args.device]
+            "--device", args.device, "--compile-backend", args.compile_backend]
     argv += ["--random", args.random] if args.random else (["--model", args.model] if args.model else [])
     return child_peak_mib(__file__, argv, args.threads)
 
@@ -166,6 +180,8 @@ def main() -> None:
                         help="also time bf16 with compiled Transformer blocks (always on a GPU)")
     parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
                         help="time only these paths (and the reference)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled paths (eager or aot_eager: trace only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (no child processes)")
     parser.add_argument("--no-quality", action="store_true", help="skip the PSNR columns")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -182,7 +198,7 @@ def main() -> None:
     model = load(args)
     on_gpu = args.device.startswith("cuda")
     names = path_names(list(PATHS), args.paths, args.bf16 or on_gpu, args.compile or on_gpu)
-    models = models_for(model, names)
+    models = models_for(model, names, args.compile_backend)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
 
     def run_once(name: str) -> None:

@@ -1,13 +1,13 @@
 #!/bin/bash
 # The performance issue's GPU measurements in one call, each under its own time limit so that a slow compilation
-# cannot eat the others' time (about 9 minutes in all). Tables go to stdout, JSON to the folder given (default
+# cannot eat the others' time (at most 9 minutes in all). Tables go to stdout, JSON to the folder given (default
 # $OUT, else ./gpu-results).
 #
 #     bash benchmarks/gpu_goals.sh /path/to/results
 #
 # Rows: training at 8 x 128² (PromptIR and PIP, official sizes: the eager bf16 path against the whole-model
 # compiled one, CUDA graphs), batch 32 memory with activation checkpointing, PromptIR inference at 1,024²
-# (regional compilation), then the toy-loss agreement of the compiled training path.
+# (regional and whole-model compilation), then the toy-loss agreement of the compiled training path.
 set -u
 RESULTS=${1:-${OUT:-gpu-results}}
 mkdir -p "$RESULTS"
@@ -23,15 +23,16 @@ run() {  # run LIMIT_SECONDS SCRIPT ARGS...: one benchmark under its limit, then
 
 train=(benchmarks/bench_train.py --official-size --batch 8 --size 128 --device cuda --steps 10 --repeats 2
        --curve-steps 0)
-run 150 "${train[@]}" --model-type promptir --paths channels-last+bf16 channels-last+bf16+compile-model \
+run 140 "${train[@]}" --model-type promptir --paths channels-last+bf16 channels-last+bf16+compile-model \
     --json "$RESULTS/train_promptir_batch8.json"
-run 150 "${train[@]}" --model-type pip --paths channels-last+bf16 channels-last+bf16+compile-model \
+run 140 "${train[@]}" --model-type pip --paths channels-last+bf16 channels-last+bf16+compile-model \
     --json "$RESULTS/train_pip_batch8.json"
-run 90 benchmarks/bench_train.py --official-size --model-type promptir --batch 32 --size 128 --device cuda \
+run 70 benchmarks/bench_train.py --official-size --model-type promptir --batch 32 --size 128 --device cuda \
     --steps 3 --repeats 1 --curve-steps 0 --paths channels-last+bf16+checkpointing \
     --json "$RESULTS/train_promptir_batch32_checkpointing.json"
-run 90 benchmarks/bench_infer.py --random promptir --size 1024 --device cuda --repeats 5 \
-    --paths channels-last+bf16 channels-last+bf16+compile --json "$RESULTS/infer_promptir_1024.json"
-run 60 benchmarks/bench_train.py --official-size --model-type promptir --batch 4 --size 32 --device cuda \
+run 140 benchmarks/bench_infer.py --random promptir --size 1024 --device cuda --repeats 5 \
+    --paths channels-last+bf16 channels-last+bf16+compile channels-last+bf16+compile-model \
+    --json "$RESULTS/infer_promptir_1024.json"
+run 50 benchmarks/bench_train.py --official-size --model-type promptir --batch 4 --size 32 --device cuda \
     --steps 1 --repeats 1 --no-memory --curve-steps 200 --curve-batch 4 --curve-size 32 \
     --paths channels-last+bf16+compile-model --json "$RESULTS/train_promptir_toy_curve.json"

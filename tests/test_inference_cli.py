@@ -711,17 +711,23 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
     # --paths picks the rows (the reference always runs); bf16 autocast stays within a bf16 rounding of it.
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_infer.py"), "--model", str(folder), "--size", "32",
-         "--repeats", "1", "--threads", "1", "--no-memory", "--paths", "bf16", "channels-last+all-bf16",
+         "--repeats", "1", "--threads", "1", "--no-memory", "--paths", "bf16", "channels-last+bf16",
+         "channels-last+all-bf16", "channels-last+bf16+compile-model", "--compile-backend", "eager",
          "--json", str(report_path)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
-    assert list(rows) == ["reference", "bf16", "channels-last+all-bf16"] and rows["bf16"]["peak_mib"] is None
+    assert list(rows) == ["reference", "bf16", "channels-last+bf16", "channels-last+all-bf16",
+                          "channels-last+bf16+compile-model"]
+    assert rows["bf16"]["peak_mib"] is None
     assert 0 < abs(rows["bf16"]["psnr_vs_reference"]) < 0.5
     # Every layer in autocast (fp32 attention and resampling off) is another output, still a bf16 rounding away.
     assert 0 < abs(rows["channels-last+all-bf16"]["psnr_vs_reference"]) < 0.5
-    assert rows["channels-last+all-bf16"]["psnr"] != rows["bf16"]["psnr"]
+    assert rows["channels-last+all-bf16"]["psnr"] != rows["channels-last+bf16"]["psnr"]
+    # The whole model through torch.compile (traced here with the eager backend) restores as the eager path does.
+    assert rows["channels-last+bf16+compile-model"]["psnr"] == pytest.approx(rows["channels-last+bf16"]["psnr"],
+                                                                             abs=1e-4)
 
 
 def test_bf16_sensitivity_keeps_the_chosen_layers_in_fp32(tmp_path):
