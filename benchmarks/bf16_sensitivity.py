@@ -179,7 +179,8 @@ def measure(model, heldout: Path, row: str, names: list[str] | None, groups: lis
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: the shipped weights)")
-    parser.add_argument("--heldout", default=str(REPO_ROOT / "data" / "embedded" / "heldout"))
+    parser.add_argument("--heldout", default=str(REPO_ROOT / "data" / "embedded" / "heldout"),
+                        help="folder of clean held-out photos (default: the embedded corpus's)")
     parser.add_argument("--row", default="blur-gaussian", help="a held-out row: noise-25, blur-gaussian, haze, ...")
     parser.add_argument("--images", nargs="+", default=None, help="photo file names (default: all)")
     parser.add_argument("--keep-fp32", nargs="+", default=["none", "convolutions", "blocks", "everything"],
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"joined by '+' ({', '.join(GROUPS)})")
     parser.add_argument("--all-bf16", action="store_true",
                         help="turn off the default fp32 attention and resampling of CPU bf16 inference")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
