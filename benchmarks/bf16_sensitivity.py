@@ -133,6 +133,7 @@ def measure(model, heldout: Path, row: str, names: list[str] | None, groups: lis
     from modeling.inference import accepts_degradation_labels
     from training.data.files import decode_image, list_image_files
     from training.evaluate_model import row_setting, synthesize_row_image
+    from training.evaluation import psnr
 
     task, _ = row_setting(row)
     kwargs = {"degradation": task} if accepts_degradation_labels(model) else {}
@@ -141,9 +142,6 @@ def measure(model, heldout: Path, row: str, names: list[str] | None, groups: lis
     unknown = wanted - {Path(path).name for path in files}
     if unknown:
         raise SystemExit(f"no such held-out photos in {heldout}: {sorted(unknown)}")
-
-    def psnr(image, clean) -> float:
-        return float(10 * np.log10(1 / np.mean((np.clip(image, 0, 1) - clean) ** 2)))
 
     results = []
     for index, path in enumerate(files):  # the photo's place in the folder seeds its degradation, as in evaluation
