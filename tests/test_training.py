@@ -696,6 +696,75 @@ def test_block_compilation_is_off_on_cpu_by_default_and_compiles_every_block_whe
     assert weights.keys() == load_file(tmp_path / "default" / "model" / "model.safetensors").keys()
 
 
+def run_main(argv: list[str]) -> dict:
+    """In-process run of main(); the accelerate state is reset afterwards for the next run."""
+    from accelerate.state import AcceleratorState
+
+    import training.train as train_module
+
+    try:
+        return train_module.main(parse_args(argv))
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_compile_model_trains_through_one_graph_and_matches_eager_training(corpus, tmp_path):
+    """`--compile_model`: the training forward (loss included) goes through torch.compile as one graph with no
+    break (fullgraph: a host sync would fail the run), the card records the counts, and the weights after four steps
+    are the eager run's up to rounding. Traced with aot_eager (forward and backward graphs as inductor gets them,
+    without minutes of C++ compilation). Validation at the end runs the eager model: no graph is added for it."""
+    from torch._dynamo.utils import counters
+
+    common = {"max_train_steps": 4, "checkpointing_steps": 0, "use_ema": "false", "mixed_precision": "no",
+              "validation_images_per_task": 1}
+    validation = ["--validation_roots", f"clean={corpus / 'heldout'}"]
+    run_main(train_args(corpus, tmp_path / "eager", **common) + validation)
+    torch._dynamo.reset()
+    counters.clear()
+    run_main(train_args(corpus, tmp_path / "compiled", compile_model="true", compile_backend="aot_eager", **common)
+             + validation)
+    card = (tmp_path / "compiled" / "model" / "README.md").read_text()
+    assert '- **compile model**: `{"mode": "default", "backend": "aot_eager", "graphs": 1, "graph_breaks": 0}`' in card
+    assert counters["stats"]["unique_graphs"] == 1  # training only: validation and saving stayed eager
+    assert "- **compile model**: False" in (tmp_path / "eager" / "model" / "README.md").read_text()
+    eager, compiled = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys()
+    for name, value in compiled.items():
+        torch.testing.assert_close(value, eager[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert json.loads((tmp_path / "compiled" / "model" / "eval_results.json").read_text()).keys() == json.loads(
+        (tmp_path / "eager" / "model" / "eval_results.json").read_text()).keys()
+
+
+def test_compile_model_flags_are_checked_before_anything_runs(corpus, tmp_path, capsys):
+    for overrides, message in (
+        ({"compile_model": "true", "compile_blocks": "true"}, "leave --compile_blocks off"),
+        ({"compile_mode": "reduce-overhead"}, "applies to --compile_model"),
+        ({"compile_model": "true", "compile_mode": "fast"}, "compile_mode must be one of"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(train_args(corpus, tmp_path / "bad", **overrides))
+        assert message in capsys.readouterr().err
+    args = parse_args(train_args(corpus, tmp_path / "ok", compile_model="true", compile_mode="reduce-overhead"))
+    assert args.compile_model and args.compile_mode == "reduce-overhead" and args.compile_blocks is None
+
+
+def test_two_process_launch_trains_the_compiled_model(corpus, tmp_path):
+    """`--compile_model` under a 2-process launch: PyTorch's DDP + torch.compile path (DDP's own bookkeeping is
+    left out of the graph), identical replicas, and the weights of the same launch without compilation."""
+    runs = {}
+    for name, extra in (("eager", {}), ("compiled", {"compile_model": "true", "compile_backend": "aot_eager"})):
+        argv = train_args(corpus, tmp_path / name, max_train_steps=4, checkpointing_steps=0, use_ema="false",
+                          mixed_precision="no", **extra)
+        result = run_train(argv, launcher=accelerate_launch(2), timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+        checksums = json.loads((tmp_path / name / "replica_checksums.json").read_text())["checksums"]
+        assert len(checksums) == 2 and checksums[0] == checksums[1]
+        runs[name] = final_weights(tmp_path / name)
+    assert "--compile_model: 1 graph(s)" in result.stderr
+    for key, value in runs["compiled"].items():
+        torch.testing.assert_close(value, runs["eager"][key], atol=2e-5, rtol=1e-4, msg=key)
+
+
 def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
     """benchmarks/bench_train.py on a tiny PIP: one row per path, ratios against the reference row, peak memory
     from a child process per path, and toy loss curves that agree (timings are not asserted)."""
