@@ -56,6 +56,34 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+
+
+def check_degradation_names(names) -> None:
+    """Degradation class names the label parser can select: distinct non-empty strings in its canonical form
+    (lower case, words joined by "-", as it normalises labels), without "+" (it joins mixed labels) and not
+    "auto" (it asks for the estimator)."""
+    if not names:
+        raise ValueError("degradation_names must list at least one name")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"degradation_names must be non-empty strings, got {names}")
+        canonical = name.strip().lower().replace("_", "-").replace(" ", "-")
+        if "+" in name:
+            raise ValueError(f"degradation_names may not contain '+' (it joins mixed labels), got {name!r}")
+        if canonical == "auto":
+            raise ValueError("'auto' asks for the degradation estimator; it cannot name a degradation class")
+        if name != canonical:
+            raise ValueError(
+                f"degradation name {name!r} could never be selected (labels are read in lower case with words "
+                f"joined by '-'): use {canonical!r}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"degradation_names must be unique, got {names}")
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -136,6 +164,12 @@ class RestorationBackboneConfig(PreTrainedConfig):
             raise ValueError(f"num_blocks must list 4 depths (levels 1-3 and latent), got {self.num_blocks}")
         if len(self.heads) != 4:
             raise ValueError(f"heads must list 4 head counts (levels 1-3 and latent), got {self.heads}")
+        for name, values in (("num_blocks", self.num_blocks), ("heads", self.heads)):
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+                raise ValueError(f"{name} must list integers, got {values}")
+        for name in ("dim", "in_channels", "out_channels"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("num_refinement_blocks", self.num_refinement_blocks, minimum=0)
         if any(d < 0 for d in self.num_blocks) or self.num_refinement_blocks < 0:
             raise ValueError("num_blocks and num_refinement_blocks must be non-negative")
         if self.dim <= 0 or self.dim % 2:
@@ -143,6 +177,11 @@ class RestorationBackboneConfig(PreTrainedConfig):
         check_finite("ffn_expansion_factor", self.ffn_expansion_factor)
         if self.ffn_expansion_factor <= 0:
             raise ValueError(f"ffn_expansion_factor must be positive, got {self.ffn_expansion_factor}")
+        if int(self.dim * self.ffn_expansion_factor) < 1:  # the narrowest GDFN, at level 1
+            raise ValueError(
+                f"ffn_expansion_factor {self.ffn_expansion_factor} leaves no hidden channel at width {self.dim} "
+                "(GDFN hidden width = int(width x factor))"
+            )
         check_bool("bias", self.bias)
         if self.layer_norm_type not in LAYER_NORM_TYPES:
             raise ValueError(f"layer_norm_type must be one of {LAYER_NORM_TYPES}, got {self.layer_norm_type!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import RestorationBackboneConfig
+from .configuration_backbone import RestorationBackboneConfig, check_positive_int
 
 
 @strict(accept_kwargs=True)
@@ -49,6 +49,8 @@ class DecoderPromptConfig(RestorationBackboneConfig):
             )
         if self.prompt_len < 1 or min(self.prompt_dims) < 1 or min(self.prompt_sizes) < 1:
             raise ValueError("prompt_len, prompt_dims and prompt_sizes must be positive")
+        if self.prompt_fusion_heads is not None:
+            check_positive_int("prompt_fusion_heads", self.prompt_fusion_heads)
         feature_dims = [self.dim * 2, self.dim * 4, self.dim * 8]
         for feature_dim, prompt_dim in zip(feature_dims, self.prompt_dims):
             if (feature_dim + prompt_dim) % self.fusion_heads:

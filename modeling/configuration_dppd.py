@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import DEGRADATION_NAMES, RestorationBackboneConfig, check_bool, check_finite
+from .configuration_backbone import (
+    DEGRADATION_NAMES, RestorationBackboneConfig, check_bool, check_degradation_names, check_finite,
+)
 
 PROMPT_CONDITIONING_MODES = ("soft", "hard")
 
@@ -141,13 +143,7 @@ class DPPDConfig(RestorationBackboneConfig):
         return len(self.degradation_names)
 
     def validate_dppd(self):
-        names = self.degradation_names
-        if not names or any(not isinstance(name, str) or not name for name in names):
-            raise ValueError(f"degradation_names must list at least one non-empty name, got {names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"degradation_names must be unique, got {names}")
-        if any("+" in name for name in names):
-            raise ValueError(f"degradation_names may not contain '+' (it joins mixed labels), got {names}")
+        check_degradation_names(self.degradation_names)
         if len(self.prompt_dims) != 3:
             raise ValueError(f"prompt_dims must list 3 widths (one per prompt place), got {self.prompt_dims}")
         for name in ("embedding_dim", "num_prompt_tokens", "num_inference_samples", "cross_fusion_heads"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import DEGRADATION_NAMES, check_bool, check_finite
+from .configuration_backbone import (
+    DEGRADATION_NAMES, check_bool, check_degradation_names, check_finite, check_positive_int,
+)
 from .configuration_prompt_regularization import ContrastivePromptRegularizationConfig
 
 #: What the degradation estimator reads (see `degradation_estimator_input`).
@@ -189,8 +191,11 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
                 f"degradation_names lists {len(self.degradation_names)} names for {self.num_degradations} "
                 "degradation classes"
             )
-        if len(set(self.degradation_names)) != len(self.degradation_names):
-            raise ValueError(f"degradation_names must be unique, got {self.degradation_names}")
+        check_degradation_names(self.degradation_names)
+        for name, values in (("prompt_dims", self.prompt_dims), ("prompt_sizes", self.prompt_sizes)):
+            for value in values:
+                check_positive_int(name, value)
+        check_positive_int("degradation_estimator_hidden_dim", self.degradation_estimator_hidden_dim)
         if self.degradation_prompt_reduction not in ("mean", "sum"):
             raise ValueError(f"degradation_prompt_reduction must be 'mean' or 'sum', got {self.degradation_prompt_reduction!r}")
         if self.pixel_loss not in ("smooth_l1", "l1"):
@@ -222,6 +227,10 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
         if self.decoder_prompts:
             if len(self.decoder_prompt_dims) != 3 or len(self.decoder_prompt_sizes) != 3:
                 raise ValueError("decoder_prompt_dims and decoder_prompt_sizes must list 3 values")
+            check_positive_int("decoder_prompt_len", self.decoder_prompt_len)
+            for name in ("decoder_prompt_dims", "decoder_prompt_sizes"):
+                for value in getattr(self, name):
+                    check_positive_int(name, value)
             for feature_dim, prompt_dim in zip((self.dim * 2, self.dim * 4, self.dim * 8), self.decoder_prompt_dims):
                 if (feature_dim + prompt_dim) % self.heads[2]:
                     raise ValueError(f"decoder prompt fusion width {feature_dim}+{prompt_dim} is not divisible by heads[2]")

@@ -8,13 +8,16 @@ A degradation label says what is wrong with an image. Models that are steered by
   as PIP's official code feeds mixed degradations;
 - one of the above for the whole batch, or a list with one per image;
 - a ``(B,)`` integer tensor of indices (what the training loop passes) or a ``(B, num_degradations)`` float
-  tensor of weights (used as given, e.g. an estimator's output reused for every tile of an image).
+  tensor of weights (used as given, e.g. an estimator's output reused for every tile of an image); numpy arrays
+  and numpy integers are read as the tensors and ints they hold.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .errors import RestorationInputError
@@ -37,7 +40,7 @@ def degradation_index(label: str | int, names: Sequence[str]) -> int:
     names = list(names)
     if isinstance(label, torch.Tensor) and label.ndim == 0 and not label.is_floating_point():
         label = int(label.item())
-    if hasattr(label, "__index__") and not isinstance(label, (bool, str)):
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
         label = int(label)  # numpy integers
     if isinstance(label, bool) or not isinstance(label, (int, str)):
         raise RestorationInputError(f"a degradation label must be a name or an index, got {label!r}")
@@ -67,6 +70,14 @@ def degradation_weights_from_labels(
 ) -> torch.Tensor:
     """Turn ``labels`` (any form in the module docstring) into float32 weights of shape (batch_size, len(names))."""
     num = len(names)
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iuf":  # strings, objects and booleans: as the Python values they hold
+            if labels.ndim == 0:
+                labels = labels.item()
+            else:
+                labels = labels.tolist()
+        else:
+            labels = torch.from_numpy(np.array(labels, dtype=np.float32 if labels.dtype.kind == "f" else np.int64))
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point():
             if labels.shape != (batch_size, num):
@@ -83,7 +94,7 @@ def degradation_weights_from_labels(
                 raise RestorationInputError(f"degradation indices must lie in 0..{num - 1}, got {labels.tolist()}")
             return torch.nn.functional.one_hot(labels.to(device=device, dtype=torch.long), num).float()
         labels = labels.item() if labels.ndim == 0 else labels.tolist()
-    if isinstance(labels, (str, int)) or (hasattr(labels, "__index__") and not isinstance(labels, bool)):
+    if isinstance(labels, (str, numbers.Integral)) and not isinstance(labels, bool):
         labels = [labels] * batch_size
     if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
         raise RestorationInputError(f"degradation_labels must give one label per image ({batch_size}), got {labels!r}")

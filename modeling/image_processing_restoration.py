@@ -104,6 +104,21 @@ def _is_16_bit_colour_png(header: bytes) -> bool:
     )
 
 
+def colour_bits_decoded_to_8(image: Image.Image) -> Optional[int]:
+    """The bits per sample of a colour TIFF or PPM that Pillow will decode to 8-bit RGB(A) (None otherwise):
+    Pillow has no 16-bit colour mode, and only 16-bit colour PNGs have another reader here (pypng)."""
+    if image.mode not in ("RGB", "RGBA"):
+        return None
+    if image.format == "TIFF":
+        samples = image.tag_v2.get(258, (8,))
+        bits = max(samples) if isinstance(samples, tuple) else int(samples)
+    elif image.format == "PPM" and image.tile and isinstance(image.tile[0].args, tuple):
+        bits = int(image.tile[0].args[-1]).bit_length()  # (rawmode, maxval) when maxval is not 255
+    else:
+        return None
+    return bits if bits > 8 else None
+
+
 def _read_png_16(source: Union[Path, bytes], where: str, orientation: int) -> Optional[np.ndarray]:
     """Decode a 16-bit colour PNG to uint16 (H, W, 3|4) with pypng (None when pypng is not installed)."""
     try:
@@ -187,6 +202,12 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             if array is not None:
                 image.close()
                 return array
+        bits = colour_bits_decoded_to_8(image)
+        if bits:
+            logger.warning(
+                f"Input {where} has {bits}-bit colour samples, which Pillow decodes to 8 bits: it is restored and "
+                "written at 8 bits (save it as a 16-bit PNG to keep the depth)."
+            )
         try:
             # Image.open is lazy: decoding happens here, which is where truncated files fail.
             image.load()
@@ -372,7 +393,9 @@ class RestorationImageProcessor(PilBackend):
             rgb, alpha, bit_depth, mode = self._numpy_to_float(image, where, channels_last=True)
         elif _is_torch_tensor(image):
             input_type = "pt"
-            array = image.detach().cpu().numpy()
+            tensor = image.detach().cpu()
+            # numpy has no bfloat16: such tensors are read as float32 (exact), then like any float input.
+            array = (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
             rgb, alpha, bit_depth, mode = self._numpy_to_float(array, f"torch tensor of shape {tuple(array.shape)}",
                                                                channels_last=False)
         else:
@@ -400,12 +423,19 @@ class RestorationImageProcessor(PilBackend):
         mode = image.mode
         if image.width == 0 or image.height == 0:
             raise RestorationInputError(f"Input {where} is empty (zero-size image {image.width}x{image.height}).")
+        transparent = "transparency" in image.info  # a PNG tRNS colour (or GIF index): those pixels get alpha 0
         if mode == "P" or mode == "PA":
-            has_alpha = mode == "PA" or "transparency" in image.info
-            image = image.convert("RGBA" if has_alpha else "RGB")
+            image = image.convert("RGBA" if mode == "PA" or transparent else "RGB")
         elif mode == "1":
             image = image.convert("L")
-        elif mode in ("LA", "La", "RGBa"):
+        elif mode in ("L", "RGB") and transparent:
+            image = image.convert("RGBA")
+        elif mode == "La":  # premultiplied gray + alpha, which Pillow converts to nothing else: divide it out here
+            gray, alpha = np.moveaxis(np.asarray(image, dtype=np.float32), -1, 0)
+            gray = np.where(alpha > 0, np.clip(gray * 255.0 / np.maximum(alpha, 1.0), 0.0, 255.0), 0.0)
+            image = Image.fromarray(np.stack([gray, alpha], axis=-1).round().astype(np.uint8), "LA")
+            image = image.convert("RGBA")
+        elif mode in ("LA", "RGBa"):
             # Un-premultiply where needed; gray + alpha becomes RGBA (R = G = B), exactly.
             image = image.convert("RGBA")
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -417,7 +447,10 @@ class RestorationImageProcessor(PilBackend):
                     f"Input {where} has 32-bit integer pixels outside the 16-bit range [0, 65535]."
                 )
             gray = (array / 65535.0).astype(np.float32)
-            return np.repeat(gray[None], 3, axis=0), None, 16, mode
+            alpha = None
+            if transparent and isinstance(image.info["transparency"], int):  # 16-bit gray PNG with a tRNS value
+                alpha = (array != image.info["transparency"]).astype(np.float32)
+            return np.repeat(gray[None], 3, axis=0), alpha, 16, mode
         if image.mode == "F":
             return self._numpy_to_float(np.asarray(image, dtype=np.float32), where, True)[:3] + (mode,)
         if image.mode not in ("L", "LA", "RGB", "RGBA"):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForImageToImage
 from transformers.utils import logging
 
@@ -73,6 +74,8 @@ def _check_device(device: Union[str, torch.device]) -> torch.device:
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise ValueError(f"Device {str(device)!r} was requested but only {count} CUDA device(s) are visible.")
+    elif resolved.type == "meta":  # moving a model there would drop its weights
+        raise ValueError(f"Device {str(device)!r} holds no data and cannot restore images; use 'cpu' or 'cuda'.")
     elif resolved.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ValueError(f"Device {str(device)!r} was requested but MPS is not available; use 'cpu'.")
@@ -271,7 +274,11 @@ def load_model(
             problem = _missing_local_model(os.fspath(model))
             if problem is not None:
                 raise FileNotFoundError(problem)
-        model = AutoModelForImageToImage.from_pretrained(source, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForImageToImage.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except StrictDataclassError as err:  # our configs' own checks, re-raised by the strict dataclass
+            reason = " ".join(str(err.__cause__ or err).split())  # the check's own message, without the wrapper's
+            raise ValueError(f"Model '{source}' has an invalid config.json: {reason}") from err
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")
     if isinstance(model, torch.nn.Module):

@@ -62,7 +62,8 @@ class ImageRestorationPipeline(Pipeline):
     `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("auto", the default:
     bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16": autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
     numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
-    one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list of them (a list returns a list).
+    one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list (or tuple) of them, which returns a
+    list (empty for an empty one).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
     """
 
@@ -83,6 +84,11 @@ class ImageRestorationPipeline(Pipeline):
                 f"The {TASK_NAME} pipeline takes the image(s) as its only positional argument; pass options by name "
                 f"({', '.join(f'{name}=...' for name in CALL_ARGUMENTS)}), got {len(args)} more."
             )
+        if isinstance(inputs, tuple):  # the base class only batches lists; a tuple would reach one image's code
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            self._sanitize_parameters(**kwargs)  # options are still checked
+            return []
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import PretrainedConfig
 
 import modeling
-from modeling.image_processing_restoration import write_png
+from modeling.image_processing_restoration import RestorationImageProcessor, colour_bits_decoded_to_8, write_png
 from modeling.inference import (
     AUTO_MODES,
     DEFAULT_AUTO_MODE,
@@ -263,11 +263,15 @@ class UploadInfo:
     has_alpha: bool
     browser_format: bool
     frames: int
+    colour_bits_read_as_8: Optional[int] = None  # a 16-bit colour TIFF or PPM, which Pillow decodes to 8 bits
 
 
 def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
     """Size, file-size and format checks from the file header only (nothing is decoded); gr.Error when refused."""
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise gr.Error("The uploaded file could not be read; please upload it again.") from err
     if size > settings.max_file_bytes:
         raise gr.Error(
             f"The file is {size / 2**20:.1f} MB; this demo accepts files up to {settings.max_file_mb:g} MB."
@@ -277,6 +281,7 @@ def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
             width, height = image.size
             mode, info, fmt = image.mode, image.info, image.format
             frames = int(getattr(image, "n_frames", 1))
+            colour_bits = colour_bits_decoded_to_8(image)
     except Image.DecompressionBombError as err:
         raise gr.Error(f"The image is far too large; this demo accepts up to {settings.max_megapixels:g} megapixels.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -291,7 +296,7 @@ def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
             f"The image is {width}×{height} px; it needs at least {settings.min_side} px on each side."
         )
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in info
-    return UploadInfo(width, height, has_alpha, fmt in _BROWSER_FORMATS, frames)
+    return UploadInfo(width, height, has_alpha, fmt in _BROWSER_FORMATS, frames, colour_bits)
 
 
 class UploadImage(gr.Image):
@@ -354,9 +359,12 @@ def _before_image(path: str, info: UploadInfo, folder: Path) -> str:
     if info.browser_format:
         return path
     preview = folder / "before.png"
-    with Image.open(path) as image:
-        image = image.convert("RGBA" if info.has_alpha else "RGB")
-        image.save(preview, format="PNG")
+    # Decoded as the model sees it (16-bit gray scaled down, float TIFF in [0, 1], alpha kept), not with Pillow's
+    # convert("RGB"), which clips 16-bit and float samples to white or black.
+    rgb, meta = RestorationImageProcessor().to_rgb_float(path)
+    planes = [*rgb] + ([meta["alpha"]] if meta["alpha"] is not None else [])
+    pixels = (np.stack(planes, axis=-1) * 255.0).round().clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels, "RGBA" if len(planes) == 4 else "RGB").save(preview, format="PNG")
     return str(preview)
 
 
@@ -422,6 +430,9 @@ class RestorationSpace:
             notes.append("The image has an alpha channel (transparency): it is kept as it is; only the colours are restored.")
         if info.frames > 1:
             notes.append(f"The file has {info.frames} frames; only the first one is restored.")
+        if info.colour_bits_read_as_8:
+            notes.append(f"The file has {info.colour_bits_read_as_8}-bit colour samples, which are read at 8 bits "
+                         "here: the result is 8-bit (a 16-bit PNG keeps all 16 bits).")
         loaded = self.get_model(model_choice)
         model, processor = loaded.model, loaded.processor
         label = None if (degradation or AUTO).strip().lower() == AUTO else degradation

@@ -426,3 +426,75 @@ def test_band_quantization_equals_whole_image_quantization(bit_depth):
     assert banded.dtype == whole.dtype and banded.shape == (height, 19, 4)
     np.testing.assert_array_equal(banded, whole)
     np.testing.assert_array_equal(_quantize_bands(rgb, None, bit_depth), whole[:, :, :3])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_png_transparency_colour_becomes_alpha(processor, tmp_path, mode):
+    """A tRNS chunk (one transparent colour) on an 8-bit gray or RGB PNG: those pixels come back with alpha 0,
+    every other pixel opaque, the colours unchanged."""
+    rgb = np.random.default_rng(20).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode)
+    pixels = np.asarray(image)
+    key = int(pixels[0, 0]) if mode == "L" else tuple(int(v) for v in pixels[0, 0])
+    image.save(tmp_path / "keyed.png", transparency=key)
+    out, features = identity_round_trip(processor, tmp_path / "keyed.png", output_type="pil")
+    assert out.mode == "RGBA" and features["metadata"][0]["original_mode"] == mode
+    matches = (pixels == key) if mode == "L" else (pixels == np.array(key)).all(axis=-1)
+    np.testing.assert_array_equal(np.asarray(out)[..., 3], np.where(matches, 0, 255))
+    gray_or_rgb = np.asarray(out.convert("RGB"))
+    np.testing.assert_array_equal(gray_or_rgb, np.asarray(image.convert("RGB")))
+
+
+def test_16_bit_gray_png_transparency_keeps_16_bits_and_gains_alpha(processor, tmp_path):
+    gray = np.random.default_rng(21).integers(0, 65536, (5, 6), dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "keyed16.png", transparency=int(gray[0, 0]))
+    out, features = identity_round_trip(processor, tmp_path / "keyed16.png")
+    assert features["metadata"][0]["bit_depth"] == 16 and out.dtype == np.uint16 and out.shape == (5, 6, 4)
+    np.testing.assert_array_equal(out[..., 0], gray)
+    np.testing.assert_array_equal(out[..., 3], np.where(gray == gray[0, 0], 0, 65535))
+
+
+def test_premultiplied_gray_alpha_is_divided_out(processor):
+    """Mode "La" (gray premultiplied by alpha), which Pillow converts to no other mode: the gray is divided by
+    alpha, as for "RGBa", and the image comes back RGBA."""
+    gray = np.array([[200, 100, 50, 0]], dtype=np.uint8)
+    alpha = np.array([[255, 128, 0, 64]], dtype=np.uint8)
+    premultiplied = np.stack([(gray.astype(np.float64) * alpha / 255).round().astype(np.uint8), alpha], axis=-1)
+    out, _ = identity_round_trip(processor, Image.fromarray(premultiplied, "La"), output_type="pil")
+    assert out.mode == "RGBA"
+    restored = np.asarray(out)
+    np.testing.assert_array_equal(restored[..., 3], alpha)
+    assert restored[0, 0, 0] == 200 and abs(int(restored[0, 1, 0]) - 100) <= 1
+    assert restored[0, 2, 0] == 0  # alpha 0: no colour to recover
+
+
+def test_bfloat16_tensor_is_read_as_float32(processor):
+    tensor = torch.rand(3, 6, 5).bfloat16()
+    features = processor(tensor, return_tensors="pt")
+    torch.testing.assert_close(features["pixel_values"][0], tensor.float(), atol=0, rtol=0)
+
+
+def _write_ppm16(path: Path, image: np.ndarray) -> None:
+    height, width, _ = image.shape
+    path.write_bytes(f"P6\n{width} {height}\n65535\n".encode() + image.astype(">u2").tobytes())
+
+
+def test_16_bit_colour_tiff_and_ppm_warn_that_they_are_read_at_8_bits(processor, tmp_path, caplog):
+    """Pillow decodes 16-bit colour TIFF and PPM files to 8 bits (it has no 16-bit colour mode): the loss is
+    announced once per file, naming it; 8-bit files and 16-bit gray files (read at 16 bits) say nothing."""
+    from modeling.image_processing_restoration import colour_bits_decoded_to_8
+
+    image = np.random.default_rng(22).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    _write_ppm16(tmp_path / "colour16.ppm", image)
+    Image.fromarray(image.astype(np.uint8)).save(tmp_path / "colour8.ppm")
+    Image.fromarray(image[..., 0]).save(tmp_path / "gray16.tif")
+    for name, bits in (("colour16.ppm", 16), ("colour8.ppm", None), ("gray16.tif", None)):
+        with Image.open(tmp_path / name) as opened:
+            assert colour_bits_decoded_to_8(opened) == bits, name
+        caplog.clear()
+        out, features = identity_round_trip(processor, tmp_path / name)
+        warned = [r.getMessage() for r in caplog.records if "decodes to 8 bits" in r.getMessage()]
+        assert warned == ([f"Input file '{tmp_path / name}' has 16-bit colour samples, which Pillow decodes to 8 "
+                           "bits: it is restored and written at 8 bits (save it as a 16-bit PNG to keep the depth)."]
+                          if bits else []), name
+    assert features["metadata"][0]["bit_depth"] == 16  # the gray TIFF, at 16 bits

@@ -344,6 +344,53 @@ def test_cli_degradation_for_pip(inputs, tmp_path, capsys):
     assert "--degradation" in capsys.readouterr().err
 
 
+def test_numpy_degradation_labels_are_read_like_tensors_and_ints():
+    """numpy arrays and integers as `degradation`: float rows are weights, integer arrays indices, numpy
+    integers indices, string arrays names; booleans are refused as they are in Python."""
+    pip = make_pip()
+    image = rgb(16, 16)
+    rain = restore(image, pip, degradation="rain", dtype="fp32")
+    for label in (np.array([[0.0, 1.0, 0.0, 0.0, 0.0]]), np.array([1]), np.int64(1), np.array("rain"),
+                  np.array(["rain"])):
+        np.testing.assert_array_equal(restore(image, pip, degradation=label, dtype="fp32"), rain)
+    with pytest.raises(RestorationInputError, match="name or an index"):
+        restore(image, pip, degradation=np.array([True]))
+
+
+def test_meta_device_is_refused_before_the_model_moves(model):
+    before = next(model.parameters()).device
+    with pytest.raises(ValueError, match="holds no data"):
+        restore(rgb(8, 8), model, device="meta")
+    assert next(model.parameters()).device == before
+
+
+def test_cli_model_with_an_invalid_config_fails_with_one_line(inputs, tmp_path, capsys):
+    """A saved config our checks refuse (heads that do not divide the widths): exit code 2 and one line naming
+    the folder and the problem, as for any model that cannot be loaded."""
+    import json
+
+    folder = tmp_path / "badcfg"
+    make_model().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["heads"] = [3, 2, 4, 8]
+    (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--model", str(folder), "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.endswith(f"Model '{folder}' has an invalid config.json: level 1 width 8 is not divisible by heads[0]=3")
+
+
+def test_pipeline_takes_tuples_and_empty_lists(model):
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    image = Image.fromarray(rgb(12, 10))
+    assert pipe([]) == []
+    outputs = pipe((image, image))
+    assert len(outputs) == 2
+    np.testing.assert_array_equal(np.asarray(outputs[1]), np.asarray(pipe(image)))
+    with pytest.raises(TypeError, match="did you mean 'tile'"):
+        pipe([], tyle=16)
+
+
 # ------------------------------------------------------------------- review fixes: files, folders, devices, models
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]

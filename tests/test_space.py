@@ -283,6 +283,30 @@ def test_rgba_and_16_bit_are_restored_with_a_warning(client, images, checkpoints
     assert_serving(client, images, checkpoints)
 
 
+def test_non_browser_formats_get_a_faithful_preview_and_their_notes(client, images, checkpoints, tmp_path):
+    """A 16-bit gray TIFF: the slider's "before" image is the picture scaled to 8 bits (Pillow's convert("RGB")
+    would clip it to white). A 16-bit colour PPM, which Pillow reads at 8 bits: restored at 8 bits, and the status
+    says so. A gray PNG with a transparent colour (tRNS): restored with its alpha, and the status says it is kept."""
+    gray16 = (smooth_image(40, 56, seed=8)[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(gray16).save(tmp_path / "gray16.tif")
+    (before, _), png, _, status = call(client, tmp_path / "gray16.tif")
+    np.testing.assert_array_equal(np.asarray(Image.open(before))[..., 0], (gray16 / 257).round().astype(np.uint8))
+    assert "16-bit image" in status
+
+    colour16 = smooth_image(40, 56, seed=9).astype(">u2") * 257
+    (tmp_path / "colour16.ppm").write_bytes(b"P6\n56 40\n65535\n" + colour16.tobytes())
+    _, png, _, status = call(client, tmp_path / "colour16.ppm")
+    assert "16-bit colour samples, which are read at 8 bits here" in status
+    assert png_array(png).dtype == np.uint8
+
+    keyed = Image.fromarray(smooth_image(40, 56, seed=10)[..., 0])
+    keyed.save(tmp_path / "keyed.png", transparency=int(np.asarray(keyed)[0, 0]))
+    _, png, _, status = call(client, tmp_path / "keyed.png")
+    assert "alpha channel" in status
+    assert png_array(png).shape == (40, 56, 4) and png_array(png)[0, 0, 3] == 0
+    assert_serving(client, images, checkpoints)
+
+
 def test_model_picker_errors(client, images, checkpoints, tmp_path):
     with pytest.raises(AppError, match="'swin2sr' model; this Space runs cpl, dppd, pip, promptir, restormer models"):
         call(client, images["good"], model=checkpoints["not-ours"])

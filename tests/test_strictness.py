@@ -60,6 +60,34 @@ def test_pip_config_value_checks(overrides, message):
         PIPConfig(**overrides)
 
 
+@pytest.mark.parametrize(
+    "config_class, overrides, message",
+    [(PIPConfig, dict(prompt_sizes=[0, 4, 2]), "prompt_sizes must be an integer of at least 1, got 0"),
+     (PIPConfig, dict(prompt_dims=[-8, 128, 320]), "prompt_dims must be an integer of at least 1, got -8"),
+     (PIPConfig, dict(degradation_estimator_hidden_dim=0), "degradation_estimator_hidden_dim must be an integer"),
+     (PIPConfig, dict(decoder_prompts=True, decoder_prompt_sizes=[0, 4, 2]), "decoder_prompt_sizes must be"),
+     (PIPConfig, dict(decoder_prompts=True, decoder_prompt_len=0), "decoder_prompt_len must be"),
+     (PromptIRConfig, dict(prompt_fusion_heads=0), "prompt_fusion_heads must be an integer of at least 1"),
+     (RestormerConfig, dict(dim=8, ffn_expansion_factor=0.1), "leaves no hidden channel at width 8"),
+     (RestormerConfig, dict(dim=8.0), "dim must be an integer"),
+     (RestormerConfig, dict(num_blocks=[1.5, 1, 1, 1]), "num_blocks must list integers"),
+     (PIPConfig, dict(degradation_names=["Noise", "rain", "haze", "blur", "low-light"]), "use 'noise'"),
+     (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", "low_light"]), "use 'low-light'"),
+     (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", "auto"]), "'auto' asks for"),
+     (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", ""]), "non-empty strings"),
+     (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", "rain+haze"]), "may not contain '\\+'"),
+     (modeling.DPPDConfig, dict(degradation_names=["Rain"]), "use 'rain'")],
+)
+def test_config_values_that_would_fail_later_are_refused_now(config_class, overrides, message):
+    """Values that used to pass the config and then fail deep inside the model (zero or negative sizes, float
+    widths, a GDFN with no hidden channel, a zero head count) or that no label could ever select (class names
+    outside the parser's canonical form)."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        config_class(**overrides)
+
+
 def test_forward_rejects_misspelled_keyword(model_type):
     model = tiny_model(model_type)
     with pytest.raises(TypeError, match="degradation_label"):
