@@ -593,13 +593,14 @@ def restore(
             (default) turns it on for CPU devices, `False` gives the plain NCHW path (see `run_model`).
 
     Returns:
-        The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy (input dtype) for numpy,
+        The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy for numpy (uint8
+        and uint16 as given; float arrays of any precision as float32, bool as uint8),
         CHW float tensor for tensors; a list for a list input. 16-bit colour files (e.g. 16-bit RGB PNG), which
         PIL cannot hold, come back as uint16 numpy (H, W, 3|4). See `RestorationImageProcessor` for bit depth,
         alpha and grayscale handling.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if auto_mode not in AUTO_MODES:
         raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}.")
     single = not isinstance(images, (list, tuple))

@@ -173,6 +173,9 @@ def test_degradation_labels_reach_a_pip_model():
 def test_bad_arguments_and_outputs(model, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         restore(rgb(8, 8), model, dtype="int8")
+    for batch_size in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            restore(rgb(8, 8), model, batch_size=batch_size)
     with pytest.raises(RestorationInputError, match="non-finite"):
         restore(np.full((8, 8, 3), np.nan, np.float32), model)
 
