@@ -43,6 +43,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, str]]] = {
 
 def run_candidate(name: str, overrides: dict[str, str], args: argparse.Namespace, output_dir: Path) -> dict:
     """Train one candidate for the budget and return its row."""
+    if "model_config" in overrides:
+        # train.py's --model_config replaces the recipe's whole model_config; a candidate changes only its keys,
+        # on top of the sweep's --model_config when one is given, else the recipe's.
+        import yaml
+
+        base = (json.loads(args.model_config) if args.model_config is not None
+                else (yaml.safe_load(Path(args.config).read_text()) or {}).get("model_config") or {})
+        overrides = {**overrides, "model_config": json.dumps({**base, **json.loads(overrides["model_config"])})}
     command = [sys.executable, str(REPO_ROOT / "training" / "train.py"), "--config", str(args.config),
                "--output_dir", str(output_dir), "--max_train_steps", str(args.max_steps),
                "--max_train_minutes", str(args.minutes), "--validation_steps", "0", "--checkpointing_steps", "0",

@@ -73,7 +73,8 @@ def before_after_grid(model, examples: list[dict], folder: Path, auto_mode: str)
     tiles = []
     for example in examples:
         degraded = Image.open(folder / example["file"]).convert("RGB")
-        restored = restore(degraded, model, degradation="auto", auto_mode=auto_mode)
+        # fp32, like the scores: the picture must not depend on whether this CPU computes bf16 natively
+        restored = restore(degraded, model, degradation="auto", auto_mode=auto_mode, dtype="fp32")
         tiles += [degraded, restored, Image.open(folder / example["clean"]).convert("RGB")]
     path = folder / "before_after.png"
     make_image_grid(tiles, rows=len(examples), cols=3).save(path)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heldout", required=True, type=Path, help="held-out clean photos")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "modeling" / "demo")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
-                        help="label-free mode scored and shown (soft: what restore() does by default)")
+                        help=f"label-free mode scored and shown (default {DEFAULT_AUTO_MODE!r}: what restore() does)")
     parser.add_argument("--reuse_evaluation", action="store_true",
                         help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights")
     parser.add_argument("--inference_tile", type=int, default=None,
