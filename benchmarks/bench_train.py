@@ -18,7 +18,9 @@ labels for models that take them, backward, AdamW. Rows (paths):
   backward replayed as CUDA graphs, the lever for small batches whose step is bound by kernel launches;
 - `bf16+checkpointing`, `channels-last+bf16+checkpointing` (only through `--paths`): bf16 with every Transformer
   block recomputed in the backward pass instead of keeping its activations (`train.py --gradient_checkpointing`):
-  less peak memory for more compute, the lever for large batches on one GPU.
+  less peak memory for more compute, the lever for large batches on one GPU;
+- `channels-last+bf16+compile-model+checkpointing` (only through `--paths`): both, as `train.py --compile_model
+  --gradient_checkpointing` (the recomputation is compiled with the rest).
 On a GPU every path but the reference steps a fused AdamW (`fused=True`, as `train.py` there); the reference
 keeps PyTorch's default AdamW, as the official code. `--paths` picks a subset (the reference always runs).
 
@@ -55,6 +57,7 @@ PATHS = {  # name: (channels_last, autocast to bf16, what is compiled (None, "bl
     "channels-last+bf16+checkpointing": (True, True, None, True),
     "bf16+compile-model": (False, True, "model", False),
     "channels-last+bf16+compile-model": (True, True, "model", False),
+    "channels-last+bf16+compile-model+checkpointing": (True, True, "model", True),
 }
 DEFAULT_RECIPE = REPO_ROOT / "training" / "configs" / "pip_restormer_cpu.yaml"
 
@@ -103,8 +106,9 @@ class TrainingPath:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, fused=fused or None)
         self.num_labels = len(self.model.config.degradation_names) if self.model.accepts_degradation_labels else 0
 
-    def step(self, degraded, clean) -> float:
-        """One optimizer step on float batches in [0, 1]; returns the loss (the value is only read at the end)."""
+    def loss(self, degraded, clean):
+        """The training forward on float batches in [0, 1] (moved to the path's device and layout): the loss,
+        with the autograd graph that its backward will walk."""
         import torch
 
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -114,7 +118,11 @@ class TrainingPath:
         if self.num_labels:
             kwargs["degradation_labels"] = torch.arange(degraded.shape[0], device=self.device) % self.num_labels
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.forward(pixel_values=degraded, labels=clean, **kwargs).loss
+            return self.forward(pixel_values=degraded, labels=clean, **kwargs).loss
+
+    def step(self, degraded, clean) -> float:
+        """One optimizer step on float batches in [0, 1]; returns the loss (the value is only read at the end)."""
+        loss = self.loss(degraded, clean)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

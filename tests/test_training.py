@@ -878,3 +878,26 @@ def test_recipe_sweep_trains_each_candidate_for_the_budget_and_tabulates_held_ou
     runs = {row["candidate"]: tmp_path / "runs" / row["candidate"] / "model" / "README.md" for row in rows}
     assert "- **learning rate**: 0.002" in runs["lr-2e-3"].read_text()
     assert "| recipe |" in result.stdout and "mean gain" in result.stdout
+
+
+def test_bench_activation_memory_measures_what_each_path_keeps_for_the_backward(tmp_path):
+    """benchmarks/bench_activation_memory.py on a tiny PIP at 64²: bf16 keeps about half of fp32's activations,
+    recomputing the blocks far less, and the floor column is the per-image memory times the batch, plus the fixed
+    part, plus 16 bytes per parameter."""
+    report = tmp_path / "memory.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_activation_memory.py"), "--model-config", TINY_PIP,
+         "--size", "64", "--batch", "8", "--threads", "1", "--json", str(report),
+         "--paths", "reference", "channels-last+bf16", "channels-last+bf16+checkpointing"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=script_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = json.loads(report.read_text())["paths"]
+    per_image = {name: row["mib_per_image"] for name, row in paths.items()}
+    assert per_image["reference"] > 10  # a 64² image through the tiny PIP keeps tens of MiB in fp32
+    assert 0.35 < per_image["channels-last+bf16"] / per_image["reference"] < 0.65
+    assert per_image["channels-last+bf16+checkpointing"] < 0.6 * per_image["channels-last+bf16"]
+    for row in paths.values():
+        assert row["floor_mib"] == pytest.approx(8 * row["mib_per_image"] + row["fixed_mib"]
+                                                 + 16 * row["parameters"] / 2**20)
+    assert "channels-last+bf16+checkpointing" in result.stdout and "floor at batch 8" in result.stdout
