@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,6 +186,83 @@ def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
     straight_state = checkpointing.load_training_state(straight / "checkpoint-6")
     resumed_state = checkpointing.load_training_state(killed / "checkpoint-6")
     assert [h["loss"] for h in straight_state["history"]] == [h["loss"] for h in resumed_state["history"]]
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that creates a file when unpickled without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_reads_every_checkpoint_file_with_weights_only(corpus, tmp_path, monkeypatch):
+    """The scheduler and EMA states (accelerate's custom_checkpoint_<i>.pkl names) are restored by
+    training.checkpointing with weights_only=True: a checkpoint folder carrying a pickle that runs code is refused
+    before the code runs; an honest one resumes, with every torch.load of the resume in weights_only mode."""
+    import pickle
+
+    output_dir = tmp_path / "run"
+    common = {"checkpointing_steps": 2, "use_ema": "true", "mixed_precision": "no"}
+    run_main(train_args(corpus, output_dir, max_train_steps=2, **common))
+    checkpoint = output_dir / "checkpoint-2"
+    assert not list(checkpoint.glob("custom_checkpoint_*"))  # nothing accelerate would unpickle unsafely
+    ema_state = torch.load(checkpoint / "ema_state.pt", weights_only=True)
+    assert len(ema_state["shadow_params"]) == len(final_weights(output_dir))
+
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest", **common))
+    assert loads and all(value is True for value in loads), loads
+    assert checkpointing.load_training_state(output_dir / "checkpoint-4")["step"] == 4
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(checkpoint, poisoned)
+    marker = tmp_path / "code-ran"
+    for name in ("lr_scheduler_state.pt", "custom_checkpoint_0.pkl"):  # ours, and accelerate's older name
+        (poisoned / "lr_scheduler_state.pt").unlink(missing_ok=True)
+        (poisoned / name).write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+        with pytest.raises(pickle.UnpicklingError):
+            run_main(train_args(corpus, tmp_path / "other", max_train_steps=4, resume_from_checkpoint=str(poisoned),
+                                **common))
+        assert not marker.exists()
+
+
+def test_checkpoints_with_accelerates_pickled_states_still_resume(corpus, tmp_path):
+    """A checkpoint written before the states moved out of accelerate's register_for_checkpointing (scheduler
+    and EMA as custom_checkpoint_0/1.pkl) resumes to the same weights as one written now."""
+    common = {"checkpointing_steps": 2, "use_ema": "true", "mixed_precision": "no"}
+    for name in ("now", "legacy"):
+        run_main(train_args(corpus, tmp_path / name, max_train_steps=2, **common))
+    legacy = tmp_path / "legacy" / "checkpoint-2"
+    for index, new_name in enumerate(("lr_scheduler_state.pt", "ema_state.pt")):
+        (legacy / new_name).rename(legacy / f"custom_checkpoint_{index}.pkl")
+    for name in ("now", "legacy"):
+        run_main(train_args(corpus, tmp_path / name, max_train_steps=4, resume_from_checkpoint="latest", **common))
+    now, old = final_weights(tmp_path / "now"), final_weights(tmp_path / "legacy")
+    assert all(torch.equal(now[key], old[key]) for key in now)
+    assert not [p for p in (tmp_path / "legacy").iterdir() if ".view-" in p.name]  # the temporary view is gone
+
+
+def test_a_checkpoint_at_a_validation_step_holds_that_validation(corpus, tmp_path):
+    """Validation runs before the checkpoint of the same step, so the checkpoint records its result (a resume
+    from it does not validate that step again)."""
+    output_dir = tmp_path / "run"
+    argv = train_args(corpus, output_dir, max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                      validation_images_per_task=1, use_ema="false", mixed_precision="no")
+    run_main(argv + ["--validation_roots", f"clean={corpus / 'heldout'}"])
+    state = checkpointing.load_training_state(output_dir / "checkpoint-2")
+    assert [entry["step"] for entry in state["validation_history"]] == [2]
+    assert state["best_psnr"] == pytest.approx(
+        sum(state["validation_history"][0]["psnr"].values()) / len(state["validation_history"][0]["psnr"]))
 
 
 def test_push_to_fake_hub_with_measured_card(corpus, tmp_path):

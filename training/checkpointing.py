@@ -5,8 +5,9 @@ Layout inside ``output_dir``::
     checkpoint-1000/          complete checkpoints only (renamed into place when fully written)
     .checkpoint-2000.partial/ being written; ignored by ``latest_checkpoint`` and removed on the next save
 
-Every rank writes into the same ``.partial`` folder with ``accelerator.save_state`` (model, optimizer,
-scheduler, EMA and each rank's RNG state) plus its own data-loader position; the main process then renames
+Every rank writes into the same ``.partial`` folder with ``accelerator.save_state`` (model, optimizer and each
+rank's RNG state) plus its own data-loader position, and the main process adds the scheduler and EMA states
+(`CUSTOM_STATE_FILES`, read back with ``weights_only=True``); the main process then renames
 the folder into place (an atomic ``rename`` on POSIX) and only *afterwards* prunes old checkpoints down to
 ``total_limit``. diffusers' examples prune first, which can leave a crashed run with fewer checkpoints than
 the limit promises.
@@ -18,7 +19,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,45 @@ def data_state_file(process_index: int) -> str:
     return f"data_state_rank{process_index}.pt"
 
 
+#: Files of the extra states (`save_checkpoint`'s ``custom_states``), in order: the scheduler, then the EMA.
+CUSTOM_STATE_FILES = ("lr_scheduler_state.pt", "ema_state.pt")
+# accelerate's names for objects registered with ``register_for_checkpointing``, which checkpoints written before
+# 2026-12-05 hold. accelerate's ``load_state`` unpickles those with ``weights_only=False`` (a checkpoint folder could
+# then run any code), so the states are written and read here instead, with ``weights_only=True``.
+_ACCELERATE_CUSTOM_STATE = re.compile(r"^custom_checkpoint_(\d+)\.pkl$")
+
+
+def load_custom_states(checkpoint: Path, objects: Sequence[Any]) -> None:
+    """Restore each object's ``state_dict`` saved by `save_checkpoint` (or, in an older checkpoint, by accelerate's
+    ``register_for_checkpointing``), reading tensors only (``weights_only=True``)."""
+    for index, obj in enumerate(objects):
+        path = checkpoint / CUSTOM_STATE_FILES[index]
+        if not path.is_file():
+            path = checkpoint / f"custom_checkpoint_{index}.pkl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{checkpoint} has no {CUSTOM_STATE_FILES[index]} (the state of {type(obj).__name__})")
+        obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@contextmanager
+def accelerate_state_view(checkpoint: Path) -> Iterator[Path]:
+    """The checkpoint as ``accelerator.load_state`` may read it: itself, or, for an older checkpoint holding
+    accelerate's pickled custom states, a temporary folder of links to everything else (accelerate would unpickle
+    those with ``weights_only=False``, and refuses a folder whose count differs from the registered objects)."""
+    legacy = [p for p in checkpoint.iterdir() if _ACCELERATE_CUSTOM_STATE.match(p.name)]
+    if not legacy:
+        yield checkpoint
+        return
+    view = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.view-", dir=checkpoint.parent))
+    try:
+        for entry in checkpoint.iterdir():
+            if entry not in legacy:
+                (view / entry.name).symlink_to(entry.resolve())
+        yield view
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+
+
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -66,8 +107,12 @@ def save_checkpoint(
     training_state: dict[str, Any],
     data_state: dict[str, Any] | None,
     total_limit: int | None,
+    custom_states: Sequence[Any] = (),
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically on every rank, then prune older ones. Returns the final path."""
+    """Write ``checkpoint-<step>`` atomically on every rank, then prune older ones. Returns the final path.
+
+    ``custom_states``: objects with a ``state_dict`` that every rank holds alike (the scheduler, the EMA), saved
+    once by the main process and restored with `load_custom_states` in the same order."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
@@ -84,6 +129,8 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
+        for index, obj in enumerate(custom_states):
+            torch.save(obj.state_dict(), partial / CUSTOM_STATE_FILES[index])
         write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
         _fsync_tree(partial)
         replace_folder(partial, final)  # re-saving the same step (e.g. the final step) replaces the old copy

@@ -639,10 +639,10 @@ def main(args: TrainingArguments) -> dict:
         )
     compiled_before = compiled_graph_counts()  # the process's counts so far; the compiled forward adds to them
     compiled_graphs = None  # {"graphs", "graph_breaks"} of the compiled forward, read after its first step
-    accelerator.register_for_checkpointing(scheduler)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    # Saved and restored by training.checkpointing (weights_only loads), not accelerate's register_for_checkpointing.
+    custom_states = [scheduler] + ([ema] if ema is not None else [])
     guard = LossSpikeGuard(args.loss_spike_history, args.loss_spike_factor) if args.loss_spike_guard else None
 
     # Each process streams its own shards (split_dataset_by_node inside the stream): the loader is NOT prepared.
@@ -671,7 +671,11 @@ def main(args: TrainingArguments) -> dict:
     step, history, validation_history, best_psnr, last_results = 0, [], [], -math.inf, {}
     resume = checkpointing.resolve_resume_path(args.resume_from_checkpoint, output_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
+        with checkpointing.accelerate_state_view(resume) as readable:
+            accelerator.load_state(str(readable))
+        checkpointing.load_custom_states(resume, custom_states)
+        if ema is not None:  # its shadow weights were read onto the CPU
+            ema.to(accelerator.device)
         state = checkpointing.load_training_state(resume)
         step, history = state["step"], state.get("history", [])
         validation_history = state.get("validation_history", [])
@@ -822,15 +826,17 @@ def main(args: TrainingArguments) -> dict:
                 )
                 accelerator.log(logs, step=step)
                 window_start = time.perf_counter()
+            # Validation first: a checkpoint of this step then holds its result (history, best PSNR), which a
+            # resume from it would otherwise never compute.
+            if args.validation_steps and step % args.validation_steps == 0:
+                last_results = validate() or last_results
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 checkpointing.save_checkpoint(
                     accelerator, output_dir, step,
                     {"history": history, "validation_history": validation_history,
                      "best_psnr": best_psnr if math.isfinite(best_psnr) else None, "epoch": stream.epoch},
-                    data_state(), args.checkpoints_total_limit,
+                    data_state(), args.checkpoints_total_limit, custom_states,
                 )
-            if args.validation_steps and step % args.validation_steps == 0:
-                last_results = validate() or last_results
             if step >= args.max_train_steps:
                 break
             if time_is_up():
