@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -979,3 +980,58 @@ def test_bench_activation_memory_measures_what_each_path_keeps_for_the_backward(
         assert row["floor_mib"] == pytest.approx(8 * row["mib_per_image"] + row["fixed_mib"]
                                                  + 16 * row["parameters"] / 2**20)
     assert "channels-last+bf16+checkpointing" in result.stdout and "floor at batch 8" in result.stdout
+
+
+def test_validation_leaves_out_pairs_the_degradation_left_unchanged(monkeypatch, caplog):
+    """A validation pair whose degraded image equals the clean one has an infinite input PSNR, which no card can
+    hold (one such pair used to stop a training run at its first validation): it is left out, with a warning."""
+    import training.data
+    from training.evaluation import build_validation_set
+
+    clean = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    noisy = np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)
+    pairs = [{"task_name": "noise", "task": 0, "clean": clean, "degraded": noisy},
+             {"task_name": "rain", "task": 1, "clean": clean, "degraded": clean.copy()}]
+    monkeypatch.setattr(training.data, "validation_pairs", lambda *args, **kwargs: iter(pairs))
+    monkeypatch.setattr(training.data, "preset_sources", lambda *args, **kwargs: [])
+    validation = build_validation_set("5-task", {"clean": "unused"})
+    assert validation.tasks() == ["noise"]
+    assert "left out 1 pair(s) whose degraded image equals the clean one (rain)" in caplog.text
+    assert all(math.isfinite(value) for value in validation.input_scores()["noise"].values())
+
+
+def test_resume_refuses_another_data_layout_and_a_zero_logging_interval(corpus, tmp_path, capsys):
+    """Each rank's saved loader position belongs to one split of the stream: a resume with another batch size,
+    worker count or shard count stops with the changes named, before anything is loaded; logging_steps 0 (a
+    division by zero after the first step) is refused when the arguments are parsed."""
+    output_dir = tmp_path / "run"
+    common = {"checkpointing_steps": 2, "use_ema": "false", "mixed_precision": "no"}
+    run_main(train_args(corpus, output_dir, max_train_steps=2, **common))
+    assert checkpointing.load_training_state(output_dir / "checkpoint-2")["data_layout"] == {
+        "processes": 1, "shards_per_rank": 2, "dataloader_num_workers": 0, "train_batch_size": 2}
+    with pytest.raises(ValueError, match=r"another data layout \(shards_per_rank 2 -> 4, train_batch_size 2 -> 4\)"):
+        run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest",
+                            shards_per_rank=4, train_batch_size=4, **common))
+    with pytest.raises(SystemExit):
+        parse_args(train_args(corpus, output_dir, logging_steps=0))
+    assert "logging_steps must be a positive number of steps" in capsys.readouterr().err
+
+
+def test_a_resumed_run_whose_data_became_unreadable_stops_instead_of_spinning(corpus, tmp_path):
+    """After a resume the first pass over the stream may be empty (the loader resumed at its epoch's end), but
+    a later empty pass means there is no data left: the run stops with the bad-data counts instead of looping."""
+    import shutil as shell
+
+    data = tmp_path / "clean"
+    shell.copytree(corpus / "clean", data)
+    output_dir = tmp_path / "run"
+
+    def argv(**overrides):
+        values = train_args(corpus, output_dir, checkpointing_steps=2, use_ema="false", **overrides)
+        return [f"clean={data}" if value == f"clean={corpus / 'clean'}" else value for value in values]
+
+    assert run_train(argv(max_train_steps=2)).returncode == 0
+    for photo in data.iterdir():
+        photo.write_bytes(b"not an image any more")
+    result = run_train(argv(max_train_steps=6, resume_from_checkpoint="latest"), timeout=180)
+    assert result.returncode != 0 and "the training stream yielded no batch" in result.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: Folder of the local metric module; pass it to ``evaluate.load``.
 RESTORATION_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "restoration_psnr_ssim"
@@ -194,6 +197,12 @@ def build_validation_set(
     if crop:
         for pair in pairs:
             pair["clean"], pair["degraded"] = center_crop(pair["clean"], crop), center_crop(pair["degraded"], crop)
+    # A pair the degradation left unchanged (a flat crop, say) measures nothing and has an infinite input PSNR.
+    unchanged = [pair for pair in pairs if np.array_equal(pair["degraded"], pair["clean"])]
+    if unchanged:
+        logger.warning(f"validation: left out {len(unchanged)} pair(s) whose degraded image equals the clean one "
+                       f"({', '.join(sorted({pair['task_name'] for pair in unchanged}))})")
+        pairs = [pair for pair in pairs if not any(pair is other for other in unchanged)]
     return ValidationSet(pairs)
 
 

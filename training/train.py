@@ -159,7 +159,7 @@ class TrainingArguments:
     checkpoints_total_limit: Optional[int] = _arg(None, "keep at most this many checkpoints (pruned after a save)")
     resume_from_checkpoint: Optional[str] = _arg(None, "'latest' or a checkpoint folder")
     validation_steps: int = _arg(500, "0 disables periodic validation")
-    logging_steps: int = _arg(10, "log the mean loss of each window of N steps")
+    logging_steps: int = _arg(10, "log the mean loss of each window of N steps (at least 1)")
     report_to: str = _arg("tensorboard", "accelerate tracker(s), comma separated, or 'none'")
     cpu: bool = _arg(False, "force CPU even if a GPU is present")
     # Hub
@@ -335,6 +335,8 @@ def validate_args(args: TrainingArguments) -> None:
         raise ValueError(
             f"lr_scheduler {args.lr_scheduler!r} with options {args.lr_scheduler_options}: {error}"
         ) from None
+    if isinstance(args.logging_steps, bool) or not isinstance(args.logging_steps, int) or args.logging_steps < 1:
+        raise ValueError(f"logging_steps must be a positive number of steps, got {args.logging_steps!r}")
     if args.compile_model and args.compile_blocks:
         raise ValueError("--compile_model compiles the blocks with the rest of the model: leave --compile_blocks off")
     if args.compile_mode not in COMPILE_MODES:
@@ -431,6 +433,21 @@ class LossWindow:
         means = accelerator.reduce(means, reduction="mean") if accelerator.num_processes > 1 else means
         self.sums, self.count, self.images = {}, 0, 0
         return dict(zip(names, means.tolist()))
+
+
+def check_data_layout(saved: Optional[dict], current: dict, checkpoint: Path) -> None:
+    """Refuse to resume under another split of the data stream (processes, shards, workers, batch): the saved
+    loader positions would then skip or repeat data. Checkpoints that predate the record are resumed as before."""
+    if saved is None:
+        logger.warning(f"{checkpoint} does not record its data layout; resuming assumes it matches {current}")
+        return
+    changed = {key: (saved.get(key), value) for key, value in current.items() if saved.get(key) != value}
+    if changed:
+        details = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+        raise ValueError(
+            f"{checkpoint} was written with another data layout ({details}): its data-loader positions would skip "
+            "or repeat data. Resume with the same values, or start a new run."
+        )
 
 
 def compiled_graph_counts() -> dict[str, int]:
@@ -669,14 +686,19 @@ def main(args: TrainingArguments) -> dict:
         )
 
     step, history, validation_history, best_psnr, last_results = 0, [], [], -math.inf, {}
+    # How the stream is split between processes and workers: each rank's saved loader position means something
+    # only under the same split.
+    data_layout = {"processes": accelerator.num_processes, "shards_per_rank": args.shards_per_rank,
+                   "dataloader_num_workers": args.dataloader_num_workers, "train_batch_size": args.train_batch_size}
     resume = checkpointing.resolve_resume_path(args.resume_from_checkpoint, output_dir)
     if resume is not None:
+        state = checkpointing.load_training_state(resume)
+        check_data_layout(state.get("data_layout"), data_layout, resume)
         with checkpointing.accelerate_state_view(resume) as readable:
             accelerator.load_state(str(readable))
         checkpointing.load_custom_states(resume, custom_states)
         if ema is not None:  # its shadow weights were read onto the CPU
             ema.to(accelerator.device)
-        state = checkpointing.load_training_state(resume)
         step, history = state["step"], state.get("history", [])
         validation_history = state.get("validation_history", [])
         best_psnr = -math.inf if state.get("best_psnr") is None else state["best_psnr"]
@@ -772,8 +794,10 @@ def main(args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
         return results
 
+    passes = 0
     while step < args.max_train_steps and not (step and time_is_up()):
         batches_this_pass = 0
+        passes += 1
         for batch in loader:
             batches_this_pass += 1
             with accelerator.accumulate(model):
@@ -834,7 +858,8 @@ def main(args: TrainingArguments) -> dict:
                 checkpointing.save_checkpoint(
                     accelerator, output_dir, step,
                     {"history": history, "validation_history": validation_history,
-                     "best_psnr": best_psnr if math.isfinite(best_psnr) else None, "epoch": stream.epoch},
+                     "best_psnr": best_psnr if math.isfinite(best_psnr) else None, "epoch": stream.epoch,
+                     "data_layout": data_layout},
                     data_state(), args.checkpoints_total_limit, custom_states,
                 )
             if step >= args.max_train_steps:
@@ -843,7 +868,8 @@ def main(args: TrainingArguments) -> dict:
                 logger.info(f"--max_train_minutes {args.max_train_minutes} reached at step {step}")
                 break
         else:
-            if batches_this_pass == 0 and not resume:
+            # A resumed loader may sit at the end of its epoch: its first pass may be empty, never a later one.
+            if batches_this_pass == 0 and not (resume and passes == 1):
                 raise RuntimeError(
                     f"the training stream yielded no batch (bad data per source: {stream.bad_data_counts()})"
                 )
