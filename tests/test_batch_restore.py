@@ -4,6 +4,7 @@ resume with another number of processes, bad files, 16-bit PNGs, dataset output 
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -261,7 +262,35 @@ def test_output_inside_the_input_is_refused(tmp_path):
 
     save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
     for output in (tmp_path / "in", tmp_path / "in" / "restored"):
-        with pytest.raises(ValueError, match="must not be --input"):
+        with pytest.raises(ValueError, match="would write into --input"):
             main(parse_args(["--input", str(tmp_path / "in"), "--output", str(output), "--model", "unused"]))
+    # Dataset output writes its images to OUT/images: that folder as the input is refused too.
+    save(tmp_path / "out" / "images" / "a.png", textured_image(0, 16, 16))
+    with pytest.raises(ValueError, match="would write into --input"):
+        main(parse_args(["--input", str(tmp_path / "out" / "images"), "--output", str(tmp_path / "out"),
+                         "--output_format", "dataset", "--model", "unused"]))
     with pytest.raises(SystemExit):  # pushing needs the dataset output
         parse_args(["--input", "x", "--output", "y", "--push_to_hub", "me/x"])
+
+
+@pytest.mark.parametrize("names, message", [
+    (["../../escape", "b"], "not plain relative paths"),
+    (["/tmp/absolute", "b"], "not plain relative paths"),
+    (["sub/./x", "b"], "not plain relative paths"),
+    (["x", "x.png"], "rows 'x' and 'x.png' would both be written to 'x.png'"),
+])
+def test_dataset_row_names_that_would_escape_or_collide_are_refused(names, message):
+    """Rows of a dataset input are written to OUT/<file_name>: a name that is absolute or climbs out with ".."
+    would write outside the output folder, and two names with one output file would lose a restoration."""
+    import datasets
+
+    from training.batch_restore import DatasetSource
+
+    image = Image.fromarray(textured_image(0, 8, 8))
+    dataset = datasets.Dataset.from_dict({"file_name": names, "image": [image] * len(names)},
+                                         features=datasets.Features({"file_name": datasets.Value("string"),
+                                                                     "image": datasets.Image()}))
+    with pytest.raises(ValueError, match=re.escape(message) if "'" in message else message):
+        DatasetSource(dataset, "image", "file_name")
+    fine = DatasetSource(dataset.select([1]).map(lambda row: {"file_name": "sub/ok"}), "image", "file_name")
+    assert fine.names() == ["sub/ok"] and fine.output_name("sub/ok") == "sub/ok.png"

@@ -129,6 +129,13 @@ class FolderSource:
         return {"bytes": (self.root / name).read_bytes(), "path": Path(name).name}
 
 
+def _safe_relative_name(name: str) -> str:
+    """``name`` as a relative POSIX path with no empty, ".", ".." or backslash-separated parts (what a dataset's
+    file names must already be to be written below the output folder)."""
+    parts = [part for part in name.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    return "/".join(parts)
+
+
 class DatasetSource:
     """Rows of a `datasets` dataset (saved with save_to_disk, or a Hub id); rows named by `file_column` when the
     dataset has that column, else by their index."""
@@ -143,10 +150,21 @@ class DatasetSource:
             names = [str(n) for n in dataset[self.file_column]]
             if len(set(names)) != len(names):
                 raise ValueError(f"column {self.file_column!r} has duplicate names; they must name rows uniquely")
+            unsafe = [name for name in names if _safe_relative_name(name) != name]
+            if unsafe:  # written below --output: an absolute name or ".." would land elsewhere
+                raise ValueError(
+                    f"column {self.file_column!r} has names that are not plain relative paths (absolute, '..', "
+                    f"'.', empty or backslash parts), e.g. {unsafe[0]!r}; {len(unsafe)} in all"
+                )
         else:
             width = max(6, len(str(len(dataset))))
             names = [f"{i:0{width}d}" for i in range(len(dataset))]
         self._index = {name: i for i, name in enumerate(names)}
+        outputs: dict[str, str] = {}
+        for name in names:  # "x" and "x.png" would both be written to x.png
+            other = outputs.setdefault(self.output_name(name), name)
+            if other != name:
+                raise ValueError(f"rows {other!r} and {name!r} would both be written to {self.output_name(name)!r}")
 
     def names(self) -> list[str]:
         return sorted(self._index)
@@ -375,11 +393,13 @@ def main(args: argparse.Namespace) -> dict:
     state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
     output_dir = Path(args.output)
     input_dir = Path(args.input)
-    if input_dir.is_dir():
-        inside = output_dir.resolve() == input_dir.resolve() or input_dir.resolve() in output_dir.resolve().parents
-        if inside:  # outputs would replace the inputs, or be taken for inputs by the next (resumed) run
-            raise ValueError(f"--output {output_dir} must not be --input {input_dir} or a folder inside it")
     images_dir = output_dir / "images" if args.output_format == "dataset" else output_dir
+    if input_dir.is_dir():
+        # Outputs (the images folder in dataset mode too) would replace the inputs, or be taken for inputs by the
+        # next (resumed) run.
+        for written in {output_dir, images_dir}:
+            if written.resolve() == input_dir.resolve() or input_dir.resolve() in written.resolve().parents:
+                raise ValueError(f"--output {output_dir} would write into --input {input_dir}: pick a folder outside it")
     started = time.perf_counter()
 
     # A Hub dataset or model is downloaded once, by the main process; the others then read the local cache.
