@@ -271,3 +271,23 @@ def test_row_paired_parquet_datasets_read_through_hub_paired_source(root3, tmp_p
     with pytest.raises(ValueError, match="ROOT@DEGRADED_COLUMN,CLEAN_COLUMN"):
         ep.ProtocolTestSets("3-task", {**roots, "rain": f"{tmp_path / 'rain.parquet'}@input"},
                             convention=ep.CONVENTIONS["promptir"])
+
+
+def test_inputs_with_the_same_file_name_in_different_sequences_are_scored_apart(tmp_path):
+    """GoPro's test set names its frames per sequence (GOPR0384_11_00/blur/000001.png, GOPR0385_11_01/blur/
+    000001.png, ...): each input's baseline score is its own, not the first same-named file's."""
+    root = make_test_root(tmp_path / "five", "5-task")
+    gopro = tmp_path / "gopro"
+    expected = []
+    for sequence, seed in (("GOPR0384_11_00", 30), ("GOPR0385_11_01", 31)):
+        clean = smooth_image(H, W, seed=seed)
+        degraded = _degrade(clean, seed) if seed == 30 else np.clip(clean.astype(int) + 60, 0, 255).astype(np.uint8)
+        _save(gopro / sequence / "sharp" / "000001.png", clean)
+        _save(gopro / sequence / "blur" / "000001.png", degraded)
+        expected.append(peak_signal_noise_ratio(center_crop_to_multiple(clean, 16),
+                                                center_crop_to_multiple(degraded, 16)))
+    roots = {**ep.find_test_roots("5-task", root), "blur": str(gopro)}
+    test_sets = ep.ProtocolTestSets("5-task", roots, convention=ep.CONVENTIONS["promptir"])
+    blur = ep.evaluate_protocol(identity_model(), test_sets)["tasks"]["blur"]
+    assert blur["num_images"] == 2 and abs(expected[0] - expected[1]) > 3
+    assert blur["input_psnr"] == pytest.approx(np.mean(expected), abs=1e-6)

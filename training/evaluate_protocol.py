@@ -368,7 +368,7 @@ class ProtocolTestSets:
                     self._skip(clean_path, column.spec.name, str(reason))
                     continue
                 noisy = add_gaussian_noise(clean, column.spec.sigma, rng).image
-                column.noisy.append((_stem(clean_path), noisy, clean))
+                column.noisy.append((clean_path, noisy, clean))
 
     def _skip(self, path: str, column: str, reason: str) -> None:
         if path not in self.skipped:
@@ -389,7 +389,7 @@ class ProtocolTestSets:
         return image
 
     def items(self, name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-        """``(image name, degraded uint8 HWC, clean uint8 HWC)`` of column `name`, in file order."""
+        """``(input path, degraded uint8 HWC, clean uint8 HWC)`` of column `name`, in file order."""
         column = self.columns[name]
         if column.noisy is not None:
             yield from column.noisy
@@ -403,7 +403,7 @@ class ProtocolTestSets:
             except _Skip as reason:
                 self._skip(degraded_path, name, str(reason))
                 continue
-            yield _stem(degraded_path), degraded, clean
+            yield degraded_path, degraded, clean
 
     def skipped_in(self, name: str) -> int:
         """How many files of column `name` were skipped (a bad BSD68 file counts in every noise column)."""
@@ -411,7 +411,8 @@ class ProtocolTestSets:
         return len(files & self.skipped.keys())
 
     def input_score(self, name: str, image: str, degraded: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-        """(PSNR, SSIM) of a degraded input against its clean image, computed once per test set."""
+        """(PSNR, SSIM) of a degraded input against its clean image, computed once per test set; `image` is the
+        input's path (file names repeat across the sequences of sets like GoPro)."""
         cache = self.columns[name].input_scores.setdefault(self.convention.name, {})
         if image not in cache:
             cache[image] = (psnr(degraded, clean, **self.convention.psnr_kwargs()),
@@ -433,10 +434,6 @@ def _cdd11_sources(root: str) -> list:
         return cdd11_sources(root, split="test")
     except ValueError:
         return cdd11_sources(root, split=None)
-
-
-def _stem(path: str) -> str:
-    return os.path.splitext(path.replace("\\", "/").rsplit("/", 1)[-1])[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
