@@ -464,6 +464,33 @@ def test_hub_paired_source_streams_through_load_dataset(tmp_path, form):
     assert stream.bad_data_counts() == {"hub": {"corrupt": 1}}
 
 
+def test_hub_rows_with_empty_cells_or_no_label_are_skipped_and_counted(tmp_path):
+    """Rows missing the clean or the degraded image (None cells), and a ClassLabel -1 (no label), used to end the
+    stream with an AttributeError / TypeError or label the row as the last class: now they are skipped and
+    counted, and every good row still streams."""
+    rows = {"degraded": [], "clean": [], "task": []}
+    good = {"bytes": None, "path": None}
+    for i in range(2):
+        good = {"bytes": png_bytes(coded_image(i, True)), "path": None}
+        rows["degraded"].append(good)
+        rows["clean"].append({"bytes": png_bytes(coded_image(i, False)), "path": None})
+        rows["task"].append(D.TASK_NAMES.index("rain"))
+    for degraded, clean, task in ((good, None, 1), (None, good, 1), (good, good, -1)):
+        rows["degraded"].append(degraded)
+        rows["clean"].append(clean)
+        rows["task"].append(task)
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image(),
+                                  "task": datasets.ClassLabel(names=list(D.TASK_NAMES))})
+    path = tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    stream = D.RestorationStream(hub_sources=[D.HubPairedSource(str(tmp_path / "repo"), task_column="task",
+                                                                name="hub")], patch_size=16)
+    examples = list(stream)
+    assert [e["task_name"] for e in examples] == ["rain", "rain"]
+    assert stream.bad_data_counts() == {"hub": {"corrupt": 2, "unknown_task": 1}}
+
+
 def test_hub_source_mixed_with_file_sources_and_synthesis(tmp_path, corpus):
     _write_paired_parquet(tmp_path / "pairs.parquet")
     clean_only = D.HubPairedSource("parquet", data_files=str(tmp_path / "pairs.parquet"), degraded_column=None,

@@ -132,7 +132,10 @@ def _hub_row_to_record(row: dict, *, source_index: int, source: HubPairedSource,
     task = ""
     if source.task_column is not None:
         value = row[source.task_column]
-        task = task_names[value] if task_names is not None and isinstance(value, int) else str(value)
+        # A ClassLabel index names its class; -1 (no label) and other indices outside the names stay numbers,
+        # which no model class matches: the row is counted as an unknown task, never given the last class.
+        in_range = task_names is not None and isinstance(value, int) and 0 <= value < len(task_names)
+        task = task_names[value] if in_range else str(value)
     return {
         "index": -1,
         "source": source_index,

@@ -122,6 +122,9 @@ class _ExampleLoader:
             name = source.source_name
             task_name = record["row_task"] or source.task_name
             degraded_where, clean_where = record["row_degraded"], record["row_clean"]
+            if clean_where is None or (source.degraded_column and degraded_where is None):
+                self._count(source_index, "corrupt", "an empty image cell")  # a row missing an image: skipped
+                return failed
             synthesis, synthesis_kwargs = source.synthesis, source.synthesis_kwargs
             key = clean_where.get("bytes") or (clean_where.get("path") or "").encode()
             rng = np.random.default_rng([self.seed, self.epoch, 1 + source_index, zlib.crc32(key)])
