@@ -136,6 +136,16 @@ def test_publish_usage_errors(tmp_path, capsys):
     assert "needs --model_type" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         publish.parse_args(["--eval_json", "x", "--repo_id", "me/x"])  # neither checkpoint nor folder
+    with pytest.raises(SystemExit):  # conversion options with a folder, which is not converted
+        publish.parse_args(["--model_dir", "d", "--model_type", "pip", "--eval_json", "x", "--repo_id", "me/x"])
+    assert "apply to --official_checkpoint" in capsys.readouterr().err
+    # A checkpoint holding objects that weights_only loading refuses: one line and exit code 2, no traceback.
+    import collections
+
+    torch.save({"state_dict": collections.OrderedDict(), "extra": collections.Counter("ab")}, tmp_path / "odd.ckpt")
+    assert publish.main(["--official_checkpoint", str(tmp_path / "odd.ckpt"), "--model_type", "pip", "--eval_json",
+                         str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+    assert "cannot convert" in capsys.readouterr().err
 
 
 def test_verification_fails_for_a_folder_missing_its_code(tmp_path):

@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def convert_official(checkpoint: str | os.PathLike, model_type: str, config_over
     config = config_class(**config_overrides) if config_overrides or model_type == "restormer" else None
     try:
         return convert(str(checkpoint), config)
-    except (ValueError, OSError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as error:
+        # UnpicklingError: a checkpoint holding objects that torch.load(weights_only=True) will not rebuild
         raise PublishError(f"cannot convert {checkpoint} as {model_type}: {error}") from error
 
 
@@ -260,7 +262,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="card licence (default: apache-2.0 for trained folders, 'other' for official weights)")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--no_push", action="store_true", help="prepare and verify the folder, do not upload")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model_dir and (args.model_type or args.config):  # they describe a conversion, which a folder skips
+        parser.error("--model_type and --config apply to --official_checkpoint, not --model_dir")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
