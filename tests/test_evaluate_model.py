@@ -53,6 +53,21 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
     assert np.isfinite(results["haze"]["psnr"])
 
 
+def test_a_misspelled_row_fails_before_any_row_runs(heldout, tmp_path, monkeypatch):
+    """`--settings blur-gausian` used to pass the row lookup and fail in the synthesis, after the rows before it
+    had run (minutes on real photos), saving nothing: every row is now synthesized once on a probe first."""
+    import training.evaluate_model as evaluate_model
+
+    restored = []
+    monkeypatch.setattr(evaluate_model, "load_restoration_metric", lambda: restored.append("metric") or None)
+    with pytest.raises(ValueError, match="row 'blur-gausian' cannot be synthesized .*blur-gaussian"):
+        evaluate_heldout(tiny_model("pip"), heldout, noise_sigmas=(25,), settings=("haze", "blur-gausian"))
+    assert restored == []  # refused before the evaluation began
+    with pytest.raises(ValueError, match="row 'noise-x'"):
+        evaluate_model.check_rows(["noise-x"])
+    evaluate_model.check_rows(["noise-15", *evaluate_model.SETTINGS])  # every named row synthesizes
+
+
 def test_worker_processes_give_the_single_process_numbers(heldout, tmp_path):
     """`--workers 2`: two spawned one-thread processes share the rows, and the merged results (in the usual row
     order) equal a single-process run's, since every row seeds its own syntheses (to float rounding: one thread

@@ -231,7 +231,7 @@ def test_cdd11_from_test_roots_full_images(tmp_path):
     assert "| PromptIR + CPL | 27.35 | 32.79 |" in report
 
 
-def test_usage_errors_are_clear(tmp_path):
+def test_usage_errors_are_clear(tmp_path, capsys):
     with pytest.raises(ValueError, match="TASK=DIR"):
         ep.parse_test_roots(["rain"])
     with pytest.raises(ValueError, match="unknown task"):
@@ -240,6 +240,9 @@ def test_usage_errors_are_clear(tmp_path):
         ep.find_test_roots("3-task", tmp_path)
     with pytest.raises(ValueError, match=r"needs test roots for \['haze', 'noise'\]"):
         ep.ProtocolTestSets("3-task", {"rain": str(tmp_path)}, convention=ep.CONVENTIONS["promptir"])
+    with pytest.raises(SystemExit):  # the report goes to OUTPUT.md: an .md output would be overwritten by it
+        ep.parse_args(["--model", "m", "--protocol", "3-task", "--data_root", str(tmp_path), "--output", "r.md"])
+    assert "names the JSON file" in capsys.readouterr().err
 
 
 def test_row_paired_parquet_datasets_read_through_hub_paired_source(root3, tmp_path):

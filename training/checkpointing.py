@@ -194,10 +194,17 @@ def folder_written_atomically(folder: str | Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
+    """``payload`` as indented JSON at ``path``, complete or not at all (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a hidden file beside ``path``, flush it to disk, then rename it into place: a crash
+    leaves the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ if __package__ in (None, ""):
 from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
 from training.data import decode_image, list_image_files  # noqa: E402
 from training.degradations import synthesize  # noqa: E402
+from training.checkpointing import write_text_atomic  # noqa: E402
 from training.evaluation import load_restoration_metric  # noqa: E402
 
 SETTINGS: dict[str, tuple[str, dict]] = {
@@ -71,6 +73,20 @@ def row_setting(label: str) -> tuple[str, dict]:
     if label.startswith("noise-"):
         return "noise", {"sigma": float(label.removeprefix("noise-"))}
     return SETTINGS.get(label, (label, {}))
+
+
+def check_rows(labels: Sequence[str]) -> None:
+    """Synthesize every row once on a tiny image, so that a misspelled row name or parameter fails before any
+    row is evaluated (not after the rows before it have run); ValueError naming the row and the known names."""
+    probe = np.full((16, 16, 3), 128, np.uint8)
+    for label in labels:
+        try:
+            task, params = row_setting(label)
+            synthesize(probe, task, np.random.default_rng(0), **params)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"row {label!r} cannot be synthesized ({error}); rows are noise-<sigma>, {', '.join(SETTINGS)}"
+            ) from None
 
 
 def synthesize_row_image(clean: np.ndarray, label: str, image_index: int, seed: int = 0) -> np.ndarray:
@@ -107,6 +123,7 @@ def evaluate_heldout(
     from modeling import restore
     from modeling.inference import accepts_degradation_labels
 
+    check_rows([f"noise-{sigma:g}" for sigma in noise_sigmas] + list(settings))
     metric = load_restoration_metric()
     takes_labels = accepts_degradation_labels(model)
     label_free = takes_labels and getattr(model, "can_estimate_degradation", False)
@@ -219,6 +236,7 @@ def evaluate_heldout_in_processes(
     from concurrent.futures import ProcessPoolExecutor
 
     labels = [f"noise-{sigma:g}" for sigma in noise_sigmas] + list(settings)
+    check_rows(labels)
     shares = split_rows(labels, workers, options.get("baseline", True))
     with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_evaluate_share, os.fspath(model_source), os.fspath(heldout), share, options)
@@ -262,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         results = evaluate_heldout(load_model(args.model), args.heldout, **rows, **options)
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
+        write_text_atomic(args.output, json.dumps(results, indent=2))  # row order kept (no sort_keys)
     print(markdown_table(results))
     return results
 

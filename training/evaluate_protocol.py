@@ -64,6 +64,7 @@ from training.data import (  # noqa: E402
     paired_source,
 )
 from training.data.plan import _as_image_record  # noqa: E402  (a Hub row's image cell, as the stream reads it)
+from training.checkpointing import write_text_atomic  # noqa: E402
 from training.degradations import add_gaussian_noise  # noqa: E402
 from training.evaluation import psnr, ssim  # noqa: E402
 from training.published_results import published_rows, row_as_dict  # noqa: E402
@@ -650,7 +651,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "restore()'s default)")
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--output", default=None, help="write the results JSON here (and the tables next to it as .md)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output and Path(args.output).suffix.lower() == ".md":
+        parser.error(f"--output {args.output} names the JSON file; the Markdown report is written beside it as .md")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -677,8 +681,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2))
-        output.with_suffix(".md").write_text(report + "\n")
+        write_text_atomic(output, json.dumps(results, indent=2))
+        write_text_atomic(output.with_suffix(".md"), report + "\n")
     sys.stdout.write(report + "\n")
     return results
 
