@@ -82,8 +82,13 @@ def test_prepare_reads_debian_files_with_fixed_split_and_licence(tmp_path, caplo
             Image.fromarray(portrait.transpose(1, 0, 2)[:, ::-1]).save(path, quality=95, exif=exif)
         elif photo.name != "Path":  # Path stays missing
             Image.fromarray(textured_image(2, 40, 80)).save(path, quality=95)
+    damaged = next(p for p in C.PHOTOS if p.name not in ("Bridge", "friends", "EveningGlow", "Path")
+                   and p.package == table[0].package)
+    (root / damaged.path.lstrip("/")).write_bytes(b"\xff\xd8 a damaged JPEG")  # skipped and reported, not fatal
     with caplog.at_level(logging.INFO, logger="prepare_embedded_corpus"):
-        manifest = C.prepare(tmp_path / "out", debian_root=root, max_side=64, photos=table)
+        manifest = C.prepare(tmp_path / "out", debian_root=root, max_side=64, photos=(*table, damaged))
+    assert [entry["path"] for entry in manifest["unreadable"]] == [damaged.path]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8")) == manifest
     files = manifest["files"]
     assert set(files) == {
         "train/lomiri-Bridge.png", "heldout/lomiri-friends.png", "heldout/plasma-EveningGlow.png"

@@ -52,6 +52,7 @@ from PIL import Image, ImageOps
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.checkpointing import write_text_atomic  # noqa: E402
 from training.dead_leaves import dead_leaves  # noqa: E402
 
 
@@ -253,6 +254,8 @@ def _remove_stale_outputs(output: Path) -> None:
         for path in sorted((output / split).iterdir())
         if path.suffix == ".png" and path.name.startswith(_OUTPUT_PREFIXES)
     ]
+    # The old manifest goes first: a run that stops half-way leaves no manifest describing images it removed.
+    (output / "manifest.json").unlink(missing_ok=True)
     for path in stale:
         path.unlink()
     if stale:
@@ -284,6 +287,7 @@ def prepare(
         (output / split).mkdir(parents=True, exist_ok=True)
     files: dict[str, dict] = {}
     missing_by_package: dict[str, list[str]] = {}
+    unreadable: list[dict] = []
     for photo in photos:
         if photo.gray and not include_gray:
             continue
@@ -291,7 +295,12 @@ def prepare(
         if path is None:
             missing_by_package.setdefault(photo.package, []).append(photo.path)
             continue
-        image, (original_height, original_width) = load_rgb(path, max_side)
+        try:
+            image, (original_height, original_width) = load_rgb(path, max_side)
+        except (OSError, ValueError, SyntaxError) as error:  # a damaged installed file: skipped and reported
+            logger.warning("%s: cannot read %s (%s); skipped", photo.package, path, error)
+            unreadable.append({"package": photo.package, "path": photo.path, "error": str(error)})
+            continue
         split = "heldout" if photo.heldout else "train"
         relative = f"{split}/{photo.origin}-{photo.name}.png"
         Image.fromarray(image).save(output / relative)
@@ -338,10 +347,11 @@ def prepare(
         },
         "files": files,
         "skipped": skipped,
+        "unreadable": unreadable,
         "excluded": [{"package": p, "path": path, "reason": r} for p, path, r in EXCLUDED],
     }
     text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    (output / "manifest.json").write_text(text, encoding="utf-8")
+    write_text_atomic(output / "manifest.json", text)  # last, and whole: its presence means the folder is complete
     return manifest
 
 
