@@ -840,6 +840,7 @@ def test_two_process_launch_trains_the_compiled_model(corpus, tmp_path):
         assert len(checksums) == 2 and checksums[0] == checksums[1]
         runs[name] = final_weights(tmp_path / name)
     assert "--compile_model: 1 graph(s)" in result.stderr
+    assert "DDP wrapper is still referenced" not in result.stderr
     for key, value in runs["compiled"].items():
         torch.testing.assert_close(value, runs["eager"][key], atol=2e-5, rtol=1e-4, msg=key)
 

@@ -901,6 +901,9 @@ def main(args: TrainingArguments) -> dict:
     # checksum collective's handles are released only afterwards (see gather_replica_checksums).
     accelerator.wait_for_everyone()
     ddp_wrapper = weakref.ref(model)
+    train_forward = None  # the wrapper itself, or the compiled module around it
+    if args.compile_model:
+        torch._dynamo.reset()  # compiled code and its guards hold the wrapper too
     model = accelerator.unwrap_model(model)
     release_ddp_wrapper(accelerator, ddp_wrapper)
     accelerator.end_training()
