@@ -193,7 +193,15 @@ def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, 
     loaded in half precision runs in its own precision."""
     if is_auto(dtype):
         return resolve_dtype(dtype, device) if input_dtype == torch.float32 else None
-    return resolve_dtype(dtype)
+    resolved = resolve_dtype(dtype)
+    if resolved is not None and input_dtype not in (torch.float32, resolved):
+        # Autocast to one half type over weights of the other fails deep inside the first layer ("mixed dtype").
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+        raise ValueError(
+            f"dtype={dtype!r} asks for {name[resolved]} autocast, but the model's weights are {name[input_dtype]}: "
+            f"use dtype='auto' (the weights' own precision) or convert the model (model.to(torch.{resolved}))."
+        )
+    return resolved
 
 
 def resolve_channels_last(channels_last: Optional[bool], device: torch.device) -> bool:
@@ -418,14 +426,23 @@ def estimate_degradation_weights(
     context = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )
-    with torch.inference_mode(), context:
-        window = getattr(getattr(model, "config", None), "degradation_estimator_window", None)
-        views = _estimation_windows(pixel_values, window) if window else _estimation_views(pixel_values, max_pixels, crop)
-        weights = sum(
-            model.estimate_degradation(in_layout(view.to(device, input_dtype), memory_format)).float()
-            for view in views
-        ) / len(views)
-    weights = weights.cpu()
+    window = getattr(getattr(model, "config", None), "degradation_estimator_window", None)
+    views = _estimation_windows(pixel_values, window) if window else _estimation_views(pixel_values, max_pixels, crop)
+
+    def estimate(context) -> torch.Tensor:
+        with torch.inference_mode(), context:
+            return sum(
+                model.estimate_degradation(in_layout(view.to(device, input_dtype), memory_format)).float()
+                for view in views
+            ).cpu() / len(views)
+
+    weights = estimate(context)
+    if not torch.isfinite(weights).all() and autocast_dtype is not None:
+        # A half-precision kernel gone wrong must not pick a class silently (argmax takes NaN for the largest).
+        logger.warning("the degradation estimate in %s was not finite; estimating again in fp32", autocast_dtype)
+        weights = estimate(contextlib.nullcontext())
+    if not torch.isfinite(weights).all():
+        raise NonFiniteOutputError("the model's degradation estimate is not finite (NaN or inf)")
     if auto_mode == "cautious":
         return _least_change_choice(model, views, weights, margin, device=device, dtype=dtype,
                                     channels_last=channels_last)

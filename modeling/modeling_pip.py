@@ -36,6 +36,7 @@ from .restormer_blocks import (
     GatedDconvFeedForward,
     channel_attention,
     channels_innermost,
+    fp32_in_cpu_inference,
     merge_heads,
     split_heads,
 )
@@ -352,6 +353,9 @@ class PixelDegradationEstimator(nn.Module):
             nn.Linear(pooled_width, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_degradations)
         )
 
+    # fp32 under CPU bf16 inference: PyTorch's CPU bf16 stride-2 convolution reads uninitialised memory when its
+    # output is one pixel wide (images up to 16 px wide here), which turned thin images' estimates into NaN.
+    @fp32_in_cpu_inference
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pooled, hidden = [], pixel_values
         for level in self.levels:

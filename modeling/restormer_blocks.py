@@ -18,8 +18,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
-#: Whether attention (MDTA), the patch embedding and the down/upsampling convolutions leave autocast in CPU
-#: inference (eval mode under CPU bf16/fp16 autocast) and run in fp32; see `fp32_in_cpu_inference`.
+#: Whether attention (MDTA), the patch embedding and the down/upsampling convolutions (and PIP's pixel estimator)
+#: leave autocast in CPU inference (eval mode under CPU bf16/fp16 autocast) and run in fp32; see
+#: `fp32_in_cpu_inference`.
 FP32_LAYERS_IN_CPU_INFERENCE = True
 
 

@@ -394,6 +394,54 @@ def test_pipeline_takes_tuples_and_empty_lists(model):
         pipe([], tyle=16)
 
 
+def test_thin_images_get_the_fp32_estimate_under_bf16(caplog):
+    """The shipped weights' pixel estimator on a 12-px-wide strip of the low-light example: PyTorch's CPU bf16
+    stride-2 convolution read uninitialised memory for one-pixel-wide outputs, so the bf16 estimate was NaN most
+    of the time and the default mode then restored with the "noise" prompt. The estimator runs in fp32 under CPU
+    bf16 inference now: every call gives fp32's estimate (low light)."""
+    from modeling.inference import DEMO_CHECKPOINT_DIR, load_model
+
+    model = load_model(None, device="cpu")
+    strip = np.asarray(Image.open(DEMO_CHECKPOINT_DIR / "examples" / "plasma-EveningGlow-low-light.png")
+                       .convert("RGB"))[:200, :12]
+    pixel_values = torch.from_numpy(strip.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    reference = estimate_degradation_weights(model, pixel_values, auto_mode="soft", dtype="fp32")
+    assert int(reference.argmax()) == model.config.degradation_names.index("low-light")
+    for _ in range(10):
+        torch.randn(1000, 1000)  # other allocations in between, as in a real process
+        weights = estimate_degradation_weights(model, pixel_values, auto_mode="soft", dtype="bf16")
+        torch.testing.assert_close(weights, reference, atol=0, rtol=0)
+    assert "estimating again in fp32" not in caplog.text  # right the first time, not rescued by the fallback
+
+
+def test_a_non_finite_estimate_is_redone_in_fp32_or_refused(monkeypatch, caplog):
+    """A NaN estimate must never choose a class (argmax takes NaN for the largest): under autocast the estimate
+    is made again in fp32, with a warning; a model whose fp32 estimate is not finite either is refused."""
+    pip = make_pip()
+    pixel_values = torch.rand(1, 3, 16, 16)
+    reference = estimate_degradation_weights(pip, pixel_values, auto_mode="soft", dtype="fp32")
+    real = pip.estimate_degradation
+
+    def nan_under_autocast(values, hard=False):
+        weights = real(values, hard)
+        return weights * float("nan") if torch.is_autocast_enabled("cpu") else weights
+
+    monkeypatch.setattr(pip, "estimate_degradation", nan_under_autocast)
+    weights = estimate_degradation_weights(pip, pixel_values, auto_mode="soft", dtype="bf16")
+    torch.testing.assert_close(weights, reference)
+    assert "estimating again in fp32" in caplog.text
+    monkeypatch.setattr(pip, "estimate_degradation", lambda values, hard=False: real(values) * float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="degradation estimate is not finite"):
+        estimate_degradation_weights(pip, pixel_values, auto_mode="hard", dtype="bf16")
+
+
+def test_autocast_to_the_other_half_type_than_the_weights_is_refused():
+    half = make_model().to(torch.float16)
+    with pytest.raises(ValueError, match="asks for bf16 autocast, but the model's weights are fp16"):
+        restore(rgb(12, 12), half, dtype="bf16")
+    assert restore(rgb(12, 12), half, dtype="fp16").shape == (12, 12, 3)  # its own precision works
+
+
 # ------------------------------------------------------------------- review fixes: files, folders, devices, models
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
