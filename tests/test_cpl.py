@@ -351,7 +351,7 @@ def test_two_process_training_with_cpr_keeps_the_feature_network_out(feature_net
         assert not set(saved) & feature_keys
     optimizer = torch.load(output_dir / "checkpoint-4" / "optimizer.bin", weights_only=True)
     assert len(optimizer["param_groups"][0]["params"]) == len(expected) == len(optimizer["state"])
-    ema = torch.load(output_dir / "checkpoint-4" / "custom_checkpoint_1.pkl", weights_only=True)
+    ema = torch.load(output_dir / "checkpoint-4" / "ema_state.pt", weights_only=True)
     assert [tuple(p.shape) for p in ema["shadow_params"]] == [tuple(v.shape) for v in expected.values()]
 
 

@@ -200,7 +200,7 @@ class _RunsCodeWhenUnpickled:
 
 
 def test_resume_reads_every_checkpoint_file_with_weights_only(corpus, tmp_path, monkeypatch):
-    """The scheduler and EMA states (accelerate's custom_checkpoint_<i>.pkl names) are restored by
+    """The scheduler and EMA states (lr_scheduler_state.pt, ema_state.pt) are written and restored by
     training.checkpointing with weights_only=True: a checkpoint folder carrying a pickle that runs code is refused
     before the code runs; an honest one resumes, with every torch.load of the resume in weights_only mode."""
     import pickle
