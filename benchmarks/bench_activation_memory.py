@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import DEFAULT_RECIPE, PATHS, TrainingPath, fixed_batch, model_spec  # noqa: E402
+from bench_train import PATHS, TrainingPath, add_model_arguments, fixed_batch, model_spec  # noqa: E402
 
 DEFAULT_PATHS = ("reference", "channels-last+bf16", "channels-last+bf16+compile-model",
                  "channels-last+bf16+checkpointing", "channels-last+bf16+compile-model+checkpointing")
@@ -90,14 +90,9 @@ def measure(name: str, model_type: str, config: dict, device: str, size: int, co
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="YAML recipe whose model to measure")
-    parser.add_argument("--model-type", default=None, help="with --official-size or --model-config")
-    parser.add_argument("--official-size", action="store_true", help="the official configuration of --model-type")
-    parser.add_argument("--model-config", default=None, help="config overrides, JSON (instead of the recipe)")
+    add_model_arguments(parser)
     parser.add_argument("--size", type=int, default=128, help="side of the square training crops")
     parser.add_argument("--batch", type=int, default=8, help="images per step of the peak floor column")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=list(PATHS),
                         help="bench_train.py paths to measure")
     parser.add_argument("--compile-backend", default="aot_eager_decomp_partition",

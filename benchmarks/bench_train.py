@@ -146,16 +146,21 @@ def loss_curve(path: TrainingPath, steps: int, batch: int, size: int) -> list[fl
     return [float(path.step(*fixed_batch(batch, size, seed=1000 + i))) for i in range(steps)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `model_spec` reads, and the device ones (shared with bench_activation_memory.py)."""
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="YAML recipe whose model to measure")
     parser.add_argument("--model-type", default=None, help="with --official-size or --model-config")
     parser.add_argument("--official-size", action="store_true", help="the official configuration of --model-type")
     parser.add_argument("--model-config", default=None, help="config overrides, JSON (instead of the recipe)")
-    parser.add_argument("--batch", type=int, default=8, help="images per step")
-    parser.add_argument("--size", type=int, default=64, help="side of the square training crops")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--batch", type=int, default=8, help="images per step")
+    parser.add_argument("--size", type=int, default=64, help="side of the square training crops")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per path per round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every path)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (always on a GPU)")
