@@ -131,10 +131,10 @@ class TrainingArguments:
         "sizes compile once); default: on for GPU, off on CPU (where compiling costs minutes); false turns it off"
     )
     compile_model: bool = _arg(
-        False, "torch.compile the whole training forward, loss included, as one graph (fullgraph, static shapes; "
-        "the fixed crop size compiles once) instead of the blocks alone; validation, the EMA and the saved weights "
-        "stay eager. Opt-in: on CPU a 1.17x step for minutes of compilation (README Performance), not yet "
-        "measured on a GPU"
+        False, "torch.compile the whole training forward, loss included, as one graph (static shapes: the fixed "
+        "crop size compiles once; under several processes DDP's bookkeeping stays outside the graph) instead of "
+        "the blocks alone; validation, the EMA and the saved weights stay eager. Opt-in: on CPU a 1.17x step for "
+        "minutes of compilation (README Performance), not yet measured on a GPU"
     )
     compile_mode: Optional[str] = _arg(
         None, "torch.compile mode of --compile_model: default, reduce-overhead (CUDA graphs on a GPU), "
@@ -454,7 +454,8 @@ def compiled_graph_counts() -> dict[str, int]:
     """Graphs dynamo has compiled in this process and the graph breaks it met, from its counters."""
     from torch._dynamo.utils import counters
 
-    return {"graphs": int(counters["stats"]["unique_graphs"]), "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {"graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
 
 
 def weights_checksum(model: torch.nn.Module) -> torch.Tensor:
@@ -648,12 +649,13 @@ def main(args: TrainingArguments) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     # --compile_model: the training forward (loss included) as one graph; its value checks step aside under
     # torch.compile and run in the eager calls. `model` itself stays eager for validation, the EMA and saving.
+    # Under DDP, the wrapper's own bookkeeping cannot be traced: PyTorch's DDP + compile path breaks the graph
+    # around it (fullgraph would refuse), and splits the backward at the gradient buckets.
     train_forward = model
     if args.compile_model:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        train_forward = torch.compile(
-            model, fullgraph=accelerator.num_processes == 1, dynamic=False, mode=args.compile_mode, backend=args.compile_backend
-        )
+        train_forward = torch.compile(model, fullgraph=accelerator.num_processes == 1, dynamic=False,
+                                      mode=args.compile_mode, backend=args.compile_backend)
     compiled_before = compiled_graph_counts()  # the process's counts so far; the compiled forward adds to them
     compiled_graphs = None  # {"graphs", "graph_breaks"} of the compiled forward, read after its first step
     if ema is not None:
