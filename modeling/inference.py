@@ -7,6 +7,7 @@ batching, tiling, mixed precision and degradation labels behave the same everywh
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import re
 import sys
@@ -199,7 +200,7 @@ def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, 
         name = {torch.float16: "fp16", torch.bfloat16: "bf16"}
         raise ValueError(
             f"dtype={dtype!r} asks for {name[resolved]} autocast, but the model's weights are {name[input_dtype]}: "
-            f"use dtype='auto' (the weights' own precision) or convert the model (model.to(torch.{resolved}))."
+            f"use dtype='auto' (the weights' own precision) or convert the model (model.to({resolved}))."
         )
     return resolved
 
@@ -616,7 +617,7 @@ def restore(
         PIL cannot hold, come back as uint16 numpy (H, W, 3|4). See `RestorationImageProcessor` for bit depth,
         alpha and grayscale handling.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     if auto_mode not in AUTO_MODES:
         raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}.")

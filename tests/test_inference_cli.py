@@ -176,6 +176,7 @@ def test_bad_arguments_and_outputs(model, monkeypatch, tmp_path):
     for batch_size in (0, 2.5, True):
         with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
             restore(rgb(8, 8), model, batch_size=batch_size)
+    assert restore(rgb(8, 8), model, batch_size=np.int64(2)).shape == (8, 8, 3)
     with pytest.raises(RestorationInputError, match="non-finite"):
         restore(np.full((8, 8, 3), np.nan, np.float32), model)
 
@@ -437,7 +438,9 @@ def test_a_non_finite_estimate_is_redone_in_fp32_or_refused(monkeypatch, caplog)
 
 def test_autocast_to_the_other_half_type_than_the_weights_is_refused():
     half = make_model().to(torch.float16)
-    with pytest.raises(ValueError, match="asks for bf16 autocast, but the model's weights are fp16"):
+    with pytest.raises(ValueError, match=r"asks for bf16 autocast, but the model's weights are fp16: use "
+                                         r"dtype='auto' \(the weights' own precision\) or convert the model "
+                                         r"\(model.to\(torch.bfloat16\)\)"):
         restore(rgb(12, 12), half, dtype="bf16")
     assert restore(rgb(12, 12), half, dtype="fp16").shape == (12, 12, 3)  # its own precision works
 
