@@ -77,7 +77,9 @@ def load_custom_states(checkpoint: Path, objects: Sequence[Any]) -> None:
         if not path.is_file():
             path = checkpoint / f"custom_checkpoint_{index}.pkl"
         if not path.is_file():
-            raise FileNotFoundError(f"{checkpoint} has no {CUSTOM_STATE_FILES[index]} (the state of {type(obj).__name__})")
+            raise FileNotFoundError(
+                f"{checkpoint} has no {CUSTOM_STATE_FILES[index]} (the state of {type(obj).__name__})"
+            )
         obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -90,7 +92,7 @@ def accelerate_state_view(checkpoint: Path) -> Iterator[Path]:
     if not legacy:
         yield checkpoint
         return
-    view = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.view-", dir=checkpoint.parent))
+    view = Path(tempfile.mkdtemp(prefix=f"{checkpoint.name}-view-"))  # not beside it: that may be read-only
     try:
         for entry in checkpoint.iterdir():
             if entry not in legacy:
