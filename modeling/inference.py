@@ -7,6 +7,7 @@ batching, tiling, mixed precision and degradation labels behave the same everywh
 from __future__ import annotations
 
 import contextlib
+import json
 import numbers
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import AutoModelForImageToImage
 from transformers.utils import logging
 
@@ -283,11 +285,14 @@ def load_model(
             problem = _missing_local_model(os.fspath(model))
             if problem is not None:
                 raise FileNotFoundError(problem)
+        _check_json_object(Path(source) / "config.json")
         try:
             model = AutoModelForImageToImage.from_pretrained(source, trust_remote_code=trust_remote_code)
         except StrictDataclassError as err:  # our configs' own checks, re-raised by the strict dataclass
             reason = " ".join(str(err.__cause__ or err).split())  # the check's own message, without the wrapper's
             raise ValueError(f"Model '{source}' has an invalid config.json: {reason}") from err
+        except SafetensorError as err:  # a truncated or corrupt model.safetensors
+            raise ValueError(f"Model '{source}' has unreadable weights: {err}") from err
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")
     if isinstance(model, torch.nn.Module):
@@ -298,6 +303,19 @@ def load_model(
     return model
 
 
+def _check_json_object(path: Path) -> None:
+    """A local config file that exists must hold a JSON object (transformers fails on anything else with an
+    AttributeError deep inside); ValueError naming the file otherwise. Missing files are for the caller."""
+    if not path.is_file():
+        return
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(content).__name__}")
+
+
 def load_processor(
     model_source: Union[str, os.PathLike, None], processor: Optional[RestorationImageProcessor] = None
 ) -> RestorationImageProcessor:
@@ -305,6 +323,7 @@ def load_processor(
     if processor is not None:
         return processor
     if model_source is not None:
+        _check_json_object(Path(os.fspath(model_source)) / "preprocessor_config.json")
         try:
             return RestorationImageProcessor.from_pretrained(os.fspath(model_source))
         except (OSError, ValueError) as err:  # no preprocessor_config.json: defaults are right for our models

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import math
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ from modeling.inference import (
     load_processor,
     model_inference_tile,
     resolve_device,
+    resolve_dtype,
     restore,
 )
 
@@ -64,13 +66,31 @@ _BROWSER_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 
 
 def _env_float(environ, name: str, default: float) -> float:
+    """A positive finite number from ``name`` (unset or empty: ``default``); ValueError naming the variable."""
     value = environ.get(name, "").strip()
-    return float(value) if value else default
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a positive number, got {environ[name]!r}")
+    return number
 
 
-def _env_int(environ, name: str, default: Optional[int]) -> Optional[int]:
+def _env_int(environ, name: str, default: Optional[int], minimum: int = 1) -> Optional[int]:
+    """An integer of at least ``minimum`` from ``name`` (unset or empty: ``default``); ValueError naming it."""
     value = environ.get(name, "").strip()
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {environ[name]!r}")
+    return number
 
 
 def _env_switch(environ, name: str) -> Optional[bool]:
@@ -119,7 +139,7 @@ class SpaceSettings:
             extra_models=extra,
             max_megapixels=_env_float(environ, "SPACE_MAX_MEGAPIXELS", cls.max_megapixels),
             max_file_mb=_env_float(environ, "SPACE_MAX_FILE_MB", cls.max_file_mb),
-            tile=_env_int(environ, "SPACE_TILE", cls.tile),
+            tile=_env_int(environ, "SPACE_TILE", cls.tile, minimum=8),
             concurrency=_env_int(environ, "SPACE_CONCURRENCY", None),
             queue_size=_env_int(environ, "SPACE_QUEUE_SIZE", cls.queue_size),
             model_cache_size=_env_int(environ, "SPACE_MODEL_CACHE_SIZE", cls.model_cache_size),
@@ -130,7 +150,12 @@ class SpaceSettings:
             examples_dir=Path(environ.get("SPACE_EXAMPLES_DIR", "").strip() or DEMO_CHECKPOINT_DIR / "examples"),
             output_dir=Path(environ["SPACE_OUTPUT_DIR"]) if environ.get("SPACE_OUTPUT_DIR", "").strip() else None,
         )
-        return replace(settings, **overrides)
+        settings = replace(settings, **overrides)
+        try:
+            resolve_dtype(settings.dtype)  # an unknown SPACE_DTYPE fails here, not on every request
+        except ValueError as error:
+            raise ValueError(f"SPACE_DTYPE: {error}") from None
+        return settings
 
     def reuses_freed_memory(self, device: torch.device) -> bool:
         """Whether `main` keeps freed memory for reuse when serving on ``device`` (the default: on CPU only)."""
@@ -231,12 +256,13 @@ class ModelCache:
         _check_model_type(source)
         try:
             model = load_model(source, device=self.device)
+            processor = load_processor(source)
         except Exception as err:  # missing folder, unknown Hub id, network, corrupt weights: all the user's to fix
             raise gr.Error(_message(f"Could not load the model '{source}': {err}")) from err
         if not isinstance(model, modeling.PromptRestorationPreTrainedModel):
             raise gr.Error(_message(f"'{source}' is not one of this project's restoration models."))
         logger.info("Loaded model %s on %s", source, self.device)
-        return LoadedModel(source=source, model=model, processor=load_processor(source))
+        return LoadedModel(source=source, model=model, processor=processor)
 
 
 def _check_model_type(source: str) -> None:
@@ -245,6 +271,8 @@ def _check_model_type(source: str) -> None:
         config_dict, _ = PretrainedConfig.get_config_dict(source)
     except (OSError, ValueError):
         return  # load_model reports a missing folder / unknown or uncached Hub id with a clear message
+    if not isinstance(config_dict, dict):
+        return  # a config.json that is not a JSON object: load_model says so
     model_type = config_dict.get("model_type")
     if model_type not in modeling.MODEL_CLASSES:
         raise gr.Error(
@@ -317,6 +345,10 @@ class UploadImage(gr.Image):
 
 
 # ---------------------------------------------------------------------------------------------- outputs
+#: Names of the per-request folders `OutputFolder.new` makes (a uuid4 in hex): the only ones it prunes.
+_REQUEST_FOLDER = re.compile(r"^[0-9a-f]{32}$")
+
+
 class OutputFolder:
     """Per-request folders for the PNG downloads (under the system temp dir by default), deleted after `ttl_s`
     seconds; gradio copies what a request returns into its own cache, which `delete_cache` cleans."""
@@ -326,6 +358,15 @@ class OutputFolder:
         self.ttl_s = ttl_s
         self._last_prune = 0.0
         self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Create the root now, so that an unusable SPACE_OUTPUT_DIR stops the Space at start-up, not each request."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"SPACE_OUTPUT_DIR {self.root} cannot hold the restored images: {error}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ValueError(f"SPACE_OUTPUT_DIR {self.root} is not writable")
 
     def new(self) -> Path:
         self.prune()
@@ -342,6 +383,8 @@ class OutputFolder:
         if not self.root.is_dir():
             return
         for folder in self.root.iterdir():
+            if not _REQUEST_FOLDER.match(folder.name):  # the operator's own files in SPACE_OUTPUT_DIR stay
+                continue
             try:
                 if now - folder.stat().st_mtime > self.ttl_s:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -381,6 +424,7 @@ class RestorationSpace:
         self.device = resolve_device(settings.device)
         self.models = ModelCache(settings.model_cache_size, self.device)
         self.outputs = OutputFolder(settings.output_dir, settings.output_ttl_s)
+        self.outputs.check()
 
     @property
     def concurrency(self) -> int:
@@ -612,7 +656,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"model": args.model} if args.model else {}
-    demo, space = build_demo(SpaceSettings.from_env(**overrides))
+    try:  # a bad SPACE_* value stops the Space with one line naming it
+        settings = SpaceSettings.from_env(**overrides)
+        demo, space = build_demo(settings)
+    except ValueError as error:
+        parser.error(str(error))
     if space.settings.reuses_freed_memory(space.device):
         keep_freed_memory_for_reuse()  # this process is the server: nothing else shares its allocator
     demo.launch(server_name=args.host, server_port=args.port, **space.launch_kwargs())

@@ -384,6 +384,26 @@ def test_cli_model_with_an_invalid_config_fails_with_one_line(inputs, tmp_path, 
     assert line.endswith(f"Model '{folder}' has an invalid config.json: level 1 width 8 is not divisible by heads[0]=3")
 
 
+@pytest.mark.parametrize("damage", ["truncated-weights", "config-not-an-object", "processor-config-not-an-object"])
+def test_cli_model_folder_with_damaged_files_fails_with_one_line(inputs, tmp_path, capsys, damage):
+    """A truncated model.safetensors, or a config file that is valid JSON but not an object: exit code 2 and one
+    line naming the problem (they gave tracebacks from safetensors and from deep inside transformers)."""
+    folder = tmp_path / "damaged"
+    make_model().save_pretrained(folder)
+    RestorationImageProcessor().save_pretrained(folder)
+    if damage == "truncated-weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:300])
+        expected = f"Model '{folder}' has unreadable weights"
+    else:
+        name = "config.json" if damage == "config-not-an-object" else "preprocessor_config.json"
+        (folder / name).write_text("[1]")
+        expected = f"{folder / name} must hold a JSON object, not a list"
+    capsys.readouterr()
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--model", str(folder), "-q"]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))

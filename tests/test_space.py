@@ -316,6 +316,11 @@ def test_model_picker_errors(client, images, checkpoints, tmp_path):
         call(client, images["good"], model=checkpoints["restormer"], degradation="rain")
     with pytest.raises(AppError, match="snowstorm is not in the list of choices"):  # gradio checks the choices
         call(client, images["good"], degradation="snowstorm")
+    damaged = tmp_path / "damaged"  # a processor config that is JSON but not an object: a message, not a crash
+    shutil.copytree(checkpoints["pip"], damaged)
+    (damaged / "preprocessor_config.json").write_text("[1]")
+    with pytest.raises(AppError, match="must hold a JSON object"):
+        call(client, images["good"], model=damaged)
     assert_serving(client, images, checkpoints)
 
 
@@ -349,10 +354,19 @@ def test_model_cache_loads_once_and_is_bounded(app, checkpoints):
 def test_output_folders_are_pruned_after_their_time(app, tmp_path):
     outputs = app.OutputFolder(tmp_path, ttl_s=60)
     old, recent = outputs.new(), outputs.new()
-    os.utime(old, (time.time() - 120, time.time() - 120))
+    mine = tmp_path / "operator-data"  # an operator's own folder in SPACE_OUTPUT_DIR: never the Space's to delete
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "important.txt").write_text("keep")
+    for folder in (old, mine):
+        os.utime(folder, (time.time() - 120, time.time() - 120))
     outputs._last_prune = 0.0  # pruning runs at most once a minute
     newest = outputs.new()
     assert not old.exists() and recent.is_dir() and newest.is_dir()
+    assert (mine / "sub" / "important.txt").read_text() == "keep"
+    # An output folder that cannot be one stops the Space when it starts, not on every request.
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="cannot hold the restored images"):
+        app.OutputFolder(tmp_path / "a-file", ttl_s=60).check()
 
 
 def test_fifty_concurrent_requests_all_succeed(server, images, checkpoints):
@@ -532,3 +546,10 @@ def test_settings_from_environment(app):
     assert app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": " Yes"}).channels_last is True
     with pytest.raises(ValueError, match="SPACE_CHANNELS_LAST"):
         app.SpaceSettings.from_env({"SPACE_CHANNELS_LAST": "of"})
+    # Numbers and the dtype are checked when the Space starts, naming the variable (not on every request).
+    for name, value in (("SPACE_MAX_MEGAPIXELS", "-1"), ("SPACE_MAX_MEGAPIXELS", "nan"), ("SPACE_MAX_FILE_MB", "inf"),
+                        ("SPACE_MAX_FILE_MB", "abc"), ("SPACE_TILE", "-1"), ("SPACE_TILE", "4"),
+                        ("SPACE_QUEUE_SIZE", "-5"), ("SPACE_CONCURRENCY", "0"), ("SPACE_MODEL_CACHE_SIZE", "x"),
+                        ("SPACE_DTYPE", "fp8")):
+        with pytest.raises(ValueError, match=name):
+            app.SpaceSettings.from_env({name: value})
