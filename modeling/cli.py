@@ -146,8 +146,13 @@ def _open_new_file_beside(target: Path) -> tuple[int, Path]:
     """Create a hidden temporary file next to `target` with the mode of any new file (0o666 less the umask;
     `tempfile.mkstemp` would make it 0o600, and the rename keeps that mode)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    # The temporary name adds 14 characters: shorten the part taken from the target so that it stays within the
+    # 255 bytes a file name may have wherever the target's own name fits.
+    name = target.name
+    while len(name.encode()) + 14 > 255:
+        name = name[:-1]
     for _ in range(100):
-        tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.tmp"
+        tmp = target.parent / f".{name}.{os.urandom(4).hex()}.tmp"
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

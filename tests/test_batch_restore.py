@@ -294,3 +294,39 @@ def test_dataset_row_names_that_would_escape_or_collide_are_refused(names, messa
         DatasetSource(dataset, "image", "file_name")
     fine = DatasetSource(dataset.select([1]).map(lambda row: {"file_name": "sub/ok"}), "image", "file_name")
     assert fine.names() == ["sub/ok"] and fine.output_name("sub/ok") == "sub/ok.png"
+
+
+def test_an_output_folder_above_the_input_never_writes_over_an_input(model_dir, tmp_path):
+    """--input T/in --output T: the input in/a.png would be restored to T/in/a.png, over another input. Refused
+    before anything is written; an output folder above an input whose names cannot reach it works as usual."""
+    from training.batch_restore import main, parse_args
+
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    save(tmp_path / "in" / "in" / "a.png", textured_image(1, 16, 16))
+    before = (tmp_path / "in" / "a.png").read_bytes()
+    with pytest.raises(ValueError, match="would write 'in/a.png' into --input"):
+        main(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path), "--model", str(model_dir),
+                         "--no_reuse_freed_memory"]))
+    assert (tmp_path / "in" / "a.png").read_bytes() == before and not list(tmp_path.glob("manifest-*"))
+    save(tmp_path / "other" / "raw" / "b.png", textured_image(2, 16, 16))
+    summary = main(parse_args(["--input", str(tmp_path / "other" / "raw"), "--output", str(tmp_path / "other"),
+                               "--model", str(model_dir), "--no_reuse_freed_memory"]))
+    assert summary["restored"] == 1 and (tmp_path / "other" / "b.png").is_file()
+
+
+def test_dataset_resume_leaves_out_restorations_whose_input_is_gone(model_dir, tmp_path):
+    """Dataset output rebuilt on a rerun from every restoration in the manifests: one whose input was deleted in
+    between used to stop the run (DatasetGenerationError) with the old summary left in place."""
+    import datasets
+
+    from training.batch_restore import main, parse_args
+
+    for name, seed in (("a.png", 0), ("b.png", 1)):
+        save(tmp_path / "in" / name, textured_image(seed, 16, 16))
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
+            "--output_format", "dataset", "--no_reuse_freed_memory"]
+    assert main(parse_args(argv))["restored"] == 2
+    (tmp_path / "in" / "b.png").unlink()
+    summary = main(parse_args(argv))
+    assert summary["skipped"] == 1 and summary["restored"] == 0
+    assert datasets.load_from_disk(str(tmp_path / "out" / "dataset"))["file_name"] == ["a.png"]

@@ -404,6 +404,17 @@ def test_cli_model_folder_with_damaged_files_fails_with_one_line(inputs, tmp_pat
     assert expected in one_error_line(capsys.readouterr().err)
 
 
+def test_cli_writes_outputs_whose_names_are_near_the_file_name_limit(inputs, tmp_path, checkpoint):
+    """An input named with 245 characters has a valid output name; the hidden temporary file beside it must not
+    exceed the 255-byte limit either (it did: "File name too long", nothing written)."""
+    long_input = tmp_path / "long" / ("x" * 245 + ".png")
+    long_input.parent.mkdir()
+    long_input.write_bytes((inputs / "a.png").read_bytes())
+    out = tmp_path / "out"
+    assert main([str(long_input), "-o", str(out), "--model", str(checkpoint), "-q"]) == 0
+    assert [p.name for p in out.iterdir()] == [long_input.name]
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))

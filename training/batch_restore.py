@@ -363,6 +363,10 @@ def _dataset_rows(names: list[str], outputs: list[str], source: Any) -> Iterator
         }
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
 def build_dataset(
     source: FolderSource | DatasetSource, images_dir: Path, records: dict[str, dict], cache_dir: Path
 ) -> Any:
@@ -373,7 +377,14 @@ def build_dataset(
     """
     import datasets
 
+    present = set(source.names())
     done = sorted(name for name, record in records.items() if record.get("status") == "ok")
+    # An input removed since an earlier run restored it, or an output removed by hand, cannot fill a row.
+    gone = [name for name in done if name not in present or not (images_dir / records[name]["output"]).is_file()]
+    if gone:
+        logger.warning(f"dataset: left out {len(gone)} earlier restoration(s) whose input or output is gone, "
+                       f"e.g. {gone[0]!r}")
+        done = [name for name in done if name not in set(gone)]
     outputs = [str(images_dir / records[name]["output"]) for name in done]
     features = datasets.Features(
         {"file_name": datasets.Value("string"), "input": datasets.Image(), "restored": datasets.Image()}
@@ -413,16 +424,27 @@ def main(args: argparse.Namespace) -> dict:
     # sorted to-do list, whatever the manifests of earlier runs (with any number of processes) contain.
     plan: list[Any] = [None]
     if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(images_dir)
         names = source.names()
-        records = read_manifests(output_dir)
-        done = {name for name, record in records.items() if record.get("status") == "ok"}
-        todo = [name for name in names if name not in done]
-        plan = [{"todo": todo, "total": len(names), "skipped": len(names) - len(todo), "ignored": source.ignored()}]
+        # An output folder above the input one: an input named like the input folder's own path there (in/a.png
+        # below OUT/in) would be written over another input (OUT/in/a.png).
+        clash = next((name for name in names if input_dir.is_dir()
+                      and _is_within((images_dir / source.output_name(name)).resolve(), input_dir.resolve())), None)
+        if clash is not None:
+            plan = [{"error": f"--output {output_dir} would write {clash!r} into --input {input_dir}, over an input: "
+                              "pick an output folder outside the input folder"}]
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(images_dir)
+            records = read_manifests(output_dir)
+            done = {name for name, record in records.items() if record.get("status") == "ok"}
+            todo = [name for name in names if name not in done]
+            plan = [{"todo": todo, "total": len(names), "skipped": len(names) - len(todo),
+                     "ignored": source.ignored()}]
     if state.num_processes > 1:
         broadcast_object_list(plan, from_process=0)
     plan = plan[0]
+    if "error" in plan:  # every process stops, not only the main one
+        raise ValueError(plan["error"])
 
     processor = load_processor(args.model if args.model is not None else modeling.inference.DEMO_CHECKPOINT_DIR)
     restore_kwargs = dict(
