@@ -71,13 +71,10 @@ def degradation_weights_from_labels(
     """Turn ``labels`` (any form in the module docstring) into float32 weights of shape (batch_size, len(names))."""
     num = len(names)
     if isinstance(labels, np.ndarray):
-        if labels.dtype.kind not in "iuf":  # strings, objects and booleans: as the Python values they hold
-            if labels.ndim == 0:
-                labels = labels.item()
-            else:
-                labels = labels.tolist()
-        else:
+        if labels.dtype.kind in "iuf":  # indices or weights, as the tensor forms
             labels = torch.from_numpy(np.array(labels, dtype=np.float32 if labels.dtype.kind == "f" else np.int64))
+        else:  # strings, objects and booleans: the Python values they hold (a 0-d array gives its scalar)
+            labels = labels.tolist()
     if isinstance(labels, torch.Tensor):
         if labels.is_floating_point():
             if labels.shape != (batch_size, num):
