@@ -47,6 +47,7 @@ from modeling.cli import save_image_atomic
 from modeling.image_processing_restoration import load_image_file
 from modeling.inference import load_model, load_processor
 
+from .checkpointing import write_text_atomic
 from .data import IMAGE_EXTENSIONS, list_image_files
 
 logger = get_logger(__name__)
@@ -507,9 +508,7 @@ def main(args: argparse.Namespace) -> dict:
                 summary["pushed_to"] = args.push_to_hub
             del dataset  # its Arrow files live in the cache: close them before removing it
             shutil.rmtree(cache_dir, ignore_errors=True)
-        tmp = output_dir / f".{SUMMARY_NAME}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, output_dir / SUMMARY_NAME)
+        write_text_atomic(output_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         logger.info(
             f"restored {summary['restored']}, skipped {summary['skipped']} (already done), failed {summary['failed']}"
             f" in {work_seconds:.1f} s ({summary['images_per_second']} images/s; {seconds:.1f} s with loading)"

@@ -198,12 +198,16 @@ def build_validation_set(
         for pair in pairs:
             pair["clean"], pair["degraded"] = center_crop(pair["clean"], crop), center_crop(pair["degraded"], crop)
     # A pair the degradation left unchanged (a flat crop, say) measures nothing and has an infinite input PSNR.
-    unchanged = [pair for pair in pairs if np.array_equal(pair["degraded"], pair["clean"])]
-    if unchanged:
-        logger.warning(f"validation: left out {len(unchanged)} pair(s) whose degraded image equals the clean one "
-                       f"({', '.join(sorted({pair['task_name'] for pair in unchanged}))})")
-        pairs = [pair for pair in pairs if not any(pair is other for other in unchanged)]
-    return ValidationSet(pairs)
+    kept, unchanged_tasks = [], []
+    for pair in pairs:
+        if np.array_equal(pair["degraded"], pair["clean"]):
+            unchanged_tasks.append(pair["task_name"])
+        else:
+            kept.append(pair)
+    if unchanged_tasks:
+        logger.warning(f"validation: left out {len(unchanged_tasks)} pair(s) whose degraded image equals the clean "
+                       f"one ({', '.join(sorted(set(unchanged_tasks)))})")
+    return ValidationSet(kept)
 
 
 @torch.no_grad()

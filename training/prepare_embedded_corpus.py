@@ -245,7 +245,8 @@ _OUTPUT_PREFIXES = ("skimage-", "sklearn-", "matplotlib-", "lomiri-", "plasma-",
 
 
 def _remove_stale_outputs(output: Path) -> None:
-    """Delete the images an earlier run wrote into ``train/`` and ``heldout/``; other files are left alone.
+    """Delete the manifest and the images an earlier run wrote into ``train/`` and ``heldout/``; other files are
+    left alone.
 
     A photo that is now held out, or no longer used, must not stay in ``train/``.
     """
