@@ -21,6 +21,7 @@ from data_helpers import (
     textured_image,
 )
 from training import data as D
+from training.data.stream import _ExampleLoader
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every loader; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
@@ -545,3 +546,31 @@ def test_data_package_exports_and_layers():
         siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         assert siblings <= may_import, (module_name, siblings)
     assert D.decode_image.__module__ == "training.data.files" and D.RestorationStream.__module__.endswith(order[-1])
+
+
+class _CountingDataset(torch.utils.data.Dataset):
+    """Each item makes the stream's example loader count ``per_item`` corrupt files, as a worker would."""
+
+    def __init__(self, example_loader, items: int, per_item: int) -> None:
+        self.example_loader, self.items, self.per_item = example_loader, items, per_item
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __getitem__(self, index: int) -> int:
+        for _ in range(self.per_item):
+            self.example_loader._count(0, "corrupt")
+        return index
+
+
+def test_bad_data_counts_from_concurrent_workers_are_not_lost(tmp_path):
+    # Two workers counting into one shared cell at once lose increments (read-modify-write); per-worker slots don't.
+    save(tmp_path / "clean" / "0.png", textured_image(0, 16, 16))
+    stream = D.RestorationStream([D.clean_source(tmp_path / "clean", "noise", name="c")], patch_size=16)
+    example_loader = _ExampleLoader(stream.sources, {}, stream._counts, patch_size=16, augment=False,
+                                    output_dtype="uint8", seed=0, epoch=0)
+    items, per_item = 8, 50_000  # the shared cell lost 100-1,200 of these 400,000 in 3 runs
+    loader = torch.utils.data.DataLoader(_CountingDataset(example_loader, items, per_item), batch_size=1,
+                                         num_workers=2)
+    assert sorted(int(i) for i in loader) == list(range(items))
+    assert stream.bad_data_counts() == {"c": {"corrupt": items * per_item}}

@@ -45,6 +45,15 @@ BAD_DATA_KINDS: tuple[str, ...] = ("missing_pair", "corrupt", "size_mismatch", "
 than the patch, reflect-padded) are kept and only reported."""
 _DROPPING_KINDS = BAD_DATA_KINDS[:4]
 _STATIC_KINDS = ("missing_pair",)  # found when the sources are built, not per epoch
+# Bad-data counters live in shared memory with one slot per process: slot 0 for the process that owns the stream,
+# slot 1 + i for DataLoader worker i. Each slot has a single writer, so no count is lost to two workers' concurrent
+# read-modify-write of one cell; readers sum the slots. Workers beyond the last slot share slots (modulo).
+_COUNTER_SLOTS = 65
+
+
+def _counter_slot() -> int:
+    info = torch.utils.data.get_worker_info()
+    return 0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)
 
 
 def _crop_and_augment(
@@ -92,7 +101,7 @@ class _ExampleLoader:
         self.epoch = epoch
 
     def _count(self, source_index: int, kind: str, what: str = "") -> None:
-        self.counts[source_index, BAD_DATA_KINDS.index(kind)] += 1
+        self.counts[_counter_slot(), source_index, BAD_DATA_KINDS.index(kind)] += 1
         if kind in _DROPPING_KINDS:
             logger.debug("skipping %s example of %s: %s", kind, _source_name(self.sources[source_index]), what)
 
@@ -256,10 +265,12 @@ class RestorationStream(torch.utils.data.IterableDataset):
         self.local_weight = float(local_weight)
         self.stopping_strategy = stopping_strategy
         self.source_probabilities = self._resolve_probabilities(probabilities) if probabilities else None
-        # Shared memory: DataLoader workers (forked or spawned) increment the same counters the main process reads.
-        self._counts = torch.zeros((len(names), len(BAD_DATA_KINDS)), dtype=torch.int64).share_memory_()
+        # Shared memory: DataLoader workers (forked or spawned) increment counters the main process reads, each
+        # worker in its own slot (see _COUNTER_SLOTS).
+        self._counts = torch.zeros((_COUNTER_SLOTS, len(names), len(BAD_DATA_KINDS)), dtype=torch.int64)
+        self._counts.share_memory_()
         for i, source in enumerate(self.sources):
-            self._counts[i, BAD_DATA_KINDS.index("missing_pair")] = source.missing_pairs
+            self._counts[0, i, BAD_DATA_KINDS.index("missing_pair")] = source.missing_pairs
         self._source_names = tuple(names)
         self._logged_epoch: int | None = None
         self._epoch = int(epoch)
@@ -399,7 +410,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
         return {
             "epoch": self._epoch,
             "dataset": copy.deepcopy(self._dataset.state_dict()),
-            "bad_data": self._counts.tolist(),
+            "bad_data": self._totals().tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -409,14 +420,19 @@ class RestorationStream(torch.utils.data.IterableDataset):
             self._epoch = epoch
             self._dataset = self._build(epoch)
         self._dataset.load_state_dict(copy.deepcopy(state["dataset"]))
-        saved = torch.tensor(state.get("bad_data", self._counts.tolist()), dtype=torch.int64)
-        if saved.shape == self._counts.shape:
-            # max, not assignment: another worker may already have counted past the saved totals
-            torch.maximum(self._counts, saved, out=self._counts)
+        totals = self._totals()
+        saved = torch.tensor(state.get("bad_data", totals.tolist()), dtype=torch.int64)
+        if saved.shape == totals.shape:
+            # the totals become at least the saved ones (a worker may already have counted past them)
+            self._counts[0] += (saved - totals).clamp_(min=0)
+
+    def _totals(self) -> torch.Tensor:
+        """``(source, kind)`` counts summed over the processes' slots."""
+        return self._counts.sum(dim=0)
 
     def bad_data_counts(self, include_zero: bool = False) -> dict[str, dict[str, int]]:
         """``{source: {kind: count}}`` for this rank (all DataLoader workers included) in the current epoch."""
-        table = self._counts.tolist()
+        table = self._totals().tolist()
         report = {}
         for name, row in zip(self._source_names, table):
             counts = {kind: n for kind, n in zip(BAD_DATA_KINDS, row) if n or include_zero}
@@ -427,7 +443,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
     def reset_bad_data_counts(self) -> None:
         for kind in BAD_DATA_KINDS:
             if kind not in _STATIC_KINDS:
-                self._counts[:, BAD_DATA_KINDS.index(kind)] = 0
+                self._counts[:, :, BAD_DATA_KINDS.index(kind)] = 0
 
     def log_bad_data_counts(self, prefix: str = "") -> None:
         report = self.bad_data_counts()
