@@ -76,6 +76,21 @@ def test_layout_rules_details(corpus):
         assert blur.replace("/blur/", "/sharp/") == sharp
 
 
+def test_gopro_gamma_renderings_pair_only_where_the_linear_blur_is_absent():
+    # The original GoPro tree has each frame in blur/ and blur_gamma/: the benchmark's input is blur/, so each
+    # sharp frame is paired (scored, trained on) once; a tree holding only blur_gamma/ still pairs.
+    files = [f"test/{seq}/{kind}/000001.png" for seq in ("GOPR0384_11_00", "GOPR0385_11_01")
+             for kind in ("blur", "blur_gamma", "sharp")]
+    files += ["gamma_only/blur_gamma/000002.png", "gamma_only/sharp/000002.png"]
+    pairs, unpaired = D.pair_files(files, "blur")
+    assert pairs == [
+        ("gamma_only/blur_gamma/000002.png", "gamma_only/sharp/000002.png"),
+        ("test/GOPR0384_11_00/blur/000001.png", "test/GOPR0384_11_00/sharp/000001.png"),
+        ("test/GOPR0385_11_01/blur/000001.png", "test/GOPR0385_11_01/sharp/000001.png"),
+    ]
+    assert unpaired == []
+
+
 def test_cdd11_layout_from_folder_and_from_dataset_repo(corpus):
     cdd_root = corpus["root"] / "CDD-11"
     for split in ("train", "test"):

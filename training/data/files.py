@@ -57,6 +57,10 @@ _LAYOUT_RULES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
 }
 # CDD-11: <split>/<type>/<name> -> <split>/clear/<name>
 _LAYOUT_RULES["cdd11"] = [(t, ("clear",), _SAME_NAME) for t in CDD11_TYPES]
+# A degraded folder used only where its preferred sibling is absent: the original GoPro tree holds every frame twice,
+# <seq>/blur (the benchmark's input) and <seq>/blur_gamma (the same frames averaged in another gamma); taking both
+# would score (or train on) each sharp frame twice. A tree with blur_gamma alone still pairs.
+_FALLBACK_DEGRADED_FOLDERS = {"blur_gamma": "blur"}
 
 
 def _open_binary(path: str):
@@ -186,6 +190,7 @@ def pair_files(
     layouts of that task, see ``_LAYOUT_RULES``) or ``"cdd11"`` (type folder -> ``clear``). Returns
     ``(pairs, unpaired)``: sorted ``(degraded, clean)`` paths and degraded files without a clean counterpart.
     When a clean stem exists with several extensions, the degraded file's own extension wins, then ``.png``.
+    GoPro's ``blur_gamma`` folder pairs only where no ``blur`` sibling exists (see ``_FALLBACK_DEGRADED_FOLDERS``).
     """
     if layout not in _LAYOUT_RULES:
         raise ValueError(f"unknown layout {layout!r}; known: {sorted(_LAYOUT_RULES)}")
@@ -200,6 +205,13 @@ def pair_files(
             key = (tuple(directories[:-1]), directories[-1].lower(), stem)
             clean_index.setdefault(key, {})[extension.lower()] = path
 
+    degraded_folders = set()  # (parent folders, degraded folder name) holding at least one file
+    for path in files:
+        directories, _, _ = _split_path(path)
+        for i, name in enumerate(directories):
+            if name.lower() in degraded_folder_names:
+                degraded_folders.add((tuple(directories[:i]), name.lower()))
+
     pairs: list[tuple[str, str]] = []
     unpaired: list[str] = []
     for path in files:
@@ -210,6 +222,9 @@ def pair_files(
         if position is None or (lowered[-1] in clean_folder_names and position != len(lowered) - 1):
             continue  # not below a degraded folder (clean files, unrelated files)
         parent = tuple(directories[:position])
+        preferred = _FALLBACK_DEGRADED_FOLDERS.get(lowered[position])
+        if preferred and (parent, preferred) in degraded_folders:
+            continue  # the preferred sibling's files stand for these frames
         match = None
         for degraded_name, clean_names, stem_rules in rules:
             if degraded_name != lowered[position]:
