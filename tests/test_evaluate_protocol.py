@@ -172,7 +172,7 @@ def test_three_task_identity_model_scores_the_inputs(root3, monkeypatch):
     assert f"| **identity** | {tasks['haze']['psnr']:.2f}/{tasks['haze']['ssim']:.3f} |" in report
     assert "| PromptIR + CPL | 31.27/0.980 | 38.77/0.985 | 34.15/0.933 | 31.50/0.889 | 28.23/0.800 | 32.78/0.917 |" \
         in report
-    assert "| MoCE-IR (Gaussian SSIM) |" in report and "`broken.png`" not in report.split("Skipped")[0]
+    assert "| MoCE-IR (Gaussian SSIM) |" in report and "| InstructIR-3D (Gaussian SSIM) |" in report and "`broken.png`" not in report.split("Skipped")[0]
 
 
 def test_tiling_gives_the_same_identity_scores(root3):
@@ -201,6 +201,14 @@ def test_five_task_cli_with_labels_writes_json_and_markdown(tmp_path):
     markdown = output.with_suffix(".md").read_text()
     assert "| low-light | LOL-v1 | 1 | 0 |" in markdown
     assert "| noise-25 | BSD68 | 4 | 2 |" in markdown  # the corrupt and the 1x1 file, skipped and counted
+    # AdaIR's five-task test.py: np.random.seed(0), then σ 15, 25, 50 in turn; σ 25 is the second realisation
+    bsd = root / "test" / "denoise" / "bsd68"
+    cleans = [_crop_read(bsd / name) for name in ("0.png", "1.png", "deep16.png", "deep16rgb.png")]
+    np.random.seed(0)
+    noisy = {sigma: [np.clip(c + np.random.randn(*c.shape) * sigma, 0, 255).astype(np.uint8) for c in cleans]
+             for sigma in (15, 25)}
+    expected = np.mean([peak_signal_noise_ratio(c / 255, n / 255, data_range=1) for c, n in zip(cleans, noisy[25])])
+    assert results["tasks"]["noise-25"]["input_psnr"] == pytest.approx(expected, abs=1e-9)
     # the same labels and images through the model directly give the same score (tiling off, fp32)
     from modeling import restore
 
@@ -278,7 +286,8 @@ def test_row_paired_parquet_datasets_read_through_hub_paired_source(root3, tmp_p
 
 def test_inputs_with_the_same_file_name_in_different_sequences_are_scored_apart(tmp_path):
     """GoPro's test set names its frames per sequence (GOPR0384_11_00/blur/000001.png, GOPR0385_11_01/blur/
-    000001.png, ...): each input's baseline score is its own, not the first same-named file's."""
+    000001.png, ...): each input's baseline score is its own, not the first same-named file's; the original tree's
+    blur_gamma/ renderings of the same frames are not scored a second time."""
     root = make_test_root(tmp_path / "five", "5-task")
     gopro = tmp_path / "gopro"
     expected = []
@@ -287,6 +296,7 @@ def test_inputs_with_the_same_file_name_in_different_sequences_are_scored_apart(
         degraded = _degrade(clean, seed) if seed == 30 else np.clip(clean.astype(int) + 60, 0, 255).astype(np.uint8)
         _save(gopro / sequence / "sharp" / "000001.png", clean)
         _save(gopro / sequence / "blur" / "000001.png", degraded)
+        _save(gopro / sequence / "blur_gamma" / "000001.png", _degrade(clean, seed + 10))  # the same frame again
         expected.append(peak_signal_noise_ratio(center_crop_to_multiple(clean, 16),
                                                 center_crop_to_multiple(degraded, 16)))
     roots = {**ep.find_test_roots("5-task", root), "blur": str(gopro)}

@@ -16,8 +16,9 @@ folder or a Hub dataset repo id; a dataset with one pair per row (parquet) is re
 (column names; ``ROOT@CLEAN`` for the noise test set; ``--hub_split``, default ``test``). ``--data_root`` finds each task's folder below the PromptIR/AdaIR test root
 (:data:`DEFAULT_SUBFOLDERS`); ``--test_roots task=DIR|HUB_ID`` names them one by one.
 
-Noisy test images are synthesized exactly as PromptIR's ``test.py``: one ``numpy`` legacy generator seeded once
-(``np.random.seed(0)``), the columns in the protocol's σ order and the clean images in (sorted) file order, each
+Noisy test images are synthesized exactly as PromptIR's and AdaIR's ``test.py``: one ``numpy`` legacy generator
+seeded once (``np.random.seed(0)``), σ 15, 25, 50 in turn (5-task draws all three and keeps σ 25, as AdaIR's
+five-task test does) and the clean images in (sorted) file order, each
 noisy image ``clip(clean + randn(H, W, 3) * σ, 0, 255).astype(uint8)`` on the centre-cropped uint8 image. (The
 official code walks ``os.listdir`` order, which is file-system dependent; sorted order is the reproducible
 choice.)
@@ -183,6 +184,10 @@ class Protocol:
     columns: tuple[TestColumn, ...]
     default_convention: str
     description: str
+    #: σ values the official test script draws noise for, in its order, from one generator over the same clean
+    #: images; a σ the protocol has no column for is drawn and discarded, so each column gets the official noise.
+    #: PromptIR's 3-task and AdaIR's 5-task test.py both walk 15, 25, 50 (5-task then reports 25 only).
+    noise_draw_order: tuple[int, ...] = ()
 
 
 _BSD68, _RAIN, _SOTS = "BSD68", "Rain100L", "SOTS-outdoor"
@@ -193,6 +198,7 @@ PROTOCOLS: dict[str, Protocol] = {
          *(TestColumn(f"noise-{s}", "noise", _BSD68, s) for s in (15, 25, 50))),
         "promptir",
         "PromptIR's all-in-one setting: dehazing (SOTS-outdoor), deraining (Rain100L), denoising (BSD68, σ 15/25/50)",
+        noise_draw_order=(15, 25, 50),
     ),
     "5-task": Protocol(
         "5-task",
@@ -201,6 +207,7 @@ PROTOCOLS: dict[str, Protocol] = {
          TestColumn("low-light", "low-light", "LOL-v1")),
         "promptir",
         "IDR's five-task setting: SOTS-outdoor, Rain100L, BSD68 σ 25, GoPro, LOL",
+        noise_draw_order=(15, 25, 50),
     ),
     "cdd11": Protocol(
         "cdd11",
@@ -356,20 +363,32 @@ class ProtocolTestSets:
         return pairs
 
     def _synthesize_noise(self) -> None:
-        # PromptIR test.py: np.random.seed(0) once, then sigma 15, 25, 50 in turn over the same image list.
+        # The official test.py: np.random.seed(0) once, then σ 15, 25, 50 in turn over the same image list; σ values
+        # without a column here (5-task's 15 and 50) still take their draws, so σ 25 gets the official noise.
+        noise_columns = [c for c in self.columns.values() if c.spec.task == "noise"]
+        if not noise_columns:
+            return
+        by_sigma = {c.spec.sigma: c for c in noise_columns}
+        order = self.protocol.noise_draw_order or tuple(by_sigma)
+        missing = set(by_sigma) - set(order)
+        if missing:
+            raise ValueError(f"{self.protocol.name}: σ {sorted(missing)} not in its noise_draw_order {order}")
+        pairs = noise_columns[0].pairs  # every noise column reads the one clean test set
         rng = np.random.RandomState(self.seed)
-        for column in self.columns.values():
-            if column.spec.task != "noise":
-                continue
+        for column in noise_columns:
             column.noisy = []
-            for _, clean_path in column.pairs:
+        for sigma in order:
+            column = by_sigma.get(sigma)
+            for _, clean_path in pairs:
                 try:
-                    clean = self._read(clean_path, column.spec.name)
+                    clean = self._read(clean_path, (column or noise_columns[0]).spec.name)
                 except _Skip as reason:
-                    self._skip(clean_path, column.spec.name, str(reason))
+                    if column is not None:
+                        self._skip(clean_path, column.spec.name, str(reason))
                     continue
-                noisy = add_gaussian_noise(clean, column.spec.sigma, rng).image
-                column.noisy.append((clean_path, noisy, clean))
+                noisy = add_gaussian_noise(clean, sigma, rng).image
+                if column is not None:
+                    column.noisy.append((clean_path, noisy, clean))
 
     def _skip(self, path: str, column: str, reason: str) -> None:
         if path not in self.skipped:

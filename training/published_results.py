@@ -4,9 +4,9 @@ Transcribed from the compiled tables in the project's research notes (``data_and
 source table per row (the same baseline is reprinted with different last digits across papers, so rows are never
 merged from two tables). Columns use the names of :mod:`training.evaluate_protocol` (``noise-25``, ``rain``,
 ``haze``, ``blur``, ``low-light``, the CDD-11 types); a missing column is ``None``. SSIM columns are only
-comparable between rows of the same SSIM convention (``ssim_window``: MoCE-IR uses a Gaussian window, PromptIR /
-AdaIR / CPL / DPPD / OneRestore skimage's uniform 7x7 window). PIP's own tables were not found in any source,
-so PIP has no row here (rather than numbers from memory).
+comparable between rows of the same SSIM convention (``ssim_window``: MoCE-IR and InstructIR use a Gaussian
+window, PromptIR / AdaIR / CPL / DPPD / OneRestore skimage's uniform 7x7 window). PIP's own tables were not found in
+any source, so PIP has no row here (rather than numbers from memory).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ PUBLISHED: dict[str, list[PublishedRow]] = {
              (32.06, .913), note="users re-running the official checkpoint report Rain100L 37.44 dB (PromptIR#35)"),
         _row("InstructIR-3D", INSTRUCTIR_T4, _T3,
              [(30.22, .959), (37.98, .978), (34.15, .933), (31.52, .890), (28.30, .804)], (32.43, .913),
+             ssim_window="gaussian",
              note="InstructIR pre-generates its noisy images (seed 42) and scores SSIM with pytorch_msssim"),
         _row("AdaIR", ADAIR_3D, _T3, [(31.06, .980), (38.64, .983), (34.12, .935), (31.45, .892), (28.19, .802)],
              (32.69, .918)),
@@ -95,7 +96,8 @@ PUBLISHED: dict[str, list[PublishedRow]] = {
         _row("PromptIR", CPL_T2, _CPL5, [(31.47, .886), (26.54, .949), (36.37, .970), (28.71, .881), (22.68, .832)],
              (29.15, .904), note="5-task retrain 'cited from previous works' by CPL"),
         _row("InstructIR-5D", INSTRUCTIR_T2, _INSTRUCTIR5,
-             [(36.84, .973), (27.10, .956), (31.40, .887), (29.40, .886), (23.00, .836)], (29.55, .907)),
+             [(36.84, .973), (27.10, .956), (31.40, .887), (29.40, .886), (23.00, .836)], (29.55, .907),
+             ssim_window="gaussian", note="SSIM with pytorch_msssim's Gaussian 11x11 window"),
         _row("AdaIR", ADAIR_5D, _T5, [(30.53, .978), (38.02, .981), (31.35, .889), (28.12, .858), (23.00, .845)],
              (30.20, .910)),
         _row("MoCE-IR", MOCE_T2, _T5, [(30.48, .974), (38.04, .982), (31.34, .887), (30.05, .899), (23.00, .852)],
