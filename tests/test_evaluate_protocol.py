@@ -304,3 +304,17 @@ def test_inputs_with_the_same_file_name_in_different_sequences_are_scored_apart(
     blur = ep.evaluate_protocol(identity_model(), test_sets)["tasks"]["blur"]
     assert blur["num_images"] == 2 and abs(expected[0] - expected[1]) > 3
     assert blur["input_psnr"] == pytest.approx(np.mean(expected), abs=1e-6)
+
+
+def test_a_noise_test_set_spread_over_folders_is_refused(root3, tmp_path):
+    """CBSD68's release keeps noisyN/ folders beside original_png/: taking the whole tree would score noisy images
+    as clean ones, so a noise root with images in several folders is refused, naming them; its clean folder works."""
+    cbsd = tmp_path / "CBSD68"
+    for folder in ("original_png", "noisy25"):
+        _save(cbsd / folder / "0000.png", smooth_image(H, W, seed=40))
+    roots = {**ep.find_test_roots("3-task", root3), "noise": str(cbsd)}
+    with pytest.raises(ValueError, match=r"2 folders \(noisy25, original_png\).*original_png"):
+        ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
+    roots["noise"] = str(cbsd / "original_png")
+    test_sets = ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
+    assert [len(test_sets.columns[f"noise-{s}"].noisy) for s in (15, 25, 50)] == [1, 1, 1]

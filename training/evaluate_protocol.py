@@ -3,7 +3,7 @@
     python -m training.evaluate_protocol --model org/pip-restormer --protocol 3-task --data_root data/test \
         --output results.json
     python -m training.evaluate_protocol --model out/promptir --protocol 5-task \
-        --test_roots noise=data/CBSD68 rain=data/Rain100L/test haze=data/SOTS/outdoor blur=data/GoPro/test \
+        --test_roots noise=data/CBSD68/original_png rain=data/Rain100L/test haze=data/SOTS/outdoor blur=data/GoPro/test \
         low-light=data/LOL/eval15 --tile 512 --output results.json
     python -m training.evaluate_protocol --model out/cpl --protocol cdd11 --test_roots cdd11=gy65896/CDD-11
 
@@ -18,8 +18,8 @@ folder or a Hub dataset repo id; a dataset with one pair per row (parquet) is re
 
 Noisy test images are synthesized exactly as PromptIR's and AdaIR's ``test.py``: one ``numpy`` legacy generator
 seeded once (``np.random.seed(0)``), σ 15, 25, 50 in turn (5-task draws all three and keeps σ 25, as AdaIR's
-five-task test does) and the clean images in (sorted) file order, each
-noisy image ``clip(clean + randn(H, W, 3) * σ, 0, 255).astype(uint8)`` on the centre-cropped uint8 image. (The
+five-task test does) and the clean images in (sorted) file order, each noisy image
+``clip(clean + randn(H, W, 3) * σ, 0, 255).astype(uint8)`` on the centre-cropped uint8 image. (The
 official code walks ``os.listdir`` order, which is file-system dependent; sorted order is the reproducible
 choice.)
 
@@ -42,6 +42,7 @@ import argparse
 import json
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -230,6 +231,21 @@ DEFAULT_SUBFOLDERS: dict[str, tuple[str, ...]] = {
 tried in order; ``data_root/test`` and ``data_root/Test`` are tried too."""
 
 
+def _check_one_clean_folder(root: str, files: list[str]) -> None:
+    """The noise test set is one folder of clean images: a root whose images sit in several folders (CBSD68's
+    release beside its noisyN/ folders, a denoise/ folder holding BSD68 and Urban100) would score noisy or foreign
+    images as clean ones, so it is refused with the folders named."""
+    folders = sorted({posixpath.dirname(f) for f in files})
+    if len(folders) > 1:
+        prefix = os.fspath(root).replace(os.sep, "/").rstrip("/") + "/"
+        names = [f[len(prefix):] if f.startswith(prefix) else f for f in folders]
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ValueError(
+            f"the noise test set {root!r} has images in {len(folders)} folders ({shown}): point it at the one "
+            "folder of clean images (for CBSD68's release, its original_png/)"
+        )
+
+
 def find_test_roots(protocol: str, data_root: str | os.PathLike) -> dict[str, str]:
     """``{task: folder}`` for the protocol's tasks found below `data_root` (FileNotFoundError naming the misses)."""
     needed = dict.fromkeys(column.root_key for column in PROTOCOLS[protocol].columns)
@@ -308,6 +324,7 @@ class ProtocolTestSets:
                 pairs = self._row_pairs(root, spec)
             elif spec.task == "noise":
                 pairs = list(clean_source(root, "noise", name=f"{spec.dataset}").pairs)
+                _check_one_clean_folder(root, [clean for _, clean in pairs])
             elif spec.root_key == "cdd11":
                 if cdd11 is None:
                     cdd11 = {s.task_name: s for s in _cdd11_sources(root)}
