@@ -43,6 +43,11 @@ PATHS = {"reference": (False, False, "fp32"), "fast": (True, False, "fp32"),
 BF16_PATH = "fast+bf16+freed-memory-reuse"
 
 
+def paths_to_run(bf16: bool) -> list[str]:
+    """The rows a run measures, in order: every path, the bf16 one only when asked for."""
+    return [name for name in PATHS if bf16 or name != BF16_PATH]
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this fresh process: prints a JSON line with the times, peak and output digest."""
     import time
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     forwarded += ["--random", args.random] if args.random else []
     forwarded += ["--model", args.model] if args.model else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    paths = [name for name in PATHS if args.bf16 or name != BF16_PATH]
+    paths = paths_to_run(args.bf16)
     results: dict[str, list[dict]] = {name: [] for name in paths}
     outputs: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -79,14 +79,24 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "model" / "model.safetensors")
 
 
-def test_two_process_ddp_launch(corpus, tmp_path):
+def two_process_launch_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
+    """6 steps in fp32 with checkpoints every 2 steps, EMA, and validation once at the end on held-out photos."""
+    argv = train_args(corpus, output_dir, validation_images_per_task=1, mixed_precision="no", **overrides)
+    return argv + ["--validation_roots", f"clean={corpus / 'heldout'}"]
+
+
+@pytest.fixture(scope="module")
+def two_process_launch(corpus, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One eager 2-process launch, shared by the tests that check it and compare against it."""
+    output_dir = tmp_path_factory.mktemp("launch") / "ddp"
+    return output_dir, run_train(two_process_launch_args(corpus, output_dir), launcher=accelerate_launch(2),
+                                 timeout=300)
+
+
+def test_two_process_ddp_launch(two_process_launch):
     """`accelerate launch --multi_gpu --num_processes 2` on CPU (the --cpu form silently runs one process)."""
-    output_dir = tmp_path / "ddp"
-    launcher = accelerate_launch(2)
+    output_dir, result = two_process_launch
     # Validation runs on the main process only, once at the end: the other process must wait, not deadlock.
-    argv = train_args(corpus, output_dir, validation_images_per_task=1)
-    argv += ["--validation_roots", f"clean={corpus / 'heldout'}"]
-    result = run_train(argv, launcher=launcher, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert set(json.loads((output_dir / "model" / "eval_results.json").read_text())) == {
         "noise", "rain", "haze", "blur", "low-light"
@@ -831,22 +841,38 @@ def test_compile_model_flags_are_checked_before_anything_runs(corpus, tmp_path, 
     assert args.compile_model and args.compile_mode == "reduce-overhead" and args.compile_blocks is None
 
 
-def test_two_process_launch_trains_the_compiled_model(corpus, tmp_path):
+def test_two_process_launch_trains_the_compiled_model(corpus, tmp_path, two_process_launch):
     """`--compile_model` under a 2-process launch: PyTorch's DDP + torch.compile path (DDP's own bookkeeping is
-    left out of the graph), identical replicas, and the weights of the same launch without compilation."""
-    runs = {}
-    for name, extra in (("eager", {}), ("compiled", {"compile_model": "true", "compile_backend": "aot_eager"})):
-        argv = train_args(corpus, tmp_path / name, max_train_steps=4, checkpointing_steps=0, use_ema="false",
-                          mixed_precision="no", **extra)
-        result = run_train(argv, launcher=accelerate_launch(2), timeout=300)
-        assert result.returncode == 0, result.stderr[-4000:]
-        checksums = json.loads((tmp_path / name / "replica_checksums.json").read_text())["checksums"]
-        assert len(checksums) == 2 and checksums[0] == checksums[1]
-        runs[name] = final_weights(tmp_path / name)
+    left out of the graph), identical replicas, checkpoints and an EMA saved without the compiled wrapper's key
+    prefix, validation, and the weights of the same launch without compilation."""
+    eager_dir, eager = two_process_launch
+    assert eager.returncode == 0, eager.stderr[-4000:]
+    output_dir = tmp_path / "compiled"
+    argv = two_process_launch_args(corpus, output_dir, compile_model="true", compile_backend="aot_eager")
+    result = run_train(argv, launcher=accelerate_launch(2), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert "--compile_model: 1 graph(s)" in result.stderr
     assert "DDP wrapper is still referenced" not in result.stderr
-    for key, value in runs["compiled"].items():
-        torch.testing.assert_close(value, runs["eager"][key], atol=2e-5, rtol=1e-4, msg=key)
+    assert json.loads((output_dir / "model" / "eval_results.json").read_text()).keys() == json.loads(
+        (eager_dir / "model" / "eval_results.json").read_text()).keys()
+    for checkpoint in ("checkpoint-6", "model"):
+        compiled, reference = load_file_tree(output_dir / checkpoint), load_file_tree(eager_dir / checkpoint)
+        assert compiled.keys() == reference.keys(), checkpoint
+        for key, value in compiled.items():
+            torch.testing.assert_close(value, reference[key], atol=2e-5, rtol=1e-4, msg=f"{checkpoint}: {key}")
+
+
+def load_file_tree(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors file under ``folder`` and the EMA's shadow weights where saved, keyed by
+    relative file path and tensor name (or position)."""
+    tensors = {f"{path.relative_to(folder)}:{key}": value for path in sorted(folder.rglob("*.safetensors"))
+               for key, value in load_file(path).items()}
+    if (folder / "ema_state.pt").is_file():
+        shadow = torch.load(folder / "ema_state.pt", weights_only=True)["shadow_params"]
+        tensors.update({f"ema_state.pt:{i}": value for i, value in enumerate(shadow)})
+    return tensors
 
 
 def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
