@@ -122,6 +122,38 @@ def test_publish_trained_folder_with_labels_no_push(tmp_path):
     assert publish.main(["--model_dir", str(model_dir), "--eval_json", str(other), "--repo_id", "me/x",
                          "--output", str(tmp_path / "refused"), "--no_push"]) == 2
     assert not (tmp_path / "refused").exists()
+    other.write_text(json.dumps({k: v for k, v in results.items() if k != "model_type"}))  # nothing to match
+    assert publish.main(["--model_dir", str(model_dir), "--eval_json", str(other), "--repo_id", "me/x",
+                         "--output", str(tmp_path / "refused"), "--no_push"]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
+def test_publish_never_replaces_a_folder_it_did_not_write(tmp_path, monkeypatch, capsys):
+    """The publish folder is replaced as a whole, so a malformed repo id (whose default folder would be publish/
+    itself), an output holding the model being published, or an existing non-model folder are refused first."""
+    from training import publish
+
+    model = tiny_model("pip")
+    model_dir = tmp_path / "trained"
+    model.save_pretrained(model_dir)
+    eval_json = evaluation_json(model, tmp_path, "5-task")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "publish" / "other-model").mkdir(parents=True)
+    args = ["--model_dir", str(model_dir), "--eval_json", str(eval_json), "--no_push"]
+    assert publish.main([*args, "--repo_id", "me/tiny-pip/"]) == 2
+    assert "Repo id must be in the form" in capsys.readouterr().err
+    assert (tmp_path / "publish" / "other-model").is_dir()
+    for output in (model_dir, tmp_path):
+        assert publish.main([*args, "--repo_id", "me/tiny-pip", "--output", str(output)]) == 2
+        assert "would be deleted" in capsys.readouterr().err
+    assert publish.main([*args, "--repo_id", "me/tiny-pip", "--output", str(tmp_path / "publish")]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+    assert (tmp_path / "publish" / "other-model").is_dir() and (model_dir / "model.safetensors").is_file()
+    # The default folder holding an earlier model folder (a previous publish): replaced.
+    model.save_pretrained(tmp_path / "publish" / "tiny-pip")
+    assert publish.main([*args, "--repo_id", "me/tiny-pip"]) == 0
+    assert (tmp_path / "publish" / "tiny-pip" / "README.md").is_file()
+    assert (tmp_path / "publish" / "other-model").is_dir()
 
 
 def test_publish_usage_errors(tmp_path, capsys):

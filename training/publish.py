@@ -43,6 +43,8 @@ from typing import Any, Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from huggingface_hub.utils import validate_repo_id  # noqa: E402
+
 from training.checkpointing import folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -197,6 +199,17 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
     return save_model_card(card, folder)
 
 
+def check_output_folder(output: Path, source: Path) -> None:
+    """The publish folder is replaced as a whole: refuse one that holds the source being published, or an existing
+    folder that is not a model folder (no ``config.json``: ``publish/`` itself, a home or project folder)."""
+    resolved, source = output.resolve(), source.resolve()
+    if resolved == source or resolved in source.parents:
+        raise PublishError(f"--output {output} holds {source}, which would be deleted: choose another folder")
+    if resolved.is_dir() and any(resolved.iterdir()) and not (resolved / "config.json").is_file():
+        raise PublishError(f"--output {output} exists and is not a model folder (no config.json); it would be "
+                           "replaced as a whole: choose a new or empty folder")
+
+
 def prepare_folder(
     output: Path,
     *,
@@ -214,6 +227,7 @@ def prepare_folder(
 
     if (official_checkpoint is None) == (model_dir is None):
         raise PublishError("give either --official_checkpoint (with --model_type) or --model_dir")
+    check_output_folder(Path(output), Path(official_checkpoint or model_dir))
     extra: list[Path] = []
     if official_checkpoint is not None:
         if model_type is None:
@@ -234,8 +248,9 @@ def prepare_folder(
         weights = f"trained with this repository (`{Path(model_dir).name}`)"
         license = license or "apache-2.0"
     model_type = model.config.model_type
-    if results.get("model_type") not in (None, model_type):
-        raise PublishError(f"the evaluation JSON is of a {results['model_type']!r} model, this is {model_type!r}")
+    if results.get("model_type") != model_type:
+        evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
+        raise PublishError(f"the evaluation JSON {evaluated}, this is {model_type!r}")
     output = Path(output)
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
@@ -278,12 +293,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = json.loads(Path(args.eval_json).read_text())
         if "tasks" not in results or "protocol" not in results:
             raise PublishError(f"{args.eval_json} is not a training.evaluate_protocol result (no 'tasks'/'protocol')")
+        validate_repo_id(args.repo_id)  # before anything is written: the default folder is named after it
         output = Path(args.output or Path("publish") / args.repo_id.split("/")[-1])
         folder = prepare_folder(
             output, results=results, repo_id=args.repo_id, official_checkpoint=args.official_checkpoint,
             model_type=args.model_type, model_dir=args.model_dir, config_overrides=args.config, license=args.license,
         )
-    except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers
+    except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers, bad repo id
         sys.stderr.write(f"publish failed: {error}\n")
         return 2
     sys.stdout.write(f"verified folder: {folder}\n")
