@@ -178,6 +178,15 @@ def test_publish_usage_errors(tmp_path, capsys):
     assert publish.main(["--official_checkpoint", str(tmp_path / "odd.ckpt"), "--model_type", "pip", "--eval_json",
                          str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
     assert "cannot convert" in capsys.readouterr().err
+    # CPL's BasicSR file has exactly PromptIR's keys: as --model_type promptir (Lightning files only) it is refused
+    # rather than published as a soft-routing PromptIR.
+    from cpl_official_weights import random_official_cpl_weights
+
+    weights = random_official_cpl_weights()
+    torch.save({"params": weights, "params_ema": weights}, tmp_path / "CPLIR_3task.pth")
+    assert publish.main(["--official_checkpoint", str(tmp_path / "CPLIR_3task.pth"), "--model_type", "promptir",
+                         "--eval_json", str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+    assert "a BasicSR file holding ['params', 'params_ema']" in capsys.readouterr().err
 
 
 def test_verification_fails_for_a_folder_missing_its_code(tmp_path):

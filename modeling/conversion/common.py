@@ -91,7 +91,12 @@ def read_official_checkpoint(path: str | Path, container_keys: Iterable[str], st
         if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             state_dict = checkpoint
         else:
-            raise ValueError(f"{path}: none of {list(container_keys)} found; keys are {sorted(checkpoint)[:10]}")
+            basicsr = sorted({"params", "params_ema"} & set(checkpoint))
+            hint = (f" (a BasicSR file holding {basicsr}, as CPL's and PIP's releases are: another method's "
+                    "checkpoint?)" if basicsr else "")
+            raise ValueError(
+                f"{path}: none of {list(container_keys)} found; keys are {sorted(checkpoint)[:10]}{hint}"
+            )
     prefixes = [p for p in (strip_prefix, "module.") if p]
     cleaned = {}
     for key, value in state_dict.items():

@@ -42,9 +42,9 @@ def convert_promptir_checkpoint(
     checkpoint_path: str, config: PromptIRConfig | None = None, drop_unused_official_modules: bool = False
 ) -> PromptIRForImageRestoration:
     """Read an official PromptIR file and return our model with its weights loaded strictly."""
-    official = read_official_checkpoint(
-        checkpoint_path, container_keys=("state_dict", "params_ema", "params"), strip_prefix="net."
-    )
+    # Only Lightning's container: CPL's BasicSR files (params / params_ema) hold the very same keys, and converting
+    # one here would silently give a soft-routing PromptIR instead of CPL.
+    official = read_official_checkpoint(checkpoint_path, container_keys=("state_dict",), strip_prefix="net.")
     if drop_unused_official_modules:
         official = {k: v for k, v in official.items() if k.split(".")[0] not in UNUSED_OFFICIAL_MODULES}
     if config is None:
