@@ -25,7 +25,7 @@ from .modeling_pip import PIPForImageRestoration
 from .modeling_promptir import PromptIRForImageRestoration
 from .modeling_restormer import RestormerForImageRestoration
 from .modeling_utils import PromptRestorationPreTrainedModel, RestorationInputError
-from .pipeline_restoration import ImageRestorationPipeline, register_pipeline
+from .pipeline_restoration import ImageRestorationPipeline, register_pipeline, save_restoration_folder
 
 MODEL_CLASSES = {
     "restormer": (RestormerConfig, RestormerForImageRestoration),
@@ -73,5 +73,6 @@ __all__ = [
     "RestormerForImageRestoration",
     "RestorationImageProcessor",
     "register_pipeline",
+    "save_restoration_folder",
     "restore",
 ]

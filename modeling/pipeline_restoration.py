@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import difflib
+import json
+import os
+from pathlib import Path
 from typing import Any, Optional
 
 from transformers import AutoModelForImageToImage, Pipeline
@@ -70,6 +73,7 @@ class ImageRestorationPipeline(Pipeline):
     _load_processor = False
     _load_image_processor = True
     _load_feature_extractor = False
+    _load_video_processor = False  # else transformers looks for one and asks whether to run the folder's code
     _load_tokenizer = False
 
     def __init__(self, *args, **kwargs) -> None:
@@ -192,4 +196,36 @@ def register_pipeline() -> None:
     )
 
 
-__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline"]
+#: Config keys that point at the code files of a saved folder (remote code): stripped when the code is left out.
+_CODE_REFERENCES = ("auto_map", "custom_pipelines")
+
+
+def save_restoration_folder(
+    model: Any, folder: str | os.PathLike, image_processor: Optional[RestorationImageProcessor] = None,
+    *, with_code: bool = True,
+) -> Path:
+    """Save weights (safetensors), config, image processor and, with `with_code`, the modeling code and the
+    pipeline definition: the folder then loads with `AutoModel`, `AutoImageProcessor` and
+    ``pipeline("image-restoration", ...)`` both with this package (``pipeline_class=ImageRestorationPipeline``)
+    and without it (``trust_remote_code=True``). Without the code (a folder shipped inside the package) the config
+    keeps no reference to code files, so ``pipeline("image-restoration", model=folder)`` works with the package."""
+    from transformers import pipeline
+
+    register_pipeline()
+    folder = Path(folder)
+    device = next(model.parameters()).device
+    restorer = pipeline(TASK_NAME, model=model, image_processor=image_processor or RestorationImageProcessor(),
+                        device=device)
+    restorer.save_pretrained(folder)
+    if not with_code:
+        for code_file in folder.glob("*.py"):
+            code_file.unlink()
+        for name in ("config.json", "preprocessor_config.json"):
+            path = folder / name
+            saved = json.loads(path.read_text())
+            path.write_text(json.dumps({k: v for k, v in saved.items() if k not in _CODE_REFERENCES}, indent=2,
+                                       sort_keys=True) + "\n")
+    return folder
+
+
+__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline", "save_restoration_folder"]

@@ -48,6 +48,30 @@ def test_demo_folder_is_complete_and_small():
     assert f"{evaluation['results']['noise-25']['psnr']}" in card
 
 
+def test_the_demo_runs_the_ways_its_card_says_without_asking_to_run_code(demo_model, monkeypatch):
+    """Without code files the demo's configs name none (a dangling auto_map / custom_pipelines made transformers ask
+    for trust_remote_code and then fail): the card's snippets run with the installed package, no prompt."""
+    from transformers import AutoConfig, AutoImageProcessor, pipeline
+
+    from training.model_card import packaged_usage_section
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("transformers asked whether to run the folder's code")
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    for name in ("config.json", "preprocessor_config.json"):
+        saved = json.loads((DEMO_CHECKPOINT_DIR / name).read_text())
+        assert not {"auto_map", "custom_pipelines"} & set(saved), name
+    assert packaged_usage_section() in (DEMO_CHECKPOINT_DIR / "README.md").read_text()
+    assert type(AutoConfig.from_pretrained(DEMO_CHECKPOINT_DIR)).__module__ == "modeling.configuration_pip"
+    assert type(AutoImageProcessor.from_pretrained(DEMO_CHECKPOINT_DIR)) is modeling.RestorationImageProcessor
+    image = Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8))
+    restorer = pipeline("image-restoration", model=str(DEMO_CHECKPOINT_DIR))
+    assert isinstance(restorer, modeling.ImageRestorationPipeline)
+    np.testing.assert_array_equal(np.asarray(restorer(image, degradation="noise")),
+                                  np.asarray(restore(image, demo_model, degradation="noise")))
+
+
 def test_demo_loads_with_automodel(demo_model):
     assert isinstance(demo_model, PIPForImageRestoration)
     assert demo_model.can_estimate_degradation

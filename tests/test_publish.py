@@ -95,7 +95,7 @@ def test_publish_official_checkpoint_to_fake_hub(tmp_path):
     assert json.loads(received["protocol_results.json"]) == results
 
 
-def test_publish_trained_folder_with_labels_no_push(tmp_path):
+def test_publish_trained_folder_with_labels_no_push(tmp_path, monkeypatch):
     """A PIP folder (labels) through --model_dir: verified with remote code, card from a 5-task evaluation."""
     from huggingface_hub import ModelCard
 
@@ -116,6 +116,21 @@ def test_publish_trained_folder_with_labels_no_push(tmp_path):
     assert card.data.license == "apache-2.0" and "pip" in card.data.tags
     assert "| IDR | 25.24/0.943 |" in card.text and "Prompt-In-Prompt" in card.text
     assert any(p.suffix == ".py" for p in out.iterdir()) and not list(tmp_path.glob(".folder.partial"))
+    # With the package installed, the README's pipeline call runs the package's code, without a prompt; a plain
+    # call asks for trust_remote_code (the folder declares its pipeline for use without the package).
+    import numpy as np
+    from transformers import pipeline
+
+    import modeling
+
+    monkeypatch.setattr("builtins.input", lambda *a, **k: pytest.fail("transformers asked to run the folder's code"))
+    image = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)
+    restorer = pipeline("image-restoration", model=str(out), pipeline_class=modeling.ImageRestorationPipeline)
+    assert type(restorer.model).__module__ == "modeling.modeling_pip"
+    np.testing.assert_array_equal(restorer(image, degradation="rain", output_type="np", dtype="fp32"),
+                                  modeling.restore(image, model, degradation="rain", dtype="fp32"))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("image-restoration", model=str(out))
     # an evaluation of another kind of model is refused before anything is written
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**results, "model_type": "promptir"}))

@@ -134,8 +134,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
-    from transformers import pipeline as make_pipeline
-
+    from modeling import save_restoration_folder
     from modeling.inference import load_model, load_processor
 
     model = load_model(args.model, device="cpu")
@@ -153,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     }
     processor = load_processor(args.model)  # the saved one, else the defaults
     with folder_written_atomically(args.output) as partial:
-        make_pipeline("image-restoration", model=grown, image_processor=processor, device="cpu").save_pretrained(partial)
+        save_restoration_folder(grown, partial, processor)
         (partial / "grow_model.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("grown %s -> %s: %s -> %s parameters, output unchanged (max |difference| %g)", args.model,
                 args.output, f"{record['parameters'][0]:,}", f"{record['parameters'][1]:,}", difference)

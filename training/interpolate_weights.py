@@ -101,8 +101,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     args = parse_args(argv)
-    from transformers import pipeline as make_pipeline
-
+    from modeling import save_restoration_folder
     from modeling.inference import load_model, load_processor
 
     weights = args.weights if args.weights is not None else [1.0 / len(args.models)] * len(args.models)
@@ -111,8 +110,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     record = {"models": [str(source) for source in args.models], "weights": list(weights)}
     processor = load_processor(args.models[0])
     with folder_written_atomically(args.output) as partial:
-        make_pipeline("image-restoration", model=interpolated, image_processor=processor,
-                      device="cpu").save_pretrained(partial)
+        save_restoration_folder(interpolated, partial, processor)
         (partial / "interpolate_weights.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("%s: %s", args.output, ", ".join(f"{w:g} x {m}" for w, m in zip(weights, args.models)))
     return record

@@ -75,6 +75,7 @@ def build_model_card(
     results_source: str = DEFAULT_RESULTS_SOURCE,
     comparison: str = "",
     license: str = "apache-2.0",
+    usage: Optional[str] = None,
 ) -> "ModelCard":
     """A `huggingface_hub.ModelCard` for a trained model, with model-index results taken from `results`.
 
@@ -96,6 +97,7 @@ def build_model_card(
         comparison: optional Markdown shown after the results table (e.g. the published numbers beside ours,
             rendered from the same evaluation JSON).
         license: the card's ``license`` field (the weights' licence).
+        usage: the card's usage section (default: `usage_section` of ``model_id``, for a folder with its code).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -144,7 +146,7 @@ def build_model_card(
         results_table=results_table(results),
         training_section=training_section(training_summary),
         recipe_config=recipe_config(training_summary),
-        usage_section=usage_section(model_id),
+        usage_section=usage if usage is not None else usage_section(model_id),
         figures=[{"path": Path(f).as_posix(), "caption": _caption(f)} for f in figures],
     )
 
@@ -254,6 +256,37 @@ prompt-restore degraded.png -o restored/ --model {model_id} --trust-remote-code
 
 In a browser: the repository's Gradio Space (`python space/app.py`, or publish your own with
 `python space/build_space.py --push you/name`) takes this model id in its model picker."""
+
+
+def packaged_usage_section() -> str:
+    """How to run the demo checkpoint shipped inside the package (a folder without code: the package is the code)."""
+    return """This checkpoint ships inside the package (`modeling/demo`, no code files of its own): it is the model that
+`restore()`, the `prompt-restore` CLI and the Space use when no other is given.
+
+```python
+from modeling import restore
+
+restore("degraded.png", degradation="auto").save("restored.png")  # model=None: this checkpoint
+```
+
+With the `image-restoration` pipeline (large images: pass `tile=256` for bounded memory):
+
+```python
+import modeling
+from transformers import pipeline
+
+restorer = pipeline("image-restoration", model=str(modeling.inference.DEMO_CHECKPOINT_DIR))
+restorer("degraded.png").save("restored.png")
+```
+
+From the command line, with this repository installed (`pip install .` in a clone):
+
+```bash
+prompt-restore degraded.png -o restored/
+```
+
+To put it on the Hub as a folder that carries its code (`trust_remote_code=True` where the package is not
+installed), with this card's numbers: `python -m training.publish --model_dir modeling/demo ...` (README, "Publish")."""
 
 
 def _check_result(result: Mapping[str, Any], index: int) -> Dict[str, Any]:
@@ -375,23 +408,16 @@ def save_model_folder(
     processor, ``README.md`` from `build_model_card` with `results` (``{task: {"psnr", "ssim", "input_psnr",
     ...}}`` as measured on `dataset`), ``training_curves.png`` and ``eval_results.json``.
     """
-    from transformers import pipeline as make_pipeline
+    from modeling import save_restoration_folder
 
-    if image_processor is None:
-        from modeling.image_processing_restoration import RestorationImageProcessor
-
-        image_processor = RestorationImageProcessor()
     folder = Path(folder)
-    device = next(model.parameters()).device
     card_results = [
         {"task": task, "dataset": dataset, "split": "validation", "num_images": scores.get("images"),
          **{k: v for k, v in scores.items() if k != "images"}}
         for task, scores in results.items()
     ]
     with folder_written_atomically(folder) as partial:
-        make_pipeline("image-restoration", model=model, image_processor=image_processor, device=device).save_pretrained(
-            partial
-        )
+        save_restoration_folder(model, partial, image_processor)
         figures = []
         if plot_training_curves(history, partial / "training_curves.png", validation_history):
             figures.append("training_curves.png")

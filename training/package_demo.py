@@ -120,13 +120,10 @@ def package_demo(
     ``weights_name``: where the card says the weights are kept (e.g. the committed ``training/weights/...`` folder);
     default: ``model_dir``, which is often a scratch folder under ``outputs/``.
     """
-    from transformers import pipeline as make_pipeline
-
-    import modeling  # noqa: F401  (registers the task)
-    from modeling import RestorationImageProcessor
+    from modeling import save_restoration_folder
     from modeling.inference import load_model
     from training.evaluate_model import evaluate_heldout, evaluate_heldout_in_processes, markdown_table
-    from training.model_card import build_model_card, save_model_card
+    from training.model_card import build_model_card, packaged_usage_section, save_model_card
 
     model = load_model(str(model_dir), device="cpu")
     if inference_tile is not None:
@@ -143,9 +140,7 @@ def package_demo(
             )
         results = earlier["results"]
     with folder_written_atomically(output) as partial:
-        make_pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu").save_pretrained(partial)
-        for code_file in partial.glob("*.py"):
-            code_file.unlink()  # the installed package provides the classes
+        save_restoration_folder(model, partial, with_code=False)  # the installed package provides the classes
         if not reuse_evaluation and eval_workers > 1:  # the workers load what is shipped (with its inference_tile)
             results = evaluate_heldout_in_processes(partial, heldout, eval_workers, auto_mode=auto_mode)
         elif not reuse_evaluation:
@@ -173,6 +168,7 @@ def package_demo(
             figures=figures,
             results_source=RESULTS_SOURCE,
             comparison=heldout_comparison(results, auto_mode),
+            usage=packaged_usage_section(),
         )
         save_model_card(card, partial)
         (partial / "heldout_table.md").write_text(markdown_table(results) + "\n")

@@ -106,14 +106,9 @@ def _probe_label(model: Any) -> Optional[str]:
 
 def save_folder(model: Any, folder: Path, processor: Any = None, extra_files: Sequence[Path] = ()) -> None:
     """Save weights, config, code and processor through the ``image-restoration`` pipeline (what remote code needs)."""
-    import modeling  # noqa: F401 - registers the pipeline task and the auto classes
-    from transformers import pipeline as make_pipeline
+    from modeling import save_restoration_folder
 
-    if processor is None:
-        from modeling.image_processing_restoration import RestorationImageProcessor
-
-        processor = RestorationImageProcessor()
-    make_pipeline("image-restoration", model=model, image_processor=processor, device="cpu").save_pretrained(folder)
+    save_restoration_folder(model, folder, processor)
     for path in extra_files:
         target = folder / path.name
         if not target.exists():

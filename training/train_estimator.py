@@ -131,9 +131,7 @@ def heldout_confusion(model, heldout: Path, seed: int = 0) -> dict:
 
 def train_estimator(args: argparse.Namespace) -> dict:
     """Run the estimator stage; returns the record written as ``estimator_training.json``."""
-    from transformers import pipeline as make_pipeline
-
-    from modeling import RestorationImageProcessor
+    from modeling import RestorationImageProcessor, save_restoration_folder
     from modeling.inference import load_model
     from training.data import build_dataloader, build_stream
     from training.evaluation import degradation_label_lookup
@@ -245,8 +243,7 @@ def train_estimator(args: argparse.Namespace) -> dict:
         else RestorationImageProcessor()
     model.requires_grad_(True)
     with folder_written_atomically(args.output) as partial:
-        # The pipeline's save writes config, safetensors, processor and fresh code files (trust_remote_code).
-        make_pipeline("image-restoration", model=model, image_processor=processor, device="cpu").save_pretrained(partial)
+        save_restoration_folder(model, partial, processor)  # config, safetensors, processor, fresh code files
         if source.is_dir():  # keep the run's card, curves and validation results beside the new weights
             for name in ("README.md", "training_curves.png", "eval_results.json", "replica_checksums.json"):
                 if (source / name).is_file():

@@ -120,11 +120,16 @@ def load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) 
 
 
 def check_output_slice(model: torch.nn.Module, expected: torch.Tensor | None, **forward_kwargs) -> torch.Tensor:
-    """Run the converted model on a fixed input and compare a 3x3 output slice when one is known."""
+    """Run the converted model on a fixed input and return its 3x3 output slice ``[0, 0, :3, :3]``.
+
+    Raises when the output is not finite, or differs from `expected` (a slice recorded from the official code).
+    """
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.rand(1, model.config.in_channels, 32, 32, generator=generator)
     with torch.no_grad():
         output = model(pixel_values, **forward_kwargs).reconstruction
+    if not torch.isfinite(output).all():
+        raise ValueError("the converted model's output on a fixed input is not finite: the weights are damaged")
     output_slice = output[0, 0, :3, :3]
     if expected is not None and not torch.allclose(output_slice, expected, atol=1e-4):
         raise ValueError(f"converted model output slice {output_slice.tolist()} differs from expected {expected}")
@@ -135,15 +140,22 @@ def check_output_slice(model: torch.nn.Module, expected: torch.Tensor | None, **
 def base_argument_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("checkpoint", help="official checkpoint file (.pth / .ckpt)")
-    parser.add_argument("output_dir", help="folder to write config.json + model.safetensors (+ code)")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
+    parser.add_argument("output_dir", help="folder to write (weights, config, processor, code; see save_converted)")
     return parser
 
 
-def save_converted(model, output_dir: str, push_to_hub: str | None, **forward_kwargs) -> None:
-    """Check a numeric output slice, then save (safetensors + code) and optionally upload."""
-    check_output_slice(model, expected=None, **forward_kwargs)
-    model.save_pretrained(output_dir)
-    if push_to_hub:
-        model.push_to_hub(push_to_hub)
+def save_converted(model, output_dir: str, expected_slice: torch.Tensor | None = None, **forward_kwargs) -> None:
+    """Check the output on a fixed input, save the complete folder (safetensors, config, image processor, code and
+    pipeline: what `training.publish` uploads, without the card), then reload it and check the same output.
+
+    To publish converted weights with a model card and evaluation, use ``python -m training.publish
+    --official_checkpoint FILE --model_type TYPE`` (it converts with these converters)."""
+    from ..pipeline_restoration import save_restoration_folder
+
+    before = check_output_slice(model, expected_slice, **forward_kwargs)
+    save_restoration_folder(model, output_dir)
+    reloaded = type(model).from_pretrained(output_dir).eval()
+    after = check_output_slice(reloaded, None, **forward_kwargs)
+    if not torch.equal(before, after):
+        raise ValueError(f"{output_dir} reloads with another output ({after.tolist()} vs {before.tolist()})")
     logger.info("saved %s", output_dir)

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert_cpl_checkpoint(args.checkpoint, use_ema_weights=args.use_ema_weights)
-    save_converted(model, args.output_dir, args.push_to_hub)
+    save_converted(model, args.output_dir)
 
 
 if __name__ == "__main__":

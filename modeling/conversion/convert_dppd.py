@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", nargs="?", help="folder to write config.json + model.safetensors (+ code)")
     parser.add_argument("--inspect", action="store_true", help="only list the file's keys and shapes")
     parser.add_argument("--config", type=json.loads, default={}, help="DPPDConfig overrides, JSON")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="also upload to this Hub repo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.inspect:
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output_dir:
         parser.error("output_dir is required unless --inspect is given")
     model = convert_dppd_checkpoint(args.checkpoint, DPPDConfig(**args.config))
-    save_converted(model, args.output_dir, args.push_to_hub)
+    save_converted(model, args.output_dir)
 
 
 if __name__ == "__main__":

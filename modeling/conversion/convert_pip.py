@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert_pip_checkpoint(args.checkpoint, with_degradation_estimator=args.with_degradation_estimator)
-    save_converted(model, args.output_dir, args.push_to_hub, degradation_labels="noise")
+    save_converted(model, args.output_dir, degradation_labels="noise")
 
 
 if __name__ == "__main__":

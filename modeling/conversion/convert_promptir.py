@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = convert_promptir_checkpoint(args.checkpoint, drop_unused_official_modules=args.drop_unused_official_modules)
-    save_converted(model, args.output_dir, args.push_to_hub)
+    save_converted(model, args.output_dir)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         in_channels=6 if args.dual_pixel_task else 3,
     )
     model = convert_restormer_checkpoint(args.checkpoint, config)
-    save_converted(model, args.output_dir, args.push_to_hub)
+    save_converted(model, args.output_dir)
 
 
 if __name__ == "__main__":
