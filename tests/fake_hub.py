@@ -314,13 +314,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _tree(self, params: Dict[str, str], body: bytes, method: str) -> None:
         if not self._known(params["repo"]):
             return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
+        from urllib.parse import parse_qs, urlsplit
+
         prefix = (params.get("path") or "").strip("/")
+        recursive = parse_qs(urlsplit(self.path).query).get("recursive", ["false"])[0].lower() == "true"
         entries, folders = [], set()
         for path, content in sorted(self.fake_hub.files(params["repo"]).items()):
             if prefix and not path.startswith(prefix + "/"):
                 continue
             rest = path[len(prefix) + 1:] if prefix else path
-            if "/" in rest:  # one level only: sub-folders as directory entries
+            if "/" in rest and not recursive:  # one level: sub-folders as directory entries (recursive: every file)
                 folders.add(f"{prefix}/{rest.split('/')[0]}" if prefix else rest.split("/")[0])
             else:
                 entries.append(self._entry(path, content))

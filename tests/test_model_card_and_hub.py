@@ -189,7 +189,10 @@ def test_metric_input_errors(metric):
 
 @pytest.mark.parametrize(
     "model_type, paper",
-    [("pip", "2312.05038"), ("promptir", "2306.13090"), ("restormer", "2111.09881"), ("dppd", "2111.09881")],
+    # DPPD's paper has no arXiv id: its card gives the DOI (the generic card cites Restormer's arXiv id as well, so
+    # only the DOI shows that the DPPD card was used).
+    [("pip", "2312.05038"), ("promptir", "2306.13090"), ("restormer", "2111.09881"),
+     ("dppd", "10.1109/tip.2025.3567205")],
 )
 def test_model_card_round_trip(tmp_path, model_type, paper):
     from huggingface_hub import ModelCard
@@ -219,7 +222,7 @@ def test_model_card_round_trip(tmp_path, model_type, paper):
     assert SUMMARY["command"] in text and DEFAULT_METRIC_PROTOCOL in text
     assert f'AutoModel.from_pretrained("org/{model_type}-tiny", trust_remote_code=True)' in text
     assert 'pipeline("image-restoration"' in text and "prompt-restore degraded.png" in text
-    assert f"arXiv:{paper}" in text or f"arxiv.org/abs/{paper}" in text
+    assert f"arXiv:{paper}" in text or f"arxiv.org/abs/{paper}" in text or f"(DOI {paper})" in text
 
 
 def test_model_card_takes_numbers_only_from_results(tmp_path):
@@ -421,3 +424,30 @@ def test_push_error_in_process_when_offline(model_folder):
     assert isinstance(caught.value, RuntimeError) and "\n" not in str(caught.value)
     with pytest.raises(HubPushError, match="is not a folder"):
         push_folder_to_hub(model_folder / "missing", "me/tiny", token="hf_fake")
+
+
+def test_a_second_push_leaves_no_file_of_the_first_and_never_uploads_pickles_or_hidden_files(model_folder, tmp_path):
+    """The repo holds what the folder holds: a file the folder no longer has is deleted by the next push (in the
+    same commit), pickled files (weights go out as safetensors only) and hidden files at any depth stay out."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    (folder / "old_figure.png").write_bytes((folder / "validation_grid.png").read_bytes())
+    (folder / "notes.pt").write_bytes(b"pickled")
+    (folder / "sub").mkdir()
+    (folder / "sub" / ".secret_env").write_text("HF_TOKEN=hf_secret")
+    (folder / "sub" / "extra.json").write_text("{}")
+    with FakeHub() as hub:
+        first = _push_cli(folder, hub.client_env())
+        assert first.returncode == 0, first.stderr
+        assert {"old_figure.png", "sub/extra.json", "model.safetensors"} <= set(hub.files("me/tiny"))
+        (folder / "old_figure.png").unlink()
+        shutil.rmtree(folder / "sub")
+        second = _push_cli(folder, hub.client_env())
+        assert second.returncode == 0, second.stderr
+        received = hub.files("me/tiny")
+    assert len(hub.commits) == 2
+    assert set(received) == {name for name in _snapshot(folder)
+                             if not name.startswith("checkpoint-") and name != "notes.pt"}
+    assert not {"old_figure.png", "notes.pt", "sub/.secret_env", "sub/extra.json"} & set(received)

@@ -38,8 +38,10 @@ TEMPLATE_FILES = {
 }
 GENERIC_TEMPLATE = "generic.md"
 
-#: Training output that is not part of the published model (accelerate checkpoints, temporary folders).
-DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "*.tmp", "*.tmp/*", ".*")
+#: Never uploaded: training output that is not part of the published model (accelerate checkpoints, temporary
+#: folders), hidden files at any depth, and pickled files (weights go out as safetensors only).
+DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "*.tmp", "*.tmp/*", ".*", "*/.*", "*.bin", "*.pt", "*.pth", "*.ckpt",
+                           "*.pkl", "*.pickle")
 
 _RESULT_NUMBER_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim")
 
@@ -443,7 +445,10 @@ def push_folder_to_hub(
     private: Optional[bool] = None,
     ignore_patterns: Sequence[str] = DEFAULT_IGNORE_PATTERNS,
 ) -> str:
-    """Create `repo_id` if needed and upload everything in `folder` in one commit; return the commit URL.
+    """Create `repo_id` if needed and make it hold what `folder` holds, in one commit; return the commit URL.
+
+    Files matching `ignore_patterns` stay out; files of an earlier upload that `folder` no longer has (older
+    weights, figures) are deleted in the same commit, so the repo never mixes two models.
 
     Raises `HubPushError` (one line, naming the local folder) when offline (``HF_HUB_OFFLINE=1``), without a
     token (argument, ``HF_TOKEN`` or ``hf auth login``), or when the Hub answers with an error. The folder is only
@@ -467,6 +472,7 @@ def push_folder_to_hub(
             folder_path=folder,
             commit_message=commit_message,
             ignore_patterns=list(ignore_patterns) or None,
+            delete_patterns="*",  # what this folder does not have (the Hub keeps .gitattributes)
         )
     except Exception as error:  # noqa: BLE001 - network boundary: every failure becomes one clear line
         _fail(_one_line(error), folder, repo_id, cause=error)
