@@ -150,9 +150,13 @@ class RestorationBackboneConfig(PreTrainedConfig):
         """As transformers, but a saved config may hold keys of a newer version (kept, with a warning)."""
         token = _READING_SAVED_CONFIG.set(True)
         try:
-            return super().from_dict(config_dict, **kwargs)
+            result = super().from_dict(config_dict, **kwargs)
         finally:
             _READING_SAVED_CONFIG.reset(token)
+        # from_pretrained(..., pad_mode=...) overrides are set as attributes after construction, past the checks
+        # that construction runs: check the final config now, not when it is saved after a whole training run.
+        (result[0] if isinstance(result, tuple) else result).validate()
+        return result
 
     @property
     def size_multiple(self) -> int:

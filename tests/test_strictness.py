@@ -88,6 +88,25 @@ def test_config_values_that_would_fail_later_are_refused_now(config_class, overr
         config_class(**overrides)
 
 
+def test_overrides_given_to_from_pretrained_are_checked_when_loading(tmp_path):
+    """from_pretrained(folder, pad_mode=...) sets overrides after the config is built: they are checked there, so a
+    training run started from pretrained weights fails at the start, not when it saves the model at the end."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from training import train
+
+    tiny_model("pip").save_pretrained(tmp_path / "pip")
+    for overrides, message in ((dict(pad_mode="circular"), "pad_mode"), (dict(inference_tile=3), "inference_tile")):
+        with pytest.raises(StrictDataclassClassValidationError, match=message):
+            modeling.PIPForImageRestoration.from_pretrained(tmp_path / "pip", **overrides)
+        args = train.TrainingArguments(model_type="pip", pretrained_model_name_or_path=str(tmp_path / "pip"),
+                                       model_config=overrides)
+        with pytest.raises(ValueError, match=f"model_config .* as overrides of .*{message}"):
+            train.build_model(args)
+    assert modeling.PIPForImageRestoration.from_pretrained(tmp_path / "pip", inference_tile=16).config.inference_tile \
+        == 16
+
+
 def test_forward_rejects_misspelled_keyword(model_type):
     model = tiny_model(model_type)
     with pytest.raises(TypeError, match="degradation_label"):

@@ -48,6 +48,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
@@ -545,9 +546,15 @@ def build_model(args: TrainingArguments):
     """
     config_class, model_class = MODEL_CLASSES[args.model_type]
     if args.pretrained_model_name_or_path:
-        model, loading = model_class.from_pretrained(
-            args.pretrained_model_name_or_path, output_loading_info=True, **args.model_config
-        )
+        try:
+            model, loading = model_class.from_pretrained(
+                args.pretrained_model_name_or_path, output_loading_info=True, **args.model_config
+            )
+        except StrictDataclassError as error:  # an override the config's checks refuse: now, not at the final save
+            raise ValueError(
+                f"model_config {args.model_config} as overrides of {args.pretrained_model_name_or_path}'s config: "
+                f"{' '.join(str(error.__cause__ or error).split())}"
+            ) from error
         # (Weights of another shape already make from_pretrained raise; unexpected keys only print a report.)
         dropped = sorted(loading.get("unexpected_keys", ()))
         if dropped:
