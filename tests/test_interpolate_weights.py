@@ -44,8 +44,16 @@ def test_the_midpoint_restores_between_the_two_runs():
     with torch.no_grad():
         outputs = [model(pixel_values=pixels, degradation_labels=["noise"]).reconstruction
                    for model in (first, middle, second)]
-    assert not torch.equal(outputs[0], outputs[2])
-    assert (outputs[1] - outputs[0]).abs().max() > 0 and (outputs[1] - outputs[2]).abs().max() > 0
+    start, middle_out, end = (output.flatten().double() for output in outputs)
+    span = (end - start).norm()
+    assert span > 1  # the two runs restore differently (19.8 here: an RMS difference of 0.36 over 3072 values)
+    # The network is not linear in its weights, so the midpoint's output is not exactly the outputs' average, but it
+    # lies between them: measured along start -> end it sits near half way (0.46 here), and it is far closer to the
+    # average than the ends are (0.21 x span here; the ends are 0.5 x span away). An extrapolation such as
+    # 3 a - 2 b lands outside (-0.67 and 3.5 x span).
+    position = float((middle_out - start) @ (end - start) / span**2)
+    assert 0.3 < position < 0.7
+    assert (middle_out - (start + end) / 2).norm() < 0.35 * span
 
 
 def test_weights_and_models_that_cannot_be_averaged_are_refused():

@@ -45,14 +45,22 @@ def test_large_odd_size():
 
 
 def test_padding_does_not_change_divisible_inputs(model_type):
-    """The model pads internally; a multiple-of-8 input must be processed exactly as the bare network."""
+    """The model pads internally; a multiple-of-8 input must be processed exactly as the bare network: the
+    network's first layer receives the input itself, unpadded, and other sizes only up to the next multiple."""
     model = tiny_model(model_type)
+    assert model.config.size_multiple == 8
+    network_inputs = []  # what the U-Net's patch embedding (its first layer) is given, call by call
+    model.unet.patch_embed.register_forward_pre_hook(lambda module, args: network_inputs.append(args[0]))
     pixel_values = torch.rand(1, 3, 16, 24)
+    assert torch.equal(model.pad_to_multiple(pixel_values), pixel_values)
     with torch.no_grad():
-        a = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
-        b = model(torch.cat([pixel_values, pixel_values]), **forward_kwargs(model_type, 2)).reconstruction
-    torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(b[0], b[1], atol=0, rtol=0)
+        restored = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
+        network_inputs_divisible = list(network_inputs)
+        network_inputs.clear()
+        model(torch.rand(1, 3, 17, 33), **forward_kwargs(model_type, 1))
+    assert restored.shape == pixel_values.shape
+    assert network_inputs_divisible and all(torch.equal(seen, pixel_values) for seen in network_inputs_divisible)
+    assert network_inputs and all(seen.shape == (1, 3, 24, 40) for seen in network_inputs)
 
 
 def test_loss_and_return_dict_false(model_type):

@@ -97,6 +97,11 @@ def test_promptir_converter_lightning_checkpoint(tmp_path):
     assert model.config.keep_unused_official_modules
     ours = model.state_dict()
     assert len(ours) == 548
+    # Every official tensor lands, unchanged, under the key the converter's renaming rules give it (prompt
+    # components lose their leading broadcast axis); the hand-written names below check the rules themselves.
+    for key, value in official.items():
+        expected = value[0] if key.endswith("prompt_param") else value
+        assert torch.equal(ours[rename_key(key, convert_promptir.KEY_RULES)], expected), key
     torch.testing.assert_close(
         ours["decoder_prompts.latent.generator.prompt_components"], official["prompt3.prompt_param"][0]
     )

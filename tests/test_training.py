@@ -633,14 +633,35 @@ def test_degradation_label_lookup_follows_the_model_class_order():
     assert degradation_label_lookup(reordered, tasks)[torch.tensor([4, 0, 2])].tolist() == [2, 1, 3]
 
 
+#: The recording model's degradation classes: the 5-task names in another order than the stream's.
+MODEL_NAMES = ("rain", "noise", "low-light", "haze", "blur")
+
+
 def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dict]:
     """In-process run of main() with a tiny PIP that records what each training forward receives."""
     from accelerate.state import AcceleratorState
 
+    import training.data
     import training.train as train_module
     from modeling import PIPForImageRestoration
 
     seen = []
+    stream_batches = []  # (stream label names, task ids) of each batch the real loader hands to the training loop
+    build_dataloader = training.data.build_dataloader
+
+    class RecordingLoader:
+        """The real loader (state_dict and all), noting each batch's stream task ids on its way to the step."""
+
+        def __init__(self, stream, *args, **kwargs):
+            self.loader, self.label_names = build_dataloader(stream, *args, **kwargs), stream.label_names
+
+        def __iter__(self):
+            for batch in self.loader:
+                stream_batches.append((self.label_names, batch["task"].tolist()))
+                yield batch
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
 
     class RecordingPIP(PIPForImageRestoration):
         accepts_degradation_labels = True
@@ -651,6 +672,7 @@ def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dic
                 seen.append({
                     "dtype": pixel_values.dtype, "min": float(pixel_values.min()), "max": float(pixel_values.max()),
                     "label_dtype": labels.dtype, "degradation_labels": degradation_labels,
+                    "stream_batch": stream_batches[-1] if stream_batches else None,
                     "channels_last": [t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                                       for t in (pixel_values, labels, weight)],
                     "autocast": torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None,
@@ -669,10 +691,10 @@ def run_recording_main(corpus, output_dir, monkeypatch, **overrides) -> list[dic
 
     def build_model(args):
         config_class, _ = train_module.MODEL_CLASSES["pip"]
-        names = ["rain", "noise", "low-light", "haze", "blur"]
-        return RecordingPIP(config_class(**args.model_config, degradation_names=names))
+        return RecordingPIP(config_class(**args.model_config, degradation_names=list(MODEL_NAMES)))
 
     monkeypatch.setattr(train_module, "build_model", build_model)
+    monkeypatch.setattr(training.data, "build_dataloader", RecordingLoader)  # main imports it when it runs
     argv = train_args(corpus, output_dir, **{"max_train_steps": 2, "checkpointing_steps": 0, "use_ema": "false",
                                              "validation_steps": 0, **overrides})
     try:
@@ -689,7 +711,12 @@ def test_training_step_passes_uint8_images_as_float_and_labels_as_class_indices(
         assert step["dtype"] == step["label_dtype"] == torch.float32 and 0.0 <= step["min"] <= step["max"] <= 1.0
         labels = step["degradation_labels"]
         assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and labels.shape == (2,)
-        assert set(labels.tolist()) <= {0, 1, 2, 3, 4}
+        # Each label is the model's class of the batch's task: the stream numbers tasks in its own order (noise,
+        # rain, haze, blur, low-light) and RecordingPIP orders its classes differently, with no task at the same
+        # index in both, so passing the stream's ids on unmapped would give other labels.
+        label_names, tasks = step["stream_batch"]
+        assert labels.tolist() == [MODEL_NAMES.index(label_names[task]) for task in tasks]
+        assert labels.tolist() != tasks
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
@@ -1013,22 +1040,22 @@ def test_bench_activation_memory_measures_what_each_path_keeps_for_the_backward(
     assert "channels-last+bf16+checkpointing" in result.stdout and "floor at batch 8" in result.stdout
 
 
-def test_validation_leaves_out_pairs_the_degradation_left_unchanged(monkeypatch, caplog):
+def test_validation_leaves_out_pairs_the_degradation_left_unchanged(tmp_path, caplog):
     """A validation pair whose degraded image equals the clean one has an infinite input PSNR, which no card can
-    hold (one such pair used to stop a training run at its first validation): it is left out, with a warning."""
-    import training.data
+    hold (one such pair used to stop a training run at its first validation): it is left out, with a warning.
+    An all-white photo makes such pairs through the real synthesis: rain only brightens (its streaks clip at white)
+    and a flat image blurs to itself, while noise, haze and low-light change it."""
     from training.evaluation import build_validation_set
 
-    clean = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    noisy = np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)
-    pairs = [{"task_name": "noise", "task": 0, "clean": clean, "degraded": noisy},
-             {"task_name": "rain", "task": 1, "clean": clean, "degraded": clean.copy()}]
-    monkeypatch.setattr(training.data, "validation_pairs", lambda *args, **kwargs: iter(pairs))
-    monkeypatch.setattr(training.data, "preset_sources", lambda *args, **kwargs: [])
-    validation = build_validation_set("5-task", {"clean": "unused"})
-    assert validation.tasks() == ["noise"]
-    assert "left out 1 pair(s) whose degraded image equals the clean one (rain)" in caplog.text
-    assert all(math.isfinite(value) for value in validation.input_scores()["noise"].values())
+    save(tmp_path / "clean" / "white.png", np.full((32, 32, 3), 255, np.uint8))
+    validation = build_validation_set("5-task", {"clean": str(tmp_path / "clean")}, synthesize_missing=True)
+    # One image gives 9 pairs (noise at 3 sigmas, blur of 3 kernel families, rain, haze, low-light); the 3 blurred
+    # and the rainy one are left out.
+    assert "left out 4 pair(s) whose degraded image equals the clean one (blur, rain)" in caplog.text
+    assert validation.tasks() == ["noise", "haze", "low-light"]
+    assert [pair["task_name"] for pair in validation] == ["noise"] * 3 + ["haze", "low-light"]
+    assert not any(np.array_equal(pair["degraded"], pair["clean"]) for pair in validation)
+    assert all(math.isfinite(value) for scores in validation.input_scores().values() for value in scores.values())
 
 
 def test_resume_refuses_another_data_layout_and_a_zero_logging_interval(corpus, tmp_path, capsys):
