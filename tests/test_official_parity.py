@@ -114,13 +114,31 @@ def test_promptir_converter_lightning_checkpoint(tmp_path):
         torch.testing.assert_close(lean(fixed_input()).reconstruction, model(fixed_input()).reconstruction)
 
 
-def test_converter_saves_safetensors_and_reloads(tmp_path):
+def test_converter_saves_the_complete_folder_and_checks_its_reloaded_output(tmp_path):
+    """The converter's folder is what training.publish uploads (weights, config, processor, code, pipeline): it loads
+    with the image processor and the pipeline, and its output on a fixed input is checked after reloading."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    from modeling.conversion.common import check_output_slice
+
     official = random_official_state_dict("restormer")
     torch.save({"params": official}, tmp_path / "r.pth")
     convert_restormer.main([str(tmp_path / "r.pth"), str(tmp_path / "out")])
-    assert (tmp_path / "out" / "model.safetensors").is_file()
-    reloaded = RestormerForImageRestoration.from_pretrained(tmp_path / "out")
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    assert {"modeling_restormer.py", "pipeline_restoration.py", "image_processing_restoration.py"} <= {
+        p.name for p in out.glob("*.py")}
+    assert "image-restoration" in json.loads((out / "config.json").read_text())["custom_pipelines"]
+    assert AutoImageProcessor.from_pretrained(out).__class__.__name__ == "RestorationImageProcessor"
+    reloaded = RestormerForImageRestoration.from_pretrained(out)
     torch.testing.assert_close(reloaded.state_dict()["unet.output.weight"], official["output.weight"])
+    # The slice check refuses damaged weights (a non-finite output) instead of saving them.
+    with torch.no_grad():
+        reloaded.unet.output.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        check_output_slice(reloaded, None)
 
 
 def test_converter_rejects_incomplete_checkpoint(tmp_path):
