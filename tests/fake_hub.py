@@ -309,7 +309,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._known(repo_id):
             return self._json(404, {"error": f"Repository {repo_id} not found"}, error_code="RepoNotFound")
         siblings = [{"rfilename": path} for path in sorted(self.fake_hub.files(repo_id))]
-        self._json(200, {"id": repo_id, "sha": self._head_sha(repo_id), "private": False, "siblings": siblings})
+        with self.fake_hub._lock:  # as the Hub: the visibility the repo was created with (later requests keep it)
+            private = next((r.get("visibility") == "private" or bool(r.get("private"))
+                            for r in self.fake_hub.created_repos if r["repo_id"] == repo_id), False)
+        self._json(200, {"id": repo_id, "sha": self._head_sha(repo_id), "private": private, "siblings": siblings})
 
     def _tree(self, params: Dict[str, str], body: bytes, method: str) -> None:
         if not self._known(params["repo"]):

@@ -354,11 +354,11 @@ def _snapshot(folder: Path) -> dict:
     }
 
 
-def _push_cli(folder: Path, env: dict) -> subprocess.CompletedProcess:
+def _push_cli(folder: Path, env: dict, *flags: str, repo_id: str = "me/tiny") -> subprocess.CompletedProcess:
     # A fresh interpreter: huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_TOKEN once, at import.
     env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "training.model_card", "push", str(folder), "me/tiny"],
+        [sys.executable, "-m", "training.model_card", "push", str(folder), repo_id, *flags],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
 
@@ -451,3 +451,16 @@ def test_a_second_push_leaves_no_file_of_the_first_and_never_uploads_pickles_or_
     assert set(received) == {name for name in _snapshot(folder)
                              if not name.startswith("checkpoint-") and name != "notes.pt"}
     assert not {"old_figure.png", "notes.pt", "sub/.secret_env", "sub/extra.json"} & set(received)
+
+
+def test_a_private_push_creates_a_private_repo_and_never_uploads_into_a_public_one(model_folder):
+    with FakeHub() as hub:
+        assert _push_cli(model_folder, hub.client_env(), "--private", repo_id="me/secret").returncode == 0
+        assert _push_cli(model_folder, hub.client_env(), "--private", repo_id="me/secret").returncode == 0
+        assert _push_cli(model_folder, hub.client_env(), repo_id="me/open").returncode == 0
+        refused = _push_cli(model_folder, hub.client_env(), "--private", repo_id="me/open")
+        commits = [commit["repo_id"] for commit in hub.commits]
+    assert [r["visibility"] for r in hub.created_repos if r["repo_id"] == "me/secret"][0] == "private"
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert "me/open exists and is public" in refused.stderr and refused.stderr.startswith("push to the Hub failed")
+    assert commits == ["me/secret", "me/secret", "me/open"]  # nothing uploaded by the refused push

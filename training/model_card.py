@@ -467,6 +467,10 @@ def push_folder_to_hub(
     api = HfApi(token=token)
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not api.repo_info(repo_url.repo_id).private:
+            # create_repo leaves an existing repo's visibility as it is: never upload "privately" into a public repo
+            _fail(f"{repo_url.repo_id} exists and is public, so private=True would not keep the upload private "
+                  "(make the repo private on the Hub first, or push without --private)", folder, repo_id)
         commit = api.upload_folder(
             repo_id=repo_url.repo_id,
             folder_path=folder,
@@ -474,6 +478,8 @@ def push_folder_to_hub(
             ignore_patterns=list(ignore_patterns) or None,
             delete_patterns="*",  # what this folder does not have (the Hub keeps .gitattributes)
         )
+    except HubPushError:
+        raise
     except Exception as error:  # noqa: BLE001 - network boundary: every failure becomes one clear line
         _fail(_one_line(error), folder, repo_id, cause=error)
     return commit.commit_url
@@ -503,9 +509,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     push.add_argument("repo_id")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     push.add_argument("--message", default="Upload model trained with prompt-restoration")
+    push.add_argument("--private", action="store_true",
+                      help="create the repo private (an existing public repo is refused, never uploaded to)")
     args = parser.parse_args(argv)
     try:
-        url = push_folder_to_hub(args.folder, args.repo_id, token=args.token, commit_message=args.message)
+        url = push_folder_to_hub(args.folder, args.repo_id, token=args.token, commit_message=args.message,
+                                 private=args.private or None)
     except HubPushError as error:
         sys.stderr.write(f"{error}\n")
         return 1
