@@ -409,6 +409,32 @@ def test_linear_warmup_cosine_matches_pl_bolts_closed_form():
     assert 2e-4 * promptir(120) == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * 105 / 135)))
 
 
+def test_promptir_recipes_step_the_schedule_one_epoch_late_as_lightning_does():
+    """PromptIR's LightningModule calls scheduler.step(self.current_epoch) at the end of each epoch, before Lightning
+    counts it completed: pl_bolts then gives epoch e the closed form of e - 1 (epochs 0 and 1 at lr 0, 2e-4 first at
+    epoch 15). The official recipes that use PromptIR's schedule say so with epoch_lag: 1."""
+    import yaml
+
+    from training.schedules import build_lr_lambda
+
+    def pl_bolts(epoch: int) -> float:  # LinearWarmupCosineAnnealingLR._get_closed_form_lr, warmup 15 of 150
+        if epoch < 15:
+            return epoch * 2e-4 / 14
+        return 0.5 * 2e-4 * (1 + math.cos(math.pi * (epoch - 15) / 135))
+
+    lightning = [pl_bolts(0)] + [pl_bolts(completed) for completed in range(119)]  # lr in epochs 0..119
+    for name in ("promptir_3task", "promptir_5task", "promptir_cpl_3task", "promptir_cpl_5task", "dppd_3task",
+                 "dppd_5task"):
+        recipe = yaml.safe_load((REPO / "training" / "configs" / f"{name}.yaml").read_text())
+        assert recipe["lr_scheduler_options"]["epoch_lag"] == 1, name
+        factor = build_lr_lambda(recipe["lr_scheduler"], 3, **recipe["lr_scheduler_options"])
+        ours = [2e-4 * factor(3 * epoch + 2) for epoch in range(120)]  # the last step of each epoch of 3 steps
+        assert ours == pytest.approx(lightning, abs=1e-12), name
+    assert ours[1] == 0 and ours[14] < 2e-4 and ours[15] == pytest.approx(2e-4)
+    with pytest.raises(ValueError, match="epoch_lag"):
+        linear_warmup_cosine(1, warmup_epochs=1, max_epochs=2, per_step=True, epoch_lag=1)
+
+
 def test_linear_warmup_cosine_per_step_follows_the_same_curve_without_the_staircase():
     smooth = linear_warmup_cosine(100, warmup_epochs=1, max_epochs=10, warmup_start_factor=0.1,
                                   eta_min_factor=0.01, per_step=True)

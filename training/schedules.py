@@ -6,7 +6,10 @@
   ``max_epochs``. The learning rate is constant within an epoch, as in the official training. With
   ``per_step=True`` (our option for short runs, such as the CPU recipe) the same curve is followed continuously:
   epochs are fractional (``step / steps_per_epoch``), the ramp reaches 1 at epoch ``warmup_epochs`` and the cosine
-  moves at every step instead of in an epoch staircase.
+  moves at every step instead of in an epoch staircase. ``epoch_lag=1`` reproduces PromptIR's Lightning training,
+  which steps the scheduler with ``scheduler.step(self.current_epoch)`` at the end of each epoch, before Lightning
+  counts that epoch as completed: epoch ``e`` then trains at the closed form of epoch ``e - 1`` (epochs 0 and 1 both
+  at the start value, the base learning rate first reached at epoch ``warmup_epochs``).
 * ``cosine_restart_cyclic`` — Restormer (BasicSR ``CosineAnnealingRestartCyclicLR``, stepped per iteration):
   consecutive periods, each a cosine from the base learning rate to its own ``eta_min``.
 * ``cosine_restart`` — CPL (BasicSR ``CosineAnnealingRestartLR``): periods with restart weights, one eta_min.
@@ -27,7 +30,10 @@ def linear_warmup_cosine(
     warmup_start_factor: float = 0.0,
     eta_min_factor: float = 0.0,
     per_step: bool = False,
+    epoch_lag: int = 0,
 ) -> Callable[[int], float]:
+    if epoch_lag < 0 or (epoch_lag and per_step):
+        raise ValueError(f"epoch_lag must be a non-negative number of epochs (per-epoch schedule only), got {epoch_lag}")
     if per_step:
         def smooth_factor(step: int) -> float:
             epoch = step / steps_per_epoch
@@ -39,7 +45,7 @@ def linear_warmup_cosine(
         return smooth_factor
 
     def factor(step: int) -> float:
-        epoch = step // steps_per_epoch
+        epoch = max(step // steps_per_epoch - epoch_lag, 0)
         if epoch < warmup_epochs:
             return warmup_start_factor + epoch * (1.0 - warmup_start_factor) / max(1, warmup_epochs - 1)
         progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
@@ -88,7 +94,7 @@ def schedule_end_step(name: str, steps_per_epoch: int, **options) -> Optional[in
     ``None`` for schedules without an end (constant, restarts)."""
     if name != "linear_warmup_cosine":
         return None
-    return int(round(float(options["max_epochs"]) * steps_per_epoch))
+    return int(round((float(options["max_epochs"]) + options.get("epoch_lag", 0)) * steps_per_epoch))
 
 
 def build_lr_lambda(name: str, steps_per_epoch: int, **options) -> Callable[[int], float]:

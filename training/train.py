@@ -517,7 +517,9 @@ def schedule_overrun_warning(args: TrainingArguments) -> Optional[str]:
         return None
     return (f"the learning rate reaches its floor at step {end} (max_epochs {args.lr_scheduler_options['max_epochs']:g}"
             f" x steps_per_epoch {args.steps_per_epoch}); the last {args.max_train_steps - end} of the "
-            f"{args.max_train_steps} steps run at the floor")
+            f"{args.max_train_steps} steps run "
+            + ("at the floor" if args.lr_scheduler_options.get("per_step") else
+               "past the cosine's end, where the per-epoch closed form (as pl_bolts') climbs back up"))
 
 
 def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
