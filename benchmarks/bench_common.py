@@ -40,7 +40,8 @@ def print_table(rows: list[dict], quality_key: Optional[str] = None, quality_lab
     print(header)
     for row in rows:
         peak = "-" if row.get("peak_mib") is None else f"{row['peak_mib']:.0f}"
-        line = f"{row['path']:<24}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{row['ratio']:>7.2f}x"
+        ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}x"  # None: the reference had no row
+        line = f"{row['path']:<24}{row['ms']:>10.1f}{row['images_per_s']:>9.2f}{peak:>10}{ratio:>8}"
         if quality_key:
             line += f"{row[quality_key]:>12{quality_format}}{row[quality_key + '_vs_reference']:>+10{difference_format}}"
         print(line)

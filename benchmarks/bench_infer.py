@@ -200,37 +200,62 @@ def main() -> None:
     names = path_names(list(PATHS), args.paths, args.bf16 or on_gpu, args.compile or on_gpu)
     models = models_for(model, names, args.compile_backend)
     pixel_values, labels = inputs_for(model, args.size, args.batch)
+    if on_gpu:  # the input already on the GPU, as in a GPU pipeline; each result still comes back to the host
+        pixel_values = pixel_values.to(args.device)
 
     def run_once(name: str) -> None:
         run_path(models[name], pixel_values, labels, name, args.device)  # returns on CPU: includes the copy back
 
-    peaks: dict[str, float] = {}
-    for name in names:  # warm-up (allocator, oneDNN primitives, cuDNN autotune) and the GPU peak of each path
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        run_once(name)
-        if on_gpu:
-            peaks[name] = torch.cuda.max_memory_allocated() / 2**20
-    medians = interleaved_medians(names, run_once, args.repeats)
-    if not on_gpu and not args.no_memory:
-        peaks = {name: cpu_peak_mib(args, name) for name in names}
-    quality = {} if args.no_quality else example_psnr(models, names, args.device)
-
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², {args.device}"
-          + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats}")
-    rows = []
-    for name in names:
-        row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
-               "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
-        if quality:
-            row["psnr"], row["psnr_vs_reference"] = quality[name], quality[name] - quality["reference"]
-        rows.append(row)
-    print_table(rows, "psnr" if quality else None, "PSNR dB", ".3f", ".3f")
-    if args.json:
-        args.json.write_text(json.dumps({"model": model.config.model_type, "parameters": parameters,
-                                         "size": args.size, "batch": args.batch, "device": args.device,
-                                         "threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=2))
+    peaks: dict[str, float] = {}
+    medians: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    quality: dict[str, float] = {}
+
+    def report() -> None:
+        """Print the table and write the JSON (after each phase: a run cut short keeps the rows measured)."""
+        print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², "
+              f"{args.device}" + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats}",
+              flush=True)
+        rows = []
+        for name in names:
+            if name not in medians:
+                continue
+            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
+                   "peak_mib": peaks.get(name), "ratio": ratios[name]}
+            if name in quality and "reference" in quality:
+                row["psnr"], row["psnr_vs_reference"] = quality[name], quality[name] - quality["reference"]
+            rows.append(row)
+        with_quality = all("psnr" in row for row in rows)
+        print_table(rows, "psnr" if with_quality else None, "PSNR dB", ".3f", ".3f")
+        if args.json:
+            args.json.write_text(json.dumps({"model": model.config.model_type, "parameters": parameters,
+                                             "size": args.size, "batch": args.batch, "device": args.device,
+                                             "threads": args.threads, "repeats": args.repeats, "rows": rows},
+                                            indent=2))
+
+    # The eager paths, then the compiled ones (their compilation may take minutes), each phase warmed up, timed
+    # with the reference in the same rounds and reported before the next.
+    phases = [[n for n in names if PATHS[n][2] is None], [n for n in names if PATHS[n][2] is not None]]
+    for phase in phases:
+        if not phase:
+            continue
+        for name in phase:  # warm-up (allocator, oneDNN primitives, cuDNN autotune, compilation) and the GPU peak
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            run_once(name)
+            if on_gpu:
+                peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+        timed = list(dict.fromkeys(["reference", *phase]))
+        phase_medians = interleaved_medians(timed, run_once, args.repeats)
+        for name in phase:
+            medians[name] = phase_medians[name]
+            ratios[name] = phase_medians["reference"] / phase_medians[name]
+        if not on_gpu and not args.no_memory:
+            peaks.update({name: cpu_peak_mib(args, name) for name in phase})
+        if not args.no_quality:
+            quality.update(example_psnr(models, timed, args.device))
+        report()
 
 
 if __name__ == "__main__":

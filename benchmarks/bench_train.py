@@ -36,9 +36,11 @@ reference path (goal: within 1 %).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -83,6 +85,7 @@ class TrainingPath:
 
         from modeling import MODEL_CLASSES
 
+        self.name = name
         self.channels_last, self.bf16, compiled, checkpointing = PATHS[name]
         self.device = torch.device(device)
         config_class, model_class = MODEL_CLASSES[model_type]
@@ -198,7 +201,25 @@ def main() -> None:
     names = path_names(list(PATHS), args.paths, args.bf16 or on_gpu, args.compile or on_gpu)
     paths: dict[str, TrainingPath] = {}
     peaks: dict[str, float] = {}
-    for name in names:  # warm-up: allocator, oneDNN primitives, cuDNN autotune, compilation
+    medians: dict[str, float] = {}
+    ratios: dict[str, Optional[float]] = {}
+    failed: dict[str, str] = {}  # path -> why it has no row (a GPU out of memory: recorded, the others go on)
+
+    def attempt(name: str, work) -> bool:
+        """Run `work()` for path `name`; on a GPU out-of-memory error record it, free the path and go on."""
+        try:
+            work()
+            return True
+        except torch.OutOfMemoryError as error:
+            failed[name] = "out of memory: " + str(error).splitlines()[0][:200]
+            paths.pop(name, None)
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
+            print(f"{name}: out of memory, no row", flush=True)
+            return False
+
+    def warm_up(name: str) -> None:  # allocator, oneDNN primitives, cuDNN autotune, compilation
         if on_gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -216,8 +237,59 @@ def main() -> None:
         if on_gpu:
             torch.cuda.synchronize()
 
-    medians = {name: seconds / args.steps for name, seconds in interleaved_medians(names, run_once, args.repeats).items()}
-    parameters = sum(p.numel() for p in paths["reference"].model.parameters())
+    parameters = None
+
+    def report(final_losses: dict[str, float], first_losses: dict[str, float]) -> None:
+        """Print the table and write the JSON: after each phase's timings, again after each toy curve, so that a
+        run cut short (a time limit during a compilation) keeps every row measured until then."""
+        print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
+              + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
+              + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
+                 if final_losses else ""), flush=True)
+        rows = []
+        for name in names:
+            if name not in medians:
+                continue
+            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
+                   "peak_mib": peaks.get(name), "ratio": ratios[name]}
+            if name in final_losses and "reference" in final_losses:
+                reference = final_losses["reference"]
+                row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
+                row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
+            rows.append(row)
+        curves_done = [row for row in rows if "toy_loss" in row]
+        print_table(curves_done if curves_done else rows, "toy_loss" if curves_done else None, "toy loss", ".5f",
+                    ".2%")
+        for name, reason in failed.items():
+            print(f"{name}: {reason}")
+        if args.json:
+            args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
+                                             "size": args.size, "device": args.device, "threads": args.threads,
+                                             "repeats": args.repeats, "steps": args.steps,
+                                             "curve_steps": args.curve_steps if final_losses else 0, "rows": rows,
+                                             "failed": failed}, indent=2))
+
+    # Two phases, each warmed up, timed (interleaved with the reference) and reported before the next: the eager
+    # paths, then the compiled ones, whose compilation may take minutes (a time limit then keeps the eager rows).
+    phases = [[n for n in names if PATHS[n][2] is None], [n for n in names if PATHS[n][2] is not None]]
+    for phase in phases:
+        if not phase:
+            continue
+        for name in phase:
+            attempt(name, lambda: warm_up(name))
+        if parameters is None and paths:
+            parameters = sum(p.numel() for p in next(iter(paths.values())).model.parameters())
+        timed = list(dict.fromkeys((["reference"] if "reference" in paths else []) + [n for n in phase if n in paths]))
+        if not timed:
+            continue
+        phase_medians = {name: seconds / args.steps
+                         for name, seconds in interleaved_medians(timed, run_once, args.repeats).items()}
+        for name in timed:
+            # each row's ratio is against the reference timed in the same rounds; its first timing is its row's
+            if name in phase:
+                medians[name] = phase_medians[name]
+            ratios[name] = (phase_medians["reference"] / phase_medians[name]) if "reference" in timed else None
+        report({}, {})
     paths.clear()  # free the timed models before the memory and curve runs
     if not on_gpu and not args.no_memory:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
@@ -226,40 +298,20 @@ def main() -> None:
         argv += ["--official-size"] if args.official_size else []
         argv += ["--model-config", args.model_config] if args.model_config is not None else []
         peaks = {name: child_peak_mib(__file__, [*argv, "--child-path", name], args.threads) for name in names}
-    def report(final_losses: dict[str, float], first_losses: dict[str, float]) -> None:
-        """Print the table and write the JSON: once the timings are in, again with the toy losses."""
-        print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
-              + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
-              + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
-                 if final_losses else ""), flush=True)
-        rows = []
-        for name in names:
-            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
-                   "peak_mib": peaks.get(name), "ratio": medians["reference"] / medians[name]}
-            if final_losses:
-                reference = final_losses["reference"]
-                row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
-                row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
-            rows.append(row)
-        print_table(rows, "toy_loss" if final_losses else None, "toy loss", ".5f", ".2%")
-        if args.json:
-            args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
-                                             "size": args.size, "device": args.device, "threads": args.threads,
-                                             "repeats": args.repeats, "steps": args.steps,
-                                             "curve_steps": args.curve_steps if final_losses else 0, "rows": rows},
-                                            indent=2))
-
-    # The timings first: a run cut short during the (slower) toy curves still leaves them on screen and on disk.
-    report({}, {})
+        report({}, {})
     if args.curve_steps:
         final_losses, first_losses = {}, {}
         tail = max(args.curve_steps // 5, 1)
-        for name in names:
-            path = TrainingPath(name, model_type, config, args.device, args.learning_rate, args.compile_backend)
-            curve = loss_curve(path, args.curve_steps, args.curve_batch, args.curve_size)
-            final_losses[name] = sum(curve[-tail:]) / tail
-            first_losses[name] = sum(curve[:tail]) / tail
-        report(final_losses, first_losses)
+        for name in [n for n in names if n in medians]:
+            def curve_run(name: str = name) -> None:
+                path = TrainingPath(name, model_type, config, args.device, args.learning_rate, args.compile_backend)
+                curve = loss_curve(path, args.curve_steps, args.curve_batch, args.curve_size)
+                final_losses[name] = sum(curve[-tail:]) / tail
+                first_losses[name] = sum(curve[:tail]) / tail
+
+            if attempt(name, curve_run):
+                report(final_losses, first_losses)
+
 
 if __name__ == "__main__":
     main()

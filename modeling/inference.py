@@ -562,8 +562,9 @@ def run_model(
             )
         else:
             result = forward(pixel_values.to(device))
+        finite = bool(torch.isfinite(result).all())  # where the result is: on a GPU one reduction, not a host scan
         result = result.float().cpu()
-    if not torch.isfinite(result).all():
+    if not finite:
         hint = " Try dtype='bf16' or 'fp32' (fp16 overflows easily)." if autocast_dtype == torch.float16 else ""
         raise NonFiniteOutputError(f"The model produced NaN or infinite values.{hint}")
     return result

@@ -984,6 +984,45 @@ def test_bench_train_checkpointing_path_recomputes_blocks_and_gives_the_same_ste
     torch.testing.assert_close(weights["bf16+checkpointing"], weights["bf16"], atol=1e-6, rtol=0)
 
 
+def test_bench_train_keeps_the_rows_it_measured_when_a_path_runs_out_of_memory_or_the_run_is_cut(
+    monkeypatch, tmp_path
+):
+    """On a GPU the fp32 reference does not fit at batch 32 and a whole-model compilation can outlast a time limit:
+    a path out of memory is recorded (no row, the others go on, ratios then absent), and the eager rows are written
+    before any compiled path warms up, so a run killed during compilation still leaves them on disk."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_train_probe", REPO / "benchmarks" / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    original_step = bench_train.TrainingPath.step
+
+    class Killed(BaseException):  # what a time limit's signal does to the run: nothing after it runs
+        pass
+
+    def step(self, *batch):
+        if self.name == "reference":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if "compile-model" in self.name:
+            raise Killed
+        return original_step(self, *batch)
+
+    monkeypatch.setattr(bench_train.TrainingPath, "step", step)
+    report = tmp_path / "train.json"
+    monkeypatch.setattr(sys, "argv", [
+        "bench_train.py", "--model-config", TINY_PIP, "--batch", "2", "--size", "16", "--steps", "1", "--repeats", "1",
+        "--threads", "1", "--no-memory", "--curve-steps", "0", "--compile-backend", "eager",
+        "--paths", "channels-last+bf16", "channels-last+bf16+checkpointing", "channels-last+bf16+compile-model",
+        "--json", str(report)])
+    with pytest.raises(Killed):
+        bench_train.main()
+    written = json.loads(report.read_text())
+    assert [row["path"] for row in written["rows"]] == ["channels-last+bf16", "channels-last+bf16+checkpointing"]
+    assert all(row["ratio"] is None and row["ms"] > 0 for row in written["rows"])
+    assert list(written["failed"]) == ["reference"] and "out of memory" in written["failed"]["reference"]
+
+
 def test_bench_train_compile_model_path_traces_one_graph_and_gives_the_same_step(monkeypatch):
     """The `channels-last+bf16+compile-model` path of benchmarks/bench_train.py: the whole model goes through
     torch.compile as one graph (fullgraph: a host sync or data-dependent branch would fail it), and one step, traced
