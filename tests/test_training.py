@@ -886,6 +886,8 @@ def test_compile_model_flags_are_checked_before_anything_runs(corpus, tmp_path, 
         ({"compile_model": "true", "compile_blocks": "true"}, "leave --compile_blocks off"),
         ({"compile_mode": "reduce-overhead"}, "applies to --compile_model"),
         ({"compile_model": "true", "compile_mode": "fast"}, "compile_mode must be one of"),
+        ({"compile_model": "true", "compile_mode": "reduce-overhead", "gradient_accumulation_steps": 2},
+         "cannot accumulate gradients over micro-batches"),
     ):
         with pytest.raises(SystemExit):
             parse_args(train_args(corpus, tmp_path / "bad", **overrides))

@@ -344,6 +344,11 @@ def validate_args(args: TrainingArguments) -> None:
         raise ValueError(f"compile_mode must be one of {[m for m in COMPILE_MODES if m]}, got {args.compile_mode!r}")
     if args.compile_mode and not args.compile_model:
         raise ValueError("--compile_mode applies to --compile_model, which is off")
+    if args.compile_mode in ("reduce-overhead", "max-autotune") and args.gradient_accumulation_steps > 1:
+        # CUDA graphs replay into the same output buffers: a second micro-batch's backward before the optimizer
+        # step overwrites the first one's (PyTorch #169545: wrong accumulated gradients or an error)
+        raise ValueError(f"--compile_mode {args.compile_mode} (CUDA graphs) cannot accumulate gradients over "
+                         f"micro-batches: use gradient_accumulation_steps 1 or compile_mode default")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name")
 
