@@ -589,3 +589,22 @@ def test_bad_data_counts_from_concurrent_workers_are_not_lost(tmp_path):
                                          num_workers=2)
     assert sorted(int(i) for i in loader) == list(range(items))
     assert stream.bad_data_counts() == {"c": {"corrupt": items * per_item}}
+
+
+def test_crop_to_multiple_keeps_promptirs_margin_out_of_the_training_crops(tmp_path):
+    # PromptIR's loaders centre-crop each image to a multiple of 16 before the random crop: a 40 x 37 photo loses
+    # rows 0-3 and 36-39 and columns 0-1 and 34-36, which no crop may then contain (without it, some do).
+    image = np.full((40, 37, 3), 60, np.uint8)
+    image[:4], image[36:], image[:, :2], image[:, 34:] = 250, 250, 250, 250
+    save(tmp_path / "photos" / "margin.png", image)
+    source = D.clean_source(tmp_path / "photos", "noise", name="margin", repeat=40)
+    touched = {}
+    for multiple in (16, 0):
+        stream = D.RestorationStream([source], patch_size=24, augment=False, shards_per_rank=1, output_dtype="uint8",
+                                     crop_to_multiple=multiple)
+        crops = [example["clean"] for example in stream]
+        assert len(crops) == 40 and crops[0].shape == (3, 24, 24)
+        touched[multiple] = sum(bool((crop == 250).any()) for crop in crops)
+    assert touched[16] == 0 and touched[0] > 10
+    with pytest.raises(ValueError, match="crop_to_multiple"):
+        D.RestorationStream([source], crop_to_multiple=-16)

@@ -427,10 +427,12 @@ def test_promptir_recipes_step_the_schedule_one_epoch_late_as_lightning_does():
                  "dppd_5task"):
         recipe = yaml.safe_load((REPO / "training" / "configs" / f"{name}.yaml").read_text())
         assert recipe["lr_scheduler_options"]["epoch_lag"] == 1, name
+        assert recipe["crop_to_multiple"] == 16, name  # PromptIR's crop_img before the random crop
         factor = build_lr_lambda(recipe["lr_scheduler"], 3, **recipe["lr_scheduler_options"])
         ours = [2e-4 * factor(3 * epoch + 2) for epoch in range(120)]  # the last step of each epoch of 3 steps
         assert ours == pytest.approx(lightning, abs=1e-12), name
     assert ours[1] == 0 and ours[14] < 2e-4 and ours[15] == pytest.approx(2e-4)
+    assert parse_args(["--config", str(REPO / "training" / "configs" / "promptir_3task.yaml")]).crop_to_multiple == 16
     with pytest.raises(ValueError, match="epoch_lag"):
         linear_warmup_cosine(1, warmup_epochs=1, max_epochs=2, per_step=True, epoch_lag=1)
 

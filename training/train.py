@@ -96,6 +96,10 @@ class TrainingArguments:
         0, "synthesize degradations on a random crop of this side and train on its centre patch (0: synthesize on "
         "the patch itself); keeps blur and rain borders real, and haze depth over more of the scene"
     )
+    crop_to_multiple: int = _arg(
+        0, "centre-crop each training image to a multiple of this before the random crop, as PromptIR's loaders "
+        "(crop_img, 16); 0: the whole image"
+    )
     train_batch_size: int = _arg(8, "batch per process")
     dataloader_num_workers: int = _arg(2, "DataLoader workers per process")
     shards_per_rank: int = _arg(16, "stream shards per process (multiple of the workers)")
@@ -684,7 +688,7 @@ def main(args: TrainingArguments) -> dict:
         args.data_preset, args.data_roots, synthesize_missing=args.synthesize_missing, patch_size=args.patch_size,
         seed=args.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
         shards_per_rank=args.shards_per_rank, output_dtype="uint8", probabilities=args.task_probabilities or None,
-        synthesis_crop_size=args.synthesis_crop_size or None,
+        synthesis_crop_size=args.synthesis_crop_size or None, crop_to_multiple=args.crop_to_multiple,
     )
     # Stream label i (batch["task"]) -> class index of the model, computed once.
     label_lookup = None

@@ -22,7 +22,7 @@ from ..degradations import (
     synthesize,
     task_label,
 )
-from .files import center_crop, decode_image
+from .files import center_crop, center_crop_to_multiple, decode_image
 from .plan import (
     _RECORD_FEATURES,
     EpochPlan,
@@ -89,12 +89,14 @@ class _ExampleLoader:
         seed: int,
         epoch: int,
         synthesis_crop_size: int | None = None,
+        crop_to_multiple: int = 0,
     ) -> None:
         self.sources = tuple(sources)
         self.labels = dict(labels)
         self.counts = counts
         self.patch_size = patch_size
         self.synthesis_crop_size = synthesis_crop_size
+        self.crop_to_multiple = crop_to_multiple
         self.augment = augment
         self.output_dtype = output_dtype
         self.seed = seed
@@ -116,6 +118,14 @@ class _ExampleLoader:
         if converted:
             self._count(source_index, "converted")
         return image
+
+    def _official_crop(self, image: np.ndarray) -> np.ndarray:
+        """PromptIR's ``crop_img`` before the random crop: each side down to a multiple of ``crop_to_multiple``
+        (a side shorter than one multiple is kept, and later padded to the patch)."""
+        multiple = self.crop_to_multiple
+        if multiple <= 1 or min(image.shape[:2]) < multiple:
+            return image
+        return center_crop_to_multiple(image, multiple)
 
     def _to_output(self, image: np.ndarray) -> np.ndarray:
         chw = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -155,6 +165,9 @@ class _ExampleLoader:
             if degraded.shape != clean.shape:
                 self._count(source_index, "size_mismatch", f"{degraded.shape} vs {clean.shape}")
                 return failed
+            degraded = self._official_crop(degraded)
+        clean = self._official_crop(clean)
+        if degraded_where is not None:
             (degraded, clean), padded = _crop_and_augment([degraded, clean], self.patch_size, rng, self.augment)
         elif self.synthesis_crop_size:  # the stream checked patch_size <= synthesis_crop_size
             # Synthesize on a larger crop and keep its centre: blur kernels and rain streaks then reach into the
@@ -193,6 +206,9 @@ class RestorationStream(torch.utils.data.IterableDataset):
         sources: file-list sources (:class:`PairSource`), e.g. from :func:`preset_sources`.
         label_names: label space; ``task = label_names.index(task_name)`` (default :data:`TASK_NAMES`).
         patch_size: random crop size (official 128); ``None`` keeps full images (then use batch size 1).
+        crop_to_multiple: centre-crop each decoded image to a multiple of this before the random crop, as
+            PromptIR's loaders do (``crop_img``, base 16: the outer margin of up to 15 pixels is never sampled);
+            0 (default): the whole image.
         synthesis_crop_size: for synthesized degradations, the side of the random crop the degradation is
             synthesized on; the training patch is its centre (``None``: synthesize on the patch itself, as the
             official noise pipeline does). Paired sources ignore it. Larger than ``patch_size`` by at least a blur
@@ -230,6 +246,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
         stopping_strategy: str = "first_exhausted",
         epoch: int = 0,
         synthesis_crop_size: int | None = None,
+        crop_to_multiple: int = 0,
     ) -> None:
         super().__init__()
         if not sources and not hub_sources:
@@ -253,8 +270,11 @@ class RestorationStream(torch.utils.data.IterableDataset):
             raise ValueError(
                 f"synthesis_crop_size ({synthesis_crop_size}) needs a patch_size no larger than it, got {patch_size}"
             )
+        if isinstance(crop_to_multiple, bool) or not isinstance(crop_to_multiple, int) or crop_to_multiple < 0:
+            raise ValueError(f"crop_to_multiple must be a non-negative integer, got {crop_to_multiple!r}")
         self.patch_size = patch_size
         self.synthesis_crop_size = synthesis_crop_size
+        self.crop_to_multiple = crop_to_multiple
         self.augment = augment
         self.epoch_length = epoch_length
         self.seed = int(seed)
@@ -358,6 +378,7 @@ class RestorationStream(torch.utils.data.IterableDataset):
             seed=self.seed,
             epoch=epoch,
             synthesis_crop_size=self.synthesis_crop_size,
+            crop_to_multiple=self.crop_to_multiple,
         )
         examples = records.map(loader, remove_columns=["pair", "row_degraded", "row_clean", "row_task"])
         return examples.filter(_is_ok).remove_columns(["ok"])
