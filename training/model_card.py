@@ -287,6 +287,8 @@ From the command line, with this repository installed (`pip install .` in a clon
 prompt-restore degraded.png -o restored/
 ```
 
+In a browser: the repository's Gradio Space (`python space/app.py`) starts with it.
+
 To put it on the Hub as a folder that carries its code (`trust_remote_code=True` where the package is not
 installed), with this card's numbers: `python -m training.publish --model_dir modeling/demo ...` (README, "Publish")."""
 
