@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 
 def peak_rss_kib() -> int:
@@ -56,6 +56,35 @@ def path_names(paths: Sequence[str], requested: Optional[Sequence[str]], bf16: b
         return ["reference"] + [name for name in paths if name in requested and name != "reference"]
     names = ["reference", "channels-last"] + (["bf16", "channels-last+bf16"] if bf16 else [])
     return names + (["bf16+compile", "channels-last+bf16+compile"] if compiled else [])
+
+
+def compilation_phases(names: Sequence[str], compiled: Mapping[str, object]) -> list[list[str]]:
+    """`names` split into the eager paths, then the compiled ones (``compiled[name]`` not None), dropping an empty
+    phase: each phase is warmed up, timed and reported before the next, so a time limit hit while a compiled path
+    compiles (minutes on a GPU) keeps the eager rows."""
+    phases = [[n for n in names if compiled[n] is None], [n for n in names if compiled[n] is not None]]
+    return [phase for phase in phases if phase]
+
+
+def time_phase(phase: Sequence[str], available: Sequence[str], run_once, repeats: int,
+               per: float = 1) -> dict[str, tuple[float, Optional[float]]]:
+    """``{path: (median seconds / per, ratio to the reference or None)}`` for `phase`'s paths in `available` (those
+    not out of memory), timed in the same rounds as the reference when it is available."""
+    timed = list(dict.fromkeys((["reference"] if "reference" in available else [])
+                               + [name for name in phase if name in available]))
+    if not timed:
+        return {}
+    medians = {name: seconds / per for name, seconds in interleaved_medians(timed, run_once, repeats).items()}
+    reference = medians.get("reference")
+    return {name: (medians[name], reference / medians[name] if reference else None)
+            for name in timed if name in phase}
+
+
+def timing_rows(names: Sequence[str], timings: Mapping[str, tuple[float, Optional[float]]],
+                peaks: Mapping[str, float], batch: int) -> list[dict]:
+    """One row per timed path, in `names` order: ms, img/s, peak MiB (None when not measured), ratio."""
+    return [{"path": name, "ms": timings[name][0] * 1000, "images_per_s": batch / timings[name][0],
+             "peak_mib": peaks.get(name), "ratio": timings[name][1]} for name in names if name in timings]
 
 
 def interleaved_medians(names: Sequence[str], run_once, repeats: int) -> dict[str, float]:

@@ -35,12 +35,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
+from bench_common import (  # noqa: E402
+    child_peak_mib,
+    compilation_phases,
+    path_names,
+    print_table,
+    report_child_peak,
+    time_phase,
+    timing_rows,
+)
 
 PATHS = {  # name: (channels_last, autocast dtype, what is compiled: None, "blocks" or "model")
     "reference": (False, "fp32", None),
@@ -208,8 +217,7 @@ def main() -> None:
 
     parameters = sum(p.numel() for p in model.parameters())
     peaks: dict[str, float] = {}
-    medians: dict[str, float] = {}
-    ratios: dict[str, float] = {}
+    timings: dict[str, tuple[float, Optional[float]]] = {}
     quality: dict[str, float] = {}
 
     def report() -> None:
@@ -217,15 +225,11 @@ def main() -> None:
         print(f"{model.config.model_type}, {parameters:,} parameters, batch {args.batch} x {args.size}², "
               f"{args.device}" + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats}",
               flush=True)
-        rows = []
-        for name in names:
-            if name not in medians:
-                continue
-            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
-                   "peak_mib": peaks.get(name), "ratio": ratios[name]}
-            if name in quality and "reference" in quality:
-                row["psnr"], row["psnr_vs_reference"] = quality[name], quality[name] - quality["reference"]
-            rows.append(row)
+        rows = timing_rows(names, timings, peaks, args.batch)
+        for row in rows:
+            if row["path"] in quality and "reference" in quality:
+                row["psnr"] = quality[row["path"]]
+                row["psnr_vs_reference"] = row["psnr"] - quality["reference"]
         with_quality = all("psnr" in row for row in rows)
         print_table(rows, "psnr" if with_quality else None, "PSNR dB", ".3f", ".3f")
         if args.json:
@@ -234,27 +238,19 @@ def main() -> None:
                                              "threads": args.threads, "repeats": args.repeats, "rows": rows},
                                             indent=2))
 
-    # The eager paths, then the compiled ones (their compilation may take minutes), each phase warmed up, timed
-    # with the reference in the same rounds and reported before the next.
-    phases = [[n for n in names if PATHS[n][2] is None], [n for n in names if PATHS[n][2] is not None]]
-    for phase in phases:
-        if not phase:
-            continue
+    for phase in compilation_phases(names, {name: PATHS[name][2] for name in names}):
         for name in phase:  # warm-up (allocator, oneDNN primitives, cuDNN autotune, compilation) and the GPU peak
             if on_gpu:
                 torch.cuda.reset_peak_memory_stats()
             run_once(name)
             if on_gpu:
                 peaks[name] = torch.cuda.max_memory_allocated() / 2**20
-        timed = list(dict.fromkeys(["reference", *phase]))
-        phase_medians = interleaved_medians(timed, run_once, args.repeats)
-        for name in phase:
-            medians[name] = phase_medians[name]
-            ratios[name] = phase_medians["reference"] / phase_medians[name]
+        timings.update(time_phase(phase, names, run_once, args.repeats))
         if not on_gpu and not args.no_memory:
             peaks.update({name: cpu_peak_mib(args, name) for name in phase})
         if not args.no_quality:  # the reference's scores once, with the first phase
-            quality.update(example_psnr(models, [name for name in timed if name not in quality], args.device))
+            scored = [name for name in ["reference", *phase] if name not in quality]
+            quality.update(example_psnr(models, scored, args.device))
         report()
 
 

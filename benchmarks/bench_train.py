@@ -46,7 +46,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import child_peak_mib, interleaved_medians, path_names, print_table, report_child_peak  # noqa: E402
+from bench_common import (  # noqa: E402
+    child_peak_mib,
+    compilation_phases,
+    path_names,
+    print_table,
+    report_child_peak,
+    time_phase,
+    timing_rows,
+)
 
 PATHS = {  # name: (channels_last, autocast to bf16, what is compiled (None, "blocks", "model"), checkpointing)
     "reference": (False, False, None, False),
@@ -201,8 +209,7 @@ def main() -> None:
     names = path_names(list(PATHS), args.paths, args.bf16 or on_gpu, args.compile or on_gpu)
     paths: dict[str, TrainingPath] = {}
     peaks: dict[str, float] = {}
-    medians: dict[str, float] = {}
-    ratios: dict[str, Optional[float]] = {}
+    timings: dict[str, tuple[float, Optional[float]]] = {}
     failed: dict[str, str] = {}  # path -> why it has no row (a GPU out of memory: recorded, the others go on)
 
     def attempt(name: str, work) -> bool:
@@ -246,17 +253,13 @@ def main() -> None:
               + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
               + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
                  if final_losses else ""), flush=True)
-        rows = []
-        for name in names:
-            if name not in medians:
-                continue
-            row = {"path": name, "ms": medians[name] * 1000, "images_per_s": args.batch / medians[name],
-                   "peak_mib": peaks.get(name), "ratio": ratios[name]}
+        rows = timing_rows(names, timings, peaks, args.batch)
+        for row in rows:
+            name = row["path"]
             if name in final_losses and "reference" in final_losses:
                 reference = final_losses["reference"]
                 row["toy_loss"], row["toy_loss_first_steps"] = final_losses[name], first_losses[name]
                 row["toy_loss_vs_reference"] = (final_losses[name] - reference) / reference
-            rows.append(row)
         curves_done = [row for row in rows if "toy_loss" in row]
         print_table(curves_done if curves_done else rows, "toy_loss" if curves_done else None, "toy loss", ".5f",
                     ".2%")
@@ -269,27 +272,15 @@ def main() -> None:
                                              "curve_steps": args.curve_steps if final_losses else 0, "rows": rows,
                                              "failed": failed}, indent=2))
 
-    # Two phases, each warmed up, timed (interleaved with the reference) and reported before the next: the eager
-    # paths, then the compiled ones, whose compilation may take minutes (a time limit then keeps the eager rows).
-    phases = [[n for n in names if PATHS[n][2] is None], [n for n in names if PATHS[n][2] is not None]]
-    for phase in phases:
-        if not phase:
-            continue
+    for phase in compilation_phases(names, {name: PATHS[name][2] for name in names}):
         for name in phase:
             attempt(name, lambda: warm_up(name))
         if parameters is None and paths:
             parameters = sum(p.numel() for p in next(iter(paths.values())).model.parameters())
-        timed = list(dict.fromkeys((["reference"] if "reference" in paths else []) + [n for n in phase if n in paths]))
-        if not timed:
-            continue
-        phase_medians = {name: seconds / args.steps
-                         for name, seconds in interleaved_medians(timed, run_once, args.repeats).items()}
-        for name in timed:
-            # each row's ratio is against the reference timed in the same rounds; its first timing is its row's
-            if name in phase:
-                medians[name] = phase_medians[name]
-            ratios[name] = (phase_medians["reference"] / phase_medians[name]) if "reference" in timed else None
-        report({}, {})
+        measured = time_phase(phase, list(paths), run_once, args.repeats, per=args.steps)
+        if measured:
+            timings.update(measured)
+            report({}, {})
     paths.clear()  # free the timed models before the memory and curve runs
     if not on_gpu and not args.no_memory:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
@@ -302,7 +293,7 @@ def main() -> None:
     if args.curve_steps:
         final_losses, first_losses = {}, {}
         tail = max(args.curve_steps // 5, 1)
-        for name in [n for n in names if n in medians]:
+        for name in [n for n in names if n in timings]:
             def curve_run(name: str = name) -> None:
                 path = TrainingPath(name, model_type, config, args.device, args.learning_rate, args.compile_backend)
                 curve = loss_curve(path, args.curve_steps, args.curve_batch, args.curve_size)
