@@ -239,6 +239,15 @@ def test_model_card_takes_numbers_only_from_results(tmp_path):
     card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}], {})
     assert card.data.eval_results[0].metric_value == 30.5  # numpy scalars from validation become plain floats
     assert results_table([RESULTS[0]]).count("\n") == 2  # header, rule, one row; no average of a single row
+    # "other" needs the name and link the Hub shows in place of a licence it does not know
+    with pytest.raises(ValueError, match="needs license_name and license_link"):
+        build_model_card("org/x", "pip", [], {}, license="other", license_name="pip-official-weights")
+    with pytest.raises(ValueError, match="describe license 'other'"):
+        build_model_card("org/x", "pip", [], {}, license_link="LICENSE")
+    card = build_model_card("org/x", "pip", [], {}, license="other", license_name="mine", license_link="LICENSE")
+    loaded = ModelCard.load(save_model_card(card, tmp_path))
+    assert (loaded.data.license, loaded.data.license_name, loaded.data.license_link) == ("other", "mine", "LICENSE")
+    assert "`other`, [mine](LICENSE)" in loaded.text
 
 
 def test_pip_card_names_the_recipe_its_command_used():

@@ -87,6 +87,10 @@ def test_publish_official_checkpoint_to_fake_hub(tmp_path):
     assert _card_numbers(card) == expected
     assert {e.dataset_split for e in card.data.eval_results} == {"test"}
     assert card.data.license == "other"  # official weights: their own terms, never a licence claimed for them
+    # ... named and linked to the official release, as the Hub asks of "other"
+    assert card.data.license_name == "restormer-official-weights"
+    assert card.data.license_link == "https://github.com/swz30/Restormer"
+    assert "[restormer-official-weights](https://github.com/swz30/Restormer)" in card.text
     text = card.text
     assert results["convention_description"] in text and "`3-task` protocol" in text
     assert "| PromptIR + CPL | 31.27/0.980 | 38.77/0.985 |" in text  # published rows beside ours
@@ -186,6 +190,17 @@ def test_publish_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # conversion options with a folder, which is not converted
         publish.parse_args(["--model_dir", "d", "--model_type", "pip", "--eval_json", "x", "--repo_id", "me/x"])
     assert "apply to --official_checkpoint" in capsys.readouterr().err
+    # "other" without a name and a link: the Hub would show an unnamed licence. A name with a Hub licence id: unused.
+    model = tiny_model("restormer")
+    model.save_pretrained(tmp_path / "trained")
+    eval_json = evaluation_json(model, tmp_path)
+    folder_args = ["--model_dir", str(tmp_path / "trained"), "--eval_json", str(eval_json), "--repo_id", "me/x",
+                   "--output", str(tmp_path / "out"), "--no_push"]
+    assert publish.main([*folder_args, "--license", "other"]) == 2
+    assert "--license other needs --license_name and --license_link" in capsys.readouterr().err
+    assert publish.main([*folder_args, "--license_name", "mine"]) == 2
+    assert "describe --license other, not 'apache-2.0'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     # A checkpoint holding objects that weights_only loading refuses: one line and exit code 2, no traceback.
     import collections
 

@@ -78,6 +78,8 @@ def build_model_card(
     comparison: str = "",
     license: str = "apache-2.0",
     usage: Optional[str] = None,
+    license_name: Optional[str] = None,
+    license_link: Optional[str] = None,
 ) -> "ModelCard":
     """A `huggingface_hub.ModelCard` for a trained model, with model-index results taken from `results`.
 
@@ -98,11 +100,17 @@ def build_model_card(
             test sets by ``training.evaluate_protocol``).
         comparison: optional Markdown shown after the results table (e.g. the published numbers beside ours,
             rendered from the same evaluation JSON).
-        license: the card's ``license`` field (the weights' licence).
+        license: the card's ``license`` field (the weights' licence): a Hub licence id, or ``"other"`` with
+            `license_name` (an id of your choosing, e.g. ``promptir-official-weights``) and `license_link` (a URL,
+            or ``LICENSE`` for a file in the repo), which the Hub shows in place of a licence it does not know.
         usage: the card's usage section (default: `usage_section` of ``model_id``, for a folder with its code).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    if license == "other" and not (license_name and license_link):
+        raise ValueError("license 'other' needs license_name and license_link: the Hub shows them as the licence")
+    if license != "other" and (license_name or license_link):
+        raise ValueError(f"license_name and license_link describe license 'other', not {license!r}")
     results = [_check_result(result, index) for index, result in enumerate(results)]
     title = model_id.rstrip("/").split("/")[-1]
     eval_results = []
@@ -124,6 +132,8 @@ def build_model_card(
     card_data = ModelCardData(
         model_name=title,
         license=license,
+        license_name=license_name,
+        license_link=license_link,
         library_name="transformers",
         pipeline_tag="image-to-image",
         tags=["image-restoration", "all-in-one", "prompt-learning", model_type],
@@ -145,6 +155,8 @@ def build_model_card(
         results_source=results_source,
         comparison=comparison,
         license=license,
+        license_name=license_name,
+        license_link=license_link,
         results_table=results_table(results),
         training_section=training_section(training_summary),
         recipe_config=recipe_config(training_summary),

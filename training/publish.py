@@ -1,7 +1,7 @@
 """Publish a model: convert or take a trained folder, verify it loads everywhere, card from an evaluation, upload.
 
     python -m training.publish --official_checkpoint model.ckpt --model_type promptir \
-        --eval_json results.json --repo_id org/promptir-3task --license other
+        --eval_json results.json --repo_id org/promptir-3task
     python -m training.publish --model_dir outputs/pip-restormer/model --eval_json results.json \
         --repo_id org/pip-restormer --output publish/pip-restormer
 
@@ -56,6 +56,16 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "pip": ("convert_pip", "convert_pip_checkpoint"),
     "cpl": ("convert_cpl", "convert_cpl_checkpoint"),
     "dppd": ("convert_dppd", "convert_dppd_checkpoint"),
+}
+
+#: Where each method's official release lives: the ``license_link`` of a card for converted official weights, whose
+#: licence is that release's (``license: other``, ``license_name: <model_type>-official-weights``).
+OFFICIAL_RELEASES: dict[str, str] = {
+    "restormer": "https://github.com/swz30/Restormer",
+    "promptir": "https://github.com/va1shn9v/PromptIR",
+    "pip": "https://github.com/longzilicart/pip_universal",
+    "cpl": "https://github.com/Aitical/CPLIR",
+    "dppd": "https://github.com/Aitical/DPPD",
 }
 
 #: Files of a training folder that are not part of the published model (the card is rendered anew).
@@ -171,7 +181,8 @@ print("remote code ok")
         raise PublishError(f"{folder} does not load with trust_remote_code without the package: {tail}")
 
 
-def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str) -> Path:
+def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str,
+                license_name: Optional[str] = None, license_link: Optional[str] = None) -> Path:
     """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON."""
     from training.evaluate_protocol import markdown_report, model_card_results
     from training.model_card import build_model_card, save_model_card
@@ -188,7 +199,7 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
     card = build_model_card(
         repo_id, model_type, model_card_results(results), summary,
         metric_protocol=results["convention_description"], results_source=source, comparison=comparison,
-        license=license,
+        license=license, license_name=license_name, license_link=license_link,
     )
     (folder / "protocol_results.json").write_text(json.dumps(results, indent=2))
     return save_model_card(card, folder)
@@ -215,9 +226,15 @@ def prepare_folder(
     model_dir: Optional[str] = None,
     config_overrides: Optional[dict] = None,
     license: Optional[str] = None,
+    license_name: Optional[str] = None,
+    license_link: Optional[str] = None,
     verify: bool = True,
 ) -> Path:
-    """Build, verify and card the publishable folder at `output` (written atomically); return it."""
+    """Build, verify and card the publishable folder at `output` (written atomically); return it.
+
+    Licence: a trained folder defaults to ``apache-2.0``; converted official weights to ``other``, named
+    ``<model_type>-official-weights`` and linked to the official release (`OFFICIAL_RELEASES`), whose terms they
+    keep. ``other`` with a trained folder needs `license_name` and `license_link`."""
     from modeling.inference import load_model, load_processor
 
     if (official_checkpoint is None) == (model_dir is None):
@@ -232,6 +249,9 @@ def prepare_folder(
         weights = f"converted from the official checkpoint `{Path(official_checkpoint).name}`"
         # Official releases carry their own terms; never claim a licence for them by default.
         license = license or "other"
+        if license == "other":
+            license_name = license_name or f"{model_type}-official-weights"
+            license_link = license_link or OFFICIAL_RELEASES[model_type]
     else:
         try:
             model = load_model(model_dir, device="cpu")
@@ -246,10 +266,15 @@ def prepare_folder(
     if results.get("model_type") != model_type:
         evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
         raise PublishError(f"the evaluation JSON {evaluated}, this is {model_type!r}")
+    if license == "other" and not (license_name and license_link):
+        raise PublishError("--license other needs --license_name and --license_link (the Hub shows them as the "
+                           "licence)")
+    if license != "other" and (license_name or license_link):
+        raise PublishError(f"--license_name and --license_link describe --license other, not {license!r}")
     output = Path(output)
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
-        render_card(partial, results, repo_id, model_type, license, weights)
+        render_card(partial, results, repo_id, model_type, license, weights, license_name, license_link)
         if verify:
             verify_folder(partial, model)
     return output
@@ -269,7 +294,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="local folder to write (default: publish/<name>)")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--license", default=None,
-                        help="card licence (default: apache-2.0 for trained folders, 'other' for official weights)")
+                        help="card licence, a Hub licence id (default: apache-2.0 for trained folders; 'other' for "
+                        "official weights, named <model_type>-official-weights and linked to the official release)")
+    parser.add_argument("--license_name", default=None, help="with --license other: the licence's id on the card")
+    parser.add_argument("--license_link", default=None,
+                        help="with --license other: a URL to the licence, or LICENSE for a file in the repo")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--no_push", action="store_true", help="prepare and verify the folder, do not upload")
     args = parser.parse_args(argv)
@@ -293,6 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folder = prepare_folder(
             output, results=results, repo_id=args.repo_id, official_checkpoint=args.official_checkpoint,
             model_type=args.model_type, model_dir=args.model_dir, config_overrides=args.config, license=args.license,
+            license_name=args.license_name, license_link=args.license_link,
         )
     except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers, bad repo id
         sys.stderr.write(f"publish failed: {error}\n")
