@@ -1115,6 +1115,28 @@ def test_gpu_goals_script_names_only_existing_benchmarks_paths_and_flags(tmp_pat
         assert all(f'"{flag}"' in source for flag in flags), (words[0], flags)
 
 
+def test_gpu_goals_script_logs_every_step_and_exits_with_the_failed_count(tmp_path):
+    """The script's own logic without a GPU: `python3` on its PATH is a stand-in that prints its arguments and
+    fails for PIP. Every step still runs, the log in the results folder holds what stdout showed, and the exit
+    status is the number of failed steps, which the last line names."""
+    shim = tmp_path / "bin" / "python3"
+    shim.parent.mkdir()
+    shim.write_text('#!/bin/bash\necho "ran $*"\ncase "$*" in *"--model-type pip"*) echo "pip failed" >&2; exit 3;; '
+                    "esac\n")
+    shim.chmod(0o755)
+    results = tmp_path / "results"
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results)], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert run.returncode == 1, run.stdout + run.stderr
+    log = (results / "gpu_goals.log").read_text()
+    assert log.count("=== python3 benchmarks/") == 5 and log.count("ran benchmarks/") == 5
+    assert "pip failed" in log and "=== exit status 3" in log
+    assert log.strip().splitlines()[-1].startswith("=== 1 step(s) failed: bench_train.py 3 (")
+    assert f"--json {results}/infer_promptir_1024.json" in log
+    assert run.stdout.strip().splitlines()[-1] == log.strip().splitlines()[-1]  # tee: the screen shows the same
+
+
 @pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])
 def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch, flag, expected):
     from conftest import tiny_model
