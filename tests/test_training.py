@@ -437,6 +437,30 @@ def test_promptir_recipes_step_the_schedule_one_epoch_late_as_lightning_does():
         linear_warmup_cosine(1, warmup_epochs=1, max_epochs=2, per_step=True, epoch_lag=1)
 
 
+def test_ema_warmup_off_keeps_the_decay_from_the_second_update():
+    """CPL's released recipe uses BasicSR's EMA (a constant 0.999); diffusers' EMAModel ramps its decay up as
+    (1 + s) / (10 + s) unless `ema_warmup` is off. The CPL recipes turn it off."""
+    import yaml
+
+    from training.train import TrainingArguments, build_ema
+
+    def ema_after(ema_warmup: bool, values=(1.0, 0.0, 0.0)) -> float:
+        weight = torch.nn.Parameter(torch.zeros(1))
+        ema = build_ema([weight], TrainingArguments(ema_decay=0.9, ema_warmup=ema_warmup))
+        for value in values:  # the weight after each optimizer step, then the EMA update
+            weight.data.fill_(value)
+            ema.step([weight])
+        return ema.shadow_params[0].item()
+
+    # First update: a copy (1). Then decay 0.9 twice: 0.81; with the ramp, 2/11 then 3/12: 1 x 2/11 x 3/12.
+    assert ema_after(False) == pytest.approx(0.81)
+    assert ema_after(True) == pytest.approx(2 / 11 * 3 / 12)
+    for name in ("promptir_cpl_3task", "promptir_cpl_5task"):
+        recipe = yaml.safe_load((REPO / "training" / "configs" / f"{name}.yaml").read_text())
+        assert (recipe["ema_decay"], recipe["ema_warmup"]) == (0.999, False), name
+    assert TrainingArguments().ema_warmup  # diffusers' ramp stays the default elsewhere
+
+
 def test_linear_warmup_cosine_per_step_follows_the_same_curve_without_the_staircase():
     smooth = linear_warmup_cosine(100, warmup_epochs=1, max_epochs=10, warmup_start_factor=0.1,
                                   eta_min_factor=0.01, per_step=True)

@@ -158,6 +158,10 @@ class TrainingArguments:
     use_ema: bool = _arg(True, "keep an EMA of the weights (final and best weights are the EMA)")
     ema_decay: float = _arg(0.999, "EMA decay")
     ema_update_after_step: int = _arg(0, "steps before the EMA starts averaging")
+    ema_warmup: bool = _arg(
+        True, "ramp the EMA decay up as (1 + s) / (10 + s) until it reaches ema_decay (diffusers' EMAModel); false: "
+        "ema_decay from the second update on, as BasicSR's EMA (CPL's released recipe)"
+    )
     # checkpoints, validation, logging
     output_dir: str = _arg("outputs/run", "checkpoints, logs, validation grids, final model")
     checkpointing_steps: int = _arg(500, "save a checkpoint every N steps; 0 disables")
@@ -593,6 +597,17 @@ def to_model_images(
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
+def build_ema(parameters, args: TrainingArguments):
+    """diffusers' ``EMAModel`` over `parameters` with the run's decay settings. Its first update copies the weights;
+    later ones use (1 + s) / (10 + s) capped at ``ema_decay`` or, with ``ema_warmup`` off, ``ema_decay`` itself
+    (``min_decay`` = ``decay``): BasicSR's constant-decay EMA."""
+    from diffusers.training_utils import EMAModel
+
+    # foreach: one fused update over all parameters instead of a Python loop (see benchmarks/bench_train_loop.py)
+    return EMAModel(parameters, decay=args.ema_decay, min_decay=0.0 if args.ema_warmup else args.ema_decay,
+                    update_after_step=args.ema_update_after_step, foreach=True)
+
+
 def main(args: TrainingArguments) -> dict:
     """Train, checkpoint, validate, save the final EMA weights (and push them). Returns the last validation."""
     from training.data import build_dataloader, build_stream
@@ -656,14 +671,7 @@ def main(args: TrainingArguments) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
     )
-    ema = None
-    if args.use_ema:
-        from diffusers.training_utils import EMAModel
-
-        # foreach: one fused update over all parameters instead of a Python loop (see benchmarks/bench_train_loop.py)
-        ema = EMAModel(
-            model.parameters(), decay=args.ema_decay, update_after_step=args.ema_update_after_step, foreach=True
-        )
+    ema = build_ema(model.parameters(), args) if args.use_ema else None
     model, optimizer = accelerator.prepare(model, optimizer)
     # --compile_model: the training forward (loss included) as one graph; its value checks step aside under
     # torch.compile and run in the eager calls. `model` itself stays eager for validation, the EMA and saving.
