@@ -31,7 +31,8 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
             not released; 0.1 is AECR-Net's weight of its contrastive regulariser (our choice). 0 turns it off.
         contrastive_loss (`str`, defaults to `"ratio"`): `"ratio"` = AECR-Net's form
             sum_l w_l d(f_l(anchor), f_l(clean)) / (sum_j d(f_l(anchor), f_l(negative_j)) + epsilon), d = mean L1
-            (the form CPL's figure matches; the paper's exact form is not released), or `"infonce"` =
+            over the batch, as AECR-Net's code computes it (the form CPL's figure matches; the paper's exact form is
+            not released), or `"infonce"` =
             sum_l w_l InfoNCE over the cosine similarities of the flattened features with `contrastive_temperature`.
         contrastive_feature_network (`str`, defaults to `"timm/vgg19.tv_in1k"`): Hub id or local folder of the
             frozen feature network, loaded with transformers `AutoBackbone`. A timm name (Hub id under `timm/`,

@@ -161,6 +161,11 @@ def test_ratio_is_one_when_the_negative_is_the_positive():
     assert contrastive_infonce(anchor, positive, four, temperature=0.1).item() == pytest.approx(torch.log(torch.tensor(5.0)).item(), abs=1e-5)
     # Negatives farther than the positive lower the ratio.
     assert contrastive_ratio(anchor, positive, positive[None] + 1.0, epsilon=1e-7) < 1
+    # AECR-Net's form: distances averaged over the batch, then divided (not a mean of per-image ratios, 0.75 here).
+    zero = torch.zeros(2, 1, 2, 2)
+    positive = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 0.1)])
+    negative = torch.stack([torch.full((1, 2, 2), 2.0), torch.full((1, 2, 2), 0.1)])
+    assert contrastive_ratio(zero, positive, negative[None], epsilon=0).item() == pytest.approx(0.55 / 1.05)
 
 
 def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):

@@ -17,8 +17,8 @@ CPR (settings documented in ``modeling.configuration_prompt_regularization``):
 - negatives = the same input restored with prompt components the router did not choose, at every prompt place
   (``forced_prompt=PerPlace(...)``), all of them or ``contrastive_num_negatives`` drawn at random; computed in
   one batched forward, without gradient unless ``contrastive_negatives_grad``;
-- ``"ratio"``: sum_l w_l d(f_l(a), f_l(p)) / (sum_j d(f_l(a), f_l(n_j)) + eps), d = mean absolute difference per
-  image, averaged over the batch (AECR-Net's contrastive regularisation with several negatives);
+- ``"ratio"``: sum_l w_l d(f_l(a), f_l(p)) / (sum_j d(f_l(a), f_l(n_j)) + eps), d = mean absolute difference
+  over the batch (AECR-Net's contrastive regularisation, a ratio of batch means, with several negatives);
   ``"infonce"``: sum_l w_l mean_b -log softmax over {positive, negatives} of cos(f_l(a), f_l(x)) / temperature.
 
 Feature network: loaded with transformers' ``AutoBackbone``. A timm name (``timm/vgg19.tv_in1k``, the paper's
@@ -80,10 +80,12 @@ def load_feature_network(name_or_path: str, out_indices: list[int]) -> nn.Module
 def contrastive_ratio(
     anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, epsilon: float
 ) -> torch.Tensor:
-    """d(a, p) / (sum_j d(a, n_j) + epsilon) per image, averaged. a, p: (B, ...); negatives: (N, B, ...)."""
-    to_positive = (anchor - positive).abs().flatten(1).mean(dim=1)
-    to_negatives = (anchor.unsqueeze(0) - negatives).abs().flatten(2).mean(dim=2).sum(dim=0)
-    return (to_positive / (to_negatives + epsilon)).mean()
+    """d(a, p) / (sum_j d(a, n_j) + epsilon), d the mean absolute difference over the whole batch (AECR-Net's
+    ``L1Loss`` of the batch's features: a ratio of batch means, not a mean of per-image ratios).
+    a, p: (B, ...); negatives: (N, B, ...)."""
+    to_positive = (anchor - positive).abs().mean()
+    to_negatives = (anchor.unsqueeze(0) - negatives).abs().flatten(1).mean(dim=1).sum()
+    return to_positive / (to_negatives + epsilon)
 
 
 def contrastive_infonce(
