@@ -53,6 +53,21 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
     assert np.isfinite(results["haze"]["psnr"])
 
 
+def test_cli_scores_the_tiles_and_overlap_it_is_given(heldout, tmp_path):
+    """--tile and --tile_overlap reach restore(): the scores are those of evaluate_heldout with the same tiling,
+    and another overlap scores differently (a tiny random model's tiles disagree near their borders)."""
+    folder = tmp_path / "model"
+    model = tiny_model("pip")
+    model.save_pretrained(folder)
+    rows = ["--noise_sigmas", "25", "--settings", "--no_baseline"]
+    results = main(["--model", str(folder), "--heldout", str(heldout), "--tile", "16", "--tile_overlap", "2", *rows])
+    options = dict(noise_sigmas=(25,), settings=(), baseline=False)
+    assert results == evaluate_heldout(model, heldout, tile=16, tile_overlap=2, **options)
+    for other in (evaluate_heldout(model, heldout, tile=16, tile_overlap=4, **options),
+                  evaluate_heldout(model, heldout, tile=0, **options)):
+        assert other["noise-25"]["psnr"] != results["noise-25"]["psnr"]
+
+
 def test_a_misspelled_row_fails_before_any_row_runs(heldout, tmp_path, monkeypatch):
     """`--settings blur-gausian` used to pass the row lookup and fail in the synthesis, after the rows before it
     had run (minutes on real photos), saving nothing: every row is now synthesized once on a probe first."""

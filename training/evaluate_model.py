@@ -109,6 +109,7 @@ def evaluate_heldout(
     settings: tuple[str, ...] = DEFAULT_SETTINGS,
     seed: int = 0,
     tile: int | None = None,
+    tile_overlap: int | None = None,
     baseline: bool = True,
     auto_mode: str = DEFAULT_AUTO_MODE,
     dtype: str = "fp32",
@@ -141,10 +142,10 @@ def evaluate_heldout(
             noisy = synthesize_row_image(clean, label, image_index, seed)
             degraded.append(noisy)
             kwargs = {"degradation": task} if takes_labels else {}
-            restored.append(restore(noisy, model, tile=tile, dtype=dtype, **kwargs))
+            restored.append(restore(noisy, model, tile=tile, tile_overlap=tile_overlap, dtype=dtype, **kwargs))
             if label_free:
-                restored_auto.append(restore(noisy, model, tile=tile, degradation="auto", auto_mode=auto_mode,
-                                             dtype=dtype))
+                restored_auto.append(restore(noisy, model, tile=tile, tile_overlap=tile_overlap, degradation="auto",
+                                             auto_mode=auto_mode, dtype=dtype))
             if baseline and task == "noise":
                 baseline_out.append(nl_means(noisy, params["sigma"] / 255))
         references = [clean.astype(np.float32) / 255 for clean in cleans]
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile", type=int, default=None,
                         help="tile side (0: whole images; default: the model's inference_tile, as restore())")
+    parser.add_argument("--tile_overlap", type=int, default=None,
+                        help="pixels shared by neighbouring tiles (default: restore()'s, 32 capped at tile // 4)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
@@ -270,8 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
-    options = dict(seed=args.seed, tile=args.tile, baseline=not args.no_baseline, auto_mode=args.auto_mode,
-                   dtype=args.dtype)
+    options = dict(seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap, baseline=not args.no_baseline,
+                   auto_mode=args.auto_mode, dtype=args.dtype)
     rows = dict(noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings))
     if args.workers > 1:
         results = evaluate_heldout_in_processes(args.model, args.heldout, args.workers, **rows, **options)
