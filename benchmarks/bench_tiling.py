@@ -1,9 +1,13 @@
 """Whole-image vs tiled inference: wall time, peak memory and agreement (prints ratios against whole-image).
 
     python benchmarks/bench_tiling.py --size 1024 --tile 256 --dim 16
+    python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --json tiling.json
 
 Each mode runs in its own subprocess so the peak resident memory (CPU) or peak allocated memory (CUDA) of one
-mode does not hide the other's (CPU: `VmHWM`, see bench_common.peak_rss_kib). Random weights: this measures cost, not quality.
+mode does not hide the other's (CPU: `VmHWM`, see bench_common.peak_rss_kib). The model is a random Restormer of
+width `--dim`, or `--model` (a folder or Hub id: e.g. the shipped weights, `modeling/demo`). The input is random:
+this measures cost, and the tiled output's agreement with the whole image's, not restoration quality (for that,
+`python -m training.evaluate_model --tile N` scores held-out photos).
 """
 
 from __future__ import annotations
@@ -28,9 +32,14 @@ def run_one(args: argparse.Namespace) -> dict:
     from modeling import RestormerConfig, RestormerForImageRestoration
     from modeling.inference import run_model
 
-    torch.manual_seed(0)
-    config = RestormerConfig(dim=args.dim, num_blocks=[1, 1, 1, 1] if args.dim < 48 else [4, 6, 6, 8])
-    model = RestormerForImageRestoration(config).eval().to(args.device)
+    if args.model:
+        from modeling.inference import load_model
+
+        model = load_model(args.model, device=args.device)
+    else:
+        torch.manual_seed(0)
+        config = RestormerConfig(dim=args.dim, num_blocks=[1, 1, 1, 1] if args.dim < 48 else [4, 6, 6, 8])
+        model = RestormerForImageRestoration(config).eval().to(args.device)
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, args.size, args.size, generator=generator)
     tile = args.tile if args.mode == "tiled" else None
@@ -51,16 +60,23 @@ def run_one(args: argparse.Namespace) -> dict:
     return {"mode": args.mode, "seconds": seconds, "peak_mib": peak_mib}
 
 
+def write_report(path: str | None, report: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--dim", type=int, default=16, help="Restormer width (48 = paper model)")
+    parser.add_argument("--model", default=None, help="model folder or Hub id instead of the random Restormer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--tiled-only", action="store_true",
                         help="skip the whole-image run (sizes whose whole image does not fit): time and peak only")
+    parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--mode", choices=("whole", "tiled"), help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,19 +94,27 @@ def main() -> None:
         for mode in modes:
             save = f"{tmp}/{mode}.pt"
             command = [sys.executable, __file__, "--mode", mode, "--save", save] + [
-                f"--{k}={v}" for k, v in vars(args).items() if k not in ("mode", "save", "tiled_only")
+                f"--{k}={v}" for k, v in vars(args).items()
+                if k not in ("mode", "save", "tiled_only", "json") and v is not None
             ]
             output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
             results[mode]["out"] = torch.load(save, weights_only=True)
-    print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, dim {args.dim}, "
-          f"{args.device}, {args.dtype}")
+    model = args.model or f"random Restormer, dim {args.dim}"
+    print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, {model}, {args.device}, "
+          f"{args.dtype}")
+    report = {"model": model, "size": args.size, "tile": args.tile, "overlap": args.overlap, "device": args.device,
+              "dtype": args.dtype, **{mode: {k: v for k, v in r.items() if k != "out"} for mode, r in results.items()}}
     if args.tiled_only:
         print(f" tiled: {results['tiled']['seconds']:.2f} s, peak {results['tiled']['peak_mib']:.0f} MiB")
+        write_report(args.json, report)
         return
     whole, tiled = results["whole"], results["tiled"]
     mse = ((whole["out"] - tiled["out"]) ** 2).mean().item()
     agreement = float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+    report.update(time_ratio=tiled["seconds"] / whole["seconds"], peak_ratio=tiled["peak_mib"] / whole["peak_mib"],
+                  agreement_db=agreement if mse else None)
+    write_report(args.json, report)
     for mode in ("whole", "tiled"):
         r = results[mode]
         print(f"{mode:>6}: {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB")

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ from .tiling import WHOLE_IMAGE, check_tiling, tiled_apply
 
 
 logger = logging.get_logger(__name__)
+
+#: Degradations whose correction depends on the whole image's brightness and contrast: tiles, each of which sees only
+#: its own part, restore them markedly worse than the whole image does (the README's tiling section has the
+#: measurements), so `restore()` warns when it tiles them.
+WHOLE_IMAGE_DEGRADATIONS = ("low-light", "haze")
 
 #: Folder of the small demo checkpoint shipped inside the package (used when ``model=None``).
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "demo"
@@ -572,6 +577,25 @@ def run_model(
 
 
 
+def _warn_when_tiles_split_a_global_correction(
+    model: Any, weights: Optional[torch.Tensor], tile: Optional[int], size: Sequence[int]
+) -> None:
+    """Warn (once per degradation and tile size) when an image whose degradation (its largest weight) is one of
+    `WHOLE_IMAGE_DEGRADATIONS` is about to be restored in tiles smaller than the image."""
+    tile = model_inference_tile(model) if tile is None else tile
+    names = getattr(getattr(model, "config", None), "degradation_names", None)
+    if not tile or weights is None or not names or max(size) <= tile:
+        return
+    for index in sorted(set(weights.argmax(dim=1).tolist())):
+        if names[index] in WHOLE_IMAGE_DEGRADATIONS:
+            logger.warning_once(
+                f"Restoring a {names[index]} image in {tile}x{tile} tiles: each tile sees only its own brightness "
+                "and contrast, which costs quality against the whole image (several dB on low light with 256-px "
+                "tiles). Restore the whole image (tile=0, --tile 0) where memory allows, else use the largest tile "
+                "that fits."
+            )
+
+
 def default_output_type(meta: dict) -> str:
     """Output kind matching the input recorded in `meta`: "np" for numpy, "pt" for tensors, else "pil" — except
     16-bit colour or alpha images (e.g. 16-bit RGB PNG files), which PIL cannot hold: "np" (uint16 (H, W, 3|4))."""
@@ -692,6 +716,7 @@ def restore(
                 )
             else:
                 weights = None
+            _warn_when_tiles_split_a_global_correction(model, weights, tile, pixel_values.shape[-2:])
             try:
                 restored = run_model(
                     model,
@@ -736,6 +761,7 @@ __all__ = [
     "estimate_degradation_weights",
     "load_model",
     "load_processor",
+    "WHOLE_IMAGE_DEGRADATIONS",
     "model_inference_tile",
     "resolve_channels_last",
     "resolve_device",

@@ -114,7 +114,10 @@ class SpaceSettings:
     max_megapixels: float = 4.0  # SPACE_MAX_MEGAPIXELS: larger images are refused with a message
     max_file_mb: float = 20.0  # SPACE_MAX_FILE_MB: upload size limit (server-side too, via launch)
     min_side: int = 16  # smaller images are refused (nothing to restore in a few pixels)
-    tile: int = 512  # SPACE_TILE: images with a side above this run tiled (tile x tile, bounded memory)
+    # SPACE_TILE: images with a side above this run tiled (tile x tile, one tile per forward pass: about the memory
+    # of a whole tile-sided image). Tiles cost quality on low light and haze, whose correction needs the whole
+    # image, so the default restores photos up to 1024 px whole (README, "Restore an image").
+    tile: int = 1024
     concurrency: Optional[int] = None  # SPACE_CONCURRENCY: restorations at once; None: 1 on CPU, 2 on GPU
     queue_size: int = 64  # SPACE_QUEUE_SIZE: waiting requests beyond this are turned away ("queue is full")
     model_cache_size: int = 2  # SPACE_MODEL_CACHE_SIZE: models kept loaded (least recently used evicted)
@@ -512,6 +515,7 @@ class RestorationSpace:
                 dtype=self.settings.dtype,
                 progress=True,
                 channels_last=self.settings.channels_last,
+                batch_size=1,  # one tile per forward: the peak memory of one tile, whatever the image size
             )
         except gr.Error:
             raise

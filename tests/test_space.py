@@ -203,7 +203,7 @@ def test_restore_endpoint_returns_what_restore_returns(client, images, checkpoin
 def test_explicit_degradation_and_tiles(client, images, checkpoints):
     folder = str(checkpoints["pip"])
     _, png, chart, status = call(client, images["tiled"], degradation="rain")
-    expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain")
+    expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain", batch_size=1)
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert f"tiled ({TILE}×{TILE} tiles)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
@@ -211,7 +211,7 @@ def test_explicit_degradation_and_tiles(client, images, checkpoints):
     # A model whose config names inference_tile runs on its own tiles, even below SPACE_TILE.
     tiled_folder = str(checkpoints["pip-tiled"])
     _, png, _, status = call(client, images["good"], model=tiled_folder, degradation="rain")
-    expected = restore(str(images["good"]), model=tiled_folder, tile=16, degradation="rain")
+    expected = restore(str(images["good"]), model=tiled_folder, tile=16, degradation="rain", batch_size=1)
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert "tiled (16×16 tiles)" in status
 

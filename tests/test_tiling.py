@@ -218,24 +218,69 @@ def test_restormer_tiled_matches_whole_image_on_512x512():
     assert psnr(tiled, whole) > 50.0
 
 
-def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run():
-    """benchmarks/bench_tiling.py on a tiny Restormer: both modes with their agreement, and `--tiled-only` (for sizes
-    whose whole image does not fit) with the tiled line alone (timings are not asserted)."""
+def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path):
+    """benchmarks/bench_tiling.py: a saved model folder (--model) in both modes with their agreement and a JSON
+    report, and a tiny random Restormer with `--tiled-only` (for sizes whose whole image does not fit), which prints
+    the tiled line alone (timings are not asserted)."""
+    import json
     import re
     import subprocess
     import sys
     from pathlib import Path
 
+    from conftest import tiny_model
+
+    tiny_model("pip").save_pretrained(tmp_path / "pip")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
-    common = [sys.executable, str(script), "--size", "96", "--tile", "48", "--overlap", "8", "--dim", "8"]
-    both = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    common = [sys.executable, str(script), "--size", "96", "--tile", "48", "--overlap", "8"]
+    both = subprocess.run(common + ["--model", str(tmp_path / "pip"), "--json", str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=300)
     assert both.returncode == 0, both.stderr[-3000:]
+    assert f"image 96x96, tile 48, overlap 8, {tmp_path / 'pip'}, cpu, fp32" in both.stdout
     assert re.search(r"^ whole: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
     assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
     agreement = float(re.search(r"tiled-vs-whole PSNR ([\d.]+|inf) dB", both.stdout).group(1))
     assert agreement > 30  # overlapping tiles blend to nearly the whole-image output, even with random weights
-    tiled_only = subprocess.run(common + ["--tiled-only"], capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["model"], report["size"], report["tile"], report["overlap"]) == (str(tmp_path / "pip"), 96, 48, 8)
+    assert report["agreement_db"] == pytest.approx(agreement, abs=0.05)
+    whole, tiled = report["whole"], report["tiled"]
+    assert report["time_ratio"] == pytest.approx(tiled["seconds"] / whole["seconds"])
+    assert report["peak_ratio"] == pytest.approx(tiled["peak_mib"] / whole["peak_mib"])
+    assert 50 < whole["peak_mib"] < 4096 and 50 < tiled["peak_mib"] < 4096
+    tiled_only = subprocess.run(common + ["--dim", "8", "--tiled-only"], capture_output=True, text=True, timeout=300)
     assert tiled_only.returncode == 0, tiled_only.stderr[-3000:]
-    assert "image 96x96, tile 48, overlap 8, dim 8" in tiled_only.stdout
+    assert "image 96x96, tile 48, overlap 8, random Restormer, dim 8" in tiled_only.stdout
     assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", tiled_only.stdout, re.M)
     assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
+
+
+def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image(caplog):
+    """Low light and haze are corrected from the whole image's brightness and contrast, which tiles do not see:
+    restore() warns (once per degradation and tile size) when tiles split such an image, and stays silent for
+    local degradations, whole images, tiles as large as the image and labels it cannot read."""
+    import logging
+
+    from conftest import smooth_image, tiny_model
+
+    from modeling import restore
+
+    model = tiny_model("pip")
+    image = smooth_image(40, 48)
+
+    def warnings_for(**kwargs) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="modeling.inference"):
+            restore(image, model, **kwargs)
+        return [r.getMessage() for r in caplog.records if "tiles: each tile sees only" in r.getMessage()]
+
+    assert warnings_for(tile=24, degradation="noise") == []
+    assert warnings_for(tile=0, degradation="low-light") == []
+    assert warnings_for(tile=48, degradation="low-light") == []  # one tile holds the whole image
+    (message,) = warnings_for(tile=24, degradation="low-light")
+    assert message.startswith("Restoring a low-light image in 24x24 tiles") and "tile=0" in message
+    assert warnings_for(tile=24, degradation="low-light") == []  # once
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modeling.inference"):  # a list: each image's own label
+        restore([image, image], model, tile=24, degradation=["noise", "haze"])
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["Restoring a haze image"]
