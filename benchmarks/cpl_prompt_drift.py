@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 
 from modeling import CPLConfig, CPLForImageRestoration, PerPlace  # noqa: E402
+from modeling.configuration_prompt_regularization import CONTRASTIVE_LOSS_FORMS  # noqa: E402
 from training.losses import build_training_loss  # noqa: E402
 
 DEGRADATIONS = ("noise", "haze", "dark")
@@ -88,13 +89,14 @@ def prompt_separation(
 
 def run(
     weight: float, seed: int, steps: int, every: int, feature_dir: str, negatives_grad: bool = False,
-    routing_grad: bool = False, forced_routing: bool = False,
+    routing_grad: bool = False, forced_routing: bool = False, loss: str = "ratio",
 ) -> list[tuple[int, float, float, list]]:
     config = CPLConfig(
         dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], prompt_dims=[8, 8, 16],
         prompt_sizes=[8, 4, 2], contrastive_weight=weight, contrastive_feature_network=feature_dir,
         contrastive_feature_layers=[0, 1, 2], contrastive_layer_weights=[0.25, 0.5, 1.0],
         contrastive_negatives_grad=negatives_grad, contrastive_routing_grad=routing_grad or forced_routing,
+        contrastive_loss=loss,
     )
     torch.manual_seed(seed)
     model = CPLForImageRestoration(config).train()
@@ -135,6 +137,8 @@ def main() -> None:
                         help="CPR run: let the regulariser reach the routers (off by default: contrastive_routing_grad)")
     parser.add_argument("--forced_routing", action="store_true",
                         help="both runs: degradation i always uses prompt component i (see the module docstring)")
+    parser.add_argument("--loss", default="ratio", choices=CONTRASTIVE_LOSS_FORMS,
+                        help="CPR run: the regulariser's form (CPLConfig.contrastive_loss)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronisation on a shared machine
     feature_dir = save_feature_network(tempfile.mkdtemp(prefix="cpl-drift-features-"))
@@ -144,9 +148,9 @@ def main() -> None:
             start = time.perf_counter()
             history = run(
                 weight, seed, args.steps, args.every, feature_dir, args.negatives_grad and weight > 0,
-                args.routing_grad and weight > 0, args.forced_routing,
+                args.routing_grad and weight > 0, args.forced_routing, args.loss,
             )
-            label = "L1 only" if weight == 0 else f"L1 + {weight} CPR"
+            label = "L1 only" if weight == 0 else f"L1 + {weight} CPR ({args.loss})"
             print(f"seed {seed}, {label} ({time.perf_counter() - start:.1f} s):")
             for step, cosine, pool_cosine, routing in history:
                 print(f"  step {step:4d}  cosine between degradations' prompts {cosine:.4f}  between prompt "

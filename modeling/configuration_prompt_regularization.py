@@ -14,7 +14,7 @@ from .configuration_backbone import RestorationBackboneConfig, check_bool, check
 
 #: Training-side losses a config can name in ``training_loss`` (implemented in ``training/losses.py``).
 TRAINING_LOSSES = ("contrastive_prompt_regularization",)
-CONTRASTIVE_LOSS_FORMS = ("ratio", "infonce")
+CONTRASTIVE_LOSS_FORMS = ("ratio", "batch_ratio", "infonce")
 
 
 @strict(accept_kwargs=True)
@@ -31,8 +31,9 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
             not released; 0.1 is AECR-Net's weight of its contrastive regulariser (our choice). 0 turns it off.
         contrastive_loss (`str`, defaults to `"ratio"`): `"ratio"` = AECR-Net's form
             sum_l w_l d(f_l(anchor), f_l(clean)) / (sum_j d(f_l(anchor), f_l(negative_j)) + epsilon), d = mean L1
-            over the batch, as AECR-Net's code computes it (the form CPL's figure matches; the paper's exact form is
-            not released), or `"infonce"` =
+            per image, the ratios averaged over the batch (ours: no image's distances drown another's; the form
+            CPL's figure matches, whose exact form is not released); `"batch_ratio"` = the same with d over the
+            whole batch, one ratio of batch means, as AECR-Net's code computes it; or `"infonce"` =
             sum_l w_l InfoNCE over the cosine similarities of the flattened features with `contrastive_temperature`.
         contrastive_feature_network (`str`, defaults to `"timm/vgg19.tv_in1k"`): Hub id or local folder of the
             frozen feature network, loaded with transformers `AutoBackbone`. A timm name (Hub id under `timm/`,

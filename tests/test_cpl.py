@@ -161,11 +161,13 @@ def test_ratio_is_one_when_the_negative_is_the_positive():
     assert contrastive_infonce(anchor, positive, four, temperature=0.1).item() == pytest.approx(torch.log(torch.tensor(5.0)).item(), abs=1e-5)
     # Negatives farther than the positive lower the ratio.
     assert contrastive_ratio(anchor, positive, positive[None] + 1.0, epsilon=1e-7) < 1
-    # AECR-Net's form: distances averaged over the batch, then divided (not a mean of per-image ratios, 0.75 here).
+    # Per image (distances 1 / 2 and 0.1 / 0.1), or AECR-Net's code: distances averaged over the batch, then divided.
     zero = torch.zeros(2, 1, 2, 2)
     positive = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 0.1)])
     negative = torch.stack([torch.full((1, 2, 2), 2.0), torch.full((1, 2, 2), 0.1)])
-    assert contrastive_ratio(zero, positive, negative[None], epsilon=0).item() == pytest.approx(0.55 / 1.05)
+    assert contrastive_ratio(zero, positive, negative[None], epsilon=0).item() == pytest.approx((0.5 + 1) / 2)
+    assert contrastive_ratio(zero, positive, negative[None], epsilon=0, per_image=False).item() == pytest.approx(
+        0.55 / 1.05)
 
 
 def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):
@@ -173,6 +175,28 @@ def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(fe
     anchor, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
     value = loss.regularizer(anchor, clean, clean[None])
     assert value.item() == pytest.approx(sum(LAYER_WEIGHTS), abs=1e-5)
+
+
+@pytest.mark.parametrize("form, per_image", [("ratio", True), ("batch_ratio", False)])
+def test_ratio_forms_reach_the_regulariser_from_the_config(feature_network_dir, form, per_image):
+    """contrastive_loss "ratio" (per-image ratios, averaged) and "batch_ratio" (AECR-Net's ratio of batch means)
+    give the regulariser their own layer sums; the two differ on a batch whose images are far apart in scale."""
+    config = tiny_config("cpl", **cpr_settings(feature_network_dir, contrastive_loss=form))
+    loss = ContrastivePromptRegularization.from_config(config)
+    generator = torch.Generator().manual_seed(0)
+    anchor, clean = torch.rand(2, 3, 16, 16, generator=generator), torch.rand(2, 3, 16, 16, generator=generator)
+    clean[1] = anchor[1] + 0.01 * (clean[1] - anchor[1])  # the second image is almost restored already
+    negatives = torch.rand(3, 2, 3, 16, 16, generator=generator)
+    features = [loss.features(x) for x in (anchor, clean, negatives.flatten(0, 1))]
+    expected = sum(weight * contrastive_ratio(a, p, n.view(3, 2, *n.shape[1:]), config.contrastive_epsilon,
+                                              per_image=per_image)
+                   for weight, a, p, n in zip(LAYER_WEIGHTS, *features))
+    value = loss.regularizer(anchor, clean, negatives)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    other = sum(weight * contrastive_ratio(a, p, n.view(3, 2, *n.shape[1:]), config.contrastive_epsilon,
+                                           per_image=not per_image)
+                for weight, a, p, n in zip(LAYER_WEIGHTS, *features))
+    assert abs(value.item() - other.item()) > 0.005 * value.item()  # the other form is another number
 
 
 def test_lambda_zero_is_exactly_the_l1_loss(feature_network_dir):

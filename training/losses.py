@@ -17,8 +17,9 @@ CPR (settings documented in ``modeling.configuration_prompt_regularization``):
 - negatives = the same input restored with prompt components the router did not choose, at every prompt place
   (``forced_prompt=PerPlace(...)``), all of them or ``contrastive_num_negatives`` drawn at random; computed in
   one batched forward, without gradient unless ``contrastive_negatives_grad``;
-- ``"ratio"``: sum_l w_l d(f_l(a), f_l(p)) / (sum_j d(f_l(a), f_l(n_j)) + eps), d = mean absolute difference
-  over the batch (AECR-Net's contrastive regularisation, a ratio of batch means, with several negatives);
+- ``"ratio"``: sum_l w_l d(f_l(a), f_l(p)) / (sum_j d(f_l(a), f_l(n_j)) + eps), d = mean absolute difference per
+  image, the ratios averaged over the batch (AECR-Net's contrastive regularisation with several negatives);
+  ``"batch_ratio"``: the same with d over the whole batch, one ratio of batch means, as AECR-Net's code has it;
   ``"infonce"``: sum_l w_l mean_b -log softmax over {positive, negatives} of cos(f_l(a), f_l(x)) / temperature.
 
 Feature network: loaded with transformers' ``AutoBackbone``. A timm name (``timm/vgg19.tv_in1k``, the paper's
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling import PerPlace
+from modeling.configuration_prompt_regularization import CONTRASTIVE_LOSS_FORMS
 
 #: ImageNet statistics: the inputs every pretrained backbone offered here (VGG19, ResNet, ConvNeXt) expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,14 +80,18 @@ def load_feature_network(name_or_path: str, out_indices: list[int]) -> nn.Module
 
 
 def contrastive_ratio(
-    anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, epsilon: float
+    anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, epsilon: float, per_image: bool = True
 ) -> torch.Tensor:
-    """d(a, p) / (sum_j d(a, n_j) + epsilon), d the mean absolute difference over the whole batch (AECR-Net's
-    ``L1Loss`` of the batch's features: a ratio of batch means, not a mean of per-image ratios).
-    a, p: (B, ...); negatives: (N, B, ...)."""
-    to_positive = (anchor - positive).abs().mean()
-    to_negatives = (anchor.unsqueeze(0) - negatives).abs().flatten(1).mean(dim=1).sum()
-    return to_positive / (to_negatives + epsilon)
+    """d(a, p) / (sum_j d(a, n_j) + epsilon), d the mean absolute difference: per image, then the ratios averaged
+    (`per_image`, form ``"ratio"``), or over the whole batch, one ratio of batch means (form ``"batch_ratio"``, as
+    AECR-Net's code computes it with ``L1Loss``). a, p: (B, ...); negatives: (N, B, ...)."""
+    if not per_image:
+        to_positive = (anchor - positive).abs().mean()
+        to_negatives = (anchor.unsqueeze(0) - negatives).abs().flatten(1).mean(dim=1).sum()
+        return to_positive / (to_negatives + epsilon)
+    to_positive = (anchor - positive).abs().flatten(1).mean(dim=1)
+    to_negatives = (anchor.unsqueeze(0) - negatives).abs().flatten(2).mean(dim=2).sum(dim=0)
+    return (to_positive / (to_negatives + epsilon)).mean()
 
 
 def contrastive_infonce(
@@ -149,8 +155,8 @@ class ContrastivePromptRegularization(nn.Module):
         routing_grad: bool = False,
     ) -> None:
         super().__init__()
-        if loss_form not in ("ratio", "infonce"):
-            raise ValueError(f"loss_form must be 'ratio' or 'infonce', got {loss_form!r}")
+        if loss_form not in CONTRASTIVE_LOSS_FORMS:
+            raise ValueError(f"loss_form must be one of {CONTRASTIVE_LOSS_FORMS}, got {loss_form!r}")
         self.feature_network = feature_network.eval().requires_grad_(False)
         self.layer_weights = list(layer_weights)
         self.weight, self.loss_form, self.num_negatives = weight, loss_form, num_negatives
@@ -210,8 +216,8 @@ class ContrastivePromptRegularization(nn.Module):
         total = anchor.new_zeros((), dtype=self.mean.dtype)
         for weight, a, p, n in zip(self.layer_weights, anchor_features, clean_features, negative_features):
             n = n.view(count, batch, *n.shape[1:])
-            if self.loss_form == "ratio":
-                term = contrastive_ratio(a, p, n, self.epsilon)
+            if self.loss_form in ("ratio", "batch_ratio"):
+                term = contrastive_ratio(a, p, n, self.epsilon, per_image=self.loss_form == "ratio")
             else:
                 term = contrastive_infonce(a, p, n, self.temperature)
             total = total + weight * term
