@@ -575,25 +575,17 @@ def run_model(
     return result
 
 
-
-
-def _warn_when_tiles_split_a_global_correction(
+def degradations_split_by_tiles(
     model: Any, weights: Optional[torch.Tensor], tile: Optional[int], size: Sequence[int]
-) -> None:
-    """Warn (once per degradation and tile size) when an image whose degradation (its largest weight) is one of
-    `WHOLE_IMAGE_DEGRADATIONS` is about to be restored in tiles smaller than the image."""
+) -> list[str]:
+    """The `WHOLE_IMAGE_DEGRADATIONS` that restoring an image of `size` (height, width) in `tile`-sided tiles
+    (`None`: the model's `inference_tile`) splits: those that are an image's largest weight in `weights`
+    ((B, num_degradations)). Empty when the tiles hold the whole image or the degradations are local."""
     tile = model_inference_tile(model) if tile is None else tile
     names = getattr(getattr(model, "config", None), "degradation_names", None)
     if not tile or weights is None or not names or max(size) <= tile:
-        return
-    for index in sorted(set(weights.argmax(dim=1).tolist())):
-        if names[index] in WHOLE_IMAGE_DEGRADATIONS:
-            logger.warning_once(
-                f"Restoring a {names[index]} image in {tile}x{tile} tiles: each tile sees only its own brightness "
-                "and contrast, which costs quality against the whole image (several dB on low light with 256-px "
-                "tiles). Restore the whole image (tile=0, --tile 0) where memory allows, else use the largest tile "
-                "that fits."
-            )
+        return []
+    return [names[i] for i in sorted(set(weights.argmax(dim=1).tolist())) if names[i] in WHOLE_IMAGE_DEGRADATIONS]
 
 
 def default_output_type(meta: dict) -> str:
@@ -716,7 +708,14 @@ def restore(
                 )
             else:
                 weights = None
-            _warn_when_tiles_split_a_global_correction(model, weights, tile, pixel_values.shape[-2:])
+            for name in degradations_split_by_tiles(model, weights, tile, pixel_values.shape[-2:]):
+                resolved_tile = model_inference_tile(model) if tile is None else tile
+                logger.warning_once(
+                    f"Restoring a {name} image in {resolved_tile}x{resolved_tile} tiles: each tile sees only its own "
+                    "brightness and contrast, which costs quality against the whole image (several dB on low light "
+                    "with 256-px tiles). Restore the whole image (tile=0, --tile 0) where memory allows, else use "
+                    "the largest tile that fits."
+                )
             try:
                 restored = run_model(
                     model,
@@ -752,6 +751,7 @@ def restore(
 __all__ = [
     "DEMO_CHECKPOINT_DIR",
     "NonFiniteOutputError",
+    "WHOLE_IMAGE_DEGRADATIONS",
     "RestorationInputError",
     "AUTO_MODES",
     "CAUTIOUS_MARGIN",
@@ -761,7 +761,6 @@ __all__ = [
     "estimate_degradation_weights",
     "load_model",
     "load_processor",
-    "WHOLE_IMAGE_DEGRADATIONS",
     "model_inference_tile",
     "resolve_channels_last",
     "resolve_device",
@@ -772,4 +771,5 @@ __all__ = [
     "DTYPE_ENV",
     "restore",
     "run_model",
+    "degradations_split_by_tiles",
 ]

@@ -51,6 +51,7 @@ from modeling.inference import (
     model_inference_tile,
     resolve_device,
     resolve_dtype,
+    degradations_split_by_tiles,
     restore,
 )
 
@@ -491,7 +492,7 @@ class RestorationSpace:
             tile = self.settings.tile
 
         try:
-            chart = None
+            chart = weights = None
             argument: Any = label
             if loaded.takes_labels and label is None and loaded.can_estimate:
                 # The weights restore(degradation="auto") would estimate, computed once by the same function and
@@ -501,9 +502,15 @@ class RestorationSpace:
                     model, pixel_values, auto_mode=auto_mode, device=self.device, dtype=self.settings.dtype,
                     channels_last=self.settings.channels_last,
                 )
-                argument, chart = weights, weights_frame(loaded.degradation_names, weights)
+                argument = weights
             elif loaded.takes_labels and label is not None:
-                chart = weights_frame(loaded.degradation_names, model.degradation_weights(label, 1))
+                weights = model.degradation_weights(label, 1)
+            if weights is not None:
+                chart = weights_frame(loaded.degradation_names, weights)
+            for name in degradations_split_by_tiles(model, weights, tile, (info.height, info.width)):
+                notes.append(f"Restored in {tile}×{tile} tiles: {name} is corrected from the whole image's "
+                             "brightness and contrast, which tiles do not see, so a smaller upload (at most "
+                             f"{self.settings.tile} px a side, restored whole) may restore it better.")
             restored = restore(
                 image_path,
                 model,

@@ -207,6 +207,10 @@ def test_explicit_degradation_and_tiles(client, images, checkpoints):
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
     assert f"tiled ({TILE}×{TILE} tiles)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
+    assert "from the whole image's brightness" not in status  # rain is local: tiles restore it as well
+    # Low light in tiles: the status says that the whole image restores it better.
+    _, _, _, status = call(client, images["tiled"], degradation="low-light")
+    assert f"Restored in {TILE}×{TILE} tiles: low-light is corrected from the whole image's brightness" in status
 
     # A model whose config names inference_tile runs on its own tiles, even below SPACE_TILE.
     tiled_folder = str(checkpoints["pip-tiled"])
