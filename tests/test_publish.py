@@ -201,6 +201,9 @@ def test_publish_usage_errors(tmp_path, capsys):
     assert publish.main([*folder_args, "--license_name", "mine"]) == 2
     assert "describe --license other, not 'apache-2.0'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # ... checked before anything is loaded or converted
+    assert publish.main([*folder_args[:1], str(tmp_path / "missing"), *folder_args[2:], "--license", "other"]) == 2
+    assert "--license other needs" in capsys.readouterr().err
     # A checkpoint holding objects that weights_only loading refuses: one line and exit code 2, no traceback.
     import collections
 

@@ -240,18 +240,24 @@ def prepare_folder(
     if (official_checkpoint is None) == (model_dir is None):
         raise PublishError("give either --official_checkpoint (with --model_type) or --model_dir")
     check_output_folder(Path(output), Path(official_checkpoint or model_dir))
+    if official_checkpoint is not None and model_type is None:
+        raise PublishError("--official_checkpoint needs --model_type")
+    # The card's licence, settled before any conversion. Official releases carry their own terms: never claim a
+    # licence for them by default.
+    license = license or ("other" if official_checkpoint is not None else "apache-2.0")
+    if license == "other" and official_checkpoint is not None:
+        license_name = license_name or f"{model_type}-official-weights"
+        license_link = license_link or OFFICIAL_RELEASES[model_type]
+    if license == "other" and not (license_name and license_link):
+        raise PublishError("--license other needs --license_name and --license_link (the Hub shows them as the "
+                           "licence)")
+    if license != "other" and (license_name or license_link):
+        raise PublishError(f"--license_name and --license_link describe --license other, not {license!r}")
     extra: list[Path] = []
     if official_checkpoint is not None:
-        if model_type is None:
-            raise PublishError("--official_checkpoint needs --model_type")
         model = convert_official(official_checkpoint, model_type, config_overrides)
         processor = None
         weights = f"converted from the official checkpoint `{Path(official_checkpoint).name}`"
-        # Official releases carry their own terms; never claim a licence for them by default.
-        license = license or "other"
-        if license == "other":
-            license_name = license_name or f"{model_type}-official-weights"
-            license_link = license_link or OFFICIAL_RELEASES[model_type]
     else:
         try:
             model = load_model(model_dir, device="cpu")
@@ -261,16 +267,10 @@ def prepare_folder(
         extra = [p for p in sorted(Path(model_dir).iterdir())
                  if p.is_file() and p.name not in _NOT_PUBLISHED and p.suffix in (".png", ".json", ".jpg")]
         weights = f"trained with this repository (`{Path(model_dir).name}`)"
-        license = license or "apache-2.0"
     model_type = model.config.model_type
     if results.get("model_type") != model_type:
         evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
         raise PublishError(f"the evaluation JSON {evaluated}, this is {model_type!r}")
-    if license == "other" and not (license_name and license_link):
-        raise PublishError("--license other needs --license_name and --license_link (the Hub shows them as the "
-                           "licence)")
-    if license != "other" and (license_name or license_link):
-        raise PublishError(f"--license_name and --license_link describe --license other, not {license!r}")
     output = Path(output)
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
