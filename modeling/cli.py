@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
                         help="restore in overlapping N x N tiles (bounded memory), N >= 8; 0: whole images; default: "
-                             "the model's inference_tile if its config names one, else whole images")
+                             "the model's inference_tile if its config names one, else whole images up to 4 "
+                             "megapixels and 1024 x 1024 tiles above")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
                         help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",

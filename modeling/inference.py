@@ -35,6 +35,14 @@ logger = logging.get_logger(__name__)
 #: measurements), so `restore()` warns when it tiles them.
 WHOLE_IMAGE_DEGRADATIONS = ("low-light", "haze")
 
+#: `tile=None` for a model whose config names no `inference_tile`: images above `AUTO_TILE_ABOVE_PIXELS` (4
+#: megapixels) are restored in `AUTO_TILE`-sided tiles, smaller ones whole. A whole image costs about 2.3 GiB per
+#: megapixel with the shipped weights on CPU in fp32 (benchmarks/bench_tiling.py at 512² and 1024²), so a
+#: 12-megapixel phone photo restored whole would need some 28 GiB; tiles, `batch_size` per forward pass, keep the peak near that of a whole
+#: 4-megapixel image. Tiles cost some quality (README, "Restore an image"), hence the generous threshold.
+AUTO_TILE_ABOVE_PIXELS = 2048 * 2048
+AUTO_TILE = 1024
+
 #: Folder of the small demo checkpoint shipped inside the package (used when ``model=None``).
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "demo"
 
@@ -514,6 +522,17 @@ def model_inference_tile(model: Any) -> Optional[int]:
     return getattr(getattr(model, "config", None), "inference_tile", None)
 
 
+def resolve_tile(model: Any, tile: Optional[int], size: Sequence[int]) -> int:
+    """The tile side for an image of `size` (height, width), 0 for the whole image: `tile` when the caller gives one
+    (0: whole), else the model's `inference_tile`, else `AUTO_TILE` for images above `AUTO_TILE_ABOVE_PIXELS`."""
+    if tile is not None:
+        return tile
+    own = model_inference_tile(model)
+    if own is not None:
+        return own
+    return AUTO_TILE if size[-2] * size[-1] > AUTO_TILE_ABOVE_PIXELS else WHOLE_IMAGE
+
+
 def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
@@ -529,8 +548,9 @@ def run_model(
 ) -> torch.Tensor:
     """Restore a (B, 3, H, W) batch in [0, 1]: whole image or tiled, optional autocast; returns float32 on CPU.
 
-    `tile=None` takes the model's `inference_tile` (whole images when it names none); `tile=0` (`WHOLE_IMAGE`)
-    always restores whole images. With tiles, the input stays on its device (e.g. CPU) and only tiles go to `device`.
+    `tile=None` takes the model's `inference_tile`, else whole images up to `AUTO_TILE_ABOVE_PIXELS` and
+    `AUTO_TILE`-sided tiles above (`resolve_tile`); `tile=0` (`WHOLE_IMAGE`) always restores whole images. With
+    tiles, the input stays on its device (e.g. CPU) and only tiles go to `device`.
     `degradation_labels`: (B, num_degradations) weights (see `degradation_label_ids`), reused for every tile.
     `channels_last`: feed the model channels-last maps (same outputs up to float rounding); `None`: on CPU only
     (see `resolve_channels_last`). The model's own weights are left as they are.
@@ -558,7 +578,12 @@ def run_model(
             output = model(pixel_values=batch, return_dict=True, **kwargs)
         return _reconstruction_of(output).float()
 
-    tile, tile_overlap = check_tiling(model_inference_tile(model) if tile is None else tile, tile_overlap)
+    if tile is None and model_inference_tile(model) is None and resolve_tile(model, None, pixel_values.shape):
+        logger.warning_once(
+            f"Images above {AUTO_TILE_ABOVE_PIXELS / 2**20:g} megapixels are restored in {AUTO_TILE}x{AUTO_TILE} "
+            "tiles by default, which bounds memory; tile=0 (--tile 0) restores them whole."
+        )
+    tile, tile_overlap = check_tiling(resolve_tile(model, tile, pixel_values.shape), tile_overlap)
     with torch.inference_mode():
         if tile:
             result = tiled_apply(
@@ -581,7 +606,7 @@ def degradations_split_by_tiles(
     """The `WHOLE_IMAGE_DEGRADATIONS` that restoring an image of `size` (height, width) in `tile`-sided tiles
     (`None`: the model's `inference_tile`) splits: those that are an image's largest weight in `weights`
     ((B, num_degradations)). Empty when the tiles hold the whole image or the degradations are local."""
-    tile = model_inference_tile(model) if tile is None else tile
+    tile = resolve_tile(model, tile, size)
     names = getattr(getattr(model, "config", None), "degradation_names", None)
     if not tile or weights is None or not names or max(size) <= tile:
         return []
@@ -625,7 +650,8 @@ def restore(
             the demo checkpoint shipped in the package.
         processor: a `RestorationImageProcessor`; default: the one saved with the model, else default settings.
         tile: run on overlapping `tile` x `tile` tiles (bounded memory), at least 8; `0` restores whole images;
-            `None` (default) uses the model's `inference_tile` when its config names one, else whole images.
+            `None` (default) uses the model's `inference_tile` when its config names one, else whole images up to
+            4 megapixels and 1024-px tiles above (`resolve_tile`, `AUTO_TILE_ABOVE_PIXELS`).
         tile_overlap: pixels shared by neighbouring tiles (blended smoothly), in [0, tile // 2]; `None`: 32, capped
             at tile // 4. See `modeling.tiling.check_tiling`.
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
@@ -664,7 +690,7 @@ def restore(
     # Fail on bad arguments before loading anything.
     resolve_dtype(dtype)
     resolve_channels_last(channels_last, torch.device("cpu"))
-    check_tiling(tile, tile_overlap)  # run_model resolves tile=None to the model's inference_tile
+    check_tiling(tile, tile_overlap)  # run_model resolves tile=None (resolve_tile)
     if device is not None:
         resolve_device(device)
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
@@ -709,7 +735,7 @@ def restore(
             else:
                 weights = None
             for name in degradations_split_by_tiles(model, weights, tile, pixel_values.shape[-2:]):
-                resolved_tile = model_inference_tile(model) if tile is None else tile
+                resolved_tile = resolve_tile(model, tile, pixel_values.shape[-2:])
                 logger.warning_once(
                     f"Restoring a {name} image in {resolved_tile}x{resolved_tile} tiles: each tile sees only its own "
                     "brightness and contrast, which costs quality against the whole image (several dB on low light "
@@ -762,6 +788,9 @@ __all__ = [
     "load_model",
     "load_processor",
     "model_inference_tile",
+    "resolve_tile",
+    "AUTO_TILE",
+    "AUTO_TILE_ABOVE_PIXELS",
     "resolve_channels_last",
     "resolve_device",
     "resolve_dtype",

@@ -284,3 +284,30 @@ def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image(caplog):
     with caplog.at_level(logging.WARNING, logger="modeling.inference"):  # a list: each image's own label
         restore([image, image], model, tile=24, degradation=["noise", "haze"])
     assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["Restoring a haze image"]
+
+
+def test_images_above_the_auto_tile_threshold_are_tiled_by_default(monkeypatch, caplog):
+    """tile=None: whole images up to AUTO_TILE_ABOVE_PIXELS, AUTO_TILE-sided tiles above (a 12-megapixel photo
+    restored whole would need tens of GiB), with a warning naming tile=0; the model's own inference_tile and an
+    explicit tile still win. Thresholds are shrunk here so that a tiny image crosses them."""
+    import logging
+
+    from conftest import smooth_image, tiny_model
+
+    from modeling import inference, restore
+
+    assert inference.AUTO_TILE_ABOVE_PIXELS == 2048 * 2048 and inference.AUTO_TILE == 1024
+    model = tiny_model("pip")
+    image = smooth_image(40, 48)
+    whole, tiled = restore(image, model, tile=0, degradation="rain"), restore(image, model, tile=24,
+                                                                               degradation="rain")
+    assert not np.array_equal(whole, tiled)
+    assert np.array_equal(restore(image, model, degradation="rain"), whole)  # 1,920 pixels: under the threshold
+    monkeypatch.setattr(inference, "AUTO_TILE_ABOVE_PIXELS", 40 * 48 - 1)
+    monkeypatch.setattr(inference, "AUTO_TILE", 24)
+    with caplog.at_level(logging.WARNING, logger="modeling.inference"):
+        assert np.array_equal(restore(image, model, degradation="rain"), tiled)
+    assert "restored in 24x24 tiles by default" in caplog.text and "tile=0" in caplog.text
+    assert np.array_equal(restore(image, model, tile=0, degradation="rain"), whole)
+    assert inference.resolve_tile(model, None, (40, 47)) == 0 and inference.resolve_tile(model, None, (40, 48)) == 24
+    assert inference.resolve_tile(tiny_model("pip", inference_tile=16), None, (40, 48)) == 16

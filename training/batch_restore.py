@@ -72,7 +72,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="degradation label for models that take one, or 'auto' to estimate it per image")
     parser.add_argument("--tile", type=int, default=None,
                         help="restore in overlapping N x N tiles (bounded memory); 0: whole images; default: the "
-                             "model's inference_tile, else whole images")
+                             "model's inference_tile, else whole images up to 4 megapixels and 1024-px tiles above")
     parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default 32, ≤ N/4)")
     parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),

@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tile", type=int, default=None,
-                        help="tile side (0: whole images; default: the model's inference_tile, as restore())")
+                        help="tile side (0: whole images; default: as restore(): the model's inference_tile, else "
+                             "whole images up to 4 megapixels)")
     parser.add_argument("--tile_overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles (default: restore()'s, 32 capped at tile // 4)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
