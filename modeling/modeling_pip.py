@@ -36,8 +36,11 @@ from .restormer_blocks import (
     GatedDconvFeedForward,
     channel_attention,
     channels_innermost,
+    depthwise_conv,
     fp32_in_cpu_inference,
+    head_temperature,
     merge_heads,
+    pointwise_conv,
     split_heads,
 )
 
@@ -69,12 +72,12 @@ class PromptCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, bias: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
-        self.q_dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=bias)
-        self.kv = nn.Conv2d(dim, dim * 2, kernel_size=1, bias=bias)
-        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, kernel_size=3, padding=1, groups=dim * 2, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.temperature = head_temperature(num_heads)
+        self.q = pointwise_conv(dim, dim, bias)
+        self.q_dwconv = depthwise_conv(dim, bias)
+        self.kv = pointwise_conv(dim, 2 * dim, bias)  # key and value side by side
+        self.kv_dwconv = depthwise_conv(2 * dim, bias)
+        self.project_out = pointwise_conv(dim, dim, bias)
 
     def init_own_parameters(self) -> None:
         nn.init.ones_(self.temperature)
@@ -213,15 +216,9 @@ class TopMCrossAttention(PromptCrossAttention):
                 for keep in self.kept_counts(attention.shape[-1])]
 
 
-class DualGateFeedForward(nn.Module):
-    """GDFN with both halves gating each other: gelu(x2) * x1 + gelu(x1) * x2 (official, after LLFormer)."""
-
-    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool) -> None:
-        super().__init__()
-        hidden = int(dim * ffn_expansion_factor)
-        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
-        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+class DualGateFeedForward(GatedDconvFeedForward):
+    """GDFN with both halves gating each other: gelu(x2) * x1 + gelu(x1) * x2 (official, after LLFormer). The
+    layers (and checkpoint names) are GDFN's; only the gating differs."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         first, second = self.dwconv(self.project_in(hidden_states)).chunk(2, dim=1)

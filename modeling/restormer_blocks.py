@@ -145,6 +145,22 @@ def channel_attention(
     return merge_heads(out, height, width, channels_last)
 
 
+def pointwise_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
+    """A 1x1 convolution: a per-pixel linear map of the channels."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def depthwise_conv(channels: int, bias: bool) -> nn.Conv2d:
+    """A 3x3 convolution of each channel on its own (groups = channels), size-preserving."""
+    return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=bias)
+
+
+def head_temperature(num_heads: int) -> nn.Parameter:
+    """A learned scale of the attention logits per head, starting at 1; shaped (heads, 1, 1) to broadcast over
+    each head's channel-by-channel map."""
+    return nn.Parameter(torch.ones(num_heads).view(num_heads, 1, 1))
+
+
 class MultiDconvHeadTransposedAttention(nn.Module):
     """MDTA: 1x1 then depthwise 3x3 convolutions make q, k, v; channel attention; 1x1 projection."""
 
@@ -153,10 +169,11 @@ class MultiDconvHeadTransposedAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by its {num_heads} heads")
         self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.temperature = head_temperature(num_heads)
+        # Query, key and value side by side in one map of 3 x dim channels (checkpoint names: qkv, qkv_dwconv).
+        self.qkv = pointwise_conv(dim, 3 * dim, bias)
+        self.qkv_dwconv = depthwise_conv(3 * dim, bias)
+        self.project_out = pointwise_conv(dim, dim, bias)
 
     @fp32_in_cpu_inference
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -174,9 +191,10 @@ class GatedDconvFeedForward(nn.Module):
     def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool) -> None:
         super().__init__()
         hidden = int(dim * ffn_expansion_factor)
-        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
-        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
-        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+        # Gate and content halves expanded together, then each gated against the other in `forward`.
+        self.project_in = pointwise_conv(dim, 2 * hidden, bias)
+        self.dwconv = depthwise_conv(2 * hidden, bias)
+        self.project_out = pointwise_conv(hidden, dim, bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         gate, content = self.dwconv(self.project_in(hidden_states)).chunk(2, dim=1)
