@@ -1,6 +1,7 @@
 """``prompt-restore``: restore image files from the command line with `modeling.inference.restore`.
 
-    prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N] [--overwrite]
+    prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N] [--statistics-passes N]
+                   [--overwrite]
                    [--degradation NAME|auto] [--device DEV] [--dtype auto|fp32|bf16|fp16] [--suffix S]
 
 INPUTs are files, folders (their image files, not recursive) and glob patterns. Each result is written to
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "megapixels and 1024 x 1024 tiles above")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
                         help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
+    parser.add_argument("--statistics-passes", type=int, default=None, metavar="N",
+                        help="with tiles, passes that gather whole-image statistics before the restoring pass (each "
+                             "costs one tiled restore); 0: every tile uses its own; default: 3 for low-light and "
+                             "hazy images, else 0")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
                         help="degradation label for models that take one (e.g. noise, rain, haze, blur, low-light)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")
@@ -204,6 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail_usage("--tile-overlap only applies to tiled inference: give --tile N as well")
     if args.batch_size < 1:
         return fail_usage(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.statistics_passes is not None and args.statistics_passes < 0:
+        return fail_usage(f"--statistics-passes must be >= 0, got {args.statistics_passes}")
     out_dir = Path(args.output)
     problem = check_output_folder(out_dir)
     if problem is not None:
@@ -285,6 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 dtype=args.dtype,
                 batch_size=args.batch_size,
                 channels_last=args.channels_last,
+                statistics_passes=args.statistics_passes,
             )
             _save_png(restored, target, overwrite=args.overwrite)
             written += 1

@@ -23,6 +23,7 @@ from torch import nn
 from .errors import RestorationInputError
 from .restoration_unet import EncoderFeatures
 from .restormer_blocks import TransformerBlock
+from .tile_context import resize_from_prompt, spatial_mean
 
 
 class PromptGenerator(nn.Module):
@@ -67,7 +68,7 @@ class PromptGenerator(nn.Module):
         (``component_weights``) or, through it, the features it pools.
         """
         height, width = features.shape[-2:]
-        weights = F.softmax(self.component_weights(features.mean(dim=(-2, -1))), dim=1)
+        weights = F.softmax(self.component_weights(spatial_mean(features)), dim=1)
         if not routing_grad:
             weights = weights.detach()
         if self.top_k is not None:
@@ -77,7 +78,7 @@ class PromptGenerator(nn.Module):
             forced = self.forced_indices(forced_prompt, weights.shape[0], weights.device)
             weights = torch.zeros_like(weights).scatter(1, forced[:, None], weights.sum(dim=1, keepdim=True))
         prompt = torch.einsum("bl,lchw->bchw", weights, self.prompt_components)
-        prompt = F.interpolate(prompt, size=(height, width), mode="bilinear", align_corners=False)
+        prompt = resize_from_prompt(prompt, (height, width))
         return self.output_conv(prompt), weights
 
     def forced_indices(self, forced_prompt: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:

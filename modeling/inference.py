@@ -25,15 +25,22 @@ from transformers.utils import logging
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
+from .tile_context import GRID
 from .tiling import WHOLE_IMAGE, check_tiling, tiled_apply
 
 
 logger = logging.get_logger(__name__)
 
-#: Degradations whose correction depends on the whole image's brightness and contrast: tiles, each of which sees only
-#: its own part, restore them markedly worse than the whole image does (the README's tiling section has the
-#: measurements), so `restore()` warns when it tiles them.
+#: Degradations whose correction depends on the whole image's brightness and contrast: tiles that each use their own
+#: statistics restore them markedly worse than the whole image does (the README's tiling section has the
+#: measurements), so `restore()` gathers whole-image statistics over the tiles for them (`DEFAULT_STATISTICS_PASSES`).
 WHOLE_IMAGE_DEGRADATIONS = ("low-light", "haze")
+
+#: Statistics passes `restore()` runs before the restoring pass when tiles split an image of a
+#: `WHOLE_IMAGE_DEGRADATIONS` kind (`statistics_passes=None`). Each pass makes the gathered statistics closer to the
+#: whole image's (`tile_context`); the README's tiling table measures 0 to 4 passes. Every pass costs one tiled
+#: restore, so this default costs 4x the plain tiled time on those images only.
+DEFAULT_STATISTICS_PASSES = 3
 
 #: `tile=None` for a model whose config names no `inference_tile`: images above `AUTO_TILE_ABOVE_PIXELS` (4
 #: megapixels) are restored in `AUTO_TILE`-sided tiles, smaller ones whole. A whole image costs about 2.3 GiB per
@@ -533,6 +540,18 @@ def resolve_tile(model: Any, tile: Optional[int], size: Sequence[int]) -> int:
     return AUTO_TILE if size[-2] * size[-1] > AUTO_TILE_ABOVE_PIXELS else WHOLE_IMAGE
 
 
+def pad_to_grid(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pad bottom/right to a multiple of `tile_context.GRID` as the model pads its own inputs (reflect, or
+    replicate for sides too small to reflect), so that tiles with whole-image statistics see the same pixels."""
+    pad_h, pad_w = (-pixel_values.shape[-2]) % GRID, (-pixel_values.shape[-1]) % GRID
+    if not pad_h and not pad_w:
+        return pixel_values
+    mode = getattr(getattr(model, "config", None), "pad_mode", "reflect")
+    if mode == "reflect" and (pad_h >= pixel_values.shape[-2] or pad_w >= pixel_values.shape[-1]):
+        mode = "replicate"
+    return torch.nn.functional.pad(pixel_values, (0, pad_w, 0, pad_h), mode=mode)
+
+
 def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
@@ -545,6 +564,7 @@ def run_model(
     dtype: Union[str, torch.dtype, None] = None,
     progress: bool = False,
     channels_last: Optional[bool] = None,
+    statistics_passes: int = 0,
 ) -> torch.Tensor:
     """Restore a (B, 3, H, W) batch in [0, 1]: whole image or tiled, optional autocast; returns float32 on CPU.
 
@@ -554,7 +574,10 @@ def run_model(
     `degradation_labels`: (B, num_degradations) weights (see `degradation_label_ids`), reused for every tile.
     `channels_last`: feed the model channels-last maps (same outputs up to float rounding); `None`: on CPU only
     (see `resolve_channels_last`). The model's own weights are left as they are.
+    `statistics_passes`: with tiles, how many passes gather whole-image statistics for the model's global sites
+    before the pass that restores (`tiling.tiled_apply`); the image is padded to the model's grid for them.
     """
+    check_statistics_passes(statistics_passes)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
     memory_format = torch.channels_last if resolve_channels_last(channels_last, device) else torch.contiguous_format
     param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -586,10 +609,12 @@ def run_model(
     tile, tile_overlap = check_tiling(resolve_tile(model, tile, pixel_values.shape), tile_overlap)
     with torch.inference_mode():
         if tile:
+            height, width = pixel_values.shape[-2:]
+            padded = pad_to_grid(model, pixel_values) if statistics_passes else pixel_values
             result = tiled_apply(
-                forward, pixel_values, tile, tile_overlap, tile_batch_size=tile_batch_size, device=device,
-                progress=progress,
-            )
+                forward, padded, tile, tile_overlap, tile_batch_size=tile_batch_size, device=device,
+                progress=progress, statistics_passes=statistics_passes,
+            )[:, :, :height, :width]
         else:
             result = forward(pixel_values.to(device))
         finite = bool(torch.isfinite(result).all())  # where the result is: on a GPU one reduction, not a host scan
@@ -598,6 +623,29 @@ def run_model(
         hint = " Try dtype='bf16' or 'fp32' (fp16 overflows easily)." if autocast_dtype == torch.float16 else ""
         raise NonFiniteOutputError(f"The model produced NaN or infinite values.{hint}")
     return result
+
+
+def check_statistics_passes(statistics_passes: Any, name: str = "statistics_passes") -> None:
+    """ValueError unless `statistics_passes` is None (`restore()`'s choice) or an integer >= 0."""
+    if statistics_passes is None:
+        return
+    if isinstance(statistics_passes, bool) or not isinstance(statistics_passes, numbers.Integral) or (
+        statistics_passes < 0
+    ):
+        raise ValueError(f"{name} must be an integer >= 0 (or None for the default), got {statistics_passes!r}.")
+
+
+def resolve_statistics_passes(
+    model: Any, statistics_passes: Optional[int], weights: Optional[torch.Tensor], tile: Optional[int],
+    size: Sequence[int],
+) -> int:
+    """The statistics passes for restoring an image of `size` in `tile`-sided tiles: `statistics_passes` when given,
+    else `DEFAULT_STATISTICS_PASSES` where the tiles split a `WHOLE_IMAGE_DEGRADATIONS` image (see
+    `degradations_split_by_tiles`) and 0 elsewhere (whole images, and local degradations, whose tiles already
+    agree with the whole image)."""
+    if statistics_passes is not None:
+        return int(statistics_passes)
+    return DEFAULT_STATISTICS_PASSES if degradations_split_by_tiles(model, weights, tile, size) else 0
 
 
 def degradations_split_by_tiles(
@@ -640,6 +688,7 @@ def restore(
     progress: bool = False,
     trust_remote_code: bool = False,
     channels_last: Optional[bool] = None,
+    statistics_passes: Optional[int] = None,
 ) -> Any:
     """Restore one image or a list of images.
 
@@ -671,6 +720,10 @@ def restore(
         trust_remote_code: passed to `from_pretrained` when `model` is a Hub id or folder.
         channels_last: the CPU fast path: channels-last inputs, same outputs up to float rounding; `None`
             (default) turns it on for CPU devices, `False` gives the plain NCHW path (see `run_model`).
+        statistics_passes: with tiles, passes that gather whole-image statistics (channel attention, pooling,
+            prompt placement) for the tiles before the pass that restores (`modeling.tile_context`); 0: every
+            tile uses its own. `None` (default): `DEFAULT_STATISTICS_PASSES` for low-light and hazy images (the
+            label, or the largest estimated weight), 0 otherwise (`resolve_statistics_passes`).
 
     Returns:
         The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy for numpy (uint8
@@ -691,6 +744,7 @@ def restore(
     resolve_dtype(dtype)
     resolve_channels_last(channels_last, torch.device("cpu"))
     check_tiling(tile, tile_overlap)  # run_model resolves tile=None (resolve_tile)
+    check_statistics_passes(statistics_passes)
     if device is not None:
         resolve_device(device)
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
@@ -734,13 +788,15 @@ def restore(
                 )
             else:
                 weights = None
-            for name in degradations_split_by_tiles(model, weights, tile, pixel_values.shape[-2:]):
+            passes = resolve_statistics_passes(model, statistics_passes, weights, tile, pixel_values.shape[-2:])
+            split = [] if passes else degradations_split_by_tiles(model, weights, tile, pixel_values.shape[-2:])
+            for name in split:
                 resolved_tile = resolve_tile(model, tile, pixel_values.shape[-2:])
                 logger.warning_once(
-                    f"Restoring a {name} image in {resolved_tile}x{resolved_tile} tiles: each tile sees only its own "
-                    "brightness and contrast, which costs quality against the whole image (several dB on low light "
-                    "with 256-px tiles). Restore the whole image (tile=0, --tile 0) where memory allows, else use "
-                    "the largest tile that fits."
+                    f"Restoring a {name} image in {resolved_tile}x{resolved_tile} tiles with statistics_passes=0: "
+                    "each tile sees only its own brightness and contrast, which costs quality against the whole "
+                    "image (several dB on low light with 256-px tiles). Leave statistics_passes at its default "
+                    "(--statistics-passes), or restore the whole image (tile=0, --tile 0) where memory allows."
                 )
             try:
                 restored = run_model(
@@ -755,6 +811,7 @@ def restore(
                     dtype=dtype,
                     progress=progress,
                     channels_last=channels_last,
+                    statistics_passes=passes,
                 )
             except NonFiniteOutputError as err:
                 names = [metadata[i]["source"] or f"image {i}" for i in batch]
@@ -778,6 +835,9 @@ __all__ = [
     "DEMO_CHECKPOINT_DIR",
     "NonFiniteOutputError",
     "WHOLE_IMAGE_DEGRADATIONS",
+    "DEFAULT_STATISTICS_PASSES",
+    "check_statistics_passes",
+    "resolve_statistics_passes",
     "RestorationInputError",
     "AUTO_MODES",
     "CAUTIOUS_MARGIN",

@@ -48,6 +48,7 @@ from .degradation_labels import hard_weights
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import RestorationUNet
+from .tile_context import spatial_mean
 from .restormer_blocks import ChannelLayerNorm, TransformerBlock, channels_innermost, merge_heads, split_heads
 
 
@@ -107,7 +108,7 @@ class DegradationPrototypeAssignment(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit embedding (B, embedding_dim) and assignment logits (B, K), both float32."""
-        pooled = features.float().mean(dim=(-2, -1))
+        pooled = spatial_mean(features.float())
         # Parameter-free layer norm: the pooled latent grows with the residual stream; its scale says nothing
         # about the degradation and must not saturate the embedding.
         pooled = F.layer_norm(pooled, pooled.shape[-1:])

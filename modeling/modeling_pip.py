@@ -43,6 +43,7 @@ from .restormer_blocks import (
     pointwise_conv,
     split_heads,
 )
+from .tile_context import channel_attention_logits, resize_from_prompt, resize_to_prompt, spatial_mean
 
 
 def frequency_l1_loss(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -85,7 +86,10 @@ class PromptCrossAttention(nn.Module):
     def forward(self, query_map: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         query = self.q_dwconv(self.q(query_map))
         key, value = self.kv_dwconv(self.kv(context)).chunk(2, dim=1)
-        return self.project_out(channel_attention(query, key, value, self.num_heads, self.temperature))
+        # PIP uses this block between prompts (prompt-sized maps), whose statistics are no image's.
+        return self.project_out(
+            channel_attention(query, key, value, self.num_heads, self.temperature, spans_image=False)
+        )
 
 
 class PromptToPromptInteraction(nn.Module):
@@ -144,11 +148,11 @@ class PromptInPrompt(nn.Module):
         batch, _, height, width = skip.shape
         prompt_dim = self.degradation_prompts.shape[1]
         degradation_prompt = self.degradation_aware_prompt(degradation_weights)[:, :, None, None]
-        feature = F.interpolate(skip, size=(self.prompt_size, self.prompt_size), mode="bilinear", align_corners=False)
+        feature = resize_to_prompt(skip, (self.prompt_size, self.prompt_size))
         semantic_prompt = degradation_prompt * align_channels(feature, prompt_dim)
         basic = self.basic_restoration_prompt.unsqueeze(0).expand(batch, -1, -1, -1)
         universal_prompt = self.prompt_interaction(basic, semantic_prompt)
-        universal_prompt = F.interpolate(universal_prompt, size=(height, width), mode="bilinear", align_corners=False)
+        universal_prompt = resize_from_prompt(universal_prompt, (height, width))
         return self.output_conv(universal_prompt)
 
     def angle_regularization(self) -> torch.Tensor:
@@ -191,8 +195,7 @@ class TopMCrossAttention(PromptCrossAttention):
             query = split_heads(self.q_dwconv(self.q(feature.to(weight_dtype))), self.num_heads)
             key, value = self.kv_dwconv(self.kv(prompt.to(weight_dtype))).chunk(2, dim=1)
             key, value = split_heads(key, self.num_heads), split_heads(value, self.num_heads)
-            query, key = F.normalize(query.float(), dim=-1), F.normalize(key.float(), dim=-1)
-            return (query @ key.transpose(-2, -1)) * self.temperature.float(), value
+            return channel_attention_logits(query.float(), key.float(), self.temperature.float()), value
 
     def kept_counts(self, per_head: int) -> list[int]:
         return [int(per_head * numerator / denominator) for numerator, denominator in self.fractions]
@@ -293,7 +296,7 @@ class DegradationEstimator(nn.Module):
 
     def forward(self, features: EncoderFeatures) -> torch.Tensor:
         pooled = torch.cat(
-            [f.mean(dim=(-2, -1)) for f in (features.level1, features.level2, features.level3, features.latent)], dim=1
+            [spatial_mean(f) for f in (features.level1, features.level2, features.level3, features.latent)], dim=1
         )
         if self.detach_features:
             pooled = pooled.detach()

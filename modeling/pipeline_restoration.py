@@ -29,7 +29,9 @@ from .inference import (
     default_output_type,
     degradation_label_ids,
     estimate_degradation_weights,
+    check_statistics_passes,
     resolve_channels_last,
+    resolve_statistics_passes,
     run_model,
 )
 from .tiling import check_tiling
@@ -40,7 +42,9 @@ logger = logging.get_logger(__name__)
 TASK_NAME = "image-restoration"
 
 #: Call arguments of the pipeline (besides the inputs); `batch_size` and `num_workers` are the base class's.
-CALL_ARGUMENTS = ("tile", "tile_overlap", "degradation", "auto_mode", "dtype", "output_type", "channels_last")
+CALL_ARGUMENTS = (
+    "tile", "tile_overlap", "statistics_passes", "degradation", "auto_mode", "dtype", "output_type", "channels_last"
+)
 _OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -61,7 +65,8 @@ class ImageRestorationPipeline(Pipeline):
 
     Call kwargs: `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else
     the whole image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
-    tile // 4; see `modeling.tiling.check_tiling`), `degradation` (name, index or "auto"; only for models taking
+    tile // 4; see `modeling.tiling.check_tiling`), `statistics_passes` (int >= 0: passes gathering whole-image
+    statistics for the tiles; default as `restore`: 3 for low-light and hazy images, else 0), `degradation` (name, index or "auto"; only for models taking
     `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("auto", the default:
     bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16": autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
     numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
@@ -104,10 +109,12 @@ class ImageRestorationPipeline(Pipeline):
         dtype: Any = None,
         output_type: Optional[str] = None,
         channels_last: Optional[bool] = None,
+        statistics_passes: Optional[int] = None,
         **kwargs,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
             raise _unknown_argument_error(sorted(kwargs))
+        check_statistics_passes(statistics_passes)
         if tile is not None:
             check_tiling(tile, tile_overlap)  # fail before the first image; run_model applies the defaults
         if output_type is not None and output_type not in _OUTPUT_TYPES:
@@ -123,6 +130,8 @@ class ImageRestorationPipeline(Pipeline):
             forward_params["tile"] = tile
         if tile_overlap is not None:
             forward_params["tile_overlap"] = tile_overlap
+        if statistics_passes is not None:
+            forward_params["statistics_passes"] = statistics_passes
         if dtype is not None:
             forward_params["dtype"] = dtype
         if channels_last is not None:
@@ -148,6 +157,7 @@ class ImageRestorationPipeline(Pipeline):
         dtype: Any = None,
         auto_mode: str = DEFAULT_AUTO_MODE,
         channels_last: Optional[bool] = None,
+        statistics_passes: Optional[int] = None,
     ) -> dict:
         weights = model_inputs.get("degradation_labels")
         if weights is None and accepts_degradation_labels(self.model):
@@ -165,6 +175,9 @@ class ImageRestorationPipeline(Pipeline):
             device=self.device,
             dtype=dtype,
             channels_last=channels_last,
+            statistics_passes=resolve_statistics_passes(
+                self.model, statistics_passes, weights, tile, model_inputs["pixel_values"].shape[-2:]
+            ),
         )
         return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .tile_context import channel_attention_logits
+
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
 #: Whether attention (MDTA), the patch embedding and the down/upsampling convolutions (and PIP's pixel estimator)
@@ -129,18 +131,27 @@ def merge_heads(heads: torch.Tensor, height: int, width: int, channels_last: boo
 
 
 def channel_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, temperature: torch.Tensor
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    num_heads: int,
+    temperature: torch.Tensor,
+    spans_image: bool = True,
 ) -> torch.Tensor:
     """Restormer's "transposed" attention: a (C/heads x C/heads) map per head, over all pixels.
 
     Inputs are (B, C, H, W); query and key are L2-normalised over the pixel axis, so the attention map is a
-    cosine similarity between channels scaled by a learned per-head temperature.
+    cosine similarity between channels scaled by a learned per-head temperature. `spans_image`: the maps are
+    (tiles of) the image, so a tiled restore gathers the map over the whole image (`tile_context`); False for
+    maps of another size, such as PIP's prompts.
     """
     height, width = value.shape[-2:]
     channels_last = channels_innermost(value)
-    query = F.normalize(split_heads(query, num_heads), dim=-1)
-    key = F.normalize(split_heads(key, num_heads), dim=-1)
-    attention = (query @ key.transpose(-2, -1)) * temperature
+    query, key = split_heads(query, num_heads), split_heads(key, num_heads)
+    if spans_image:
+        attention = channel_attention_logits(query, key, temperature)
+    else:
+        attention = (F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).transpose(-2, -1)) * temperature
     out = attention.softmax(dim=-1) @ split_heads(value, num_heads)
     return merge_heads(out, height, width, channels_last)
 

@@ -16,11 +16,14 @@ measures several dB on low-light photos with 256-px tiles, which is why `restore
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Any, Callable, Optional
 
 import torch
+
+from .tile_context import GRID, TilePlacement, TileStatistics, aligned_starts, gathering_statistics, owned_spans
 
 
 #: Smallest tile side. The models work on multiples of 8 pixels (three 2x downsamplings), so a smaller tile would be
@@ -124,6 +127,7 @@ def tiled_apply(
     tile_batch_size: int = 4,
     device: Optional[torch.device | str] = None,
     progress: bool = False,
+    statistics_passes: int = 0,
 ) -> torch.Tensor:
     """Apply `fn` ((N, C, h, w) -> (N, C, h, w)) to `pixel_values` (B, C, H, W) tile by tile and blend the results.
 
@@ -136,6 +140,10 @@ def tiled_apply(
         tile_batch_size: number of tile positions run through `fn` at once (each holds B tiles).
         device: where `fn` runs; defaults to the device of `pixel_values`.
         progress: show a tqdm progress bar over tile batches.
+        statistics_passes: 0: every tile uses its own statistics. n > 0: `fn`'s global sites (`tile_context`) use
+            whole-image statistics gathered over the tiles in n earlier passes (n + 1 times the compute). Then
+            H and W must be multiples of `tile_context.GRID` (8); tiles are rounded down to the grid and start on
+            it.
 
     Returns:
         Tensor of the same shape as `pixel_values`, float32, on the device of `pixel_values`.
@@ -149,11 +157,25 @@ def tiled_apply(
         )
     if tile_batch_size < 1:
         raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}.")
+    if _as_int(statistics_passes) is None or statistics_passes < 0:
+        raise ValueError(f"statistics_passes must be an integer >= 0, got {statistics_passes!r}.")
     batch, channels, height, width = pixel_values.shape
     device = torch.device(device) if device is not None else pixel_values.device
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    starts_y = tile_starts(height, tile_h, overlap)
-    starts_x = tile_starts(width, tile_w, overlap)
+    statistics = None
+    if statistics_passes:
+        if height % GRID or width % GRID:
+            raise ValueError(
+                f"Whole-image statistics need an image padded to a multiple of {GRID} pixels, got {height}x{width}."
+            )
+        tile = tile // GRID * GRID
+        tile_h, tile_w = min(tile, height), min(tile, width)
+        starts_y, starts_x = aligned_starts(height, tile_h, overlap), aligned_starts(width, tile_w, overlap)
+        statistics = TileStatistics(batch, (height, width), (tile_h, tile_w))
+        owned_y, owned_x = owned_spans(starts_y, tile_h, height), owned_spans(starts_x, tile_w, width)
+    else:
+        tile_h, tile_w = min(tile, height), min(tile, width)
+        starts_y = tile_starts(height, tile_h, overlap)
+        starts_x = tile_starts(width, tile_w, overlap)
     positions = [(y, x) for y in starts_y for x in starts_x]
 
     out_device = pixel_values.device
@@ -172,24 +194,37 @@ def tiled_apply(
     col_windows = {start: window.to(out_device) for start, window in col_windows.items()}
 
     groups = [positions[i : i + tile_batch_size] for i in range(0, len(positions), tile_batch_size)]
-    iterator = groups
+    passes = statistics_passes + 1
+    iterator = [(pass_index, group) for pass_index in range(passes) for group in groups]
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(groups, desc="tiles", unit="batch", leave=False)
-    for group in iterator:
-        crops = torch.cat([pixel_values[:, :, y : y + tile_h, x : x + tile_w] for y, x in group], dim=0)
-        result = fn(crops.to(device))
-        if result.shape != crops.shape:
-            raise ValueError(
-                f"The tiled function must keep the tile shape {tuple(crops.shape)}, got {tuple(result.shape)}."
-            )
-        del crops
-        result = result.to(device=out_device, dtype=torch.float32)
-        for index, (y, x) in enumerate(group):
-            window = row_windows[y][:, None] * col_windows[x][None, :]
-            output[:, :, y : y + tile_h, x : x + tile_w].addcmul_(result[index * batch : (index + 1) * batch], window)
-        del result
+        iterator = tqdm(iterator, desc="tiles", unit="batch", leave=False)
+    with gathering_statistics(statistics) if statistics is not None else contextlib.nullcontext():
+        for pass_index, group in iterator:
+            if statistics is not None:
+                if group is groups[0]:
+                    statistics.start_pass()
+                # Tiles are stacked position by position, each holding the B images.
+                statistics.start_batch([
+                    TilePlacement(image, y, x, owned_y[y], owned_x[x]) for y, x in group for image in range(batch)
+                ])
+            crops = torch.cat([pixel_values[:, :, y : y + tile_h, x : x + tile_w] for y, x in group], dim=0)
+            result = fn(crops.to(device))
+            if result.shape != crops.shape:
+                raise ValueError(
+                    f"The tiled function must keep the tile shape {tuple(crops.shape)}, got {tuple(result.shape)}."
+                )
+            del crops
+            if pass_index < passes - 1:
+                continue  # a statistics pass: only the gathered sums are kept
+            result = result.to(device=out_device, dtype=torch.float32)
+            for index, (y, x) in enumerate(group):
+                window = row_windows[y][:, None] * col_windows[x][None, :]
+                output[:, :, y : y + tile_h, x : x + tile_w].addcmul_(
+                    result[index * batch : (index + 1) * batch], window
+                )
+            del result
     # In place, row by row of the separable total (no second full-size buffer).
     output.div_(row_total.to(out_device)[:, None]).div_(col_total.to(out_device)[None, :])
     return output

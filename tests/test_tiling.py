@@ -255,10 +255,11 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
     assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
 
 
-def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image(caplog):
-    """Low light and haze are corrected from the whole image's brightness and contrast, which tiles do not see:
-    restore() warns (once per degradation and tile size) when tiles split such an image, and stays silent for
-    local degradations, whole images, tiles as large as the image and labels it cannot read."""
+def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image_with_tile_statistics(caplog):
+    """Low light and haze are corrected from the whole image's brightness and contrast: by default restore()
+    gathers whole-image statistics over the tiles for them (test_tile_context.py). With statistics_passes=0 each
+    tile uses its own, and restore() warns (once per degradation and tile size); it stays silent for local
+    degradations, whole images, tiles as large as the image and the default passes."""
     import logging
 
     from conftest import smooth_image, tiny_model
@@ -272,17 +273,19 @@ def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image(caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="modeling.inference"):
             restore(image, model, **kwargs)
-        return [r.getMessage() for r in caplog.records if "tiles: each tile sees only" in r.getMessage()]
+        return [r.getMessage() for r in caplog.records if "each tile sees only" in r.getMessage()]
 
-    assert warnings_for(tile=24, degradation="noise") == []
-    assert warnings_for(tile=0, degradation="low-light") == []
-    assert warnings_for(tile=48, degradation="low-light") == []  # one tile holds the whole image
-    (message,) = warnings_for(tile=24, degradation="low-light")
-    assert message.startswith("Restoring a low-light image in 24x24 tiles") and "tile=0" in message
-    assert warnings_for(tile=24, degradation="low-light") == []  # once
+    assert warnings_for(tile=24, degradation="low-light") == []  # the default gathers whole-image statistics
+    assert warnings_for(tile=24, degradation="noise", statistics_passes=0) == []
+    assert warnings_for(tile=0, degradation="low-light", statistics_passes=0) == []
+    assert warnings_for(tile=48, degradation="low-light", statistics_passes=0) == []  # one tile holds the image
+    (message,) = warnings_for(tile=24, degradation="low-light", statistics_passes=0)
+    assert message.startswith("Restoring a low-light image in 24x24 tiles with statistics_passes=0")
+    assert "tile=0" in message
+    assert warnings_for(tile=24, degradation="low-light", statistics_passes=0) == []  # once
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="modeling.inference"):  # a list: each image's own label
-        restore([image, image], model, tile=24, degradation=["noise", "haze"])
+        restore([image, image], model, tile=24, degradation=["noise", "haze"], statistics_passes=0)
     assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["Restoring a haze image"]
 
 

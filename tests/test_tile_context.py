@@ -1,0 +1,197 @@
+"""Whole-image statistics for tiled inference (`modeling.tile_context`): the sites, the tile grid, the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import smooth_image, tiny_model
+
+from modeling.inference import degradation_label_ids, run_model
+from modeling.tile_context import (
+    GRID,
+    TilePlacement,
+    TileStatistics,
+    aligned_starts,
+    gathering_statistics,
+    interpolation_matrix,
+    owned_spans,
+)
+from modeling.tiling import tiled_apply
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / (a.double() - b.double()).pow(2).mean()))
+
+
+@pytest.mark.parametrize("out_size, in_size", [(8, 100), (4, 13), (16, 64), (100, 8), (57, 4), (6, 6), (1, 5)])
+def test_interpolation_matrix_is_pytorchs_bilinear_resize(out_size, in_size):
+    """Rows of the matrix times a signal equal F.interpolate(bilinear, align_corners=False) along that axis, for
+    downsizing (a weighted sum of pixels, no antialiasing) and upsizing, whole and for a slice of output rows."""
+    signal = torch.randn(3, in_size, 5, dtype=torch.float64)
+    expected = F.interpolate(signal.float()[None], size=(out_size, 5), mode="bilinear", align_corners=False)[0]
+    matrix = interpolation_matrix(out_size, in_size)
+    assert matrix.shape == (out_size, in_size)
+    torch.testing.assert_close((matrix.double() @ signal).float(), expected, atol=1e-5, rtol=1e-5)
+    rows = slice(out_size // 3, out_size)
+    torch.testing.assert_close(interpolation_matrix(out_size, in_size, rows), matrix[rows])
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(64, 32, 8), (200, 64, 16), (96, 96, 32), (136, 48, 32), (24, 16, 0)])
+def test_tiles_start_on_the_grid_and_every_pixel_is_owned_once(size, tile, overlap):
+    starts = aligned_starts(size, tile, overlap)
+    assert all(start % GRID == 0 for start in starts) and starts[0] == 0 and starts[-1] + tile == size
+    assert all(later - earlier <= tile - overlap for earlier, later in zip(starts, starts[1:]))
+    spans = owned_spans(starts, tile, size)
+    covered = np.zeros(size, int)
+    for start, (begin, end) in spans.items():
+        assert begin % GRID == 0 and start <= begin <= end <= start + tile  # a tile owns only its own pixels
+        covered[begin:end] += 1
+    assert (covered == 1).all()
+
+
+def gathered_from_whole_image(model, pixel_values: torch.Tensor, labels) -> TileStatistics:
+    """Statistics gathered by one 'tile' holding the whole (grid-sized) image: the whole image's own."""
+    height, width = pixel_values.shape[-2:]
+    statistics = TileStatistics(len(pixel_values), (height, width), (height, width))
+    statistics.start_pass()
+    statistics.start_batch([TilePlacement(i, 0, 0, (0, height), (0, width)) for i in range(len(pixel_values))])
+    with torch.no_grad(), gathering_statistics(statistics):
+        model(pixel_values=pixel_values, **labels)
+    return statistics
+
+
+def model_labels(model, count: int) -> dict:
+    labels = degradation_label_ids(model, "low-light", count) if getattr(model.config, "num_degradations", 0) else None
+    return {} if labels is None else {"degradation_labels": labels}
+
+
+def test_one_tile_holding_the_image_reproduces_the_plain_forward(model_type):
+    """A pass that uses the gathered statistics of a single tile covering the image is the plain forward (every
+    model, every site: means, channel attention, prompt resizing); this checks that a site's sums rebuild the
+    statistic exactly, and that sites are met in the same order in every pass."""
+    model = tiny_model(model_type)
+    torch.manual_seed(1)
+    pixel_values = torch.rand(2, 3, 40, 48)
+    labels = model_labels(model, 2)
+    with torch.no_grad():
+        plain = model(pixel_values=pixel_values, **labels).reconstruction
+    statistics = gathered_from_whole_image(model, pixel_values, labels)
+    assert statistics.gathering  # the model has global sites
+    statistics.start_pass()
+    statistics.start_batch([TilePlacement(i, 0, 0, (0, 40), (0, 48)) for i in range(2)])
+    with torch.no_grad(), gathering_statistics(statistics):
+        from_sums = model(pixel_values=pixel_values, **labels).reconstruction
+    torch.testing.assert_close(from_sums, plain, atol=2e-5, rtol=1e-4)
+
+
+def test_tiles_with_the_whole_images_statistics_match_the_whole_image(model_type):
+    """Given the whole image's statistics (gathered from a whole-image pass), tiles that overlap by more than the
+    tiny model's receptive field reproduce whole-image inference far more closely than tiles that use their own
+    statistics: most of the tiles' difference is the global sites. Three passes gathering the statistics over the
+    tiles themselves come within 1 dB of that."""
+    import modeling.tiling as tiling
+
+    model = tiny_model(model_type)
+    image = torch.from_numpy(smooth_image(64, 96)).permute(2, 0, 1)[None].float() / 255
+    image = image * torch.linspace(0.3, 1.0, 96)  # brightness varies across the image, so tiles differ from it
+    labels = model_labels(model, 1)
+    with torch.no_grad():
+        whole = model(pixel_values=image, **labels).reconstruction
+
+    def forward(batch):
+        kwargs = {key: value.repeat(len(batch), 1) for key, value in labels.items()}
+        return model(pixel_values=batch, **kwargs).reconstruction
+
+    oracle = gathered_from_whole_image(model, image, labels).gathering
+
+    class WholeImageStatistics(TileStatistics):
+        def start_pass(self):
+            self.gathered, self.gathering = oracle, {}
+
+    own = tiled_apply(forward, image, 48, 24)
+    gathered = tiled_apply(forward, image, 48, 24, statistics_passes=3)
+    original = tiling.TileStatistics
+    tiling.TileStatistics = WholeImageStatistics
+    try:
+        given = tiled_apply(forward, image, 48, 24, statistics_passes=1)
+    finally:
+        tiling.TileStatistics = original
+    assert psnr(given, whole) > psnr(own, whole) + 7
+    assert psnr(given, whole) > 50
+    assert psnr(gathered, whole) > psnr(given, whole) - 1
+
+
+def test_statistics_passes_converge_to_the_whole_image():
+    """Gathered over the tiles themselves, the statistics approach the whole image's pass by pass: the tiled
+    result gets closer to whole-image inference with every pass (a random PIP on an unevenly lit image)."""
+    model = tiny_model("pip")
+    image = torch.from_numpy(smooth_image(64, 96, seed=3)).permute(2, 0, 1)[None].float() / 255
+    image = image * torch.linspace(0.2, 1.0, 96)
+    labels = degradation_label_ids(model, "low-light", 1)
+    whole = run_model(model, image, degradation_labels=labels, tile=0, dtype="fp32")
+    agreement = [
+        psnr(run_model(model, image, degradation_labels=labels, tile=32, tile_overlap=16, dtype="fp32",
+                       statistics_passes=passes), whole)
+        for passes in range(4)
+    ]
+    assert agreement == sorted(agreement), agreement
+    assert agreement[3] > agreement[0] + 10, agreement
+
+
+def test_statistics_passes_change_nothing_when_one_tile_holds_the_image():
+    model = tiny_model("pip")
+    image = torch.from_numpy(smooth_image(40, 48)).permute(2, 0, 1)[None].float() / 255
+    labels = degradation_label_ids(model, "haze", 1)
+    whole = run_model(model, image, degradation_labels=labels, tile=0, dtype="fp32")
+    one_tile = run_model(model, image, degradation_labels=labels, tile=48, dtype="fp32", statistics_passes=2)
+    torch.testing.assert_close(one_tile, whole, atol=2e-5, rtol=1e-4)
+
+
+def test_odd_sizes_and_tiles_off_the_grid_are_padded_and_rounded():
+    """run_model pads the image to the grid as the model does and crops back; tiled_apply rounds the tile down to
+    the grid, and refuses an image that is not on the grid."""
+    model = tiny_model("restormer")
+    image = torch.rand(1, 3, 37, 51)
+    whole = run_model(model, image, tile=0, dtype="fp32")
+    tiled = run_model(model, image, tile=30, tile_overlap=12, dtype="fp32", statistics_passes=2)
+    assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+    assert psnr(tiled, whole) > 35
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiled_apply(lambda batch: batch, image, 16, statistics_passes=1)
+
+
+@pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
+def test_bad_statistics_passes_are_refused(passes):
+    from modeling import restore
+
+    model = tiny_model("restormer")
+    image = smooth_image(16, 16)
+    with pytest.raises(ValueError, match="statistics_passes"):
+        restore(image, model, tile=8, statistics_passes=passes)
+    with pytest.raises(ValueError, match="statistics_passes"):
+        run_model(model, torch.rand(1, 3, 16, 16), tile=8, statistics_passes=passes)
+
+
+def test_restore_gathers_whole_image_statistics_for_low_light_and_haze_only():
+    """statistics_passes=None: DEFAULT_STATISTICS_PASSES where tiles split a low-light or hazy image, none for local
+    degradations; an explicit value wins. The CLI and the pipeline take the same option."""
+    from modeling import restore
+    from modeling.inference import DEFAULT_STATISTICS_PASSES
+
+    assert DEFAULT_STATISTICS_PASSES == 3
+    model = tiny_model("pip")
+    image = (smooth_image(48, 64).astype(np.float32) * np.linspace(0.2, 1, 64)[:, None]).astype(np.uint8)
+
+    def restored(**kwargs):
+        return np.asarray(restore(image, model, tile=24, dtype="fp32", **kwargs), dtype=np.int16)
+
+    for label in ("low-light", "haze"):
+        default = restored(degradation=label)
+        assert np.array_equal(default, restored(degradation=label, statistics_passes=DEFAULT_STATISTICS_PASSES))
+        assert not np.array_equal(default, restored(degradation=label, statistics_passes=0))
+    noise = restored(degradation="noise")
+    assert np.array_equal(noise, restored(degradation="noise", statistics_passes=0))
+    assert not np.array_equal(noise, restored(degradation="noise", statistics_passes=2))
