@@ -25,7 +25,6 @@ from transformers.utils import logging
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
-from .tile_context import GRID
 from .tiling import WHOLE_IMAGE, check_tiling, tiled_apply
 
 
@@ -540,18 +539,6 @@ def resolve_tile(model: Any, tile: Optional[int], size: Sequence[int]) -> int:
     return AUTO_TILE if size[-2] * size[-1] > AUTO_TILE_ABOVE_PIXELS else WHOLE_IMAGE
 
 
-def pad_to_grid(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pad bottom/right to a multiple of `tile_context.GRID` as the model pads its own inputs (reflect, or
-    replicate for sides too small to reflect), so that tiles with whole-image statistics see the same pixels."""
-    pad_h, pad_w = (-pixel_values.shape[-2]) % GRID, (-pixel_values.shape[-1]) % GRID
-    if not pad_h and not pad_w:
-        return pixel_values
-    mode = getattr(getattr(model, "config", None), "pad_mode", "reflect")
-    if mode == "reflect" and (pad_h >= pixel_values.shape[-2] or pad_w >= pixel_values.shape[-1]):
-        mode = "replicate"
-    return torch.nn.functional.pad(pixel_values, (0, pad_w, 0, pad_h), mode=mode)
-
-
 def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
@@ -575,7 +562,7 @@ def run_model(
     `channels_last`: feed the model channels-last maps (same outputs up to float rounding); `None`: on CPU only
     (see `resolve_channels_last`). The model's own weights are left as they are.
     `statistics_passes`: with tiles, how many passes gather whole-image statistics for the model's global sites
-    before the pass that restores (`tiling.tiled_apply`); the image is padded to the model's grid for them.
+    before the pass that restores (`tiling.tiled_apply`; tiles are padded to the model's grid as it pads).
     """
     check_statistics_passes(statistics_passes)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
@@ -609,12 +596,11 @@ def run_model(
     tile, tile_overlap = check_tiling(resolve_tile(model, tile, pixel_values.shape), tile_overlap)
     with torch.inference_mode():
         if tile:
-            height, width = pixel_values.shape[-2:]
-            padded = pad_to_grid(model, pixel_values) if statistics_passes else pixel_values
             result = tiled_apply(
-                forward, padded, tile, tile_overlap, tile_batch_size=tile_batch_size, device=device,
+                forward, pixel_values, tile, tile_overlap, tile_batch_size=tile_batch_size, device=device,
                 progress=progress, statistics_passes=statistics_passes,
-            )[:, :, :height, :width]
+                pad_mode=getattr(getattr(model, "config", None), "pad_mode", "reflect"),
+            )
         else:
             result = forward(pixel_values.to(device))
         finite = bool(torch.isfinite(result).all())  # where the result is: on a GPU one reduction, not a host scan

@@ -117,6 +117,34 @@ def blend_ramp(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> tor
     return window
 
 
+def _padded_positions(start: int, length: int, size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source indices of positions [start, start + length) of an axis of `size` padded at its end, as
+    `F.pad` with `mode` pads, and which positions lie in the padding."""
+    positions = torch.arange(start, start + length)
+    beyond = positions >= size
+    if mode == "reflect":
+        return torch.where(beyond, 2 * (size - 1) - positions, positions), beyond
+    return positions.clamp_max(size - 1), beyond
+
+
+def _tile_of(
+    pixel_values: torch.Tensor, top: int, left: int, tile_h: int, tile_w: int, frame_h: int, frame_w: int, mode: str
+) -> torch.Tensor:
+    """The tile at (top, left) of the image padded at the bottom and right to the frame, copying only the tile."""
+    height, width = pixel_values.shape[-2:]
+    if top + tile_h <= height and left + tile_w <= width:
+        return pixel_values[:, :, top : top + tile_h, left : left + tile_w]
+    if mode == "reflect" and (frame_h - height >= height or frame_w - width >= width):
+        mode = "replicate"  # as `pad_to_multiple`: too small a side to reflect, in either direction
+    rows, rows_beyond = _padded_positions(top, tile_h, height, mode)
+    cols, cols_beyond = _padded_positions(left, tile_w, width, mode)
+    tile = pixel_values[:, :, rows.to(pixel_values.device)][:, :, :, cols.to(pixel_values.device)]
+    if mode == "constant":
+        inside = ~(rows_beyond[:, None] | cols_beyond[None, :])
+        tile = tile * inside.to(tile.device, tile.dtype)
+    return tile
+
+
 @torch.no_grad()
 def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -128,6 +156,7 @@ def tiled_apply(
     device: Optional[torch.device | str] = None,
     progress: bool = False,
     statistics_passes: int = 0,
+    pad_mode: str = "reflect",
 ) -> torch.Tensor:
     """Apply `fn` ((N, C, h, w) -> (N, C, h, w)) to `pixel_values` (B, C, H, W) tile by tile and blend the results.
 
@@ -142,8 +171,9 @@ def tiled_apply(
         progress: show a tqdm progress bar over tile batches.
         statistics_passes: 0: every tile uses its own statistics. n > 0: `fn`'s global sites (`tile_context`) use
             whole-image statistics gathered over the tiles in n earlier passes (n + 1 times the compute). Then
-            H and W must be multiples of `tile_context.GRID` (8); tiles are rounded down to the grid and start on
-            it.
+            tiles are rounded down to `tile_context.GRID` (8 px) and start on it, in the image padded at the
+            bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which falls back to
+            "replicate" where the image is too small to reflect, "replicate" or "constant"), without a padded copy.
 
     Returns:
         Tensor of the same shape as `pixel_values`, float32, on the device of `pixel_values`.
@@ -159,19 +189,20 @@ def tiled_apply(
         raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}.")
     if _as_int(statistics_passes) is None or statistics_passes < 0:
         raise ValueError(f"statistics_passes must be an integer >= 0, got {statistics_passes!r}.")
+    if pad_mode not in ("reflect", "replicate", "constant"):
+        raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}.")
     batch, channels, height, width = pixel_values.shape
     device = torch.device(device) if device is not None else pixel_values.device
     statistics = None
+    # Tiles cover a frame: the image itself, or with statistics passes the image padded to the grid.
+    frame_h, frame_w = height, width
     if statistics_passes:
-        if height % GRID or width % GRID:
-            raise ValueError(
-                f"Whole-image statistics need an image padded to a multiple of {GRID} pixels, got {height}x{width}."
-            )
-        tile = tile // GRID * GRID
-        tile_h, tile_w = min(tile, height), min(tile, width)
-        starts_y, starts_x = aligned_starts(height, tile_h, overlap), aligned_starts(width, tile_w, overlap)
-        statistics = TileStatistics(batch, (height, width), (tile_h, tile_w))
-        owned_y, owned_x = owned_spans(starts_y, tile_h, height), owned_spans(starts_x, tile_w, width)
+        frame_h, frame_w = -(-height // GRID) * GRID, -(-width // GRID) * GRID
+        tile = max(GRID, tile // GRID * GRID)
+        tile_h, tile_w = min(tile, frame_h), min(tile, frame_w)
+        starts_y, starts_x = aligned_starts(frame_h, tile_h, overlap), aligned_starts(frame_w, tile_w, overlap)
+        statistics = TileStatistics(batch, (frame_h, frame_w), (tile_h, tile_w))
+        owned_y, owned_x = owned_spans(starts_y, tile_h, frame_h), owned_spans(starts_x, tile_w, frame_w)
     else:
         tile_h, tile_w = min(tile, height), min(tile, width)
         starts_y = tile_starts(height, tile_h, overlap)
@@ -182,14 +213,15 @@ def tiled_apply(
     # Memory: the output is the only full-size buffer (4 bytes per value). The windows are separable and the tile
     # grid is a product of row and column starts, so the summed weight is too: sum_y(wy) x sum_x(wx), two vectors.
     output = torch.zeros((batch, channels, height, width), dtype=torch.float32, device=out_device)
-    row_windows = {start: blend_ramp(tile_h, overlap, start > 0, start + tile_h < height) for start in starts_y}
-    col_windows = {start: blend_ramp(tile_w, overlap, start > 0, start + tile_w < width) for start in starts_x}
-    row_total = torch.zeros(height, dtype=torch.float32)
-    col_total = torch.zeros(width, dtype=torch.float32)
+    row_windows = {start: blend_ramp(tile_h, overlap, start > 0, start + tile_h < frame_h) for start in starts_y}
+    col_windows = {start: blend_ramp(tile_w, overlap, start > 0, start + tile_w < frame_w) for start in starts_x}
+    row_total = torch.zeros(frame_h, dtype=torch.float32)
+    col_total = torch.zeros(frame_w, dtype=torch.float32)
     for start, window in row_windows.items():
         row_total[start : start + tile_h] += window
     for start, window in col_windows.items():
         col_total[start : start + tile_w] += window
+    row_total, col_total = row_total[:height], col_total[:width]
     row_windows = {start: window.to(out_device) for start, window in row_windows.items()}
     col_windows = {start: window.to(out_device) for start, window in col_windows.items()}
 
@@ -209,7 +241,9 @@ def tiled_apply(
                 statistics.start_batch([
                     TilePlacement(image, y, x, owned_y[y], owned_x[x]) for y, x in group for image in range(batch)
                 ])
-            crops = torch.cat([pixel_values[:, :, y : y + tile_h, x : x + tile_w] for y, x in group], dim=0)
+            crops = torch.cat(
+                [_tile_of(pixel_values, y, x, tile_h, tile_w, frame_h, frame_w, pad_mode) for y, x in group], dim=0
+            )
             result = fn(crops.to(device))
             if result.shape != crops.shape:
                 raise ValueError(
@@ -220,9 +254,10 @@ def tiled_apply(
                 continue  # a statistics pass: only the gathered sums are kept
             result = result.to(device=out_device, dtype=torch.float32)
             for index, (y, x) in enumerate(group):
-                window = row_windows[y][:, None] * col_windows[x][None, :]
-                output[:, :, y : y + tile_h, x : x + tile_w].addcmul_(
-                    result[index * batch : (index + 1) * batch], window
+                inside_h, inside_w = min(tile_h, height - y), min(tile_w, width - x)  # less only in the padding
+                window = row_windows[y][:inside_h, None] * col_windows[x][None, :inside_w]
+                output[:, :, y : y + inside_h, x : x + inside_w].addcmul_(
+                    result[index * batch : (index + 1) * batch, :, :inside_h, :inside_w], window
                 )
             del result
     # In place, row by row of the separable total (no second full-size buffer).

@@ -151,16 +151,43 @@ def test_statistics_passes_change_nothing_when_one_tile_holds_the_image():
 
 
 def test_odd_sizes_and_tiles_off_the_grid_are_padded_and_rounded():
-    """run_model pads the image to the grid as the model does and crops back; tiled_apply rounds the tile down to
-    the grid, and refuses an image that is not on the grid."""
+    """run_model restores an image whose sides are off the grid, with a tile off the grid, in the right shape and
+    close to the whole image; the model sees every tile already on the grid."""
     model = tiny_model("restormer")
     image = torch.rand(1, 3, 37, 51)
     whole = run_model(model, image, tile=0, dtype="fp32")
     tiled = run_model(model, image, tile=30, tile_overlap=12, dtype="fp32", statistics_passes=2)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
     assert psnr(tiled, whole) > 35
-    with pytest.raises(ValueError, match="multiple of 8"):
-        tiled_apply(lambda batch: batch, image, 16, statistics_passes=1)
+    shapes = []
+    tiled_apply(lambda batch: shapes.append(tuple(batch.shape[-2:])) or batch, image, 30, 12, statistics_passes=1)
+    assert set(shapes) == {(24, 24)}
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
+@pytest.mark.parametrize("height, width", [(37, 51), (5, 3), (16, 9)])
+def test_tiles_are_crops_of_the_image_padded_as_the_model_pads(mode, height, width):
+    """Each tile equals the same crop of the whole image padded to the grid with F.pad (reflect falls back to
+    replicate for a side not longer than its pad, as pad_to_multiple), and an identity function comes back as
+    the input: the padding is cropped off and no copy of the padded image is made."""
+    image = torch.rand(2, 3, height, width)
+    pad_h, pad_w = (-height) % GRID, (-width) % GRID
+    padded_mode = "replicate" if mode == "reflect" and (pad_h >= height or pad_w >= width) else mode
+    padded = F.pad(image, (0, pad_w, 0, pad_h), mode=padded_mode)
+    seen = []
+
+    def identity(batch):
+        seen.append(batch.clone())
+        return batch
+
+    result = tiled_apply(identity, image, 8, 2, tile_batch_size=1, statistics_passes=1, pad_mode=mode)
+    torch.testing.assert_close(result, image)
+    frame_h, frame_w = padded.shape[-2:]
+    starts = [(y, x) for y in aligned_starts(frame_h, 8, 2) for x in aligned_starts(frame_w, 8, 2)]
+    final_pass = seen[len(starts):]
+    assert len(final_pass) == len(starts)
+    for (y, x), tile in zip(starts, final_pass):
+        torch.testing.assert_close(tile, padded[:, :, y : y + 8, x : x + 8])
 
 
 @pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
