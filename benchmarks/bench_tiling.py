@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tiling.py --size 1024 --tile 256 --dim 16
     python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --json tiling.json
+    python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --statistics-passes 3
 
 Each mode runs in its own subprocess so the peak resident memory (CPU) or peak allocated memory (CUDA) of one
 mode does not hide the other's (CPU: `VmHWM`, see bench_common.peak_rss_kib). The model is a random Restormer of
@@ -48,7 +49,8 @@ def run_one(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = run_model(model, image, tile=tile, tile_overlap=args.overlap, device=args.device, dtype=args.dtype)
+    out = run_model(model, image, tile=tile, tile_overlap=args.overlap, device=args.device, dtype=args.dtype,
+                    statistics_passes=args.statistics_passes if tile else 0)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--dim", type=int, default=16, help="Restormer width (48 = paper model)")
     parser.add_argument("--model", default=None, help="model folder or Hub id instead of the random Restormer")
+    parser.add_argument("--statistics-passes", type=int, default=0,
+                        help="tiled run: passes gathering whole-image statistics first (modeling.tile_context)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--tiled-only", action="store_true",
@@ -94,16 +98,17 @@ def main() -> None:
         for mode in modes:
             save = f"{tmp}/{mode}.pt"
             command = [sys.executable, __file__, "--mode", mode, "--save", save] + [
-                f"--{k}={v}" for k, v in vars(args).items()
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k not in ("mode", "save", "tiled_only", "json") and v is not None
             ]
             output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
             results[mode] = json.loads(output.strip().splitlines()[-1])
             results[mode]["out"] = torch.load(save, weights_only=True)
     model = args.model or f"random Restormer, dim {args.dim}"
-    print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, {model}, {args.device}, "
-          f"{args.dtype}")
-    report = {"model": model, "size": args.size, "tile": args.tile, "overlap": args.overlap, "device": args.device,
+    print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, "
+          f"statistics passes {args.statistics_passes}, {model}, {args.device}, {args.dtype}")
+    report = {"model": model, "size": args.size, "tile": args.tile, "overlap": args.overlap,
+              "statistics_passes": args.statistics_passes, "device": args.device,
               "dtype": args.dtype, **{mode: {k: v for k, v in r.items() if k != "out"} for mode, r in results.items()}}
     if args.tiled_only:
         print(f" tiled: {results['tiled']['seconds']:.2f} s, peak {results['tiled']['peak_mib']:.0f} MiB")

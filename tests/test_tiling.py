@@ -220,8 +220,9 @@ def test_restormer_tiled_matches_whole_image_on_512x512():
 
 def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path):
     """benchmarks/bench_tiling.py: a saved model folder (--model) in both modes with their agreement and a JSON
-    report, and a tiny random Restormer with `--tiled-only` (for sizes whose whole image does not fit), which prints
-    the tiled line alone (timings are not asserted)."""
+    report, with whole-image statistics for the tiles (--statistics-passes), and a tiny random Restormer with
+    `--tiled-only` (for sizes whose whole image does not fit), which prints the tiled line alone (timings are not
+    asserted)."""
     import json
     import re
     import subprocess
@@ -233,16 +234,17 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
     tiny_model("pip").save_pretrained(tmp_path / "pip")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
     common = [sys.executable, str(script), "--size", "96", "--tile", "48", "--overlap", "8"]
-    both = subprocess.run(common + ["--model", str(tmp_path / "pip"), "--json", str(tmp_path / "report.json")],
-                          capture_output=True, text=True, timeout=300)
+    both = subprocess.run(common + ["--model", str(tmp_path / "pip"), "--json", str(tmp_path / "report.json"),
+                                    "--statistics-passes", "2"], capture_output=True, text=True, timeout=300)
     assert both.returncode == 0, both.stderr[-3000:]
-    assert f"image 96x96, tile 48, overlap 8, {tmp_path / 'pip'}, cpu, fp32" in both.stdout
+    assert f"image 96x96, tile 48, overlap 8, statistics passes 2, {tmp_path / 'pip'}, cpu, fp32" in both.stdout
     assert re.search(r"^ whole: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
     assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
     agreement = float(re.search(r"tiled-vs-whole PSNR ([\d.]+|inf) dB", both.stdout).group(1))
     assert agreement > 30  # overlapping tiles blend to nearly the whole-image output, even with random weights
     report = json.loads((tmp_path / "report.json").read_text())
-    assert (report["model"], report["size"], report["tile"], report["overlap"]) == (str(tmp_path / "pip"), 96, 48, 8)
+    assert (report["model"], report["size"], report["tile"], report["overlap"], report["statistics_passes"]) == (
+        str(tmp_path / "pip"), 96, 48, 8, 2)
     assert report["agreement_db"] == pytest.approx(agreement, abs=0.05)
     whole, tiled = report["whole"], report["tiled"]
     assert report["time_ratio"] == pytest.approx(tiled["seconds"] / whole["seconds"])
@@ -250,7 +252,7 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
     assert 50 < whole["peak_mib"] < 4096 and 50 < tiled["peak_mib"] < 4096
     tiled_only = subprocess.run(common + ["--dim", "8", "--tiled-only"], capture_output=True, text=True, timeout=300)
     assert tiled_only.returncode == 0, tiled_only.stderr[-3000:]
-    assert "image 96x96, tile 48, overlap 8, random Restormer, dim 8" in tiled_only.stdout
+    assert "image 96x96, tile 48, overlap 8, statistics passes 0, random Restormer, dim 8" in tiled_only.stdout
     assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", tiled_only.stdout, re.M)
     assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
 

@@ -110,6 +110,7 @@ def evaluate_heldout(
     seed: int = 0,
     tile: int | None = None,
     tile_overlap: int | None = None,
+    statistics_passes: int | None = None,
     baseline: bool = True,
     auto_mode: str = DEFAULT_AUTO_MODE,
     dtype: str = "fp32",
@@ -142,10 +143,11 @@ def evaluate_heldout(
             noisy = synthesize_row_image(clean, label, image_index, seed)
             degraded.append(noisy)
             kwargs = {"degradation": task} if takes_labels else {}
-            restored.append(restore(noisy, model, tile=tile, tile_overlap=tile_overlap, dtype=dtype, **kwargs))
+            tiling = dict(tile=tile, tile_overlap=tile_overlap, statistics_passes=statistics_passes)
+            restored.append(restore(noisy, model, dtype=dtype, **tiling, **kwargs))
             if label_free:
-                restored_auto.append(restore(noisy, model, tile=tile, tile_overlap=tile_overlap, degradation="auto",
-                                             auto_mode=auto_mode, dtype=dtype))
+                restored_auto.append(restore(noisy, model, degradation="auto", auto_mode=auto_mode, dtype=dtype,
+                                             **tiling))
             if baseline and task == "noise":
                 baseline_out.append(nl_means(noisy, params["sigma"] / 255))
         references = [clean.astype(np.float32) / 255 for clean in cleans]
@@ -261,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "whole images up to 4 megapixels)")
     parser.add_argument("--tile_overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles (default: restore()'s, 32 capped at tile // 4)")
+    parser.add_argument("--statistics_passes", type=int, default=None,
+                        help="with tiles, passes gathering whole-image statistics (default: restore()'s, 3 for "
+                             "low light and haze, else 0)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
@@ -274,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
-    options = dict(seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap, baseline=not args.no_baseline,
+    options = dict(seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
+                   statistics_passes=args.statistics_passes, baseline=not args.no_baseline,
                    auto_mode=args.auto_mode, dtype=args.dtype)
     rows = dict(noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings))
     if args.workers > 1:
