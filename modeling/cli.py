@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
     parser.add_argument("--statistics-passes", type=int, default=None, metavar="N",
                         help="with tiles, passes that gather whole-image statistics before the restoring pass (each "
-                             "costs one tiled restore); 0: every tile uses its own; default: 3 for low-light and "
-                             "hazy images, else 0")
+                             "costs one tiled restore); 0: every tile uses its own (faster, less like the whole "
+                             "image); default: 3 whenever tiles split an image")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
                         help="degradation label for models that take one (e.g. noise, rain, haze, blur, low-light)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")

@@ -30,15 +30,15 @@ from .tiling import WHOLE_IMAGE, check_tiling, tiled_apply
 
 logger = logging.get_logger(__name__)
 
-#: Degradations whose correction depends on the whole image's brightness and contrast: tiles that each use their own
-#: statistics restore them markedly worse than the whole image does (the README's tiling section has the
-#: measurements), so `restore()` gathers whole-image statistics over the tiles for them (`DEFAULT_STATISTICS_PASSES`).
+#: Degradations whose correction depends most on the whole image's brightness and contrast: tiles that each use
+#: their own statistics restore them markedly worse than the whole image does (the README's tiling section has the
+#: measurements), so `restore()` warns when it tiles them with `statistics_passes=0`.
 WHOLE_IMAGE_DEGRADATIONS = ("low-light", "haze")
 
-#: Statistics passes `restore()` runs before the restoring pass when tiles split an image of a
-#: `WHOLE_IMAGE_DEGRADATIONS` kind (`statistics_passes=None`). Each pass makes the gathered statistics closer to the
-#: whole image's (`tile_context`); the README's tiling table measures 0 to 4 passes. Every pass costs one tiled
-#: restore, so this default costs 4x the plain tiled time on those images only.
+#: Statistics passes `restore()` runs before the restoring pass whenever tiles split an image
+#: (`statistics_passes=None`): each pass brings the statistics the tiles use closer to the whole image's
+#: (`tile_context`; the README's tiling section measures the passes). Every pass costs one tiled restore, so tiled
+#: restores take 4x the time of tiles that use their own statistics (`statistics_passes=0`).
 DEFAULT_STATISTICS_PASSES = 3
 
 #: `tile=None` for a model whose config names no `inference_tile`: images above `AUTO_TILE_ABOVE_PIXELS` (4
@@ -622,16 +622,15 @@ def check_statistics_passes(statistics_passes: Any, name: str = "statistics_pass
 
 
 def resolve_statistics_passes(
-    model: Any, statistics_passes: Optional[int], weights: Optional[torch.Tensor], tile: Optional[int],
-    size: Sequence[int],
+    model: Any, statistics_passes: Optional[int], tile: Optional[int], size: Sequence[int]
 ) -> int:
-    """The statistics passes for restoring an image of `size` in `tile`-sided tiles: `statistics_passes` when given,
-    else `DEFAULT_STATISTICS_PASSES` where the tiles split a `WHOLE_IMAGE_DEGRADATIONS` image (see
-    `degradations_split_by_tiles`) and 0 elsewhere (whole images, and local degradations, whose tiles already
-    agree with the whole image)."""
+    """The statistics passes for restoring an image of `size` (height, width) with `tile` (`None`: `resolve_tile`):
+    `statistics_passes` when given, else `DEFAULT_STATISTICS_PASSES` where tiles split the image and 0 where the
+    image is restored whole (or one tile holds it)."""
     if statistics_passes is not None:
         return int(statistics_passes)
-    return DEFAULT_STATISTICS_PASSES if degradations_split_by_tiles(model, weights, tile, size) else 0
+    tile = resolve_tile(model, tile, size)
+    return DEFAULT_STATISTICS_PASSES if tile and max(size) > tile else 0
 
 
 def degradations_split_by_tiles(
@@ -707,9 +706,10 @@ def restore(
         channels_last: the CPU fast path: channels-last inputs, same outputs up to float rounding; `None`
             (default) turns it on for CPU devices, `False` gives the plain NCHW path (see `run_model`).
         statistics_passes: with tiles, passes that gather whole-image statistics (channel attention, pooling,
-            prompt placement) for the tiles before the pass that restores (`modeling.tile_context`); 0: every
-            tile uses its own. `None` (default): `DEFAULT_STATISTICS_PASSES` for low-light and hazy images (the
-            label, or the largest estimated weight), 0 otherwise (`resolve_statistics_passes`).
+            prompt placement) for the tiles before the pass that restores (`modeling.tile_context`), each costing
+            one tiled restore; 0: every tile uses its own (faster, but tiles then differ from the whole image,
+            by dB on low light, haze and blur). `None` (default): `DEFAULT_STATISTICS_PASSES` (3) whenever tiles
+            split the image (`resolve_statistics_passes`).
 
     Returns:
         The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy for numpy (uint8
@@ -774,7 +774,7 @@ def restore(
                 )
             else:
                 weights = None
-            passes = resolve_statistics_passes(model, statistics_passes, weights, tile, pixel_values.shape[-2:])
+            passes = resolve_statistics_passes(model, statistics_passes, tile, pixel_values.shape[-2:])
             split = [] if passes else degradations_split_by_tiles(model, weights, tile, pixel_values.shape[-2:])
             for name in split:
                 resolved_tile = resolve_tile(model, tile, pixel_values.shape[-2:])

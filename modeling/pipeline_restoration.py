@@ -66,7 +66,7 @@ class ImageRestorationPipeline(Pipeline):
     Call kwargs: `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else
     the whole image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
     tile // 4; see `modeling.tiling.check_tiling`), `statistics_passes` (int >= 0: passes gathering whole-image
-    statistics for the tiles; default as `restore`: 3 for low-light and hazy images, else 0), `degradation` (name, index or "auto"; only for models taking
+    statistics for the tiles; default as `restore`: 3 whenever tiles split the image), `degradation` (name, index or "auto"; only for models taking
     `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("auto", the default:
     bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16": autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
     numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
@@ -176,7 +176,7 @@ class ImageRestorationPipeline(Pipeline):
             dtype=dtype,
             channels_last=channels_last,
             statistics_passes=resolve_statistics_passes(
-                self.model, statistics_passes, weights, tile, model_inputs["pixel_values"].shape[-2:]
+                self.model, statistics_passes, tile, model_inputs["pixel_values"].shape[-2:]
             ),
         )
         return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}

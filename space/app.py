@@ -52,6 +52,7 @@ from modeling.inference import (
     resolve_device,
     resolve_dtype,
     degradations_split_by_tiles,
+    resolve_statistics_passes,
     restore,
 )
 
@@ -116,9 +117,12 @@ class SpaceSettings:
     max_file_mb: float = 20.0  # SPACE_MAX_FILE_MB: upload size limit (server-side too, via launch)
     min_side: int = 16  # smaller images are refused (nothing to restore in a few pixels)
     # SPACE_TILE: images with a side above this run tiled (tile x tile, one tile per forward pass: about the memory
-    # of a whole tile-sided image). Tiles cost quality on low light and haze, whose correction needs the whole
-    # image, so the default restores photos up to 1024 px whole (README, "Restore an image").
+    # of a whole tile-sided image). Tiles cost time (statistics passes) or quality (without them), so the default
+    # restores photos up to 1024 px whole (README, "Restore an image").
     tile: int = 1024
+    # SPACE_STATISTICS_PASSES: passes gathering whole-image statistics for tiled images before the restoring pass
+    # (each costs one tiled restore); None: restore()'s default (3); 0: tiles use their own statistics.
+    statistics_passes: Optional[int] = None
     concurrency: Optional[int] = None  # SPACE_CONCURRENCY: restorations at once; None: 1 on CPU, 2 on GPU
     queue_size: int = 64  # SPACE_QUEUE_SIZE: waiting requests beyond this are turned away ("queue is full")
     model_cache_size: int = 2  # SPACE_MODEL_CACHE_SIZE: models kept loaded (least recently used evicted)
@@ -144,6 +148,7 @@ class SpaceSettings:
             max_megapixels=_env_float(environ, "SPACE_MAX_MEGAPIXELS", cls.max_megapixels),
             max_file_mb=_env_float(environ, "SPACE_MAX_FILE_MB", cls.max_file_mb),
             tile=_env_int(environ, "SPACE_TILE", cls.tile, minimum=8),
+            statistics_passes=_env_int(environ, "SPACE_STATISTICS_PASSES", None, minimum=0),
             concurrency=_env_int(environ, "SPACE_CONCURRENCY", None),
             queue_size=_env_int(environ, "SPACE_QUEUE_SIZE", cls.queue_size),
             model_cache_size=_env_int(environ, "SPACE_MODEL_CACHE_SIZE", cls.model_cache_size),
@@ -507,7 +512,8 @@ class RestorationSpace:
                 weights = model.degradation_weights(label, 1)
             if weights is not None:
                 chart = weights_frame(loaded.degradation_names, weights)
-            for name in degradations_split_by_tiles(model, weights, tile, (info.height, info.width)):
+            passes = resolve_statistics_passes(model, self.settings.statistics_passes, tile, (info.height, info.width))
+            for name in [] if passes else degradations_split_by_tiles(model, weights, tile, (info.height, info.width)):
                 notes.append(f"Restored in {tile}×{tile} tiles: {name} is corrected from the whole image's "
                              "brightness and contrast, which tiles do not see, so a smaller upload (at most "
                              f"{self.settings.tile} px a side, restored whole) may restore it better.")
@@ -523,6 +529,7 @@ class RestorationSpace:
                 progress=True,
                 channels_last=self.settings.channels_last,
                 batch_size=1,  # one tile per forward: the peak memory of one tile, whatever the image size
+                statistics_passes=passes,
             )
         except gr.Error:
             raise
@@ -544,6 +551,8 @@ class RestorationSpace:
             gr.Warning(note)
         elapsed = time.perf_counter() - started
         how = f"tiled ({tile}×{tile} tiles)" if tile else "whole image"
+        if tile and passes:
+            how += f" with whole-image statistics ({passes} passes)"
         status = (
             f"Restored {info.width}×{info.height} px with `{_message(Path(loaded.source).name or loaded.source)}` "
             f"on {self.device.type.upper()}, {how}, in {elapsed:.2f} s."

@@ -316,6 +316,7 @@ def test_cli_refuses_to_overwrite_inputs(inputs, checkpoint, capsys):
         (["IN", "-o", "OUT", "--model", "MISSING"], "config.json"),
         (["IN", "-o", "FILE"], "not a folder"),
         (["IN", "-o", "OUT", "--degradation", "rain"], "degradation"),
+        (["IN", "-o", "OUT", "--tile", "16", "--statistics-passes", "-1"], "--statistics-passes must be >= 0"),
     ],
 )
 def test_cli_usage_errors_exit_2(inputs, tmp_path, checkpoint, capsys, args, word):
@@ -626,6 +627,13 @@ def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, c
     assert main([str(inputs / "a.png"), "-o", str(out), "--model", str(checkpoint), "-q", "--tile", "16"]) == 0
     expected = restore(Image.open(inputs / "a.png"), model, tile=16, tile_overlap=4)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), np.asarray(expected))
+    # --statistics-passes reaches restore(): 0 gives tiles that use their own statistics, unlike the default.
+    out0 = tmp_path / "out0"
+    argv0 = [str(inputs / "a.png"), "-o", str(out0), "--model", str(checkpoint), "-q", "--tile", "16"]
+    assert main(argv0 + ["--statistics-passes", "0"]) == 0
+    own = restore(Image.open(inputs / "a.png"), model, tile=16, statistics_passes=0)
+    np.testing.assert_array_equal(np.asarray(Image.open(out0 / "a.png")), np.asarray(own))
+    assert not np.array_equal(np.asarray(own), np.asarray(expected))
 
     argv = [str(inputs / "a.png"), "-o", str(tmp_path / "out2"), "--model", str(checkpoint), "-q"]
     assert main(argv + ["--tile", "7"]) == 2

@@ -205,12 +205,13 @@ def test_explicit_degradation_and_tiles(client, images, checkpoints):
     _, png, chart, status = call(client, images["tiled"], degradation="rain")
     expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="rain", batch_size=1)
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
-    assert f"tiled ({TILE}×{TILE} tiles)" in status
+    assert f"tiled ({TILE}×{TILE} tiles) with whole-image statistics (3 passes)" in status
     assert dict(chart["value"]["data"]) == {"noise": 0, "rain": 1, "haze": 0, "blur": 0, "low-light": 0}
-    assert "from the whole image's brightness" not in status  # rain is local: tiles restore it as well
-    # Low light in tiles: the status says that the whole image restores it better.
-    _, _, _, status = call(client, images["tiled"], degradation="low-light")
-    assert f"Restored in {TILE}×{TILE} tiles: low-light is corrected from the whole image's brightness" in status
+    # Low light in tiles: restored with whole-image statistics (the default), so no advice to upload less.
+    _, png, _, status = call(client, images["tiled"], degradation="low-light")
+    expected = restore(str(images["tiled"]), model=folder, tile=TILE, degradation="low-light", batch_size=1)
+    np.testing.assert_array_equal(png_array(png), np.asarray(expected))
+    assert "from the whole image's brightness" not in status and "(3 passes)" in status
 
     # A model whose config names inference_tile runs on its own tiles, even below SPACE_TILE.
     tiled_folder = str(checkpoints["pip-tiled"])
@@ -539,6 +540,8 @@ def test_settings_from_environment(app):
     assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
     assert settings.output_dir == Path("/srv/out")
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
+    assert app.SpaceSettings.from_env({}).statistics_passes is None  # restore()'s default
+    assert app.SpaceSettings.from_env({"SPACE_STATISTICS_PASSES": "0"}).statistics_passes == 0
     # The CPU fast path: library default unless switched; a typo is an error, not silently "on".
     assert app.SpaceSettings.from_env({}).channels_last is None
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -554,6 +557,6 @@ def test_settings_from_environment(app):
     for name, value in (("SPACE_MAX_MEGAPIXELS", "-1"), ("SPACE_MAX_MEGAPIXELS", "nan"), ("SPACE_MAX_FILE_MB", "inf"),
                         ("SPACE_MAX_FILE_MB", "abc"), ("SPACE_TILE", "-1"), ("SPACE_TILE", "4"),
                         ("SPACE_QUEUE_SIZE", "-5"), ("SPACE_CONCURRENCY", "0"), ("SPACE_MODEL_CACHE_SIZE", "x"),
-                        ("SPACE_DTYPE", "fp8")):
+                        ("SPACE_DTYPE", "fp8"), ("SPACE_STATISTICS_PASSES", "-1")):
         with pytest.raises(ValueError, match=name):
             app.SpaceSettings.from_env({name: value})

@@ -202,23 +202,32 @@ def test_bad_statistics_passes_are_refused(passes):
         run_model(model, torch.rand(1, 3, 16, 16), tile=8, statistics_passes=passes)
 
 
-def test_restore_gathers_whole_image_statistics_for_low_light_and_haze_only():
-    """statistics_passes=None: DEFAULT_STATISTICS_PASSES where tiles split a low-light or hazy image, none for local
-    degradations; an explicit value wins. The CLI and the pipeline take the same option."""
+def test_restore_gathers_whole_image_statistics_whenever_tiles_split_the_image():
+    """statistics_passes=None: DEFAULT_STATISTICS_PASSES where tiles split the image, whatever its degradation;
+    none where one tile holds it; an explicit value wins. The pipeline takes the same option."""
     from modeling import restore
-    from modeling.inference import DEFAULT_STATISTICS_PASSES
+    from modeling.inference import DEFAULT_STATISTICS_PASSES, resolve_statistics_passes
+    from modeling.pipeline_restoration import ImageRestorationPipeline
 
     assert DEFAULT_STATISTICS_PASSES == 3
     model = tiny_model("pip")
+    assert resolve_statistics_passes(model, None, 24, (48, 64)) == 3
+    assert resolve_statistics_passes(model, None, 64, (48, 64)) == 0  # one tile holds the image
+    assert resolve_statistics_passes(model, None, None, (48, 64)) == 0  # whole image
+    assert resolve_statistics_passes(model, 1, 24, (48, 64)) == 1
     image = (smooth_image(48, 64).astype(np.float32) * np.linspace(0.2, 1, 64)[:, None]).astype(np.uint8)
 
     def restored(**kwargs):
         return np.asarray(restore(image, model, tile=24, dtype="fp32", **kwargs), dtype=np.int16)
 
-    for label in ("low-light", "haze"):
+    for label in ("low-light", "noise"):
         default = restored(degradation=label)
         assert np.array_equal(default, restored(degradation=label, statistics_passes=DEFAULT_STATISTICS_PASSES))
         assert not np.array_equal(default, restored(degradation=label, statistics_passes=0))
-    noise = restored(degradation="noise")
-    assert np.array_equal(noise, restored(degradation="noise", statistics_passes=0))
-    assert not np.array_equal(noise, restored(degradation="noise", statistics_passes=2))
+    pipe = ImageRestorationPipeline(model=model)
+    for passes in (0, 1):
+        from_pipeline = pipe(image, tile=24, degradation="haze", dtype="fp32", statistics_passes=passes)
+        assert np.array_equal(np.asarray(from_pipeline, dtype=np.int16),
+                              restored(degradation="haze", statistics_passes=passes))
+    with pytest.raises(ValueError, match="statistics_passes"):
+        pipe(image, tile=24, statistics_passes=-1)

@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tile_overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles (default: restore()'s, 32 capped at tile // 4)")
     parser.add_argument("--statistics_passes", type=int, default=None,
-                        help="with tiles, passes gathering whole-image statistics (default: restore()'s, 3 for "
-                             "low light and haze, else 0)")
+                        help="with tiles, passes gathering whole-image statistics (default: restore()'s, 3 "
+                             "whenever tiles split an image)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
