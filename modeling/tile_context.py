@@ -147,6 +147,12 @@ def gathering_statistics(statistics: TileStatistics) -> Iterator[TileStatistics]
         _state.statistics = previous
 
 
+def _full_precision(tensor: torch.Tensor):
+    """Autocast off: the sums over a tile's pixels are gathered in fp32 (a bf16 matmul would round each tile's sum
+    to 8 bits of mantissa before the tiles are added up)."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 # -- the global sites ----------------------------------------------------------------------------------------
 def spatial_mean(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C): the mean over the pixels (of the whole image during a tiled restore)."""
@@ -155,7 +161,8 @@ def spatial_mean(features: torch.Tensor) -> torch.Tensor:
     if statistics is None:
         return local
     rows, cols = statistics.owned_masks(*features.shape[-2:], features.device)
-    owned = torch.einsum("nchw,nh,nw->nc", features.float(), rows, cols)
+    with _full_precision(features):
+        owned = torch.einsum("nchw,nh,nw->nc", features.float(), rows, cols)
     count = (rows.sum(1) * cols.sum(1))[:, None]
     whole = statistics.add(statistics.next_site(), [owned, count])
     if whole is None:
@@ -177,11 +184,12 @@ def channel_attention_logits(query: torch.Tensor, key: torch.Tensor, temperature
     level_height = _level_height(statistics, query.shape[-1])
     rows, cols = statistics.owned_masks(level_height, query.shape[-1] // level_height, query.device)
     mask = (rows[:, :, None] * cols[:, None, :]).reshape(len(rows), 1, 1, -1)
-    query32, key32 = query.float(), key.float()
-    owned_query = query32 * mask
-    gram = owned_query @ key32.transpose(-2, -1)
-    query_norms = (owned_query * query32).sum(-1)
-    key_norms = (key32 * key32 * mask).sum(-1)
+    with _full_precision(query):
+        query32, key32 = query.float(), key.float()
+        owned_query = query32 * mask
+        gram = owned_query @ key32.transpose(-2, -1)
+        query_norms = (owned_query * query32).sum(-1)
+        key_norms = (key32 * key32 * mask).sum(-1)
     whole = statistics.add(statistics.next_site(), [gram, query_norms, key_norms])
     if whole is None:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
@@ -239,7 +247,8 @@ def resize_to_prompt(features: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     row_parts = torch.stack([row_matrix[:, t.top // factor : t.top // factor + height] for t in statistics.tiles])
     col_parts = torch.stack([col_matrix[:, t.left // factor : t.left // factor + width] for t in statistics.tiles])
     row_parts, col_parts = row_parts * rows[:, None, :], col_parts * cols[:, None, :]
-    owned = row_parts[:, None] @ features.float() @ col_parts[:, None].transpose(-2, -1)
+    with _full_precision(features):
+        owned = row_parts[:, None] @ features.float() @ col_parts[:, None].transpose(-2, -1)
     whole = statistics.add(statistics.next_site(), [owned])
     return local if whole is None else whole[0].to(local.dtype)
 

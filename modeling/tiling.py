@@ -6,12 +6,12 @@ weighted by a separable window that is 1 in its interior and rises smoothly (rai
 is never 0. The accumulated sum is divided by the accumulated weight.
 
 Tiling is exact only for a network whose receptive field is smaller than the context a tile provides. Convolutional
-parts of Restormer-style models have a limited receptive field, but their channel attention (MDTA) computes a
-C x C attention map from statistics of the *whole* input, so tiles see slightly different statistics than the whole
-image. The blending window makes the remaining differences smooth, and for a random Restormer on a noisy image
-small (the tests check a 512x512 image with ``tile=256, overlap=32`` agrees with whole-image inference within
-0.05 dB PSNR). Trained weights whose correction depends on the whole image differ more: the README's tiling table
-measures several dB on low-light photos with 256-px tiles, which is why `restore()` warns there.
+parts of Restormer-style models have a limited receptive field, but their channel attention (MDTA), prompt routing
+and prompt placement use statistics of the *whole* input, so tiles that use their own statistics differ from the
+whole image. For a random Restormer on a noisy image the difference is small (the tests check a 512x512 image with
+``tile=256, overlap=32`` agrees with whole-image inference within 0.05 dB PSNR), but trained weights whose
+correction depends on the whole image differ by dB (the README's tiling table). ``statistics_passes`` gathers the
+whole image's statistics over the tiles first (`tile_context`), which removes most of that difference.
 """
 
 from __future__ import annotations

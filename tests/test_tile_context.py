@@ -190,6 +190,21 @@ def test_tiles_are_crops_of_the_image_padded_as_the_model_pads(mode, height, wid
         torch.testing.assert_close(tile, padded[:, :, y : y + 8, x : x + 8])
 
 
+def test_statistics_passes_under_bf16_autocast_stay_close_to_fp32():
+    """Under bf16 autocast (the default on CPUs with native bf16) the sums are gathered in fp32: the tiled result
+    with statistics passes stays as close to its fp32 counterpart as plain bf16 inference does."""
+    model = tiny_model("pip")
+    image = torch.from_numpy(smooth_image(64, 96, seed=2)).permute(2, 0, 1)[None].float() / 255
+    labels = degradation_label_ids(model, "low-light", 1)
+    options = dict(degradation_labels=labels, tile=48, tile_overlap=16, statistics_passes=2)
+    fp32 = run_model(model, image, dtype="fp32", **options)
+    bf16 = run_model(model, image, dtype="bf16", **options)
+    whole_fp32 = run_model(model, image, degradation_labels=labels, tile=0, dtype="fp32")
+    whole_bf16 = run_model(model, image, degradation_labels=labels, tile=0, dtype="bf16")
+    assert torch.isfinite(bf16).all()
+    assert psnr(bf16, fp32) > psnr(whole_bf16, whole_fp32) - 3
+
+
 @pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
 def test_bad_statistics_passes_are_refused(passes):
     from modeling import restore
