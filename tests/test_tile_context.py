@@ -52,6 +52,55 @@ def test_tiles_start_on_the_grid_and_every_pixel_is_owned_once(size, tile, overl
     assert (covered == 1).all()
 
 
+@pytest.mark.parametrize("factor", [1, 2, 8])
+def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor):
+    """Two overlapping tiles of a map at 1/factor of the image: after one gathering pass, every site gives each
+    tile the statistic of the whole map (mean, channel-attention logits, resize to a prompt), and a prompt resized
+    for a tile is that tile's crop of the prompt resized to the whole map."""
+    from modeling.restormer_blocks import split_heads
+    from modeling.tile_context import (
+        channel_attention_logits,
+        resize_from_prompt,
+        resize_to_prompt,
+        spatial_mean,
+    )
+
+    height, width, tile = 64, 96, 64  # pixels; tiles at x = 0 and 32, owning [0, 48) and [48, 96)
+    starts = aligned_starts(width, tile, 16)
+    assert starts == [0, 32]
+    spans = owned_spans(starts, tile, width)
+    torch.manual_seed(0)
+    whole_map = torch.randn(1, 6, height // factor, width // factor)
+    temperature = torch.rand(2, 1, 1) + 0.5
+    crops = torch.cat([whole_map[..., x // factor : (x + tile) // factor] for x in starts])
+    statistics = TileStatistics(1, (height, width), (tile, tile))
+    placements = [TilePlacement(0, 0, x, (0, height), spans[x]) for x in starts]
+
+    def sites():
+        return (spatial_mean(crops),
+                channel_attention_logits(split_heads(crops, 2), split_heads(crops.flip(1), 2), temperature),
+                resize_to_prompt(crops, (5, 7)))
+
+    with gathering_statistics(statistics):
+        statistics.start_pass()
+        statistics.start_batch(placements)
+        own = sites()
+        statistics.start_pass()
+        statistics.start_batch(placements)
+        gathered = sites()
+        prompt = torch.randn(2, 6, 5, 7)
+        placed = resize_from_prompt(prompt, (tile // factor, tile // factor))
+    query, key = F.normalize(split_heads(whole_map, 2), dim=-1), F.normalize(split_heads(whole_map.flip(1), 2), dim=-1)
+    expected = (whole_map.mean(dim=(-2, -1)), (query @ key.transpose(-2, -1)) * temperature,
+                F.interpolate(whole_map, size=(5, 7), mode="bilinear", align_corners=False))
+    for name, value, target, tile_own in zip(("mean", "logits", "resize"), gathered, expected, own):
+        torch.testing.assert_close(value, target.expand_as(value), atol=1e-5, rtol=1e-4, msg=name)
+        assert not torch.allclose(tile_own, target.expand_as(tile_own), atol=1e-3), name  # tiles alone differ
+    resized = F.interpolate(prompt, size=(height // factor, width // factor), mode="bilinear", align_corners=False)
+    for index, x in enumerate(starts):
+        torch.testing.assert_close(placed[index], resized[index, :, :, x // factor : (x + tile) // factor])
+
+
 def gathered_from_whole_image(model, pixel_values: torch.Tensor, labels) -> TileStatistics:
     """Statistics gathered by one 'tile' holding the whole (grid-sized) image: the whole image's own."""
     height, width = pixel_values.shape[-2:]
