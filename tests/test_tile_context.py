@@ -295,3 +295,37 @@ def test_restore_gathers_whole_image_statistics_whenever_tiles_split_the_image()
                               restored(degradation="haze", statistics_passes=passes))
     with pytest.raises(ValueError, match="statistics_passes"):
         pipe(image, tile=24, statistics_passes=-1)
+
+
+def test_bench_tile_statistics_compares_tiles_with_the_whole_image(tmp_path, capsys):
+    """benchmarks/bench_tile_statistics.py on a tiny PIP and two photos: one record per row and photo with each
+    pass count, row summaries that agree with the records, and statistics passes that bring the tiles closer to
+    the whole image (timings are not asserted)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    tiny_model("pip").save_pretrained(tmp_path / "pip")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(2):
+        Image.fromarray(smooth_image(40 + 8 * index, 56, seed=index)).save(photos / f"p{index}.png")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tile_statistics.py"
+    spec = importlib.util.spec_from_file_location("bench_tile_statistics", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--model", str(tmp_path / "pip"), "--heldout", str(photos), "--rows", "low-light", "rain",
+                         "--tile", "24", "--passes", "0", "3", "--json", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(result))
+    records = result["records"]
+    assert [(r["row"], r["image"]) for r in records] == [
+        ("low-light", "p0.png"), ("low-light", "p1.png"), ("rain", "p0.png"), ("rain", "p1.png")]
+    for record in records:
+        assert record["tiled"]["3"]["agreement_db"] > record["tiled"]["0"]["agreement_db"] + 5
+    low_light = result["summary"]["low-light"]["3"]
+    changes = [r["tiled"]["3"]["psnr_change"] for r in records if r["row"] == "low-light"]
+    assert low_light["mean_change"] == pytest.approx(sum(changes) / 2)
+    assert (low_light["min_change"], low_light["max_change"]) == (min(changes), max(changes))
+    assert "low-light  passes 3:" in capsys.readouterr().out
