@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -43,7 +45,14 @@ import torch.nn.functional as F
 #: The models' downsampling grid: three 2x downsamplings, so tiles start on multiples of 8 pixels.
 GRID = 8
 
-_state = threading.local()
+#: The tiled restore running in each thread is kept in one object that every copy of this module shares: the
+#: installed package and the copies `trust_remote_code` makes (one per model or pipeline folder and code hash) must
+#: all see the statistics of a restore, whichever copy's tiling started it and whichever copy's sites read them.
+_SHARED_STATE = "prompt_restoration_tile_context_state"
+_shared = sys.modules.setdefault(_SHARED_STATE, types.ModuleType(_SHARED_STATE))
+if not hasattr(_shared, "threads"):
+    _shared.threads = threading.local()
+_state = _shared.threads
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from modeling import PIPConfig, PIPForImageRestoration, RestormerConfig, Restorm
 from modeling import inference
 from modeling.cli import main
 from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
-from modeling.inference import NonFiniteOutputError, estimate_degradation_weights, restore
+from modeling.inference import DEFAULT_STATISTICS_PASSES, NonFiniteOutputError, estimate_degradation_weights, restore
 from modeling.pipeline_restoration import ImageRestorationPipeline, register_pipeline
 from modeling.tiling import tiled_apply
 
@@ -112,8 +112,12 @@ def test_restore_tiled_and_bf16(model):
     # image: it stays close to the whole-image result but is measurably different from it.
     pixel_values = torch.from_numpy(image).permute(2, 0, 1)[None]
     with torch.no_grad():
-        expected = tiled_apply(lambda t: model(pixel_values=t).reconstruction, pixel_values, tile=32, overlap=8)
+        expected = tiled_apply(lambda t: model(pixel_values=t).reconstruction, pixel_values, tile=32, overlap=8,
+                               statistics_passes=DEFAULT_STATISTICS_PASSES)
+        own_statistics = tiled_apply(lambda t: model(pixel_values=t).reconstruction, pixel_values, tile=32, overlap=8)
     np.testing.assert_allclose(tiled, expected[0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(restore(image, model, tile=32, tile_overlap=8, dtype="fp32", statistics_passes=0),
+                               own_statistics[0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     seam = np.abs(tiled - whole)
     assert tiled.shape == whole.shape and 1e-3 < seam.max() and seam.mean() < 0.05
     # bf16 autocast really runs: its rounding shows (2e-3 here; fp32 layout differences are ~1e-7), yet stays small.

@@ -329,3 +329,20 @@ def test_bench_tile_statistics_compares_tiles_with_the_whole_image(tmp_path, cap
     assert low_light["mean_change"] == pytest.approx(sum(changes) / 2)
     assert (low_light["min_change"], low_light["max_change"]) == (min(changes), max(changes))
     assert "low-light  passes 3:" in capsys.readouterr().out
+
+
+def test_every_copy_of_the_module_sees_the_running_tiled_restore():
+    """trust_remote_code loads its own copies of tile_context (one per folder and code hash) beside the installed
+    package: a tiled restore started by one copy must reach the global sites of another."""
+    import importlib.util
+
+    import modeling.tile_context as installed
+
+    spec = importlib.util.spec_from_file_location("remote_copy_of_tile_context", installed.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy is not installed and copy.active() is None
+    statistics = TileStatistics(1, (16, 16), (16, 16))
+    with gathering_statistics(statistics):
+        assert copy.active() is statistics
+    assert copy.active() is None and installed.active() is None
