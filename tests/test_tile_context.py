@@ -338,9 +338,15 @@ def test_every_copy_of_the_module_sees_the_running_tiled_restore():
 
     import modeling.tile_context as installed
 
+    import sys
+
     spec = importlib.util.spec_from_file_location("remote_copy_of_tile_context", installed.__file__)
     copy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copy)
+    sys.modules[spec.name] = copy  # as importlib does (dataclasses look their module up there)
+    try:
+        spec.loader.exec_module(copy)
+    finally:
+        del sys.modules[spec.name]
     assert copy is not installed and copy.active() is None
     statistics = TileStatistics(1, (16, 16), (16, 16))
     with gathering_statistics(statistics):
