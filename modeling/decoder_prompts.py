@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import RestorationInputError
 from .restoration_unet import EncoderFeatures
-from .restormer_blocks import TransformerBlock
+from .restormer_blocks import TransformerBlock, pointwise_conv, spatial_conv
 from .tile_context import resize_from_prompt, spatial_mean
 
 
@@ -44,7 +44,7 @@ class PromptGenerator(nn.Module):
         self.top_k = top_k
         self.prompt_components = nn.Parameter(torch.empty(prompt_len, prompt_dim, prompt_size, prompt_size))
         self.component_weights = nn.Linear(feature_dim, prompt_len)
-        self.output_conv = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
+        self.output_conv = spatial_conv(prompt_dim, prompt_dim, bias=False)
         self.init_own_parameters()
 
     def init_own_parameters(self) -> None:
@@ -114,7 +114,7 @@ class PromptFusion(nn.Module):
         super().__init__()
         joint = feature_dim + prompt_dim
         self.block = TransformerBlock(joint, num_heads, ffn_expansion_factor, bias, layer_norm_type)
-        self.reduce = nn.Conv2d(joint, out_dim, kernel_size=1, bias=bias)
+        self.reduce = pointwise_conv(joint, out_dim, bias)
 
     def forward(self, features: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         return self.reduce(self.block(torch.cat([features, prompt], dim=1)))

@@ -49,7 +49,14 @@ from .modeling_outputs import ImageRestorationOutput
 from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import RestorationUNet
 from .tile_context import spatial_mean
-from .restormer_blocks import ChannelLayerNorm, TransformerBlock, channels_innermost, merge_heads, split_heads
+from .restormer_blocks import (
+    ChannelLayerNorm,
+    TransformerBlock,
+    channels_innermost,
+    merge_heads,
+    pointwise_conv,
+    split_heads,
+)
 
 
 @dataclass
@@ -204,10 +211,10 @@ class CrossFusion(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.norm = ChannelLayerNorm(feature_dim, layer_norm_type)
-        self.query = nn.Conv2d(feature_dim, prompt_dim, kernel_size=1, bias=bias)
+        self.query = pointwise_conv(feature_dim, prompt_dim, bias)
         self.key = nn.Linear(prompt_dim, prompt_dim, bias=bias)
         self.value = nn.Linear(prompt_dim, prompt_dim, bias=bias)
-        self.project_out = nn.Conv2d(prompt_dim, feature_dim, kernel_size=1, bias=bias)
+        self.project_out = pointwise_conv(prompt_dim, feature_dim, bias)
 
     def forward(self, features: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = features.shape

@@ -41,6 +41,7 @@ from .restormer_blocks import (
     head_temperature,
     merge_heads,
     pointwise_conv,
+    spatial_conv,
     split_heads,
 )
 from .tile_context import channel_attention_logits, resize_from_prompt, resize_to_prompt, spatial_mean
@@ -128,7 +129,7 @@ class PromptInPrompt(nn.Module):
         self.degradation_prompts = nn.Parameter(torch.empty(num_degradations, prompt_dim))
         self.basic_restoration_prompt = nn.Parameter(torch.empty(prompt_dim, prompt_size, prompt_size))
         self.prompt_interaction = PromptToPromptInteraction(prompt_dim, num_heads, ffn_expansion_factor, bias)
-        self.output_conv = nn.Conv2d(prompt_dim, prompt_dim, kernel_size=3, padding=1, bias=False)
+        self.output_conv = spatial_conv(prompt_dim, prompt_dim, bias=False)
         self.init_own_parameters()
 
     def init_own_parameters(self) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .restormer_blocks import Downsample, OverlapPatchEmbed, Upsample, transformer_stage
+from .restormer_blocks import Downsample, OverlapPatchEmbed, Upsample, pointwise_conv, spatial_conv, transformer_stage
 
 
 @dataclass
@@ -85,13 +85,13 @@ class RestorationUNet(nn.Module):
         self.latent = transformer_stage(width4, num_blocks[3], heads[3], **block)
 
         self.latent_projection = (
-            nn.Conv2d(width4, decoder_latent_channels, kernel_size=1, bias=bias) if latent_projection else None
+            pointwise_conv(width4, decoder_latent_channels, bias) if latent_projection else None
         )
         self.up4_3 = Upsample(decoder_latent_channels)
-        self.reduce_chan_level3 = nn.Conv2d(decoder_latent_channels // 2 + width3, width3, kernel_size=1, bias=bias)
+        self.reduce_chan_level3 = pointwise_conv(decoder_latent_channels // 2 + width3, width3, bias)
         self.decoder_level3 = transformer_stage(width3, num_blocks[2], heads[2], **block)
         self.up3_2 = Upsample(width3)
-        self.reduce_chan_level2 = nn.Conv2d(width3, width2, kernel_size=1, bias=bias)
+        self.reduce_chan_level2 = pointwise_conv(width3, width2, bias)
         self.decoder_level2 = transformer_stage(width2, num_blocks[1], heads[1], **block)
         self.up2_1 = Upsample(width2)
         # No 1x1 reduction after the last concatenation: decoder level 1 runs at 2 dim (official design).
@@ -99,8 +99,8 @@ class RestorationUNet(nn.Module):
         self.refinement = transformer_stage(width2, num_refinement_blocks, heads[0], **block)
 
         self.dual_pixel_task = dual_pixel_task
-        self.skip_conv = nn.Conv2d(dim, width2, kernel_size=1, bias=bias) if dual_pixel_task else None
-        self.output = nn.Conv2d(width2, out_channels, kernel_size=3, padding=1, bias=bias)
+        self.skip_conv = pointwise_conv(dim, width2, bias) if dual_pixel_task else None
+        self.output = spatial_conv(width2, out_channels, bias)
 
     @classmethod
     def from_config(cls, config, decoder_latent_channels: int, **options) -> "RestorationUNet":

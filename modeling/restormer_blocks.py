@@ -161,6 +161,11 @@ def pointwise_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=bias)
 
 
+def spatial_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
+    """A full 3x3 convolution that keeps the spatial size."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
+
+
 def depthwise_conv(channels: int, bias: bool) -> nn.Conv2d:
     """A 3x3 convolution of each channel on its own (groups = channels), size-preserving."""
     return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=bias)
@@ -247,7 +252,7 @@ class OverlapPatchEmbed(nn.Module):
 
     def __init__(self, in_channels: int, embed_dim: int, bias: bool = False) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=3, padding=1, bias=bias)
+        self.proj = spatial_conv(in_channels, embed_dim, bias)
 
     @fp32_in_cpu_inference
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -260,7 +265,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1, bias=False), nn.PixelUnshuffle(2)
+            spatial_conv(channels, channels // 2, bias=False), nn.PixelUnshuffle(2)
         )
 
     @fp32_in_cpu_inference
@@ -274,7 +279,7 @@ class Upsample(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels * 2, kernel_size=3, padding=1, bias=False), nn.PixelShuffle(2)
+            spatial_conv(channels, channels * 2, bias=False), nn.PixelShuffle(2)
         )
 
     @fp32_in_cpu_inference
