@@ -2,10 +2,13 @@
 
     python benchmarks/bench_tile_statistics.py --model modeling/demo --heldout data/embedded/heldout \
         --rows low-light haze --tile 512 --passes 0 3 --json tiles.json
+    python benchmarks/bench_tile_statistics.py --model modeling/demo --heldout data/embedded/heldout \
+        --rows low-light haze --tile 512 --passes 6 --tolerance 0.01   # restore()'s default
 
 For every photo and row (the held-out evaluation's synthesis: `training.evaluate_model`), the model restores the
-degraded photo whole and in `--tile` tiles with each number of statistics passes (`restore(statistics_passes=N)`;
-0: every tile uses its own statistics). Labelled (the row's degradation), fp32, results quantised to 8 bits as a
+degraded photo whole and in `--tile` tiles with each number of statistics passes (`restore(statistics_passes=N,
+statistics_tolerance=T)`; 0: every tile uses its own statistics; `--tolerance` 0, the default here: exactly N passes,
+else at most N, stopping once they settle, and the passes each photo needed are recorded). Labelled (the row's degradation), fp32, results quantised to 8 bits as a
 saved PNG holds them. Printed and written per photo and as row means: the PSNR change against the whole
 image's result (what tiling costs) and the PSNR of the tiled result against the whole one (how closely the tiles
 reproduce it), and the seconds of each tiled restore.
@@ -38,8 +41,9 @@ def as_8_bits(image):
 
 
 def measure(model_source: str, heldout: str, rows: list[str], tile: int, passes: list[int],
-            overlap: int | None = None) -> list[dict]:
-    """One record per (row, photo): whole-image PSNR, and per pass count the tiled PSNR, agreement and seconds."""
+            overlap: int | None = None, tolerance: float = 0.0) -> list[dict]:
+    """One record per (row, photo): whole-image PSNR, and per pass count the tiled PSNR, agreement, seconds and
+    the statistics passes run."""
     import numpy as np
 
     from modeling import restore
@@ -65,14 +69,18 @@ def measure(model_source: str, heldout: str, rows: list[str], tile: int, passes:
             record = {"row": row, "image": Path(path).name, "input": psnr(degraded, reference),
                       "whole": psnr(whole, reference), "tiled": {}}
             for count in passes:
+                passes_run = [0]
                 started = time.perf_counter()
-                tiled = restore(degraded, model, tile=tile, tile_overlap=overlap, statistics_passes=count, **options)
+                tiled = restore(degraded, model, tile=tile, tile_overlap=overlap, statistics_passes=count,
+                                statistics_tolerance=tolerance,
+                                statistics_callback=lambda number, change: passes_run.append(number), **options)
                 seconds = time.perf_counter() - started
                 tiled = as_8_bits(tiled)
                 record["tiled"][str(count)] = {
                     "psnr_change": psnr(tiled, reference) - record["whole"],
                     "agreement_db": psnr(tiled, whole),
                     "seconds": seconds,
+                    "passes_run": max(passes_run),
                 }
             records.append(record)
             print(json.dumps(record), flush=True)
@@ -95,6 +103,8 @@ def summary(records: list[dict], passes: list[int]) -> dict:
                 "mean_change": sum(changes) / len(changes), "min_change": min(changes), "max_change": max(changes),
                 "min_agreement_db": min(entry["agreement_db"] for entry in entries),
                 "mean_seconds": sum(entry["seconds"] for entry in entries) / len(entries),
+                "mean_passes_run": sum(entry["passes_run"] for entry in entries) / len(entries),
+                "max_passes_run": max(entry["passes_run"] for entry in entries),
             }
     return table
 
@@ -106,7 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", nargs="+", default=["low-light", "haze"], help="evaluation rows (noise-25, haze ...)")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=None, help="default: restore()'s (32, at most tile // 4)")
-    parser.add_argument("--passes", type=int, nargs="+", default=[0, 3], help="statistics passes to compare")
+    parser.add_argument("--passes", type=int, nargs="+", default=[0, 3],
+                        help="statistics passes to compare (the most, with --tolerance)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="restore()'s statistics_tolerance (0, the default: exactly --passes passes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the records and the summary here")
     args = parser.parse_args(argv)
@@ -114,15 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
-    records = measure(args.model, args.heldout, args.rows, args.tile, args.passes, args.overlap)
+    records = measure(args.model, args.heldout, args.rows, args.tile, args.passes, args.overlap, args.tolerance)
     table = summary(records, args.passes)
-    print(f"tile {args.tile}, {args.model}: change against the whole image in dB, mean (range); lowest agreement")
+    print(f"tile {args.tile}, tolerance {args.tolerance:g}, {args.model}: change against the whole image in dB, "
+          "mean (range); lowest agreement; passes run (mean, most)")
     for row, by_count in table.items():
         for count, entry in by_count.items():
             print(f"{row:>14}  passes {count}: {entry['mean_change']:+.3f} ({entry['min_change']:+.3f} … "
-                  f"{entry['max_change']:+.3f}); agreement >= {entry['min_agreement_db']:.1f} dB; "
-                  f"{entry['mean_seconds']:.1f} s per photo")
+                  f"{entry['max_change']:+.3f}); agreement >= {entry['min_agreement_db']:.1f} dB; passes run "
+                  f"{entry['mean_passes_run']:.2f}, {entry['max_passes_run']}; {entry['mean_seconds']:.1f} s per photo")
     result = {"model": args.model, "tile": args.tile, "overlap": args.overlap, "passes": args.passes,
+              "tolerance": args.tolerance,
               "records": records, "summary": table}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

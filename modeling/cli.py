@@ -1,7 +1,7 @@
 """``prompt-restore``: restore image files from the command line with `modeling.inference.restore`.
 
     prompt-restore INPUT... -o OUT [--model ID_OR_DIR] [--tile N] [--tile-overlap N] [--statistics-passes N]
-                   [--overwrite]
+                   [--statistics-tolerance T] [--overwrite]
                    [--degradation NAME|auto] [--device DEV] [--dtype auto|fp32|bf16|fp16] [--suffix S]
 
 INPUTs are files, folders (their image files, not recursive) and glob patterns. Each result is written to
@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
                         help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
     parser.add_argument("--statistics-passes", type=int, default=None, metavar="N",
-                        help="with tiles, passes that gather whole-image statistics before the restoring pass (each "
-                             "costs one tiled restore); 0: every tile uses its own (faster, less like the whole "
-                             "image); default: 3 whenever tiles split an image")
+                        help="with tiles, the most passes that gather whole-image statistics before the restoring "
+                             "pass (each costs one tiled restore); 0: every tile uses its own (faster, less like the "
+                             "whole image); default: 6 whenever tiles split an image")
+    parser.add_argument("--statistics-tolerance", type=float, default=None, metavar="T",
+                        help="stop the statistics passes, from the second on, once a pass changes the statistics "
+                             "by at most T (relative); 0: run them all; default: 0.01")
     parser.add_argument("--degradation", default=None, metavar="NAME|auto",
                         help="degradation label for models that take one (e.g. noise, rain, haze, blur, low-light)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ... (default: CUDA if available)")
@@ -211,6 +214,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail_usage(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.statistics_passes is not None and args.statistics_passes < 0:
         return fail_usage(f"--statistics-passes must be >= 0, got {args.statistics_passes}")
+    if args.statistics_tolerance is not None and not 0 <= args.statistics_tolerance < float("inf"):
+        return fail_usage(f"--statistics-tolerance must be a finite number >= 0, got {args.statistics_tolerance}")
     out_dir = Path(args.output)
     problem = check_output_folder(out_dir)
     if problem is not None:
@@ -293,6 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 batch_size=args.batch_size,
                 channels_last=args.channels_last,
                 statistics_passes=args.statistics_passes,
+                statistics_tolerance=args.statistics_tolerance,
             )
             _save_png(restored, target, overwrite=args.overwrite)
             written += 1

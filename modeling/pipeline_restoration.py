@@ -32,6 +32,7 @@ from .inference import (
     check_statistics_passes,
     resolve_channels_last,
     resolve_statistics_passes,
+    resolve_statistics_tolerance,
     run_model,
 )
 from .tiling import check_tiling
@@ -43,7 +44,8 @@ TASK_NAME = "image-restoration"
 
 #: Call arguments of the pipeline (besides the inputs); `batch_size` and `num_workers` are the base class's.
 CALL_ARGUMENTS = (
-    "tile", "tile_overlap", "statistics_passes", "degradation", "auto_mode", "dtype", "output_type", "channels_last"
+    "tile", "tile_overlap", "statistics_passes", "statistics_tolerance", "degradation", "auto_mode", "dtype",
+    "output_type", "channels_last",
 )
 _OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -63,15 +65,21 @@ def _unknown_argument_error(names: list[str]) -> TypeError:
 class ImageRestorationPipeline(Pipeline):
     """Restore images with any `*ForImageRestoration` model.
 
-    Call kwargs: `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else
-    the whole image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
-    tile // 4; see `modeling.tiling.check_tiling`), `statistics_passes` (int >= 0: passes gathering whole-image
-    statistics for the tiles; default as `restore`: 3 whenever tiles split the image), `degradation` (name, index or "auto"; only for models taking
-    `degradation_labels`), `auto_mode` ("cautious", the default, "hard" or "soft"; see `restore`), `dtype` ("auto", the default:
-    bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16": autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths, uint16
-    numpy for 16-bit colour files). Unknown or positional arguments raise a TypeError naming the closest valid
-    one. Inputs: PIL images, numpy arrays, tensors or file paths, or a list (or tuple) of them, which returns a
-    list (empty for an empty one).
+    Call kwargs:
+    - `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else the whole
+      image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at tile // 4; see
+      `modeling.tiling.check_tiling`);
+    - `statistics_passes` (int >= 0: the most passes gathering whole-image statistics for the tiles; default as
+      `restore`: 6 whenever tiles split the image), `statistics_tolerance` (stop the passes once they settle;
+      default as `restore`: 0.01; 0: all passes);
+    - `degradation` (name, index or "auto"; only for models taking `degradation_labels`), `auto_mode`
+      ("cautious", the default, "hard" or "soft"; see `restore`);
+    - `dtype` ("auto", the default: bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16":
+      autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths,
+      uint16 numpy for 16-bit colour files), `channels_last` (default: the CPU fast path on CPU; False: plain NCHW).
+
+    Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
+    arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
     """
 
@@ -110,11 +118,13 @@ class ImageRestorationPipeline(Pipeline):
         output_type: Optional[str] = None,
         channels_last: Optional[bool] = None,
         statistics_passes: Optional[int] = None,
+        statistics_tolerance: Optional[float] = None,
         **kwargs,
     ) -> tuple[dict, dict, dict]:
         if kwargs:
             raise _unknown_argument_error(sorted(kwargs))
         check_statistics_passes(statistics_passes)
+        resolve_statistics_tolerance(statistics_tolerance)
         if tile is not None:
             check_tiling(tile, tile_overlap)  # fail before the first image; run_model applies the defaults
         if output_type is not None and output_type not in _OUTPUT_TYPES:
@@ -132,6 +142,8 @@ class ImageRestorationPipeline(Pipeline):
             forward_params["tile_overlap"] = tile_overlap
         if statistics_passes is not None:
             forward_params["statistics_passes"] = statistics_passes
+        if statistics_tolerance is not None:
+            forward_params["statistics_tolerance"] = statistics_tolerance
         if dtype is not None:
             forward_params["dtype"] = dtype
         if channels_last is not None:
@@ -158,6 +170,7 @@ class ImageRestorationPipeline(Pipeline):
         auto_mode: str = DEFAULT_AUTO_MODE,
         channels_last: Optional[bool] = None,
         statistics_passes: Optional[int] = None,
+        statistics_tolerance: Optional[float] = None,
     ) -> dict:
         weights = model_inputs.get("degradation_labels")
         if weights is None and accepts_degradation_labels(self.model):
@@ -178,6 +191,7 @@ class ImageRestorationPipeline(Pipeline):
             statistics_passes=resolve_statistics_passes(
                 self.model, statistics_passes, tile, model_inputs["pixel_values"].shape[-2:]
             ),
+            statistics_tolerance=resolve_statistics_tolerance(statistics_tolerance),
         )
         return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}
 

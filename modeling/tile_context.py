@@ -20,7 +20,9 @@ sites see the whole image while the network still runs on tiles:
 3. A statistics pass gathers these sums with the tiles' own statistics in force; the next pass uses the gathered
    whole-image statistics (and gathers them again from its better features). ``passes`` statistics passes come
    before the pass whose output is kept. One pass makes every site's statistics whole-image ones computed from
-   features that used tile statistics upstream; each further pass feeds the sites better features.
+   features that used tile statistics upstream; each further pass feeds the sites better features, so the sums
+   settle pass by pass (`TileStatistics.relative_change` measures by how much, and `tiled_apply` can stop there).
+   The restoring pass only reads the sums.
 4. Prompts are resized to the whole image's feature size and each tile takes its own crop (computed directly, as
    a product with the rows of the interpolation matrix, never as a whole-image map).
 
@@ -81,12 +83,31 @@ class TileStatistics:
         self.gathering: dict[int, list[torch.Tensor]] = {}
         self.tiles: list[TilePlacement] = []
         self.site = 0
+        self.collecting = True
 
-    def start_pass(self) -> None:
-        """Make the sums of the pass that ended the ones in force, and start gathering afresh."""
+    def start_pass(self, collect: bool = True) -> None:
+        """Make the sums of the pass that ended the ones in force, and start gathering afresh (`collect=False`:
+        the restoring pass, which only uses the sums in force)."""
         if self.gathering:
             self.gathered = self.gathering
         self.gathering = {}
+        self.collecting = collect
+
+    def relative_change(self) -> float:
+        """How much the pass that just ended changed the gathered statistics: over every site, sum and image,
+        the largest ``|new - old| / |new|`` (Frobenius norms) against the pass before; ``inf`` after the first;
+        0 for a function without global sites (nothing to gather)."""
+        if not self.gathering:
+            return 0.0
+        if not self.gathered or self.gathered.keys() != self.gathering.keys():
+            return math.inf
+        change = 0.0
+        for site, sums in self.gathering.items():
+            for new, old in zip(sums, self.gathered[site]):
+                new, old = new.flatten(1).double(), old.flatten(1).double()
+                ratio = (new - old).norm(dim=1) / new.norm(dim=1).clamp_min(1e-30)
+                change = max(change, float(ratio.max()))
+        return change
 
     def start_batch(self, tiles: list[TilePlacement]) -> None:
         """The tiles of the next forward call, in batch order."""
@@ -122,9 +143,8 @@ class TileStatistics:
     def image_index(self, device: torch.device) -> torch.Tensor:
         return torch.tensor([tile.image for tile in self.tiles], device=device)
 
-    def add(self, site: int, sums: list[torch.Tensor]) -> Optional[list[torch.Tensor]]:
-        """Add this batch's per-tile sums (each (N, ...)) into the image sums of `site`; return the image sums in
-        force for this batch's tiles (each (N, ...)), or None during the first pass."""
+    def add(self, site: int, sums: list[torch.Tensor]) -> None:
+        """Add this batch's per-tile sums (each (N, ...)) into the image sums of `site` (in fp32)."""
         index = self.image_index(sums[0].device)
         if site not in self.gathering:
             self.gathering[site] = [
@@ -135,9 +155,13 @@ class TileStatistics:
             if total.shape[1:] != value.shape[1:]:
                 raise RuntimeError("A global site changed shape between tiles; the model's forward is not tileable.")
             total.index_add_(0, index, value.float())
+
+    def in_force(self, site: int, device: torch.device) -> Optional[list[torch.Tensor]]:
+        """The image sums of `site` in force for this batch's tiles (each (N, ...)), or None in the first pass."""
         if site not in self.gathered:
             return None
-        return [total.to(index.device)[index] for total in self.gathered[site]]
+        index = self.image_index(device)
+        return [total.to(device)[index] for total in self.gathered[site]]
 
 
 def active() -> Optional[TileStatistics]:
@@ -169,11 +193,13 @@ def spatial_mean(features: torch.Tensor) -> torch.Tensor:
     local = features.mean(dim=(-2, -1))
     if statistics is None:
         return local
-    rows, cols = statistics.owned_masks(*features.shape[-2:], features.device)
-    with _full_precision(features):
-        owned = torch.einsum("nchw,nh,nw->nc", features.float(), rows, cols)
-    count = (rows.sum(1) * cols.sum(1))[:, None]
-    whole = statistics.add(statistics.next_site(), [owned, count])
+    site = statistics.next_site()
+    if statistics.collecting:
+        rows, cols = statistics.owned_masks(*features.shape[-2:], features.device)
+        with _full_precision(features):
+            owned = torch.einsum("nchw,nh,nw->nc", features.float(), rows, cols)
+        statistics.add(site, [owned, (rows.sum(1) * cols.sum(1))[:, None]])
+    whole = statistics.in_force(site, features.device)
     if whole is None:
         return local
     return (whole[0] / whole[1]).to(local.dtype)
@@ -190,16 +216,19 @@ def channel_attention_logits(query: torch.Tensor, key: torch.Tensor, temperature
     if statistics is None:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
         return (query @ key.transpose(-2, -1)) * temperature
-    level_height = _level_height(statistics, query.shape[-1])
-    rows, cols = statistics.owned_masks(level_height, query.shape[-1] // level_height, query.device)
-    mask = (rows[:, :, None] * cols[:, None, :]).reshape(len(rows), 1, 1, -1)
-    with _full_precision(query):
-        query32, key32 = query.float(), key.float()
-        owned_query = query32 * mask
-        gram = owned_query @ key32.transpose(-2, -1)
-        query_norms = (owned_query * query32).sum(-1)
-        key_norms = (key32 * key32 * mask).sum(-1)
-    whole = statistics.add(statistics.next_site(), [gram, query_norms, key_norms])
+    site = statistics.next_site()
+    if statistics.collecting:
+        level_height = _level_height(statistics, query.shape[-1])
+        rows, cols = statistics.owned_masks(level_height, query.shape[-1] // level_height, query.device)
+        mask = (rows[:, :, None] * cols[:, None, :]).reshape(len(rows), 1, 1, -1)
+        with _full_precision(query):
+            query32, key32 = query.float(), key.float()
+            owned_query = query32 * mask
+            gram = owned_query @ key32.transpose(-2, -1)
+            query_norms = (owned_query * query32).sum(-1)
+            key_norms = (key32 * key32 * mask).sum(-1)
+        statistics.add(site, [gram, query_norms, key_norms])
+    whole = statistics.in_force(site, query.device)
     if whole is None:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
         return (query @ key.transpose(-2, -1)) * temperature
@@ -247,18 +276,21 @@ def resize_to_prompt(features: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     local = _bilinear(features, size)
     if statistics is None:
         return local
-    height, width = features.shape[-2:]
-    factor = statistics.scale(height)
-    image_height, image_width = statistics.image_size[0] // factor, statistics.image_size[1] // factor
-    row_matrix = interpolation_matrix(size[0], image_height).to(features.device)
-    col_matrix = interpolation_matrix(size[1], image_width).to(features.device)
-    rows, cols = statistics.owned_masks(height, width, features.device)
-    row_parts = torch.stack([row_matrix[:, t.top // factor : t.top // factor + height] for t in statistics.tiles])
-    col_parts = torch.stack([col_matrix[:, t.left // factor : t.left // factor + width] for t in statistics.tiles])
-    row_parts, col_parts = row_parts * rows[:, None, :], col_parts * cols[:, None, :]
-    with _full_precision(features):
-        owned = row_parts[:, None] @ features.float() @ col_parts[:, None].transpose(-2, -1)
-    whole = statistics.add(statistics.next_site(), [owned])
+    site = statistics.next_site()
+    if statistics.collecting:
+        height, width = features.shape[-2:]
+        factor = statistics.scale(height)
+        image_height, image_width = statistics.image_size[0] // factor, statistics.image_size[1] // factor
+        row_matrix = interpolation_matrix(size[0], image_height).to(features.device)
+        col_matrix = interpolation_matrix(size[1], image_width).to(features.device)
+        rows, cols = statistics.owned_masks(height, width, features.device)
+        row_parts = torch.stack([row_matrix[:, t.top // factor : t.top // factor + height] for t in statistics.tiles])
+        col_parts = torch.stack([col_matrix[:, t.left // factor : t.left // factor + width] for t in statistics.tiles])
+        row_parts, col_parts = row_parts * rows[:, None, :], col_parts * cols[:, None, :]
+        with _full_precision(features):
+            owned = row_parts[:, None] @ features.float() @ col_parts[:, None].transpose(-2, -1)
+        statistics.add(site, [owned])
+    whole = statistics.in_force(site, features.device)
     return local if whole is None else whole[0].to(local.dtype)
 
 

@@ -84,6 +84,17 @@ def check_tiling(
     return tile_int, overlap_int
 
 
+def check_statistics_tolerance(statistics_tolerance: Any, name: str = "statistics_tolerance") -> None:
+    """ValueError unless `statistics_tolerance` is a finite number >= 0 (0: a fixed number of statistics passes)."""
+    if (
+        isinstance(statistics_tolerance, bool)
+        or not isinstance(statistics_tolerance, numbers.Real)
+        or not math.isfinite(statistics_tolerance)
+        or statistics_tolerance < 0
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {statistics_tolerance!r}.")
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length `tile` covering `[0, size)` with at least `overlap` pixels shared."""
     if size <= tile:
@@ -156,6 +167,8 @@ def tiled_apply(
     device: Optional[torch.device | str] = None,
     progress: bool = False,
     statistics_passes: int = 0,
+    statistics_tolerance: float = 0.0,
+    statistics_callback: Optional[Callable[[int, float], None]] = None,
     pad_mode: str = "reflect",
 ) -> torch.Tensor:
     """Apply `fn` ((N, C, h, w) -> (N, C, h, w)) to `pixel_values` (B, C, H, W) tile by tile and blend the results.
@@ -174,6 +187,11 @@ def tiled_apply(
             tiles are rounded down to `tile_context.GRID` (8 px) and start on it, in the image padded at the
             bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which falls back to
             "replicate" where the image is too small to reflect, "replicate" or "constant"), without a padded copy.
+        statistics_tolerance: 0: exactly `statistics_passes` passes. t > 0: `statistics_passes` at most, stopping
+            after the second or a later pass once that pass changed the gathered statistics by at most t
+            (`TileStatistics.relative_change`: the largest relative change of any site's sums).
+        statistics_callback: called after every statistics pass with its number (from 1) and that relative change
+            (`inf` after the first pass), e.g. to report how many passes an image needed.
 
     Returns:
         Tensor of the same shape as `pixel_values`, float32, on the device of `pixel_values`.
@@ -189,6 +207,7 @@ def tiled_apply(
         raise ValueError(f"tile_batch_size must be >= 1, got {tile_batch_size}.")
     if _as_int(statistics_passes) is None or statistics_passes < 0:
         raise ValueError(f"statistics_passes must be an integer >= 0, got {statistics_passes!r}.")
+    check_statistics_tolerance(statistics_tolerance)
     if pad_mode not in ("reflect", "replicate", "constant"):
         raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}.")
     batch, channels, height, width = pixel_values.shape
@@ -226,17 +245,15 @@ def tiled_apply(
     col_windows = {start: window.to(out_device) for start, window in col_windows.items()}
 
     groups = [positions[i : i + tile_batch_size] for i in range(0, len(positions), tile_batch_size)]
-    passes = statistics_passes + 1
-    iterator = [(pass_index, group) for pass_index in range(passes) for group in groups]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="tiles", unit="batch", leave=False)
-    with gathering_statistics(statistics) if statistics is not None else contextlib.nullcontext():
-        for pass_index, group in iterator:
+        bar = tqdm(total=(statistics_passes + 1) * len(groups), desc="tiles", unit="batch", leave=False)
+
+    def run_pass(restoring: bool) -> None:
+        for group in groups:
             if statistics is not None:
-                if group is groups[0]:
-                    statistics.start_pass()
                 # Tiles are stacked position by position, each holding the B images.
                 statistics.start_batch([
                     TilePlacement(image, y, x, owned_y[y], owned_x[x]) for y, x in group for image in range(batch)
@@ -250,7 +267,9 @@ def tiled_apply(
                     f"The tiled function must keep the tile shape {tuple(crops.shape)}, got {tuple(result.shape)}."
                 )
             del crops
-            if pass_index < passes - 1:
+            if bar is not None:
+                bar.update()
+            if not restoring:
                 continue  # a statistics pass: only the gathered sums are kept
             result = result.to(device=out_device, dtype=torch.float32)
             for index, (y, x) in enumerate(group):
@@ -260,6 +279,26 @@ def tiled_apply(
                     result[index * batch : (index + 1) * batch, :, :inside_h, :inside_w], window
                 )
             del result
+
+    try:
+        with gathering_statistics(statistics) if statistics is not None else contextlib.nullcontext():
+            for pass_index in range(statistics_passes):
+                statistics.start_pass()
+                run_pass(restoring=False)
+                change = statistics.relative_change()
+                if statistics_callback is not None:
+                    statistics_callback(pass_index + 1, change)
+                if statistics_tolerance and change <= statistics_tolerance:
+                    if bar is not None:  # settled early: the bar counts the restoring pass next
+                        bar.total = bar.n + len(groups)
+                        bar.refresh()
+                    break
+            if statistics is not None:
+                statistics.start_pass(collect=False)
+            run_pass(restoring=True)
+    finally:
+        if bar is not None:
+            bar.close()
     # In place, row by row of the separable total (no second full-size buffer).
     output.div_(row_total.to(out_device)[:, None]).div_(col_total.to(out_device)[None, :])
     return output
@@ -270,6 +309,7 @@ __all__ = [
     "MIN_TILE",
     "WHOLE_IMAGE",
     "blend_ramp",
+    "check_statistics_tolerance",
     "check_tiling",
     "default_tile_overlap",
     "tile_starts",

@@ -67,8 +67,9 @@ AUTO = "auto"
 _BROWSER_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 
 
-def _env_float(environ, name: str, default: float) -> float:
-    """A positive finite number from ``name`` (unset or empty: ``default``); ValueError naming the variable."""
+def _env_float(environ, name: str, default: Optional[float], allow_zero: bool = False) -> Optional[float]:
+    """A positive (or with ``allow_zero``, non-negative) finite number from ``name`` (unset or empty:
+    ``default``); ValueError naming the variable."""
     value = environ.get(name, "").strip()
     if not value:
         return default
@@ -76,8 +77,9 @@ def _env_float(environ, name: str, default: float) -> float:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a positive number, got {environ[name]!r}")
+    if not (math.isfinite(number) and (number > 0 or (allow_zero and number == 0))):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} number, got {environ[name]!r}")
     return number
 
 
@@ -120,9 +122,12 @@ class SpaceSettings:
     # of a whole tile-sided image). Tiles cost time (statistics passes) or quality (without them), so the default
     # restores photos up to 1024 px whole (README, "Restore an image").
     tile: int = 1024
-    # SPACE_STATISTICS_PASSES: passes gathering whole-image statistics for tiled images before the restoring pass
-    # (each costs one tiled restore); None: restore()'s default (3); 0: tiles use their own statistics.
+    # SPACE_STATISTICS_PASSES: the most passes gathering whole-image statistics for tiled images before the
+    # restoring pass (each costs one tiled restore); None: restore()'s default (6); 0: tiles use their own statistics.
     statistics_passes: Optional[int] = None
+    # SPACE_STATISTICS_TOLERANCE: the passes stop once one changes the statistics by at most this (relative);
+    # None: restore()'s default (0.01); 0: always run them all.
+    statistics_tolerance: Optional[float] = None
     concurrency: Optional[int] = None  # SPACE_CONCURRENCY: restorations at once; None: 1 on CPU, 2 on GPU
     queue_size: int = 64  # SPACE_QUEUE_SIZE: waiting requests beyond this are turned away ("queue is full")
     model_cache_size: int = 2  # SPACE_MODEL_CACHE_SIZE: models kept loaded (least recently used evicted)
@@ -149,6 +154,7 @@ class SpaceSettings:
             max_file_mb=_env_float(environ, "SPACE_MAX_FILE_MB", cls.max_file_mb),
             tile=_env_int(environ, "SPACE_TILE", cls.tile, minimum=8),
             statistics_passes=_env_int(environ, "SPACE_STATISTICS_PASSES", None, minimum=0),
+            statistics_tolerance=_env_float(environ, "SPACE_STATISTICS_TOLERANCE", None, allow_zero=True),
             concurrency=_env_int(environ, "SPACE_CONCURRENCY", None),
             queue_size=_env_int(environ, "SPACE_QUEUE_SIZE", cls.queue_size),
             model_cache_size=_env_int(environ, "SPACE_MODEL_CACHE_SIZE", cls.model_cache_size),
@@ -513,6 +519,7 @@ class RestorationSpace:
             if weights is not None:
                 chart = weights_frame(loaded.degradation_names, weights)
             passes = resolve_statistics_passes(model, self.settings.statistics_passes, tile, (info.height, info.width))
+            passes_run: list[int] = []  # the statistics passes restore() ran (it stops once they settle)
             for name in [] if passes else degradations_split_by_tiles(model, weights, tile, (info.height, info.width)):
                 notes.append(f"Restored in {tile}×{tile} tiles: {name} is corrected from the whole image's "
                              "brightness and contrast, which tiles do not see, so a smaller upload (at most "
@@ -530,6 +537,8 @@ class RestorationSpace:
                 channels_last=self.settings.channels_last,
                 batch_size=1,  # one tile per forward: the peak memory of one tile, whatever the image size
                 statistics_passes=passes,
+                statistics_tolerance=self.settings.statistics_tolerance,
+                statistics_callback=lambda number, change: passes_run.append(number),
             )
         except gr.Error:
             raise
@@ -551,8 +560,9 @@ class RestorationSpace:
             gr.Warning(note)
         elapsed = time.perf_counter() - started
         how = f"tiled ({tile}×{tile} tiles)" if tile else "whole image"
-        if tile and passes:
-            how += f" with whole-image statistics ({passes} passes)"
+        if tile and passes_run:
+            count = max(passes_run)
+            how += f" with whole-image statistics ({count} pass{'es' if count > 1 else ''})"
         status = (
             f"Restored {info.width}×{info.height} px with `{_message(Path(loaded.source).name or loaded.source)}` "
             f"on {self.device.type.upper()}, {how}, in {elapsed:.2f} s."

@@ -21,7 +21,13 @@ from modeling import PIPConfig, PIPForImageRestoration, RestormerConfig, Restorm
 from modeling import inference
 from modeling.cli import main
 from modeling.image_processing_restoration import RestorationImageProcessor, RestorationInputError
-from modeling.inference import DEFAULT_STATISTICS_PASSES, NonFiniteOutputError, estimate_degradation_weights, restore
+from modeling.inference import (
+    DEFAULT_STATISTICS_PASSES,
+    DEFAULT_STATISTICS_TOLERANCE,
+    NonFiniteOutputError,
+    estimate_degradation_weights,
+    restore,
+)
 from modeling.pipeline_restoration import ImageRestorationPipeline, register_pipeline
 from modeling.tiling import tiled_apply
 
@@ -113,7 +119,8 @@ def test_restore_tiled_and_bf16(model):
     pixel_values = torch.from_numpy(image).permute(2, 0, 1)[None]
     with torch.no_grad():
         expected = tiled_apply(lambda t: model(pixel_values=t).reconstruction, pixel_values, tile=32, overlap=8,
-                               statistics_passes=DEFAULT_STATISTICS_PASSES)
+                               statistics_passes=DEFAULT_STATISTICS_PASSES,
+                               statistics_tolerance=DEFAULT_STATISTICS_TOLERANCE)
         own_statistics = tiled_apply(lambda t: model(pixel_values=t).reconstruction, pixel_values, tile=32, overlap=8)
     np.testing.assert_allclose(tiled, expected[0].clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     np.testing.assert_allclose(restore(image, model, tile=32, tile_overlap=8, dtype="fp32", statistics_passes=0),
@@ -321,6 +328,8 @@ def test_cli_refuses_to_overwrite_inputs(inputs, checkpoint, capsys):
         (["IN", "-o", "FILE"], "not a folder"),
         (["IN", "-o", "OUT", "--degradation", "rain"], "degradation"),
         (["IN", "-o", "OUT", "--tile", "16", "--statistics-passes", "-1"], "--statistics-passes must be >= 0"),
+        (["IN", "-o", "OUT", "--statistics-tolerance", "-1"], "--statistics-tolerance must be a finite number >= 0"),
+        (["IN", "-o", "OUT", "--statistics-tolerance", "nan"], "--statistics-tolerance must be a finite number >= 0"),
     ],
 )
 def test_cli_usage_errors_exit_2(inputs, tmp_path, checkpoint, capsys, args, word):
@@ -638,6 +647,14 @@ def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, c
     own = restore(Image.open(inputs / "a.png"), model, tile=16, statistics_passes=0)
     np.testing.assert_array_equal(np.asarray(Image.open(out0 / "a.png")), np.asarray(own))
     assert not np.array_equal(np.asarray(own), np.asarray(expected))
+    # --statistics-tolerance reaches restore(): a huge one stops the passes after the second.
+    out1 = tmp_path / "out1"
+    argv1 = [str(inputs / "a.png"), "-o", str(out1), "--model", str(checkpoint), "-q", "--tile", "16"]
+    assert main(argv1 + ["--statistics-passes", "3", "--statistics-tolerance", "1000"]) == 0
+    two = restore(Image.open(inputs / "a.png"), model, tile=16, statistics_passes=2, statistics_tolerance=0)
+    three = restore(Image.open(inputs / "a.png"), model, tile=16, statistics_passes=3, statistics_tolerance=0)
+    np.testing.assert_array_equal(np.asarray(Image.open(out1 / "a.png")), np.asarray(two))
+    assert not np.array_equal(np.asarray(two), np.asarray(three))
 
     argv = [str(inputs / "a.png"), "-o", str(tmp_path / "out2"), "--model", str(checkpoint), "-q"]
     assert main(argv + ["--tile", "7"]) == 2

@@ -157,8 +157,8 @@ def test_tiles_with_the_whole_images_statistics_match_the_whole_image(model_type
     oracle = gathered_from_whole_image(model, image, labels).gathering
 
     class WholeImageStatistics(TileStatistics):
-        def start_pass(self):
-            self.gathered, self.gathering = oracle, {}
+        def start_pass(self, collect=True):
+            self.gathered, self.gathering, self.collecting = oracle, {}, collect
 
     own = tiled_apply(forward, image, 48, 24)
     gathered = tiled_apply(forward, image, 48, 24, statistics_passes=3)
@@ -267,15 +267,16 @@ def test_bad_statistics_passes_are_refused(passes):
 
 
 def test_restore_gathers_whole_image_statistics_whenever_tiles_split_the_image():
-    """statistics_passes=None: DEFAULT_STATISTICS_PASSES where tiles split the image, whatever its degradation;
-    none where one tile holds it; an explicit value wins. The pipeline takes the same option."""
+    """statistics_passes=None: at most DEFAULT_STATISTICS_PASSES where tiles split the image, whatever its
+    degradation, stopping once they settle (DEFAULT_STATISTICS_TOLERANCE); none where one tile holds it; an explicit
+    value wins. The pipeline takes the same options."""
     from modeling import restore
-    from modeling.inference import DEFAULT_STATISTICS_PASSES, resolve_statistics_passes
+    from modeling.inference import DEFAULT_STATISTICS_PASSES, DEFAULT_STATISTICS_TOLERANCE, resolve_statistics_passes
     from modeling.pipeline_restoration import ImageRestorationPipeline
 
-    assert DEFAULT_STATISTICS_PASSES == 3
+    assert (DEFAULT_STATISTICS_PASSES, DEFAULT_STATISTICS_TOLERANCE) == (6, 0.01)
     model = tiny_model("pip")
-    assert resolve_statistics_passes(model, None, 24, (48, 64)) == 3
+    assert resolve_statistics_passes(model, None, 24, (48, 64)) == 6
     assert resolve_statistics_passes(model, None, 64, (48, 64)) == 0  # one tile holds the image
     assert resolve_statistics_passes(model, None, None, (48, 64)) == 0  # whole image
     assert resolve_statistics_passes(model, 1, 24, (48, 64)) == 1
@@ -285,16 +286,102 @@ def test_restore_gathers_whole_image_statistics_whenever_tiles_split_the_image()
         return np.asarray(restore(image, model, tile=24, dtype="fp32", **kwargs), dtype=np.int16)
 
     for label in ("low-light", "noise"):
-        default = restored(degradation=label)
-        assert np.array_equal(default, restored(degradation=label, statistics_passes=DEFAULT_STATISTICS_PASSES))
+        changes = []
+        default = restored(degradation=label, statistics_callback=lambda number, change: changes.append(change))
+        # The passes ran until the first (from the second on) that changed the statistics by at most 0.01.
+        assert 2 <= len(changes) <= DEFAULT_STATISTICS_PASSES
+        assert all(change > 0.01 for change in changes[:-1])
+        assert changes[-1] <= 0.01 or len(changes) == DEFAULT_STATISTICS_PASSES
+        assert np.array_equal(default, restored(degradation=label, statistics_passes=len(changes),
+                                                statistics_tolerance=0))
         assert not np.array_equal(default, restored(degradation=label, statistics_passes=0))
     pipe = ImageRestorationPipeline(model=model)
-    for passes in (0, 1):
-        from_pipeline = pipe(image, tile=24, degradation="haze", dtype="fp32", statistics_passes=passes)
-        assert np.array_equal(np.asarray(from_pipeline, dtype=np.int16),
-                              restored(degradation="haze", statistics_passes=passes))
+    for passes, tolerance in ((0, None), (1, None), (3, 0), (None, 0.2)):
+        options = dict(statistics_passes=passes, statistics_tolerance=tolerance)
+        from_pipeline = pipe(image, tile=24, degradation="haze", dtype="fp32", **options)
+        assert np.array_equal(np.asarray(from_pipeline, dtype=np.int16), restored(degradation="haze", **options))
     with pytest.raises(ValueError, match="statistics_passes"):
         pipe(image, tile=24, statistics_passes=-1)
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="statistics_tolerance must be a finite number >= 0"):
+            pipe(image, tile=24, statistics_tolerance=bad)
+        with pytest.raises(ValueError, match="statistics_tolerance must be a finite number >= 0"):
+            restore(image, model, tile=24, statistics_tolerance=bad)
+        with pytest.raises(ValueError, match="statistics_tolerance must be a finite number >= 0"):
+            tiled_apply(lambda tiles: tiles, torch.rand(1, 3, 16, 16), 8, statistics_passes=2,
+                        statistics_tolerance=bad)
+
+
+def test_relative_change_is_the_largest_change_of_any_sites_sums():
+    """Per site, sum and image: |new - old| / |new| in Frobenius norm; the largest of them. inf until two passes
+    have gathered the same sites."""
+    statistics = TileStatistics(2, (16, 16), (8, 8))
+    statistics.start_pass()
+    assert statistics.relative_change() == 0.0  # no site met: nothing to settle
+    statistics.gathering = {0: [torch.ones(2, 3)]}
+    assert statistics.relative_change() == float("inf")  # the first pass: nothing to compare with
+    statistics.gathering = {}
+    old = {0: [torch.tensor([[3.0, 4.0], [1.0, 0.0]])], 1: [torch.ones(2, 2, 2), torch.ones(2, 1)]}
+    new = {0: [torch.tensor([[3.0, 4.5], [1.0, 0.0]])], 1: [torch.ones(2, 2, 2), torch.ones(2, 1)]}
+    new[1][0][1, 0, 0] = 2.0  # image 1 of site 1: |diff| = 1, |new| = sqrt(4 + 3)
+    statistics.gathering = old
+    statistics.start_pass()
+    statistics.gathering = new
+    change = statistics.relative_change()
+    assert change == pytest.approx(max(0.5 / (3**2 + 4.5**2) ** 0.5, 1 / 7**0.5))
+    statistics.gathering = {0: new[0]}  # a pass that met fewer sites is not comparable
+    assert statistics.relative_change() == float("inf")
+
+
+def test_statistics_passes_stop_once_they_settle():
+    """With a tolerance, the passes stop after the first (from the second on) that changed the statistics by at
+    most it, and the result is exactly that many fixed passes'. The changes shrink pass by pass, the callback hears
+    every pass, and the restoring pass gathers nothing."""
+    import modeling.tiling as tiling
+
+    model = tiny_model("pip")
+    image = torch.from_numpy(smooth_image(64, 96, seed=3)).permute(2, 0, 1)[None].float() / 255
+    image = image * torch.linspace(0.2, 1.0, 96)
+    labels = degradation_label_ids(model, "low-light", 1)
+
+    def restored(passes, tolerance, record=None):
+        return run_model(model, image, degradation_labels=labels, tile=32, tile_overlap=16, dtype="fp32",
+                         statistics_passes=passes, statistics_tolerance=tolerance,
+                         statistics_callback=None if record is None else lambda *pass_: record.append(pass_))
+
+    passes = []
+    restored(6, 0.0, passes)
+    numbers, changes = zip(*passes)
+    assert numbers == (1, 2, 3, 4, 5, 6) and changes[0] == float("inf")
+    assert list(changes[1:]) == sorted(changes[1:], reverse=True) and changes[-1] < 1e-3, changes
+    # A tolerance between two passes' changes stops after the later one.
+    stop = next(index for index, change in enumerate(changes) if change < 0.05)
+    settled = []
+    early = restored(6, 0.05, settled)
+    assert [number for number, _ in settled] == list(range(1, stop + 2))
+    torch.testing.assert_close(early, restored(stop + 1, 0.0), atol=0, rtol=0)
+    assert psnr(early, restored(6, 0.0)) < 200  # it did stop early: six passes differ
+
+    class CountingStatistics(TileStatistics):
+        gathered_while_restoring = 0
+
+        def add(self, site, sums):
+            CountingStatistics.gathered_while_restoring += not self.collecting
+            super().add(site, sums)
+
+    original = tiling.TileStatistics
+    tiling.TileStatistics = CountingStatistics
+    try:
+        counted = restored(2, 0.0)
+    finally:
+        tiling.TileStatistics = original
+    assert CountingStatistics.gathered_while_restoring == 0
+    torch.testing.assert_close(counted, restored(2, 0.0), atol=0, rtol=0)
+    # A function without global sites has nothing to gather: the passes stop after the first.
+    plain = []
+    tiled_apply(lambda tiles: tiles * 2, image, 32, 16, statistics_passes=6, statistics_tolerance=0.01,
+                statistics_callback=lambda *pass_: plain.append(pass_))
+    assert plain == [(1, 0.0)]
 
 
 def test_bench_tile_statistics_compares_tiles_with_the_whole_image(tmp_path, capsys):

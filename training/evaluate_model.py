@@ -111,6 +111,7 @@ def evaluate_heldout(
     tile: int | None = None,
     tile_overlap: int | None = None,
     statistics_passes: int | None = None,
+    statistics_tolerance: float | None = None,
     baseline: bool = True,
     auto_mode: str = DEFAULT_AUTO_MODE,
     dtype: str = "fp32",
@@ -143,7 +144,8 @@ def evaluate_heldout(
             noisy = synthesize_row_image(clean, label, image_index, seed)
             degraded.append(noisy)
             kwargs = {"degradation": task} if takes_labels else {}
-            tiling = dict(tile=tile, tile_overlap=tile_overlap, statistics_passes=statistics_passes)
+            tiling = dict(tile=tile, tile_overlap=tile_overlap, statistics_passes=statistics_passes,
+                          statistics_tolerance=statistics_tolerance)
             restored.append(restore(noisy, model, dtype=dtype, **tiling, **kwargs))
             if label_free:
                 restored_auto.append(restore(noisy, model, degradation="auto", auto_mode=auto_mode, dtype=dtype,
@@ -264,8 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tile_overlap", type=int, default=None,
                         help="pixels shared by neighbouring tiles (default: restore()'s, 32 capped at tile // 4)")
     parser.add_argument("--statistics_passes", type=int, default=None,
-                        help="with tiles, passes gathering whole-image statistics (default: restore()'s, 3 "
+                        help="with tiles, the most passes gathering whole-image statistics (default: restore()'s, 6 "
                              "whenever tiles split an image)")
+    parser.add_argument("--statistics_tolerance", type=float, default=None,
+                        help="stop the statistics passes once one changes them by at most this (default: "
+                             "restore()'s, 0.01; 0: run them all)")
     parser.add_argument("--no_baseline", action="store_true", help="skip the non-local-means baseline")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help="how the label-free rows use the estimate (see modeling.restore)")
@@ -280,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     options = dict(seed=args.seed, tile=args.tile, tile_overlap=args.tile_overlap,
-                   statistics_passes=args.statistics_passes, baseline=not args.no_baseline,
+                   statistics_passes=args.statistics_passes, statistics_tolerance=args.statistics_tolerance,
+                   baseline=not args.no_baseline,
                    auto_mode=args.auto_mode, dtype=args.dtype)
     rows = dict(noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings))
     if args.workers > 1:
