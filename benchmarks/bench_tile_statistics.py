@@ -7,11 +7,11 @@
 
 For every photo and row (the held-out evaluation's synthesis: `training.evaluate_model`), the model restores the
 degraded photo whole and in `--tile` tiles with each number of statistics passes (`restore(statistics_passes=N,
-statistics_tolerance=T)`; 0: every tile uses its own statistics; `--tolerance` 0, the default here: exactly N passes,
-else at most N, stopping once they settle, and the passes each photo needed are recorded). Labelled (the row's degradation), fp32, results quantised to 8 bits as a
-saved PNG holds them. Printed and written per photo and as row means: the PSNR change against the whole
-image's result (what tiling costs) and the PSNR of the tiled result against the whole one (how closely the tiles
-reproduce it), and the seconds of each tiled restore.
+statistics_tolerance=T)`; 0: every tile uses its own statistics; `--tolerance` 0, the default here: exactly N
+passes, else at most N, stopping once they settle; the passes each photo needed are recorded). Labelled (the row's
+degradation), fp32, results quantised to 8 bits as a saved PNG holds them. Printed and written per photo and as row
+means: the PSNR change against the whole image's result (what tiling costs) and the PSNR of the tiled result
+against the whole one (how closely the tiles reproduce it), and the seconds of each tiled restore.
 """
 
 from __future__ import annotations

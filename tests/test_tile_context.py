@@ -411,10 +411,12 @@ def test_bench_tile_statistics_compares_tiles_with_the_whole_image(tmp_path, cap
         ("low-light", "p0.png"), ("low-light", "p1.png"), ("rain", "p0.png"), ("rain", "p1.png")]
     for record in records:
         assert record["tiled"]["3"]["agreement_db"] > record["tiled"]["0"]["agreement_db"] + 5
+        assert (record["tiled"]["0"]["passes_run"], record["tiled"]["3"]["passes_run"]) == (0, 3)  # tolerance 0
     low_light = result["summary"]["low-light"]["3"]
     changes = [r["tiled"]["3"]["psnr_change"] for r in records if r["row"] == "low-light"]
     assert low_light["mean_change"] == pytest.approx(sum(changes) / 2)
     assert (low_light["min_change"], low_light["max_change"]) == (min(changes), max(changes))
+    assert (low_light["mean_passes_run"], low_light["max_passes_run"]) == (3, 3)
     assert "low-light  passes 3:" in capsys.readouterr().out
 
 
