@@ -42,7 +42,9 @@ class PromptGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.top_k = top_k
-        self.prompt_components = nn.Parameter(torch.empty(prompt_len, prompt_dim, prompt_size, prompt_size))
+        # One square prompt_size-sided map of prompt_dim channels per component (the checkpoints' layout).
+        component_shape = (prompt_dim, prompt_size, prompt_size)
+        self.prompt_components = nn.Parameter(torch.empty(prompt_len, *component_shape))
         self.component_weights = nn.Linear(feature_dim, prompt_len)
         self.output_conv = spatial_conv(prompt_dim, prompt_dim, bias=False)
         self.init_own_parameters()

@@ -84,7 +84,9 @@ def resolve_device(device: Union[str, torch.device, None], model: Optional[torch
             return next(model.parameters()).device
         except StopIteration:
             pass
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # No model to follow: CUDA when this torch has a GPU, the CPU otherwise.
+    has_gpu = torch.cuda.is_available()
+    return torch.device("cuda" if has_gpu else "cpu")
 
 
 def _check_device(device: Union[str, torch.device]) -> torch.device:

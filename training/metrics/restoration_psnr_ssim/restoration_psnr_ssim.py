@@ -131,7 +131,8 @@ def _prepare(image: np.ndarray, crop_border: int, test_y_channel: bool, data_ran
     # PromptIR clips both the restored and the clean image to the valid range before scoring
     image = np.clip(image, 0.0, data_range)
     if crop_border > 0:
-        image = image[crop_border:-crop_border, crop_border:-crop_border]
+        inside = slice(crop_border, -crop_border)
+        image = image[inside, inside]
     if test_y_channel and image.shape[-1] == 3:
         image = ((image / data_range) @ _Y_WEIGHTS + _Y_OFFSET)[:, :, None] * data_range
     return image
