@@ -265,7 +265,7 @@ class DPPDPromptModule(nn.Module):
             else None
         )
         self.output_projection = (
-            nn.Conv2d(feature_dim, out_dim, kernel_size=1, bias=config.bias) if out_dim != feature_dim else None
+            pointwise_conv(feature_dim, out_dim, config.bias) if out_dim != feature_dim else None
         )
 
     def assign(self, features: torch.Tensor, degradation_weights: torch.Tensor | None) -> PrototypeAssignment:

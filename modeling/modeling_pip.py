@@ -246,7 +246,7 @@ class SelectivePromptToFeature(nn.Module):
             prompt_dim, config.feature_heads, config.bias, config.topm_fractions, config.topm_weight_init
         )
         self.project_to_feature = (
-            nn.Conv2d(prompt_dim, feature_dim, kernel_size=1, bias=False) if feature_dim < prompt_dim else None
+            pointwise_conv(prompt_dim, feature_dim, bias=False) if feature_dim < prompt_dim else None
         )
         self.norm2 = ChannelLayerNorm(feature_dim, config.layer_norm_type)
         self.ffn = DualGateFeedForward(feature_dim, config.ffn_expansion_factor, config.bias)
@@ -409,8 +409,8 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             widths = {1: dim, 2: dim * 2, 3: dim * 4}
             self.unused_official_modules = nn.ModuleDict(
                 {
-                    f"reduce_noise_channel_{level}": nn.Conv2d(
-                        widths[level] + config.prompt_dims[level - 1], widths[level], kernel_size=1, bias=config.bias
+                    f"reduce_noise_channel_{level}": pointwise_conv(
+                        widths[level] + config.prompt_dims[level - 1], widths[level], config.bias
                     )
                     for level in (1, 2, 3)
                 }

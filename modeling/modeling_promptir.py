@@ -18,6 +18,7 @@ from .decoder_prompts import DecoderPrompts
 from .modeling_outputs import ImageRestorationOutput
 from .modeling_utils import PromptRestorationPreTrainedModel
 from .restoration_unet import RestorationUNet
+from .restormer_blocks import pointwise_conv
 
 # The official model builds this third unused 1x1 conv with a literal width of 256 prompt channels.
 _UNUSED_OFFICIAL_PROMPT_WIDTH = 256
@@ -35,7 +36,7 @@ def unused_official_modules(config: PromptIRConfig) -> nn.ModuleDict:
         "reduce_noise_channel_3": (dim * 4 + _UNUSED_OFFICIAL_PROMPT_WIDTH, dim * 4),
     }
     return nn.ModuleDict(
-        {name: nn.Conv2d(cin, cout, kernel_size=1, bias=config.bias) for name, (cin, cout) in convs.items()}
+        {name: pointwise_conv(cin, cout, config.bias) for name, (cin, cout) in convs.items()}
     )
 
 
