@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the model's inference_tile if its config names one, else whole images up to 4 "
                              "megapixels and 1024 x 1024 tiles above")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
-                        help="tile overlap in pixels, at most N/2 (default: 32, capped at a quarter of the tile)")
+                        help="tile overlap in pixels, at most half the tile (default: 32, capped at a quarter of the "
+                             "tile); without --tile it applies to the default tiles of large images")
     parser.add_argument("--statistics-passes", type=int, default=None, metavar="N",
                         help="with tiles, the most passes that gather whole-image statistics before the restoring "
                              "pass (each costs one tiled restore); 0: every tile uses its own (faster, less like the "
@@ -208,8 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Checks that need no third-party import come first, so these usage errors are immediate.
     if not args.inputs and not args.examples:
         return fail_usage("give at least one INPUT (file, folder or glob), or --examples")
-    if args.tile is None and args.tile_overlap is not None:
-        return fail_usage("--tile-overlap only applies to tiled inference: give --tile N as well")
+    if args.tile == 0 and args.tile_overlap is not None:
+        return fail_usage("--tile 0 restores whole images, so there is no tile overlap: drop --tile-overlap")
     if args.batch_size < 1:
         return fail_usage(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.statistics_passes is not None and args.statistics_passes < 0:
@@ -237,6 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .inference import (
         DEMO_CHECKPOINT_DIR,
+        check_tile_options,
         degradation_label_ids,
         load_model,
         load_processor,
@@ -267,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=device)
             processor = load_processor(args.model if args.model is not None else DEMO_CHECKPOINT_DIR)
             degradation_label_ids(model, args.degradation, 1)  # validate the name before the first image
+            check_tile_options(model, args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))
         except (OSError, ValueError, TypeError, RuntimeError, ImportError) as err:
             return fail_usage(_one_line(err))
         finally:

@@ -544,6 +544,19 @@ def resolve_tile(model: Any, tile: Optional[int], size: Sequence[int]) -> int:
     return AUTO_TILE if size[-2] * size[-1] > AUTO_TILE_ABOVE_PIXELS else WHOLE_IMAGE
 
 
+def check_tile_options(
+    model: Any, tile: Any, tile_overlap: Any, *, names: tuple[str, str] = ("tile", "tile_overlap")
+) -> None:
+    """ValueError unless `tile` and `tile_overlap` suit every image they may tile (`check_tiling`). With
+    `tile=None`, a given overlap is checked against the tile chosen for large images (the model's `inference_tile`,
+    else `AUTO_TILE`), so that a bad overlap fails at once, not only on the first image large enough for tiles."""
+    if tile is None and tile_overlap is not None:
+        default_tile = model_inference_tile(model) or AUTO_TILE
+        check_tiling(default_tile, tile_overlap, names=("the default tile", names[1]))
+    else:
+        check_tiling(tile, tile_overlap, names=names)
+
+
 def run_model(
     model: Callable,
     pixel_values: torch.Tensor,
@@ -707,7 +720,8 @@ def restore(
             `None` (default) uses the model's `inference_tile` when its config names one, else whole images up to
             4 megapixels and 1024-px tiles above (`resolve_tile`, `AUTO_TILE_ABOVE_PIXELS`).
         tile_overlap: pixels shared by neighbouring tiles (blended smoothly), in [0, tile // 2]; `None`: 32, capped
-            at tile // 4. See `modeling.tiling.check_tiling`.
+            at tile // 4. With `tile=None` it is checked against the default tile (`check_tile_options`). See
+            `modeling.tiling.check_tiling`.
         degradation: for models taking `degradation_labels` (PIP): a name (e.g. "rain"), an index, a list with
             one per image, or None/"auto" to let the model estimate it, once per image (every tile of an image
             then uses the same prompts). Error for models that cannot take it.
@@ -765,6 +779,7 @@ def restore(
     model = load_model(model, trust_remote_code=trust_remote_code, device=device)
     processor = load_processor(model_source, processor)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
+    check_tile_options(model, tile, tile_overlap)
 
     labels = degradation_label_ids(model, degradation, len(items))
     features = processor(items, do_pad=False)
@@ -865,6 +880,7 @@ __all__ = [
     "load_processor",
     "model_inference_tile",
     "resolve_tile",
+    "check_tile_options",
     "AUTO_TILE",
     "AUTO_TILE_ABOVE_PIXELS",
     "resolve_channels_last",

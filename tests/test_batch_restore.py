@@ -273,6 +273,27 @@ def test_output_inside_the_input_is_refused(tmp_path):
         parse_args(["--input", "x", "--output", "y", "--push_to_hub", "me/x"])
 
 
+def test_bad_tile_options_stop_the_run_before_any_image(model_dir, tmp_path, capsys):
+    """A tile or overlap that no image could use is a usage error, not one failure per file: argparse refuses what
+    it can check alone, and an overlap too large for the default tiles stops main() before the plan is made."""
+    from training.batch_restore import main, parse_args
+
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
+            "--no_reuse_freed_memory"]
+    for options, message in ((["--tile", "7"], "--tile must be an integer of at least 8 pixels, got 7"),
+                             (["--tile", "16", "--tile_overlap", "9"], "half the tile (8 for --tile 16), got 9"),
+                             (["--tile", "0", "--tile_overlap", "4"], "--tile 0 restores whole images")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(argv + options)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"half the tile \(512 for the default tile 1024\), got 600"):
+        main(parse_args(argv + ["--tile_overlap", "600"]))
+    assert not (tmp_path / "out").exists()
+    summary = main(parse_args(argv + ["--tile_overlap", "512"]))  # fits the default tiles; this image is whole
+    assert summary["restored"] == 1 and summary["failed"] == 0
+
+
 @pytest.mark.parametrize("names, message", [
     (["../../escape", "b"], "not plain relative paths"),
     (["/tmp/absolute", "b"], "not plain relative paths"),

@@ -663,8 +663,16 @@ def test_one_tiling_rule_for_restore_pipeline_and_cli(inputs, tmp_path, model, c
     assert main(argv + ["--tile", "16", "--tile-overlap", "9"]) == 2
     assert "--tile-overlap must be an integer between 0 and half the tile (8 for --tile 16), got 9" in \
         one_error_line(capsys.readouterr().err)
-    assert main(argv + ["--tile-overlap", "8"]) == 2
-    assert "--tile-overlap only applies to tiled inference" in one_error_line(capsys.readouterr().err)
+    # Without --tile the overlap is for the default tiles of large images (1024 px for this model): checked at once,
+    # on small images too, which are restored whole.
+    assert main(argv + ["--tile-overlap", "513"]) == 2
+    assert ("--tile-overlap must be an integer between 0 and half the tile (512 for the default tile 1024), got 513"
+            in one_error_line(capsys.readouterr().err))
+    assert main(argv + ["--tile-overlap", "512"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out2" / "a.png")),
+                                  np.asarray(restore(Image.open(inputs / "a.png"), model, tile=0)))
+    assert main(argv + ["--tile", "0", "--tile-overlap", "8", "--overwrite"]) == 2
+    assert "--tile 0 restores whole images, so there is no tile overlap" in one_error_line(capsys.readouterr().err)
 
 
 def test_a_model_that_names_its_tile_is_restored_on_it_everywhere(inputs, tmp_path, capsys):
@@ -693,6 +701,16 @@ def test_a_model_that_names_its_tile_is_restored_on_it_everywhere(inputs, tmp_pa
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")), by_default)
     assert main(argv + ["--tile", "0", "--overwrite"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")), whole)
+    # --tile-overlap alone applies to the model's own tile, and is checked against it.
+    assert main(argv + ["--tile-overlap", "2", "--overwrite"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "c.png")),
+                                  restore(image, tiled_model, tile=16, tile_overlap=2))
+    assert not np.array_equal(restore(image, tiled_model, tile=16, tile_overlap=2), by_default)
+    capsys.readouterr()
+    assert main(argv + ["--tile-overlap", "9", "--overwrite"]) == 2
+    assert "half the tile (8 for the default tile 16), got 9" in one_error_line(capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"half the tile \(8 for the default tile 16\), got 9"):
+        restore(image, tiled_model, tile_overlap=9)
 
 
 def test_help_and_usage_errors_do_not_import_torch():

@@ -45,7 +45,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 import modeling
 from modeling.cli import save_image_atomic
 from modeling.image_processing_restoration import load_image_file
-from modeling.inference import load_model, load_processor
+from modeling.inference import check_tile_options, load_model, load_processor
+from modeling.tiling import check_tiling
 
 from .checkpointing import write_text_atomic
 from .data import IMAGE_EXTENSIONS, list_image_files
@@ -73,7 +74,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=None,
                         help="restore in overlapping N x N tiles (bounded memory); 0: whole images; default: the "
                              "model's inference_tile, else whole images up to 4 megapixels and 1024-px tiles above")
-    parser.add_argument("--tile_overlap", type=int, default=None, help="tile overlap in pixels (default 32, ≤ N/4)")
+    parser.add_argument("--tile_overlap", type=int, default=None,
+                        help="tile overlap in pixels, at most half the tile (default: 32, capped at a quarter of "
+                             "the tile); without --tile it applies to the default tiles of large images")
     parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="autocast precision; auto (default): bf16 on a CPU with native bf16, else fp32")
@@ -97,6 +100,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.push_to_hub and args.output_format != "dataset":
         parser.error("--push_to_hub pushes a dataset: add --output_format dataset")
+    try:  # the overlap of default tiles is checked once the model (and its inference_tile) is known
+        check_tiling(args.tile, args.tile_overlap, names=("--tile", "--tile_overlap"))
+    except ValueError as err:
+        parser.error(str(err))
+    if args.tile == 0 and args.tile_overlap is not None:
+        parser.error("--tile 0 restores whole images, so there is no tile overlap: drop --tile_overlap")
     return args
 
 
@@ -418,6 +427,7 @@ def main(args: argparse.Namespace) -> dict:
     with state.main_process_first():
         source = open_source(args)
         model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
+    check_tile_options(model, args.tile, args.tile_overlap, names=("--tile", "--tile_overlap"))
     # Each rank owns its process, so each may tune its allocator (False off glibc, where nothing changes).
     reused_freed_memory = bool(state.device.type == "cpu" and args.reuse_freed_memory
                                and modeling.inference.keep_freed_memory_for_reuse())
