@@ -3,6 +3,8 @@
     python benchmarks/bench_tiling.py --size 1024 --tile 256 --dim 16
     python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --json tiling.json
     python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --statistics-passes 3
+    python benchmarks/bench_tiling.py --model modeling/demo --size 1024 --tile 512 --statistics-passes 6 \
+        --statistics-tolerance 0.01        # restore()'s default: at most 6 passes, stopping once they settle
 
 Each mode runs in its own subprocess so the peak resident memory (CPU) or peak allocated memory (CUDA) of one
 mode does not hide the other's (CPU: `VmHWM`, see bench_common.peak_rss_kib). The model is a random Restormer of
@@ -48,9 +50,12 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
+    passes_run = [0]
     start = time.perf_counter()
     out = run_model(model, image, tile=tile, tile_overlap=args.overlap, device=args.device, dtype=args.dtype,
-                    statistics_passes=args.statistics_passes if tile else 0)
+                    statistics_passes=args.statistics_passes if tile else 0,
+                    statistics_tolerance=args.statistics_tolerance,
+                    statistics_callback=lambda number, change: passes_run.append(number))
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -59,7 +64,7 @@ def run_one(args: argparse.Namespace) -> dict:
     else:
         peak_mib = peak_rss_kib() / 1024
     torch.save(out, args.save)
-    return {"mode": args.mode, "seconds": seconds, "peak_mib": peak_mib}
+    return {"mode": args.mode, "seconds": seconds, "peak_mib": peak_mib, "passes_run": max(passes_run)}
 
 
 def write_report(path: str | None, report: dict) -> None:
@@ -76,6 +81,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder or Hub id instead of the random Restormer")
     parser.add_argument("--statistics-passes", type=int, default=0,
                         help="tiled run: passes gathering whole-image statistics first (modeling.tile_context)")
+    parser.add_argument("--statistics-tolerance", type=float, default=0.0,
+                        help="stop those passes once one changes the statistics by at most this (relative); 0, the "
+                             "default here: run them all (restore()'s default is 0.01)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--tiled-only", action="store_true",
@@ -105,13 +113,16 @@ def main() -> None:
             results[mode] = json.loads(output.strip().splitlines()[-1])
             results[mode]["out"] = torch.load(save, weights_only=True)
     model = args.model or f"random Restormer, dim {args.dim}"
+    tolerance = f" (at most; tolerance {args.statistics_tolerance:g})" if args.statistics_tolerance else ""
     print(f"image {args.size}x{args.size}, tile {args.tile}, overlap {args.overlap}, "
-          f"statistics passes {args.statistics_passes}, {model}, {args.device}, {args.dtype}")
+          f"statistics passes {args.statistics_passes}{tolerance}, {model}, {args.device}, {args.dtype}")
     report = {"model": model, "size": args.size, "tile": args.tile, "overlap": args.overlap,
-              "statistics_passes": args.statistics_passes, "device": args.device,
+              "statistics_passes": args.statistics_passes, "statistics_tolerance": args.statistics_tolerance,
+              "device": args.device,
               "dtype": args.dtype, **{mode: {k: v for k, v in r.items() if k != "out"} for mode, r in results.items()}}
     if args.tiled_only:
-        print(f" tiled: {results['tiled']['seconds']:.2f} s, peak {results['tiled']['peak_mib']:.0f} MiB")
+        print(f" tiled: {results['tiled']['seconds']:.2f} s, peak {results['tiled']['peak_mib']:.0f} MiB, "
+              f"{results['tiled']['passes_run']} statistics passes run")
         write_report(args.json, report)
         return
     whole, tiled = results["whole"], results["tiled"]
@@ -122,7 +133,8 @@ def main() -> None:
     write_report(args.json, report)
     for mode in ("whole", "tiled"):
         r = results[mode]
-        print(f"{mode:>6}: {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB")
+        passes = f", {r['passes_run']} statistics passes run" if mode == "tiled" else ""
+        print(f"{mode:>6}: {r['seconds']:.2f} s, peak {r['peak_mib']:.0f} MiB{passes}")
     print(f"tiled/whole: time x{tiled['seconds'] / whole['seconds']:.2f}, "
           f"peak memory x{tiled['peak_mib'] / whole['peak_mib']:.2f}, tiled-vs-whole PSNR {agreement:.1f} dB")
 

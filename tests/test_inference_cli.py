@@ -1148,18 +1148,20 @@ def test_gpu_goals_script_names_only_existing_benchmarks_paths_and_flags(tmp_pat
         if words[0].startswith("${"):
             words = arrays[words[0][2:].split("[")[0]] + words[1:]
         calls.append(words)
-    assert len(calls) == 5
+    assert len(calls) == 7  # five for the goals, two for the tiling part
     for words in calls:
         benchmark = REPO_ROOT / words[0]
         assert benchmark.is_file(), words[0]
+        flags = {word for word in words if word.startswith("--")}
+        source = benchmark.read_text()
+        assert all(f'"{flag}"' in source for flag in flags), (words[0], flags)
+        if words[0].endswith("bench_tiling.py"):  # no paths to choose from
+            continue
         choices = re.search(r"PATHS = \{(.*?)\n\}", benchmark.read_text(), re.S).group(1)
         names = re.findall(r'^\s+"([\w+-]+)":', choices, re.M)
         paths = words[words.index("--paths") + 1:]
         paths = paths[:next((i for i, word in enumerate(paths) if word.startswith("--")), len(paths))]
         assert paths and set(paths) <= set(names), (words[0], paths)
-        flags = {word for word in words if word.startswith("--")}
-        source = benchmark.read_text()
-        assert all(f'"{flag}"' in source for flag in flags), (words[0], flags)
 
 
 def test_gpu_goals_script_logs_every_step_and_exits_with_the_failed_count(tmp_path):
@@ -1180,8 +1182,19 @@ def test_gpu_goals_script_logs_every_step_and_exits_with_the_failed_count(tmp_pa
     assert log.count("=== python3 benchmarks/") == 5 and log.count("ran benchmarks/") == 5
     assert "pip failed" in log and "=== exit status 3" in log
     assert log.strip().splitlines()[-1].startswith("=== 1 step(s) failed: bench_train.py 3 (")
-    assert f"--json {results}/infer_promptir_1024.json" in log
+    assert f"--json {results}/infer_promptir_1024.json" in log and "bench_tiling" not in log
     assert run.stdout.strip().splitlines()[-1] == log.strip().splitlines()[-1]  # tee: the screen shows the same
+    # The tiling part: its two steps alone, in the same log.
+    tiling = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "tiling"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert tiling.returncode == 0, tiling.stdout + tiling.stderr
+    assert tiling.stdout.count("ran benchmarks/bench_tiling.py") == 2 and "bench_train" not in tiling.stdout
+    assert f"--size 8192 --tiled-only --json {results}/tiling_8192.json" in tiling.stdout
+    assert tiling.stdout.strip().splitlines()[-1].startswith("=== 0 step(s) failed: none (")
+    assert (results / "gpu_goals.log").read_text().count("=== python3 benchmarks/") == 7
+    wrong = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "tilling"], env=env,
+                           capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert wrong.returncode == 64 and "usage: bash benchmarks/gpu_goals.sh" in wrong.stderr
 
 
 @pytest.mark.parametrize("flag, expected", [((), 1), (("--no-reuse-freed-memory",), 0)])

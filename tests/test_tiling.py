@@ -239,21 +239,24 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
     assert both.returncode == 0, both.stderr[-3000:]
     assert f"image 96x96, tile 48, overlap 8, statistics passes 2, {tmp_path / 'pip'}, cpu, fp32" in both.stdout
     assert re.search(r"^ whole: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
-    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", both.stdout, re.M)
+    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB, 2 statistics passes run$", both.stdout, re.M)
     agreement = float(re.search(r"tiled-vs-whole PSNR ([\d.]+|inf) dB", both.stdout).group(1))
     assert agreement > 30  # overlapping tiles blend to nearly the whole-image output, even with random weights
     report = json.loads((tmp_path / "report.json").read_text())
-    assert (report["model"], report["size"], report["tile"], report["overlap"], report["statistics_passes"]) == (
-        str(tmp_path / "pip"), 96, 48, 8, 2)
+    assert (report["model"], report["size"], report["tile"], report["overlap"], report["statistics_passes"],
+            report["statistics_tolerance"], report["tiled"]["passes_run"]) == (str(tmp_path / "pip"), 96, 48, 8, 2, 0, 2)
     assert report["agreement_db"] == pytest.approx(agreement, abs=0.05)
     whole, tiled = report["whole"], report["tiled"]
     assert report["time_ratio"] == pytest.approx(tiled["seconds"] / whole["seconds"])
     assert report["peak_ratio"] == pytest.approx(tiled["peak_mib"] / whole["peak_mib"])
     assert 50 < whole["peak_mib"] < 4096 and 50 < tiled["peak_mib"] < 4096
-    tiled_only = subprocess.run(common + ["--dim", "8", "--tiled-only"], capture_output=True, text=True, timeout=300)
+    # A huge tolerance stops the passes after the second (the first that has a pass before it to compare with).
+    tiled_only = subprocess.run(common + ["--dim", "8", "--tiled-only", "--statistics-passes", "4",
+                                          "--statistics-tolerance", "1000"], capture_output=True, text=True, timeout=300)
     assert tiled_only.returncode == 0, tiled_only.stderr[-3000:]
-    assert "image 96x96, tile 48, overlap 8, statistics passes 0, random Restormer, dim 8" in tiled_only.stdout
-    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB$", tiled_only.stdout, re.M)
+    assert ("image 96x96, tile 48, overlap 8, statistics passes 4 (at most; tolerance 1000), random Restormer, dim 8"
+            in tiled_only.stdout)
+    assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB, 2 statistics passes run$", tiled_only.stdout, re.M)
     assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
 
 
