@@ -3,6 +3,7 @@
     python benchmarks/bench_batch_restore.py                               # 96 generated 64x64 images, 1 vs 2
     python benchmarks/bench_batch_restore.py --images 8 --size 32 --processes 1 2   # a quick check
     python benchmarks/bench_batch_restore.py --model path/or/hub-id --images 200 --size 256 --tile 128
+    python benchmarks/bench_batch_restore.py --model modeling/demo --images 200 --size 512 --processes 1 --json r.json
 
 Each run is the real script in a fresh output folder, launched as users launch it (``python -m`` for one process,
 ``accelerate launch --multi_gpu --num_processes N`` for more; on a CPU machine that gives N gloo processes). The
@@ -33,7 +34,7 @@ MODEL_CONFIG = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=96, help="generated images in the archive")
     parser.add_argument("--size", type=int, default=64, help="side of each generated image")
@@ -44,7 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS per process (default: CPU cores / processes, at least 1)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
-    return parser.parse_args()
+    parser.add_argument("--json", default=None, help="also write the table here")
+    return parser.parse_args(argv)
 
 
 def make_archive(folder: Path, count: int, size: int) -> Path:
@@ -100,8 +102,8 @@ def run(processes: int, argv: list[str], threads: int, timeout: int) -> dict:
     return json.loads((output / "summary.json").read_text())
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-batch-restore-") as scratch:
         root = Path(scratch)
@@ -125,6 +127,23 @@ def main() -> None:
         rate = summary["images_per_second"]
         print(f"{processes:>9} | {threads:>12} | {summary['restored']:>8} | {summary['restore_seconds']:>8.2f} | "
               f"{rate:>8.2f} | {rate / base:>6.2f}")
+    report = {"images": args.images, "size": args.size, "batch_size": args.batch_size, "tile": args.tile,
+              "model": args.model or f"random PIP {MODEL_CONFIG}", "cpu_cores": cores,
+              "cuda": torch_cuda_name(),
+              "rows": [{"processes": processes, "threads_each": threads, "restored": summary["restored"],
+                        "failed": summary["failed"], "restore_seconds": summary["restore_seconds"],
+                        "images_per_second": summary["images_per_second"],
+                        "ratio": summary["images_per_second"] / base} for processes, threads, summary in rows]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def torch_cuda_name() -> str | None:
+    """The GPU the script's processes use (batch_restore runs on CUDA wherever one is available), else None."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":

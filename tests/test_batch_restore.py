@@ -351,3 +351,21 @@ def test_dataset_resume_leaves_out_restorations_whose_input_is_gone(model_dir, t
     summary = main(parse_args(argv))
     assert summary["skipped"] == 1 and summary["restored"] == 0
     assert datasets.load_from_disk(str(tmp_path / "out" / "dataset"))["file_name"] == ["a.png"]
+
+
+def test_throughput_benchmark_runs_the_real_script_and_writes_its_table(tmp_path):
+    """benchmarks/bench_batch_restore.py on one process (the GPU call runs it so): every generated image restored
+    by `training.batch_restore`, and the JSON table holds the script's own figures (no timing is asserted)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_batch_restore.py"
+    spec = importlib.util.spec_from_file_location("bench_batch_restore", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--images", "4", "--size", "32", "--processes", "1", "--threads", "1",
+                         "--json", str(tmp_path / "table.json")])
+    assert json.loads((tmp_path / "table.json").read_text()) == report
+    (row,) = report["rows"]
+    assert (row["processes"], row["threads_each"], row["restored"], row["failed"], row["ratio"]) == (1, 1, 4, 0, 1.0)
+    assert row["images_per_second"] == pytest.approx(4 / row["restore_seconds"], rel=1e-3)
+    assert report["images"] == 4 and report["size"] == 32 and report["cuda"] is None

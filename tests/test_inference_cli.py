@@ -1148,14 +1148,14 @@ def test_gpu_goals_script_names_only_existing_benchmarks_paths_and_flags(tmp_pat
         if words[0].startswith("${"):
             words = arrays[words[0][2:].split("[")[0]] + words[1:]
         calls.append(words)
-    assert len(calls) == 7  # five for the goals, two for the tiling part
+    assert len(calls) == 8  # five for the goals, three for restoring
     for words in calls:
         benchmark = REPO_ROOT / words[0]
         assert benchmark.is_file(), words[0]
         flags = {word for word in words if word.startswith("--")}
         source = benchmark.read_text()
         assert all(f'"{flag}"' in source for flag in flags), (words[0], flags)
-        if words[0].endswith("bench_tiling.py"):  # no paths to choose from
+        if "--paths" not in words:  # the restoring part's benchmarks have none to choose from
             continue
         choices = re.search(r"PATHS = \{(.*?)\n\}", benchmark.read_text(), re.S).group(1)
         names = re.findall(r'^\s+"([\w+-]+)":', choices, re.M)
@@ -1184,15 +1184,16 @@ def test_gpu_goals_script_logs_every_step_and_exits_with_the_failed_count(tmp_pa
     assert log.strip().splitlines()[-1].startswith("=== 1 step(s) failed: bench_train.py 3 (")
     assert f"--json {results}/infer_promptir_1024.json" in log and "bench_tiling" not in log
     assert run.stdout.strip().splitlines()[-1] == log.strip().splitlines()[-1]  # tee: the screen shows the same
-    # The tiling part: its two steps alone, in the same log.
-    tiling = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "tiling"], env=env,
-                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
-    assert tiling.returncode == 0, tiling.stdout + tiling.stderr
-    assert tiling.stdout.count("ran benchmarks/bench_tiling.py") == 2 and "bench_train" not in tiling.stdout
-    assert f"--size 8192 --tiled-only --json {results}/tiling_8192.json" in tiling.stdout
-    assert tiling.stdout.strip().splitlines()[-1].startswith("=== 0 step(s) failed: none (")
-    assert (results / "gpu_goals.log").read_text().count("=== python3 benchmarks/") == 7
-    wrong = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "tilling"], env=env,
+    # The restoring part: its three steps alone, in the same log.
+    restoring = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "restore"],
+                               env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert restoring.returncode == 0, restoring.stdout + restoring.stderr
+    assert restoring.stdout.count("ran benchmarks/bench_tiling.py") == 2 and "bench_train" not in restoring.stdout
+    assert f"--size 8192 --tiled-only --json {results}/tiling_8192.json" in restoring.stdout
+    assert "ran benchmarks/bench_batch_restore.py --model modeling/demo" in restoring.stdout
+    assert restoring.stdout.strip().splitlines()[-1].startswith("=== 0 step(s) failed: none (")
+    assert (results / "gpu_goals.log").read_text().count("=== python3 benchmarks/") == 8
+    wrong = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_goals.sh"), str(results), "restor"], env=env,
                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert wrong.returncode == 64 and "usage: bash benchmarks/gpu_goals.sh" in wrong.stderr
 
