@@ -13,6 +13,9 @@ same model, activations and libraries as the large run, and
 
 counts what grows with the image: decoded input, float planes, the blended output, quantization, the PIL image.
 `--source` runs another checkout's `modeling` (e.g. a worktree of an earlier commit) for a before/after pair.
+`--reuse-freed-memory` first calls `keep_freed_memory_for_reuse()`, as the CLI does on CPU (glibc keeps freed
+activations for the next forward instead of unmapping them: faster, and the peak may grow); without it the child
+is a plain `restore()` call, as earlier figures were measured.
 """
 
 from __future__ import annotations
@@ -29,20 +32,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runs from a bare checkout too (the package need not be installed)
 
 CHILD = r"""
-import json, sys, time
+import inspect, json, os, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[4]))
 from modeling import restore
+from modeling import inference
 from modeling.inference import load_model
+if os.environ.get("BENCH_REUSE_FREED_MEMORY") == "1":  # what the CLI does on CPU
+    inference.keep_freed_memory_for_reuse()
 model = load_model(sys.argv[1], device="cpu")
 start = time.perf_counter()
 options = {"channels_last": sys.argv[5] == "on"} if len(sys.argv) > 5 else {}  # older checkouts lack the option
+passes = [0]
+if "statistics_callback" in inspect.signature(restore).parameters:  # nor do older ones report statistics passes
+    options["statistics_callback"] = lambda number, change: passes.append(number)
 restored = restore(sys.argv[2], model, tile=int(sys.argv[3]), **options)
 restored.save(sys.argv[2] + ".restored.png")
 with open("/proc/self/status") as status:  # VmHWM: this image's own peak (ru_maxrss survives exec)
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(json.dumps({"peak_kib": peak,
-                  "seconds": time.perf_counter() - start, "size": restored.size}))
+print(json.dumps({"peak_kib": peak, "seconds": time.perf_counter() - start, "size": restored.size,
+                  "statistics_passes": max(passes)}))
 """
 
 
@@ -61,8 +70,10 @@ def write_photo(path: Path, size: int) -> None:
     Image.fromarray(image).save(path)
 
 
-def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int, channels_last: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads))
+def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int, channels_last: str,
+            reuse_freed_memory: bool = False) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads),
+               BENCH_REUSE_FREED_MEMORY="1" if reuse_freed_memory else "0")
     argv = [str(model_dir), str(image), str(tile), str(threads)] + ([channels_last] if channels_last != "default" else [])
     result = subprocess.run([sys.executable, "-c", CHILD, *argv],
                             env=env, capture_output=True, text=True, cwd=source)
@@ -81,6 +92,8 @@ def main() -> None:
     parser.add_argument("--channels-last", choices=("default", "on", "off"), default="default",
                         help="restore()'s channels_last (default: its own default, on for CPU); an older --source "
                         "without the option needs 'default'")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="call keep_freed_memory_for_reuse() first, as the CLI does on CPU")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -101,14 +114,18 @@ def main() -> None:
         baseline_size = 2 * args.tile - default_tile_overlap(args.tile)
         write_photo(small, baseline_size)
         write_photo(large, args.size)
-        baseline = measure(args.source, model_dir, small, args.tile, args.threads, args.channels_last)
-        big = measure(args.source, model_dir, large, args.tile, args.threads, args.channels_last)
+        baseline = measure(args.source, model_dir, small, args.tile, args.threads, args.channels_last,
+                           args.reuse_freed_memory)
+        big = measure(args.source, model_dir, large, args.tile, args.threads, args.channels_last,
+                      args.reuse_freed_memory)
     extra_pixels = args.size**2 - baseline_size**2
     per_pixel = (big["peak_kib"] - baseline["peak_kib"]) * 1024 / extra_pixels
-    print(f"source {args.source}, tile {args.tile}, {args.threads} threads, channels_last {args.channels_last}")
-    print(f"{'image':>12} {'peak RSS (MiB)':>15} {'seconds':>9}")
-    print(f"{baseline_size:>5}x{baseline_size:<6} {baseline['peak_kib'] / 1024:>15.0f} {baseline['seconds']:>9.1f}")
-    print(f"{args.size:>5}x{args.size:<6} {big['peak_kib'] / 1024:>15.0f} {big['seconds']:>9.1f}")
+    print(f"source {args.source}, tile {args.tile}, {args.threads} threads, channels_last {args.channels_last}, "
+          f"freed memory {'reused (as the CLI)' if args.reuse_freed_memory else 'given back (plain restore())'}")
+    print(f"{'image':>12} {'peak RSS (MiB)':>15} {'seconds':>9} {'statistics passes':>18}")
+    for size, run in ((baseline_size, baseline), (args.size, big)):
+        print(f"{size:>5}x{size:<6} {run['peak_kib'] / 1024:>15.0f} {run['seconds']:>9.1f} "
+              f"{run.get('statistics_passes', '?'):>18}")
     print(f"bytes per pixel outside the model: {per_pixel:.1f}")
 
 
