@@ -30,12 +30,12 @@ from .inference import (
     degradation_label_ids,
     estimate_degradation_weights,
     check_statistics_passes,
+    check_tile_options,
     resolve_channels_last,
     resolve_statistics_passes,
     resolve_statistics_tolerance,
     run_model,
 )
-from .tiling import check_tiling
 
 
 logger = logging.get_logger(__name__)
@@ -66,9 +66,9 @@ class ImageRestorationPipeline(Pipeline):
     """Restore images with any `*ForImageRestoration` model.
 
     Call kwargs:
-    - `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else the whole
-      image), `tile_overlap` (int in [0, tile // 2]; default 32, capped at tile // 4; see
-      `modeling.tiling.check_tiling`);
+    - `tile` (int >= 8, tiled inference; 0: whole image; default: the model's `inference_tile`, else whole images
+      up to 4 megapixels and 1024-px tiles above), `tile_overlap` (int in [0, tile // 2]; default 32, capped at
+      tile // 4; with no tile, checked against the default tile; see `modeling.inference.check_tile_options`);
     - `statistics_passes` (int >= 0: the most passes gathering whole-image statistics for the tiles; default as
       `restore`: 6 whenever tiles split the image), `statistics_tolerance` (stop the passes once they settle;
       default as `restore`: 0.01; 0: all passes);
@@ -125,8 +125,11 @@ class ImageRestorationPipeline(Pipeline):
             raise _unknown_argument_error(sorted(kwargs))
         check_statistics_passes(statistics_passes)
         resolve_statistics_tolerance(statistics_tolerance)
-        if tile is not None:
-            check_tiling(tile, tile_overlap)  # fail before the first image; run_model applies the defaults
+        # Fail before the first image, on the tiling the run will use: a call's options are merged over those given
+        # at construction (Pipeline.__call__), which this attribute holds once construction is done.
+        constructed = getattr(self, "_forward_params", {})
+        check_tile_options(self.model, tile if tile is not None else constructed.get("tile"),
+                           tile_overlap if tile_overlap is not None else constructed.get("tile_overlap"))
         if output_type is not None and output_type not in _OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(map(repr, _OUTPUT_TYPES))}, got {output_type!r}.")
         preprocess_params: dict = {}

@@ -692,6 +692,16 @@ def test_a_model_that_names_its_tile_is_restored_on_it_everywhere(inputs, tmp_pa
     pipe = ImageRestorationPipeline(model=tiled_model, image_processor=RestorationImageProcessor())
     np.testing.assert_array_equal(np.asarray(pipe(image)), by_default)
     np.testing.assert_array_equal(np.asarray(pipe(image, tile=0)), whole)
+    # The pipeline checks the overlap against the tile the run will use: the model's, or one given at construction.
+    with pytest.raises(ValueError, match=r"half the tile \(8 for the default tile 16\), got 9"):
+        pipe(image, tile_overlap=9)
+    with pytest.raises(ValueError, match=r"half the tile \(8 for the default tile 16\), got 9"):
+        ImageRestorationPipeline(model=tiled_model, image_processor=RestorationImageProcessor(), tile_overlap=9)
+    wide = ImageRestorationPipeline(model=tiled_model, image_processor=RestorationImageProcessor(), tile=32)
+    np.testing.assert_array_equal(np.asarray(wide(image, tile_overlap=12)),
+                                  restore(image, tiled_model, tile=32, tile_overlap=12))
+    with pytest.raises(ValueError, match=r"half the tile \(16 for tile 32\), got 17"):
+        wide(image, tile_overlap=17)
 
     folder = tmp_path / "tiled-ckpt"
     tiled_model.save_pretrained(folder)
