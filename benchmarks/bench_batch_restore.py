@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: a random small PIP)")
     parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--tile", default=None, type=int)
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS per process (default: CPU cores / processes, at least 1)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")

@@ -137,9 +137,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="training tree with Denoise/ Derain/ Dehaze/ Deblur/ Enhance/")
     parser.add_argument("--samples", type=int, default=None,
                         help="samples timed per run (default: the whole epoch, so both loaders do identical work)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", default=8, type=int)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--patch-size", default=128, type=int)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per loader (median is reported)")
     parser.add_argument("--clean", type=int, default=24, help="generated corpus: clean photos")
     parser.add_argument("--pairs", type=int, default=6, help="generated corpus: pairs per paired task")

@@ -38,8 +38,7 @@ torch.set_num_threads(int(sys.argv[4]))
 from modeling import restore
 from modeling import inference
 from modeling.inference import load_model
-if os.environ.get("BENCH_REUSE_FREED_MEMORY") == "1":  # what the CLI does on CPU
-    inference.keep_freed_memory_for_reuse()
+reused = os.environ.get("BENCH_REUSE_FREED_MEMORY") == "1" and inference.keep_freed_memory_for_reuse()  # as the CLI
 model = load_model(sys.argv[1], device="cpu")
 start = time.perf_counter()
 options = {"channels_last": sys.argv[5] == "on"} if len(sys.argv) > 5 else {}  # older checkouts lack the option
@@ -51,7 +50,7 @@ restored.save(sys.argv[2] + ".restored.png")
 with open("/proc/self/status") as status:  # VmHWM: this image's own peak (ru_maxrss survives exec)
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print(json.dumps({"peak_kib": peak, "seconds": time.perf_counter() - start, "size": restored.size,
-                  "statistics_passes": max(passes)}))
+                  "statistics_passes": max(passes), "reused_freed_memory": bool(reused)}))
 """
 
 
@@ -120,8 +119,9 @@ def main() -> None:
                       args.reuse_freed_memory)
     extra_pixels = args.size**2 - baseline_size**2
     per_pixel = (big["peak_kib"] - baseline["peak_kib"]) * 1024 / extra_pixels
+    reused = baseline.get("reused_freed_memory") and big.get("reused_freed_memory")  # False off glibc
     print(f"source {args.source}, tile {args.tile}, {args.threads} threads, channels_last {args.channels_last}, "
-          f"freed memory {'reused (as the CLI)' if args.reuse_freed_memory else 'given back (plain restore())'}")
+          f"freed memory {'reused (as the CLI)' if reused else 'given back (plain restore())'}")
     print(f"{'image':>12} {'peak RSS (MiB)':>15} {'seconds':>9} {'statistics passes':>18}")
     for size, run in ((baseline_size, baseline), (args.size, big)):
         print(f"{size:>5}x{size:<6} {run['peak_kib'] / 1024:>15.0f} {run['seconds']:>9.1f} "

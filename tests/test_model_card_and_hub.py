@@ -97,7 +97,7 @@ def test_metric_matches_skimage_under_every_setting(metric, crop_border, test_y_
         for p, r in pairs
     ]
     result = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs],
-                            crop_border=crop_border, test_y_channel=test_y_channel, ssim_gaussian_weights=gaussian,
+                            crop_border=crop_border, ssim_gaussian_weights=gaussian, test_y_channel=test_y_channel,
                             return_per_image=True)
     np.testing.assert_allclose(result["psnr_per_image"], expected_psnr, rtol=0, atol=1e-6)
     np.testing.assert_allclose(result["ssim_per_image"], expected_ssim, rtol=0, atol=1e-6)

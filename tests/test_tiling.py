@@ -320,3 +320,25 @@ def test_images_above_the_auto_tile_threshold_are_tiled_by_default(monkeypatch, 
     assert np.array_equal(restore(image, model, tile=0, degradation="rain"), whole)
     assert inference.resolve_tile(model, None, (40, 47)) == 0 and inference.resolve_tile(model, None, (40, 48)) == 24
     assert inference.resolve_tile(tiny_model("pip", inference_tile=16), None, (40, 48)) == 16
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_bench_tiled_memory_reports_peaks_passes_and_the_allocator_setting(reuse):
+    """benchmarks/bench_tiled_memory.py on a small image: both runs report their peak, the statistics passes that
+    restore()'s default ran (tiles split both images), and whether the child kept freed memory as the CLI does
+    (`--reuse-freed-memory`; this host's glibc supports it). Peaks and bytes per pixel are not asserted."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiled_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--size", "96", "--tile", "32", "--threads", "1"]
+                         + (["--reuse-freed-memory"] if reuse else []), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    setting = "reused (as the CLI)" if reuse else "given back (plain restore())"
+    assert f"tile 32, 1 threads, channels_last default, freed memory {setting}" in run.stdout
+    rows = re.findall(r"^\s*(\d+)x(\d+)\s+\d+\s+[\d.]+\s+(\d+)$", run.stdout, re.M)
+    assert [(int(h), int(w)) for h, w, _ in rows] == [(56, 56), (96, 96)]
+    assert all(2 <= int(passes) <= 6 for _, _, passes in rows)  # the default rule: from the second pass on
+    assert re.search(r"^bytes per pixel outside the model: -?[\d.]+$", run.stdout, re.M)

@@ -71,7 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--degradation", default="auto",
                         help="degradation label for models that take one, or 'auto' to estimate it per image")
-    parser.add_argument("--tile", type=int, default=None,
+    parser.add_argument("--tile", default=None, type=int,
                         help="restore in overlapping N x N tiles (bounded memory); 0: whole images; default: the "
                              "model's inference_tile, else whole images up to 4 megapixels and 1024-px tiles above")
     parser.add_argument("--tile_overlap", type=int, default=None,

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"rows besides noise (default %(default)s; named rows: {', '.join(SETTINGS)})",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tile", type=int, default=None,
+    parser.add_argument("--tile", default=None, type=int,
                         help="tile side (0: whole images; default: as restore(): the model's inference_tile, else "
                              "whole images up to 4 megapixels)")
     parser.add_argument("--tile_overlap", type=int, default=None,

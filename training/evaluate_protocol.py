@@ -677,7 +677,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--convention", default=None, choices=sorted(CONVENTIONS),
                         help="scoring convention (default: the protocol's: promptir for 3/5-task, onerestore for cdd11)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PromptIR's noise generator (official: 0)")
-    parser.add_argument("--tile", type=int, default=None, help="restore in tiles of this size (large images)")
+    parser.add_argument("--tile", default=None, type=int, help="restore in tiles of this size (large images)")
     parser.add_argument("--tile_overlap", type=int, default=None)
     parser.add_argument("--degradation", default="label", choices=("label", "auto"),
                         help="models taking labels (PIP, DPPD): the true label (default) or their own estimate")

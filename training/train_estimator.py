@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start from the estimator of this folder (e.g. one trained beside an earlier checkpoint: "
                              "a pixel estimator does not depend on the body)")
     parser.add_argument("--max_train_steps", type=int, default=600, help="0: only evaluate and save")
-    parser.add_argument("--patch_size", type=int, default=128)
+    parser.add_argument("--patch_size", default=128, type=int)
     parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--warmup_steps", type=int, default=50)
