@@ -97,8 +97,9 @@ def test_a_document_without_markers_is_a_clear_error(tmp_path):
         document_is_current(document, "| table |")
 
 
-def test_the_readme_table_matches_the_committed_evaluations():
-    """Regenerate with `python -m training.weights_history --update README.md` after adding a weights folder."""
+def test_the_weights_readme_table_matches_the_committed_evaluations():
+    """Regenerate with `python -m training.weights_history --update training/weights/README.md` after adding a
+    weights folder."""
     table = history_table()
     assert "(shipped)" in table, "one committed folder holds the scores of the shipped demo"
-    assert document_is_current(REPO / "README.md", table)
+    assert document_is_current(REPO / "training" / "weights" / "README.md", table)

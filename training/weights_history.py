@@ -1,15 +1,15 @@
 """The held-out scores of every committed weights folder, side by side, read from their evaluation JSONs.
 
     python -m training.weights_history                      # print the Markdown table
-    python -m training.weights_history --update README.md   # rewrite the table between the README's markers
-    python -m training.weights_history --check README.md    # exit 1 when the README's table is stale
+    python -m training.weights_history --update training/weights/README.md   # rewrite the table between the markers
+    python -m training.weights_history --check training/weights/README.md    # exit 1 when that table is stale
 
 Each folder under ``training/weights/`` that holds ``heldout_eval_whole.json`` (written by
 ``training.package_demo`` / ``training.evaluate_model`` on the whole held-out photos) gives one row: per degradation
 the mean PSNR gain over the degraded input and the gain on the worst single photo, and the largest difference
 between the label-free and the labelled mode over all rows. The folder whose scores equal the shipped demo's
-(``modeling/demo/eval_results.json``) is marked as shipped. Numbers are never typed into the README: this table is
-generated, and a test checks that the README's copy is current.
+(``modeling/demo/eval_results.json``) is marked as shipped. Numbers are never typed into ``training/weights/README.md``:
+this table is generated, and a test checks that its copy is current.
 """
 
 from __future__ import annotations
