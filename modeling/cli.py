@@ -159,7 +159,9 @@ def _open_new_file_beside(target: Path) -> tuple[int, Path]:
     # The temporary name adds 14 characters: shorten the part taken from the target so that it stays within the
     # 255 bytes a file name may have wherever the target's own name fits.
     name = target.name
-    while len(name.encode()) + 14 > 255:
+    # os.fsencode: a name read from disk may hold bytes that are not UTF-8 (as surrogate escapes), which str.encode
+    # refuses.
+    while len(os.fsencode(name)) + 14 > 255:
         name = name[:-1]
     for _ in range(100):
         tmp = target.parent / f".{name}.{os.urandom(4).hex()}.tmp"
@@ -266,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.quiet:  # from_pretrained's "Loading weights" bar
             transformers_logging.disable_progress_bar()
         try:
-            model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=device)
+            model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype)
             processor = load_processor(args.model if args.model is not None else DEMO_CHECKPOINT_DIR)
             degradation_label_ids(model, args.degradation, 1)  # validate the name before the first image
             check_tile_options(model, args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))

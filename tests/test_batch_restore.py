@@ -369,3 +369,111 @@ def test_throughput_benchmark_runs_the_real_script_and_writes_its_table(tmp_path
     assert (row["processes"], row["threads_each"], row["restored"], row["failed"], row["ratio"]) == (1, 1, 4, 0, 1.0)
     assert row["images_per_second"] == pytest.approx(4 / row["restore_seconds"], rel=1e-3)
     assert report["images"] == 4 and report["size"] == 32 and report["cuda"] is None
+
+
+def test_a_restoration_recorded_by_any_rank_outranks_an_earlier_failure(tmp_path):
+    """A file that failed on rank 1 and was restored by rank 0 in a later run is restored, whatever the order of the
+    manifest files (rank10 sorts before rank2 by name); among failures the later one stays."""
+    (tmp_path / f"{MANIFEST_PREFIX}0.jsonl").write_text('{"file": "d.png", "status": "ok", "output": "d.png"}\n')
+    (tmp_path / f"{MANIFEST_PREFIX}1.jsonl").write_text('{"file": "d.png", "status": "failed", "error": "x"}\n')
+    (tmp_path / f"{MANIFEST_PREFIX}2.jsonl").write_text('{"file": "e.png", "status": "failed", "error": "first"}\n')
+    (tmp_path / f"{MANIFEST_PREFIX}10.jsonl").write_text('{"file": "e.png", "status": "failed", "error": "later"}\n')
+    records = read_manifests(tmp_path)
+    assert records["d.png"]["status"] == "ok"
+    assert records["e.png"]["error"] == "later"
+
+
+def test_a_file_name_that_is_not_utf8_is_restored_and_recorded(model_dir, tmp_path):
+    """A Latin-1 file name (held by Python as surrogate escapes) used to stop the whole run when its manifest line
+    was written; it is restored, recorded, and skipped by the next run."""
+    from training.batch_restore import main, parse_args
+
+    odd = os.fsdecode(b"caf\xe9.png")
+    save(tmp_path / "in" / odd, textured_image(0, 16, 16))
+    save(tmp_path / "in" / "z.png", textured_image(1, 16, 16))
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
+            "--no_reuse_freed_memory"]
+    summary = main(parse_args(argv))
+    assert summary["restored"] == 2 and summary["failed"] == 0
+    assert (tmp_path / "out" / odd).is_file() and sorted(read_manifests(tmp_path / "out")) == sorted([odd, "z.png"])
+    assert main(parse_args(argv))["skipped"] == 2
+
+
+def test_a_resume_under_other_settings_is_refused_and_removed_or_changed_files_are_redone(model_dir, tmp_path):
+    """OUT/run_settings.json: another model or degradation would mix two restorations in one archive (exit 2 from
+    the command line); tiles may change. A recorded output removed since, or an input file changed since, is
+    restored again instead of being skipped for good."""
+    from training.batch_restore import SETTINGS_NAME, cli, main, parse_args
+
+    for name, seed in (("a.png", 0), ("b.png", 1), ("c.png", 2)):
+        save(tmp_path / "in" / name, textured_image(seed, 16, 16))
+    common = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no_reuse_freed_memory"]
+    argv = common + ["--model", str(model_dir)]
+    assert main(parse_args(argv))["restored"] == 3
+    settings = json.loads((tmp_path / "out" / SETTINGS_NAME).read_text())
+    assert settings["degradation"] == "auto" and len(settings["model_fingerprint"]) == 16
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in ("a.png", "b.png", "c.png")}
+
+    other_model = tmp_path / "other-model"
+    config_class, model_class = modeling.MODEL_CLASSES["pip"]
+    torch.manual_seed(1)
+    model_class(config_class(**PIP_TINY)).save_pretrained(other_model)
+    for changed, message in ((argv + ["--degradation", "rain"], "degradation: 'auto' -> 'rain'"),
+                             (common + ["--model", str(other_model)], "model_fingerprint")):
+        with pytest.raises(ValueError, match="other settings") as error:
+            main(parse_args(changed))
+        assert message in str(error.value)
+    assert cli(argv + ["--degradation", "rain"]) == 2
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
+
+    (tmp_path / "out" / "b.png").unlink()
+    save(tmp_path / "in" / "c.png", textured_image(3, 16, 16))  # edited after its restoration
+    summary = main(parse_args(argv + ["--tile", "16"]))  # another tile is fine
+    assert (summary["restored"], summary["skipped"]) == (2, 1)
+    assert (tmp_path / "out" / "b.png").read_bytes() == before["b.png"]  # the same image, the same restoration
+    assert (tmp_path / "out" / "c.png").read_bytes() != before["c.png"]
+    assert main(parse_args(argv))["skipped"] == 3
+
+
+def test_options_no_image_could_use_stop_the_command_with_exit_code_2(model_dir, tmp_path, capsys):
+    """A degradation the model does not know, or an input that is neither a folder nor a loadable dataset, used to
+    fail every image (exit 0) or end in a traceback; now nothing is written and the command exits 2."""
+    from training.batch_restore import cli
+
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    argv = ["--output", str(tmp_path / "out"), "--model", str(model_dir), "--no_reuse_freed_memory"]
+    assert cli(["--input", str(tmp_path / "in"), "--degradation", "bogus", *argv]) == 2
+    assert "--degradation bogus" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert cli(["--input", str(tmp_path / "no-such-folder"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "is not a folder, a dataset saved with save_to_disk" in err and "Traceback" not in err
+
+
+def test_dataset_rows_keep_16_bit_colour_and_pgm_outputs_stay_gray(model_dir, tmp_path):
+    """Rows of an image column are decoded from their stored bytes (16-bit colour survives, where the PIL image
+    `datasets` decodes is 8-bit) and the dataset output keeps the input bytes as they were; a .pgm input comes
+    back as a gray PGM (P5), not a colour pixmap under a .pgm name."""
+    import datasets
+
+    from training.batch_restore import main, parse_args
+
+    write_png(sixteen_bit(0, 16, 24), tmp_path / "rgb16.png")
+    stored = (tmp_path / "rgb16.png").read_bytes()
+    features = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"file_name": ["rgb16.png"], "image": [{"bytes": stored, "path": None}]},
+                               features=features).save_to_disk(str(tmp_path / "ds"))
+    summary = main(parse_args(["--input", str(tmp_path / "ds"), "--output", str(tmp_path / "out"),
+                               "--model", str(model_dir), "--output_format", "dataset", "--no_reuse_freed_memory"]))
+    assert summary["restored"] == 1
+    restored = load_image_file(tmp_path / "out" / "images" / "rgb16.png")
+    assert isinstance(restored, np.ndarray) and restored.dtype == np.uint16
+    row = datasets.load_from_disk(str(tmp_path / "out" / "dataset")).cast_column(
+        "input", datasets.Image(decode=False))[0]
+    assert row["input"]["bytes"] == stored
+
+    (tmp_path / "gray").mkdir()
+    Image.fromarray(textured_image(0, 16, 16)[..., 0]).save(tmp_path / "gray" / "g.pgm")
+    main(parse_args(["--input", str(tmp_path / "gray"), "--output", str(tmp_path / "gray-out"),
+                     "--model", str(model_dir), "--no_reuse_freed_memory"]))
+    assert (tmp_path / "gray-out" / "g.pgm").read_bytes()[:2] == b"P5"
+    assert Image.open(tmp_path / "gray-out" / "g.pgm").mode == "L"

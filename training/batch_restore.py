@@ -13,9 +13,16 @@ How it works:
 * Each output is written atomically (temporary name, then `os.replace`), and only then is a JSON line appended
   to the process's own ``manifest-rank{i}.jsonl``. At start the main process reads every manifest, so a run
   killed at any point resumes without restoring a recorded image again, whatever the number of processes of
-  either run; an output written but not yet recorded is simply restored again and replaced.
+  either run; an output written but not yet recorded is simply restored again and replaced. A recorded image is
+  restored again when its output has been removed or (folder inputs) its input file changed since (size or
+  modification time).
+* ``OUT/run_settings.json`` records what decides the outputs: the model (a fingerprint of its config and
+  weights), ``--degradation``, ``--output_format`` and, for dataset inputs, the split and columns. A resume under
+  other values is refused, since it would mix two restorations in one archive; ``--tile``, ``--tile_overlap``,
+  ``--dtype`` and ``--batch_size`` may change (a run that ran out of memory can go on with tiles).
 * A file that cannot be read or restored is logged, recorded as failed and counted; it never stops the run (and
-  is tried again on a resume).
+  is tried again on a resume). Options that no image could use (a degradation the model does not take, an input
+  that is neither a folder nor a dataset) stop the run before anything is written: exit code 2.
 * ``--output_format folder`` mirrors the input tree (relative names, formats and bit depth kept: 16-bit PNG in,
   16-bit PNG out; JPEG in, JPEG out). ``--output_format dataset`` writes the same files under ``OUT/images`` and
   then a dataset with columns ``file_name``, ``input``, ``restored`` with ``save_to_disk`` to ``OUT/dataset``
@@ -27,11 +34,13 @@ How it works:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -45,7 +54,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 import modeling
 from modeling.cli import save_image_atomic
 from modeling.image_processing_restoration import load_image_file
-from modeling.inference import check_tile_options, load_model, load_processor
+from modeling.inference import check_tile_options, degradation_label_ids, load_model, load_processor
 from modeling.tiling import check_tiling
 
 from .checkpointing import write_text_atomic
@@ -55,6 +64,9 @@ logger = get_logger(__name__)
 
 MANIFEST_PREFIX = "manifest-rank"
 SUMMARY_NAME = "summary.json"
+SETTINGS_NAME = "run_settings.json"
+#: Settings that decide what an output is (`run_settings`): a resume under other values is refused.
+DEFINING_SETTINGS = ("model_fingerprint", "degradation", "output_format", "split", "image_column", "file_column")
 #: Images decoded and handed to `restore()` at once, in batches: bounded memory, room for same-size batching.
 WINDOW_BATCHES = 4
 #: Tests only: seconds to sleep per image, so that a run can be killed half-way.
@@ -135,6 +147,14 @@ class FolderSource:
     def output_name(self, name: str) -> str:
         return name
 
+    def stamp(self, name: str) -> Optional[list[int]]:
+        """Size and modification time of the input file: a recorded restoration of a file changed since is redone."""
+        try:
+            info = (self.root / name).stat()
+        except OSError:
+            return None
+        return [info.st_size, info.st_mtime_ns]
+
     def input_bytes(self, name: str) -> dict:
         return {"bytes": (self.root / name).read_bytes(), "path": Path(name).name}
 
@@ -156,6 +176,13 @@ class DatasetSource:
                              "use --image_column")
         self.dataset, self.image_column = dataset, image_column
         self.file_column = file_column if file_column in dataset.column_names else None
+        # An image column is read as its stored bytes, through the inference decoder, not as the PIL image that
+        # `datasets` decodes: Pillow reduces 16-bit colour to 8 bits, and the dataset output keeps the input as is.
+        import datasets
+
+        feature = (dataset.features or {}).get(image_column)
+        self._encoded = (dataset.cast_column(image_column, datasets.Image(decode=False))
+                         if isinstance(feature, datasets.Image) else None)
         if self.file_column:
             names = [str(n) for n in dataset[self.file_column]]
             if len(set(names)) != len(names):
@@ -182,7 +209,16 @@ class DatasetSource:
     def ignored(self) -> int:
         return 0
 
+    def _stored(self, name: str) -> dict:
+        value = self._encoded[self._index[name]][self.image_column]
+        if not value or not (value.get("bytes") or value.get("path")):
+            raise ValueError(f"row {name!r}: column {self.image_column!r} is empty")
+        return value
+
     def read(self, name: str) -> Any:
+        if self._encoded is not None:
+            value = self._stored(name)
+            return load_image_file(value["bytes"] if value.get("bytes") else value["path"])
         image = self.dataset[self._index[name]][self.image_column]
         if not isinstance(image, Image.Image):
             raise ValueError(f"row {name!r}: column {self.image_column!r} holds {type(image).__name__}, not an image")
@@ -193,12 +229,15 @@ class DatasetSource:
         # Dataset rows are written losslessly as PNG unless their name already says which format.
         return name if Path(name).suffix.lower() in IMAGE_EXTENSIONS else f"{name}.png"
 
+    def stamp(self, name: str) -> None:
+        return None  # rows have no modification time
+
     def input_bytes(self, name: str) -> Any:
-        return self.read(name)
+        return self._stored(name) if self._encoded is not None else self.read(name)
 
 
 def open_source(args: argparse.Namespace) -> FolderSource | DatasetSource:
-    """A folder, a dataset saved with save_to_disk, or a Hub dataset id."""
+    """A folder, a dataset saved with save_to_disk, or a Hub dataset id (ValueError naming `--input` otherwise)."""
     path = Path(args.input)
     if path.is_dir() and not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
         return FolderSource(path)
@@ -207,9 +246,18 @@ def open_source(args: argparse.Namespace) -> FolderSource | DatasetSource:
     if path.is_dir():
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
+            if args.split not in dataset:
+                raise ValueError(f"--input {args.input} has no split {args.split!r} (splits: {sorted(dataset)}); "
+                                 "use --split")
             dataset = dataset[args.split]
     else:
-        dataset = datasets.load_dataset(args.input, split=args.split, streaming=args.streaming)
+        try:
+            dataset = datasets.load_dataset(args.input, split=args.split, streaming=args.streaming)
+        except Exception as err:  # offline, no such repo, no such split, or a path that does not exist
+            raise ValueError(
+                f"--input {args.input!r} is not a folder, a dataset saved with save_to_disk, or a dataset that "
+                f"datasets.load_dataset can load ({_one_line(err)})"
+            ) from err
         if args.streaming:
             # Rows are named and read by index, so the stream is materialised once (one pass over the data).
             dataset = datasets.Dataset.from_list(list(dataset), features=dataset.features)
@@ -217,19 +265,69 @@ def open_source(args: argparse.Namespace) -> FolderSource | DatasetSource:
 
 
 # ---------------------------------------------------------------------------------------------------- manifest
+def _manifest_rank(path: Path) -> int:
+    match = re.fullmatch(rf"{MANIFEST_PREFIX}(\d+)\.jsonl", path.name)
+    return int(match.group(1)) if match else -1
+
+
 def read_manifests(output_dir: Path) -> dict[str, dict]:
-    """Last record per input name over every ``manifest-rank*.jsonl`` (any number of earlier processes); a line
-    cut short by a kill is ignored."""
+    """One record per input name over every ``manifest-rank*.jsonl`` (any number of earlier processes): its last
+    restoration if it has one, else its last failure (a file that failed on one rank in one run and was restored
+    by another rank later is restored, whatever the order of the files); a line cut short by a kill is ignored."""
     records: dict[str, dict] = {}
-    for manifest in sorted(output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl")):
+    for manifest in sorted(output_dir.glob(f"{MANIFEST_PREFIX}*.jsonl"), key=_manifest_rank):
         for line in manifest.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "file" in record:
-                records[record["file"]] = record
+            if not (isinstance(record, dict) and "file" in record):
+                continue
+            earlier = records.get(record["file"])
+            if earlier is not None and earlier.get("status") == "ok" and record.get("status") != "ok":
+                continue
+            records[record["file"]] = record
     return records
+
+
+def model_fingerprint(model: Any) -> str:
+    """Hash (16 hex digits) of a model's config, without its bookkeeping keys, and of every weight's bytes."""
+    import torch
+
+    hasher = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        values = {key: value for key, value in config.to_dict().items()
+                  if not key.startswith("_") and key != "transformers_version"}
+        hasher.update(json.dumps(values, sort_keys=True, default=str).encode())
+    for key, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"{key}:{data.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(data.view(torch.uint8).numpy())
+    return hasher.hexdigest()[:16]
+
+
+def run_settings(args: argparse.Namespace, model: Any, source: FolderSource | DatasetSource) -> dict:
+    """What this run restores with (written to ``OUT/run_settings.json``; see `DEFINING_SETTINGS`)."""
+    from_dataset = isinstance(source, DatasetSource)
+    return {
+        "model": args.model if args.model is not None else "the packaged demo checkpoint",
+        "model_fingerprint": model_fingerprint(model),
+        "degradation": args.degradation,
+        "output_format": args.output_format,
+        "split": args.split if from_dataset else None,
+        "image_column": args.image_column if from_dataset else None,
+        "file_column": source.file_column if from_dataset else None,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "dtype": args.dtype,
+    }
+
+
+def settings_changes(earlier: dict, current: dict) -> list[str]:
+    """The defining settings that differ between an earlier run's record and this run, as "name: old -> new"."""
+    return [f"{key}: {earlier.get(key)!r} -> {current.get(key)!r}" for key in DEFINING_SETTINGS
+            if earlier.get(key) != current.get(key)]
 
 
 class Manifest:
@@ -248,7 +346,8 @@ class Manifest:
 
     def append(self, record: dict) -> None:
         # One write() of one short line on an O_APPEND descriptor: lines of concurrent writers never interleave.
-        os.write(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        # ASCII escapes: a file name that is not UTF-8 (held as surrogate escapes) is written and read back as is.
+        os.write(self._fd, (json.dumps(record) + "\n").encode("ascii"))
 
     def close(self) -> None:
         os.fsync(self._fd)
@@ -291,6 +390,18 @@ def output_format_of(name: str) -> str:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def in_output_mode(result: Any, out_name: str) -> Any:
+    """A restored image in a mode its output format can hold: gray inputs come back as RGB, which a ``.pgm`` (gray
+    only; Pillow would write a colour pixmap under that name) or ``.pbm`` (bilevel) file cannot take."""
+    suffix = Path(out_name).suffix.lower()
+    if isinstance(result, Image.Image) and result.mode in ("RGB", "RGBA"):
+        if suffix == ".pgm":
+            return result.convert("L")
+        if suffix == ".pbm":
+            return result.convert("L").convert("1", dither=Image.Dither.NONE)
+    return result
 
 
 def restore_window(
@@ -339,13 +450,14 @@ def restore_window(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # overwrite=True: an output without a manifest line is from a killed run and is redone.
-            save_image_atomic(result, target, overwrite=True, format=output_format_of(out_name))
+            save_image_atomic(in_output_mode(result, out_name), target, overwrite=True,
+                              format=output_format_of(out_name))
         except Exception as err:
             fail(name, err)
             continue
         if sleep:
             time.sleep(sleep)
-        manifest.append({"file": name, "status": "ok", "output": out_name, "rank": rank})
+        manifest.append({"file": name, "status": "ok", "output": out_name, "input": source.stamp(name), "rank": rank})
         restored += 1
     return restored, failed
 
@@ -364,10 +476,22 @@ def remove_stale_temporaries(images_dir: Path) -> int:
     return removed
 
 
+def is_done(record: Optional[dict], name: str, source: FolderSource | DatasetSource, images_dir: Path) -> bool:
+    """Whether a manifest record stands for `name`: restored, its output still there and (folder inputs) the input
+    file unchanged since. Records of older versions, without an input stamp, are taken as they are."""
+    if record is None or record.get("status") != "ok":
+        return False
+    if not (images_dir / record.get("output", source.output_name(name))).is_file():
+        return False
+    recorded = record.get("input")
+    return recorded is None or recorded == source.stamp(name)
+
+
 def _dataset_rows(names: list[str], outputs: list[str], source: Any) -> Iterator[dict]:
     for name, output in zip(names, outputs):
         yield {
-            "file_name": name,
+            # A file name that is not UTF-8 (surrogate escapes) cannot be an Arrow string: its odd bytes as \\xNN.
+            "file_name": name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
             "input": source.input_bytes(name),
             "restored": {"bytes": Path(output).read_bytes(), "path": Path(output).name},
         }
@@ -426,8 +550,13 @@ def main(args: argparse.Namespace) -> dict:
     # A Hub dataset or model is downloaded once, by the main process; the others then read the local cache.
     with state.main_process_first():
         source = open_source(args)
-        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=state.device,
+                           dtype=args.dtype)
     check_tile_options(model, args.tile, args.tile_overlap, names=("--tile", "--tile_overlap"))
+    try:  # a label the model cannot take would fail every image: a usage error, not one failure per file
+        degradation_label_ids(model, None if args.degradation == "auto" else args.degradation, 1)
+    except ValueError as err:
+        raise ValueError(f"--degradation {args.degradation}: {err}") from None
     # Each rank owns its process, so each may tune its allocator (False off glibc, where nothing changes).
     reused_freed_memory = bool(state.device.type == "cpu" and args.reuse_freed_memory
                                and modeling.inference.keep_freed_memory_for_reuse())
@@ -444,13 +573,25 @@ def main(args: argparse.Namespace) -> dict:
             plan = [{"error": f"--output {output_dir} would write {clash!r} into --input {input_dir}, over an input: "
                               "pick an output folder outside the input folder"}]
         else:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(images_dir)
-            records = read_manifests(output_dir)
-            done = {name for name, record in records.items() if record.get("status") == "ok"}
-            todo = [name for name in names if name not in done]
-            plan = [{"todo": todo, "total": len(names), "skipped": len(names) - len(todo),
-                     "ignored": source.ignored()}]
+            settings = run_settings(args, model, source)
+            settings_path = output_dir / SETTINGS_NAME
+            earlier = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else None
+            changes = settings_changes(earlier, settings) if isinstance(earlier, dict) else []
+            if changes:
+                plan = [{"error": f"--output {output_dir} holds a run restored with other settings "
+                                  f"({'; '.join(changes)}); resuming would mix two restorations in one archive: "
+                                  "rerun with the earlier settings, or restore into a new --output folder"}]
+            else:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
+                remove_stale_temporaries(images_dir)
+                records = read_manifests(output_dir)
+                todo = [name for name in names if not is_done(records.get(name), name, source, images_dir)]
+                redone = sum(1 for name in todo if records.get(name, {}).get("status") == "ok")
+                if redone:
+                    logger.info(f"restoring {redone} recorded image(s) again: output removed or input changed since")
+                plan = [{"todo": todo, "total": len(names), "skipped": len(names) - len(todo),
+                         "ignored": source.ignored()}]
     if state.num_processes > 1:
         broadcast_object_list(plan, from_process=0)
     plan = plan[0]
@@ -529,5 +670,18 @@ def main(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: 0 when the run finished (failed files are counted in the summary), 2 for a usage error
+    found before anything was restored (bad options, input or output folder, settings changed since an earlier
+    run)."""
+    args = parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"batch_restore: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())
