@@ -141,6 +141,9 @@ class RestorationBackboneConfig(PreTrainedConfig):
                 logger.warning(f"{type(self).__name__}: keeping keys unknown to this version: {sorted(ignored)}")
         else:
             check_unknown_config_keys(type(self), kwargs)
+        for name in ("num_blocks", "heads"):  # list() of None or an int would fail without naming the field
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ValueError(f"{name} must list 4 integers (levels 1-3 and latent), got {getattr(self, name)!r}")
         self.num_blocks = list(self.num_blocks)
         self.heads = list(self.heads)
         super().__post_init__(**kwargs)

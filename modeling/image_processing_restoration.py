@@ -191,7 +191,7 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             raise _bomb_error(where, err) from err
         except UnidentifiedImageError as err:
             raise RestorationInputError(f"Input {where} is not an image (unidentified format).") from err
-        except OSError as err:
+        except (OSError, SyntaxError, ValueError) as err:  # e.g. a PPM header cut short or not a number
             raise RestorationInputError(f"Input {where} could not be read: {err}.") from err
         if image.format == "PNG" and _is_16_bit_colour_png(header):
             try:
@@ -215,6 +215,16 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             raise _bomb_error(where, err) from err
         except (OSError, SyntaxError, ValueError) as err:
             raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        if frames > 1:
+            logger.warning(f"Input {where} has {frames} frames (pages); only the first one is restored.")
+            # Pillow keeps a multi-frame file open for seeking: detach the first frame (EXIF orientation applied
+            # now, while the file's tags are at hand) and close the file.
+            first = ImageOps.exif_transpose(image)
+            image.close()
+            image = first
+        if image.mode == "F":
+            logger.warning(f"Input {where} has 32-bit float samples: it is restored and written at 8 bits.")
     return image
 
 
@@ -426,8 +436,8 @@ class RestorationImageProcessor(PilBackend):
         transparent = "transparency" in image.info  # a PNG tRNS colour (or GIF index): those pixels get alpha 0
         if mode == "P" or mode == "PA":
             image = image.convert("RGBA" if mode == "PA" or transparent else "RGB")
-        elif mode == "1":
-            image = image.convert("L")
+        elif mode == "1":  # Pillow maps a 1-bit PNG's tRNS value to alpha itself
+            image = image.convert("RGBA" if transparent else "L")
         elif mode in ("L", "RGB") and transparent:
             image = image.convert("RGBA")
         elif mode == "La":  # premultiplied gray + alpha, which Pillow converts to nothing else: divide it out here
@@ -482,6 +492,8 @@ class RestorationImageProcessor(PilBackend):
             raise RestorationInputError(
                 f"Input {where} has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA) channels.{hint}"
             )
+        if not array.dtype.isnative:  # e.g. '>u2' from a big-endian TIFF: the same values in this machine's order
+            array = array.astype(array.dtype.newbyteorder("="))
         dtype = array.dtype
         if dtype in (np.uint8, np.uint16):
             return self._integer_to_float(array, channels, channels_last)

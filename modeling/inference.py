@@ -221,6 +221,14 @@ def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, 
     if is_auto(dtype):
         return resolve_dtype(dtype, device) if input_dtype == torch.float32 else None
     resolved = resolve_dtype(dtype)
+    if resolved is None and input_dtype != torch.float32:
+        # Weights in half precision would silently run in it: fp32 was asked for.
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(input_dtype, str(input_dtype))
+        raise ValueError(
+            f"dtype={dtype!r} asks for float32, but the model's weights are {name}: use dtype='auto' (the weights' "
+            "own precision) or convert the model (model.float()); a model loaded from a folder or Hub id by "
+            "restore(), the CLI, batch restoration or the Space is loaded in float32 for fp32."
+        )
     if resolved is not None and input_dtype not in (torch.float32, resolved):
         # Autocast to one half type over weights of the other fails deep inside the first layer ("mixed dtype").
         name = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -289,9 +297,15 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     device: Union[str, torch.device, None] = None,
+    dtype: Union[str, torch.dtype, None] = None,
 ) -> torch.nn.Module:
     """Return a model in eval mode on `device`: an instance is used as is, a Hub id / folder is loaded with
-    `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint."""
+    `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint.
+
+    `dtype`: the precision the caller restores in. An explicit fp32 loads weights saved in half precision (a bf16
+    checkpoint) as float32, since they would otherwise run in their own precision; an instance is never changed
+    (`restore()` refuses fp32 over its half-precision weights instead).
+    """
     if model is None:
         if not (DEMO_CHECKPOINT_DIR / "config.json").is_file():
             raise FileNotFoundError(
@@ -311,12 +325,27 @@ def load_model(
                 raise FileNotFoundError(problem)
         _check_json_object(Path(source) / "config.json")
         try:
-            model = AutoModelForImageToImage.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model, loading = AutoModelForImageToImage.from_pretrained(
+                source, trust_remote_code=trust_remote_code, output_loading_info=True
+            )
         except StrictDataclassError as err:  # our configs' own checks, re-raised by the strict dataclass
             reason = " ".join(str(err.__cause__ or err).split())  # the check's own message, without the wrapper's
             raise ValueError(f"Model '{source}' has an invalid config.json: {reason}") from err
         except SafetensorError as err:  # a truncated or corrupt model.safetensors
             raise ValueError(f"Model '{source}' has unreadable weights: {err}") from err
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            # transformers logs which weights have another shape, then raises with a pointer to that report
+            raise ValueError(
+                f"Model '{source}': its config.json does not describe its weights: some weights have another shape "
+                "(listed in the load report above). Were the config and model.safetensors saved from different "
+                "models?"
+            ) from err
+        _check_weights_match_config(source, loading)
+        if not is_auto(dtype) and resolve_dtype(dtype) is None and isinstance(model, torch.nn.Module):
+            if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+                model.float()
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")
     if isinstance(model, torch.nn.Module):
@@ -325,6 +354,23 @@ def load_model(
             model.to(target)
         model.eval()
     return model
+
+
+def _check_weights_match_config(source: str, loading: dict) -> None:
+    """transformers only reports weights its model has no place for, or places no weight filled (they stay randomly
+    initialised): restoring with such a model gives garbage, so a config that does not describe its weights (another
+    model type, another depth, a prompt option switched) is an error naming examples of each kind."""
+    problems = []
+    for kind, label in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not used by the model"),
+                        ("mismatched_keys", "of another shape")):
+        keys = sorted(str(key[0] if isinstance(key, tuple) else key) for key in loading.get(kind) or ())
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+    if problems:
+        raise ValueError(
+            f"Model '{source}': its config.json does not describe its weights: {'; '.join(problems)}. Were the "
+            "config and model.safetensors saved from different models?"
+        )
 
 
 def _check_json_object(path: Path) -> None:
@@ -776,7 +822,7 @@ def restore(
     model_source = model if isinstance(model, (str, os.PathLike)) else (DEMO_CHECKPOINT_DIR if model is None else None)
     # load_model switches to eval mode; a model the caller passed in training mode goes back to it at the end.
     was_training = isinstance(model, torch.nn.Module) and model.training
-    model = load_model(model, trust_remote_code=trust_remote_code, device=device)
+    model = load_model(model, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
     processor = load_processor(model_source, processor)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
     check_tile_options(model, tile, tile_overlap)

@@ -24,6 +24,7 @@ from transformers.utils import logging
 
 from .image_processing_restoration import RestorationImageProcessor
 from .inference import (
+    AUTO_MODES,
     DEFAULT_AUTO_MODE,
     accepts_degradation_labels,
     default_output_type,
@@ -138,6 +139,8 @@ class ImageRestorationPipeline(Pipeline):
         if degradation is not None:
             preprocess_params["degradation"] = degradation
         if auto_mode is not None:
+            if auto_mode not in AUTO_MODES:  # checked for every model, as restore() does, not at the first image
+                raise ValueError(f"auto_mode must be one of {AUTO_MODES}, got {auto_mode!r}.")
             forward_params["auto_mode"] = auto_mode
         if tile is not None:
             forward_params["tile"] = tile
@@ -250,12 +253,25 @@ def save_restoration_folder(
     if not with_code:
         for code_file in folder.glob("*.py"):
             code_file.unlink()
-        for name in ("config.json", "preprocessor_config.json"):
-            path = folder / name
-            saved = json.loads(path.read_text())
-            path.write_text(json.dumps({k: v for k, v in saved.items() if k not in _CODE_REFERENCES}, indent=2,
-                                       sort_keys=True) + "\n")
+        strip_code_references(folder)
     return folder
 
 
-__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline", "save_restoration_folder"]
+def strip_code_references(folder: str | os.PathLike) -> list[str]:
+    """Remove ``auto_map`` and ``custom_pipelines`` from a saved folder's config files, for a folder kept without
+    its code files (transformers would otherwise ask for `trust_remote_code` and then look for files that are not
+    there). Returns the names of the files changed."""
+    changed = []
+    for name in ("config.json", "preprocessor_config.json"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        saved = json.loads(path.read_text())
+        if any(key in saved for key in _CODE_REFERENCES):
+            path.write_text(json.dumps({k: v for k, v in saved.items() if k not in _CODE_REFERENCES}, indent=2,
+                                       sort_keys=True) + "\n")
+            changed.append(name)
+    return changed
+
+
+__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline", "save_restoration_folder", "strip_code_references"]

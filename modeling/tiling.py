@@ -184,7 +184,7 @@ def tiled_apply(
         progress: show a tqdm progress bar over tile batches.
         statistics_passes: 0: every tile uses its own statistics. n > 0: `fn`'s global sites (`tile_context`) use
             whole-image statistics gathered over the tiles in n earlier passes (n + 1 times the compute). Then
-            tiles are rounded down to `tile_context.GRID` (8 px) and start on it, in the image padded at the
+            tiles are rounded down to `tile_context.GRID` (8 px), to 16 px at least, and start on it, in the image padded at the
             bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which falls back to
             "replicate" where the image is too small to reflect, "replicate" or "constant"), without a padded copy.
         statistics_tolerance: 0: exactly `statistics_passes` passes. t > 0: `statistics_passes` at most, stopping
@@ -217,7 +217,10 @@ def tiled_apply(
     frame_h, frame_w = height, width
     if statistics_passes:
         frame_h, frame_w = -(-height // GRID) * GRID, -(-width // GRID) * GRID
-        tile = max(GRID, tile // GRID * GRID)
+        # Two grid cells at least: neighbouring aligned tiles then always share a grid cell to blend over (8-px
+        # tiles would sit edge to edge, and with an overlap of 4 or more their zero margins would leave pixels of
+        # no weight at all).
+        tile = max(2 * GRID, tile // GRID * GRID)
         tile_h, tile_w = min(tile, frame_h), min(tile, frame_w)
         starts_y, starts_x = aligned_starts(frame_h, tile_h, overlap), aligned_starts(frame_w, tile_w, overlap)
         statistics = TileStatistics(batch, (frame_h, frame_w), (tile_h, tile_w))

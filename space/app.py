@@ -270,7 +270,7 @@ class ModelCache:
     def _load(self, source: str) -> LoadedModel:
         _check_model_type(source)
         try:
-            model = load_model(source, device=self.device)
+            model = load_model(source, device=self.device, dtype=self.settings.dtype)
             processor = load_processor(source)
         except Exception as err:  # missing folder, unknown Hub id, network, corrupt weights: all the user's to fix
             raise gr.Error(_message(f"Could not load the model '{source}': {err}")) from err

@@ -498,3 +498,61 @@ def test_16_bit_colour_tiff_and_ppm_warn_that_they_are_read_at_8_bits(processor,
                            "bits: it is restored and written at 8 bits (save it as a 16-bit PNG to keep the depth)."]
                           if bits else []), name
     assert features["metadata"][0]["bit_depth"] == 16  # the gray TIFF, at 16 bits
+
+
+def test_one_bit_png_with_a_transparent_value_gets_alpha(processor, tmp_path):
+    """A 1-bit gray PNG's tRNS value becomes an alpha channel, as it does at 2, 4 and 8 bits (the 1-bit branch used
+    to convert to gray before the transparency was looked at)."""
+    bits = np.random.default_rng(30).random((12, 20)) > 0.5
+    Image.fromarray(bits).convert("1").save(tmp_path / "bits.png", transparency=0)
+    with Image.open(tmp_path / "bits.png") as opened:
+        assert opened.mode == "1" and opened.info["transparency"] == 0
+    out, features = identity_round_trip(processor, tmp_path / "bits.png")
+    assert features["metadata"][0]["alpha"] is not None and out.shape == (12, 20, 4)
+    np.testing.assert_array_equal(out[..., 3] == 0, ~bits)
+    np.testing.assert_array_equal(out[..., 0][bits], 255)
+
+
+def test_big_endian_uint16_arrays_are_uint16(processor):
+    """'>u2' arrays (a big-endian TIFF read through numpy) hold the same values as native uint16 ones."""
+    image = np.random.default_rng(31).integers(0, 65536, (6, 9, 3)).astype(np.uint16)
+    native, _ = identity_round_trip(processor, image)
+    swapped, features = identity_round_trip(processor, image.astype(">u2"))
+    assert features["metadata"][0]["bit_depth"] == 16
+    np.testing.assert_array_equal(swapped, native)
+    np.testing.assert_array_equal(native, image)
+
+
+@pytest.mark.parametrize("header", [b"P6\n2x 3\n255\n", b"P5\n40"])
+def test_a_broken_netpbm_header_is_refused_naming_the_file(processor, tmp_path, header):
+    """Pillow raises ValueError for these headers, not OSError: they get the same clear error as other bad files."""
+    path = tmp_path / "broken.ppm"
+    path.write_bytes(header + bytes(18))
+    with pytest.raises(RestorationInputError, match=r"Input file '.*broken\.ppm' could not be read"):
+        processor(str(path))
+
+
+def test_multi_frame_and_float_files_say_what_is_restored(tmp_path, caplog, recwarn):
+    """Animated GIFs and multi-page TIFFs: the first frame is restored, with a warning naming the file, and the file
+    is closed; 32-bit float TIFFs are restored and written at 8 bits, with a warning."""
+    from modeling.image_processing_restoration import load_image_file
+
+    rng = np.random.default_rng(32)
+    frames = [Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    Image.fromarray(rng.random((10, 14)).astype(np.float32), "F").save(tmp_path / "float.tif")
+    for name in ("anim.gif", "pages.tif"):
+        caplog.clear()
+        image = load_image_file(tmp_path / name)
+        assert image.size == (14, 10) and getattr(image, "n_frames", 1) == 1
+        assert [r.getMessage() for r in caplog.records] == [
+            f"Input file '{tmp_path / name}' has 3 frames (pages); only the first one is restored."]
+    np.testing.assert_array_equal(np.asarray(load_image_file(tmp_path / "pages.tif")), np.asarray(frames[0]))
+    caplog.clear()
+    assert load_image_file(tmp_path / "float.tif").mode == "F"
+    assert "32-bit float samples: it is restored and written at 8 bits" in caplog.text
+    import gc
+
+    gc.collect()
+    assert not [w for w in recwarn if issubclass(w.category, ResourceWarning)]

@@ -1221,3 +1221,61 @@ def test_cli_reuses_freed_memory_on_cpu_unless_told_not_to(tmp_path, monkeypatch
                  "--degradation", "noise", "-q", *flag])
     assert code == 0 and (tmp_path / "out" / "in.png").is_file()
     assert len(calls) == expected
+
+
+def test_fp32_is_never_silently_run_in_the_weights_half_precision(model, tmp_path):
+    """A checkpoint saved in bf16 used to run in bf16 whatever `dtype` said. Loaded from a folder, fp32 now loads
+    it as float32 (restore(), the CLI); an instance with bf16 weights is refused with the way out, as fp16 is."""
+    folder = tmp_path / "bf16"
+    make_model().to(torch.bfloat16).save_pretrained(folder)
+    image = rgb(24, 32, seed=5)
+    as_fp32 = make_model().to(torch.bfloat16).float()  # the same rounded weights, in float32
+    expected = restore(image, model=as_fp32, dtype="fp32", channels_last=False)
+    np.testing.assert_array_equal(restore(image, model=folder, dtype="fp32", channels_last=False), expected)
+    with pytest.raises(ValueError, match=r"dtype='fp32' asks for float32, but the model's weights are bf16"):
+        restore(image, model=make_model().to(torch.bfloat16), dtype="fp32")
+    Image.fromarray(image).save(tmp_path / "x.png")
+    assert main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model", str(folder), "--dtype", "fp32",
+                 "--no-channels-last", "-q"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), expected)
+
+
+def test_a_config_that_does_not_describe_its_weights_is_refused(tmp_path):
+    """A config.json swapped or edited (another model type, a deeper body) used to load with transformers' report
+    only, the missing weights random: restore() would then return garbage."""
+    import json
+
+    folder = tmp_path / "pip"
+    torch.manual_seed(0)
+    PIPForImageRestoration(PIPConfig(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2],
+                                     prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4],
+                                     degradation_estimator_hidden_dim=16)).save_pretrained(folder)
+    inference.load_model(folder)  # consistent: loads
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_blocks": [1, 1, 1, 2]}))  # one more latent block
+    with pytest.raises(ValueError, match=r"config\.json does not describe its weights: \d+ missing from the weights"):
+        inference.load_model(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "dim": 16}))  # every weight of another width
+    with pytest.raises(ValueError, match=r"config\.json does not describe its weights: some weights have another"):
+        inference.load_model(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "restormer",
+                                                    "architectures": ["RestormerForImageRestoration"]}))
+    with pytest.raises(ValueError, match=r"config\.json does not describe its weights"):
+        restore(rgb(16, 16), model=folder)
+
+
+def test_pipeline_checks_auto_mode_for_every_model(model):
+    """restore() refuses an unknown auto_mode for any model; the pipeline used to accept it for models without
+    degradation labels (and fail at the first image for the others)."""
+    register_pipeline()
+    restorer = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(),
+                        pipeline_class=ImageRestorationPipeline)
+    with pytest.raises(ValueError, match=r"auto_mode must be one of \('soft', 'hard', 'cautious'\), got 'sofft'"):
+        restorer(rgb(16, 16), auto_mode="sofft")
+    assert restorer(rgb(16, 16), auto_mode="soft").shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("field, value", [("num_blocks", None), ("num_blocks", 4), ("heads", 2)])
+def test_config_lists_of_the_wrong_type_name_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must list 4 integers .*got {value!r}"):
+        RestormerConfig(**{field: value})

@@ -342,3 +342,14 @@ def test_bench_tiled_memory_reports_peaks_passes_and_the_allocator_setting(reuse
     assert [(int(h), int(w)) for h, w, _ in rows] == [(56, 56), (96, 96)]
     assert all(2 <= int(passes) <= 6 for _, _, passes in rows)  # the default rule: from the second pass on
     assert re.search(r"^bytes per pixel outside the model: -?[\d.]+$", run.stdout, re.M)
+
+
+@pytest.mark.parametrize("tile", [8, 12, 15])
+def test_tiles_under_two_grid_cells_still_blend_with_statistics_passes(tile):
+    """With statistics passes tiles sit on the 8-px grid. 8-15 px tiles used to be rounded to 8: neighbours then
+    shared no pixel, and an overlap of 4 or more left pixels of zero weight (NaN). They are now 16 px."""
+    pixels = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(tile))
+    for overlap in range(tile // 2 + 1):
+        blended = tiled_apply(lambda x: x * 2, pixels, tile, overlap, statistics_passes=1)
+        assert torch.isfinite(blended).all(), (tile, overlap)
+        torch.testing.assert_close(blended, pixels * 2)
