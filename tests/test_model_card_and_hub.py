@@ -438,20 +438,24 @@ def test_push_error_in_process_when_offline(model_folder):
 
 def test_a_second_push_leaves_no_file_of_the_first_and_never_uploads_pickles_or_hidden_files(model_folder, tmp_path):
     """The repo holds what the folder holds: a file the folder no longer has is deleted by the next push (in the
-    same commit), pickled files (weights go out as safetensors only) and hidden files at any depth stay out."""
+    same commit), pickled files (weights go out as safetensors only; any case, any compound suffix) and hidden
+    files at any depth stay out."""
     import shutil
 
     folder = tmp_path / "model"
     shutil.copytree(model_folder, folder)
     (folder / "old_figure.png").write_bytes((folder / "validation_grid.png").read_bytes())
-    (folder / "notes.pt").write_bytes(b"pickled")
+    pickles = {"notes.pt", "EMA.PT", "optimizer.pth.tar", "sub/rng.pkl.gz", "[odd].Pickle"}
     (folder / "sub").mkdir()
+    for name in pickles:
+        (folder / name).write_bytes(b"pickled")
     (folder / "sub" / ".secret_env").write_text("HF_TOKEN=hf_secret")
     (folder / "sub" / "extra.json").write_text("{}")
     with FakeHub() as hub:
         first = _push_cli(folder, hub.client_env())
         assert first.returncode == 0, first.stderr
         assert {"old_figure.png", "sub/extra.json", "model.safetensors"} <= set(hub.files("me/tiny"))
+        assert not pickles & set(hub.files("me/tiny"))
         (folder / "old_figure.png").unlink()
         shutil.rmtree(folder / "sub")
         second = _push_cli(folder, hub.client_env())
@@ -459,8 +463,8 @@ def test_a_second_push_leaves_no_file_of_the_first_and_never_uploads_pickles_or_
         received = hub.files("me/tiny")
     assert len(hub.commits) == 2
     assert set(received) == {name for name in _snapshot(folder)
-                             if not name.startswith("checkpoint-") and name != "notes.pt"}
-    assert not {"old_figure.png", "notes.pt", "sub/.secret_env", "sub/extra.json"} & set(received)
+                             if not name.startswith("checkpoint-") and name not in pickles}
+    assert not {"old_figure.png", "sub/.secret_env", "sub/extra.json", *pickles} & set(received)
 
 
 def test_a_private_push_creates_a_private_repo_and_never_uploads_into_a_public_one(model_folder):

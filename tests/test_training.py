@@ -164,12 +164,14 @@ def test_release_ddp_wrapper_frees_the_reducer_before_the_process_group(holder, 
 
 
 def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
+    # Logging windows of 2 steps cross the checkpoint at step 3: the window's sums are checkpointed too.
     straight = tmp_path / "straight"
-    result = run_train(train_args(corpus, straight, max_train_steps=6, checkpointing_steps=3))
+    result = run_train(train_args(corpus, straight, max_train_steps=6, checkpointing_steps=3, logging_steps=2))
     assert result.returncode == 0, result.stderr[-4000:]
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(TRAIN), *train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3)]
+    command = [sys.executable, str(TRAIN), *train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3,
+                                                       logging_steps=2)]
     log = tmp_path / "killed.log"
     with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would block the child
         process = subprocess.Popen(command, env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -187,7 +189,7 @@ def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run must die by SIGKILL before it finishes"
     assert not (killed / "model").exists()
 
-    resumed = run_train(train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3,
+    resumed = run_train(train_args(corpus, killed, max_train_steps=6, checkpointing_steps=3, logging_steps=2,
                                    resume_from_checkpoint="latest"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "at step 3" in resumed.stderr
@@ -198,6 +200,7 @@ def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
     straight_state = checkpointing.load_training_state(straight / "checkpoint-6")
     resumed_state = checkpointing.load_training_state(killed / "checkpoint-6")
     assert [h["loss"] for h in straight_state["history"]] == [h["loss"] for h in resumed_state["history"]]
+    assert [h["step"] for h in resumed_state["history"]] == [2, 4, 6]
 
 
 class _RunsCodeWhenUnpickled:
@@ -1186,3 +1189,77 @@ def test_a_resumed_run_whose_data_became_unreadable_stops_instead_of_spinning(co
         photo.write_bytes(b"not an image any more")
     result = run_train(argv(max_train_steps=6, resume_from_checkpoint="latest"), timeout=180)
     assert result.returncode != 0 and "the training stream yielded no batch" in result.stderr
+
+
+def test_resume_keeps_a_better_best_model_saved_after_the_last_checkpoint(corpus, tmp_path):
+    """A run's last validation can save OUTPUT/best after its last checkpoint, which then does not know that score:
+    a resumed run compares its validations with the score of the saved best folder too, so a worse one never
+    replaces it."""
+    output_dir = tmp_path / "run"
+    common = dict(checkpointing_steps=2, use_ema="false", mixed_precision="no", validation_images_per_task=1)
+    argv = train_args(corpus, output_dir, max_train_steps=3, **common) + [
+        "--validation_roots", f"clean={corpus / 'heldout'}"]
+    run_main(argv)  # checkpoint at 2, validation (and best/) at 3
+    scores = json.loads((output_dir / "best" / "eval_results.json").read_text())
+    assert checkpointing.load_training_state(output_dir / "checkpoint-2")["best_psnr"] is None
+    better = {task: {**values, "psnr": 99.0} for task, values in scores.items()}  # a best no run here reaches
+    (output_dir / "best" / "eval_results.json").write_text(json.dumps(better))
+    run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest", **common)
+             + ["--validation_roots", f"clean={corpus / 'heldout'}"])
+    assert json.loads((output_dir / "best" / "eval_results.json").read_text()) == better
+    assert checkpointing.load_training_state(output_dir / "checkpoint-4")["best_psnr"] == 99.0
+
+
+def test_latest_skips_a_checkpoint_folder_without_its_training_state(tmp_path):
+    """Checkpoints appear whole (renamed from a hidden .partial folder); a checkpoint-N folder without
+    training_state.json (copied by hand, cut short by something else) is not one: `latest` takes the complete one."""
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / checkpointing.TRAINING_STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6" / "model.safetensors").write_bytes(b"")
+    assert checkpointing.resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-4"
+    assert checkpointing.checkpoint_dirs(tmp_path) == [tmp_path / "checkpoint-4"]
+
+
+def test_resume_into_another_model_is_refused_naming_the_change(corpus, tmp_path):
+    """The checkpoint records its model type and config: resuming it with another model_config (or model_type)
+    stops with the differences, not with torch's hundreds of lines of load_state_dict errors."""
+    output_dir = tmp_path / "run"
+    common = dict(checkpointing_steps=2, use_ema="false", mixed_precision="no")
+    run_main(train_args(corpus, output_dir, max_train_steps=2, **common))
+    recorded = checkpointing.load_training_state(output_dir / "checkpoint-2")["model"]
+    assert recorded["model_type"] == "pip" and recorded["config"]["dim"] == 8
+    wider = json.dumps({**json.loads(TINY_PIP), "dim": 16})
+    with pytest.raises(ValueError, match=r"another config \(dim 8 -> 16\)"):
+        run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest",
+                            model_config=wider, **common))
+    with pytest.raises(ValueError, match=r"holds a 'pip' model, not 'restormer'"):
+        run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest",
+                            model_type="restormer", model_config=json.dumps({"dim": 8, "num_blocks": [1, 1, 1, 1],
+                            "num_refinement_blocks": 1, "heads": [1, 1, 1, 1]}), **common))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be an integer of at least 1, got 0"),
+    ("train_batch_size", 0, "train_batch_size must be an integer of at least 1, got 0"),
+    ("shards_per_rank", 0, "shards_per_rank must be an integer of at least 1"),
+    ("steps_per_epoch", 0, "steps_per_epoch must be an integer of at least 1"),
+    ("dataloader_num_workers", -1, "dataloader_num_workers must be an integer of at least 0"),
+    ("patch_size", -4, "patch_size must be an integer of at least 8"),
+    ("max_train_steps", -1, "max_train_steps must be an integer of at least 1, got -1"),
+    ("checkpointing_steps", -1, "checkpointing_steps must be an integer of at least 0"),
+    ("loss_spike_history", 0, "loss_spike_history must be an integer of at least 1"),
+    ("ema_decay", 2, "ema_decay must be a number in [0, 1], got 2.0"),
+    ("learning_rate", 0, "learning_rate must be a number in (0, inf), got 0.0"),
+    ("lr_scheduler_options", json.dumps({"periods": [0], "eta_min_factors": [0.0]}), "periods must be a non-empty"),
+])
+def test_values_no_run_can_use_are_refused_when_the_arguments_are_parsed(corpus, tmp_path, capsys, flag, value,
+                                                                          message):
+    """Zero batches, negative step counts or an EMA decay above 1 used to fail deep inside torch (a division by
+    zero, an empty min()) or, worse, run (a negative step count saved an untrained model)."""
+    overrides = {flag: value}
+    if flag == "lr_scheduler_options":
+        overrides["lr_scheduler"] = "cosine_restart_cyclic"
+    with pytest.raises(SystemExit):
+        parse_args(train_args(corpus, tmp_path / "run", **overrides))
+    assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The README's table of every committed weights folder comes from their evaluation JSONs and stays current."""
+"""The table of every committed weights folder (training/weights/README.md) comes from their evaluation JSONs and
+stays current; the folders themselves load with the package."""
 
 from __future__ import annotations
 
@@ -103,3 +104,27 @@ def test_the_weights_readme_table_matches_the_committed_evaluations():
     table = history_table()
     assert "(shipped)" in table, "one committed folder holds the scores of the shipped demo"
     assert document_is_current(REPO / "training" / "weights" / "README.md", table)
+
+
+def test_committed_weights_folders_name_no_code_they_do_not_hold():
+    """Weights folders are committed without code files (the package provides the classes), so their configs must
+    not point transformers at code: it would ask for trust_remote_code and then look for missing files. With the
+    package, the shipped stage loads through the pipeline task like any code-less folder."""
+    import numpy as np
+    from transformers import pipeline
+
+    import modeling  # noqa: F401  (registers the task)
+
+    folders = sorted(path.parent for path in (REPO / "training" / "weights").glob("*/config.json"))
+    assert len(folders) >= 20
+    for folder in [*folders, REPO / "modeling" / "demo"]:
+        for name in ("config.json", "preprocessor_config.json"):
+            saved = json.loads((folder / name).read_text())
+            named = [str(value).split(".")[0] for value in saved.get("auto_map", {}).values()]
+            named += [str(p["impl"]).split(".")[0] for p in saved.get("custom_pipelines", {}).values()]
+            missing = [module for module in named if not (folder / f"{module.split('--')[-1]}.py").is_file()]
+            assert not missing, f"{folder.name}/{name} names code it does not hold: {missing}"
+    shipped = REPO / "training" / "weights" / "pip-restormer-step56341-interpolated"
+    restored = pipeline("image-restoration", model=str(shipped))(np.full((16, 16, 3), 128, np.uint8),
+                                                                  degradation="noise")
+    assert restored.shape == (16, 16, 3)

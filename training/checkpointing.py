@@ -36,7 +36,10 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    # A folder without its training state is not a checkpoint this module wrote (ours appear whole, by rename):
+    # `latest` must not pick it over an earlier complete one.
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name)) and (p / TRAINING_STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 

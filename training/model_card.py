@@ -16,6 +16,7 @@ A failed push can be retried from the command line::
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import numbers
@@ -42,6 +43,15 @@ GENERIC_TEMPLATE = "generic.md"
 #: folders), hidden files at any depth, and pickled files (weights go out as safetensors only).
 DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "*.tmp", "*.tmp/*", ".*", "*/.*", "*.bin", "*.pt", "*.pth", "*.ckpt",
                            "*.pkl", "*.pickle")
+#: Suffixes of pickled files, matched in any case and anywhere in a name's suffixes ("EMA.PT", "optimizer.pth.tar",
+#: "rng.pkl.gz"), which the case-sensitive patterns above would let through. Never uploaded, whatever the patterns.
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+
+
+def pickled_files(folder: Path) -> list[str]:
+    """Files below `folder` that may hold pickles (`PICKLE_SUFFIXES`), as glob-escaped relative paths."""
+    return [glob.escape(path.relative_to(folder).as_posix()) for path in sorted(folder.rglob("*"))
+            if path.is_file() and PICKLE_SUFFIXES & {suffix.lower() for suffix in path.suffixes}]
 
 _RESULT_NUMBER_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim")
 
@@ -461,7 +471,7 @@ def push_folder_to_hub(
 ) -> str:
     """Create `repo_id` if needed and make it hold what `folder` holds, in one commit; return the commit URL.
 
-    Files matching `ignore_patterns` stay out; files of an earlier upload that `folder` no longer has (older
+    Files matching `ignore_patterns` stay out, and so do pickled files whatever the patterns (`PICKLE_SUFFIXES`); files of an earlier upload that `folder` no longer has (older
     weights, figures) are deleted in the same commit, so the repo never mixes two models.
 
     Raises `HubPushError` (one line, naming the local folder) when offline (``HF_HUB_OFFLINE=1``), without a
@@ -489,7 +499,7 @@ def push_folder_to_hub(
             repo_id=repo_url.repo_id,
             folder_path=folder,
             commit_message=commit_message,
-            ignore_patterns=list(ignore_patterns) or None,
+            ignore_patterns=list(ignore_patterns) + pickled_files(folder) or None,
             delete_patterns="*",  # what this folder does not have (the Hub keeps .gitattributes)
         )
     except HubPushError:

@@ -54,6 +54,11 @@ def linear_warmup_cosine(
     return factor
 
 
+def _check_periods(periods: Sequence[int]) -> None:
+    if not periods or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in periods):
+        raise ValueError(f"periods must be a non-empty list of positive step counts, got {list(periods)}")
+
+
 def _locate(step: int, periods: Sequence[int]) -> tuple[int, int]:
     start = 0
     for index, period in enumerate(periods):
@@ -64,6 +69,7 @@ def _locate(step: int, periods: Sequence[int]) -> tuple[int, int]:
 
 
 def cosine_restart_cyclic(periods: Sequence[int], eta_min_factors: Sequence[float]) -> Callable[[int], float]:
+    _check_periods(periods)
     if len(periods) != len(eta_min_factors):
         raise ValueError("periods and eta_min_factors must have the same length")
 
@@ -78,6 +84,7 @@ def cosine_restart_cyclic(periods: Sequence[int], eta_min_factors: Sequence[floa
 def cosine_restart(
     periods: Sequence[int], restart_weights: Sequence[float], eta_min_factor: float
 ) -> Callable[[int], float]:
+    _check_periods(periods)
     if len(periods) != len(restart_weights):
         raise ValueError("periods and restart_weights must have the same length")
 

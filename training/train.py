@@ -296,6 +296,37 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainingArguments:
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+#: Smallest value of each integer argument (None stays allowed where the field is optional).
+_INTEGER_MINIMUM = {
+    "train_batch_size": 1, "gradient_accumulation_steps": 1, "steps_per_epoch": 1, "shards_per_rank": 1,
+    "dataloader_num_workers": 0, "patch_size": 8, "max_train_steps": 1, "num_train_epochs": 1,
+    "checkpointing_steps": 0, "checkpoints_total_limit": 1, "validation_steps": 0, "validation_images_per_task": 1,
+    "validation_crop": 0, "loss_spike_history": 1, "ema_update_after_step": 0,
+}
+
+
+def _check_ranges(args: TrainingArguments) -> None:
+    """Values no run can use (a zero batch, negative steps, an EMA decay above 1), named before anything starts
+    rather than failing deep inside torch or, worse, running."""
+    for name, minimum in _INTEGER_MINIMUM.items():
+        value = getattr(args, name)
+        if value is None and name in ("max_train_steps", "num_train_epochs", "checkpoints_total_limit"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    for name, low, high, closed_low in (
+        ("learning_rate", 0.0, math.inf, False), ("adam_epsilon", 0.0, math.inf, False),
+        ("adam_weight_decay", 0.0, math.inf, True), ("max_grad_norm", 0.0, math.inf, True),
+        ("ema_decay", 0.0, 1.0, True), ("loss_spike_factor", 1.0, math.inf, False),
+    ):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
+            (value >= low if closed_low else value > low) and value <= high
+        ):
+            interval = f"{'[' if closed_low else '('}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+            raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+
 def validate_args(args: TrainingArguments) -> None:
     """Cross-field checks and normalisation (recipe values arrive as YAML types); ValueError with a clear message."""
     if args.model_type not in MODEL_CLASSES:
@@ -331,6 +362,7 @@ def validate_args(args: TrainingArguments) -> None:
             setattr(args, f.name, float(value))
         elif kind in (int, Optional[int]) and isinstance(value, str):
             setattr(args, f.name, int(value))
+    _check_ranges(args)
     check_model_config(args.model_type, args.model_config, bool(args.pretrained_model_name_or_path))
     if args.max_train_minutes is not None and not (math.isfinite(args.max_train_minutes) and args.max_train_minutes > 0):
         raise ValueError(f"max_train_minutes must be a positive number of minutes, got {args.max_train_minutes}")
@@ -339,8 +371,10 @@ def validate_args(args: TrainingArguments) -> None:
             raise ValueError("set max_train_steps or num_train_epochs")
         args.max_train_steps = args.num_train_epochs * args.steps_per_epoch
     try:
-        build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
-    except (TypeError, ValueError) as error:
+        factor = build_lr_lambda(args.lr_scheduler, args.steps_per_epoch, **args.lr_scheduler_options)
+        for at in (0, args.max_train_steps - 1):  # a schedule that cannot be evaluated fails now, not mid-run
+            factor(at)
+    except (TypeError, ValueError, ZeroDivisionError) as error:
         raise ValueError(
             f"lr_scheduler {args.lr_scheduler!r} with options {args.lr_scheduler_options}: {error}"
         ) from None
@@ -438,6 +472,17 @@ class LossWindow:
         self.count += 1
         self.images += images
 
+    def state_dict(self) -> dict:
+        """The window so far, as numbers (checkpointed per process: a resume mid-window logs the same means)."""
+        return {"sums": {name: float(value) for name, value in self.sums.items()}, "count": self.count,
+                "images": self.images}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        # float32 sums round-trip exactly through Python floats.
+        self.sums = {name: torch.tensor(value, dtype=torch.float32, device=device)
+                     for name, value in state["sums"].items()}
+        self.count, self.images = int(state["count"]), int(state["images"])
+
     def reduce_means(self, accelerator: Accelerator) -> dict[str, float]:
         """Means over the window's micro-batches and over the processes; resets the window."""
         if not self.count:
@@ -462,6 +507,46 @@ def check_data_layout(saved: Optional[dict], current: dict, checkpoint: Path) ->
             f"{checkpoint} was written with another data layout ({details}): its data-loader positions would skip "
             "or repeat data. Resume with the same values, or start a new run."
         )
+
+
+#: Config keys that describe the file, not the model (ignored when a resume compares configs).
+_CONFIG_BOOKKEEPING = {"transformers_version", "architectures", "auto_map", "custom_pipelines", "dtype", "torch_dtype"}
+
+
+def model_description(model_type: str, model: torch.nn.Module) -> dict:
+    """What a checkpoint's weights are: the model type and its config (recorded in every checkpoint)."""
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    return {"model_type": model_type,
+            "config": {k: v for k, v in config.items() if not k.startswith("_") and k not in _CONFIG_BOOKKEEPING}}
+
+
+def check_model_description(saved: Optional[dict], current: dict, checkpoint: Path) -> None:
+    """Refuse to resume a checkpoint into another model (type or config): its weights and optimizer state would not
+    fit, and torch would say so in hundreds of lines. Checkpoints that predate the record are resumed as before."""
+    if saved is None:
+        return
+    if saved.get("model_type") != current["model_type"]:
+        raise ValueError(f"{checkpoint} holds a {saved.get('model_type')!r} model, not {current['model_type']!r}: "
+                         "resume with the same model_type, or start a new run (another output_dir)")
+    old, new = saved.get("config", {}), current["config"]
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if changed:
+        details = "; ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in changed[:5])
+        raise ValueError(
+            f"{checkpoint} was written by a model with another config ({details}"
+            f"{f'; {len(changed) - 5} more' if len(changed) > 5 else ''}): resume with the same model_config, or "
+            "start a new run (another output_dir)"
+        )
+
+
+def saved_best_psnr(folder: Path) -> float:
+    """The mean validation PSNR of the model saved in `folder` (``OUTPUT/best``), -inf if there is none. A run's
+    last validation can save a new best after its last checkpoint: a resume must not replace it with a worse one."""
+    try:
+        tasks = json.loads((folder / "eval_results.json").read_text())
+        return float(np.mean([scores["psnr"] for scores in tasks.values()]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return -math.inf
 
 
 def compiled_graph_counts() -> dict[str, int]:
@@ -719,9 +804,12 @@ def main(args: TrainingArguments) -> dict:
     data_layout = {"processes": accelerator.num_processes, "shards_per_rank": args.shards_per_rank,
                    "dataloader_num_workers": args.dataloader_num_workers, "train_batch_size": args.train_batch_size}
     resume = checkpointing.resolve_resume_path(args.resume_from_checkpoint, output_dir)
+    resumed_window = None  # the logging window's sums at the checkpoint (per process)
     if resume is not None:
         state = checkpointing.load_training_state(resume)
         check_data_layout(state.get("data_layout"), data_layout, resume)
+        check_model_description(state.get("model"), model_description(args.model_type, accelerator.unwrap_model(model)),
+                                resume)
         with checkpointing.accelerate_state_view(resume) as readable:
             accelerator.load_state(str(readable))
         checkpointing.load_custom_states(resume, custom_states)
@@ -729,13 +817,15 @@ def main(args: TrainingArguments) -> dict:
             ema.to(accelerator.device)
         step, history = state["step"], state.get("history", [])
         validation_history = state.get("validation_history", [])
-        best_psnr = -math.inf if state.get("best_psnr") is None else state["best_psnr"]
+        best_psnr = max(-math.inf if state.get("best_psnr") is None else state["best_psnr"],
+                        saved_best_psnr(output_dir / "best"))
         data_state = checkpointing.load_data_state(resume, accelerator.process_index)
         if data_state is not None:
             stream.set_epoch(data_state["epoch"])
             loader.load_state_dict(data_state["loader"])
             if guard is not None and data_state.get("loss_spike_guard"):
                 guard.load_state_dict(data_state["loss_spike_guard"])
+            resumed_window = data_state.get("loss_window")
         logger.info(f"resumed from {resume} at step {step}")
     elif args.resume_from_checkpoint:
         logger.info("no checkpoint to resume from; starting a new run")
@@ -747,6 +837,8 @@ def main(args: TrainingArguments) -> dict:
         total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train"
     )
     window, window_start = LossWindow(), time.perf_counter()
+    if resumed_window:
+        window.load_state_dict(resumed_window, accelerator.device)
     launch_start = time.perf_counter()
 
     def time_is_up() -> bool:
@@ -760,6 +852,7 @@ def main(args: TrainingArguments) -> dict:
         return {
             "epoch": stream.epoch, "loader": loader.state_dict(),
             "loss_spike_guard": guard.state_dict() if guard is not None else None,
+            "loss_window": window.state_dict(),
         }
 
     def save_folder(unwrapped, folder: Path, results: dict) -> None:
@@ -887,7 +980,8 @@ def main(args: TrainingArguments) -> dict:
                     accelerator, output_dir, step,
                     {"history": history, "validation_history": validation_history,
                      "best_psnr": best_psnr if math.isfinite(best_psnr) else None, "epoch": stream.epoch,
-                     "data_layout": data_layout},
+                     "data_layout": data_layout,
+                     "model": model_description(args.model_type, accelerator.unwrap_model(model))},
                     data_state(), args.checkpoints_total_limit, custom_states,
                 )
             if step >= args.max_train_steps:
@@ -899,7 +993,11 @@ def main(args: TrainingArguments) -> dict:
             # A resumed loader may sit at the end of its epoch: its first pass may be empty, never a later one.
             if batches_this_pass == 0 and not (resume and passes == 1):
                 raise RuntimeError(
-                    f"the training stream yielded no batch (bad data per source: {stream.bad_data_counts()})"
+                    "the training stream yielded no batch in a whole epoch: either each loader worker's share of "
+                    f"the epoch is smaller than one batch (train_batch_size {args.train_batch_size}, "
+                    f"{args.dataloader_num_workers} worker(s) per process, {accelerator.num_processes} process(es), "
+                    "incomplete batches are dropped), or its files were bad (bad data per source: "
+                    f"{stream.bad_data_counts()}); use a smaller batch, fewer workers or more data"
                 )
             stream.set_epoch(stream.epoch + 1)
     progress.close()

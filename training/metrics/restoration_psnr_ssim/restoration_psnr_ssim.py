@@ -44,7 +44,8 @@ Args:
         so keep 1.0 for them); values are clipped to [0, data_range].
     return_per_image (bool, default False): also return the lists `psnr_per_image` and `ssim_per_image`.
 Returns:
-    psnr (float): mean PSNR in dB over the images (inf only if every image is identical to its reference),
+    psnr (float): mean PSNR in dB over the images, one PSNR per image as BasicSR and the papers' test scripts
+        average them (inf if any image is identical to its reference: `psnr_per_image` says which),
     ssim (float): mean SSIM over the images,
     num_images (int): number of scored image pairs.
 Examples:
