@@ -222,11 +222,12 @@ class ModelCache:
     """Loads each model once and keeps the `capacity` most recently used ones (thread-safe: the queue runs
     handlers in worker threads). Two requests for the same new model wait for one load."""
 
-    def __init__(self, capacity: int, device: torch.device) -> None:
+    def __init__(self, capacity: int, device: torch.device, dtype: Optional[str] = None) -> None:
         if capacity < 1:
             raise ValueError(f"The model cache needs room for at least one model, got {capacity}.")
         self.capacity = capacity
         self.device = device
+        self.dtype = dtype  # SPACE_DTYPE: an explicit fp32 loads half-precision checkpoints as float32
         self._entries: "OrderedDict[str, LoadedModel]" = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -270,7 +271,7 @@ class ModelCache:
     def _load(self, source: str) -> LoadedModel:
         _check_model_type(source)
         try:
-            model = load_model(source, device=self.device, dtype=self.settings.dtype)
+            model = load_model(source, device=self.device, dtype=self.dtype)
             processor = load_processor(source)
         except Exception as err:  # missing folder, unknown Hub id, network, corrupt weights: all the user's to fix
             raise gr.Error(_message(f"Could not load the model '{source}': {err}")) from err
@@ -282,6 +283,8 @@ class ModelCache:
 
 def _check_model_type(source: str) -> None:
     """Refuse a checkpoint that is not one of ours from its config.json alone, before any weights download."""
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        return  # a folder that is no checkpoint at all: load_model says so ("has no config.json")
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(source)
     except (OSError, ValueError):
@@ -437,7 +440,7 @@ class RestorationSpace:
     def __init__(self, settings: SpaceSettings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.models = ModelCache(settings.model_cache_size, self.device)
+        self.models = ModelCache(settings.model_cache_size, self.device, settings.dtype)
         self.outputs = OutputFolder(settings.output_dir, settings.output_ttl_s)
         self.outputs.check()
 
@@ -563,8 +566,10 @@ class RestorationSpace:
         if tile and passes_run:
             count = max(passes_run)
             how += f" with whole-image statistics ({count} pass{'es' if count > 1 else ''})"
+        # The restored size, not the file header's: EXIF orientation may have turned the image.
+        height, width = restored.shape[:2] if isinstance(restored, np.ndarray) else restored.size[::-1]
         status = (
-            f"Restored {info.width}×{info.height} px with `{_message(Path(loaded.source).name or loaded.source)}` "
+            f"Restored {width}×{height} px with `{_message(Path(loaded.source).name or loaded.source)}` "
             f"on {self.device.type.upper()}, {how}, in {elapsed:.2f} s."
         )
         status = "\n\n".join([status] + [f"⚠️ {note}" for note in notes])

@@ -322,6 +322,9 @@ def test_model_picker_errors(client, images, checkpoints, tmp_path):
         call(client, images["good"], model=checkpoints["not-ours"])
     with pytest.raises(AppError, match="does not exist"):
         call(client, images["good"], model=tmp_path / "missing")
+    (tmp_path / "photos").mkdir()  # a folder, but no checkpoint (it used to be called "a 'None' model")
+    with pytest.raises(AppError, match="has no config.json; is it a saved checkpoint"):
+        call(client, images["good"], model=tmp_path / "photos")
     with pytest.raises(AppError, match="does not take degradation labels"):
         call(client, images["good"], model=checkpoints["restormer"], degradation="rain")
     with pytest.raises(AppError, match="snowstorm is not in the list of choices"):  # gradio checks the choices
@@ -569,3 +572,15 @@ def test_settings_from_environment(app):
                         ("SPACE_STATISTICS_TOLERANCE", "-0.1"), ("SPACE_STATISTICS_TOLERANCE", "nan")):
         with pytest.raises(ValueError, match=name):
             app.SpaceSettings.from_env({name: value})
+
+
+def test_status_gives_the_size_after_exif_rotation(client, checkpoints, tmp_path):
+    """A JPEG stored 64×48 with EXIF orientation 6 is a 48×64 photo: the status says the size it was restored at
+    (it used to give the header's), and the download has that size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "turned.jpg", exif=exif)
+    _, png, _, status = call(client, tmp_path / "turned.jpg", model=checkpoints["pip"])
+    assert status.startswith("Restored 48×64 px")
+    assert png_array(png).shape[:2] == (64, 48)
