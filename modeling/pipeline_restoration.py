@@ -85,7 +85,9 @@ class ImageRestorationPipeline(Pipeline):
     """
 
     _load_processor = False
-    _load_image_processor = True
+    # None: transformers tries to load the folder's image processor and leaves it None when there is none (a
+    # plain `model.save_pretrained` folder, a model instance), where `__init__` takes the default one.
+    _load_image_processor = None
     _load_feature_extractor = False
     _load_video_processor = False  # else transformers looks for one and asks whether to run the folder's code
     _load_tokenizer = False

@@ -1279,3 +1279,16 @@ def test_pipeline_checks_auto_mode_for_every_model(model):
 def test_config_lists_of_the_wrong_type_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"{field} must list 4 integers .*got {value!r}"):
         RestormerConfig(**{field: value})
+
+
+def test_pipeline_takes_the_default_processor_where_the_model_has_none(model, checkpoint):
+    """`restore()` and the CLI restore a plain `model.save_pretrained` folder (no preprocessor_config.json) with
+    the default processor; the pipeline used to stop there, and at a model instance given without a processor."""
+    register_pipeline()
+    assert not (checkpoint / "preprocessor_config.json").exists()
+    image = rgb(16, 24, seed=3)
+    expected = restore(image, model=model)
+    for source in (str(checkpoint), model):
+        restorer = pipeline("image-restoration", model=source, pipeline_class=ImageRestorationPipeline)
+        assert isinstance(restorer.image_processor, RestorationImageProcessor)
+        np.testing.assert_array_equal(restorer(image), expected)
