@@ -427,11 +427,16 @@ class RestorationStream(torch.utils.data.IterableDataset):
         self._dataset = self._build(epoch)
 
     def state_dict(self) -> dict:
-        """Epoch, exact position of the `datasets` stream and bad-data counts (deep copies)."""
+        """Epoch, exact position of the `datasets` stream and bad-data counts (deep copies).
+
+        The counts are this process's own slot (a DataLoader worker's, or the owning process's): the loader keeps
+        each worker's state as of the last batch it handed over, so each slot is saved at the position the run
+        resumes from. The totals over all slots would include examples other workers had read ahead, which a
+        resume reads, and counts, again."""
         return {
             "epoch": self._epoch,
             "dataset": copy.deepcopy(self._dataset.state_dict()),
-            "bad_data": self._totals().tolist(),
+            "bad_data_slot": self._counts[_counter_slot()].tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -441,10 +446,17 @@ class RestorationStream(torch.utils.data.IterableDataset):
             self._epoch = epoch
             self._dataset = self._build(epoch)
         self._dataset.load_state_dict(copy.deepcopy(state["dataset"]))
+        slot = self._counts[_counter_slot()]
+        if "bad_data_slot" in state:
+            saved = torch.tensor(state["bad_data_slot"], dtype=torch.int64)
+            if saved.shape == slot.shape:
+                slot.copy_(saved)
+            return
+        # Checkpoints before per-slot counts hold the totals over every slot (read-ahead included): the totals
+        # become at least those.
         totals = self._totals()
         saved = torch.tensor(state.get("bad_data", totals.tolist()), dtype=torch.int64)
         if saved.shape == totals.shape:
-            # the totals become at least the saved ones (a worker may already have counted past them)
             self._counts[0] += (saved - totals).clamp_(min=0)
 
     def _totals(self) -> torch.Tensor:
