@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from data_helpers import textured_image
@@ -123,3 +124,11 @@ def test_rerun_removes_images_of_an_earlier_run(tmp_path):
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png")}
     assert written == set(manifest["files"]) | {"train/my-own.png"}
     assert "train/deadleaves-0001.png" not in written
+
+
+def test_a_dead_leaves_size_no_run_can_use_is_refused_before_anything_is_removed(tmp_path):
+    C.prepare(tmp_path, debian_root=None, max_side=32, dead_leaves_count=1, dead_leaves_size=16)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="--dead_leaves_size >= 16, got 1 and 4"):
+        C.prepare(tmp_path, debian_root=None, max_side=32, dead_leaves_count=1, dead_leaves_size=4)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -639,3 +639,54 @@ def test_bad_data_counts_resume_where_the_loader_resumes(tmp_path, num_workers):
         resumed.load_state_dict(state)
         assert sum(1 for _ in resumed) == rest
         assert resumed_stream.bad_data_counts() == straight, cut
+
+
+def test_linked_folders_are_followed_once(tmp_path):
+    """Datasets are often linked into one training root: a linked folder's images are listed (they used to be
+    skipped without a word), and a link back up the tree is read once, not forever."""
+    for i in range(3):
+        save(tmp_path / "elsewhere" / "WED" / f"{i}.png", textured_image(i, 8, 8))
+    save(tmp_path / "train" / "BSD" / "a.png", textured_image(5, 8, 8))
+    (tmp_path / "train" / "WED").symlink_to(tmp_path / "elsewhere" / "WED", target_is_directory=True)
+    (tmp_path / "train" / "BSD" / "loop").symlink_to(tmp_path / "train", target_is_directory=True)
+    files = D.list_image_files(tmp_path / "train")
+    assert [Path(f).relative_to(tmp_path / "train").as_posix() for f in files] == [
+        "BSD/a.png", "WED/0.png", "WED/1.png", "WED/2.png"]
+
+
+def test_a_synthesis_crop_larger_than_the_image_keeps_random_patches_of_the_image(tmp_path):
+    """A 40-px photo with patch 32 and synthesis crop 48 (a 180-px BSD400 photo with the README's 192): the
+    synthesis crop is the largest the photo holds, so patches stay random windows of real pixels, not one fixed
+    centre padded with mirrored rows and counted as padded."""
+    image = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for i in range(8):
+        save(tmp_path / "small" / f"{i}.png", image)
+    source = D.clean_source(tmp_path / "small", "noise", synthesis_kwargs={"sigma": 15.0}, name="small")
+    stream = D.RestorationStream([source], patch_size=32, shards_per_rank=1, augment=False, output_dtype="uint8",
+                                 synthesis_crop_size=48)
+    windows = set()
+    for example in stream:
+        clean = np.asarray(example["clean"]).transpose(1, 2, 0)
+        found = [(y, x) for y in range(9) for x in range(9) if np.array_equal(image[y:y + 32, x:x + 32], clean)]
+        assert len(found) == 1
+        windows.add(found[0])
+    assert len(windows) > 1 and stream.bad_data_counts() == {}
+
+
+def test_roots_the_preset_does_not_read_are_refused_or_named(tmp_path, caplog):
+    """roots['noise'] used to be accepted and ignored (noise is synthesized on roots['clean']); a task root the
+    preset has no task for is named in a warning."""
+    for i in range(2):
+        save(tmp_path / "clean" / f"{i}.png", textured_image(i, 32, 32))
+    with pytest.raises(ValueError, match=r"unknown roots \['noise'\]; use 'clean' \(the photos noise is synthesized"):
+        D.preset_sources("3-task", {"clean": str(tmp_path / "clean"), "noise": "/nonexistent/SIDD"})
+    D.preset_sources("3-task", {"clean": str(tmp_path / "clean"), "blur": "/nonexistent/GoPro"},
+                     synthesize_missing=True)
+    assert "preset '3-task' has no task for roots ['blur']: they are not read" in caplog.text
+
+
+def test_cdd11_type_folders_pair_in_any_case(tmp_path):
+    for folder in ("Low", "Haze", "Clear"):
+        save(tmp_path / "Train" / folder / "1.png", textured_image(1, 16, 16))
+    sources = D.cdd11_sources(str(tmp_path), types=("low", "haze"), split="train")
+    assert [len(source.pairs) for source in sources] == [1, 1]

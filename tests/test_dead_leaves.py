@@ -72,3 +72,11 @@ def test_dead_leaves_statistics_are_natural():
     for seed in range(3):
         sharp = dead_leaves(128, np.random.default_rng(seed), blur_sigma=0.0).astype(np.float64).mean(axis=-1)
         assert -2.8 < _spectrum_slope(sharp, 4, 32) < -1.6
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, (2, 3), np.int64(6)])
+def test_images_of_a_few_pixels_are_made(size):
+    """The default smallest radius (2 px) no longer meets the default largest (half the long side) below 5 px."""
+    image = dead_leaves(size, np.random.default_rng(0), blur_sigma=[0.5, 1.0])
+    height, width = (int(size), int(size)) if np.ndim(size) == 0 else size
+    assert image.shape == (height, width, 3) and image.dtype == np.uint8

@@ -226,3 +226,15 @@ def test_rejects_non_uint8_rgb():
         D.add_gaussian_noise(np.zeros((8, 8, 3), np.float32), 15, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         D.haze(np.zeros((8, 8), np.uint8), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("size", [(1, 2), (2, 3), (2, 2), (5, 3)])
+def test_blurs_leave_a_flat_image_flat_whatever_its_size(size):
+    """Blurring a flat image changes nothing. scipy reflects the border once, so a kernel longer than a side used
+    to read outside the image (a 2x3 image under a 41-px motion kernel came out black, with NaN cast warnings)."""
+    flat = np.full((*size, 3), 200, np.uint8)
+    rng = np.random.default_rng(0)
+    for degraded in (D.motion_blur(flat, rng, length=41, angle=30.0), D.motion_blur(flat, rng, length=21),
+                     D.gaussian_blur(flat, rng, sigma=3.5, sigma_y=1.0, angle=30.0), D.gaussian_blur(flat, rng, sigma=3.5),
+                     D.defocus_blur(flat, rng, radius=4.0)):
+        np.testing.assert_array_equal(degraded.image, flat)

@@ -113,3 +113,12 @@ def test_training_refuses_a_recipe_that_would_drop_the_grown_blocks(tmp_path):
     # Adding modules on top of a checkpoint stays allowed (their weights start fresh, with a warning).
     args.model_config = {**recipe, "num_blocks": [1, 1, 1, 3]}
     assert list(build_model(args).config.num_blocks) == [1, 1, 1, 3]
+
+
+def test_a_bf16_model_grows_and_is_checked_in_bf16(tmp_path):
+    """The check on a random image runs in the model's precision (a bf16 checkpoint used to stop it with a dtype
+    error), and the grown model keeps that precision."""
+    model = tiny_model("pip").to(torch.bfloat16)
+    grown = grow_model(model, num_blocks=[1, 1, 1, 2])
+    assert next(grown.parameters()).dtype == torch.bfloat16
+    assert check_same_output(model, grown) == 0.0

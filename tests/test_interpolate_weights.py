@@ -85,3 +85,13 @@ def test_command_writes_a_loadable_folder_with_its_record(tmp_path):
     loaded = load_model(tmp_path / "mid").state_dict()
     expected = interpolate_models([first, second], [0.5, 0.5]).state_dict()
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
+
+
+def test_bf16_models_average_into_a_bf16_model():
+    """The average is computed in float64 and stored in the models' dtype (it used to come back float32)."""
+    first, second = tiny_model("pip", seed=0).to(torch.bfloat16), tiny_model("pip", seed=1).to(torch.bfloat16)
+    middle = interpolate_models([first, second], [0.5, 0.5])
+    assert {p.dtype for p in middle.parameters()} == {torch.bfloat16}
+    key = next(iter(first.state_dict()))
+    expected = ((first.state_dict()[key].double() + second.state_dict()[key].double()) / 2).to(torch.bfloat16)
+    assert torch.equal(middle.state_dict()[key], expected)

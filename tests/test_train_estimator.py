@@ -154,3 +154,15 @@ def test_estimator_with_max_statistics_and_windows_is_saved_and_can_be_grafted(t
     with pytest.raises(SystemExit, match="keep"):
         main(["--model", str(source), "--output", str(tmp_path / "x"), "--estimator_input", "keep",
               "--estimator_statistics", "max", "--data_roots", f"clean={clean}"])
+    # Without the statistics and windows given again, the donor's come with its weights (they used to be the
+    # model's own, with the donor's weights reading other statistics); other statistics than the donor's are refused.
+    plain = [arg for arg in common if arg not in ("--estimator_statistics", "mean", "std", "max", "--judge_on_windows")]
+    bare = tmp_path / "bare"
+    main(["--model", str(source), "--output", str(bare), "--max_train_steps", "0", "--init_estimator_from", str(first),
+          *plain])
+    config = json.loads((bare / "config.json").read_text())
+    assert (config["degradation_estimator_statistics"], config["degradation_estimator_window"]) == (
+        ["mean", "std", "max"], 32)
+    with pytest.raises(SystemExit, match=r"trained on the statistics \['mean', 'std', 'max'\], not \['mean'\]"):
+        main(["--model", str(source), "--output", str(tmp_path / "y"), "--max_train_steps", "0",
+              "--init_estimator_from", str(first), *plain, "--estimator_statistics", "mean"])

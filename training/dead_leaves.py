@@ -85,12 +85,13 @@ def dead_leaves(
         blur_sigma: std of the final Gaussian blur in pixels, or a ``(low, high)`` range drawn per image. A
             little blur (the default 0.5..1.2) anti-aliases the disk edges like a lens would; 0 keeps them hard.
     """
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, got {size}")
     if r_max is None:
-        r_max = max(height, width) / 2.0
-    if isinstance(blur_sigma, tuple):
+        # half the long side; on images of a few pixels, above the smallest radius all the same
+        r_max = max(max(height, width) / 2.0, 2.0 * r_min)
+    if not np.isscalar(blur_sigma):
         blur_sigma = float(rng.uniform(*blur_sigma))
     if texture < 0 or blur_sigma < 0:
         raise ValueError("texture and blur_sigma must be >= 0")

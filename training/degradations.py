@@ -77,9 +77,20 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
 
 
+def _on_reflected(image: np.ndarray, pad_h: int, pad_w: int, filter_fn) -> np.ndarray:
+    """`filter_fn` of an (H, W, 3) image extended by mirror reflection (scipy's "reflect", numpy's "symmetric") by
+    `pad_h` / `pad_w` pixels, cropped back. scipy reflects only once, which goes wrong where a filter reaches
+    further than the image is long (a 2-px side under a 21-px motion kernel came out black); numpy's padding
+    reflects as often as needed. Where the image is long enough the result is scipy's own."""
+    padded = np.pad(image, ((pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode="symmetric")
+    height, width = image.shape[:2]
+    return filter_fn(padded)[pad_h : pad_h + height, pad_w : pad_w + width]
+
+
 def _convolve_rgb(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve each channel of a float (H, W, 3) image with a 2-D kernel (reflect borders)."""
-    return ndimage.convolve(image, kernel[:, :, None], mode="reflect")
+    return _on_reflected(image, kernel.shape[0], kernel.shape[1],
+                         lambda padded: ndimage.convolve(padded, kernel[:, :, None], mode="reflect"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +241,9 @@ def gaussian_blur(
     if sigma_y is not None and angle is None:
         angle = float(rng.uniform(0.0, 180.0))
     if sigma_y is None or sigma_y == sigma:
-        blurred = ndimage.gaussian_filter(image / 255.0, sigma=(sigma, sigma, 0), mode="reflect", truncate=4.0)
+        radius = int(4.0 * sigma + 0.5) + 1  # the filter's reach at truncate=4
+        blurred = _on_reflected(image / 255.0, radius, radius, lambda padded: ndimage.gaussian_filter(
+            padded, sigma=(sigma, sigma, 0), mode="reflect", truncate=4.0))
     else:
         blurred = _convolve_rgb(image / 255.0, gaussian_kernel(sigma, sigma_y, angle))
     return Degraded(_to_uint8(blurred), "blur")

@@ -105,7 +105,8 @@ def grow_model(
 def check_same_output(original: torch.nn.Module, grown: torch.nn.Module, size: int = 64, seed: int = 0) -> float:
     """Max absolute difference of the two models' restorations of one random image (with a label where taken)."""
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(1, 3, size, size, generator=generator)
+    # in the models' own precision (a bf16 checkpoint is grown in bf16)
+    pixels = torch.rand(1, 3, size, size, generator=generator).to(next(original.parameters()).dtype)
     kwargs = {}
     names = getattr(original.config, "degradation_names", None)
     if names:

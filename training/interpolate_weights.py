@@ -82,7 +82,7 @@ def interpolate_models(models: Sequence[torch.nn.Module], weights: Sequence[floa
             fields = sorted(key for key in set(other) | set(reference) if other.get(key) != reference.get(key))
             raise ValueError(f"model {index}'s config differs from model 0's in {fields}")
     averaged = interpolate_state_dicts([model.state_dict() for model in models], weights)
-    result = models[0].__class__(models[0].config)
+    result = models[0].__class__(models[0].config).to(next(models[0].parameters()).dtype)  # the models' dtype
     result.load_state_dict(averaged, strict=True)
     return result.eval()
 

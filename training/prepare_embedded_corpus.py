@@ -283,6 +283,9 @@ def prepare(
 
     if max_side < 16:
         raise ValueError(f"--max_side must be >= 16, got {max_side}")
+    if dead_leaves_count < 0 or (dead_leaves_count and dead_leaves_size < 16):  # checked before anything is removed
+        raise ValueError(f"--dead_leaves must be >= 0 and --dead_leaves_size >= 16, got {dead_leaves_count} and "
+                         f"{dead_leaves_size}")
     _remove_stale_outputs(output)
     for split in ("train", "heldout"):
         (output / split).mkdir(parents=True, exist_ok=True)

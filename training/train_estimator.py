@@ -160,10 +160,24 @@ def train_estimator(args: argparse.Namespace) -> dict:
     if args.init_estimator_from is not None:
         from safetensors.torch import load_file
 
-        donor = json.loads((args.init_estimator_from / "config.json").read_text())["degradation_estimator_input"]
+        donor_config = json.loads((args.init_estimator_from / "config.json").read_text())
+        donor = donor_config["degradation_estimator_input"]
         if donor != model.config.degradation_estimator_input:
             raise SystemExit(f"{args.init_estimator_from} has a {donor!r} estimator, not "
                              f"{model.config.degradation_estimator_input!r} (see --estimator_input)")
+        # The weights read the statistics they were trained on, judged on windows of their size: those come with them
+        # unless given here.
+        statistics = donor_config.get("degradation_estimator_statistics")
+        if args.estimator_statistics is None and statistics and statistics != model.config.degradation_estimator_statistics:
+            from modeling.modeling_pip import build_degradation_estimator
+
+            model.config.degradation_estimator_statistics = list(statistics)
+            model.degradation_estimator = build_degradation_estimator(model.config)
+        elif args.estimator_statistics is not None and statistics and list(args.estimator_statistics) != statistics:
+            raise SystemExit(f"{args.init_estimator_from} was trained on the statistics {statistics}, not "
+                             f"{list(args.estimator_statistics)} (--estimator_statistics)")
+        if not args.judge_on_windows and donor_config.get("degradation_estimator_window"):
+            model.config.degradation_estimator_window = donor_config["degradation_estimator_window"]
         prefix = "degradation_estimator."
         weights = load_file(args.init_estimator_from / "model.safetensors")
         model.degradation_estimator.load_state_dict(

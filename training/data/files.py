@@ -28,7 +28,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 # Layout rules per task: (degraded folder, clean folders, clean-name candidates from the degraded stem).
 # A degraded file is any file below a folder named like the first element; its clean file sits directly in a
-# sibling clean folder (same parent as the degraded folder). Names are compared case-insensitively.
+# sibling clean folder (same parent as the degraded folder). Folder names and extensions are compared
+# case-insensitively, file stems as they are (the official releases name both sides alike).
 _SAME_NAME = ("same",)
 _LAYOUT_RULES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
     # Rain100L train (official list): rainy/rain-<k>.png -> gt/norain-<k>.png; test/Rain13K: input -> target.
@@ -135,8 +136,17 @@ def list_image_files(root: str | os.PathLike) -> list[str]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"not a directory: {root}")
     files = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    # Linked folders are followed (datasets are often linked into one training root, as PromptIR's setup does);
+    # a folder reached twice (a link loop, or two links to one place) is read once.
+    seen = {os.path.realpath(root)}
+    for directory, subdirs, names in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(d for d in subdirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(directory, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        subdirs[:] = kept
         files.extend(os.path.join(directory, n) for n in names if not n.startswith(".") and _is_image(n))
     return sorted(f.replace(os.sep, "/") for f in files)
 

@@ -186,13 +186,14 @@ def cdd11_sources(
     """One paired source per CDD-11 type: ``<split>/<type>/<name>`` -> ``<split>/clear/<name>``."""
     def in_split(path: str) -> bool:  # <split>/<type>/<name>
         directories = _split_path(path)[0]
-        return split is None or (len(directories) >= 2 and directories[-2] == split)
+        return split is None or (len(directories) >= 2 and directories[-2].lower() == split.lower())
 
     pairs, unpaired = pair_files(_resolve_files(root), "cdd11")
     sources = []
     for cdd_type in types:
-        type_pairs = [p for p in pairs if _split_path(p[0])[0][-1] == cdd_type and in_split(p[0])]
-        type_missing = sum(1 for f in unpaired if _split_path(f)[0][-1] == cdd_type and in_split(f))
+        # folder names in any case, as pair_files matches them
+        type_pairs = [p for p in pairs if _split_path(p[0])[0][-1].lower() == cdd_type.lower() and in_split(p[0])]
+        type_missing = sum(1 for f in unpaired if _split_path(f)[0][-1].lower() == cdd_type.lower() and in_split(f))
         if not type_pairs:
             raise ValueError(f"CDD-11 type {cdd_type!r}: no pairs under {root!r} (split {split!r})")
         sources.append(
@@ -222,9 +223,13 @@ def preset_sources(
     """
     if preset not in PRESET_TASKS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESET_TASKS)}")
-    unknown = set(roots) - {"clean", "cdd11", *TASK_NAMES}
+    unknown = set(roots) - {"clean", "cdd11", *TASK_NAMES} | ({"noise"} & set(roots))
     if unknown:
-        raise ValueError(f"unknown roots {sorted(unknown)}; use 'clean', 'cdd11' or one of {TASK_NAMES}")
+        raise ValueError(f"unknown roots {sorted(unknown)}; use 'clean' (the photos noise is synthesized on), "
+                         f"'cdd11' or one of {tuple(t for t in TASK_NAMES if t != 'noise')}")
+    unused = sorted(set(roots) - {"clean", "cdd11" if preset == "cdd11" else "clean", *PRESET_TASKS[preset]})
+    if unused:
+        logger.warning(f"preset {preset!r} has no task for roots {unused}: they are not read")
     factors = {**OFFICIAL_REPEATS, **(repeats or {})}
     clean = roots.get("clean")
     synthetic_repeat = factors.get("synthetic", 3 * len(sigmas))

@@ -119,6 +119,17 @@ class _ExampleLoader:
             self._count(source_index, "converted")
         return image
 
+    def _synthesize_on_small_image(
+        self, clean: np.ndarray, synthesis: str, synthesis_kwargs: Any, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(degraded patch, clean patch, padded) for an image smaller than the synthesis crop on a side: the
+        degradation is synthesized on the largest window the image holds and the patch cut at a random place."""
+        region, (top, left), padded = _synthesis_region_patch(
+            clean, self.patch_size, self.synthesis_crop_size, rng, self.augment)
+        degraded = synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image
+        window = (slice(top, top + self.patch_size), slice(left, left + self.patch_size))
+        return degraded[window], region[window], padded
+
     def _official_crop(self, image: np.ndarray) -> np.ndarray:
         """PromptIR's ``crop_img`` before the random crop: each side down to a multiple of ``crop_to_multiple``
         (a side shorter than one multiple is kept, and later padded to the patch)."""
@@ -173,9 +184,14 @@ class _ExampleLoader:
             # Synthesize on a larger crop and keep its centre: blur kernels and rain streaks then reach into the
             # patch from real neighbouring pixels (not from the reflected patch border), and haze's pseudo-depth
             # spans more of the scene, as it does on a whole photo.
-            (region,), padded = _crop_and_augment([clean], self.synthesis_crop_size, rng, self.augment)
-            degraded = center_crop(synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image, self.patch_size)
-            clean = center_crop(region, self.patch_size)
+            height, width = clean.shape[:2]
+            if min(height, width) >= self.synthesis_crop_size:
+                (region,), padded = _crop_and_augment([clean], self.synthesis_crop_size, rng, self.augment)
+                degraded = center_crop(synthesize(region, synthesis, rng, **dict(synthesis_kwargs)).image,
+                                       self.patch_size)
+                clean = center_crop(region, self.patch_size)
+            else:
+                degraded, clean, padded = self._synthesize_on_small_image(clean, synthesis, synthesis_kwargs, rng)
         else:
             (clean,), padded = _crop_and_augment([clean], self.patch_size, rng, self.augment)
             degraded = synthesize(clean, synthesis, rng, **dict(synthesis_kwargs)).image
@@ -189,6 +205,27 @@ class _ExampleLoader:
             "task_name": task_name,
             "source": name,
         }
+
+
+def _synthesis_region_patch(
+    clean: np.ndarray, patch_size: int, crop_size: int, rng: np.random.Generator, augment_flag: bool
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """For an image smaller than the synthesis crop on a side: the largest window of at most ``crop_size`` per side
+    that it holds (reflect-padded up to the patch where it is smaller than that, which counts as padded), flipped
+    or rotated, and a random place for the patch in it. Padding the image up to the crop instead would pin every
+    patch to its centre and mix mirrored pixels into it."""
+    height, width = clean.shape[:2]
+    padded = height < patch_size or width < patch_size
+    if padded:
+        pad = ((0, max(patch_size - height, 0)), (0, max(patch_size - width, 0)), (0, 0))
+        clean = np.pad(clean, pad, mode="symmetric")
+        height, width = clean.shape[:2]
+    region_h, region_w = min(crop_size, height), min(crop_size, width)
+    top, left = int(rng.integers(0, height - region_h + 1)), int(rng.integers(0, width - region_w + 1))
+    region = clean[top : top + region_h, left : left + region_w]
+    region = augment(region, random_augment_mode(rng) if augment_flag else 0)
+    place = (int(rng.integers(0, region.shape[0] - patch_size + 1)), int(rng.integers(0, region.shape[1] - patch_size + 1)))
+    return region, place, padded
 
 
 def _is_ok(example: dict) -> bool:
