@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
+from .configuration_backbone import check_positive_int
 from .configuration_decoder_prompts import DecoderPromptConfig
 from .configuration_prompt_regularization import ContrastivePromptRegularizationConfig
 
@@ -47,6 +48,8 @@ class CPLConfig(DecoderPromptConfig, ContrastivePromptRegularizationConfig):
         return None if self.prompt_top_k is None else (self.prompt_top_k, self.prompt_len)
 
     def validate_sparse_prompts(self):
+        if self.prompt_top_k is not None:
+            check_positive_int("prompt_top_k", self.prompt_top_k)
         if self.prompt_top_k is not None and not 1 <= self.prompt_top_k <= self.prompt_len:
             raise ValueError(f"prompt_top_k must be in [1, prompt_len={self.prompt_len}] or None, got {self.prompt_top_k}")
 

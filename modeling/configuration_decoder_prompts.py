@@ -47,8 +47,10 @@ class DecoderPromptConfig(RestorationBackboneConfig):
                 f"prompt_dims and prompt_sizes must each list 3 values (one per prompt place), got "
                 f"{self.prompt_dims} and {self.prompt_sizes}"
             )
-        if self.prompt_len < 1 or min(self.prompt_dims) < 1 or min(self.prompt_sizes) < 1:
-            raise ValueError("prompt_len, prompt_dims and prompt_sizes must be positive")
+        check_positive_int("prompt_len", self.prompt_len)
+        for name in ("prompt_dims", "prompt_sizes"):
+            for value in getattr(self, name):
+                check_positive_int(name, value)
         if self.prompt_fusion_heads is not None:
             check_positive_int("prompt_fusion_heads", self.prompt_fusion_heads)
         feature_dims = [self.dim * 2, self.dim * 4, self.dim * 8]

@@ -45,8 +45,9 @@ class DPPDConfig(RestorationBackboneConfig):
             `True` assigns the latent feature once and conditions all three places on it.
         prompt_conditioning (`str`, defaults to `"soft"`) [ours]: what conditions the prompt distribution when
             no labels are given. `"soft"`: the assignment probabilities (a mixture of prototypes,
-            differentiable); `"hard"`: the one-hot of the nearest prototype (the figure's single assignment;
-            the embedding then learns only from the prototype loss).
+            differentiable); `"hard"`: the one-hot of the nearest prototype (the figure's single assignment; no
+            gradient passes through the choice itself, but the embedding and the chosen prototype still condition
+            the prompt distribution, so the reconstruction trains them as well as the prototype loss does).
 
     Prompt distribution learning (PDL):
         prompt_dims (`list[int]`, defaults to `[64, 128, 320]`) [ours: PromptIR's prompt widths]: width of the

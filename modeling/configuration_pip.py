@@ -178,14 +178,14 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
                 f"got {statistics!r}"
             )
         if self.degradation_estimator_window is not None and (
-            isinstance(self.degradation_estimator_window, bool) or self.degradation_estimator_window < 8
+            isinstance(self.degradation_estimator_window, bool) or not isinstance(self.degradation_estimator_window, int)
+            or self.degradation_estimator_window < 8
         ):
             raise ValueError(
                 f"degradation_estimator_window must be None or a side of at least 8 pixels, got "
                 f"{self.degradation_estimator_window!r}"
             )
-        if self.num_degradations < 1:
-            raise ValueError(f"num_degradations must be positive, got {self.num_degradations}")
+        check_positive_int("num_degradations", self.num_degradations)
         if len(self.degradation_names) != self.num_degradations:
             raise ValueError(
                 f"degradation_names lists {len(self.degradation_names)} names for {self.num_degradations} "
@@ -207,7 +207,8 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
         for level, prompt_dim in enumerate(self.prompt_dims, start=1):
             for role, num_heads in (("prompt_interaction_heads", self.prompt_interaction_heads),
                                     ("prompt_to_feature_heads", self.feature_heads)):
-                if num_heads <= 0 or prompt_dim % num_heads:
+                check_positive_int(role, num_heads)
+                if prompt_dim % num_heads:
                     raise ValueError(f"level {level} prompt width {prompt_dim} is not divisible by {role}={num_heads}")
             per_head = prompt_dim // self.feature_heads
             smallest = min(int(per_head * num / den) for num, den in self.topm_fractions)
@@ -219,6 +220,7 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
         if self.decoder_prompt_top_k is not None:
             if not self.decoder_prompts:
                 raise ValueError("decoder_prompt_top_k needs decoder_prompts=True")
+            check_positive_int("decoder_prompt_top_k", self.decoder_prompt_top_k)
             if not 1 <= self.decoder_prompt_top_k <= self.decoder_prompt_len:
                 raise ValueError(
                     f"decoder_prompt_top_k must be in [1, decoder_prompt_len={self.decoder_prompt_len}], got "

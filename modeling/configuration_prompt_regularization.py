@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import RestorationBackboneConfig, check_bool, check_finite
+from .configuration_backbone import RestorationBackboneConfig, check_bool, check_finite, check_positive_int
 
 #: Training-side losses a config can name in ``training_loss`` (implemented in ``training/losses.py``).
 TRAINING_LOSSES = ("contrastive_prompt_regularization",)
@@ -112,8 +112,8 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
             )
         for weight in self.contrastive_layer_weights:
             check_finite("contrastive_layer_weights", weight)
-        if self.contrastive_num_negatives is not None and self.contrastive_num_negatives < 1:
-            raise ValueError(f"contrastive_num_negatives must be positive or None, got {self.contrastive_num_negatives}")
+        if self.contrastive_num_negatives is not None:
+            check_positive_int("contrastive_num_negatives", self.contrastive_num_negatives)
         if self.training_loss == "contrastive_prompt_regularization":
             routing = self.sparse_prompt_routing()
             if routing is None:

@@ -4,9 +4,10 @@ A degradation label says what is wrong with an image. Models that are steered by
 ``(batch, num_degradations)`` weight matrix over their classes (``config.degradation_names``). Accepted forms:
 
 - a class index (``1``) or name (``"rain"``), with common aliases (``"derain"``, ``"low_light"``, ``"dark"``);
-- a mixture joined by ``+`` (``"rain+haze"``) or given as a pair (``("rain", "haze")``): the mean of the one-hots,
-  as PIP's official code feeds mixed degradations;
-- one of the above for the whole batch, or a list with one per image;
+- a mixture joined by ``+`` (``"rain+haze"``): the mean of the one-hots, as PIP's official code feeds mixed
+  degradations; inside a per-image list a mixture may also be a pair (``[("rain", "haze"), "noise"]``);
+- a name, index or ``+`` mixture for the whole batch, or a list (or tuple) with one label per image, so a bare
+  pair ``("rain", "haze")`` is two images' labels, not a mixture;
 - a ``(B,)`` integer tensor of indices (what the training loop passes) or a ``(B, num_degradations)`` float
   tensor of weights (used as given, e.g. an estimator's output reused for every tile of an image); numpy arrays
   and numpy integers are read as the tensors and ints they hold.
@@ -76,6 +77,8 @@ def degradation_weights_from_labels(
         else:  # strings, objects and booleans: the Python values they hold (a 0-d array gives its scalar)
             labels = labels.tolist()
     if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool:  # True/False are no class indices (as bools are refused everywhere else)
+            raise RestorationInputError("degradation labels must be names, indices or weights, not booleans")
         if labels.is_floating_point():
             if labels.shape != (batch_size, num):
                 raise RestorationInputError(

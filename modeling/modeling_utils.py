@@ -143,6 +143,13 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
                 f"{name} must be a floating-point tensor in [0, 1], got dtype {pixel_values.dtype}; "
                 "use the image processor to convert integer images"
             )
+        weights = next((p.dtype for p in self.parameters() if p.is_floating_point()), pixel_values.dtype)
+        if pixel_values.dtype != weights and not torch.is_autocast_enabled(pixel_values.device.type):
+            # Outside autocast every layer needs its input in the weights' dtype (torch would stop in the first one).
+            raise RestorationInputError(
+                f"{name} is {pixel_values.dtype} but the model's weights are {weights}: convert it "
+                f"(pixel_values.to({weights})) or run under torch.autocast"
+            )
         # Value checks read the tensor back to the host. Inside torch.compile they are skipped, so that a compiled
         # model is one graph without host syncs (what CUDA graphs need); eager calls, restore() included, check.
         if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():

@@ -377,3 +377,38 @@ def test_training_forward_is_one_graph_without_host_syncs(model_type):
     degraded[0, 0, 0, 0] = float("nan")
     with pytest.raises(RestorationInputError, match="NaN"):
         training_loss(degraded, clean)
+
+
+@pytest.mark.parametrize("model_type, overrides, message", [
+    ("cpl", dict(prompt_top_k=1.0), "prompt_top_k must be an integer of at least 1, got 1.0"),
+    ("promptir", dict(prompt_len=5.0), "prompt_len must be an integer of at least 1, got 5.0"),
+    ("promptir", dict(prompt_sizes=[8.0, 4, 4]), "prompt_sizes must be an integer of at least 1, got 8.0"),
+    ("pip", dict(num_degradations=5.0), "num_degradations must be an integer of at least 1, got 5.0"),
+    ("pip", dict(prompt_interaction_heads=2.0), "prompt_interaction_heads must be an integer of at least 1"),
+    ("pip", dict(degradation_estimator_window=12.5), "degradation_estimator_window must be None or a side"),
+    ("pip", dict(decoder_prompts=True, decoder_prompt_top_k=1.0), "decoder_prompt_top_k must be an integer"),
+    ("cpl", dict(contrastive_num_negatives=1.5), "contrastive_num_negatives must be an integer of at least 1"),
+])
+def test_method_fields_that_are_counts_refuse_floats(model_type, overrides, message):
+    """A float where a count belongs used to pass the config and fail later, deep in torch (topk, empty, slicing)."""
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_config(model_type, **overrides)
+
+
+def test_an_input_in_another_dtype_than_the_weights_is_named(model_type):
+    """Outside autocast every layer needs the weights' dtype: a float64 or bf16 input used to stop in the first
+    convolution with torch's message; under autocast a bf16 input is fine."""
+    model = tiny_model(model_type)
+    for dtype in (torch.float64, torch.bfloat16):
+        with pytest.raises(RestorationInputError, match=rf"pixel_values is {dtype} but the model's weights are "
+                                                        r"torch.float32"):
+            model(pixel_values=torch.rand(1, 3, 16, 16, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(pixel_values=torch.rand(1, 3, 16, 16, dtype=torch.bfloat16)).reconstruction.shape == (1, 3, 16, 16)
+
+
+def test_boolean_label_tensors_are_refused():
+    """True/False are refused as labels in every other form; a bool tensor used to become classes 1 and 0."""
+    model = tiny_model("pip")
+    with pytest.raises(RestorationInputError, match="not booleans"):
+        model(pixel_values=torch.rand(2, 3, 16, 16), degradation_labels=torch.tensor([True, False]))
