@@ -329,3 +329,37 @@ def test_a_noise_test_set_spread_over_folders_is_refused(root3, tmp_path):
     roots["noise"] = str(cbsd / "original_png")
     test_sets = ep.ProtocolTestSets("3-task", roots, convention=ep.CONVENTIONS["promptir"])
     assert [len(test_sets.columns[f"noise-{s}"].noisy) for s in (15, 25, 50)] == [1, 1, 1]
+
+
+def test_results_record_the_tiling_and_precision_restore_used(root3):
+    """A model whose config names an inference_tile is restored in tiles even without `tile`: the JSON says so
+    (it used to say "tile": null beside tiled scores), with the overlap and the precision."""
+    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3), convention=ep.CONVENTIONS["promptir"])
+    tiled_by_config = tiny_model("restormer", inference_tile=16)
+    results = ep.evaluate_protocol(tiled_by_config, test_sets, dtype="fp32")
+    assert (results["tile"], results["tile_overlap"], results["dtype"]) == (16, None, "fp32")
+    explicit = ep.evaluate_protocol(tiny_model("restormer"), test_sets, tile=16)
+    assert results["tasks"] == explicit["tasks"]
+
+
+def test_test_roots_fill_in_what_the_data_root_lacks_and_a_size_mismatch_hidden_by_the_crop_is_skipped(
+        root3, tmp_path):
+    """--test_roots names folders one by one: a task missing under --data_root used to stop the run before they
+    were read. A 40x40 input against a 47x47 target, both cropped to 32x32, used to be scored."""
+    import shutil
+
+    data_root = tmp_path / "data"
+    shutil.copytree(root3, data_root)
+    shutil.rmtree(data_root / "test" / "dehaze")
+    clean = smooth_image(47, 47, seed=30)
+    _save(tmp_path / "haze" / "target" / "1.png", clean)
+    _save(tmp_path / "haze" / "input" / "1.png", _degrade(clean, 5)[:40, :40])
+    _save(tmp_path / "haze" / "target" / "2.png", clean)
+    _save(tmp_path / "haze" / "input" / "2.png", _degrade(clean, 6))
+    model_dir = tmp_path / "model"
+    identity_model().save_pretrained(model_dir)
+    results = ep.main(["--model", str(model_dir), "--protocol", "3-task", "--data_root", str(data_root),
+                       "--test_roots", f"haze={tmp_path / 'haze'}"])
+    assert results["tasks"]["haze"]["num_images"] == 1 and results["tasks"]["haze"]["skipped"] == 1
+    skipped = {entry["file"]: entry["reason"] for entry in results["skipped"]["files"]}
+    assert skipped[str(tmp_path / "haze" / "input" / "1.png")] == "size mismatch: (40, 40) vs clean (47, 47)"

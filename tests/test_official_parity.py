@@ -156,3 +156,33 @@ def test_converter_refuses_pickled_objects(tmp_path):
     torch.save({"params": {"x": argparse.Namespace(payload=1)}}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         convert_restormer.convert_restormer_checkpoint(str(tmp_path / "evil.pth"), RestormerConfig())
+
+
+def test_restormer_converter_takes_params_unless_asked_and_writes_only_into_a_new_folder(tmp_path, capsys):
+    """A BasicSR file holding both: `params`, what the official test scripts load (the EMA weights used to win
+    silently), or `params_ema` with --use_ema_weights. A folder that already holds files is refused (old files
+    such as a pytorch_model.bin would stay beside the converted ones)."""
+    official = random_official_state_dict("restormer")
+    ema = {key: value + 1 for key, value in official.items()}
+    torch.save({"params_ema": ema, "params": official}, tmp_path / "both.pth")
+    taken = convert_restormer.convert_restormer_checkpoint(str(tmp_path / "both.pth"), RestormerConfig())
+    assert torch.equal(taken.state_dict()["unet.output.weight"], official["output.weight"])
+    averaged = convert_restormer.convert_restormer_checkpoint(str(tmp_path / "both.pth"), RestormerConfig(),
+                                                              use_ema_weights=True)
+    assert torch.equal(averaged.state_dict()["unet.output.weight"], ema["output.weight"])
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "pytorch_model.bin").write_bytes(b"old")
+    with pytest.raises(SystemExit) as exit_:
+        convert_restormer.main([str(tmp_path / "both.pth"), str(tmp_path / "used")])
+    assert exit_.value.code == 2 and "exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["pytorch_model.bin"]
+
+
+def test_promptir_converter_keeps_the_unused_modules_of_the_file_whatever_config_is_given(tmp_path):
+    """`publish --config` passes a config for other reasons (a LayerNorm type): the file's never-called official
+    convs still get their places, where they used to be refused as unexpected keys."""
+    official = random_official_state_dict("promptir")
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in official.items()}}, path)
+    model = convert_promptir.convert_promptir_checkpoint(str(path), PromptIRConfig(layer_norm_type="WithBias"))
+    assert model.config.keep_unused_official_modules and len(model.state_dict()) == 548

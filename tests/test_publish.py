@@ -263,3 +263,23 @@ def test_every_model_has_a_card_rendered_from_the_json(tmp_path, three_task_resu
     assert 'pipeline("image-restoration"' in text and "prompt-restore" in text and "Space" in text
     assert "{{" not in text and "Measured by the training run" not in text  # the evaluation is named instead
     assert json.loads((tmp_path / "protocol_results.json").read_text()) == results
+
+
+def test_publish_refuses_a_file_as_output_and_results_without_the_cards_numbers(tmp_path, capsys):
+    """--output naming a file used to move it aside and put the folder in its place; a results file missing a
+    score used to end in a traceback with exit code 1 (documented as "push failed"). Both are usage errors."""
+    from training import publish
+
+    model = tiny_model("restormer")
+    model.save_pretrained(tmp_path / "trained")
+    eval_json = evaluation_json(model, tmp_path)
+    args = ["--model_dir", str(tmp_path / "trained"), "--repo_id", "me/x", "--no_push"]
+    assert publish.main([*args, "--eval_json", str(eval_json), "--output", str(eval_json)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and eval_json.is_file()
+    results = json.loads(eval_json.read_text())
+    for task in results["tasks"].values():
+        del task["input_psnr"]
+    (tmp_path / "partial.json").write_text(json.dumps(results))
+    assert publish.main([*args, "--eval_json", str(tmp_path / "partial.json"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not hold what the card needs (KeyError: 'input_psnr')" in err and "Traceback" not in err

@@ -246,9 +246,10 @@ def _check_one_clean_folder(root: str, files: list[str]) -> None:
         )
 
 
-def find_test_roots(protocol: str, data_root: str | os.PathLike) -> dict[str, str]:
-    """``{task: folder}`` for the protocol's tasks found below `data_root` (FileNotFoundError naming the misses)."""
-    needed = dict.fromkeys(column.root_key for column in PROTOCOLS[protocol].columns)
+def find_test_roots(protocol: str, data_root: str | os.PathLike, given: Sequence[str] = ()) -> dict[str, str]:
+    """``{task: folder}`` for the protocol's tasks found below `data_root` (FileNotFoundError naming the misses);
+    tasks in `given` (named by ``--test_roots``) are not looked for."""
+    needed = dict.fromkeys(column.root_key for column in PROTOCOLS[protocol].columns if column.root_key not in given)
     data_root = Path(data_root)
     bases = [data_root, data_root / "test", data_root / "Test"]
     found, missing = {}, []
@@ -412,13 +413,17 @@ class ProtocolTestSets:
             logger.warning("%s: skipping %s (%s)", column, path, reason)
         self.skipped.setdefault(path, {"column": column, "reason": reason})
 
-    def _read(self, path: str, column: str) -> np.ndarray:
+    def _decode(self, path: str, column: str) -> np.ndarray:
         try:
             image, converted = decode_image(self._blobs.get(path, path))
         except Exception as error:  # any undecodable file is skipped and counted, never fatal
             raise _Skip(f"corrupt: {type(error).__name__}: {error}") from error
         if converted:
             self.converted.setdefault(path, column)
+        return image
+
+    def _read(self, path: str, column: str, image: Optional[np.ndarray] = None) -> np.ndarray:
+        image = self._decode(path, column) if image is None else image
         image = center_crop_to_multiple(image, self.convention.crop_multiple)
         if min(image.shape[:2]) < self.convention.min_size:
             raise _Skip(f"too small: {image.shape[1]}x{image.shape[0]} px after cropping "
@@ -433,10 +438,10 @@ class ProtocolTestSets:
             return
         for degraded_path, clean_path in column.pairs:
             try:
-                degraded = self._read(degraded_path, name)
-                clean = self._read(clean_path, name)
-                if degraded.shape != clean.shape:
+                degraded, clean = self._decode(degraded_path, name), self._decode(clean_path, name)
+                if degraded.shape != clean.shape:  # before the crop to a multiple, which could hide it
                     raise _Skip(f"size mismatch: {degraded.shape[:2]} vs clean {clean.shape[:2]}")
+                degraded, clean = self._read(degraded_path, name, degraded), self._read(clean_path, name, clean)
             except _Skip as reason:
                 self._skip(degraded_path, name, str(reason))
                 continue
@@ -515,7 +520,7 @@ def evaluate_protocol(
     Returns the JSON-ready result (see the module docstring and :func:`markdown_report`).
     """
     from modeling import restore
-    from modeling.inference import accepts_degradation_labels, load_model
+    from modeling.inference import accepts_degradation_labels, load_model, model_inference_tile
 
     if degradation not in ("label", "auto"):
         raise ValueError(f"degradation must be 'label' or 'auto', got {degradation!r}")
@@ -562,7 +567,11 @@ def evaluate_protocol(
         "convention": asdict(convention),
         "convention_description": convention.describe(),
         "seed": test_sets.seed,
-        "tile": tile,
+        # what restore() used: the tile given, else the model's inference_tile (tile=None; whole images up to
+        # 4 megapixels otherwise), the overlap and the autocast precision
+        "tile": tile if tile is not None else model_inference_tile(model),
+        "tile_overlap": tile_overlap,
+        "dtype": dtype,
         "degradation": degradation if takes_labels else None,
         "tasks": tasks,
         "average": average,
@@ -604,15 +613,19 @@ def markdown_report(results: Mapping[str, Any], model_name: str = "ours") -> str
     """Two Markdown tables: per-column scores with the input baseline, then ours beside the published rows."""
     tasks = results["tasks"]
     lines = [f"Protocol `{results['protocol']}`: {results['protocol_description']}.",
-             "", results["convention_description"], ""]
+             "", results.get("convention_description") or "", ""]
     lines += ["| Column | Dataset | Images | Skipped | PSNR (dB) | SSIM | Input PSNR (dB) | Input SSIM |",
               "|---|---|---|---|---|---|---|---|"]
+    def number(value: Any, digits: int) -> str:  # a score missing from hand-edited results: "–"
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
+
     for name, t in tasks.items():
-        lines.append(f"| {name} | {t['dataset']} | {t['num_images']} | {t['skipped']} | {t['psnr']:.2f} | "
-                     f"{t['ssim']:.4f} | {t['input_psnr']:.2f} | {t['input_ssim']:.4f} |")
+        lines.append(f"| {name} | {t.get('dataset', '')} | {t.get('num_images', '')} | {t.get('skipped', '')} | "
+                     f"{number(t.get('psnr'), 2)} | {number(t.get('ssim'), 4)} | {number(t.get('input_psnr'), 2)} | "
+                     f"{number(t.get('input_ssim'), 4)} |")
     avg = results["average"]
-    lines.append(f"| **Average** |  |  |  | {avg['psnr']:.2f} | {avg['ssim']:.4f} | {avg['input_psnr']:.2f} | "
-                 f"{avg['input_ssim']:.4f} |")
+    lines.append(f"| **Average** |  |  |  | {number(avg.get('psnr'), 2)} | {number(avg.get('ssim'), 4)} | "
+                 f"{number(avg.get('input_psnr'), 2)} | {number(avg.get('input_ssim'), 4)} |")
     columns = list(tasks)
     lines += ["", "PSNR/SSIM beside the published numbers of the same protocol (SSIM columns compare only under the "
               "same SSIM window):", "",
@@ -697,11 +710,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Run the evaluation from the command line; prints the Markdown report and returns the results."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    roots = find_test_roots(args.protocol, args.data_root) if args.data_root else {}
-    if args.data_root and args.test_roots:
-        roots = {**roots, **parse_test_roots(args.test_roots)}
-    elif args.test_roots:
-        roots = parse_test_roots(args.test_roots)
+    given = parse_test_roots(args.test_roots) if args.test_roots else {}
+    roots = {**(find_test_roots(args.protocol, args.data_root, given) if args.data_root else {}), **given}
     if not roots:
         raise SystemExit("give --data_root or --test_roots")
     convention = CONVENTIONS[args.convention or PROTOCOLS[args.protocol].default_convention]

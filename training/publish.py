@@ -91,8 +91,9 @@ def convert_official(checkpoint: str | os.PathLike, model_type: str, config_over
     config = config_class(**config_overrides) if config_overrides or model_type == "restormer" else None
     try:
         return convert(str(checkpoint), config)
-    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as error:
-        # UnpicklingError: a checkpoint holding objects that torch.load(weights_only=True) will not rebuild
+    except (ValueError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as error:
+        # UnpicklingError: a checkpoint holding objects that torch.load(weights_only=True) will not rebuild;
+        # EOFError / KeyError: an empty file, or one that is no torch file at all
         raise PublishError(f"cannot convert {checkpoint} as {model_type}: {error}") from error
 
 
@@ -211,6 +212,8 @@ def check_output_folder(output: Path, source: Path) -> None:
     resolved, source = output.resolve(), source.resolve()
     if resolved == source or resolved in source.parents:
         raise PublishError(f"--output {output} holds {source}, which would be deleted: choose another folder")
+    if resolved.exists() and not resolved.is_dir():
+        raise PublishError(f"--output {output} is a file, not a folder: choose a new or empty folder")
     if resolved.is_dir() and any(resolved.iterdir()) and not (resolved / "config.json").is_file():
         raise PublishError(f"--output {output} exists and is not a model folder (no config.json); it would be "
                            "replaced as a whole: choose a new or empty folder")
@@ -326,6 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except (PublishError, OSError, ValueError) as error:  # ValueError: bad JSON, non-finite numbers, bad repo id
         sys.stderr.write(f"publish failed: {error}\n")
+        return 2
+    except (KeyError, TypeError) as error:  # a results file without a score the card needs, or null where one belongs
+        sys.stderr.write(f"publish failed: {args.eval_json} does not hold what the card needs "
+                         f"({type(error).__name__}: {error}); write it with training.evaluate_protocol\n")
         return 2
     sys.stdout.write(f"verified folder: {folder}\n")
     if args.no_push:

@@ -137,8 +137,20 @@ def check_output_slice(model: torch.nn.Module, expected: torch.Tensor | None, **
     return output_slice
 
 
+class _ConverterArgumentParser(argparse.ArgumentParser):
+    """Refuses an output folder that `save_converted` would refuse, as a usage error before anything is read."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's own
+        parsed = super().parse_args(args, namespace)
+        output = getattr(parsed, "output_dir", None)
+        if output is not None and Path(output).exists() and (not Path(output).is_dir() or any(Path(output).iterdir())):
+            self.error(f"{output} exists and is not an empty folder: write the converted model into a new or empty "
+                       "folder")
+        return parsed
+
+
 def base_argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = _ConverterArgumentParser(description=description)
     parser.add_argument("checkpoint", help="official checkpoint file (.pth / .ckpt)")
     parser.add_argument("output_dir", help="folder to write (weights, config, processor, code; see save_converted)")
     return parser
@@ -152,6 +164,10 @@ def save_converted(model, output_dir: str, expected_slice: torch.Tensor | None =
     --official_checkpoint FILE --model_type TYPE`` (it converts with these converters)."""
     from ..pipeline_restoration import save_restoration_folder
 
+    if Path(output_dir).exists() and (not Path(output_dir).is_dir() or any(Path(output_dir).iterdir())):
+        # the folder is written whole: files of something else (an old pytorch_model.bin) would stay beside it
+        raise FileExistsError(f"{output_dir} exists and is not an empty folder: write the converted model into a "
+                              "new or empty folder")
     before = check_output_slice(model, expected_slice, **forward_kwargs)
     save_restoration_folder(model, output_dir)
     reloaded = type(model).from_pretrained(output_dir).eval()

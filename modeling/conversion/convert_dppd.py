@@ -85,7 +85,7 @@ def convert_dppd_checkpoint(checkpoint_path: str, config: DPPDConfig | None = No
     """Read a DPPD file and return our model with its weights loaded strictly (ValueError naming every bad key)."""
     logger.warning(UNVERIFIED)
     official = read_official_checkpoint(
-        checkpoint_path, container_keys=("state_dict", "params_ema", "params"), strip_prefix="net."
+        checkpoint_path, container_keys=("state_dict", "params", "params_ema"), strip_prefix="net."
     )
     model = DPPDForImageRestoration(config if config is not None else DPPDConfig())
     converted = convert_state_dict(official, KEY_RULES)
@@ -99,7 +99,7 @@ def convert_dppd_checkpoint(checkpoint_path: str, config: DPPDConfig | None = No
 def inspect_checkpoint(checkpoint_path: str) -> str:
     """Every key of the file with its shape, plus a count per top-level prefix: what a real key table needs."""
     official = read_official_checkpoint(
-        checkpoint_path, container_keys=("state_dict", "params_ema", "params"), strip_prefix="net."
+        checkpoint_path, container_keys=("state_dict", "params", "params_ema"), strip_prefix="net."
     )
     prefixes = Counter(key.split(".")[0] for key in official)
     lines = [f"{len(official)} keys; per top-level prefix: {dict(prefixes)}"]

@@ -83,11 +83,14 @@ def convert_pip_checkpoint(
 ) -> PIPForImageRestoration:
     """Read an official PIP file and return our model with its weights loaded (strictly, estimator aside)."""
     official = read_official_checkpoint(checkpoint_path, container_keys=("params", "params_ema", "state_dict"))
+    has_unused = any(k.startswith("reduce_noise_channel_") for k in official)
     if config is None:
-        has_unused = any(k.startswith("reduce_noise_channel_") for k in official)
         config = PIPConfig(
             keep_unused_official_modules=has_unused, use_degradation_estimator=with_degradation_estimator
         )
+    elif has_unused and not config.keep_unused_official_modules:
+        # A config given for other reasons (publish --config) still gives the file's never-called convs a place.
+        config.keep_unused_official_modules = True
     model = PIPForImageRestoration(config)
     converted = convert_official_pip_state_dict(official)
     if config.use_degradation_estimator:

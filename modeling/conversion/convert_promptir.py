@@ -47,9 +47,12 @@ def convert_promptir_checkpoint(
     official = read_official_checkpoint(checkpoint_path, container_keys=("state_dict",), strip_prefix="net.")
     if drop_unused_official_modules:
         official = {k: v for k, v in official.items() if k.split(".")[0] not in UNUSED_OFFICIAL_MODULES}
+    has_unused = any(k.split(".")[0] in UNUSED_OFFICIAL_MODULES for k in official)
     if config is None:
-        has_unused = any(k.split(".")[0] in UNUSED_OFFICIAL_MODULES for k in official)
         config = PromptIRConfig(keep_unused_official_modules=has_unused)
+    elif has_unused and not config.keep_unused_official_modules:
+        # A config given for other reasons (publish --config) still gives the file's never-called convs a place.
+        config.keep_unused_official_modules = True
     model = PromptIRForImageRestoration(config)
     load_converted(model, convert_state_dict(official, KEY_RULES, squeeze_prompt_components))
     return model.eval()

@@ -28,9 +28,13 @@ KEY_RULES = [
 ]
 
 
-def convert_restormer_checkpoint(checkpoint_path: str, config: RestormerConfig) -> RestormerForImageRestoration:
-    """Read an official Restormer file and return our model with its weights loaded strictly."""
-    official = read_official_checkpoint(checkpoint_path, container_keys=("params_ema", "params", "state_dict"))
+def convert_restormer_checkpoint(
+    checkpoint_path: str, config: RestormerConfig, use_ema_weights: bool = False
+) -> RestormerForImageRestoration:
+    """Read an official Restormer file and return our model with its weights loaded strictly. A BasicSR file
+    holding both gives ``params``, what the official test scripts load, unless `use_ema_weights`."""
+    container_keys = ("params_ema", "params", "state_dict") if use_ema_weights else ("params", "params_ema", "state_dict")
+    official = read_official_checkpoint(checkpoint_path, container_keys=container_keys)
     model = RestormerForImageRestoration(config)
     load_converted(model, convert_state_dict(official, KEY_RULES))
     return model.eval()
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layer_norm_type", default="WithBias", choices=["WithBias", "BiasFree"],
                         help="BiasFree for the official denoising checkpoints")
     parser.add_argument("--dual_pixel_task", action="store_true", help="dual-pixel defocus checkpoint")
+    parser.add_argument("--use_ema_weights", action="store_true",
+                        help="convert `params_ema` (the EMA weights) instead of `params` where a file holds both")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     config = RestormerConfig(
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         dual_pixel_task=args.dual_pixel_task,
         in_channels=6 if args.dual_pixel_task else 3,
     )
-    model = convert_restormer_checkpoint(args.checkpoint, config)
+    model = convert_restormer_checkpoint(args.checkpoint, config, use_ema_weights=args.use_ema_weights)
     save_converted(model, args.output_dir)
 
 
