@@ -177,9 +177,9 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
                 f"degradation_estimator_statistics must list distinct values of {DEGRADATION_ESTIMATOR_STATISTICS}, "
                 f"got {statistics!r}"
             )
-        if self.degradation_estimator_window is not None and (
-            isinstance(self.degradation_estimator_window, bool) or not isinstance(self.degradation_estimator_window, int)
-            or self.degradation_estimator_window < 8
+        window = self.degradation_estimator_window
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 8
         ):
             raise ValueError(
                 f"degradation_estimator_window must be None or a side of at least 8 pixels, got "

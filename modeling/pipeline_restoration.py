@@ -276,4 +276,6 @@ def strip_code_references(folder: str | os.PathLike) -> list[str]:
     return changed
 
 
-__all__ = ["ImageRestorationPipeline", "TASK_NAME", "register_pipeline", "save_restoration_folder", "strip_code_references"]
+__all__ = [
+    "ImageRestorationPipeline", "TASK_NAME", "register_pipeline", "save_restoration_folder", "strip_code_references",
+]

@@ -184,9 +184,10 @@ def tiled_apply(
         progress: show a tqdm progress bar over tile batches.
         statistics_passes: 0: every tile uses its own statistics. n > 0: `fn`'s global sites (`tile_context`) use
             whole-image statistics gathered over the tiles in n earlier passes (n + 1 times the compute). Then
-            tiles are rounded down to `tile_context.GRID` (8 px), to 16 px at least, and start on it, in the image padded at the
-            bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which falls back to
-            "replicate" where the image is too small to reflect, "replicate" or "constant"), without a padded copy.
+            tiles are rounded down to `tile_context.GRID` (8 px), to 16 px at least, and start on it, in the image
+            padded at the bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which
+            falls back to "replicate" where the image is too small to reflect, "replicate" or "constant"), without
+            a padded copy.
         statistics_tolerance: 0: exactly `statistics_passes` passes. t > 0: `statistics_passes` at most, stopping
             after the second or a later pass once that pass changed the gathered statistics by at most t
             (`TileStatistics.relative_change`: the largest relative change of any site's sums).

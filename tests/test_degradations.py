@@ -235,6 +235,6 @@ def test_blurs_leave_a_flat_image_flat_whatever_its_size(size):
     flat = np.full((*size, 3), 200, np.uint8)
     rng = np.random.default_rng(0)
     for degraded in (D.motion_blur(flat, rng, length=41, angle=30.0), D.motion_blur(flat, rng, length=21),
-                     D.gaussian_blur(flat, rng, sigma=3.5, sigma_y=1.0, angle=30.0), D.gaussian_blur(flat, rng, sigma=3.5),
-                     D.defocus_blur(flat, rng, radius=4.0)):
+                     D.gaussian_blur(flat, rng, sigma=3.5, sigma_y=1.0, angle=30.0),
+                     D.gaussian_blur(flat, rng, sigma=3.5), D.defocus_blur(flat, rng, radius=4.0)):
         np.testing.assert_array_equal(degraded.image, flat)

@@ -334,7 +334,8 @@ def test_a_noise_test_set_spread_over_folders_is_refused(root3, tmp_path):
 def test_results_record_the_tiling_and_precision_restore_used(root3):
     """A model whose config names an inference_tile is restored in tiles even without `tile`: the JSON says so
     (it used to say "tile": null beside tiled scores), with the overlap and the precision."""
-    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3), convention=ep.CONVENTIONS["promptir"])
+    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3),
+                                    convention=ep.CONVENTIONS["promptir"])
     tiled_by_config = tiny_model("restormer", inference_tile=16)
     results = ep.evaluate_protocol(tiled_by_config, test_sets, dtype="fp32")
     assert (results["tile"], results["tile_overlap"], results["dtype"]) == (16, None, "fp32")

@@ -471,7 +471,8 @@ def push_folder_to_hub(
 ) -> str:
     """Create `repo_id` if needed and make it hold what `folder` holds, in one commit; return the commit URL.
 
-    Files matching `ignore_patterns` stay out, and so do pickled files whatever the patterns (`PICKLE_SUFFIXES`); files of an earlier upload that `folder` no longer has (older
+    Files matching `ignore_patterns` stay out, and so do pickled files whatever the patterns (`PICKLE_SUFFIXES`);
+    files of an earlier upload that `folder` no longer has (older
     weights, figures) are deleted in the same commit, so the repo never mixes two models.
 
     Raises `HubPushError` (one line, naming the local folder) when offline (``HF_HUB_OFFLINE=1``), without a

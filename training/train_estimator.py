@@ -168,7 +168,8 @@ def train_estimator(args: argparse.Namespace) -> dict:
         # The weights read the statistics they were trained on, judged on windows of their size: those come with them
         # unless given here.
         statistics = donor_config.get("degradation_estimator_statistics")
-        if args.estimator_statistics is None and statistics and statistics != model.config.degradation_estimator_statistics:
+        current = model.config.degradation_estimator_statistics
+        if args.estimator_statistics is None and statistics and statistics != current:
             from modeling.modeling_pip import build_degradation_estimator
 
             model.config.degradation_estimator_statistics = list(statistics)

@@ -33,8 +33,8 @@ def convert_restormer_checkpoint(
 ) -> RestormerForImageRestoration:
     """Read an official Restormer file and return our model with its weights loaded strictly. A BasicSR file
     holding both gives ``params``, what the official test scripts load, unless `use_ema_weights`."""
-    container_keys = ("params_ema", "params", "state_dict") if use_ema_weights else ("params", "params_ema", "state_dict")
-    official = read_official_checkpoint(checkpoint_path, container_keys=container_keys)
+    container_keys = ("params_ema", "params") if use_ema_weights else ("params", "params_ema")
+    official = read_official_checkpoint(checkpoint_path, container_keys=(*container_keys, "state_dict"))
     model = RestormerForImageRestoration(config)
     load_converted(model, convert_state_dict(official, KEY_RULES))
     return model.eval()

@@ -224,7 +224,8 @@ def _synthesis_region_patch(
     top, left = int(rng.integers(0, height - region_h + 1)), int(rng.integers(0, width - region_w + 1))
     region = clean[top : top + region_h, left : left + region_w]
     region = augment(region, random_augment_mode(rng) if augment_flag else 0)
-    place = (int(rng.integers(0, region.shape[0] - patch_size + 1)), int(rng.integers(0, region.shape[1] - patch_size + 1)))
+    place = (int(rng.integers(0, region.shape[0] - patch_size + 1)),
+             int(rng.integers(0, region.shape[1] - patch_size + 1)))
     return region, place, padded
 
 
