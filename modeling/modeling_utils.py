@@ -12,6 +12,17 @@ from .degradation_labels import degradation_weights_from_labels
 from .errors import RestorationInputError
 from .restormer_blocks import ChannelLayerNorm, MultiDconvHeadTransposedAttention, TransformerBlock
 
+#: Config keys that describe the saved file, not the model: left out where two models' configs are compared.
+CONFIG_BOOKKEEPING = frozenset({"transformers_version", "architectures", "auto_map", "custom_pipelines", "dtype",
+                                "torch_dtype"})
+
+
+def model_config_fields(config) -> dict:
+    """A config as a dict of what defines the model (no bookkeeping, no ``_``-private keys): equal for two models
+    with one architecture and options, whatever file or library version they came from."""
+    return {key: value for key, value in config.to_dict().items()
+            if not key.startswith("_") and key not in CONFIG_BOOKKEEPING}
+
 # Bytes; PyTorch's CPU allocator aligns every new tensor to this.
 _CPU_ALIGNMENT = 64
 

@@ -55,6 +55,7 @@ import modeling
 from modeling.cli import save_image_atomic
 from modeling.image_processing_restoration import load_image_file
 from modeling.inference import check_tile_options, degradation_label_ids, load_model, load_processor
+from modeling.modeling_utils import model_config_fields
 from modeling.tiling import check_tiling
 
 from .checkpointing import write_text_atomic
@@ -297,9 +298,7 @@ def model_fingerprint(model: Any) -> str:
     hasher = hashlib.sha256()
     config = getattr(model, "config", None)
     if config is not None:
-        values = {key: value for key, value in config.to_dict().items()
-                  if not key.startswith("_") and key != "transformers_version"}
-        hasher.update(json.dumps(values, sort_keys=True, default=str).encode())
+        hasher.update(json.dumps(model_config_fields(config), sort_keys=True, default=str).encode())
     for key, tensor in model.state_dict().items():
         data = tensor.detach().cpu().contiguous().reshape(-1)
         hasher.update(f"{key}:{data.dtype}:{tuple(tensor.shape)}".encode())

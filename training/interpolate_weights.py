@@ -29,14 +29,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling.modeling_utils import model_config_fields  # noqa: E402
 from training.checkpointing import folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger("training.interpolate_weights")
-
-#: Config fields that record where a model came from, not what it computes.
-BOOKKEEPING_FIELDS = ("_name_or_path", "transformers_version", "_commit_hash", "auto_map", "architectures",
-                      "dtype", "torch_dtype")
-
 
 def interpolate_state_dicts(
     states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
@@ -68,7 +64,7 @@ def interpolate_state_dicts(
 
 def architecture(config) -> dict:
     """The config as a dict without the bookkeeping fields: equal for models that can be averaged."""
-    return {key: value for key, value in config.to_dict().items() if key not in BOOKKEEPING_FIELDS}
+    return model_config_fields(config)
 
 
 def interpolate_models(models: Sequence[torch.nn.Module], weights: Sequence[float]) -> torch.nn.Module:

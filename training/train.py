@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from modeling import MODEL_CLASSES
+from modeling.modeling_utils import model_config_fields
 from training import checkpointing
 from training.losses import build_training_loss
 from training.schedules import build_lr_lambda, schedule_end_step
@@ -509,15 +510,10 @@ def check_data_layout(saved: Optional[dict], current: dict, checkpoint: Path) ->
         )
 
 
-#: Config keys that describe the file, not the model (ignored when a resume compares configs).
-_CONFIG_BOOKKEEPING = {"transformers_version", "architectures", "auto_map", "custom_pipelines", "dtype", "torch_dtype"}
-
-
 def model_description(model_type: str, model: torch.nn.Module) -> dict:
-    """What a checkpoint's weights are: the model type and its config (recorded in every checkpoint)."""
-    config = json.loads(model.config.to_json_string(use_diff=False))
+    """What a checkpoint's weights are: the model type and its config (recorded in every checkpoint, as JSON)."""
     return {"model_type": model_type,
-            "config": {k: v for k, v in config.items() if not k.startswith("_") and k not in _CONFIG_BOOKKEEPING}}
+            "config": json.loads(json.dumps(model_config_fields(model.config), default=str))}
 
 
 def check_model_description(saved: Optional[dict], current: dict, checkpoint: Path) -> None:

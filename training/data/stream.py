@@ -56,17 +56,23 @@ def _counter_slot() -> int:
     return 0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)
 
 
+def _pad_to_patch(images: list[np.ndarray], patch_size: int) -> tuple[list[np.ndarray], bool]:
+    """Images smaller than the patch on a side, reflect-padded at the bottom/right up to it (and whether they were)."""
+    height, width = images[0].shape[:2]
+    if height >= patch_size and width >= patch_size:
+        return images, False
+    pad = ((0, max(patch_size - height, 0)), (0, max(patch_size - width, 0)), (0, 0))
+    return [np.pad(im, pad, mode="symmetric") for im in images], True
+
+
 def _crop_and_augment(
     images: list[np.ndarray], patch_size: int | None, rng: np.random.Generator, augment_flag: bool
 ) -> tuple[list[np.ndarray], bool]:
     """Same random crop (official ``_crop_patch``) and same flip/rot90 mode for all images of an example."""
     padded = False
     if patch_size:
+        images, padded = _pad_to_patch(images, patch_size)
         height, width = images[0].shape[:2]
-        if height < patch_size or width < patch_size:
-            pad = ((0, max(patch_size - height, 0)), (0, max(patch_size - width, 0)), (0, 0))
-            images = [np.pad(im, pad, mode="symmetric") for im in images]
-            height, width, padded = max(height, patch_size), max(width, patch_size), True
         top = int(rng.integers(0, height - patch_size + 1))
         left = int(rng.integers(0, width - patch_size + 1))
         images = [im[top : top + patch_size, left : left + patch_size] for im in images]
@@ -214,12 +220,8 @@ def _synthesis_region_patch(
     that it holds (reflect-padded up to the patch where it is smaller than that, which counts as padded), flipped
     or rotated, and a random place for the patch in it. Padding the image up to the crop instead would pin every
     patch to its centre and mix mirrored pixels into it."""
+    (clean,), padded = _pad_to_patch([clean], patch_size)
     height, width = clean.shape[:2]
-    padded = height < patch_size or width < patch_size
-    if padded:
-        pad = ((0, max(patch_size - height, 0)), (0, max(patch_size - width, 0)), (0, 0))
-        clean = np.pad(clean, pad, mode="symmetric")
-        height, width = clean.shape[:2]
     region_h, region_w = min(crop_size, height), min(crop_size, width)
     top, left = int(rng.integers(0, height - region_h + 1)), int(rng.integers(0, width - region_w + 1))
     region = clean[top : top + region_h, left : left + region_w]
