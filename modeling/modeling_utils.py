@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +25,20 @@ def model_config_fields(config) -> dict:
     with one architecture and options, whatever file or library version they came from."""
     return {key: value for key, value in config.to_dict().items()
             if not key.startswith("_") and key not in CONFIG_BOOKKEEPING}
+
+
+def model_fingerprint(model) -> str:
+    """Hash (16 hex digits) of a model's config, without its bookkeeping keys, and of every weight's bytes: what
+    tells one model from another across files (batch restoration's resume check, an evaluation's publication)."""
+    hasher = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        hasher.update(json.dumps(model_config_fields(config), sort_keys=True, default=str).encode())
+    for key, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"{key}:{data.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(data.view(torch.uint8).numpy())
+    return hasher.hexdigest()[:16]
 
 # Bytes; PyTorch's CPU allocator aligns every new tensor to this.
 _CPU_ALIGNMENT = 64

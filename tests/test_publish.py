@@ -166,12 +166,20 @@ def test_publish_never_replaces_a_folder_it_did_not_write(tmp_path, monkeypatch,
         assert publish.main([*args, "--repo_id", "me/tiny-pip", "--output", str(output)]) == 2
         assert "would be deleted" in capsys.readouterr().err
     assert publish.main([*args, "--repo_id", "me/tiny-pip", "--output", str(tmp_path / "publish")]) == 2
-    assert "is not a model folder" in capsys.readouterr().err
+    assert "is not a folder written by publish" in capsys.readouterr().err
     assert (tmp_path / "publish" / "other-model").is_dir() and (model_dir / "model.safetensors").is_file()
-    # The default folder holding an earlier model folder (a previous publish): replaced.
+    # Another model's folder (a training folder with files of its own) is not a publish folder: refused, kept.
     model.save_pretrained(tmp_path / "publish" / "tiny-pip")
+    (tmp_path / "publish" / "tiny-pip" / "notes.md").write_text("hand-written")
+    assert publish.main([*args, "--repo_id", "me/tiny-pip"]) == 2
+    assert "not a folder written by publish" in capsys.readouterr().err
+    assert (tmp_path / "publish" / "tiny-pip" / "notes.md").is_file()
+    # The default folder holding an earlier publish of it: replaced.
+    (tmp_path / "publish" / "tiny-pip" / "notes.md").unlink()
+    (tmp_path / "publish" / "tiny-pip" / "protocol_results.json").write_text(eval_json.read_text())
     assert publish.main([*args, "--repo_id", "me/tiny-pip"]) == 0
     assert (tmp_path / "publish" / "tiny-pip" / "README.md").is_file()
+    assert publish.main([*args, "--repo_id", "me/tiny-pip"]) == 0  # and again, over its own output
     assert (tmp_path / "publish" / "other-model").is_dir()
 
 
@@ -181,9 +189,11 @@ def test_publish_usage_errors(tmp_path, capsys):
     assert publish.main(["--official_checkpoint", str(tmp_path / "missing.pth"), "--eval_json",
                          str(tmp_path / "missing.json"), "--repo_id", "me/x", "--no_push"]) == 2
     assert "publish failed" in capsys.readouterr().err
-    (tmp_path / "r.json").write_text(json.dumps({"protocol": "3-task", "tasks": {}}))
+    model = tiny_model("restormer")
+    model.save_pretrained(tmp_path / "trained")
+    eval_json = evaluation_json(model, tmp_path)
     assert publish.main(["--official_checkpoint", str(tmp_path / "missing.pth"), "--eval_json",
-                         str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+                         str(eval_json), "--repo_id", "me/x", "--no_push"]) == 2
     assert "needs --model_type" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         publish.parse_args(["--eval_json", "x", "--repo_id", "me/x"])  # neither checkpoint nor folder
@@ -191,9 +201,6 @@ def test_publish_usage_errors(tmp_path, capsys):
         publish.parse_args(["--model_dir", "d", "--model_type", "pip", "--eval_json", "x", "--repo_id", "me/x"])
     assert "apply to --official_checkpoint" in capsys.readouterr().err
     # "other" without a name and a link: the Hub would show an unnamed licence. A name with a Hub licence id: unused.
-    model = tiny_model("restormer")
-    model.save_pretrained(tmp_path / "trained")
-    eval_json = evaluation_json(model, tmp_path)
     folder_args = ["--model_dir", str(tmp_path / "trained"), "--eval_json", str(eval_json), "--repo_id", "me/x",
                    "--output", str(tmp_path / "out"), "--no_push"]
     assert publish.main([*folder_args, "--license", "other"]) == 2
@@ -209,7 +216,7 @@ def test_publish_usage_errors(tmp_path, capsys):
 
     torch.save({"state_dict": collections.OrderedDict(), "extra": collections.Counter("ab")}, tmp_path / "odd.ckpt")
     assert publish.main(["--official_checkpoint", str(tmp_path / "odd.ckpt"), "--model_type", "pip", "--eval_json",
-                         str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+                         str(eval_json), "--repo_id", "me/x", "--no_push"]) == 2
     assert "cannot convert" in capsys.readouterr().err
     # CPL's BasicSR file has exactly PromptIR's keys: as --model_type promptir (Lightning files only) it is refused
     # rather than published as a soft-routing PromptIR.
@@ -218,7 +225,7 @@ def test_publish_usage_errors(tmp_path, capsys):
     weights = random_official_cpl_weights()
     torch.save({"params": weights, "params_ema": weights}, tmp_path / "CPLIR_3task.pth")
     assert publish.main(["--official_checkpoint", str(tmp_path / "CPLIR_3task.pth"), "--model_type", "promptir",
-                         "--eval_json", str(tmp_path / "r.json"), "--repo_id", "me/x", "--no_push"]) == 2
+                         "--eval_json", str(eval_json), "--repo_id", "me/x", "--no_push"]) == 2
     assert "a BasicSR file holding ['params', 'params_ema']" in capsys.readouterr().err
 
 
@@ -282,4 +289,127 @@ def test_publish_refuses_a_file_as_output_and_results_without_the_cards_numbers(
     (tmp_path / "partial.json").write_text(json.dumps(results))
     assert publish.main([*args, "--eval_json", str(tmp_path / "partial.json"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "does not hold what the card needs (KeyError: 'input_psnr')" in err and "Traceback" not in err
+    assert "tasks['haze']['input_psnr'] is None, not a finite number" in err and "Traceback" not in err
+
+
+def _edited(results: dict, edit) -> dict:
+    results = json.loads(json.dumps(results))
+    edit(results)
+    return results
+
+
+@pytest.mark.parametrize("edit, message", [
+    # a column missing: the card would average four columns and print the JSON's five-column average beside it
+    (lambda r: r["tasks"].pop("rain"), "has no rain"),
+    (lambda r: r["tasks"].clear(), "has no haze, rain, noise-15, noise-25, noise-50"),
+    (lambda r: r["tasks"].update(extra={}), "unknown extra"),
+    (lambda r: r.update(tasks=list(r["tasks"].values())), "'tasks' is a JSON list"),
+    (lambda r: r["tasks"].update(rain=[1, 2]), "tasks['rain'] is a JSON list"),
+    (lambda r: r.update(average=None), "'average' is a JSON NoneType"),
+    (lambda r: r["tasks"]["rain"].update(psnr="31.2"), "tasks['rain']['psnr'] is '31.2', not a finite number"),
+    (lambda r: r["tasks"]["rain"].update(ssim=True), "tasks['rain']['ssim'] is True"),
+    (lambda r: r["average"].update(psnr=r["average"]["psnr"] + 0.3), "average['psnr'] is"),
+    (lambda r: r.update(protocol="4-task"), "protocol '4-task' is none of"),
+    (lambda r: r.pop("skipped"), "'skipped' is None"),
+    (lambda r: r.update(protocol_description=None), "'protocol_description' is None"),
+])
+def test_publish_refuses_results_that_are_not_an_evaluation(tmp_path, three_task_results, capsys, edit, message):
+    """Hand-edited or truncated results files: one line and exit code 2, before anything is loaded or written."""
+    from training import publish
+
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(_edited(three_task_results, edit)))
+    code = publish.main(["--model_dir", str(tmp_path / "absent"), "--eval_json", str(path), "--repo_id", "me/x",
+                         "--output", str(tmp_path / "o"), "--no_push"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and f"publish failed: {path}" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    ep.check_protocol_results(three_task_results)  # the unedited results pass
+
+
+def test_publish_needs_the_evaluation_of_these_weights_and_ships_the_licence_it_links(tmp_path, capsys):
+    """A results file records which weights it scored: another model of the same type is refused. A licence link
+    that is a file is shipped in the folder (the upload makes the repo hold the folder only, so an unshipped
+    file would be deleted from the repo and the link would point at nothing)."""
+    from training import publish
+
+    model = tiny_model("restormer")
+    model.save_pretrained(tmp_path / "trained")
+    results = json.loads(evaluation_json(model, tmp_path).read_text())
+    assert len(results["model_fingerprint"]) == 16
+    args = ["--model_dir", str(tmp_path / "trained"), "--repo_id", "me/x", "--no_push"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**results, "model_fingerprint": "0123456789abcdef"}))
+    assert publish.main([*args, "--eval_json", str(other), "--output", str(tmp_path / "o")]) == 2
+    assert "scored other weights (fingerprint 0123456789abcdef)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps(results))
+    licence = ["--license", "other", "--license_name", "my-terms"]
+    assert publish.main([*args, "--eval_json", str(own), "--output", str(tmp_path / "o"), *licence,
+                         "--license_link", "TERMS.txt"]) == 2
+    assert "--license_link TERMS.txt is no URL and no file here or in" in capsys.readouterr().err
+    (tmp_path / "trained" / "TERMS.txt").write_text("my terms")
+    assert publish.main([*args, "--eval_json", str(own), "--output", str(tmp_path / "o"), *licence,
+                         "--license_link", "TERMS.txt"]) == 0
+    assert (tmp_path / "o" / "TERMS.txt").read_text() == "my terms"
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(tmp_path / "o" / "README.md").data.license_link == "TERMS.txt"
+    # a path elsewhere is shipped under its name
+    (tmp_path / "LICENSE.md").write_text("other terms")
+    assert publish.main([*args, "--eval_json", str(own), "--output", str(tmp_path / "o"), *licence,
+                         "--license_link", str(tmp_path / "LICENSE.md")]) == 0
+    assert (tmp_path / "o" / "LICENSE.md").read_text() == "other terms"
+    assert ModelCard.load(tmp_path / "o" / "README.md").data.license_link == "LICENSE.md"
+
+
+def test_a_failed_private_push_says_how_to_retry_privately(tmp_path):
+    from training.model_card import HubPushError, push_folder_to_hub
+
+    (tmp_path / "my folder").mkdir()
+    for private, flag in ((True, " me/x --private)"), (None, " me/x)")):
+        with pytest.raises(HubPushError) as caught:  # offline in tests: fails before any request
+            push_folder_to_hub(tmp_path / "my folder", "me/x", token="t", private=private)
+        assert str(caught.value).endswith(flag) and f"'{tmp_path / 'my folder'}'" in str(caught.value)
+
+
+def test_card_snippets_of_a_model_that_needs_labels_run_as_written(tmp_path, monkeypatch):
+    """A PIP without a degradation estimator (as converted official checkpoints are) restores only with a label:
+    the card's three usage snippets pass one, and each runs as printed against the published folder."""
+    import re
+    import shlex
+
+    import numpy as np
+    from PIL import Image
+
+    from modeling import cli, restore
+    from training import publish
+
+    model = tiny_model("pip", use_degradation_estimator=False)
+    assert not model.can_estimate_degradation
+    model.save_pretrained(tmp_path / "trained")
+    eval_json = evaluation_json(model, tmp_path, "5-task")
+    out = tmp_path / "published"
+    assert publish.main(["--model_dir", str(tmp_path / "trained"), "--eval_json", str(eval_json), "--repo_id",
+                         "me/tiny-pip", "--output", str(out), "--no_push"]) == 0
+    text = (out / "README.md").read_text()
+    label = model.config.degradation_names[0]
+    assert "has no degradation estimator" in text and f"--degradation {label}" in text
+    monkeypatch.chdir(tmp_path)
+    image = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save("degraded.png")
+    expected = restore(image.astype(np.float32) / 255, model, degradation=label, dtype="fp32")
+    python_blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(python_blocks) == 2
+    for block in python_blocks:
+        Path("restored.png").unlink(missing_ok=True)
+        exec(block.replace('"me/tiny-pip"', repr(str(out))), {})
+        restored = np.asarray(Image.open("restored.png"), dtype=np.float32) / 255
+        # the snippets run with the defaults (bf16 autocast on a CPU with native bf16): within bf16 rounding
+        assert np.abs(restored - expected).max() <= 4 / 255
+    command = re.search(r"```bash\n(prompt-restore .*?)\n```", text).group(1)
+    argv = shlex.split(command.replace("me/tiny-pip", str(out)))[1:]
+    assert cli.main(argv) == 0
+    restored = np.asarray(Image.open(Path("restored") / "degraded.png"), dtype=np.float32) / 255
+    assert np.abs(restored - expected).max() <= 4 / 255

@@ -34,7 +34,6 @@ How it works:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ import modeling
 from modeling.cli import save_image_atomic
 from modeling.image_processing_restoration import load_image_file
 from modeling.inference import check_tile_options, degradation_label_ids, load_model, load_processor
-from modeling.modeling_utils import model_config_fields
+from modeling.modeling_utils import model_fingerprint
 from modeling.tiling import check_tiling
 
 from .checkpointing import write_text_atomic
@@ -289,21 +288,6 @@ def read_manifests(output_dir: Path) -> dict[str, dict]:
                 continue
             records[record["file"]] = record
     return records
-
-
-def model_fingerprint(model: Any) -> str:
-    """Hash (16 hex digits) of a model's config, without its bookkeeping keys, and of every weight's bytes."""
-    import torch
-
-    hasher = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None:
-        hasher.update(json.dumps(model_config_fields(config), sort_keys=True, default=str).encode())
-    for key, tensor in model.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        hasher.update(f"{key}:{data.dtype}:{tuple(tensor.shape)}".encode())
-        hasher.update(data.view(torch.uint8).numpy())
-    return hasher.hexdigest()[:16]
 
 
 def run_settings(args: argparse.Namespace, model: Any, source: FolderSource | DatasetSource) -> dict:

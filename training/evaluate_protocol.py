@@ -521,6 +521,7 @@ def evaluate_protocol(
     """
     from modeling import restore
     from modeling.inference import accepts_degradation_labels, load_model, model_inference_tile
+    from modeling.modeling_utils import model_fingerprint
 
     if degradation not in ("label", "auto"):
         raise ValueError(f"degradation must be 'label' or 'auto', got {degradation!r}")
@@ -564,6 +565,8 @@ def evaluate_protocol(
         "protocol": protocol.name,
         "protocol_description": protocol.description,
         "model_type": getattr(config, "model_type", None),
+        # which weights were scored: publish refuses to card another model with these numbers
+        "model_fingerprint": model_fingerprint(model),
         "convention": asdict(convention),
         "convention_description": convention.describe(),
         "seed": test_sets.seed,
@@ -586,6 +589,60 @@ def evaluate_protocol(
 
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values))
+
+
+#: The scores of every column and of the average; a results file without one of them finite is refused.
+SCORE_KEYS = ("psnr", "ssim", "input_psnr", "input_ssim")
+
+
+def check_protocol_results(results: Any, source: str = "the results") -> None:
+    """Raise ``ValueError`` (one line naming `source`) unless `results` is what :func:`evaluate_protocol` writes:
+    a known protocol, one entry per column of it with finite scores, and an average that is the mean of the
+    columns. Reports and cards are rendered from these files, so a hand-edited or truncated one must not reach
+    them (a missing column would change the average, and a missing score would break a table)."""
+    import math
+    import numbers
+
+    def score(value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{source}: {where} is {value!r}, not a finite number")
+        return float(value)
+
+    if not isinstance(results, Mapping):
+        raise ValueError(f"{source} is a JSON {type(results).__name__}, not an object")
+    protocol = PROTOCOLS.get(results.get("protocol"))
+    if protocol is None:
+        raise ValueError(f"{source}: protocol {results.get('protocol')!r} is none of {', '.join(PROTOCOLS)}")
+    for key in ("protocol_description", "convention_description"):
+        if not isinstance(results.get(key), str):
+            raise ValueError(f"{source}: {key!r} is {results.get(key)!r}, not a text")
+    skipped = results.get("skipped")
+    if not (isinstance(skipped, Mapping) and isinstance(skipped.get("count"), int)
+            and isinstance(skipped.get("files"), list)):
+        raise ValueError(f"{source}: 'skipped' is {skipped!r}, not an object with a 'count' and a list of 'files'")
+    tasks = results.get("tasks")
+    if not isinstance(tasks, Mapping):
+        raise ValueError(f"{source}: 'tasks' is a JSON {type(tasks).__name__}, not an object of columns")
+    expected = [spec.name for spec in protocol.columns]
+    if list(tasks) != expected:
+        missing = [name for name in expected if name not in tasks]
+        extra = [name for name in tasks if name not in expected]
+        raise ValueError(f"{source}: the {protocol.name} protocol scores the columns {', '.join(expected)} in this "
+                         f"order; 'tasks' has " + (f"no {', '.join(missing)}" if missing else "")
+                         + ("; " if missing and extra else "") + (f"unknown {', '.join(extra)}" if extra else "")
+                         + ("" if missing or extra else "them in another order"))
+    for name, task in tasks.items():
+        if not isinstance(task, Mapping):
+            raise ValueError(f"{source}: tasks[{name!r}] is a JSON {type(task).__name__}, not an object")
+        for key in SCORE_KEYS:
+            score(task.get(key), f"tasks[{name!r}][{key!r}]")
+    average = results.get("average")
+    if not isinstance(average, Mapping):
+        raise ValueError(f"{source}: 'average' is a JSON {type(average).__name__}, not an object")
+    for key in SCORE_KEYS:
+        mean = _mean([float(task[key]) for task in tasks.values()])
+        if not math.isclose(score(average.get(key), f"average[{key!r}]"), mean, rel_tol=1e-9, abs_tol=1e-9):
+            raise ValueError(f"{source}: average[{key!r}] is {average[key]!r}, but its columns' mean is {mean!r}")
 
 
 def _environment() -> dict[str, str]:
@@ -643,6 +700,9 @@ def markdown_report(results: Mapping[str, Any], model_name: str = "ours") -> str
         window = " (Gaussian SSIM)" if row["ssim_window"] != "uniform7" else ""
         lines.append(f"| {row['method']}{window} | " + " | ".join(cells)
                      + f" | {_cell(average.get('psnr'), average.get('ssim'))} | {row['source']} |")
+    notes = [f"- {row['method']}: {row['note']}" for row in results.get("published", []) if row.get("note")]
+    if notes:
+        lines += ["", "Notes on the published rows:", "", *notes]
     if results["skipped"]["count"]:
         lines += ["", f"Skipped files ({results['skipped']['count']}):", ""]
         lines += [f"- `{s['file']}` ({s['column']}): {s['reason']}" for s in results["skipped"]["files"]]
@@ -738,6 +798,7 @@ __all__ = [
     "DEFAULT_SUBFOLDERS",
     "MetricConvention",
     "PROTOCOLS",
+    "check_protocol_results",
     "Protocol",
     "ProtocolTestSets",
     "TestColumn",

@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -112,7 +113,8 @@ def build_model_card(
             rendered from the same evaluation JSON).
         license: the card's ``license`` field (the weights' licence): a Hub licence id, or ``"other"`` with
             `license_name` (an id of your choosing, e.g. ``promptir-official-weights``) and `license_link` (a URL,
-            or ``LICENSE`` for a file in the repo), which the Hub shows in place of a licence it does not know.
+            or the name of a licence file the folder holds), which the Hub shows in place of a licence it does not
+            know.
         usage: the card's usage section (default: `usage_section` of ``model_id``, for a folder with its code).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -248,9 +250,21 @@ def training_section(summary: Mapping[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def usage_section(model_id: str) -> str:
-    """How to run the model: transformers with remote code, the `image-restoration` pipeline, the CLI."""
-    return f"""```python
+def usage_section(model_id: str, degradation: Optional[str] = None, degradation_names: Sequence[str] = ()) -> str:
+    """How to run the model: transformers with remote code, the `image-restoration` pipeline, the CLI.
+
+    `degradation`: for a model that cannot estimate the degradation itself (converted PIP, for instance), the
+    label every snippet passes, since each would fail without one; `degradation_names` lists the others.
+    """
+    forward_label = label_argument = cli_label = needs = ""
+    if degradation is not None:
+        forward_label = f", degradation_labels={degradation!r}"
+        label_argument = f", degradation={degradation!r}"
+        cli_label = f" --degradation {degradation}"
+        names = ", ".join(f"`{name}`" for name in degradation_names) or f"`{degradation}`"
+        needs = (f"This model restores what it is told: it has no degradation estimator, so every call names the "
+                 f"image's degradation, one of {names} (`{degradation}` below).\n\n")
+    return f"""{needs}```python
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
@@ -259,7 +273,7 @@ model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained("{model_id}", trust_remote_code=True)
 inputs = processor(Image.open("degraded.png"), return_tensors="pt")
 with torch.no_grad():
-    output = model(pixel_values=inputs["pixel_values"])
+    output = model(pixel_values=inputs["pixel_values"]{forward_label})
 processor.postprocess(output.reconstruction, inputs["metadata"])[0].save("restored.png")
 ```
 
@@ -269,13 +283,13 @@ With the `image-restoration` pipeline (large images: pass `tile=256` for bounded
 from transformers import pipeline
 
 restorer = pipeline("image-restoration", model="{model_id}", trust_remote_code=True)
-restorer("degraded.png").save("restored.png")
+restorer("degraded.png"{label_argument}).save("restored.png")
 ```
 
 From the command line, with this repository installed (`pip install .` in a clone):
 
 ```bash
-prompt-restore degraded.png -o restored/ --model {model_id} --trust-remote-code
+prompt-restore degraded.png -o restored/ --model {model_id} --trust-remote-code{cli_label}
 ```
 
 In a browser: the repository's Gradio Space (`python space/app.py`, or publish your own with
@@ -485,17 +499,19 @@ def push_folder_to_hub(
     from huggingface_hub import HfApi, constants, get_token
 
     if constants.is_offline_mode():
-        _fail("offline mode is on (HF_HUB_OFFLINE=1)", folder, repo_id)
+        _fail("offline mode is on (HF_HUB_OFFLINE=1)", folder, repo_id, private=private)
     token = token or get_token()
     if not token:
-        _fail("no Hugging Face token (pass one, set HF_TOKEN or run `hf auth login`)", folder, repo_id)
+        _fail("no Hugging Face token (pass one, set HF_TOKEN or run `hf auth login`)", folder, repo_id,
+              private=private)
     api = HfApi(token=token)
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if private and not api.repo_info(repo_url.repo_id).private:
             # create_repo leaves an existing repo's visibility as it is: never upload "privately" into a public repo
             _fail(f"{repo_url.repo_id} exists and is public, so private=True would not keep the upload private "
-                  "(make the repo private on the Hub first, or push without --private)", folder, repo_id)
+                  "(make the repo private on the Hub first, or push without --private)", folder, repo_id,
+                  private=private)
         commit = api.upload_folder(
             repo_id=repo_url.repo_id,
             folder_path=folder,
@@ -506,15 +522,16 @@ def push_folder_to_hub(
     except HubPushError:
         raise
     except Exception as error:  # noqa: BLE001 - network boundary: every failure becomes one clear line
-        _fail(_one_line(error), folder, repo_id, cause=error)
+        _fail(_one_line(error), folder, repo_id, cause=error, private=private)
     return commit.commit_url
 
 
-def _fail(reason: str, folder: Path, repo_id: str, cause: Optional[BaseException] = None) -> None:
-    message = (
-        f"push to the Hub failed: {reason}; the model is saved locally in {folder} "
-        f"(retry with: python -m training.model_card push {folder} {repo_id})"
-    )
+def _fail(reason: str, folder: Path, repo_id: str, cause: Optional[BaseException] = None,
+          private: Optional[bool] = None) -> None:
+    # The retry command carries --private: without it, a retry would create the repo public.
+    retry = shlex.join(["python", "-m", "training.model_card", "push", str(folder), repo_id]
+                       + (["--private"] if private else []))
+    message = f"push to the Hub failed: {reason}; the model is saved locally in {folder} (retry with: {retry})"
     raise HubPushError(message) from cause
 
 

@@ -18,7 +18,9 @@ Steps, each of which stops the command with one clear line when it fails:
    trust_remote_code=True)``; its output must equal ours.
 3. **Card.** ``README.md`` is rendered by ``training.model_card.build_model_card`` from ``--eval_json`` (written by
    ``python -m training.evaluate_protocol``): the model-index and the tables hold the JSON's numbers and no
-   others. The JSON's ``model_type`` must be the model's. The JSON itself is shipped as ``protocol_results.json``.
+   others. The JSON must be complete (every column of its protocol, finite scores, the average their mean) and
+   its ``model_type`` and ``model_fingerprint`` (which weights it scored) the model's. The JSON itself is shipped
+   as ``protocol_results.json``.
 4. **Upload** of the whole folder in one commit (``training.model_card.push_folder_to_hub``), unless
    ``--no_push``. A failed push leaves the verified folder in ``--output``.
 
@@ -183,10 +185,14 @@ print("remote code ok")
 
 
 def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str,
-                license_name: Optional[str] = None, license_link: Optional[str] = None) -> Path:
-    """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON."""
+                license_name: Optional[str] = None, license_link: Optional[str] = None,
+                required_label: Optional[str] = None, degradation_names: Sequence[str] = ()) -> Path:
+    """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON.
+
+    `required_label`: for a model that cannot estimate the degradation, the label the usage snippets pass (one of
+    `degradation_names`), so that they run as written."""
     from training.evaluate_protocol import markdown_report, model_card_results
-    from training.model_card import build_model_card, save_model_card
+    from training.model_card import build_model_card, save_model_card, usage_section
 
     report = markdown_report(results, model_name=repo_id.split("/")[-1])
     # Only the side-by-side table: the per-column table is the card's own results table.
@@ -201,6 +207,7 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
         repo_id, model_type, model_card_results(results), summary,
         metric_protocol=results["convention_description"], results_source=source, comparison=comparison,
         license=license, license_name=license_name, license_link=license_link,
+        usage=usage_section(repo_id, required_label, degradation_names),
     )
     (folder / "protocol_results.json").write_text(json.dumps(results, indent=2))
     return save_model_card(card, folder)
@@ -208,15 +215,32 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
 
 def check_output_folder(output: Path, source: Path) -> None:
     """The publish folder is replaced as a whole: refuse one that holds the source being published, or an existing
-    folder that is not a model folder (no ``config.json``: ``publish/`` itself, a home or project folder)."""
+    folder that an earlier publish did not write (it holds ``config.json`` and ``protocol_results.json``):
+    ``publish/`` itself, a home or project folder, or another model's training folder with its own files."""
     resolved, source = output.resolve(), source.resolve()
     if resolved == source or resolved in source.parents:
         raise PublishError(f"--output {output} holds {source}, which would be deleted: choose another folder")
     if resolved.exists() and not resolved.is_dir():
         raise PublishError(f"--output {output} is a file, not a folder: choose a new or empty folder")
-    if resolved.is_dir() and any(resolved.iterdir()) and not (resolved / "config.json").is_file():
-        raise PublishError(f"--output {output} exists and is not a model folder (no config.json); it would be "
-                           "replaced as a whole: choose a new or empty folder")
+    if resolved.is_dir() and any(resolved.iterdir()) and not all(
+            (resolved / name).is_file() for name in ("config.json", "protocol_results.json")):
+        raise PublishError(f"--output {output} exists and is not a folder written by publish (no config.json and "
+                           "protocol_results.json); it would be replaced as a whole: choose a new or empty folder")
+
+
+def license_file(license_link: Optional[str], model_dir: Optional[str]) -> Optional[Path]:
+    """The local file a non-URL `license_link` names (as given, else inside `model_dir`), which the folder ships
+    under its own name; None for a URL. The upload makes the repo hold the folder and nothing else, so a link to a
+    file the folder lacks would point at nothing (and delete the repo's copy)."""
+    if not license_link or "://" in license_link:
+        return None
+    candidates = [Path(license_link)] + ([Path(model_dir) / license_link] if model_dir else [])
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise PublishError(f"--license_link {license_link} is no URL and no file here"
+                       + (f" or in {model_dir}" if model_dir else "") + ": the published folder must hold the "
+                       "licence it links (give a URL, or the path of the licence file to ship)")
 
 
 def prepare_folder(
@@ -239,6 +263,7 @@ def prepare_folder(
     ``<model_type>-official-weights`` and linked to the official release (`OFFICIAL_RELEASES`), whose terms they
     keep. ``other`` with a trained folder needs `license_name` and `license_link`."""
     from modeling.inference import load_model, load_processor
+    from modeling.modeling_utils import model_fingerprint
 
     if (official_checkpoint is None) == (model_dir is None):
         raise PublishError("give either --official_checkpoint (with --model_type) or --model_dir")
@@ -256,6 +281,9 @@ def prepare_folder(
                            "licence)")
     if license != "other" and (license_name or license_link):
         raise PublishError(f"--license_name and --license_link describe --license other, not {license!r}")
+    shipped_license = license_file(license_link, model_dir)
+    if shipped_license is not None:
+        license_link = shipped_license.name
     extra: list[Path] = []
     if official_checkpoint is not None:
         model = convert_official(official_checkpoint, model_type, config_overrides)
@@ -274,10 +302,21 @@ def prepare_folder(
     if results.get("model_type") != model_type:
         evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
         raise PublishError(f"the evaluation JSON {evaluated}, this is {model_type!r}")
+    scored = results.get("model_fingerprint")
+    if scored is None:  # written before evaluations recorded it
+        logger.warning("the evaluation JSON does not record which weights it scored; its numbers are carded as "
+                       "this model's")
+    elif scored != model_fingerprint(model):
+        raise PublishError(f"the evaluation JSON scored other weights (fingerprint {scored}) than this model's "
+                           f"({model_fingerprint(model)}): evaluate this model with training.evaluate_protocol")
+    if shipped_license is not None:
+        extra = [*(path for path in extra if path.name != shipped_license.name), shipped_license]
+    required_label = _probe_label(model) if not getattr(model, "can_estimate_degradation", False) else None
     output = Path(output)
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
-        render_card(partial, results, repo_id, model_type, license, weights, license_name, license_link)
+        render_card(partial, results, repo_id, model_type, license, weights, license_name, license_link,
+                    required_label, list(getattr(model.config, "degradation_names", None) or []))
         if verify:
             verify_folder(partial, model)
     return output
@@ -301,7 +340,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "official weights, named <model_type>-official-weights and linked to the official release)")
     parser.add_argument("--license_name", default=None, help="with --license other: the licence's id on the card")
     parser.add_argument("--license_link", default=None,
-                        help="with --license other: a URL to the licence, or LICENSE for a file in the repo")
+                        help="with --license other: a URL to the licence, or the path of a licence file (as "
+                        "given, else in --model_dir), which the folder ships and the card links")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--no_push", action="store_true", help="prepare and verify the folder, do not upload")
     args = parser.parse_args(argv)
@@ -314,12 +354,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line entry point (see the module docstring); returns the exit code."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from training.evaluate_protocol import check_protocol_results
     from training.model_card import HubPushError, push_folder_to_hub
 
     try:
         results = json.loads(Path(args.eval_json).read_text())
-        if "tasks" not in results or "protocol" not in results:
-            raise PublishError(f"{args.eval_json} is not a training.evaluate_protocol result (no 'tasks'/'protocol')")
+        check_protocol_results(results, args.eval_json)
         validate_repo_id(args.repo_id)  # before anything is written: the default folder is named after it
         output = Path(args.output or Path("publish") / args.repo_id.split("/")[-1])
         folder = prepare_folder(

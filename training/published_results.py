@@ -123,7 +123,8 @@ PUBLISHED: dict[str, list[PublishedRow]] = {
              (28.21, None)),
         _row("OneRestore", CPL_T5, CDD11_COLUMNS,
              [(v, None) for v in (26.55, 32.71, 33.48, 34.50, 26.15, 25.83, 25.56, 30.27, 30.46, 25.18, 25.28)],
-             (28.47, None)),
+             (28.47, None), note="as printed: the average (OneRestore's README figure) is not the mean of the "
+             "columns (28.72)"),
         _row("PromptIR + DPPD", DPPD_T4, CDD11_COLUMNS,
              [(v, None) for v in (27.22, 31.08, 34.53, 35.48, 26.29, 26.36, 26.11, 29.87, 29.64, 25.30, 25.37)],
              (28.84, None)),
