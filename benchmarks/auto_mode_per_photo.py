@@ -2,8 +2,8 @@
 
 For every held-out photo of the chosen rows of `training/evaluate_model.py` (the same seeded syntheses), prints
 the estimator's weights (averaged over its windows, as `restore()` judges an image) and the PSNR gain over the
-degraded input of four restorations: with the true label, `auto_mode="hard"` (only the likeliest prompt, the
-default), `auto_mode="soft"` (the prompts blended by the weights) and `auto_mode="cautious"` (hard, unless the
+degraded input of four restorations: with the true label, `auto_mode="hard"` (only the likeliest prompt),
+`auto_mode="soft"` (the prompts blended by the weights) and `auto_mode="cautious"` (the default: hard, unless the
 top classes are close: then the one whose restoration changes the image least). The question it answers: when the estimator
 is unsure, which use of its estimate stays safe?
 

@@ -10,7 +10,7 @@ Each run is the real script in a fresh output folder, launched as users launch i
 images/s are the script's own, from ``summary.json``: restored images over the restore phase, which starts once
 every process has loaded the model. ``OMP_NUM_THREADS`` is split between the processes (default: the cores /
 N each), so that the comparison is of processes, not of more threads. Prints a table with each setting's ratio
-to one process.
+to one process (to the first setting when `--processes` has no 1).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                 argv += ["--tile", str(args.tile)]
             summary = run(processes, argv, threads, args.timeout)
             rows.append((processes, threads, summary))
-    base = rows[0][2]["images_per_second"]
+    # The ratio is to one process (the first setting when one process was not run).
+    base = next((summary for processes, _, summary in rows if processes == 1), rows[0][2])["images_per_second"]
     print(f"\n{args.images} images of {args.size}x{args.size}, batch size {args.batch_size}, {cores} CPU cores")
     columns = (("processes", 9), ("threads each", 12), ("restored", 8), ("seconds", 8), ("images/s", 8), ("ratio", 6))
     print(" | ".join(f"{name:>{width}}" for name, width in columns))

@@ -30,7 +30,8 @@ turn for `--repeats` rounds of `--steps` steps. Columns: ms per step, img/s, pea
 interpreter that runs only that path's warm-up), and the ratio reference ms / path ms.
 Agreement: each path then trains a fresh copy for `--curve-steps` steps on a toy denoising task (the same batches
 for all), and the table gives the mean loss of the last fifth of the steps and its relative difference to the
-reference path (goal: within 1 %).
+reference path (goal: within 1 %). `--curve-only` runs only the curves. A path that runs out of GPU memory is
+listed under "failed" in the JSON; when every path does, the exit status is 1.
 """
 
 from __future__ import annotations
@@ -185,10 +186,14 @@ def main() -> None:
     parser.add_argument("--curve-steps", type=int, default=200, help="steps of the toy loss curve (0: skip)")
     parser.add_argument("--curve-batch", type=int, default=4, help="batch of the toy loss curve")
     parser.add_argument("--curve-size", type=int, default=32, help="crop side of the toy loss curve")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the toy loss curves: no timings, no memory (each compiled path compiles once)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column (no child processes)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.curve_only and not args.curve_steps:
+        parser.error("--curve-only needs --curve-steps > 0")
 
     import torch
 
@@ -244,16 +249,23 @@ def main() -> None:
         if on_gpu:
             torch.cuda.synchronize()
 
-    parameters = None
+    from modeling import MODEL_CLASSES
+
+    config_class, model_class = MODEL_CLASSES[model_type]
+    with torch.device("meta"):  # counted without allocating (every path may run out of memory)
+        parameters = sum(p.numel() for p in model_class(config_class(**config)).parameters())
 
     def report(final_losses: dict[str, float], first_losses: dict[str, float]) -> None:
         """Print the table and write the JSON: after each phase's timings, again after each toy curve, so that a
         run cut short (a time limit during a compilation) keeps every row measured until then."""
         print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
-              + ("" if on_gpu else f", {args.threads} threads") + f", median of {args.repeats} x {args.steps} steps"
+              + ("" if on_gpu else f", {args.threads} threads")
+              + ("" if args.curve_only else f", median of {args.repeats} x {args.steps} steps")
               + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
                  if final_losses else ""), flush=True)
         rows = timing_rows(names, timings, peaks, args.batch)
+        rows += [{"path": name} for name in names if name in final_losses and name not in timings]  # --curve-only
+        rows.sort(key=lambda row: names.index(row["path"]))
         for row in rows:
             name = row["path"]
             if name in final_losses and "reference" in final_losses:
@@ -272,17 +284,18 @@ def main() -> None:
                                              "curve_steps": args.curve_steps if final_losses else 0, "rows": rows,
                                              "failed": failed}, indent=2))
 
-    for phase in compilation_phases(names, {name: PATHS[name][2] for name in names}):
+    for phase in [] if args.curve_only else compilation_phases(names, {name: PATHS[name][2] for name in names}):
         for name in phase:
             attempt(name, lambda: warm_up(name))
-        if parameters is None and paths:
-            parameters = sum(p.numel() for p in next(iter(paths.values())).model.parameters())
         measured = time_phase(phase, list(paths), run_once, args.repeats, per=args.steps)
         if measured:
             timings.update(measured)
             report({}, {})
     paths.clear()  # free the timed models before the memory and curve runs
-    if not on_gpu and not args.no_memory:
+    if not args.curve_only and not timings:  # every path out of memory: the JSON says so, the exit status too
+        report({}, {})
+        sys.exit(1)
+    if not on_gpu and not args.no_memory and not args.curve_only:
         argv = ["--batch", str(args.batch), "--size", str(args.size), "--threads", str(args.threads),
                 "--device", args.device, "--recipe", args.recipe, "--compile-backend", args.compile_backend]
         argv += ["--model-type", args.model_type] if args.model_type else []
@@ -293,7 +306,7 @@ def main() -> None:
     if args.curve_steps:
         final_losses, first_losses = {}, {}
         tail = max(args.curve_steps // 5, 1)
-        for name in [n for n in names if n in timings]:
+        for name in [n for n in names if n in timings or args.curve_only]:
             def curve_run(name: str = name) -> None:
                 path = TrainingPath(name, model_type, config, args.device, args.learning_rate, args.compile_backend)
                 curve = loss_curve(path, args.curve_steps, args.curve_batch, args.curve_size)
@@ -302,6 +315,9 @@ def main() -> None:
 
             if attempt(name, curve_run):
                 report(final_losses, first_losses)
+        if not final_losses:  # every curve out of memory
+            report(final_losses, first_losses)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

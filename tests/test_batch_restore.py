@@ -369,6 +369,13 @@ def test_throughput_benchmark_runs_the_real_script_and_writes_its_table(tmp_path
     assert (row["processes"], row["threads_each"], row["restored"], row["failed"], row["ratio"]) == (1, 1, 4, 0, 1.0)
     assert row["images_per_second"] == pytest.approx(4 / row["restore_seconds"], rel=1e-3)
     assert report["images"] == 4 and report["size"] == 32 and report["cuda"] is None
+    # Ratios are to one process whatever the order asked (with fake runs: 2 processes at 1.5x the rate of one).
+    rates = {1: 10.0, 2: 15.0}
+    fake = lambda processes, argv, threads, timeout: {"restored": 4, "failed": 0, "restore_seconds": 1.0,  # noqa: E731
+                                                      "images_per_second": rates[processes]}
+    bench.run = fake
+    report = bench.main(["--images", "4", "--size", "32", "--processes", "2", "1", "--threads", "1"])
+    assert [(row["processes"], row["ratio"]) for row in report["rows"]] == [(2, 1.5), (1, 1.0)]
 
 
 def test_a_restoration_recorded_by_any_rank_outranks_an_earlier_failure(tmp_path):

@@ -926,6 +926,11 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
     rows = {row["path"]: row for row in json.loads(report_path.read_text())["rows"]}
     assert list(rows) == ["reference", "channels-last+bf16", "channels-last+all-bf16",
                           "channels-last+bf16+compile-model"]
+    # The compiled phase times the reference again in its own rounds: each ratio names the reference ms it used.
+    for row in rows.values():
+        assert row["ratio"] == pytest.approx(row["reference_ms"] / row["ms"])
+    assert rows["channels-last+bf16"]["reference_ms"] == pytest.approx(rows["reference"]["ms"])
+    assert f"({rows['channels-last+bf16+compile-model']['reference_ms']:.1f})" in result.stdout
     assert rows["channels-last+bf16"]["peak_mib"] is None
     assert 0 < abs(rows["channels-last+bf16"]["psnr_vs_reference"]) < 0.5
     # Every layer in autocast (fp32 attention and resampling off) is another output, still a bf16 rounding away.
@@ -1172,6 +1177,20 @@ def test_gpu_goals_script_names_only_existing_benchmarks_paths_and_flags(tmp_pat
         paths = words[words.index("--paths") + 1:]
         paths = paths[:next((i for i, word in enumerate(paths) if word.startswith("--")), len(paths))]
         assert paths and set(paths) <= set(names), (words[0], paths)
+
+
+def test_compilation_phases_time_each_kind_of_compilation_on_its_own():
+    """Eager paths first, then each kind of compilation in its own phase, so that a whole-model compilation cut
+    short by a time limit does not lose the regional one's row."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from bench_common import compilation_phases
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    kinds = {"reference": None, "a+compile": "blocks", "b": None, "c+compile-model": "model", "d+compile": "blocks"}
+    assert compilation_phases(list(kinds), kinds) == [["reference", "b"], ["a+compile", "d+compile"],
+                                                      ["c+compile-model"]]
+    assert compilation_phases(["reference"], {"reference": None}) == [["reference"]]
 
 
 def test_gpu_goals_script_logs_every_step_and_exits_with_the_failed_count(tmp_path):

@@ -258,6 +258,14 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
             in tiled_only.stdout)
     assert re.search(r"^ tiled: [\d.]+ s, peak \d+ MiB, 2 statistics passes run$", tiled_only.stdout, re.M)
     assert "whole:" not in tiled_only.stdout and "tiled-vs-whole" not in tiled_only.stdout
+    # "whole" restores the whole image even for a model that tiles by default (inference_tile): before, both modes
+    # ran the same tiles and agreed to an infinite PSNR.
+    tiny_model("pip", inference_tile=48).save_pretrained(tmp_path / "pip-tiling")
+    own_tile = subprocess.run(common + ["--model", str(tmp_path / "pip-tiling"), "--json", str(tmp_path / "own.json")],
+                              capture_output=True, text=True, timeout=300)
+    assert own_tile.returncode == 0, own_tile.stderr[-3000:]
+    agreement = json.loads((tmp_path / "own.json").read_text())["agreement_db"]
+    assert agreement is not None and 20 < agreement < 200
 
 
 def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image_with_tile_statistics(caplog):

@@ -984,6 +984,41 @@ def test_bench_train_compares_the_fast_path_with_the_reference(tmp_path):
     assert "channels-last" in result.stdout and "toy loss" in result.stdout
 
 
+def test_bench_train_curve_only_and_a_run_where_every_path_runs_out_of_memory(tmp_path, monkeypatch):
+    """`--curve-only` trains the toy curves without timing (rows without ms); a run in which every path runs out of
+    GPU memory writes its JSON with every path under "failed" and exits 1 (it used to write nothing and exit 0)."""
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script adds the repository and benchmarks/ to it
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report_path = tmp_path / "curves.json"
+    common = ["bench_train.py", "--model-config", TINY_PIP, "--threads", "1", "--no-memory", "--json", str(report_path)]
+    monkeypatch.setattr(sys, "argv", [*common, "--curve-only", "--curve-steps", "10", "--curve-size", "16",
+                                      "--curve-batch", "2"])
+    bench.main()
+    report = json.loads(report_path.read_text())
+    assert report["curve_steps"] == 10 and report["parameters"] > 0
+    rows = {row["path"]: row for row in report["rows"]}
+    assert list(rows) == ["reference", "channels-last"] and all("ms" not in row for row in rows.values())
+    assert rows["reference"]["toy_loss_vs_reference"] == 0 and abs(rows["channels-last"]["toy_loss_vs_reference"]) < 0.01
+
+    def out_of_memory(self, degraded, clean):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(bench.TrainingPath, "step", out_of_memory)
+    monkeypatch.setattr(sys, "argv", [*common, "--batch", "2", "--size", "16", "--steps", "1", "--repeats", "1"])
+    with pytest.raises(SystemExit) as stopped:
+        bench.main()
+    assert stopped.value.code == 1
+    report = json.loads(report_path.read_text())
+    assert report["rows"] == [] and set(report["failed"]) == {"reference", "channels-last"}
+    assert report["failed"]["reference"].startswith("out of memory: CUDA out of memory")
+
+
 def test_bench_train_checkpointing_path_recomputes_blocks_and_gives_the_same_step(monkeypatch):
     """The `bf16+checkpointing` path of benchmarks/bench_train.py (train.py --gradient_checkpointing): each
     Transformer block's attention runs twice per step (forward, then again in backward), and the step's loss and
