@@ -245,12 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         load_model,
         load_processor,
         resolve_device,
+        resolve_dtype,
         restore,
     )
     from .tiling import check_tiling
 
     try:
         check_tiling(args.tile, args.tile_overlap, names=("--tile", "--tile-overlap"))
+        resolve_dtype(args.dtype)  # with "auto", PROMPT_RESTORE_DTYPE: once here, not once per image
     except ValueError as err:
         return fail_usage(_one_line(err))
     try:

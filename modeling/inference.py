@@ -106,6 +106,15 @@ def _check_device(device: Union[str, torch.device]) -> torch.device:
     elif resolved.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ValueError(f"Device {str(device)!r} was requested but MPS is not available; use 'cpu'.")
+    elif resolved.type != "cpu":  # xpu, mtia, hpu, ...: torch's backend module says whether it can run here
+        is_available = getattr(getattr(torch, resolved.type, None), "is_available", None)
+        try:
+            available = bool(is_available()) if callable(is_available) else False
+        except Exception:  # noqa: BLE001 - a backend that cannot even answer is not available
+            available = False
+        if not available:
+            raise ValueError(f"Device {str(device)!r} was requested but this torch build cannot use "
+                             f"{resolved.type!r} devices here; use 'cpu'.")
     return resolved
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,10 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
         """Save as transformers does, with ``auto_map`` naming both AutoModel and AutoModelForImageToImage.
 
         transformers keeps one auto class per registered model class; the second entry is added here so a
-        bare folder loads through either auto class with ``trust_remote_code=True``.
+        bare folder loads through either auto class with ``trust_remote_code=True``. A ``custom_pipelines`` entry
+        (left on the config by a pipeline save, or by loading such a folder) is written only when its code file
+        is in `save_directory` (a pipeline's own save copies it there first): a folder must not name code it
+        does not hold, or ``pipeline()`` asks for remote code and then fails to find it.
         """
         if getattr(type(self), "_auto_class", None) is not None:
             module = type(self).__module__.rsplit(".", 1)[-1]
@@ -99,7 +103,19 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
             auto_map.setdefault("AutoModel", reference)
             auto_map.setdefault("AutoModelForImageToImage", reference)
             self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        pipelines = getattr(self.config, "custom_pipelines", None)
+        if pipelines:
+            held = {task: info for task, info in pipelines.items()
+                    if (Path(save_directory) / f"{str(info.get('impl', '')).rsplit('.', 1)[0]}.py").is_file()}
+            if held:
+                self.config.custom_pipelines = held
+            else:
+                del self.config.custom_pipelines
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if pipelines:
+                self.config.custom_pipelines = pipelines
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -79,6 +79,9 @@ class ImageRestorationPipeline(Pipeline):
       autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths,
       uint16 numpy for 16-bit colour files), `channels_last` (default: the CPU fast path on CPU; False: plain NCHW).
 
+    Each may also be given once to `pipeline(...)`, except `dtype`: there transformers takes it as the torch dtype
+    to load the weights in (`torch.bfloat16` or "bfloat16"; "bf16" or "fp32" are no torch dtypes and fail in
+    transformers), so the autocast precision is a call kwarg only.
     Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
     arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.

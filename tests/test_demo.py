@@ -72,6 +72,34 @@ def test_the_demo_runs_the_ways_its_card_says_without_asking_to_run_code(demo_mo
                                   np.asarray(restore(image, demo_model, degradation="noise")))
 
 
+def test_a_model_saved_after_a_pipeline_save_names_no_pipeline_code_it_lacks(tmp_path, monkeypatch):
+    """A pipeline save leaves `custom_pipelines` on the model's config (and loading such a folder restores it): a
+    later plain `save_pretrained` wrote it without the pipeline's file, so `pipeline()` asked for remote code and
+    then failed to find the file. Only a folder holding the file names it."""
+    from transformers import AutoModelForImageToImage, pipeline
+
+    from conftest import tiny_model
+
+    monkeypatch.setattr("builtins.input", lambda *a, **k: pytest.fail("transformers asked to run the folder's code"))
+    model = tiny_model("pip")
+    modeling.save_restoration_folder(model, tmp_path / "with-pipeline")
+    saved = json.loads((tmp_path / "with-pipeline" / "config.json").read_text())
+    assert "pipeline_restoration.py" in {p.name for p in (tmp_path / "with-pipeline").iterdir()}
+    assert saved["custom_pipelines"]["image-restoration"]["impl"] == "pipeline_restoration.ImageRestorationPipeline"
+    reloaded = AutoModelForImageToImage.from_pretrained(tmp_path / "with-pipeline")
+    image = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+    for source, folder in ((model, "model-again"), (reloaded, "reloaded")):
+        source.save_pretrained(tmp_path / folder)
+        assert "custom_pipelines" not in json.loads((tmp_path / folder / "config.json").read_text()), folder
+        assert source.config.custom_pipelines  # the instance keeps it: the next pipeline save still has it
+        restorer = pipeline("image-restoration", model=str(tmp_path / folder))
+        assert isinstance(restorer, modeling.ImageRestorationPipeline)
+        np.testing.assert_array_equal(restorer(image, degradation="rain", output_type="np", dtype="fp32"),
+                                      restore(image, model, degradation="rain", dtype="fp32"))
+    modeling.save_restoration_folder(reloaded, tmp_path / "again-with-pipeline")
+    assert json.loads((tmp_path / "again-with-pipeline" / "config.json").read_text())["custom_pipelines"]
+
+
 def test_demo_loads_with_automodel(demo_model):
     assert isinstance(demo_model, PIPForImageRestoration)
     assert demo_model.can_estimate_degradation
@@ -176,6 +204,16 @@ def test_non_editable_install_carries_the_demo_and_the_cli_uses_it(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import modeling; print(modeling.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
     assert probe.stdout.strip().startswith(str(site)), probe.stdout + probe.stderr
+    # The card templates travel too: a training run from the wheel renders its model card at the end (it used to
+    # die there, without writing its model folder, since the templates stayed in the checkout).
+    templates = sorted(p.name for p in (REPO / "model_cards").glob("*.md"))
+    assert templates and all(f"model_cards/{name}" in names for name in templates)
+    script = ("from training.model_card import build_model_card, MODEL_CARDS_DIR; "
+              "card = build_model_card('me/x', 'pip', [], {}); print(MODEL_CARDS_DIR); "
+              "assert 'Prompt-In-Prompt' in card.text, card.text[:300]; print('CARD_OK')")
+    card = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "CARD_OK" in card.stdout and card.stdout.startswith(str(site)), card.stdout + card.stderr[-3000:]
 
 
 def test_cli_examples_flag_restores_the_shipped_examples_with_the_demo(tmp_path, demo_model):

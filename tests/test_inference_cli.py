@@ -399,6 +399,33 @@ def test_meta_device_is_refused_before_the_model_moves(model):
     assert next(model.parameters()).device == before
 
 
+def test_cli_refuses_a_bad_precision_variable_before_loading(inputs, tmp_path, capsys, monkeypatch):
+    """PROMPT_RESTORE_DTYPE=fp8 was reported once per input, after the model loaded and the output folder was
+    made, and ended as "restored 0 image(s)" with exit 1. It is a usage error: one line, exit 2, nothing made."""
+    from modeling.cli import main
+
+    monkeypatch.setenv("PROMPT_RESTORE_DTYPE", "fp8")
+    assert main([str(inputs / "a.png"), str(inputs / "b.jpg"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "PROMPT_RESTORE_DTYPE='fp8'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--dtype", "fp32", "-q"]) == 0  # not "auto"
+
+
+@pytest.mark.parametrize("device", ["xpu", "mtia", "hpu", "xla:0"])
+def test_other_unavailable_devices_are_refused_with_one_line(model, inputs, tmp_path, capsys, device):
+    """Devices of backends this torch build cannot use here: xpu and mtia ended in a 30-line AssertionError
+    traceback (exit 1); the others in torch's raw text. Now the same ValueError as CUDA's and exit code 2."""
+    from modeling.cli import main
+
+    with pytest.raises(ValueError, match=f"cannot use '{device.split(':')[0]}' devices here; use 'cpu'"):
+        restore(rgb(8, 8), model, device=device)
+    assert next(model.parameters()).device.type == "cpu"
+    assert main([str(inputs / "a.png"), "-o", str(tmp_path / "out"), "--device", device, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_cli_model_with_an_invalid_config_fails_with_one_line(inputs, tmp_path, capsys):
     """A saved config our checks refuse (heads that do not divide the widths): exit code 2 and one line naming
     the folder and the problem, as for any model that cannot be loaded."""
