@@ -37,6 +37,10 @@ class CPLConfig(DecoderPromptConfig, ContrastivePromptRegularizationConfig):
         - Ours: the ratio form and its weights (AECR-Net's), the InfoNCE option, lambda = 0.1, the weight a
           forced prompt gets (the router's weight for its own choice, so a negative differs from the anchor
           only in *which* prompt is used), detached negatives, random negatives when fewer than all are used.
+        - Inputs are padded to a multiple of 8 (three downsamplings), as for every model here; CPL's official test
+          script reflect-pads to 16 (its `window_size` option). Outputs of sides that are not multiples of 16
+          therefore differ from the official script's (the routers pool over other padding); the papers' test
+          sets, cropped to multiples of 16 (`training.evaluate_protocol`), are unaffected.
     """
 
     model_type = "cpl"

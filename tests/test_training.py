@@ -391,6 +391,7 @@ def test_every_recipe_parses(name):
 def test_official_recipes_parse(name):
     args = parse_args(["--config", str(REPO / "training" / "configs" / f"{name}.yaml")])
     assert args.max_train_steps == 120 * args.steps_per_epoch
+    assert args.crop_to_multiple == 16  # PromptIR's and pip_universal's crop_img(base=16) before the random crop
     if name.startswith("pip"):
         assert (args.learning_rate, args.train_batch_size, args.loss_spike_guard) == (3.6e-4, 6, True)
         assert args.lr_scheduler_options == {"warmup_epochs": 10, "max_epochs": 120, "warmup_start_factor": 0.1,
