@@ -25,7 +25,7 @@ from launch_helpers import accelerate_launch, free_port, run_to_end
 from safetensors.torch import load_file
 
 from training import checkpointing
-from training.schedules import cosine_restart_cyclic, linear_warmup_cosine, schedule_end_step
+from training.schedules import build_lr_lambda, cosine_restart_cyclic, linear_warmup_cosine, schedule_end_step
 from training.train import LossSpikeGuard, guard_pixel_loss, parse_args, schedule_overrun_warning, validate_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +112,83 @@ def test_two_process_ddp_launch(two_process_launch):
     assert (output_dir / "model" / "model.safetensors").is_file()
     assert (output_dir / "model" / "preprocessor_config.json").is_file()
     assert "DDP wrapper is still referenced" not in result.stderr
+    # The logged learning rate is the one each step trained with (it used to be the next step's: step 3, the last
+    # of the warm-up epoch, logged the full rate its update never used).
+    factor = linear_warmup_cosine(3, warmup_epochs=1, max_epochs=3, warmup_start_factor=0.1)
+    history = checkpointing.load_training_state(output_dir / "checkpoint-6")["history"]
+    assert [row["lr"] for row in history] == pytest.approx([1e-3 * factor(row["step"] - 1) for row in history])
+    assert history[2]["step"] == 3 and history[2]["lr"] == pytest.approx(1e-4)
+
+
+def test_two_processes_fine_tune_weights_that_keep_unused_official_modules(corpus, tmp_path):
+    """Converted official PromptIR/PIP folders keep modules their forward never calls (for strict loading). A
+    2-process fine-tune of one, with the recipes' `model_config: {}`, failed at step 2 (DDP waited for their
+    gradients) unless the flag was repeated in model_config: DDP now learns it from the checkpoint's config."""
+    from conftest import tiny_model
+
+    pretrained = tmp_path / "converted"
+    tiny_model("promptir", keep_unused_official_modules=True).save_pretrained(pretrained)
+    output_dir = tmp_path / "fine-tuned"
+    argv = train_args(corpus, output_dir, model_type="promptir", model_config="{}", max_train_steps=2,
+                      checkpointing_steps=0, pretrained_model_name_or_path=pretrained, mixed_precision="no")
+    result = run_train(argv, launcher=accelerate_launch(2), timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checksums = json.loads((output_dir / "replica_checksums.json").read_text())["checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert json.loads((output_dir / "model" / "config.json").read_text())["keep_unused_official_modules"] is True
+
+
+def test_a_run_resumed_at_its_last_step_scores_its_final_folder(corpus, tmp_path):
+    """Relaunching a finished run with --resume_from_checkpoint latest (or resuming one killed after its last
+    checkpoint, before model/ was written) wrote model/ with no evaluation: `eval_results.json` {} and a card
+    without results. It now scores the final weights again, without recording the step's validation twice."""
+    output_dir = tmp_path / "run"
+    # Validation at step 2 comes before checkpoint-2, which therefore holds it.
+    common = dict(max_train_steps=2, checkpointing_steps=2, validation_steps=2, validation_images_per_task=1,
+                  mixed_precision="no")
+    argv = train_args(corpus, output_dir, **common) + ["--validation_roots", f"clean={corpus / 'heldout'}"]
+    run_main(argv)
+    first = json.loads((output_dir / "model" / "eval_results.json").read_text())
+    assert set(first) == {"noise", "rain", "haze", "blur", "low-light"}
+    grid = output_dir / "validation" / "step-0000002.png"
+    grid_written = grid.stat().st_mtime_ns
+    shutil.rmtree(output_dir / "model")  # as if killed after checkpoint-2
+    run_main(argv + ["--resume_from_checkpoint", "latest"])
+    assert json.loads((output_dir / "model" / "eval_results.json").read_text()) == first
+    assert "No evaluation results were recorded" not in (output_dir / "model" / "README.md").read_text()
+    run_main(argv + ["--resume_from_checkpoint", "latest"])  # a finished run relaunched: the same folder
+    assert json.loads((output_dir / "model" / "eval_results.json").read_text()) == first
+    assert grid.stat().st_mtime_ns == grid_written  # scored again, not recorded again
+
+
+def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
+    """The card's command carries every flag (it used to keep only --config, dropping the overrides and
+    claiming the paper's recipe for a run given by flags), with the Hub token hidden."""
+    from training.train import redacted_command_line
+
+    output_dir = tmp_path / "run"
+    run_main(train_args(corpus, output_dir, max_train_steps=1, checkpointing_steps=0, seed=7))
+    text = (output_dir / "model" / "README.md").read_text()
+    assert "--seed 7" in text and f"--output_dir {output_dir}" in text
+    assert "Trained with the flags of the command below, without a recipe file." in text
+    assert "Recipe: `training/configs/pip_restormer_5task.yaml`" not in text
+    assert redacted_command_line(["--hub_token", "hf_x", "--seed", "1", "--hub_token=hf_y"]) == [
+        "--hub_token", "***", "--seed", "1", "--hub_token=***"]
+
+
+def test_yaml_words_for_no_and_schedule_options_that_would_be_ignored(tmp_path):
+    """YAML 1.1 reads `no` as false: `mixed_precision: no` and `report_to: no` mean the words (they crashed the
+    run in Accelerator). The constant schedule refuses options (a warm-up there was silently ignored)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("mixed_precision: no\nreport_to: no\nmax_train_steps: 2\n")
+    args = parse_args(["--config", str(recipe)])
+    assert (args.mixed_precision, args.report_to) == ("no", "none")
+    with pytest.raises(SystemExit):
+        parse_args(["--max_train_steps", "2", "--mixed_precision", "bf17"])
+    with pytest.raises(SystemExit):
+        parse_args(["--max_train_steps", "2", "--lr_scheduler_options", '{"warmup_epochs": 5}'])
+    with pytest.raises(ValueError, match="constant schedule takes no options"):
+        build_lr_lambda("constant", 10, warmup_epochs=5)
 
 
 def test_two_processes_stop_together_when_the_time_budget_is_spent(corpus, tmp_path):

@@ -172,6 +172,8 @@ def build_model_card(
         results_table=results_table(results),
         training_section=training_section(training_summary),
         recipe_config=recipe_config(training_summary),
+        # a training command without a recipe file: the card must not claim the paper's recipe for it
+        trained_by_flags=bool(training_summary.get("command")) and not recipe_config(training_summary),
         usage_section=usage if usage is not None else usage_section(model_id),
         figures=[{"path": Path(f).as_posix(), "caption": _caption(f)} for f in figures],
     )

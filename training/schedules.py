@@ -107,6 +107,8 @@ def schedule_end_step(name: str, steps_per_epoch: int, **options) -> Optional[in
 def build_lr_lambda(name: str, steps_per_epoch: int, **options) -> Callable[[int], float]:
     """The multiplier function for ``torch.optim.lr_scheduler.LambdaLR`` named by a recipe."""
     if name == "constant":
+        if options:  # e.g. a warm-up meant for another schedule: refused rather than silently unused
+            raise ValueError(f"the constant schedule takes no options, got {sorted(options)}")
         return lambda step: 1.0
     if name == "linear_warmup_cosine":
         return linear_warmup_cosine(steps_per_epoch, **options)

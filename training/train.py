@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 import typing
@@ -263,6 +264,20 @@ def check_model_config(model_type: str, model_config: dict, from_pretrained: boo
             raise ValueError(f"model_config is not a valid {config_class.__name__}: {reason}") from error
 
 
+def redacted_command_line(argv: list[str]) -> list[str]:
+    """`argv` with the value of ``--hub_token`` replaced by ``***``: the model card shows the run's command."""
+    redacted, hide_next = [], False
+    for item in argv:
+        if hide_next:
+            redacted.append("***")
+        elif item.startswith("--hub_token="):
+            redacted.append("--hub_token=***")
+        else:
+            redacted.append(item)
+        hide_next = item == "--hub_token"
+    return redacted
+
+
 def parse_args(argv: Optional[list[str]] = None) -> TrainingArguments:
     """Defaults < YAML recipe (``--config``) < command-line flags. Unknown keys and flags are errors."""
     parser = RecipeArgumentParser()
@@ -291,6 +306,7 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainingArguments:
         validate_args(args)
     except ValueError as error:
         parser.error(str(error))
+    args.command_line = argv  # not a field: what the model card reports as the run's command
     return args
 
 
@@ -354,6 +370,15 @@ def validate_args(args: TrainingArguments) -> None:
         args.task_probabilities and sum(args.task_probabilities.values()) <= 0
     ):
         raise ValueError(f"task_probabilities must be non-negative with a positive sum, got {args.task_probabilities}")
+    # YAML 1.1 reads `no` (the documented value) as False: the recipe meant the word.
+    if args.mixed_precision is False:
+        args.mixed_precision = "no"
+    if args.report_to is False:
+        args.report_to = "none"
+    if args.mixed_precision is not None and str(args.mixed_precision) not in ("no", "fp16", "bf16", "auto"):
+        raise ValueError(f"mixed_precision must be no, fp16, bf16 or auto, got {args.mixed_precision!r}")
+    if args.report_to is not None and not isinstance(args.report_to, str):
+        raise ValueError(f"report_to must name tracker(s), comma separated, or 'none', got {args.report_to!r}")
     types = typing.get_type_hints(TrainingArguments)
     for f in dataclasses.fields(TrainingArguments):  # YAML reads 1e-4 as a string, and 10 for a float as an int
         value, kind = getattr(args, f.name), types[f.name]
@@ -666,6 +691,19 @@ def build_model(args: TrainingArguments):
     return model_class(config_class(**args.model_config))
 
 
+def keeps_unused_official_modules(args: TrainingArguments) -> bool:
+    """Whether the model to train keeps official modules its forward never calls (``keep_unused_official_modules``):
+    from ``model_config``, else from the pretrained checkpoint's own config, which converted official PromptIR and
+    PIP weights set. DDP must know before it wraps the model, or the second step fails waiting for their gradients."""
+    if "keep_unused_official_modules" in args.model_config:
+        return bool(args.model_config["keep_unused_official_modules"])
+    if args.pretrained_model_name_or_path:
+        config_class, _ = MODEL_CLASSES[args.model_type]
+        config = config_class.from_pretrained(args.pretrained_model_name_or_path)
+        return bool(getattr(config, "keep_unused_official_modules", False))
+    return False
+
+
 def to_model_images(
     images: torch.Tensor, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
 ) -> torch.Tensor:
@@ -708,7 +746,7 @@ def main(args: TrainingArguments) -> dict:
     output_dir = Path(args.output_dir)
     report_to = None if args.report_to in (None, "none", "") else args.report_to.split(",")
     # DDP must be told about parameters that never get a gradient: only the unused official modules.
-    find_unused = bool(args.model_config.get("keep_unused_official_modules", False))
+    find_unused = keeps_unused_official_modules(args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(args.mixed_precision, args.cpu or not torch.cuda.is_available()),
@@ -853,7 +891,9 @@ def main(args: TrainingArguments) -> dict:
 
     def save_folder(unwrapped, folder: Path, results: dict) -> None:
         summary = {
-            "command": "accelerate launch training/train.py " + (f"--config {args.config}" if args.config else ""),
+            # every flag this run was given (parse_args keeps them), not only the recipe file
+            "command": "accelerate launch training/train.py " + shlex.join(redacted_command_line(
+                getattr(args, "command_line", None) or ([f"--config={args.config}"] if args.config else []))),
             "steps": step,
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
@@ -877,8 +917,13 @@ def main(args: TrainingArguments) -> dict:
             validation_history=validation_history,
         )
 
-    def validate() -> dict:
-        nonlocal best_psnr
+    validated_step = None  # the step of this launch's last validation (the same on every process)
+
+    def validate(record: bool = True) -> dict:
+        """Score the EMA weights on the validation set (main process). `record`: log the scores, add them to the
+        history, save the sample grid and ``best/``; off for a step whose validation a checkpoint already holds."""
+        nonlocal best_psnr, validated_step
+        validated_step = step
         results = {}
         if accelerator.is_main_process and validation_set:
             unwrapped = accelerator.unwrap_model(model)
@@ -893,18 +938,20 @@ def main(args: TrainingArguments) -> dict:
                     results["tasks"][task]["ssim_auto"] = scores["ssim"]
             samples = results.pop("samples")
             mean_psnr = float(np.mean([s["psnr"] for s in results["tasks"].values()]))
-            validation_history.append({"step": step, "psnr": {t: s["psnr"] for t, s in results["tasks"].items()}})
-            logs = {f"val/{t}/{k}": v for t, s in results["tasks"].items() for k, v in s.items() if k != "images"}
-            accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
-            grid = sample_grid(samples)
-            (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-            grid.save(output_dir / "validation" / f"step-{step:07d}.png")
-            for tracker in accelerator.trackers:
-                if tracker.name == "tensorboard":
-                    tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step, dataformats="HWC")
-            if mean_psnr > best_psnr:
-                best_psnr = mean_psnr
-                save_folder(unwrapped, output_dir / "best", results)
+            if record:
+                validation_history.append({"step": step, "psnr": {t: s["psnr"] for t, s in results["tasks"].items()}})
+                logs = {f"val/{t}/{k}": v for t, s in results["tasks"].items() for k, v in s.items() if k != "images"}
+                accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
+                grid = sample_grid(samples)
+                (output_dir / "validation").mkdir(parents=True, exist_ok=True)
+                grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+                for tracker in accelerator.trackers:
+                    if tracker.name == "tensorboard":
+                        tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step,
+                                                 dataformats="HWC")
+                if mean_psnr > best_psnr:
+                    best_psnr = mean_psnr
+                    save_folder(unwrapped, output_dir / "best", results)
             if ema is not None:
                 ema.restore(unwrapped.parameters())
             model.train()
@@ -940,6 +987,7 @@ def main(args: TrainingArguments) -> dict:
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
+            step_lr = scheduler.get_last_lr()[0]  # what this optimizer step used: logged, not the next step's
             scheduler.step()
             if args.compile_model and compiled_graphs is None:
                 compiled_graphs = {k: v - compiled_before[k] for k, v in compiled_graph_counts().items()}
@@ -954,7 +1002,7 @@ def main(args: TrainingArguments) -> dict:
                 means = window.reduce_means(accelerator)
                 elapsed = time.perf_counter() - window_start
                 loss_mean = means.pop("loss")
-                lr = scheduler.get_last_lr()[0]
+                lr = step_lr
                 logs = {"train/loss": loss_mean, "train/lr": lr, "train/images_per_second": images / max(elapsed, 1e-9),
                         **{f"train/loss_{name}": value for name, value in means.items()}}
                 if guard is not None:
@@ -998,9 +1046,13 @@ def main(args: TrainingArguments) -> dict:
             stream.set_epoch(stream.epoch + 1)
     progress.close()
 
-    # Decided from the arguments, identical on every process (only the main one holds the validation set).
-    if args.validation_roots and (not args.validation_steps or step % args.validation_steps):
-        last_results = validate() or last_results
+    # Decided from the arguments and the step, identical on every process (only the main one holds the validation
+    # set). A run resumed at its last step (relaunched after it finished, or killed before writing model/) did not
+    # validate in this launch: it scores the final weights again for the folder, without recording a step that
+    # its checkpoint's history already holds.
+    if args.validation_roots and validated_step != step:
+        recorded = any(entry.get("step") == step for entry in validation_history)
+        last_results = validate(record=not recorded) or last_results
     accelerator.wait_for_everyone()
     # DDP keeps the replicas identical; check it rather than trust it (a silent divergence wastes a run).
     keep_until_teardown: list = []

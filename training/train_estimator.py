@@ -227,6 +227,7 @@ def train_estimator(args: argparse.Namespace) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step_lr = scheduler.get_last_lr()[0]  # what this step used (logged), not the next step's
             scheduler.step()
             step += 1
             progress.update(1)
@@ -235,7 +236,7 @@ def train_estimator(args: argparse.Namespace) -> dict:
             window_count += len(targets)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
                 history.append({"step": step, "loss": window_loss / window_count,
-                                "accuracy": window_correct / window_count, "lr": scheduler.get_last_lr()[0]})
+                                "accuracy": window_correct / window_count, "lr": step_lr})
                 progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['accuracy']:.2f}")
                 window_loss, window_correct, window_count = 0.0, 0, 0
             if step >= args.max_train_steps:
