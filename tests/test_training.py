@@ -161,6 +161,30 @@ def test_a_run_resumed_at_its_last_step_scores_its_final_folder(corpus, tmp_path
     assert grid.stat().st_mtime_ns == grid_written  # scored again, not recorded again
 
 
+def test_a_resume_trains_with_this_launchs_optimizer_and_ema_settings(corpus, tmp_path, caplog):
+    """A resume restored the first launch's learning rate, betas, weight decay and EMA decay and silently ignored
+    the flags (while the card reported the flag's rate). They now apply from the resumed step, each named."""
+    import logging
+
+    output_dir = tmp_path / "run"
+    common = dict(checkpointing_steps=2, mixed_precision="no", use_ema="true")
+    run_main(train_args(corpus, output_dir, max_train_steps=2, **common))
+    overrides = dict(learning_rate=1e-5, adam_weight_decay=0.5, adam_beta2=0.9, ema_decay=0.5)
+    with caplog.at_level(logging.INFO, logger="training.train"):
+        run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest",
+                            **{**common, **overrides}))
+    assert "learning_rate 0.001 -> 1e-05" in caplog.text and "ema decay 0.999 -> 0.5" in caplog.text
+    factor = linear_warmup_cosine(3, warmup_epochs=1, max_epochs=3, warmup_start_factor=0.1)
+    history = checkpointing.load_training_state(output_dir / "checkpoint-4")["history"]
+    assert [row["lr"] for row in history] == pytest.approx([1e-3 * factor(0), 1e-3 * factor(1),
+                                                             1e-5 * factor(2), 1e-5 * factor(3)])
+    optimizer = torch.load(output_dir / "checkpoint-4" / "optimizer.bin", weights_only=True)
+    (group,) = optimizer["param_groups"]
+    assert (tuple(group["betas"]), group["weight_decay"], group["initial_lr"]) == ((0.9, 0.9), 0.5, 1e-5)
+    assert torch.load(output_dir / "checkpoint-4" / "ema_state.pt", weights_only=True)["decay"] == 0.5
+    assert "learning rate**: 1e-05" in (output_dir / "model" / "README.md").read_text()
+
+
 def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
     """The card's command carries every flag (it used to keep only --config, dropping the overrides and
     claiming the paper's recipe for a run given by flags), with the Hub token hidden."""

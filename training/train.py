@@ -691,6 +691,34 @@ def build_model(args: TrainingArguments):
     return model_class(config_class(**args.model_config))
 
 
+def apply_resumed_optimizer_settings(args: TrainingArguments, optimizer, scheduler, ema) -> list[str]:
+    """Put this launch's optimizer and EMA settings on the states a resume restored, which hold the first launch's
+    (every field can be overridden by a flag, on a resume too). The learning rate becomes the schedule's new base:
+    the current rate is the new base times the schedule's factor at the resumed step. Returns what changed."""
+    changes = []
+    wanted = {"betas": (args.adam_beta1, args.adam_beta2), "weight_decay": args.adam_weight_decay,
+              "eps": args.adam_epsilon}
+    for index, group in enumerate(optimizer.param_groups):
+        for key, value in wanted.items():
+            saved = tuple(group[key]) if key == "betas" else group[key]
+            if saved != value:
+                changes.append(f"{key} {saved} -> {value}")
+                group[key] = value
+        if scheduler.base_lrs[index] != args.learning_rate:
+            changes.append(f"learning_rate {scheduler.base_lrs[index]} -> {args.learning_rate}")
+            scheduler.base_lrs[index] = group["initial_lr"] = args.learning_rate
+            group["lr"] = args.learning_rate * scheduler.lr_lambdas[index](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if ema is not None:
+        decay = {"decay": args.ema_decay, "min_decay": 0.0 if args.ema_warmup else args.ema_decay,
+                 "update_after_step": args.ema_update_after_step}
+        for key, value in decay.items():
+            if getattr(ema, key) != value:
+                changes.append(f"ema {key} {getattr(ema, key)} -> {value}")
+                setattr(ema, key, value)
+    return sorted(set(changes))
+
+
 def keeps_unused_official_modules(args: TrainingArguments) -> bool:
     """Whether the model to train keeps official modules its forward never calls (``keep_unused_official_modules``):
     from ``model_config``, else from the pretrained checkpoint's own config, which converted official PromptIR and
@@ -849,6 +877,8 @@ def main(args: TrainingArguments) -> dict:
         checkpointing.load_custom_states(resume, custom_states)
         if ema is not None:  # its shadow weights were read onto the CPU
             ema.to(accelerator.device)
+        for change in apply_resumed_optimizer_settings(args, optimizer, scheduler, ema):
+            logger.info(f"resume: {change}")
         step, history = state["step"], state.get("history", [])
         validation_history = state.get("validation_history", [])
         best_psnr = max(-math.inf if state.get("best_psnr") is None else state["best_psnr"],
