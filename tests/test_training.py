@@ -923,10 +923,12 @@ def test_cpu_training_is_channels_last_by_default_and_can_turn_it_off(corpus, tm
     assert "- **channels last**: False" in (tmp_path / "plain" / "model" / "README.md").read_text()
 
 
-def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp_path, monkeypatch):
+def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp_path, monkeypatch, caplog):
     """`--mixed_precision auto` (the default): bf16 autocast on a CPU that computes bf16 natively, fp32 on other
     CPUs and on GPUs; fp16/bf16 asked of `accelerate launch` win, its default "no" does not; an explicit value is
     kept. The training forwards run under the chosen autocast, and the card records it."""
+    import logging
+
     import modeling.inference
     from training.train import resolve_mixed_precision
 
@@ -942,7 +944,12 @@ def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp
         assert resolve_mixed_precision("auto", on_cpu=True) == ("bf16" if native else "no")
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
         assert resolve_mixed_precision("auto", on_cpu=True) == "fp16"
-        assert resolve_mixed_precision("no", on_cpu=True) == "no"
+        with caplog.at_level(logging.WARNING, logger="training.train"):
+            caplog.clear()
+            assert resolve_mixed_precision("no", on_cpu=True) == "no"  # a recipe's value wins, and says so
+            assert "accelerate launch asked for mixed precision 'fp16'" in caplog.text
+            caplog.clear()
+            assert resolve_mixed_precision("fp16", on_cpu=True) == "fp16" and not caplog.text
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
 
     monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda: True)
