@@ -657,8 +657,9 @@ def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
         return "bf16" if on_cpu and native_bf16_cpu() else "no"
     if launcher not in ("", "no") and launcher != str(requested):
         # (before the Accelerator exists: accelerate's logger cannot log yet)
-        logging.getLogger(__name__).warning(f"accelerate launch asked for mixed precision {launcher!r}; this run's --mixed_precision "
-                       f"(flag or recipe) {requested!r} wins (pass --mixed_precision auto to follow the launcher)")
+        logging.getLogger(__name__).warning(
+            f"accelerate launch asked for mixed precision {launcher!r}; this run's --mixed_precision (flag or "
+            f"recipe) {requested!r} wins (pass --mixed_precision auto to follow the launcher)")
     return str(requested)
 
 
