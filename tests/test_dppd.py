@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -493,7 +494,7 @@ def test_recipes_are_promptirs_with_dppd(name):
 
     dppd = parse_args(["--config", str(REPO / "training" / "configs" / f"{name}.yaml")])
     promptir = parse_args(["--config", str(REPO / "training" / "configs" / f"{name.replace('dppd', 'promptir')}.yaml")])
-    differing = {k for k in vars(dppd) if getattr(dppd, k) != getattr(promptir, k)}
+    differing = {f.name for f in dataclasses.fields(dppd) if getattr(dppd, f.name) != getattr(promptir, f.name)}
     assert differing == {"config", "model_type", "model_config", "output_dir"} - (
         {"model_config"} if name == "dppd_5task" else set())
     assert dppd.model_type == "dppd"
