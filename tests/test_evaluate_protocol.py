@@ -99,7 +99,8 @@ def test_conventions_registry_and_metric_parity_with_skimage():
         channel_axis = -1 if a.ndim == 3 else None
         expected_psnr = peak_signal_noise_ratio(b, a, data_range=1)
         expected_ssim = structural_similarity(b, a, data_range=1, channel_axis=channel_axis,
-                                              gaussian_weights=convention.ssim_window == "gaussian11")
+                                              gaussian_weights=convention.ssim_window == "gaussian11",
+                                              use_sample_covariance=convention.ssim_sample_covariance)
         assert ep.psnr(restored, clean, **convention.psnr_kwargs()) == pytest.approx(expected_psnr, abs=1e-6), name
         assert ep.ssim(restored, clean, **convention.ssim_kwargs()) == pytest.approx(expected_ssim, abs=1e-6), name
     assert ep.CONVENTIONS["promptir"].crop_multiple == 16 and ep.CONVENTIONS["onerestore"].crop_multiple == 0

@@ -169,6 +169,53 @@ def test_crop_border_and_y_channel_options(metric):
     assert metric.compute(predictions=[shifted], references=[base])["psnr"] < 60
 
 
+def _basicsr_ssim(image: np.ndarray, reference: np.ndarray) -> float:
+    """BasicSR's `calculate_ssim` written out for a (H, W) or (H, W, C) float pair in [0, 1]: images scaled to
+    [0, 255], an 11x11 Gaussian window (sigma 1.5) over the valid region, population (co)variances, the mean of
+    the SSIM map per channel, then over channels."""
+    from scipy.signal import correlate2d
+
+    axis = np.arange(11) - 5
+    kernel = np.exp(-axis**2 / (2 * 1.5**2))
+    window = np.outer(kernel, kernel) / np.outer(kernel, kernel).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    channels = zip(np.atleast_3d(image * 255.0).transpose(2, 0, 1), np.atleast_3d(reference * 255.0).transpose(2, 0, 1))
+    for a, b in channels:
+        mu1, mu2 = correlate2d(a, window, "valid"), correlate2d(b, window, "valid")
+        var1 = correlate2d(a * a, window, "valid") - mu1**2
+        var2 = correlate2d(b * b, window, "valid") - mu2**2
+        cov = correlate2d(a * b, window, "valid") - mu1 * mu2
+        scores.append(np.mean((2 * mu1 * mu2 + c1) * (2 * cov + c2) / ((mu1**2 + mu2**2 + c1) * (var1 + var2 + c2))))
+    return float(np.mean(scores))
+
+
+def test_basicsr_ssim_is_the_gaussian_window_with_population_variances(metric):
+    """skimage's Gaussian SSIM scales the window's variances by N / (N - 1); BasicSR's `calculate_ssim` (and
+    MATLAB's ssim, pytorch_msssim) do not, which moved the fourth decimal. `ssim_sample_covariance=False` gives
+    BasicSR's number, in RGB and on the Y channel with a border shave; the y-channel protocol uses it."""
+    prediction, reference = _pair(40, 36, 12, noise=0.1)
+    basicsr = metric.compute(predictions=[prediction], references=[reference], ssim_gaussian_weights=True,
+                             ssim_sample_covariance=False)["ssim"]
+    assert basicsr == pytest.approx(_basicsr_ssim(prediction, reference), abs=1e-9)
+    skimage_default = metric.compute(predictions=[prediction], references=[reference], ssim_gaussian_weights=True)
+    assert abs(skimage_default["ssim"] - basicsr) > 1e-6  # far above float rounding (1e-9 above)
+
+    def luma(image, border=0):
+        inside = slice(border, -border) if border else slice(None)
+        return image[inside, inside] @ (np.array([65.481, 128.553, 24.966]) / 255) + 16 / 255
+
+    y = metric.compute(predictions=[prediction], references=[reference], ssim_gaussian_weights=True,
+                       ssim_sample_covariance=False, test_y_channel=True, crop_border=4)["ssim"]
+    assert y == pytest.approx(_basicsr_ssim(luma(prediction, 4), luma(reference, 4)), abs=1e-9)
+    from training import evaluate_protocol as ep
+
+    convention = ep.CONVENTIONS["y-channel"]
+    assert ep.ssim(prediction, reference, **convention.ssim_kwargs()) == pytest.approx(
+        _basicsr_ssim(luma(prediction), luma(reference)), abs=1e-9)
+    assert "population-variance" in convention.describe()
+
+
 def test_gaussian_ssim_option_matches_moce_ir_setting(metric):
     prediction, reference = _pair(32, 32, 7, noise=0.1)
     result = metric.compute(predictions=[prediction], references=[reference], ssim_gaussian_weights=True)

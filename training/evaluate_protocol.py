@@ -90,6 +90,8 @@ class MetricConvention:
             (PromptIR's ``crop_img(base=16)``); 0 or 1 scores the full image.
         ssim_window: ``"uniform7"`` (skimage's default 7x7 window) or ``"gaussian11"`` (skimage
             ``gaussian_weights=True``: σ 1.5, 11x11).
+        ssim_sample_covariance: skimage's default (True: variances over the window scaled by N / (N - 1)), or
+            population variances (False), as BasicSR's ``calculate_ssim``, MATLAB's ``ssim`` and pytorch_msssim.
         border_shave: pixels removed from every side before scoring (BasicSR ``crop_border``).
         used_by: which papers score this way, and where that is written.
     """
@@ -100,6 +102,7 @@ class MetricConvention:
     ssim_window: str = "uniform7"
     border_shave: int = 0
     used_by: str = ""
+    ssim_sample_covariance: bool = True
 
     def __post_init__(self) -> None:
         if self.channel not in ("rgb", "y"):
@@ -118,13 +121,16 @@ class MetricConvention:
         return {"crop_border": self.border_shave, "test_y_channel": self.channel == "y"}
 
     def ssim_kwargs(self) -> dict[str, Any]:
-        return {**self.psnr_kwargs(), "gaussian_weights": self.ssim_window == "gaussian11"}
+        return {**self.psnr_kwargs(), "gaussian_weights": self.ssim_window == "gaussian11",
+                "sample_covariance": self.ssim_sample_covariance}
 
     def describe(self) -> str:
         """One sentence for tables and model cards."""
         channel = "RGB" if self.channel == "rgb" else "the Y channel (BT.601)"
         crop = (f"centre-cropped to a multiple of {self.crop_multiple}" if self.crop_multiple > 1 else "full images")
         window = "uniform 7×7" if self.ssim_window == "uniform7" else "Gaussian (σ 1.5, 11×11)"
+        if not self.ssim_sample_covariance:
+            window += " population-variance"
         shave = f", {self.border_shave} px border shaved" if self.border_shave else ", no border shave"
         return (f"PSNR/SSIM on {channel} in [0, 1] (data range 1), {crop}, SSIM with a {window} window{shave}; "
                 f"convention `{self.name}` ({self.used_by}).")
@@ -142,12 +148,14 @@ CONVENTIONS: dict[str, MetricConvention] = {
         "moce-ir-cdd11", crop_multiple=0, ssim_window="gaussian11", used_by="MoCE-IR on CDD-11: full images"
     ),
     "instructir": MetricConvention(
-        "instructir", crop_multiple=0, ssim_window="gaussian11",
-        used_by="InstructIR (full images; its pytorch_msssim Gaussian SSIM is approximated by skimage's)",
+        "instructir", crop_multiple=0, ssim_window="gaussian11", ssim_sample_covariance=False,
+        used_by="InstructIR (full images; its pytorch_msssim SSIM: Gaussian window, population variances)",
     ),
     "y-channel": MetricConvention(
-        "y-channel", channel="y", crop_multiple=0,
-        used_by="Restormer's single-task tables; not comparable with the all-in-one tables (PromptIR#16)",
+        "y-channel", channel="y", crop_multiple=0, ssim_window="gaussian11", ssim_sample_covariance=False,
+        used_by="Restormer's single-task tables, scored as BasicSR's calculate_psnr/calculate_ssim on Y (its "
+                "MATLAB deraining script rounds Y to 8 bits first); not comparable with the all-in-one tables "
+                "(PromptIR#16)",
     ),
 }
 """Named scoring conventions (pick one with ``--convention``)."""

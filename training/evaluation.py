@@ -76,12 +76,15 @@ def ssim(
     test_y_channel: bool = False,
     gaussian_weights: bool = False,
     data_range: float = 1.0,
+    sample_covariance: bool = True,
 ) -> float:
-    """Mean SSIM over images (uniform 7x7 window as PromptIR/PIP; `gaussian_weights=True` as MoCE-IR)."""
+    """Mean SSIM over images (uniform 7x7 window as PromptIR/PIP; `gaussian_weights=True` as MoCE-IR; with
+    `sample_covariance=False` as well, BasicSR's `calculate_ssim`)."""
     module = _metric_module()
     pairs = _pairs(module, predictions, references)
     return sum(
-        module.ssim_pair(p, r, crop_border, test_y_channel, gaussian_weights, data_range) for p, r in pairs
+        module.ssim_pair(p, r, crop_border, test_y_channel, gaussian_weights, data_range, sample_covariance)
+        for p, r in pairs
     ) / len(pairs)
 
 

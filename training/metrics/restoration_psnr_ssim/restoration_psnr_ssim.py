@@ -3,8 +3,9 @@
 Defaults follow PromptIR / PIP ``utils/val_utils.py::compute_psnr_ssim``: RGB images as float in [0, 1],
 ``data_range=1``, predictions (and references) clipped to [0, 1], no Y channel, no border shave, skimage's
 uniform 7x7 SSIM window, one score per image, then the mean over images. Every departure from that protocol is an
-explicit argument of ``compute`` (BasicSR style): ``crop_border``, ``test_y_channel``, ``ssim_gaussian_weights``
-(MoCE-IR), ``data_range``.
+explicit argument of ``compute``: ``crop_border``, ``test_y_channel``, ``ssim_gaussian_weights`` (MoCE-IR),
+``ssim_sample_covariance``, ``data_range``. BasicSR's ``calculate_psnr`` / ``calculate_ssim`` are
+``crop_border=N, test_y_channel=True, ssim_gaussian_weights=True, ssim_sample_covariance=False``.
 
 Load it offline from its folder (hub metrics cannot be fetched here)::
 
@@ -40,6 +41,9 @@ Args:
     test_y_channel (bool, default False): score the BT.601 luma (Y of YCbCr, as in BasicSR) instead of RGB.
     ssim_gaussian_weights (bool, default False): False = skimage's uniform 7x7 window (PromptIR, PIP, AdaIR);
         True = Gaussian window, sigma 1.5 (MoCE-IR's `gaussian_weights=True`).
+    ssim_sample_covariance (bool, default True): skimage's default, variances scaled by N / (N - 1) over the
+        window (what PromptIR's and MoCE-IR's skimage calls compute); False = population variances, as BasicSR's
+        `calculate_ssim`, MATLAB's `ssim` and pytorch_msssim (with the Gaussian window: their numbers).
     data_range (float, default 1.0): peak value of the images (uint8/uint16 inputs are scaled to [0, 1] first,
         so keep 1.0 for them); values are clipped to [0, data_range].
     return_per_image (bool, default False): also return the lists `psnr_per_image` and `ssim_per_image`.
@@ -176,6 +180,7 @@ def ssim_pair(
     test_y_channel: bool = False,
     ssim_gaussian_weights: bool = False,
     data_range: float = 1.0,
+    ssim_sample_covariance: bool = True,
 ) -> float:
     """SSIM of one (H, W, C) pair from `to_float_images` (mean over channels, as skimage with channel_axis)."""
     _check_pair(prediction, reference, crop_border, data_range)
@@ -184,7 +189,8 @@ def ssim_pair(
     # skimage's default is a uniform 7x7 window (PromptIR/PIP); gaussian_weights=True is sigma 1.5 (MoCE-IR)
     return float(
         structural_similarity(
-            reference, prediction, data_range=data_range, channel_axis=-1, gaussian_weights=ssim_gaussian_weights
+            reference, prediction, data_range=data_range, channel_axis=-1, gaussian_weights=ssim_gaussian_weights,
+            use_sample_covariance=ssim_sample_covariance,
         )
     )
 
@@ -231,6 +237,7 @@ class RestorationPsnrSsim(evaluate.Metric):
         ssim_gaussian_weights: bool = False,
         data_range: float = 1.0,
         return_per_image: bool = False,
+        ssim_sample_covariance: bool = True,
     ) -> Dict[str, Any]:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -242,7 +249,8 @@ class RestorationPsnrSsim(evaluate.Metric):
             prediction, reference = _decode(prediction), _decode(reference)
             psnrs.append(psnr_pair(prediction, reference, crop_border, test_y_channel, data_range))
             ssims.append(
-                ssim_pair(prediction, reference, crop_border, test_y_channel, ssim_gaussian_weights, data_range)
+                ssim_pair(prediction, reference, crop_border, test_y_channel, ssim_gaussian_weights, data_range,
+                          bool(ssim_sample_covariance))
             )
         result: Dict[str, Any] = {
             "psnr": float(np.mean(psnrs)),
