@@ -258,7 +258,8 @@ def main() -> None:
     def report(final_losses: dict[str, float], first_losses: dict[str, float]) -> None:
         """Print the table and write the JSON: after each phase's timings, again after each toy curve, so that a
         run cut short (a time limit during a compilation) keeps every row measured until then."""
-        print(f"{model_type}, {parameters:,} parameters, training steps of {args.batch} x {args.size}², {args.device}"
+        batch, size = (args.curve_batch, args.curve_size) if args.curve_only else (args.batch, args.size)
+        print(f"{model_type}, {parameters:,} parameters, training steps of {batch} x {size}², {args.device}"
               + ("" if on_gpu else f", {args.threads} threads")
               + ("" if args.curve_only else f", median of {args.repeats} x {args.steps} steps")
               + (f"; toy loss: mean of the last {max(args.curve_steps // 5, 1)} of {args.curve_steps} steps"
@@ -278,11 +279,12 @@ def main() -> None:
         for name, reason in failed.items():
             print(f"{name}: {reason}")
         if args.json:
-            args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": args.batch,
-                                             "size": args.size, "device": args.device, "threads": args.threads,
-                                             "repeats": args.repeats, "steps": args.steps,
-                                             "curve_steps": args.curve_steps if final_losses else 0, "rows": rows,
-                                             "failed": failed}, indent=2))
+            timing = {} if args.curve_only else {"repeats": args.repeats, "steps": args.steps}  # none were run
+            args.json.write_text(json.dumps({"model": model_type, "parameters": parameters, "batch": batch,
+                                             "size": size, "device": args.device, "threads": args.threads,
+                                             **timing, "curve_steps": args.curve_steps if final_losses else 0,
+                                             "curve_batch": args.curve_batch, "curve_size": args.curve_size,
+                                             "rows": rows, "failed": failed}, indent=2))
 
     for phase in [] if args.curve_only else compilation_phases(names, {name: PATHS[name][2] for name in names}):
         for name in phase:

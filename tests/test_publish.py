@@ -343,6 +343,9 @@ def test_publish_needs_the_evaluation_of_these_weights_and_ships_the_licence_it_
     assert publish.main([*args, "--eval_json", str(other), "--output", str(tmp_path / "o")]) == 2
     assert "scored other weights (fingerprint 0123456789abcdef)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    other.write_text(json.dumps({k: v for k, v in results.items() if k != "model_fingerprint"}))
+    assert publish.main([*args, "--eval_json", str(other), "--output", str(tmp_path / "o")]) == 2
+    assert "does not record which weights it scored" in capsys.readouterr().err
     own = tmp_path / "own.json"
     own.write_text(json.dumps(results))
     licence = ["--license", "other", "--license_name", "my-terms"]

@@ -191,13 +191,20 @@ def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
     from training.train import redacted_command_line
 
     output_dir = tmp_path / "run"
-    run_main(train_args(corpus, output_dir, max_train_steps=1, checkpointing_steps=0, seed=7))
+    secret = "hf_SECRET_never_written"
+    run_main(train_args(corpus, output_dir, max_train_steps=1, checkpointing_steps=0, seed=7,
+                        report_to="tensorboard") + ["--hub-token", secret])
     text = (output_dir / "model" / "README.md").read_text()
-    assert "--seed 7" in text and f"--output_dir {output_dir}" in text
+    assert "--seed 7" in text and f"--output_dir {output_dir}" in text and "--hub-token '***'" in text
     assert "Trained with the flags of the command below, without a recipe file." in text
     assert "Recipe: `training/configs/pip_restormer_5task.yaml`" not in text
-    assert redacted_command_line(["--hub_token", "hf_x", "--seed", "1", "--hub_token=hf_y"]) == [
-        "--hub_token", "***", "--seed", "1", "--hub_token=***"]
+    # Nowhere in the run's files: the card, the tracker's hyperparameters (hparams.yml, event files), checkpoints.
+    written = [path for path in output_dir.rglob("*") if path.is_file()]
+    assert any("hparams" in path.name for path in written)
+    assert not [path for path in written if secret.encode() in path.read_bytes()]
+    assert redacted_command_line(["--hub_token", "hf_x", "--seed", "1", "--hub_token=hf_y", "--hub-token", "hf_z",
+                                  "--hub-token=hf_w"]) == [
+        "--hub_token", "***", "--seed", "1", "--hub_token=***", "--hub-token", "***", "--hub-token=***"]
 
 
 def test_yaml_words_for_no_and_schedule_options_that_would_be_ignored(tmp_path):
@@ -207,6 +214,7 @@ def test_yaml_words_for_no_and_schedule_options_that_would_be_ignored(tmp_path):
     recipe.write_text("mixed_precision: no\nreport_to: no\nmax_train_steps: 2\n")
     args = parse_args(["--config", str(recipe)])
     assert (args.mixed_precision, args.report_to) == ("no", "none")
+    assert parse_args(["--max_train_steps", "2", "--mixed_precision", " AUTO"]).mixed_precision == "auto"
     with pytest.raises(SystemExit):
         parse_args(["--max_train_steps", "2", "--mixed_precision", "bf17"])
     with pytest.raises(SystemExit):
@@ -1111,6 +1119,7 @@ def test_bench_train_curve_only_and_a_run_where_every_path_runs_out_of_memory(tm
     bench.main()
     report = json.loads(report_path.read_text())
     assert report["curve_steps"] == 10 and report["parameters"] > 0
+    assert (report["batch"], report["size"]) == (2, 16) and "repeats" not in report  # what the curves ran
     rows = {row["path"]: row for row in report["rows"]}
     assert list(rows) == ["reference", "channels-last"] and all("ms" not in row for row in rows.values())
     assert rows["reference"]["toy_loss_vs_reference"] == 0

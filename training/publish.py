@@ -303,10 +303,10 @@ def prepare_folder(
         evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
         raise PublishError(f"the evaluation JSON {evaluated}, this is {model_type!r}")
     scored = results.get("model_fingerprint")
-    if scored is None:  # written before evaluations recorded it
-        logger.warning("the evaluation JSON does not record which weights it scored; its numbers are carded as "
-                       "this model's")
-    elif scored != model_fingerprint(model):
+    if scored is None:  # written before evaluations recorded it, or edited
+        raise PublishError("the evaluation JSON does not record which weights it scored (no model_fingerprint): "
+                           "evaluate this model with training.evaluate_protocol")
+    if scored != model_fingerprint(model):
         raise PublishError(f"the evaluation JSON scored other weights (fingerprint {scored}) than this model's "
                            f"({model_fingerprint(model)}): evaluate this model with training.evaluate_protocol")
     if shipped_license is not None:

@@ -264,17 +264,24 @@ def check_model_config(model_type: str, model_config: dict, from_pretrained: boo
             raise ValueError(f"model_config is not a valid {config_class.__name__}: {reason}") from error
 
 
+#: Arguments whose values are secrets: never written to a card, a log or a tracker.
+SECRET_ARGUMENTS = ("hub_token",)
+
+
 def redacted_command_line(argv: list[str]) -> list[str]:
-    """`argv` with the value of ``--hub_token`` replaced by ``***``: the model card shows the run's command."""
+    """`argv` with the values of `SECRET_ARGUMENTS` replaced by ``***``, in every spelling the parser accepts
+    (``--hub_token``, ``--hub-token``, with ``=`` or as the next item): the model card shows the run's command."""
     redacted, hide_next = [], False
     for item in argv:
+        flag, equals, _ = item.partition("=")
+        secret = item.startswith("--") and flag[2:].replace("-", "_") in SECRET_ARGUMENTS
         if hide_next:
             redacted.append("***")
-        elif item.startswith("--hub_token="):
-            redacted.append("--hub_token=***")
+        elif secret and equals:
+            redacted.append(f"{flag}=***")
         else:
             redacted.append(item)
-        hide_next = item == "--hub_token"
+        hide_next = secret and not equals
     return redacted
 
 
@@ -375,6 +382,8 @@ def validate_args(args: TrainingArguments) -> None:
         args.mixed_precision = "no"
     if args.report_to is False:
         args.report_to = "none"
+    if isinstance(args.mixed_precision, str):
+        args.mixed_precision = args.mixed_precision.strip().lower()
     if args.mixed_precision is not None and str(args.mixed_precision) not in ("no", "fp16", "bf16", "auto"):
         raise ValueError(f"mixed_precision must be no, fp16, bf16 or auto, got {args.mixed_precision!r}")
     if args.report_to is not None and not isinstance(args.report_to, str):
@@ -900,7 +909,9 @@ def main(args: TrainingArguments) -> dict:
         logger.info("no checkpoint to resume from; starting a new run")
 
     if accelerator.is_main_process and report_to:
-        accelerator.init_trackers("prompt-restoration", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+        hyperparameters = {k: "***" if k in SECRET_ARGUMENTS and v else str(v)
+                           for k, v in dataclasses.asdict(args).items()}
+        accelerator.init_trackers("prompt-restoration", config=hyperparameters)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
     progress = tqdm(
         total=args.max_train_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train"
