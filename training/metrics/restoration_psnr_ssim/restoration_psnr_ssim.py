@@ -60,19 +60,10 @@ Examples:
 """
 
 _CITATION = """\
-@inproceedings{potlapalli2023promptir,
-  title={PromptIR: Prompting for All-in-One Image Restoration},
-  author={Potlapalli, Vaishnav and Zamir, Syed Waqas and Khan, Salman and Khan, Fahad Shahbaz},
-  booktitle={Advances in Neural Information Processing Systems},
-  year={2023}
-}
-@article{wang2004ssim,
-  title={Image quality assessment: from error visibility to structural similarity},
-  author={Wang, Zhou and Bovik, Alan C. and Sheikh, Hamid R. and Simoncelli, Eero P.},
-  journal={IEEE Transactions on Image Processing},
-  volume={13}, number={4}, pages={600--612},
-  year={2004}
-}
+Vaishnav Potlapalli, Syed Waqas Zamir, Salman Khan, Fahad Shahbaz Khan (2023). PromptIR: Prompting for All-in-One
+Image Restoration. NeurIPS 2023 (the protocol these defaults follow).
+Zhou Wang, Alan C. Bovik, Hamid R. Sheikh, Eero P. Simoncelli (2004). Image quality assessment: from error
+visibility to structural similarity. IEEE Transactions on Image Processing 13(4), 600-612 (SSIM).
 """
 
 #: BT.601 RGB -> Y weights on [0, 1] inputs, as BasicSR's `rgb2ycbcr(y_only=True)` (Y in [16, 235] / 255).
