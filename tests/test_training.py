@@ -450,6 +450,28 @@ def test_recipe_then_flags_override(tmp_path):
     assert args.lr_scheduler_options == {"warmup_epochs": 1, "max_epochs": 2} and args.model_config == {}
 
 
+def test_a_recipe_root_may_list_several_folders(tmp_path, capsys):
+    """BSD400 and WED as two folders: a recipe's list of roots reaches the stream as a list (it used to become the
+    string "['.../BSD400', '.../WED']", which no folder is), and a root with no folder is named at parse time."""
+    from training.data import build_stream
+
+    for folder in ("BSD400", "WED"):
+        for i in range(2):
+            save(tmp_path / folder / f"{folder}{i}.png", textured_image(i, 24, 24))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data_preset: 3-task\ndata_roots: {{clean: [{tmp_path / 'BSD400'}, {tmp_path / 'WED'}]}}\n"
+                      f"validation_roots: {{clean: {tmp_path / 'WED'}}}\n")
+    args = parse_args(["--config", str(recipe), "--max_train_steps", "1"])
+    assert args.data_roots == {"clean": [str(tmp_path / "BSD400"), str(tmp_path / "WED")]}
+    assert args.validation_roots == {"clean": str(tmp_path / "WED")}
+    stream = build_stream(args.data_preset, args.data_roots, synthesize_missing=True, patch_size=16)
+    assert sorted(Path(clean).name for _, clean in stream.sources[0].pairs) == [
+        "BSD4000.png", "BSD4001.png", "WED0.png", "WED1.png"]
+    recipe.write_text("data_roots: {clean: []}\n")
+    assert "data_roots['clean'] must be a folder or a non-empty list of folders, got []" in _parse_error(
+        capsys, ["--config", str(recipe), "--max_train_steps", "1"])
+
+
 def _parse_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)

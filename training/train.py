@@ -31,7 +31,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 if __package__ in (None, ""):
     # `accelerate launch training/train.py` runs this file as a script: make the repository importable.
@@ -83,7 +83,8 @@ class TrainingArguments:
     # data
     data_preset: str = _arg("5-task", "3-task, 5-task or cdd11")
     data_roots: dict = _arg(
-        {}, "task=folder pairs: clean, rain, haze, blur, low-light, cdd11 (or Hub ids)", value="mapping"
+        {}, "task=folder pairs: clean, rain, haze, blur, low-light, cdd11 (or Hub ids; in a recipe, a task "
+        "may list several folders)", value="mapping"
     )
     synthesize_missing: bool = _arg(False, "synthesize tasks without a root from the clean photos")
     task_probabilities: dict = _arg(
@@ -351,6 +352,19 @@ def _check_ranges(args: TrainingArguments) -> None:
             raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
 
 
+def _data_root(name: str, task: str, value) -> Union[str, list[str]]:
+    """A recipe's root: a folder or Hub id, or a list of them (BSD400 and WED as two folders), each as a string.
+
+    A list used to become its own repr (``"['a', 'b']"``), which no folder or Hub id is."""
+    if isinstance(value, (list, tuple)):
+        if not value or any(item is None or isinstance(item, (list, tuple, dict)) for item in value):
+            raise ValueError(f"{name}[{task!r}] must be a folder or a non-empty list of folders, got {value!r}")
+        return [str(item) for item in value]
+    if value is None or isinstance(value, dict):
+        raise ValueError(f"{name}[{task!r}] must be a folder or a non-empty list of folders, got {value!r}")
+    return str(value)
+
+
 def validate_args(args: TrainingArguments) -> None:
     """Cross-field checks and normalisation (recipe values arrive as YAML types); ValueError with a clear message."""
     if args.model_type not in MODEL_CLASSES:
@@ -366,7 +380,7 @@ def validate_args(args: TrainingArguments) -> None:
         value = getattr(args, name)
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping of task to folder, got {value!r}")
-        setattr(args, name, {str(k): str(v) for k, v in value.items()})
+        setattr(args, name, {str(k): _data_root(name, str(k), v) for k, v in value.items()})
     if not isinstance(args.task_probabilities, dict):
         raise ValueError(f"task_probabilities must be a mapping of task to probability, got {args.task_probabilities!r}")
     try:
