@@ -18,6 +18,7 @@ from data_helpers import (
     make_layouts,
     png_bytes,
     save,
+    save_pair,
     textured_image,
 )
 from training import data as D
@@ -74,6 +75,19 @@ def test_layout_rules_details(corpus):
     # GoPro pairs stay inside their sequence although frame names repeat
     for blur, sharp in D.pair_files(D.list_image_files(corpus["roots"]["blur"]), "blur")[0]:
         assert blur.replace("/blur/", "/sharp/") == sharp
+
+
+def test_lol_v2_real_captured_pairs_low_k_with_normal_k(tmp_path):
+    """LOL-v2 names its Real_captured pairs Low/low<k>.png and Normal/normal<k>.png (Synthetic: the same name in
+    both); the Real pairs used to go unpaired, so a LOL-v2 root trained on its synthetic half only."""
+    root = tmp_path / "LOL-v2"
+    expected = [save_pair(root / f"Real_captured/{split}/Low/low{k}.png",
+                          root / f"Real_captured/{split}/Normal/normal{k}.png", i)
+                for i, (split, k) in enumerate((("Train", "00001"), ("Test", "00690")))]
+    expected.append(save_pair(root / "Synthetic/Train/Low/r000da4f0t.png",
+                              root / "Synthetic/Train/Normal/r000da4f0t.png", 3))
+    pairs, unpaired = D.pair_files(D.list_image_files(root), "low-light")
+    assert pairs == sorted(expected) and unpaired == []
 
 
 def test_gopro_gamma_renderings_pair_only_where_the_linear_blur_is_absent():

@@ -50,9 +50,10 @@ _LAYOUT_RULES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
         ("blur_gamma", ("sharp",), _SAME_NAME),
         ("input", ("target",), _SAME_NAME),
     ],
-    # LOL: low/<n> -> high/<n> (v1 our485/eval15) or gt/<n> (AdaIR); input/target.
+    # LOL: low/<n> -> high/<n> (v1 our485/eval15) or gt/<n> (AdaIR); LOL-v2: Low/<n> -> Normal/<n> (Synthetic),
+    # Low/low<k> -> Normal/normal<k> (Real_captured); input/target.
     "low-light": [
-        ("low", ("high", "gt", "normal"), _SAME_NAME),
+        ("low", ("high", "gt", "normal"), ("same", "normal")),
         ("input", ("target",), _SAME_NAME),
     ],
 }
@@ -186,6 +187,8 @@ def _clean_stem_candidates(stem: str, rules: tuple[str, ...]) -> list[str]:
             out.append(stem)
         elif rule == "norain" and stem.lower().startswith("rain-"):
             out.append("norain-" + stem[len("rain-") :])  # official: gt/norain-<k> for rainy/rain-<k>
+        elif rule == "normal" and stem.lower().startswith("low"):
+            out.append("normal" + stem[len("low") :])  # LOL-v2 Real_captured: Normal/normal<k> for Low/low<k>
         elif rule == "prefix":
             out.append(stem.split("_")[0])  # official: hazy <id>_<A>_<beta> -> clear <id>
     return out
