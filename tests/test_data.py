@@ -558,6 +558,22 @@ def test_validation_pairs_deterministic_full_images(corpus):
     assert not np.array_equal(other_seed[0]["degraded"], first[0]["degraded"])
 
 
+def test_validation_skips_images_smaller_than_the_crop_multiple_with_a_clear_warning(tmp_path, caplog):
+    """A held-out photo 12 px high cropped to a multiple of 16 used to come out as a (0, 32, 3) pair: left out as
+    "unchanged" by the validation set, or skipped with numpy's zero-size error. Now it is skipped as too small."""
+    save(tmp_path / "held" / "big.png", textured_image(0, 40, 48))
+    save(tmp_path / "held" / "tiny.png", textured_image(1, 12, 40))
+    save(tmp_path / "rain" / "input" / "tiny.png", coded_image(1, True, 10, 20))
+    save(tmp_path / "rain" / "target" / "tiny.png", coded_image(1, False, 10, 20))
+    sources = [D.clean_source(tmp_path / "held", "haze", name="held"), D.paired_source(tmp_path / "rain", "rain")]
+    pairs = list(D.validation_pairs(sources, multiple_of=16))
+    assert [(p["name"], p["clean"].shape, p["degraded"].shape) for p in pairs] == [
+        ("big", (32, 48, 3), (32, 48, 3))]
+    assert caplog.text.count("too small: 40x12 px, less than the multiple of 16") == 1
+    assert caplog.text.count("too small: 20x10 px") == 1
+    assert len(list(D.validation_pairs(sources, multiple_of=1))) == 3  # no crop: every image is kept
+
+
 def test_data_package_exports_and_layers():
     """`training.data` is a package along the data flow; its public names resolve, and each layer imports only
     the layers before it (files <- sources <- plan <- stream; validation reads files and sources)."""

@@ -30,8 +30,8 @@ def validation_pairs(
 
     Sources are read in order; ``max_per_source`` takes a seeded subset (kept in file order). Synthesized
     degradations use ``default_rng([seed, source, pair])`` on the whole clean image (as the official test
-    code adds noise to the full image). ``multiple_of=16`` reproduces the PromptIR centre crop. Bad files are
-    skipped with a warning.
+    code adds noise to the full image). ``multiple_of=16`` reproduces the PromptIR centre crop. Bad files, and
+    images with a side shorter than ``multiple_of`` (the crop would leave nothing), are skipped with a warning.
     """
     labels = {name: i for i, name in enumerate(label_names)}
     for source_index, source in enumerate(sources):
@@ -42,7 +42,12 @@ def validation_pairs(
         for pair_index in indices:
             degraded_path, clean_path = source.pairs[int(pair_index)]
             try:
-                clean = center_crop_to_multiple(decode_image(clean_path)[0], multiple_of)
+                clean = decode_image(clean_path)[0]
+                if min(clean.shape[:2]) < multiple_of:  # the crop to a multiple would leave no pixel
+                    logger.warning("validation: skipping %s (too small: %dx%d px, less than the multiple of %d it "
+                                   "is cropped to)", clean_path, clean.shape[1], clean.shape[0], multiple_of)
+                    continue
+                clean = center_crop_to_multiple(clean, multiple_of)
                 if degraded_path is None:
                     rng = np.random.default_rng([seed, source_index, int(pair_index)])
                     degraded = synthesize(clean, source.synthesis, rng, **dict(source.synthesis_kwargs)).image
