@@ -521,6 +521,33 @@ def test_hub_rows_with_empty_cells_or_no_label_are_skipped_and_counted(tmp_path)
     assert stream.bad_data_counts() == {"hub": {"corrupt": 2, "unknown_task": 1}}
 
 
+def test_hub_rows_sharing_a_clean_image_get_their_own_crops(tmp_path):
+    """CDD-11 or OTS as rows: several degraded versions of one scene share its clean image. The rows' random draws
+    were keyed by the clean image alone, so all 8 rows below were cut at one window with one flip in an epoch."""
+    yy, xx = np.mgrid[0:40, 0:48]
+    clean = np.stack([yy * 6, xx * 5, np.full_like(yy, 100)], -1).astype(np.uint8)  # each (red, green) is unique
+    rows = {"degraded": [], "clean": []}
+    for i in range(8):
+        degraded = clean.copy()
+        degraded[..., 2] = 10 + i
+        rows["degraded"].append({"bytes": png_bytes(degraded), "path": None})
+        rows["clean"].append({"bytes": png_bytes(clean), "path": None})
+    path = tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    hub = D.HubPairedSource(str(tmp_path / "repo"), task_name="haze", name="hub")
+    first = [e for e in D.RestorationStream(hub_sources=[hub], patch_size=16, output_dtype="uint8", seed=2)]
+    again = [e for e in D.RestorationStream(hub_sources=[hub], patch_size=16, output_dtype="uint8", seed=2)]
+    assert len(first) == 8
+    for a, b in zip(first, again):  # still deterministic
+        np.testing.assert_array_equal(a["degraded"], b["degraded"])
+    for example in first:  # each crop still cuts the pair at one window
+        np.testing.assert_array_equal(np.asarray(example["degraded"])[:2], np.asarray(example["clean"])[:2])
+    windows = {np.asarray(e["clean"])[:2].tobytes() for e in first}
+    assert len(windows) >= 6
+
+
 def test_hub_source_mixed_with_file_sources_and_synthesis(tmp_path, corpus):
     _write_paired_parquet(tmp_path / "pairs.parquet")
     clean_only = D.HubPairedSource("parquet", data_files=str(tmp_path / "pairs.parquet"), degraded_column=None,

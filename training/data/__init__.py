@@ -28,7 +28,8 @@ Design (each point answers a trap verified in ``shared/ecosystem*.md``):
   A corrupt file decoded by ``datasets`` ends the whole stream; ours is skipped and counted. Because decoding
   happens after the generator, resuming inside a shard re-reads only records, not images.
 * **Every random draw of an example** (crop, flip/rot90 mode, noise) comes from ``default_rng([seed, epoch, 0,
-  index])``: the same example is identical whichever rank or DataLoader worker produces it.
+  index])`` (a Hub row, which has no index: from a hash of its degraded and clean images): the same example is
+  identical whichever rank or DataLoader worker produces it.
 * **Multi-process: `split_dataset_by_node`, never accelerate's sharding.** ``RestorationStream(...,
   rank=accelerator.process_index, world_size=accelerator.num_processes)`` gives each rank whole shards; wrap it
   with :func:`build_dataloader` and do **not** pass that loader to ``accelerator.prepare`` (it would split the

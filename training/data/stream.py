@@ -162,8 +162,10 @@ class _ExampleLoader:
                 self._count(source_index, "corrupt", "an empty image cell")  # a row missing an image: skipped
                 return failed
             synthesis, synthesis_kwargs = source.synthesis, source.synthesis_kwargs
-            key = clean_where.get("bytes") or (clean_where.get("path") or "").encode()
-            rng = np.random.default_rng([self.seed, self.epoch, 1 + source_index, zlib.crc32(key)])
+            # Hub rows have no plan index: their draws are keyed by the row's images, the degraded one included, so
+            # rows that share a clean image (CDD-11's types, OTS's hazy renderings of a scene) get their own crops.
+            key = zlib.crc32(_cell_key(degraded_where), zlib.crc32(_cell_key(clean_where)))  # clean-only: as before
+            rng = np.random.default_rng([self.seed, self.epoch, 1 + source_index, key])
         else:
             name, task_name = source.name, source.task_name
             degraded_where, clean_where = source.pairs[int(record["pair"])]
@@ -211,6 +213,13 @@ class _ExampleLoader:
             "task_name": task_name,
             "source": name,
         }
+
+
+def _cell_key(where: dict | None) -> bytes:
+    """The bytes that identify a Hub image cell (its encoded image, else its path; empty for no cell)."""
+    if where is None:
+        return b""
+    return where.get("bytes") or (where.get("path") or "").encode()
 
 
 def _synthesis_region_patch(
