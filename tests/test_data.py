@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from contextlib import nullcontext
 from pathlib import Path
 
 import datasets
@@ -492,6 +493,35 @@ def test_hub_paired_source_streams_through_load_dataset(tmp_path, form):
         assert example["source"] == "hub" and example["index"] == -1
         assert red_code(example["degraded"]) == red_code(example["clean"])
     assert stream.bad_data_counts() == {"hub": {"corrupt": 1}}
+
+
+@pytest.mark.parametrize("saved", ["dataset", "dataset_dict"])
+def test_hub_paired_source_reads_a_folder_written_by_save_to_disk(tmp_path, saved):
+    """A paired dataset kept with save_to_disk streams like a repo (load_dataset refused the Dataset folder:
+    "use load_from_disk", which a HubPairedSource cannot), split between ranks without loss or repetition."""
+    rows = {"degraded": [], "clean": [], "task": []}
+    for i in range(6):
+        rows["degraded"].append({"bytes": png_bytes(coded_image(i, True)), "path": None})
+        rows["clean"].append({"bytes": png_bytes(coded_image(i, False)), "path": None})
+        rows["task"].append(["rain", "haze"][i % 2])
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image(), "task": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict(rows, features=features)
+    if saved == "dataset":
+        dataset.save_to_disk(str(tmp_path / "saved"), num_shards=2)
+    else:
+        datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "saved"), num_shards={"train": 2})
+    hub = D.HubPairedSource(str(tmp_path / "saved"), task_column="task", name="hub")
+    codes = []
+    for rank in (0, 1):
+        stream = D.RestorationStream(hub_sources=[hub], patch_size=16, rank=rank, world_size=2)
+        for example in stream:
+            assert example["task_name"] == ["rain", "haze"][(red_code(example["clean"]) // 8 - 1) % 2]
+            assert red_code(example["degraded"]) == red_code(example["clean"])
+            codes.append(red_code(example["clean"]))
+    assert sorted(codes) == [i * 8 + 8 for i in range(6)]
+    with pytest.raises(ValueError, match="split 'test' not in") if saved == "dataset_dict" else nullcontext():
+        D.RestorationStream(hub_sources=[D.HubPairedSource(str(tmp_path / "saved"), task_column="task",
+                                                           split="test", name="hub")], patch_size=16)
 
 
 def test_hub_rows_with_empty_cells_or_no_label_are_skipped_and_counted(tmp_path):

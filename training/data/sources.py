@@ -69,7 +69,8 @@ class HubPairedSource:
     """A dataset with one (degraded, clean) pair per row, streamed with ``datasets.load_dataset(streaming=True)``.
 
     Args:
-        path: Hub id, local folder or builder name (``"parquet"`` with ``data_files``).
+        path: Hub id, local folder (a dataset repo, or a dataset written by ``save_to_disk``) or builder name
+            (``"parquet"`` with ``data_files``).
         task_name: task of every row (ignored for rows whose ``task_column`` is set).
         degraded_column: image column (``Image`` feature, path string or bytes); ``None`` = synthesize.
         clean_column: image column of the ground truth.
@@ -98,6 +99,18 @@ class HubPairedSource:
         return self.name or os.path.basename(str(self.path).rstrip("/")) or str(self.path)
 
     def load(self) -> datasets.IterableDataset:
+        """The rows as a stream: ``load_dataset(..., streaming=True)``, or a folder written by ``save_to_disk``
+        (which ``load_dataset`` refuses) read with ``load_from_disk``, one shard per Arrow file."""
+        folder = str(self.path)
+        if os.path.isfile(os.path.join(folder, "state.json")) or os.path.isfile(
+            os.path.join(folder, "dataset_dict.json")
+        ):
+            saved = datasets.load_from_disk(folder)
+            if isinstance(saved, datasets.DatasetDict):
+                if self.split not in saved:
+                    raise ValueError(f"{self.source_name}: split {self.split!r} not in {folder} ({sorted(saved)})")
+                saved = saved[self.split]
+            return saved.to_iterable_dataset(num_shards=max(1, len(saved.cache_files)))
         kwargs = {"split": self.split, "streaming": True}
         if self.data_files is not None:
             kwargs["data_files"] = self.data_files
