@@ -504,7 +504,8 @@ def test_hub_paired_source_reads_a_folder_written_by_save_to_disk(tmp_path, save
         rows["degraded"].append({"bytes": png_bytes(coded_image(i, True)), "path": None})
         rows["clean"].append({"bytes": png_bytes(coded_image(i, False)), "path": None})
         rows["task"].append(["rain", "haze"][i % 2])
-    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image(), "task": datasets.Value("string")})
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image(),
+                                  "task": datasets.Value("string")})
     dataset = datasets.Dataset.from_dict(rows, features=features)
     if saved == "dataset":
         dataset.save_to_disk(str(tmp_path / "saved"), num_shards=2)
