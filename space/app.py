@@ -55,6 +55,7 @@ from modeling.inference import (
     resolve_statistics_passes,
     restore,
 )
+from modeling.tiling import WHOLE_IMAGE
 
 
 logger = logging.getLogger("prompt_restoration_space")
@@ -500,10 +501,12 @@ class RestorationSpace:
         label = None if (degradation or AUTO).strip().lower() == AUTO else degradation
         auto_mode = auto_mode or DEFAULT_AUTO_MODE
         # A model that names its own tile (config.inference_tile) always runs on those tiles, which
-        # also bounds memory; other models run whole unless the image is larger than SPACE_TILE.
+        # also bounds memory; other models run whole unless the image is larger than SPACE_TILE. "Whole" is
+        # passed as tile=0: restore(tile=None) would tile images above its own 4-megapixel threshold, which a
+        # SPACE_TILE above 2048 lets through, while the status said "whole image".
         tile = model_inference_tile(model)
-        if tile is None and max(info.width, info.height) > self.settings.tile:
-            tile = self.settings.tile
+        if tile is None:
+            tile = self.settings.tile if max(info.width, info.height) > self.settings.tile else WHOLE_IMAGE
 
         try:
             chart = weights = None

@@ -584,3 +584,23 @@ def test_status_gives_the_size_after_exif_rotation(client, checkpoints, tmp_path
     _, png, _, status = call(client, tmp_path / "turned.jpg", model=checkpoints["pip"])
     assert status.startswith("Restored 48×64 px")
     assert png_array(png).shape[:2] == (64, 48)
+
+
+def test_images_up_to_space_tile_run_whole_whatever_the_librarys_auto_tiling(app, checkpoints, tmp_path, monkeypatch):
+    """SPACE_TILE decides alone: an image no side of which exceeds it is restored whole, as the status says, even
+    above restore()'s own auto-tiling threshold (4 megapixels; shrunk here so that a tiny image crosses it). With
+    SPACE_TILE=4096 a 3000×2000 photo used to be restored in 1024-px tiles with statistics passes while the status
+    said "whole image"."""
+    import modeling.inference as inference
+
+    monkeypatch.setattr(inference, "AUTO_TILE_ABOVE_PIXELS", 16 * 16)
+    monkeypatch.setattr(inference, "AUTO_TILE", 16)
+    tiled = []
+    monkeypatch.setattr(inference, "tiled_apply", lambda *args, **kwargs: tiled.append(args[2]) or pytest.fail("tiled"))
+    Image.fromarray(smooth_image(24, 32, seed=11)).save(tmp_path / "small.png")
+    space = app.RestorationSpace(app.SpaceSettings(model=str(checkpoints["pip"]), device="cpu", tile=4096,
+                                                   output_dir=tmp_path / "outputs", preload=False))
+    _, png, _, status = space.restore_image(str(tmp_path / "small.png"), "", "rain", DEFAULT_AUTO_MODE)
+    assert "whole image" in status and not tiled
+    expected = restore(str(tmp_path / "small.png"), model=str(checkpoints["pip"]), tile=0, degradation="rain")
+    np.testing.assert_array_equal(png_array(png), np.asarray(expected))
