@@ -329,6 +329,7 @@ def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
             mode, info, fmt = image.mode, image.info, image.format
             frames = int(getattr(image, "n_frames", 1))
             colour_bits = colour_bits_decoded_to_8(image)
+            turned = _exif_orientation(image) != 1
     except Image.DecompressionBombError as err:
         raise gr.Error(f"The image is far too large; this demo accepts up to {settings.max_megapixels:g} megapixels.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -343,7 +344,17 @@ def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
             f"The image is {width}×{height} px; it needs at least {settings.min_side} px on each side."
         )
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in info
-    return UploadInfo(width, height, has_alpha, fmt in _BROWSER_FORMATS, frames, colour_bits)
+    # Browsers do not all apply EXIF orientation (Chromium ignores it in WebP files), and the restored image is
+    # turned: a rotated upload gets a turned PNG preview, so that both halves of the slider match.
+    return UploadInfo(width, height, has_alpha, fmt in _BROWSER_FORMATS and not turned, frames, colour_bits)
+
+
+def _exif_orientation(image: Image.Image) -> Optional[int]:
+    """The EXIF orientation tag (1: as stored), or None when the EXIF data cannot be read."""
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: the image may still decode; let the preview decide the turn
+        return None
 
 
 class UploadImage(gr.Image):
@@ -417,7 +428,8 @@ def _output_name(upload_path: str) -> str:
 
 
 def _before_image(path: str, info: UploadInfo, folder: Path) -> str:
-    """The upload itself when a browser can show it, else a PNG copy (e.g. TIFF) for the slider."""
+    """The upload itself when a browser can show it as it is, else (e.g. TIFF, an EXIF-rotated file) a PNG copy,
+    turned as the model sees it, for the slider."""
     if info.browser_format:
         return path
     preview = folder / "before.png"

@@ -604,3 +604,19 @@ def test_images_up_to_space_tile_run_whole_whatever_the_librarys_auto_tiling(app
     assert "whole image" in status and not tiled
     expected = restore(str(tmp_path / "small.png"), model=str(checkpoints["pip"]), tile=0, degradation="rain")
     np.testing.assert_array_equal(png_array(png), np.asarray(expected))
+
+
+def test_before_image_is_turned_like_the_restored_one(app, checkpoints, tmp_path):
+    """An EXIF-rotated WebP: browsers (Chromium 150) show a WebP as stored, ignoring its EXIF orientation, so the
+    slider's "before" used to lie on its side next to the turned "after". Rotated files get a turned PNG preview."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(smooth_image(24, 32, seed=12)).save(tmp_path / "turned.webp", exif=exif, lossless=True)
+    space = app.RestorationSpace(app.SpaceSettings(model=str(checkpoints["pip"]), device="cpu",
+                                                   output_dir=tmp_path / "outputs", preload=False))
+    (before, after), _, _, status = space.restore_image(str(tmp_path / "turned.webp"), "", "rain", DEFAULT_AUTO_MODE)
+    assert status.startswith("Restored 24×32 px")
+    assert Image.open(after).size == (24, 32)
+    assert Image.open(before).format == "PNG" and Image.open(before).size == (24, 32)
+    turned = np.asarray(Image.open(tmp_path / "turned.webp").transpose(Image.Transpose.ROTATE_270))
+    np.testing.assert_array_equal(np.asarray(Image.open(before)), turned)
