@@ -538,10 +538,12 @@ class RestorationSpace:
                 chart = weights_frame(loaded.degradation_names, weights)
             passes = resolve_statistics_passes(model, self.settings.statistics_passes, tile, (info.height, info.width))
             passes_run: list[int] = []  # the statistics passes restore() ran (it stops once they settle)
+            # A smaller upload runs whole only where SPACE_TILE chose the tiles, not a model's own inference_tile.
+            remedy = (f"this model restores every image in its own {tile}×{tile} tiles" if model_inference_tile(model)
+                      else f"a smaller upload (at most {self.settings.tile} px a side, restored whole) may restore it better")
             for name in [] if passes else degradations_split_by_tiles(model, weights, tile, (info.height, info.width)):
                 notes.append(f"Restored in {tile}×{tile} tiles: {name} is corrected from the whole image's "
-                             "brightness and contrast, which tiles do not see, so a smaller upload (at most "
-                             f"{self.settings.tile} px a side, restored whole) may restore it better.")
+                             f"brightness and contrast, which tiles do not see; {remedy}.")
             restored = restore(
                 image_path,
                 model,

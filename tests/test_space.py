@@ -620,3 +620,22 @@ def test_before_image_is_turned_like_the_restored_one(app, checkpoints, tmp_path
     assert Image.open(before).format == "PNG" and Image.open(before).size == (24, 32)
     turned = np.asarray(Image.open(tmp_path / "turned.webp").transpose(Image.Transpose.ROTATE_270))
     np.testing.assert_array_equal(np.asarray(Image.open(before)), turned)
+
+
+def test_plain_tiles_note_advises_a_smaller_upload_only_where_it_would_run_whole(app, checkpoints, tmp_path):
+    """SPACE_STATISTICS_PASSES=0 and a low-light label: tiles split what is corrected globally, and the status says so.
+    A smaller upload helps where SPACE_TILE tiled the image; a model that names its own tile restores every upload in
+    those tiles, so it used to send a 32×24 image's owner off to upload "at most 1024 px a side, restored whole"."""
+    Image.fromarray(smooth_image(24, 32, seed=13)).save(tmp_path / "dark.png")
+
+    def status_of(model: str, tile: int) -> str:
+        space = app.RestorationSpace(app.SpaceSettings(model=model, device="cpu", tile=tile, statistics_passes=0,
+                                                       output_dir=tmp_path / "outputs", preload=False))
+        return space.restore_image(str(tmp_path / "dark.png"), "", "low-light", DEFAULT_AUTO_MODE)[3]
+
+    status = status_of(str(checkpoints["pip"]), tile=16)
+    assert "tiled (16×16 tiles)" in status and "low-light is corrected from the whole image's brightness" in status
+    assert "a smaller upload (at most 16 px a side, restored whole)" in status
+    status = status_of(str(checkpoints["pip-tiled"]), tile=1024)
+    assert "tiled (16×16 tiles)" in status and "low-light is corrected from the whole image's brightness" in status
+    assert "smaller upload" not in status and "this model restores every image in its own 16×16 tiles" in status
