@@ -21,15 +21,26 @@ SPACE_DIR = Path(__file__).resolve().parent
 SPACE_FILES = ("app.py", "README.md", "requirements.txt", "screenshot.png")
 
 
+def is_space_folder(folder: Path) -> bool:
+    """Whether `folder` looks like an earlier `build` (app.py next to a copy of `modeling`)."""
+    return (folder / "app.py").is_file() and (folder / "modeling" / "__init__.py").is_file()
+
+
 def build(output: Path) -> Path:
-    """Write the Space folder to `output` (replaced if it exists) and return it."""
+    """Write the Space folder to `output` and return it; `output` must be new, empty or an earlier build (replaced)."""
     import modeling
 
     package = Path(modeling.__file__).resolve().parent
     output = output.resolve()
-    if output == SPACE_DIR or SPACE_DIR in output.parents or output in package.parents or output == package:
-        raise ValueError(f"--output must be a separate folder, got {output}")
+    # Neither inside nor above the sources: a folder above them is deleted whole when it is replaced.
+    for source in (SPACE_DIR, package):
+        if output == source or source in output.parents or output in source.parents:
+            raise ValueError(f"--output must be a separate folder, got {output}")
     if output.exists():
+        if not output.is_dir() or (any(output.iterdir()) and not is_space_folder(output)):
+            raise ValueError(
+                f"--output {output} exists and is not a Space folder built by this script; name a new or empty folder"
+            )
         shutil.rmtree(output)
     output.mkdir(parents=True)
     for name in SPACE_FILES:
@@ -59,11 +70,15 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=Path("build/space"), help="folder to write (replaced)")
+    parser.add_argument("--output", type=Path, default=Path("build/space"),
+                        help="folder to write: new, empty, or an earlier build (replaced)")
     parser.add_argument("--push", metavar="REPO_ID", help="upload the folder to this Space (needs a token)")
     parser.add_argument("--private", action="store_true", help="create the Space as private")
     args = parser.parse_args(argv)
-    folder = build(args.output)
+    try:
+        folder = build(args.output)
+    except ValueError as error:  # a refused --output: one line, not a traceback
+        parser.error(str(error))
     print(f"Space folder: {folder}")
     if args.push:
         print(f"Uploaded: {push(folder, args.push, args.private)}")

@@ -639,3 +639,30 @@ def test_plain_tiles_note_advises_a_smaller_upload_only_where_it_would_run_whole
     status = status_of(str(checkpoints["pip-tiled"]), tile=1024)
     assert "tiled (16×16 tiles)" in status and "low-light is corrected from the whole image's brightness" in status
     assert "smaller upload" not in status and "this model restores every image in its own 16×16 tiles" in status
+
+
+def test_build_space_never_replaces_a_folder_it_did_not_build(tmp_path, monkeypatch):
+    """--output names the folder to replace: a folder holding the sources (with `modeling` installed elsewhere, as
+    a non-editable install puts it) or any other folder with files was deleted whole, the project with it."""
+    spec = importlib.util.spec_from_file_location("prompt_restoration_build_space", SPACE_DIR / "build_space.py")
+    build_space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_space)
+    project = tmp_path / "project"
+    shutil.copytree(SPACE_DIR, project / "space", ignore=shutil.ignore_patterns("screenshot.png"))
+    (project / "notes.txt").write_text("keep")
+    monkeypatch.setattr(build_space, "SPACE_DIR", project / "space")
+    with pytest.raises(ValueError, match="separate folder"):
+        build_space.build(project)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"keep")
+    with pytest.raises(ValueError, match="not a Space folder"):
+        build_space.build(other)
+    assert (project / "notes.txt").read_text() == "keep" and (project / "space" / "app.py").is_file()
+    assert (other / "holiday.jpg").read_bytes() == b"keep"
+    # A folder it built (or an empty one) is replaced.
+    folder = build_space.build(tmp_path / "space")
+    (folder / "stale.txt").write_text("from an earlier build")
+    assert build_space.build(folder) == folder and not (folder / "stale.txt").exists()
+    (tmp_path / "empty").mkdir()
+    assert (build_space.build(tmp_path / "empty") / "app.py").is_file()
