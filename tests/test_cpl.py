@@ -170,6 +170,22 @@ def test_ratio_is_one_when_the_negative_is_the_positive():
         0.55 / 1.05)
 
 
+def test_infonce_is_the_cross_entropy_of_cosine_similarities_over_the_temperature():
+    """InfoNCE on distinct negatives, against the closed form: the temperature sharpens the softmax (with identical
+    negatives every similarity is equal and the temperature cancels out)."""
+    generator = torch.Generator().manual_seed(0)
+    anchor, positive = torch.rand(2, 3, 4, 4, generator=generator), torch.rand(2, 3, 4, 4, generator=generator)
+    negatives = torch.rand(3, 2, 3, 4, 4, generator=generator)
+    cosines = torch.stack([F.cosine_similarity(anchor.flatten(1), x.flatten(1), dim=1)
+                           for x in (positive, *negatives)])  # (1 + N, B)
+    for temperature in (0.1, 1.0):
+        expected = (torch.logsumexp(cosines / temperature, dim=0) - cosines[0] / temperature).mean()
+        assert contrastive_infonce(anchor, positive, negatives, temperature).item() == pytest.approx(
+            expected.item(), rel=1e-5)
+    assert contrastive_infonce(anchor, positive, negatives, 0.1) != pytest.approx(
+        contrastive_infonce(anchor, positive, negatives, 1.0).item(), rel=1e-3)
+
+
 def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):
     loss = ContrastivePromptRegularization(load_feature_network(str(feature_network_dir), FEATURE_LAYERS), LAYER_WEIGHTS)
     anchor, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
