@@ -186,6 +186,25 @@ def test_infonce_is_the_cross_entropy_of_cosine_similarities_over_the_temperatur
         contrastive_infonce(anchor, positive, negatives, 1.0).item(), rel=1e-3)
 
 
+class _RecordingFeatureNetwork(torch.nn.Module):
+    """Returns its input as the only feature map, and keeps it."""
+
+    def forward(self, pixel_values: torch.Tensor):
+        self.seen = pixel_values
+        return type("Output", (), {"feature_maps": (pixel_values,)})()
+
+
+def test_feature_network_sees_imagenet_normalised_images():
+    """The pretrained backbones (VGG19, ResNet) expect ImageNet-normalised inputs, not [0, 1] pixels."""
+    network = _RecordingFeatureNetwork()
+    loss = ContrastivePromptRegularization(network, [1.0])
+    images = torch.rand(2, 3, 4, 4)
+    loss.features(images)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(network.seen, (images - mean) / std)
+
+
 def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):
     loss = ContrastivePromptRegularization(load_feature_network(str(feature_network_dir), FEATURE_LAYERS), LAYER_WEIGHTS)
     anchor, clean = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
