@@ -27,6 +27,7 @@ from training.losses import (
     contrastive_ratio,
     load_feature_network,
     negative_prompt_indices,
+    repeat_forward_kwargs,
 )
 
 FEATURE_LAYERS = [0, 1, 2]
@@ -203,6 +204,15 @@ def test_feature_network_sees_imagenet_normalised_images():
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     torch.testing.assert_close(network.seen, (images - mean) / std)
+
+
+def test_forward_arguments_are_repeated_negative_major_like_the_pixels():
+    """Negatives are batched negative-major (``pixel_values.repeat``): per-image labels, as tensors of class
+    indices (train.py) or as lists, must follow the same order or each negative gets another image's label."""
+    repeated = repeat_forward_kwargs(
+        {"degradation_labels": torch.tensor([3, 5]), "names": ["noise", "rain"], "routing_grad": False}, 3)
+    assert repeated["degradation_labels"].tolist() == [3, 5, 3, 5, 3, 5]
+    assert repeated["names"] == ["noise", "rain"] * 3 and repeated["routing_grad"] is False
 
 
 def test_whole_regulariser_equals_sum_of_layer_weights_for_positive_negatives(feature_network_dir):
