@@ -732,6 +732,17 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
         checkpointing.resolve_resume_path(str(tmp_path / ".checkpoint-8.partial"), tmp_path)
 
 
+def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
+    """checkpoint-10 is newer than checkpoint-9 (sorted by name it would come first): `latest` resumes from it and
+    pruning removes the older one."""
+    for step in (9, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpointing.TRAINING_STATE_FILE).write_text(json.dumps({"step": step}))
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path)] == ["checkpoint-9", "checkpoint-10"]
+    assert checkpointing.resolve_resume_path("latest", tmp_path).name == "checkpoint-10"
+    assert [p.name for p in checkpointing.prune_checkpoints(tmp_path, total_limit=1)] == ["checkpoint-9"]
+
+
 def test_output_folders_appear_only_when_complete(tmp_path):
     """`folder_written_atomically` (model folders, the demo, publish folders): the old folder stays whole until
     the new one is complete, an exception leaves it untouched, and no hidden leftovers remain after a success."""
