@@ -128,6 +128,19 @@ def test_uint8_inputs_are_scaled_by_255(metric):
         evaluation.psnr(prediction8.astype(np.float32), reference8.astype(np.float32))
 
 
+def test_uint16_inputs_are_scaled_by_65535(metric):
+    """16-bit images (16-bit PNGs) score as their [0, 1] floats, value / 65535, as skimage scores them."""
+    prediction, reference = _pair(24, 24, 2)
+    prediction16 = (prediction * 65535).round().astype(np.uint16)
+    reference16 = (reference * 65535).round().astype(np.uint16)
+    result = metric.compute(predictions=[prediction16], references=[reference16])
+    expected = metric.compute(predictions=[prediction16 / 65535.0], references=[reference16 / 65535.0])
+    assert result == expected
+    assert result["psnr"] == pytest.approx(peak_signal_noise_ratio(reference16, prediction16), abs=1e-9)
+    full = np.full((8, 8, 3), 65535, np.uint16)  # white is 1.0 exactly: a perfect score against float white
+    assert evaluation.psnr(full, np.ones((8, 8, 3))) == math.inf
+
+
 def test_torch_channels_first_batches_and_accumulation(metric):
     pairs = [_pair(16, 24, 3), _pair(16, 24, 4)]
     predictions = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2)  # (N, C, H, W)
