@@ -62,13 +62,15 @@ def _pair(height: int, width: int, seed: int, noise: float = 0.05) -> tuple:
 
 
 def test_metric_matches_skimage_per_image_then_mean(metric):
-    pairs = [_pair(32, 40, 0), _pair(48, 48, 1, noise=0.1)]
+    # Three images of very different quality: their mean is neither their median nor the score of the pooled MSE.
+    pairs = [_pair(32, 40, 0), _pair(48, 48, 1, noise=0.1), _pair(32, 32, 2, noise=0.005)]
     result = metric.compute(
         predictions=[p for p, _ in pairs], references=[r for _, r in pairs], return_per_image=True
     )
     expected_psnr = [peak_signal_noise_ratio(r, p, data_range=1) for p, r in pairs]
     expected_ssim = [structural_similarity(r, p, data_range=1, channel_axis=-1) for p, r in pairs]
-    assert result["num_images"] == 2
+    assert result["num_images"] == 3
+    assert abs(np.mean(expected_psnr) - np.median(expected_psnr)) > 1 and abs(np.mean(expected_ssim) - np.median(expected_ssim)) > 1e-3
     assert result["psnr_per_image"] == expected_psnr  # bit-exact: float64 survives the Arrow round trip
     assert result["ssim_per_image"] == expected_ssim
     assert result["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-12)
