@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_CONFIGS, tiny_config, tiny_model
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, AutoModelForImageToImage
@@ -57,10 +58,14 @@ def test_padding_does_not_change_divisible_inputs(model_type):
         restored = model(pixel_values, **forward_kwargs(model_type, 1)).reconstruction
         network_inputs_divisible = list(network_inputs)
         network_inputs.clear()
-        model(torch.rand(1, 3, 17, 33), **forward_kwargs(model_type, 1))
+        odd = torch.rand(1, 3, 17, 33)
+        model(odd, **forward_kwargs(model_type, 1))
     assert restored.shape == pixel_values.shape
     assert network_inputs_divisible and all(torch.equal(seen, pixel_values) for seen in network_inputs_divisible)
-    assert network_inputs and all(seen.shape == (1, 3, 24, 40) for seen in network_inputs)
+    # Reflected at the bottom and right (the default pad_mode, as the official test scripts pad), not zeros.
+    assert model.config.pad_mode == "reflect"
+    reflected = F.pad(odd, (0, 7, 0, 7), mode="reflect")
+    assert network_inputs and all(torch.equal(seen, reflected) for seen in network_inputs)
 
 
 def test_loss_and_return_dict_false(model_type):
