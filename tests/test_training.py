@@ -392,6 +392,20 @@ def test_a_checkpoint_at_a_validation_step_holds_that_validation(corpus, tmp_pat
         sum(state["validation_history"][0]["psnr"].values()) / len(state["validation_history"][0]["psnr"]))
 
 
+def test_validating_the_ema_weights_leaves_the_training_weights_as_they_were(corpus, tmp_path):
+    """Validation scores the EMA weights by swapping them in; they must be swapped out again: a run validated
+    after every step trains and saves exactly what a run validated only at its end does."""
+    final = {}
+    for every in (1, 0):
+        output_dir = tmp_path / f"every-{every}"
+        argv = train_args(corpus, output_dir, max_train_steps=3, checkpointing_steps=0, validation_steps=every,
+                          validation_images_per_task=1, use_ema="true", ema_warmup="false", ema_decay=0.5,
+                          mixed_precision="no")
+        run_main(argv + ["--validation_roots", f"clean={corpus / 'heldout'}"])
+        final[every] = final_weights(output_dir)
+    assert all(torch.equal(final[1][key], final[0][key]) for key in final[0])
+
+
 def test_push_to_fake_hub_with_measured_card(corpus, tmp_path):
     output_dir = tmp_path / "push"
     argv = train_args(corpus, output_dir, max_train_steps=2, checkpointing_steps=0, push_to_hub="true",
