@@ -442,3 +442,36 @@ def test_every_copy_of_the_module_sees_the_running_tiled_restore():
     with gathering_statistics(statistics):
         assert copy.active() is statistics
     assert copy.active() is None and installed.active() is None
+
+
+def test_readme_states_the_size_of_the_gathered_sums():
+    """The README gives the memory the statistics passes add per image: the sums of every global site of the shipped
+    weights (channel-attention Gram matrices and norms, pooled sums, resized maps), kept twice during a pass (those
+    in force and those being gathered). Measured here from a tiled restore of the shipped checkpoint."""
+    import re
+    from pathlib import Path
+
+    import modeling.tiling as tiling
+    from modeling.inference import DEMO_CHECKPOINT_DIR, load_model
+
+    model = load_model(str(DEMO_CHECKPOINT_DIR), device="cpu")
+    captured = []
+
+    class CapturedStatistics(TileStatistics):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured.append(self)
+
+    original = tiling.TileStatistics
+    tiling.TileStatistics = CapturedStatistics
+    try:
+        run_model(model, torch.rand(1, 3, 32, 48), degradation_labels=degradation_label_ids(model, "noise", 1),
+                  tile=32, tile_overlap=8, dtype="fp32", statistics_passes=1)
+    finally:
+        tiling.TileStatistics = original
+    (statistics,) = captured
+    kib = sum(total.numel() * total.element_size() for sums in statistics.gathered.values() for total in sums) / 1024
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"the gathered sums take about ([\d,]+) KiB per image", " ".join(readme.split()))
+    assert stated, "README no longer states the size of the gathered sums"
+    assert float(stated.group(1).replace(",", "")) == pytest.approx(kib, rel=0.1)
