@@ -5,9 +5,10 @@
 
 Each measurement is a fresh interpreter that restores a PNG file (as the CLI does: path in, PIL out, saved as
 PNG) with `modeling.restore(..., tile=T)` and reports its peak RSS (`VmHWM`:
-`ru_maxrss` would carry this script's own peak over `exec`). The same run on a
-(2T - overlap)² image is the baseline: 2 x 2 tiles, one full batch of `restore()`'s 4 tiles per forward, so the
-same model, activations and libraries as the large run, and
+`ru_maxrss` would carry this script's own peak over `exec`). The same run on a smaller image is the baseline
+(`baseline_side`): at least 2 x 2 tiles, one full batch of `restore()`'s 4 tiles per forward, and above the
+label-free estimate's whole-image limit (`estimate_degradation_weights`' `max_pixels`) when the large image is, so
+that both images are judged the same way: the same model, activations and libraries as the large run, and
 
     bytes per pixel = (peak RSS at size² - peak RSS at baseline²) / (size² - baseline²)
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,6 +71,23 @@ def write_photo(path: Path, size: int) -> None:
     Image.fromarray(image).save(path)
 
 
+def baseline_side(tile: int, size: int) -> int:
+    """Side of the baseline photo for a `size`² photo: 2 x 2 tiles at least, and over `estimate_degradation_weights`'
+    whole-image limit when the large photo is. A smaller baseline would be judged whole while the large photo is
+    judged on four 512-px crops (1 MP, restored whole by the cautious mode): for tiles under 512 px that forward,
+    not the tiling, then made most of the difference of the peaks (185 bytes per pixel at 2048², tile 256)."""
+    import inspect
+
+    from modeling.inference import estimate_degradation_weights
+    from modeling.tiling import default_tile_overlap
+
+    max_pixels = inspect.signature(estimate_degradation_weights).parameters["max_pixels"].default
+    side = 2 * tile - default_tile_overlap(tile)
+    if size * size > max_pixels:
+        side = max(side, math.isqrt(max_pixels) + 1)
+    return side
+
+
 def measure(source: Path, model_dir: Path, image: Path, tile: int, threads: int, channels_last: str,
             reuse_freed_memory: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads),
@@ -108,9 +127,7 @@ def main() -> None:
                                              heads=[1, 1, 2, 2], prompt_dims=[12, 20, 16], prompt_sizes=[8, 4, 4],
                                              degradation_estimator_hidden_dim=16)).save_pretrained(model_dir)
         small, large = scratch / "small.png", scratch / "large.png"
-        from modeling.tiling import default_tile_overlap
-
-        baseline_size = 2 * args.tile - default_tile_overlap(args.tile)
+        baseline_size = baseline_side(args.tile, args.size)
         write_photo(small, baseline_size)
         write_photo(large, args.size)
         baseline = measure(args.source, model_dir, small, args.tile, args.threads, args.channels_last,

@@ -376,3 +376,27 @@ def test_tiles_under_two_grid_cells_still_blend_with_statistics_passes(tile):
         blended = tiled_apply(lambda x: x * 2, pixels, tile, overlap, statistics_passes=1)
         assert torch.isfinite(blended).all(), (tile, overlap)
         torch.testing.assert_close(blended, pixels * 2)
+
+
+def test_bench_tiled_memory_baseline_is_judged_like_the_large_photo():
+    """The label-free estimate judges an image over 1 MP on four 512-px crops (a 1 MP forward) and a smaller one
+    whole: a 480² baseline for 256-px tiles against a 2048² photo measured that difference (185 bytes per pixel),
+    not the tiling's. The baseline holds 2 x 2 tiles and is judged as the large photo is."""
+    import importlib.util
+    from pathlib import Path
+
+    from modeling.inference import _estimation_views
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiled_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_tiled_memory", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def views(side: int) -> list[tuple[int, ...]]:
+        return [tuple(view.shape) for view in _estimation_views(torch.empty(1, 3, side, side), 1024 * 1024, 512)]
+
+    for tile, size in ((256, 2048), (128, 1536), (512, 5800), (32, 96), (512, 1024)):
+        baseline = bench.baseline_side(tile, size)
+        assert baseline >= 2 * tile - default_tile_overlap(tile)
+        assert views(baseline) == views(size) or len(views(size)) == 1 == len(views(baseline)), (tile, size)
+    assert bench.baseline_side(32, 96) == 56  # small photos keep the small baseline (the quick test above)
