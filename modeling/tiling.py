@@ -58,8 +58,11 @@ def check_tiling(
     * Otherwise `tile` is an integer >= `MIN_TILE` (8).
     * `tile_overlap=None` picks `default_tile_overlap(tile)` = min(32, tile // 4), which always fits.
     * A given overlap must be an integer in [0, tile // 2]: then the tile stride (tile - overlap) is at least the
-      overlap, so a tile's two blending ramps never overlap and every pixel lies in at most two tiles per axis
-      (at most 4x the whole-image compute).
+      overlap, so a tile's two blending ramps never overlap. The tiles then cover each axis at most about
+      tile / (tile - overlap) <= 2 times (the last tile sits flush with the edge and may share more with its
+      neighbour), so up to about 4x the whole-image compute per pass. With statistics passes the stride is also
+      rounded down to the model's 8-px grid, which costs more for small tiles with large overlaps (tile 24,
+      overlap 12: stride 8, about 3 tiles per pixel per axis).
 
     `names` are the argument names used in error messages (the CLI passes `("--tile", "--tile-overlap")`).
     Raises ValueError.
