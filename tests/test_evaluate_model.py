@@ -227,3 +227,23 @@ def test_auto_mode_per_photo_reports_each_mode_on_the_evaluation_inputs(heldout,
     haze = report["summary"]["haze"]
     assert haze["worst_soft"] <= haze["mean_soft"] and haze["mean_hard"] == pytest.approx(
         np.mean([r["gain_hard"] for r in report["rows"] if r["row"] == "haze"]))
+
+
+def test_cli_mistakes_are_one_line_with_exit_code_2_not_a_traceback(heldout, tmp_path, capsys):
+    """A misspelt row, a missing or empty held-out folder and a missing model folder used to end in a Python
+    traceback (the row check even after the model had loaded). Each is now argparse's one 'error:' line, exit 2."""
+    folder = tmp_path / "model"
+    tiny_model("pip").save_pretrained(folder)
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "row 'hazy' cannot be synthesized": ["--model", str(folder), "--heldout", str(heldout), "--settings", "hazy"],
+        "not a directory": ["--model", str(folder), "--heldout", str(tmp_path / "nowhere")],
+        "no images in": ["--model", str(folder), "--heldout", str(tmp_path / "empty")],
+        "does not exist": ["--model", str(tmp_path / "no-model"), "--heldout", str(heldout)],
+    }
+    for message, argv in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err and message in err, (message, err)
+        assert ": error: " in err.strip().splitlines()[-1], err

@@ -389,3 +389,31 @@ def test_test_roots_fill_in_what_the_data_root_lacks_and_a_size_mismatch_hidden_
     assert results["tasks"]["haze"]["num_images"] == 1 and results["tasks"]["haze"]["skipped"] == 1
     skipped = {entry["file"]: entry["reason"] for entry in results["skipped"]["files"]}
     assert skipped[str(tmp_path / "haze" / "input" / "1.png")] == "size mismatch: (40, 40) vs clean (47, 47)"
+
+
+def test_command_line_mistakes_are_one_line_with_exit_code_2_not_a_traceback(root3, tmp_path, capsys):
+    """A misspelt --test_roots, a --data_root without the protocol's folders, a folder whose files do not pair and a
+    missing model folder: each used to end in a Python traceback. Each is now one 'error:' line and exit code 2,
+    before any image is restored."""
+    import shutil
+
+    unpaired = tmp_path / "unpaired"
+    shutil.copytree(root3, unpaired)
+    rain = unpaired / "test" / "derain" / "Rain100L"
+    (rain / "target" / "1.png").rename(rain / "target" / "norain-1.png")  # no clean file of the input's name
+    cases = {
+        "--test_roots takes TASK=DIR_OR_HUB_ID": ["--test_roots", "rain"],
+        "unknown task 'snow'": ["--test_roots", f"snow={root3}"],
+        "no test folder for": ["--data_root", str(tmp_path / "nowhere")],
+        "no rain pairs found": ["--data_root", str(unpaired)],
+        "does not exist": ["--data_root", str(root3), "--model", str(tmp_path / "no-model")],
+    }
+    for message, argv in cases.items():
+        if "--model" not in argv:
+            argv = ["--model", str(tmp_path / "no-model"), *argv]
+        with pytest.raises(SystemExit) as exit_:
+            ep.main(["--protocol", "3-task", *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, (message, err)
+        assert "Traceback" not in err and message in err, (message, err)
+        assert err.strip().splitlines()[-1].startswith("python -m training.evaluate_protocol: error: "), err

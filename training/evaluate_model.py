@@ -289,12 +289,22 @@ def main(argv: list[str] | None = None) -> dict:
                    baseline=not args.no_baseline,
                    auto_mode=args.auto_mode, dtype=args.dtype)
     rows = dict(noise_sigmas=tuple(args.noise_sigmas), settings=tuple(args.settings))
+    from modeling.inference import load_model
+
+    # What the user named (rows, the held-out folder, the model) is checked before any row runs; a mistake there is
+    # one line and exit code 2, as argparse reports a bad option, not a traceback.
+    try:
+        check_rows([f"noise-{sigma:g}" for sigma in args.noise_sigmas] + list(args.settings))
+        if not list_image_files(args.heldout):
+            raise FileNotFoundError(f"no images in {args.heldout}")
+        model = load_model(args.model)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     if args.workers > 1:
+        del model  # each worker loads its own copy
         results = evaluate_heldout_in_processes(args.model, args.heldout, args.workers, **rows, **options)
     else:
-        from modeling.inference import load_model
-
-        results = evaluate_heldout(load_model(args.model), args.heldout, **rows, **options)
+        results = evaluate_heldout(model, args.heldout, **rows, **options)
     if args.output:
         write_text_atomic(args.output, json.dumps(results, indent=2))  # row order kept (no sort_keys)
     print(markdown_table(results))

@@ -778,16 +778,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Run the evaluation from the command line; prints the Markdown report and returns the results."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    given = parse_test_roots(args.test_roots) if args.test_roots else {}
-    roots = {**(find_test_roots(args.protocol, args.data_root, given) if args.data_root else {}), **given}
-    if not roots:
-        raise SystemExit("give --data_root or --test_roots")
     convention = CONVENTIONS[args.convention or PROTOCOLS[args.protocol].default_convention]
-    test_sets = ProtocolTestSets(args.protocol, roots, convention=convention, seed=args.seed,
-                                 hub_split=args.hub_split)
-    from modeling.inference import load_model
+    # What the user named (roots, layouts, the model) is checked before any image is restored; a mistake there is
+    # one line and exit code 2, as argparse reports a bad option, not a traceback.
+    try:
+        given = parse_test_roots(args.test_roots) if args.test_roots else {}
+        roots = {**(find_test_roots(args.protocol, args.data_root, given) if args.data_root else {}), **given}
+        if not roots:
+            raise ValueError("give --data_root or --test_roots")
+        test_sets = ProtocolTestSets(args.protocol, roots, convention=convention, seed=args.seed,
+                                     hub_split=args.hub_split)
+        from modeling.inference import load_model
 
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    except (OSError, ValueError) as error:
+        print(f"python -m training.evaluate_protocol: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     results = evaluate_protocol(model, test_sets, tile=args.tile, tile_overlap=args.tile_overlap,
                                 degradation=args.degradation, device=args.device, dtype=args.dtype, progress=True)
     results["model"] = args.model
