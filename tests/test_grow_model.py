@@ -122,3 +122,17 @@ def test_a_bf16_model_grows_and_is_checked_in_bf16(tmp_path):
     grown = grow_model(model, num_blocks=[1, 1, 1, 2])
     assert next(grown.parameters()).dtype == torch.bfloat16
     assert check_same_output(model, grown) == 0.0
+
+
+def test_command_mistakes_are_one_line_with_exit_code_2_and_write_nothing(tmp_path, capsys):
+    """Fewer blocks than the model has, or a missing model folder, used to end in a Python traceback."""
+    tiny_model("pip", seed=2).save_pretrained(tmp_path / "small")
+    cases = {"blocks can only be added": ["--model", str(tmp_path / "small"), "--num_blocks", "1", "1", "1", "0"],
+             "does not exist": ["--model", str(tmp_path / "nope"), "--num_blocks", "1", "2", "1", "3"]}
+    for message, argv in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--output", str(tmp_path / "grown")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("grow_model: error: ") and message in err, err
+    assert not (tmp_path / "grown").exists()

@@ -95,3 +95,19 @@ def test_bf16_models_average_into_a_bf16_model():
     key = next(iter(first.state_dict()))
     expected = ((first.state_dict()[key].double() + second.state_dict()[key].double()) / 2).to(torch.bfloat16)
     assert torch.equal(middle.state_dict()[key], expected)
+
+
+def test_command_mistakes_are_one_line_with_exit_code_2_and_write_nothing(tmp_path, capsys):
+    """Weights that do not sum to 1, or a missing model folder, used to end in a Python traceback."""
+    first, second = _two_runs()
+    first.save_pretrained(tmp_path / "run-a")
+    second.save_pretrained(tmp_path / "run-b")
+    cases = {"sum to 1": ["--models", str(tmp_path / "run-a"), str(tmp_path / "run-b"), "--weights", "0.7", "0.7"],
+             "does not exist": ["--models", str(tmp_path / "run-a"), str(tmp_path / "nope")]}
+    for message, argv in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--output", str(tmp_path / "mid")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("interpolate_weights: error: ") and message in err, err
+    assert not (tmp_path / "mid").exists()

@@ -138,8 +138,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     from modeling import save_restoration_folder
     from modeling.inference import load_model, load_processor
 
-    model = load_model(args.model, device="cpu")
-    grown = grow_model(model, args.num_blocks, args.num_refinement_blocks, args.seed)
+    try:
+        model = load_model(args.model, device="cpu")
+        grown = grow_model(model, args.num_blocks, args.num_refinement_blocks, args.seed)
+    except (OSError, ValueError) as error:  # a missing model, fewer blocks: one line, as argparse reports options
+        print(f"grow_model: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     difference = check_same_output(model, grown)
     if difference != 0.0:
         raise RuntimeError(f"the grown model's output differs from the original's by {difference:g}; nothing written")

@@ -101,8 +101,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     from modeling.inference import load_model, load_processor
 
     weights = args.weights if args.weights is not None else [1.0 / len(args.models)] * len(args.models)
-    models = [load_model(source, device="cpu") for source in args.models]
-    interpolated = interpolate_models(models, weights)
+    try:
+        models = [load_model(source, device="cpu") for source in args.models]
+        interpolated = interpolate_models(models, weights)
+    except (OSError, ValueError) as error:  # a missing model, bad weights, two architectures: one line, not a traceback
+        print(f"interpolate_weights: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     record = {"models": [str(source) for source in args.models], "weights": list(weights)}
     processor = load_processor(args.models[0])
     with folder_written_atomically(args.output) as partial:
