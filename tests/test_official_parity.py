@@ -186,3 +186,37 @@ def test_promptir_converter_keeps_the_unused_modules_of_the_file_whatever_config
     torch.save({"state_dict": {f"net.{k}": v for k, v in official.items()}}, path)
     model = convert_promptir.convert_promptir_checkpoint(str(path), PromptIRConfig(layer_norm_type="WithBias"))
     assert model.config.keep_unused_official_modules and len(model.state_dict()) == 548
+
+
+@pytest.mark.parametrize("converter", ["convert_restormer", "convert_promptir", "convert_pip", "convert_cpl"])
+def test_converters_report_a_bad_checkpoint_file_as_one_usage_line(converter, tmp_path, capsys):
+    """A missing file, an empty one, one that is no torch file and one holding a pickled object used to end in a
+    traceback (torch's text for the last advises weights_only=False). Each is one 'error:' line, exit code 2, and
+    no output folder."""
+    import argparse
+    import importlib
+
+    main = importlib.import_module(f"modeling.conversion.{converter}").main
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    torch.save({"params": {"x": argparse.Namespace(payload=1)}}, tmp_path / "evil.pth")
+    cases = {"missing.pth": "No such file", "empty.pth": "empty or truncated", "text.pth": "weights_only=True",
+             "evil.pth": "weights_only=True"}
+    for name, message in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path / name), str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert f"error: cannot convert {tmp_path / name}: " in last and message in last, err
+        assert "weights_only=False" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dppd_inspect_reports_a_missing_file_as_one_usage_line(tmp_path, capsys):
+    from modeling.conversion import convert_dppd
+
+    with pytest.raises(SystemExit) as exit_:
+        convert_dppd.main([str(tmp_path / "missing.ckpt"), "--inspect"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and "No such file" in err.strip().splitlines()[-1], err

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -147,6 +149,29 @@ class _ConverterArgumentParser(argparse.ArgumentParser):
             self.error(f"{output} exists and is not an empty folder: write the converted model into a new or empty "
                        "folder")
         return parsed
+
+
+#: What reading or mapping a bad checkpoint file raises: missing or unreadable (OSError), empty (EOFError), no
+#: torch file (KeyError, RuntimeError, UnpicklingError), objects `weights_only` refuses (UnpicklingError), keys that
+#: do not map (ValueError).
+CHECKPOINT_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError)
+
+
+@contextmanager
+def checkpoint_errors_as_usage_errors(parser: argparse.ArgumentParser, checkpoint: str) -> Iterator[None]:
+    """Report a bad checkpoint file as one usage line (``parser.error``, exit code 2) instead of a traceback.
+
+    torch's own text for a refused pickle advises ``weights_only=False``, which these converters never do, so that
+    error is reported in our words."""
+    try:
+        yield
+    except pickle.UnpicklingError:
+        parser.error(f"cannot convert {checkpoint}: torch.load(weights_only=True) refuses it (not a torch file, or "
+                     "it holds Python objects besides tensors, which are never unpickled)")
+    except EOFError:
+        parser.error(f"cannot convert {checkpoint}: the file is empty or truncated")
+    except CHECKPOINT_ERRORS as error:
+        parser.error(f"cannot convert {checkpoint}: {' '.join(str(error).split())}")
 
 
 def base_argument_parser(description: str) -> argparse.ArgumentParser:

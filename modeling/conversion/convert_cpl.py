@@ -18,6 +18,7 @@ from .common import (
     LAYER_NORM_RULE,
     PROMPTIR_DECODER_PROMPT_RULES,
     base_argument_parser,
+    checkpoint_errors_as_usage_errors,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="convert `params_ema` (the EMA weights) instead of `params`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    model = convert_cpl_checkpoint(args.checkpoint, use_ema_weights=args.use_ema_weights)
+    with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+        model = convert_cpl_checkpoint(args.checkpoint, use_ema_weights=args.use_ema_weights)
     save_converted(model, args.output_dir)
 
 

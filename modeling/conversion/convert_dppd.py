@@ -29,7 +29,13 @@ import torch
 
 from ..configuration_dppd import DPPDConfig
 from ..modeling_dppd import DPPDForImageRestoration
-from .common import LAYER_NORM_RULE, convert_state_dict, read_official_checkpoint, save_converted
+from .common import (
+    LAYER_NORM_RULE,
+    checkpoint_errors_as_usage_errors,
+    convert_state_dict,
+    read_official_checkpoint,
+    save_converted,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +122,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.inspect:
-        sys.stdout.write(inspect_checkpoint(args.checkpoint) + "\n")
+        with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+            sys.stdout.write(inspect_checkpoint(args.checkpoint) + "\n")
         return
     if not args.output_dir:
         parser.error("output_dir is required unless --inspect is given")
-    model = convert_dppd_checkpoint(args.checkpoint, DPPDConfig(**args.config))
+    with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+        model = convert_dppd_checkpoint(args.checkpoint, DPPDConfig(**args.config))
     save_converted(model, args.output_dir)
 
 

@@ -19,6 +19,7 @@ from ..modeling_pip import PIPForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
     base_argument_parser,
+    checkpoint_errors_as_usage_errors,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="add an (untrained) degradation estimator for label-free use after fine-tuning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    model = convert_pip_checkpoint(args.checkpoint, with_degradation_estimator=args.with_degradation_estimator)
+    with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+        model = convert_pip_checkpoint(args.checkpoint, with_degradation_estimator=args.with_degradation_estimator)
     save_converted(model, args.output_dir, degradation_labels="noise")
 
 

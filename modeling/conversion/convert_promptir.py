@@ -16,6 +16,7 @@ from .common import (
     LAYER_NORM_RULE,
     PROMPTIR_DECODER_PROMPT_RULES,
     base_argument_parser,
+    checkpoint_errors_as_usage_errors,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the six 1x1 convs the official model never calls")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    model = convert_promptir_checkpoint(args.checkpoint, drop_unused_official_modules=args.drop_unused_official_modules)
+    with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+        model = convert_promptir_checkpoint(args.checkpoint, drop_unused_official_modules=args.drop_unused_official_modules)
     save_converted(model, args.output_dir)
 
 

@@ -13,6 +13,7 @@ from ..modeling_restormer import RestormerForImageRestoration
 from .common import (
     LAYER_NORM_RULE,
     base_argument_parser,
+    checkpoint_errors_as_usage_errors,
     convert_state_dict,
     load_converted,
     read_official_checkpoint,
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         dual_pixel_task=args.dual_pixel_task,
         in_channels=6 if args.dual_pixel_task else 3,
     )
-    model = convert_restormer_checkpoint(args.checkpoint, config, use_ema_weights=args.use_ema_weights)
+    with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
+        model = convert_restormer_checkpoint(args.checkpoint, config, use_ema_weights=args.use_ema_weights)
     save_converted(model, args.output_dir)
 
 
