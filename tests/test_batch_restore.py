@@ -484,3 +484,22 @@ def test_dataset_rows_keep_16_bit_colour_and_pgm_outputs_stay_gray(model_dir, tm
                      "--model", str(model_dir), "--no_reuse_freed_memory"]))
     assert (tmp_path / "gray-out" / "g.pgm").read_bytes()[:2] == b"P5"
     assert Image.open(tmp_path / "gray-out" / "g.pgm").mode == "L"
+
+
+def test_help_states_the_defaults_the_options_have(capsys):
+    """--help said rows are named by index by default, while --file_column defaults to file_name (the index is the
+    fallback for datasets without that column); the other dataset defaults were not stated at all."""
+    import argparse
+
+    from training.batch_restore import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the row index)" not in text
+    assert "(default: file_name; where the dataset has no such column, rows are named by their index)" in text
+    assert "(default: image)" in text and "(default: train)" in text and "'auto' (default)" in text
+    args = parse_args(["--input", "in", "--output", "out"])
+    assert isinstance(args, argparse.Namespace)
+    assert (args.file_column, args.image_column, args.split, args.degradation, args.batch_size) == (
+        "file_name", "image", "train", "auto", 4)

@@ -82,14 +82,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None,
                         help="Hub id or local folder of a checkpoint (default: the packaged demo checkpoint)")
     parser.add_argument("--degradation", default="auto",
-                        help="degradation label for models that take one, or 'auto' to estimate it per image")
+                        help="degradation label for models that take one, or 'auto' (default) to estimate it per image")
     parser.add_argument("--tile", default=None, type=int,
                         help="restore in overlapping N x N tiles (bounded memory); 0: whole images; default: the "
                              "model's inference_tile, else whole images up to 4 megapixels and 1024-px tiles above")
     parser.add_argument("--tile_overlap", type=int, default=None,
                         help="tile overlap in pixels, at most half the tile (default: 32, capped at a quarter of "
                              "the tile); without --tile it applies to the default tiles of large images")
-    parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass")
+    parser.add_argument("--batch_size", type=int, default=4, help="same-size images (or tiles) per forward pass (default: 4)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="autocast precision; auto (default): bf16 on a CPU with native bf16, else fp32")
     parser.add_argument("--output_format", default="folder", choices=("folder", "dataset"),
@@ -97,10 +97,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--push_to_hub", default=None, metavar="ID",
                         help="push the dataset (file_name, input, restored) to this Hub dataset repo")
     parser.add_argument("--private", action="store_true", help="create the Hub dataset repo as private")
-    parser.add_argument("--image_column", default="image", help="image column of a dataset input")
+    parser.add_argument("--image_column", default="image", help="image column of a dataset input (default: image)")
     parser.add_argument("--file_column", default="file_name",
-                        help="column naming each row of a dataset input (default: the row index)")
-    parser.add_argument("--split", default="train", help="split of a dataset input")
+                        help="column naming each row of a dataset input (default: file_name; where the dataset has no "
+                             "such column, rows are named by their index)")
+    parser.add_argument("--split", default="train", help="split of a dataset input (default: train)")
     parser.add_argument("--streaming", action="store_true", help="stream a Hub dataset instead of downloading it")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
     parser.add_argument("--no_reuse_freed_memory", dest="reuse_freed_memory", action="store_false",
