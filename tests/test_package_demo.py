@@ -90,3 +90,21 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
     assert json.loads((tmp_path / "demo-tiled" / "config.json").read_text())["inference_tile"] == 32
     assert json.loads((tmp_path / "demo-tiled" / "eval_results.json").read_text())["inference_tile"] == 32
     assert tiled != results  # the 48 x 56 photos are restored on 32 x 32 tiles, not whole
+
+
+def test_the_shipped_card_names_the_document_that_holds_each_training_command():
+    """The demo card sent readers to the README's "Train" section for each run's command; that section holds no
+    stage commands, only a link to training/weights/README.md. The card now names that document."""
+    import re
+    from pathlib import Path
+
+    from training.package_demo import STAGES_NOTE
+
+    root = Path(__file__).resolve().parent.parent
+    card = (root / "modeling" / "demo" / "README.md").read_text()
+    assert f"- **stages**: {STAGES_NOTE}\n" in card
+    named = re.search(r"`([^`]+\.md)`", STAGES_NOTE).group(1)
+    commands = (root / named).read_text()
+    assert commands.count("training/train.py") >= 5  # one per stage, from scratch on
+    train_section = (root / "README.md").read_text().split("## Train\n")[1].split("\n## ")[0]
+    assert named in train_section  # and the README's Train section points there too

@@ -28,6 +28,11 @@ if __package__ in (None, ""):
 from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
 from training.checkpointing import folder_written_atomically  # noqa: E402
 
+#: The card's note on how the shipped weights were trained: the document it names holds every stage's command (the
+#: README's "Train" section only points there).
+STAGES_NOTE = ("trained in several runs; `training/weights/README.md` in the repository lists each run's command, "
+               "from scratch to these weights")
+
 #: (degradation, held-out photo stem, synthesis parameters) of the shipped examples, one per degradation.
 EXAMPLES = (
     ("noise", "lomiri-friends", {"sigma": 25.0}),
@@ -154,8 +159,7 @@ def package_demo(
                       "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
         (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         training = {"weights": weights_name or f"{model_dir}",
-                    "stages": "trained in several runs; the repository README's \"Train\" section lists each "
-                              "run's command, from scratch to these weights"}
+                    "stages": STAGES_NOTE}
         if (model_dir / "estimator_training.json").is_file():
             training["estimator"] = "trained afterwards, body frozen: `python -m training.train_estimator` (see README)"
         card = build_model_card(
