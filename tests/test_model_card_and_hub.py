@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -314,17 +315,22 @@ def test_model_card_takes_numbers_only_from_results(tmp_path):
 
 
 def test_pip_card_names_the_recipe_its_command_used():
-    """A run of the small CPU recipe says so first; a card without a recipe file names the paper's recipe."""
+    """A run of the small CPU recipe says so first; a run of the paper's recipe says that; a card that records no
+    training command (converted official weights, a folder trained before commands were kept) claims no recipe
+    for the weights and only names the paper's (it used to say "Recipe: pip_restormer_5task.yaml" for any)."""
     cpu = build_model_card("org/pip-cpu", "pip", [], {"command": "accelerate launch training/train.py --config "
                                                                 "training/configs/pip_restormer_cpu.yaml"})
     recipe_line = next(line for line in cpu.text.splitlines() if line.startswith("Recipe:"))
     assert recipe_line.startswith("Recipe: `training/configs/pip_restormer_cpu.yaml`, run as the command below")
     assert "The paper's recipe is `training/configs/pip_restormer_5task.yaml`" in recipe_line
     five_task = "accelerate launch training/train.py --config=training/configs/pip_restormer_5task.yaml"
-    for summary in ({}, {"command": five_task}):
-        card = build_model_card("org/pip", "pip", [], summary)
-        recipe_line = next(line for line in card.text.splitlines() if line.startswith("Recipe:"))
-        assert recipe_line.startswith("Recipe: `training/configs/pip_restormer_5task.yaml` (AdamW 3.6e-4")
+    card = build_model_card("org/pip", "pip", [], {"command": five_task})
+    recipe_line = next(line for line in card.text.splitlines() if line.startswith("Recipe:"))
+    assert recipe_line.startswith("Recipe: `training/configs/pip_restormer_5task.yaml` (AdamW 3.6e-4")
+    assert recipe_line.endswith("the paper's, run as the command below says.")
+    unrecorded = build_model_card("org/pip", "pip", [], {"weights": "trained with this repository (`model`)"})
+    assert not any(line.startswith("Recipe:") for line in unrecorded.text.splitlines())
+    assert "\nThe paper's recipe is `training/configs/pip_restormer_5task.yaml` (AdamW 3.6e-4" in unrecorded.text
     assert recipe_config({"command": "train.py --config recipe.yaml --seed 1"}) == "recipe.yaml"
     assert recipe_config({"command": "train.py --seed 1"}) == "" and recipe_config({}) == ""
 
@@ -394,7 +400,8 @@ def test_save_model_folder_is_complete_and_atomic(tmp_path):
     )
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_curves.png",
-            "eval_results.json"} <= names
+            "eval_results.json", "training_summary.json"} <= names
+    assert json.loads((folder / "training_summary.json").read_text()) == {"steps": 3}  # what publish carries over
     assert not list(tmp_path.glob(".*partial"))
     card = (folder / "README.md").read_text()
     assert "30.25" in card and "| 2 |" in card  # measured PSNR and the number of images

@@ -107,6 +107,8 @@ def test_publish_trained_folder_with_labels_no_push(tmp_path, monkeypatch):
     model_dir = tmp_path / "trained"
     model.save_pretrained(model_dir)
     (model_dir / "README.md").write_text("old card, replaced")
+    command = "accelerate launch training/train.py --config training/configs/pip_restormer_cpu.yaml --seed 3"
+    (model_dir / "training_summary.json").write_text(json.dumps({"command": command, "steps": 1234}))
     eval_json = evaluation_json(model, tmp_path, "5-task")
     out = tmp_path / "folder"
     from training import publish
@@ -119,6 +121,9 @@ def test_publish_trained_folder_with_labels_no_push(tmp_path, monkeypatch):
     assert _card_numbers(card) == {(n, m): t[m] for n, t in results["tasks"].items() for m in ("psnr", "ssim")}
     assert card.data.license == "apache-2.0" and "pip" in card.data.tags
     assert "| IDR | 25.24/0.943 |" in card.text and "Prompt-In-Prompt" in card.text
+    # the run's own record, not the paper's recipe (every PIP card used to say "Recipe: pip_restormer_5task.yaml")
+    assert "\nRecipe: `training/configs/pip_restormer_cpu.yaml`, run as the command below says." in card.text
+    assert command in card.text and "1234" in card.text
     assert any(p.suffix == ".py" for p in out.iterdir()) and not list(tmp_path.glob(".folder.partial"))
     # With the package installed, the README's pipeline call runs the package's code, without a prompt; a plain
     # call asks for trust_remote_code (the folder declares its pipeline for use without the package).
@@ -139,6 +144,10 @@ def test_publish_trained_folder_with_labels_no_push(tmp_path, monkeypatch):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**results, "model_type": "promptir"}))
     assert publish.main(["--model_dir", str(model_dir), "--eval_json", str(other), "--repo_id", "me/x",
+                         "--output", str(tmp_path / "refused"), "--no_push"]) == 2
+    assert not (tmp_path / "refused").exists()
+    (model_dir / "training_summary.json").write_text("{not json")  # a damaged record is named, not ignored
+    assert publish.main(["--model_dir", str(model_dir), "--eval_json", str(eval_json), "--repo_id", "me/x",
                          "--output", str(tmp_path / "refused"), "--no_push"]) == 2
     assert not (tmp_path / "refused").exists()
     other.write_text(json.dumps({k: v for k, v in results.items() if k != "model_type"}))  # nothing to match

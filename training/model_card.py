@@ -430,6 +430,10 @@ def plot_training_curves(
     return True
 
 
+#: What `save_model_folder` records of the run (the card's ``training_summary``: command, steps, precision, ...).
+TRAINING_SUMMARY_FILE = "training_summary.json"
+
+
 def save_model_folder(
     model: Any,
     folder: Union[str, os.PathLike],
@@ -448,7 +452,9 @@ def save_model_folder(
     Contents: weights (safetensors), config and code saved through the ``image-restoration`` pipeline (so the
     folder works with ``pipeline("image-restoration", model=folder, trust_remote_code=True)``), the image
     processor, ``README.md`` from `build_model_card` with `results` (``{task: {"psnr", "ssim", "input_psnr",
-    ...}}`` as measured on `dataset`), ``training_curves.png`` and ``eval_results.json``.
+    ...}}`` as measured on `dataset`), ``training_curves.png``, ``eval_results.json`` and
+    ``training_summary.json`` (`TRAINING_SUMMARY_FILE`: `training_summary`, which `training.publish` carries into
+    the card it renders).
     """
     from modeling import save_restoration_folder
 
@@ -469,6 +475,8 @@ def save_model_folder(
         )
         save_model_card(card, partial)
         (partial / "eval_results.json").write_text(json.dumps(dict(results), indent=2))
+        # The card's training facts, kept machine-readable: `training.publish` renders a new card from them.
+        (partial / TRAINING_SUMMARY_FILE).write_text(json.dumps(dict(training_summary), indent=2, default=str))
     return folder
 
 

@@ -18,7 +18,8 @@ Steps, each of which stops the command with one clear line when it fails:
    trust_remote_code=True)``; its output must equal ours.
 3. **Card.** ``README.md`` is rendered by ``training.model_card.build_model_card`` from ``--eval_json`` (written by
    ``python -m training.evaluate_protocol``): the model-index and the tables hold the JSON's numbers and no
-   others. The JSON must be complete (every column of its protocol, finite scores, the average their mean) and
+   others; its Training section shows what training recorded of the run (``training_summary.json`` in
+   ``--model_dir``: the command, its recipe, steps and precision). The JSON must be complete (every column of its protocol, finite scores, the average their mean) and
    its ``model_type`` and ``model_fingerprint`` (which weights it scored) the model's. The JSON itself is shipped
    as ``protocol_results.json``.
 4. **Upload** of the whole folder in one commit (``training.model_card.push_folder_to_hub``), unless
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -184,13 +185,32 @@ print("remote code ok")
         raise PublishError(f"{folder} does not load with trust_remote_code without the package: {tail}")
 
 
+def training_record(model_dir: Path) -> dict[str, Any]:
+    """What training recorded of the run that wrote `model_dir` (``training_summary.json``; {} for a folder
+    without one, e.g. written before training kept it): the card then names that run's command and recipe."""
+    from training.model_card import TRAINING_SUMMARY_FILE
+
+    path = model_dir / TRAINING_SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PublishError(f"cannot read {path}: {error}") from error
+    if not isinstance(record, dict):
+        raise PublishError(f"{path} must hold a JSON object (what training recorded), got {type(record).__name__}")
+    return record
+
+
 def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str,
                 license_name: Optional[str] = None, license_link: Optional[str] = None,
-                required_label: Optional[str] = None, degradation_names: Sequence[str] = ()) -> Path:
+                required_label: Optional[str] = None, degradation_names: Sequence[str] = (),
+                training: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON.
 
     `required_label`: for a model that cannot estimate the degradation, the label the usage snippets pass (one of
-    `degradation_names`), so that they run as written."""
+    `degradation_names`), so that they run as written. `training`: what training recorded of the run
+    (``training_summary.json``: its command, steps, precision), shown in the card's Training section."""
     from training.evaluate_protocol import markdown_report, model_card_results
     from training.model_card import build_model_card, save_model_card, usage_section
 
@@ -201,7 +221,7 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
     source = (f"Evaluated with `python -m training.evaluate_protocol` on the test sets of the `{results['protocol']}` "
               f"protocol ({results['protocol_description']}); the numbers come from `protocol_results.json`"
               + (f", where the {skipped} skipped test files are listed" if skipped else "") + ".")
-    summary = {"weights": weights, "evaluation seed": results.get("seed"),
+    summary = {"weights": weights, **(training or {}), "evaluation seed": results.get("seed"),
                "degradation labels at test time": results.get("degradation") or "none (blind model)"}
     card = build_model_card(
         repo_id, model_type, model_card_results(results), summary,
@@ -285,6 +305,7 @@ def prepare_folder(
     if shipped_license is not None:
         license_link = shipped_license.name
     extra: list[Path] = []
+    training: dict[str, Any] = {}
     if official_checkpoint is not None:
         model = convert_official(official_checkpoint, model_type, config_overrides)
         processor = None
@@ -298,6 +319,7 @@ def prepare_folder(
         extra = [p for p in sorted(Path(model_dir).iterdir())
                  if p.is_file() and p.name not in _NOT_PUBLISHED and p.suffix in (".png", ".json", ".jpg")]
         weights = f"trained with this repository (`{Path(model_dir).name}`)"
+        training = training_record(Path(model_dir))
     model_type = model.config.model_type
     if results.get("model_type") != model_type:
         evaluated = f"of a {results['model_type']!r} model" if "model_type" in results else "names no model_type"
@@ -316,7 +338,7 @@ def prepare_folder(
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
         render_card(partial, results, repo_id, model_type, license, weights, license_name, license_link,
-                    required_label, list(getattr(model.config, "degradation_names", None) or []))
+                    required_label, list(getattr(model.config, "degradation_names", None) or []), training)
         if verify:
             verify_folder(partial, model)
     return output
