@@ -136,3 +136,20 @@ def test_command_mistakes_are_one_line_with_exit_code_2_and_write_nothing(tmp_pa
         assert exit_.value.code == 2 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith("grow_model: error: ") and message in err, err
     assert not (tmp_path / "grown").exists()
+
+
+def test_an_output_that_is_not_a_model_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`--output outputs` (the folder of every run, the model's own parent) used to be replaced whole by the grown
+    model, deleting the source and every other run in it; any folder that is not a model folder is refused."""
+    outputs = tmp_path / "outputs"
+    tiny_model("pip", seed=2).save_pretrained(outputs / "small")
+    (outputs / "other-run").mkdir()
+    (outputs / "other-run" / "notes.txt").write_text("keep")
+    for output in (outputs, outputs / "other-run"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(outputs / "small"), "--output", str(output), "--num_blocks", "1", "1", "1", "2"])
+        assert exit_.value.code == 2 and "--output" in capsys.readouterr().err
+    assert (outputs / "small" / "config.json").is_file() and (outputs / "other-run" / "notes.txt").is_file()
+    # An earlier model folder is replaced, as before.
+    main(["--model", str(outputs / "small"), "--output", str(outputs / "small"), "--num_blocks", "1", "1", "1", "2"])
+    assert list(load_model(outputs / "small").config.num_blocks) == [1, 1, 1, 2]

@@ -111,3 +111,15 @@ def test_command_mistakes_are_one_line_with_exit_code_2_and_write_nothing(tmp_pa
         assert exit_.value.code == 2 and "Traceback" not in err, err
         assert err.strip().splitlines()[-1].startswith("interpolate_weights: error: ") and message in err, err
     assert not (tmp_path / "mid").exists()
+
+
+def test_an_output_that_is_not_a_model_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`--output` naming the folder that holds the runs used to replace it whole (both runs deleted)."""
+    first, second = _two_runs()
+    first.save_pretrained(tmp_path / "runs" / "run-a")
+    second.save_pretrained(tmp_path / "runs" / "run-b")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models", str(tmp_path / "runs" / "run-a"), str(tmp_path / "runs" / "run-b"),
+              "--output", str(tmp_path / "runs")])
+    assert exit_.value.code == 2 and "--output" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run-a", "run-b"]

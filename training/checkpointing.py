@@ -198,6 +198,23 @@ def folder_written_atomically(folder: str | Path) -> Iterator[Path]:
     replace_folder(partial, folder)
 
 
+def check_output_folder(folder: str | Path, sources: Sequence[str | Path] = ()) -> None:
+    """Raise ``ValueError`` unless ``folder`` may be replaced whole by `folder_written_atomically`: it must be new,
+    an empty folder or an earlier model folder (one holding ``config.json``), and never a folder above one of
+    ``sources`` (the inputs, which would go with it). A tool's ``--output`` that names ``outputs/`` itself, the
+    folder of every run, would otherwise be deleted with all it holds."""
+    folder = Path(folder).resolve()
+    for source in sources:
+        if Path(source).exists() and folder in Path(source).resolve().parents:
+            raise ValueError(f"--output {folder} holds the input {source}, which replacing it would delete: "
+                             "name a new folder")
+    if not folder.exists():
+        return
+    if not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file()):
+        raise ValueError(f"--output {folder} exists and is not a model folder (no config.json), and it would be "
+                         "replaced whole: name a new or empty folder, or an earlier model folder")
+
+
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
     """``payload`` as indented JSON at ``path``, complete or not at all (`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))

@@ -35,7 +35,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.checkpointing import folder_written_atomically  # noqa: E402
+from training.checkpointing import check_output_folder, folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger("training.grow_model")
 
@@ -123,12 +123,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="trained model folder or Hub id")
-    parser.add_argument("--output", required=True, type=Path, help="folder for the grown model")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for the grown model: new, empty or an earlier model folder (replaced)")
     parser.add_argument("--num_blocks", required=True, type=int, nargs="+",
                         help="blocks at encoder levels 1-3 and the latent (the decoder reuses levels 1-3)")
     parser.add_argument("--num_refinement_blocks", type=int, default=None, help="default: unchanged")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new blocks' initialisation")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # before anything is loaded: a folder that is not a model folder would be replaced whole
+        check_output_folder(args.output, [args.model])
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -30,7 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.modeling_utils import model_config_fields  # noqa: E402
-from training.checkpointing import folder_written_atomically  # noqa: E402
+from training.checkpointing import check_output_folder, folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger("training.interpolate_weights")
 
@@ -89,8 +89,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--models", required=True, nargs="+", help="two or more model folders or Hub ids")
     parser.add_argument("--weights", type=float, nargs="+", default=None,
                         help="one per model, non-negative, summing to 1 (default: equal)")
-    parser.add_argument("--output", required=True, type=Path, help="folder for the interpolated model")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for the interpolated model: new, empty or an earlier model folder (replaced)")
+    args = parser.parse_args(argv)
+    try:  # before anything is loaded: a folder that is not a model folder would be replaced whole
+        check_output_folder(args.output, args.models)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

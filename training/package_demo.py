@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
-from training.checkpointing import folder_written_atomically  # noqa: E402
+from training.checkpointing import check_output_folder, folder_written_atomically  # noqa: E402
 
 #: The card's note on how the shipped weights were trained: the document it names holds every stage's command (the
 #: README's "Train" section only points there).
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="trained model folder (train.py's OUTPUT/model)")
     parser.add_argument("--heldout", required=True, type=Path, help="held-out clean photos")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "modeling" / "demo")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "modeling" / "demo",
+                        help="folder to write: new, empty or an earlier model folder (replaced; default: the "
+                             "shipped demo)")
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help=f"label-free mode scored and shown (default {DEFAULT_AUTO_MODE!r}: what restore() does)")
     parser.add_argument("--reuse_evaluation", action="store_true",
@@ -198,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="where the card says the weights are kept, e.g. the committed training/weights/... "
                              "folder (default: --model)")
     args = parser.parse_args(argv)
+    try:  # before the evaluation: a folder that is not a model folder would be replaced whole
+        check_output_folder(args.output, [args.model, args.heldout])
+    except ValueError as error:
+        parser.error(str(error))
     from training.evaluate_model import markdown_table
 
     results = package_demo(

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.checkpointing import folder_written_atomically  # noqa: E402
+from training.checkpointing import check_output_folder, folder_written_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="trained PIP folder (or Hub id)")
-    parser.add_argument("--output", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder to write: new, empty or an earlier model folder (replaced atomically)")
     parser.add_argument("--data_preset", default="5-task", help="3-task, 5-task or cdd11 (as train.py)")
     parser.add_argument("--data_roots", nargs="+", default=[], metavar="TASK=DIR",
                         help="task=folder pairs (as train.py); tasks without a root are synthesized from 'clean'")
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.data_roots = dict(item.split("=", 1) for item in args.data_roots)
     except ValueError:
         parser.error("--data_roots takes TASK=DIR pairs")
+    try:  # before the training: a folder that is not a model folder would be replaced whole
+        inputs = [args.model, *([args.init_estimator_from] if args.init_estimator_from else [])]
+        check_output_folder(args.output, inputs)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
