@@ -123,3 +123,20 @@ def test_an_output_that_is_not_a_model_folder_is_refused_before_anything_is_writ
               "--output", str(tmp_path / "runs")])
     assert exit_.value.code == 2 and "--output" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run-a", "run-b"]
+
+
+def test_models_that_cannot_be_averaged_are_one_line_not_a_traceback(tmp_path, capsys):
+    first, _ = _two_runs()
+    first.save_pretrained(tmp_path / "run-a")
+    tiny_model("pip", seed=0, num_blocks=[1, 1, 1, 2]).save_pretrained(tmp_path / "deeper")
+    for models, extra, message in (
+        ([tmp_path / "run-a", tmp_path / "deeper"], [], "num_blocks"),
+        ([tmp_path / "run-a", tmp_path / "absent"], [], "absent"),
+        ([tmp_path / "run-a", tmp_path / "run-a"], ["--weights", "0.5"], "one weight per model"),
+        ([tmp_path / "run-a", tmp_path / "run-a"], ["--weights", "0.7", "0.7"], "sum to 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--models", *map(str, models), *extra, "--output", str(tmp_path / "mid")])
+        error = capsys.readouterr().err  # (after transformers' progress bars; argparse adds its usage line)
+        assert exit_.value.code == 2 and "Traceback" not in error and message in error.strip().splitlines()[-1], error
+    assert not (tmp_path / "mid").exists()

@@ -92,6 +92,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, type=Path,
                         help="folder for the interpolated model: new, empty or an earlier model folder (replaced)")
     args = parser.parse_args(argv)
+    if len(args.models) < 2:
+        parser.error(f"--models needs two or more models, got {len(args.models)}")
+    if args.weights is not None and len(args.weights) != len(args.models):
+        parser.error(f"--weights needs one weight per model ({len(args.models)}), got {len(args.weights)}")
     try:  # before anything is loaded: a folder that is not a model folder would be replaced whole
         check_output_folder(args.output, args.models)
     except ValueError as error:
