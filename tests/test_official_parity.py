@@ -9,13 +9,14 @@ the fixed input below. Our model must reproduce them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from modeling import PromptIRConfig, PromptIRForImageRestoration, RestormerConfig, RestormerForImageRestoration
-from modeling.conversion import convert_promptir, convert_restormer
+from modeling.conversion import convert_cpl, convert_dppd, convert_pip, convert_promptir, convert_restormer
 from modeling.conversion.common import rename_key
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -220,3 +221,35 @@ def test_dppd_inspect_reports_a_missing_file_as_one_usage_line(tmp_path, capsys)
         convert_dppd.main([str(tmp_path / "missing.ckpt"), "--inspect"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err and "No such file" in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("converter", [convert_restormer, convert_promptir, convert_cpl, convert_pip, convert_dppd])
+def test_converter_commands_report_a_bad_file_in_one_line(converter, tmp_path, capsys):
+    """A missing file, one that is not a dict of tensors, or another method's checkpoint ends the command with
+    `PROG: error: ...` (exit 2), not a traceback, and writes nothing."""
+    import argparse
+
+    torch.save([1, 2], tmp_path / "list.pth")
+    torch.save({"params": {"x": argparse.Namespace(payload=1)}}, tmp_path / "evil.pth")
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}, "params": {"conv.weight": torch.zeros(1)}},
+               tmp_path / "other.pth")
+    for name in ("absent.pth", "list.pth", "evil.pth", "other.pth"):
+        with pytest.raises(SystemExit) as exit_:
+            converter.main([str(tmp_path / name), str(tmp_path / "out")])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in error and ": error: " in error, (name, error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_denoising_checkpoint_converted_with_biased_layer_norms_names_the_fix(tmp_path, capsys):
+    """Restormer's denoising releases have bias-free LayerNorms; forgetting --layer_norm_type BiasFree used to end in
+    a traceback listing 88 missing keys."""
+    official = {key: value for key, value in random_official_state_dict("restormer").items()
+                if not re.search(r"\.norm\d\.body\.bias$", key)}
+    torch.save({"params": official}, tmp_path / "denoise.pth")
+    with pytest.raises(SystemExit) as exit_:
+        convert_restormer.main([str(tmp_path / "denoise.pth"), str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "layer_norm_type='BiasFree'" in error and "Traceback" not in error
+    convert_restormer.main([str(tmp_path / "denoise.pth"), str(tmp_path / "out"), "--layer_norm_type", "BiasFree"])
+    assert RestormerForImageRestoration.from_pretrained(tmp_path / "out").config.layer_norm_type == "BiasFree"

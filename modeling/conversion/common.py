@@ -109,15 +109,27 @@ def read_official_checkpoint(path: str | Path, container_keys: Iterable[str], st
     return cleaned
 
 
+def _is_layer_norm_bias(key: str) -> bool:
+    return bool(re.search(r"\.norm\d*\.bias$", key))
+
+
 def load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load strictly and report exactly which keys did not match (an official file must map 1:1)."""
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
+        # The one mismatch a user makes by hand: Restormer's denoising releases have LayerNorms without a bias.
+        if result.missing_keys and not result.unexpected_keys and all(map(_is_layer_norm_bias, result.missing_keys)):
+            hint = "The file's LayerNorms have no bias: convert it with layer_norm_type='BiasFree'."
+        elif result.unexpected_keys and not result.missing_keys and all(
+            map(_is_layer_norm_bias, result.unexpected_keys)
+        ):
+            hint = "The file's LayerNorms have a bias: convert it with layer_norm_type='WithBias'."
+        else:
+            hint = "If the unexpected keys are the unused official modules, set keep_unused_official_modules=True."
         raise ValueError(
             "converted checkpoint does not match the model: "
             f"missing {sorted(result.missing_keys)[:8]} ({len(result.missing_keys)}), "
-            f"unexpected {sorted(result.unexpected_keys)[:8]} ({len(result.unexpected_keys)}). "
-            "If the unexpected keys are the unused official modules, set keep_unused_official_modules=True."
+            f"unexpected {sorted(result.unexpected_keys)[:8]} ({len(result.unexpected_keys)}). {hint}"
         )
 
 

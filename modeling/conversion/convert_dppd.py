@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.output_dir:
         parser.error("output_dir is required unless --inspect is given")
+    if not isinstance(args.config, dict):
+        parser.error(f"--config takes a JSON object of DPPDConfig fields, got {args.config!r}")
     with checkpoint_errors_as_usage_errors(parser, args.checkpoint):
         model = convert_dppd_checkpoint(args.checkpoint, DPPDConfig(**args.config))
     save_converted(model, args.output_dir)
