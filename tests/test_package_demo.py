@@ -108,3 +108,23 @@ def test_the_shipped_card_names_the_document_that_holds_each_training_command():
     assert commands.count("training/train.py") >= 5  # one per stage, from scratch on
     train_section = (root / "README.md").read_text().split("## Train\n")[1].split("\n## ")[0]
     assert named in train_section  # and the README's Train section points there too
+
+
+def test_reused_scores_of_other_weights_are_refused(tmp_path):
+    """`reuse_evaluation` takes the scores of the weights already in the output folder: packaging other weights with
+    them used to ship a card whose numbers were measured on a different model."""
+    from modeling import save_restoration_folder
+
+    heldout = tmp_path / "heldout"
+    for index, (_, stem, _) in enumerate(EXAMPLES):
+        save(heldout / f"{stem}.png", textured_image(300 + index, 32, 32))
+    demo = tmp_path / "demo"
+    save_restoration_folder(tiny_model("pip", seed=0), demo, with_code=False)
+    scores = {"psnr": 30.0, "ssim": 0.9, "input_psnr": 20.0, "psnr_gain": 10.0, "min_image_gain": 1.0, "images": 5}
+    (demo / "eval_results.json").write_text(json.dumps({"auto_mode": "hard", "inference_tile": None,
+                                                        "results": {"noise-25": scores}}))
+    before = sorted(p.name for p in demo.iterdir())
+    tiny_model("pip", seed=5).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="not those of"):
+        package_demo(tmp_path / "other", heldout, demo, auto_mode="hard", reuse_evaluation=True)
+    assert sorted(p.name for p in demo.iterdir()) == before  # nothing rewritten

@@ -104,6 +104,16 @@ def heldout_comparison(results: dict, auto_mode: str) -> str:
     )
 
 
+def same_weights(model, other) -> bool:
+    """Whether two models hold the very same tensors (names, dtypes and values)."""
+    import torch
+
+    ours, theirs = model.state_dict(), other.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        ours[key].dtype == theirs[key].dtype and torch.equal(ours[key], theirs[key]) for key in ours
+    )
+
+
 def package_demo(
     model_dir: Path,
     heldout: Path,
@@ -116,8 +126,9 @@ def package_demo(
 ) -> dict:
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
-    ``reuse_evaluation``: take the results from ``output/eval_results.json`` (an earlier run on the same weights)
-    instead of evaluating again (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
+    ``reuse_evaluation``: take the results from ``output/eval_results.json`` (an earlier run on the same weights,
+    checked against the weights in ``output``: other weights raise ``ValueError``) instead of evaluating again
+    (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
     ``inference_tile``: write this tile side into the shipped config (``restore()``'s default tiling for the model,
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
     ``eval_workers``: share the evaluation's rows among this many one-thread processes (the same numbers to float
@@ -143,6 +154,9 @@ def package_demo(
                 f"{output}/eval_results.json scored inference_tile={earlier.get('inference_tile')!r}, but the model "
                 f"restores with {model.config.inference_tile!r}"
             )
+        if not same_weights(model, load_model(str(output), device="cpu")):
+            raise ValueError(f"{output}/eval_results.json scored the weights of {output}, not those of {model_dir}: "
+                             "evaluate them (leave out reuse_evaluation)")
         results = earlier["results"]
     with folder_written_atomically(output) as partial:
         save_restoration_folder(model, partial, with_code=False)  # the installed package provides the classes
@@ -189,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--auto_mode", default=DEFAULT_AUTO_MODE, choices=AUTO_MODES,
                         help=f"label-free mode scored and shown (default {DEFAULT_AUTO_MODE!r}: what restore() does)")
     parser.add_argument("--reuse_evaluation", action="store_true",
-                        help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights")
+                        help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights "
+                             "(refused when OUTPUT holds other weights)")
     parser.add_argument("--inference_tile", type=int, default=None,
                         help="tile side restore() uses for this model by default (written into its config; 0: "
                              "whole images); default: keep the model's")
