@@ -62,7 +62,9 @@ class DPPDConfig(RestorationBackboneConfig):
             (-limit, limit) with `limit * tanh(x / limit)`, so sampling and the KL stay finite.
         num_inference_samples (`int`, defaults to 1) [ours]: prompts outside training. 1: the mean of the
             distribution (deterministic). n > 1: the average of n reparameterised samples (stochastic; seed
-            torch for reproducible results). Training always draws one sample per image.
+            torch for reproducible results; tiled inference draws them for every tile and statistics pass, so
+            tiles differ from one another as two whole-image runs do, and the passes need not settle). Training
+            always draws one sample per image.
 
     CrossFusion (CF):
         cross_fusion_heads (`int`, defaults to 1) [ours]: heads of the cross-attention in which every feature
