@@ -417,3 +417,20 @@ def test_command_line_mistakes_are_one_line_with_exit_code_2_not_a_traceback(roo
         assert exit_.value.code == 2, (message, err)
         assert "Traceback" not in err and message in err, (message, err)
         assert err.strip().splitlines()[-1].startswith("python -m training.evaluate_protocol: error: "), err
+
+
+def test_model_card_rows_copy_each_score_from_its_own_field():
+    """The card's rows come from the evaluation JSON; each of the four scores is a different number here, so a
+    card showing the restored PSNR as the input's (or SSIM as PSNR) fails."""
+    results = {"tasks": {
+        "haze": {"task": "haze", "dataset": "SOTS-outdoor", "dataset_id": "me/sots", "psnr": 30.5, "ssim": 0.95,
+                 "input_psnr": 15.25, "input_ssim": 0.625, "num_images": 3},
+        "rain": {"task": "rain", "dataset": "Rain100L", "dataset_id": None, "psnr": 35.0, "ssim": 0.97,
+                 "input_psnr": 25.75, "input_ssim": 0.8125, "num_images": 2},
+    }}
+    assert ep.model_card_results(results) == [
+        {"task": "haze", "dataset": "SOTS-outdoor", "dataset_id": "me/sots", "split": "test", "psnr": 30.5,
+         "ssim": 0.95, "input_psnr": 15.25, "input_ssim": 0.625, "num_images": 3},
+        {"task": "rain", "dataset": "Rain100L", "dataset_id": "Rain100L", "split": "test", "psnr": 35.0,
+         "ssim": 0.97, "input_psnr": 25.75, "input_ssim": 0.8125, "num_images": 2},
+    ]
