@@ -238,3 +238,18 @@ def test_blurs_leave_a_flat_image_flat_whatever_its_size(size):
                      D.gaussian_blur(flat, rng, sigma=3.5, sigma_y=1.0, angle=30.0),
                      D.gaussian_blur(flat, rng, sigma=3.5), D.defocus_blur(flat, rng, radius=4.0)):
         np.testing.assert_array_equal(degraded.image, flat)
+
+
+def test_default_parameters_stay_in_their_documented_ranges():
+    """The defaults the training data is drawn from: the top of a photo hazes most, rain falls near-vertically,
+    low light is scale 0.3..0.8 times x**gamma with gamma 1.5..3 (no test fixed a parameter there otherwise)."""
+    flat = np.full((48, 40, 3), 128, np.uint8)
+    proxy = D.depth_proxy(flat)
+    assert proxy[0].min() > proxy[-1].max()  # the top reads as far away
+    rain = D.rain_streaks(np.zeros((96, 96, 3), np.uint8), np.random.default_rng(0)).image[:, :, 0].astype(float)
+    along, across = np.abs(np.diff(rain, axis=0)).mean(), np.abs(np.diff(rain, axis=1)).mean()
+    assert along < 0.5 * across  # streaks change little down their length
+    gray = 128 / 255.0
+    for seed in range(20):
+        dark = D.low_light(flat, np.random.default_rng(seed), noise_sigma=0.0).image.mean() / 255.0
+        assert 0.3 * gray**3.0 - 0.01 <= dark <= 0.8 * gray**1.5 + 0.01, seed
