@@ -132,6 +132,7 @@ def test_labels_change_the_restoration(model):
     "labels, row",
     [
         ("rain+haze", [0, 0.5, 0.5, 0, 0]),
+        ("low+haze+rain", [0, 1 / 3, 1 / 3, 0, 1 / 3]),  # a three-part CDD-11 composite
         (("noise", "blur"), [0.5, 0, 0, 0.5, 0]),
         ("Low_Light", [0, 0, 0, 0, 1]),
         ("derain", [0, 1, 0, 0, 0]),
