@@ -426,7 +426,8 @@ def test_a_resume_under_other_settings_is_refused_and_removed_or_changed_files_a
     torch.manual_seed(1)
     model_class(config_class(**PIP_TINY)).save_pretrained(other_model)
     for changed, message in ((argv + ["--degradation", "rain"], "degradation: 'auto' -> 'rain'"),
-                             (common + ["--model", str(other_model)], "model_fingerprint")):
+                             (common + ["--model", str(other_model)], "model_fingerprint"),
+                             (argv + ["--output_format", "dataset"], "output_format: 'folder' -> 'dataset'")):
         with pytest.raises(ValueError, match="other settings") as error:
             main(parse_args(changed))
         assert message in str(error.value)
