@@ -68,6 +68,20 @@ def test_assignment_probabilities_sum_to_one(overrides):
     assert torch.equal(hard.argmax(-1), estimate.argmax(-1))
 
 
+def test_hard_conditioning_restores_with_the_one_hot_of_the_assignment():
+    """prompt_conditioning="hard": the label-free forward conditions on the most likely prototype alone, i.e. it
+    equals the forward given that class as the label (soft conditioning would mix the prototypes)."""
+    model = tiny_model("dppd", shared_assignment=True, prompt_conditioning="hard")
+    pixel_values = images(2, 24)
+    with torch.no_grad():
+        free = model(pixel_values).reconstruction
+        hard = model.estimate_degradation(pixel_values, hard=True)
+        labelled = model(pixel_values, degradation_labels=hard).reconstruction
+        soft = model(pixel_values, degradation_labels=model.estimate_degradation(pixel_values)).reconstruction
+    torch.testing.assert_close(free, labelled, atol=1e-6, rtol=0)
+    assert (free - soft).abs().max() > 1e-5  # the test can tell hard from soft conditioning
+
+
 def test_shared_assignment_estimate_reproduces_the_label_free_forward():
     """With one shared assignment, passing the estimate back as labels (what tiled inference does) is exact."""
     model = tiny_model("dppd", shared_assignment=True)
