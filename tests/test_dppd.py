@@ -542,3 +542,22 @@ def test_two_process_ddp_launch_with_the_5task_recipe(corpus, tmp_path):
     assert weights["decoder_prompts.latent.assignment.prototypes"].shape == (5, 8)
     assert sorted(p.name for p in (output_dir / "checkpoint-4").glob("data_state_rank*.pt")) == [
         "data_state_rank0.pt", "data_state_rank1.pt"]
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_assignment_logits_are_the_cosine_similarities_over_the_temperature(temperature):
+    """The assignment's logits are cos(embedding, prototype) / assignment_temperature, from a parameter-free layer
+    norm of the pooled feature (dropping the temperature softens every assignment tenfold)."""
+    from modeling.modeling_dppd import DegradationPrototypeAssignment
+
+    torch.manual_seed(0)
+    module = DegradationPrototypeAssignment(6, 8, 3, temperature, learnable_prototypes=True)
+    features = torch.randn(2, 6, 5, 7) * 4 + 1
+    embedding, logits = module(features)
+    pooled = features.mean(dim=(2, 3))
+    pooled = (pooled - pooled.mean(-1, keepdim=True)) / torch.sqrt(pooled.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected_embedding = torch.nn.functional.normalize(module.embedding(pooled), dim=-1)
+    prototypes = module.prototypes / module.prototypes.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(embedding, expected_embedding, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, expected_embedding @ prototypes.t() / temperature, rtol=1e-5, atol=1e-5)
+    assert logits.abs().max() <= 1 / temperature + 1e-5
