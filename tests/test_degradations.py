@@ -251,7 +251,8 @@ def test_default_parameters_stay_in_their_documented_ranges():
     assert along < 0.5 * across  # streaks change little down their length
     # white (x = 1) comes out as the scale itself; mid-gray with scale 1 as 0.5**gamma
     white, half = np.full((4, 4, 3), 255, np.uint8), np.full((4, 4, 3), 255, np.uint8) // 2 + 1  # 128 = 0.502
-    scales = [D.low_light(white, np.random.default_rng(seed), noise_sigma=0.0).image.mean() / 255 for seed in range(200)]
+    scales = [D.low_light(white, np.random.default_rng(seed), noise_sigma=0.0).image.mean() / 255
+              for seed in range(200)]
     gammas = [np.log(D.low_light(half, np.random.default_rng(seed), scale=1.0, noise_sigma=0.0).image.mean() / 255)
               / np.log(128 / 255) for seed in range(200)]
     assert 0.3 - 0.003 <= min(scales) < 0.33 and 0.77 < max(scales) <= 0.8 + 0.003
