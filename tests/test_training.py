@@ -994,17 +994,21 @@ def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp
             "bf16" if native else "no")
         assert resolve_mixed_precision("auto", on_cpu=False) == "no"
         assert resolve_mixed_precision("no", on_cpu=True) == "no"
-        assert resolve_mixed_precision("fp16", on_cpu=True) == "fp16"
+        assert resolve_mixed_precision("fp16", on_cpu=False) == "fp16"
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports unless asked
         assert resolve_mixed_precision("auto", on_cpu=True) == ("bf16" if native else "no")
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-        assert resolve_mixed_precision("auto", on_cpu=True) == "fp16"
+        assert resolve_mixed_precision("auto", on_cpu=False) == "fp16"
         with caplog.at_level(logging.WARNING, logger="training.train"):
+            caplog.clear()
+            # accelerate has no fp16 autocast on a CPU: the launcher's fp16 gives way to the CPU's own choice
+            assert resolve_mixed_precision("auto", on_cpu=True) == ("bf16" if native else "no")
+            assert "which a CPU run cannot use" in caplog.text
             caplog.clear()
             assert resolve_mixed_precision("no", on_cpu=True) == "no"  # a recipe's value wins, and says so
             assert "accelerate launch asked for mixed precision 'fp16'" in caplog.text
             caplog.clear()
-            assert resolve_mixed_precision("fp16", on_cpu=True) == "fp16" and not caplog.text
+            assert resolve_mixed_precision("fp16", on_cpu=False) == "fp16" and not caplog.text
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
 
     monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda: True)
@@ -1016,6 +1020,18 @@ def test_mixed_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(corpus, tmp
     assert "- **mixed precision**: no" in (tmp_path / "fp32" / "model" / "README.md").read_text()
     monkeypatch.setattr(modeling.inference, "native_bf16_cpu", lambda: False)
     assert [step["autocast"] for step in run_recording_main(corpus, tmp_path / "emulated", monkeypatch)] == [None] * 2
+
+
+def test_fp16_on_a_cpu_is_refused_rather_than_trained_in_fp32(corpus, tmp_path, monkeypatch, capsys):
+    """accelerate has no fp16 autocast on a CPU: `--mixed_precision fp16` there trained every step in fp32 while
+    the card and training_summary.json said fp16 (and validation alone ran under fp16 autocast). Now refused."""
+    from training.train import resolve_mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = _parse_error(capsys, train_args(corpus, tmp_path / "run", mixed_precision="fp16"))
+    assert "--mixed_precision fp16 needs a GPU" in message and "bf16" in message
+    with pytest.raises(ValueError, match="needs a GPU"):  # main() called without parse_args
+        resolve_mixed_precision("fp16", on_cpu=True)
 
 
 def test_block_compilation_is_off_on_cpu_by_default_and_compiles_every_block_when_asked(corpus, tmp_path,

@@ -124,8 +124,8 @@ class TrainingArguments:
     )
     gradient_accumulation_steps: int = _arg(1, "micro-batches per optimizer step")
     mixed_precision: Optional[str] = _arg(
-        "auto", "no, fp16, bf16 or auto. auto: what `accelerate launch --mixed_precision` (or accelerate config) "
-        "asks for when that is fp16 or bf16; otherwise bf16 autocast on a CPU that computes bf16 natively (AVX-512 "
+        "auto", "no, fp16 (GPU only), bf16 or auto. auto: what `accelerate launch --mixed_precision` (or accelerate "
+        "config) asks for when that is bf16, or fp16 on a GPU; otherwise bf16 autocast on a CPU that computes bf16 natively (AVX-512 "
         "BF16 or AMX: a CPU recipe step 1.3x as fast, README Performance) and fp32 elsewhere, GPUs included (not "
         "measured there yet). no turns autocast off"
     )
@@ -400,6 +400,8 @@ def validate_args(args: TrainingArguments) -> None:
         args.mixed_precision = args.mixed_precision.strip().lower()
     if args.mixed_precision is not None and str(args.mixed_precision) not in ("no", "fp16", "bf16", "auto"):
         raise ValueError(f"mixed_precision must be no, fp16, bf16 or auto, got {args.mixed_precision!r}")
+    if args.mixed_precision == "fp16" and (args.cpu or not torch.cuda.is_available()):
+        raise ValueError(FP16_ON_CPU)
     if args.report_to is not None and not isinstance(args.report_to, str):
         raise ValueError(f"report_to must name tracker(s), comma separated, or 'none', got {args.report_to!r}")
     types = typing.get_type_hints(TrainingArguments)
@@ -664,6 +666,12 @@ def schedule_overrun_warning(args: TrainingArguments) -> Optional[str]:
                "past the cosine's end, where the per-epoch closed form (as pl_bolts') climbs back up"))
 
 
+#: accelerate gives a CPU no fp16 autocast (nor a gradient scaler): such a run trained in fp32 while its card, its
+#: training summary and its validation (fp16 autocast) said fp16.
+FP16_ON_CPU = ("--mixed_precision fp16 needs a GPU: on a CPU accelerate trains in fp32 without saying so; use bf16 "
+               "or no (or auto)")
+
+
 def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     """The ``Accelerator``'s ``mixed_precision`` for train.py's ``--mixed_precision`` (see its help).
 
@@ -674,8 +682,15 @@ def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     from modeling.inference import is_auto, native_bf16_cpu
 
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if on_cpu and str(requested) == "fp16":
+        raise ValueError(FP16_ON_CPU)
     if is_auto(requested):
-        if launcher not in ("", "no"):
+        if launcher == "fp16" and on_cpu:
+            # accelerate has no fp16 autocast on a CPU: the run would train in fp32 and be recorded as fp16
+            logging.getLogger(__name__).warning(
+                "accelerate launch asked for mixed precision 'fp16', which a CPU run cannot use; choosing as "
+                "--mixed_precision auto does on a CPU")
+        elif launcher not in ("", "no"):
             return launcher
         return "bf16" if on_cpu and native_bf16_cpu() else "no"
     if launcher not in ("", "no") and launcher != str(requested):
