@@ -185,6 +185,26 @@ def test_a_resume_trains_with_this_launchs_optimizer_and_ema_settings(corpus, tm
     assert "learning rate**: 1e-05" in (output_dir / "model" / "README.md").read_text()
 
 
+def test_a_run_rewound_to_an_earlier_checkpoint_is_what_latest_resumes(corpus, tmp_path, caplog):
+    """Resuming from an earlier checkpoint (after a divergence, with a lower rate) left the abandoned run's later
+    checkpoints in place: after the next kill, `latest` resumed the abandoned run (its rate, its weights), and
+    pruning counted its checkpoints. They are now set aside under another name (kept, not deleted)."""
+    import logging
+
+    output_dir = tmp_path / "run"
+    common = dict(checkpoints_total_limit=3, mixed_precision="no", use_ema="false")
+    run_main(train_args(corpus, output_dir, max_train_steps=4, checkpointing_steps=2, **common))
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        run_main(train_args(corpus, output_dir, max_train_steps=3, checkpointing_steps=1, learning_rate=1e-5,
+                            resume_from_checkpoint=output_dir / "checkpoint-2", **common))
+    assert "checkpoint-4 is past the resumed step 2" in caplog.text
+    assert checkpointing.latest_checkpoint(output_dir) == output_dir / "checkpoint-3"
+    assert [p.name for p in checkpointing.checkpoint_dirs(output_dir)] == ["checkpoint-2", "checkpoint-3"]
+    abandoned = output_dir / "abandoned-checkpoint-4"
+    assert checkpointing.load_training_state(abandoned)["step"] == 4  # kept whole
+    assert checkpointing.load_training_state(output_dir / "checkpoint-3")["history"][-1]["lr"] == pytest.approx(1e-6)
+
+
 def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
     """The card's command carries every flag (it used to keep only --config, dropping the overrides and
     claiming the paper's recipe for a run given by flags), with the Hub token hidden."""

@@ -158,6 +158,27 @@ def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> list[P
     return removed
 
 
+def set_aside_newer_checkpoints(output_dir: str | Path, step: int) -> list[tuple[Path, Path]]:
+    """Rename the complete checkpoints of ``output_dir`` past ``step`` to ``abandoned-checkpoint-<N>[-k]``.
+
+    A run resumed from an earlier checkpoint (rewound after a divergence, say) no longer continues them: left in
+    place, ``latest`` would resume the abandoned run after the next kill, and pruning would count them (deleting
+    the resumed run's own checkpoints first). Renamed, not deleted: nothing is lost. Returns (old, new) pairs.
+    """
+    moved = []
+    for path in checkpoint_dirs(output_dir):
+        number = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+        if number <= step:
+            continue
+        target, suffix = path.with_name(f"abandoned-{path.name}"), 1
+        while target.exists():
+            suffix += 1
+            target = path.with_name(f"abandoned-{path.name}-{suffix}")
+        os.replace(path, target)
+        moved.append((path, target))
+    return moved
+
+
 def load_training_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / TRAINING_STATE_FILE).read_text())
 

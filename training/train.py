@@ -934,6 +934,10 @@ def main(args: TrainingArguments) -> dict:
                 guard.load_state_dict(data_state["loss_spike_guard"])
             resumed_window = data_state.get("loss_window")
         logger.info(f"resumed from {resume} at step {step}")
+        if accelerator.is_main_process:
+            for old, new in checkpointing.set_aside_newer_checkpoints(output_dir, step):
+                logger.warning(f"{old.name} is past the resumed step {step} (another run's): renamed to {new.name}")
+        accelerator.wait_for_everyone()
     elif args.resume_from_checkpoint:
         logger.info("no checkpoint to resume from; starting a new run")
 
