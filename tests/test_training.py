@@ -205,6 +205,24 @@ def test_a_run_rewound_to_an_earlier_checkpoint_is_what_latest_resumes(corpus, t
     assert checkpointing.load_training_state(output_dir / "checkpoint-3")["history"][-1]["lr"] == pytest.approx(1e-6)
 
 
+def test_a_run_trained_without_ema_resumes_with_use_ema(corpus, tmp_path):
+    """Every flag applies on a resume, --use_ema too: resuming a run trained without an EMA with --use_ema failed
+    with FileNotFoundError (no ema_state.pt). The EMA now starts from the resumed weights."""
+    output_dir = tmp_path / "run"
+    common = dict(checkpointing_steps=2, mixed_precision="no")
+    run_main(train_args(corpus, output_dir, max_train_steps=2, use_ema="false", **common))
+    resumed = checkpointing.checkpoint_dirs(output_dir)[-1]
+    run_main(train_args(corpus, output_dir, max_train_steps=4, use_ema="true", ema_warmup="false", ema_decay=0.5,
+                        resume_from_checkpoint="latest", **common))
+    ema = torch.load(output_dir / "checkpoint-4" / "ema_state.pt", weights_only=True)
+    assert ema["optimization_step"] == 2  # the two steps of this launch
+    # First update: a copy of step 3's weights; the second averages in step 4's with decay 0.5.
+    step4 = load_file(output_dir / "checkpoint-4" / "model.safetensors")
+    final = final_weights(output_dir)
+    assert resumed.name == "checkpoint-2" and set(final) == set(step4)
+    assert not all(torch.equal(final[name], step4[name]) for name in final)  # the EMA, not the live weights
+
+
 def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
     """The card's command carries every flag (it used to keep only --config, dropping the overrides and
     claiming the paper's recipe for a run given by flags), with the Hub token hidden."""

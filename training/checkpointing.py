@@ -86,6 +86,11 @@ def load_custom_states(checkpoint: Path, objects: Sequence[Any]) -> None:
         obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def has_custom_state(checkpoint: Path, index: int) -> bool:
+    """Whether ``checkpoint`` holds the ``index``-th custom state (ours or, in an older checkpoint, accelerate's)."""
+    return (checkpoint / CUSTOM_STATE_FILES[index]).is_file() or (checkpoint / f"custom_checkpoint_{index}.pkl").is_file()
+
+
 @contextmanager
 def accelerate_state_view(checkpoint: Path) -> Iterator[Path]:
     """The checkpoint as ``accelerator.load_state`` may read it: itself, or, for an older checkpoint holding

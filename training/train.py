@@ -917,7 +917,12 @@ def main(args: TrainingArguments) -> dict:
                                 resume)
         with checkpointing.accelerate_state_view(resume) as readable:
             accelerator.load_state(str(readable))
-        checkpointing.load_custom_states(resume, custom_states)
+        # A run trained without an EMA and resumed with --use_ema: the EMA starts from the resumed weights.
+        new_ema = ema is not None and not checkpointing.has_custom_state(resume, 1)
+        checkpointing.load_custom_states(resume, custom_states[:1] if new_ema else custom_states)
+        if new_ema:
+            logger.warning(f"{resume} holds no EMA (trained without --use_ema): the EMA starts from its weights")
+            ema = custom_states[1] = build_ema(accelerator.unwrap_model(model).parameters(), args)
         if ema is not None:  # its shadow weights were read onto the CPU
             ema.to(accelerator.device)
         for change in apply_resumed_optimizer_settings(args, optimizer, scheduler, ema):
