@@ -524,6 +524,17 @@ def test_a_recipe_root_may_list_several_folders(tmp_path, capsys):
         capsys, ["--config", str(recipe), "--max_train_steps", "1"])
 
 
+def test_help_of_the_no_flags_says_what_they_do():
+    """`--no_use_ema` was listed in --help as "keep an EMA of the weights" (the help of --use_ema)."""
+    from training.train import RecipeArgumentParser
+
+    actions = {action.option_strings[0]: action for action in RecipeArgumentParser()._actions if action.option_strings}
+    assert actions["--no_use_ema"].help == "turn --use_ema off"
+    assert actions["--no_ema_warmup"].help == "turn --ema_warmup off"
+    assert parse_args(["--max_train_steps", "1", "--no_use_ema"]).use_ema is False
+    assert actions["--use_ema"].help.startswith("keep an EMA")
+
+
 def _parse_error(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)

@@ -218,6 +218,9 @@ class RecipeArgumentParser(HfArgumentParser):
             TrainingArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
             allow_abbrev=False,  # `--learning_rat` must be an error, not a silent prefix of --learning_rate
         )
+        for action in self._actions:  # HfArgumentParser gives `--no_X` the help of `--X`, which says the opposite
+            if action.option_strings and action.option_strings[0].startswith("--no_") and action.const is False:
+                action.help = f"turn {action.option_strings[0].replace('--no_', '--', 1)} off"
 
     @staticmethod
     def _parse_dataclass_field(parser, field):
