@@ -12,6 +12,7 @@ On the Space, `python app.py` then imports that copy, because the app's folder c
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,12 +42,19 @@ def build(output: Path) -> Path:
             raise ValueError(
                 f"--output {output} exists and is not a Space folder built by this script; name a new or empty folder"
             )
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    # Built beside it and renamed into place: an interrupted build leaves only the hidden `.partial` folder (replaced
+    # by the next build), never a half-built `output` that the check above would then refuse.
+    partial = output.with_name(f".{output.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
     for name in SPACE_FILES:
         if (SPACE_DIR / name).is_file():
-            shutil.copy2(SPACE_DIR / name, output / name)
-    shutil.copytree(package, output / "modeling", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copy2(SPACE_DIR / name, partial / name)
+    shutil.copytree(package, partial / "modeling", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(partial, output)
     if not (output / "modeling" / "demo" / "config.json").is_file():
         print(
             "warning: modeling/demo/ has no config.json: the Space has no default weights; set SPACE_MODEL "

@@ -666,3 +666,14 @@ def test_build_space_never_replaces_a_folder_it_did_not_build(tmp_path, monkeypa
     assert build_space.build(folder) == folder and not (folder / "stale.txt").exists()
     (tmp_path / "empty").mkdir()
     assert (build_space.build(tmp_path / "empty") / "app.py").is_file()
+    # An interrupted build leaves its hidden .partial folder, not a half-built output the next run would refuse.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_space.shutil, "copytree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_space.build(tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists() and (tmp_path / ".fresh.partial" / "app.py").is_file()
+    monkeypatch.undo()
+    assert (build_space.build(tmp_path / "fresh") / "modeling" / "__init__.py").is_file()
+    assert not (tmp_path / ".fresh.partial").exists()
