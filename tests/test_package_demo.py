@@ -11,7 +11,7 @@ from conftest import tiny_model
 from data_helpers import save, textured_image
 from PIL import Image
 
-from training.package_demo import EXAMPLES, package_demo
+from training.package_demo import EXAMPLES, main, package_demo
 
 
 def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
@@ -110,7 +110,7 @@ def test_the_shipped_card_names_the_document_that_holds_each_training_command():
     assert named in train_section  # and the README's Train section points there too
 
 
-def test_reused_scores_of_other_weights_are_refused(tmp_path):
+def test_reused_scores_of_other_weights_are_refused(tmp_path, capsys):
     """`reuse_evaluation` takes the scores of the weights already in the output folder: packaging other weights with
     them used to ship a card whose numbers were measured on a different model."""
     from modeling import save_restoration_folder
@@ -128,3 +128,11 @@ def test_reused_scores_of_other_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not those of"):
         package_demo(tmp_path / "other", heldout, demo, auto_mode="hard", reuse_evaluation=True)
     assert sorted(p.name for p in demo.iterdir()) == before  # nothing rewritten
+    # the command says so in one line (exit 2), as for a missing eval_results.json
+    for output, message in ((demo, "not those of"), (tmp_path / "new", "holds no eval_results.json")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(tmp_path / "other"), "--heldout", str(heldout), "--output", str(output),
+                  "--auto_mode", "hard", "--reuse_evaluation"])
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in error and message in error.splitlines()[-1], error
+    assert sorted(p.name for p in demo.iterdir()) == before and not (tmp_path / "new").exists()

@@ -104,6 +104,11 @@ def heldout_comparison(results: dict, auto_mode: str) -> str:
     )
 
 
+class ReuseRefused(ValueError):
+    """``reuse_evaluation`` cannot take ``OUTPUT/eval_results.json``: missing, or scored on other weights or
+    settings."""
+
+
 def same_weights(model, other) -> bool:
     """Whether two models hold the very same tensors (names, dtypes and values)."""
     import torch
@@ -127,7 +132,7 @@ def package_demo(
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
     ``reuse_evaluation``: take the results from ``output/eval_results.json`` (an earlier run on the same weights,
-    checked against the weights in ``output``: other weights raise ``ValueError``) instead of evaluating again
+    checked against the weights and settings in ``output``: others raise `ReuseRefused`) instead of evaluating again
     (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
     ``inference_tile``: write this tile side into the shipped config (``restore()``'s default tiling for the model,
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
@@ -146,16 +151,18 @@ def package_demo(
         model.config.inference_tile = inference_tile or None
         model.config.validate()
     if reuse_evaluation:
+        if not (output / "eval_results.json").is_file():
+            raise ReuseRefused(f"{output} holds no eval_results.json to reuse: evaluate (leave out reuse_evaluation)")
         earlier = json.loads((output / "eval_results.json").read_text())
         if earlier["auto_mode"] != auto_mode:
-            raise ValueError(f"{output}/eval_results.json scored auto_mode={earlier['auto_mode']!r}, not {auto_mode!r}")
+            raise ReuseRefused(f"{output}/eval_results.json scored auto_mode={earlier['auto_mode']!r}, not {auto_mode!r}")
         if earlier.get("inference_tile") != model.config.inference_tile:
-            raise ValueError(
+            raise ReuseRefused(
                 f"{output}/eval_results.json scored inference_tile={earlier.get('inference_tile')!r}, but the model "
                 f"restores with {model.config.inference_tile!r}"
             )
         if not same_weights(model, load_model(str(output), device="cpu")):
-            raise ValueError(f"{output}/eval_results.json scored the weights of {output}, not those of {model_dir}: "
+            raise ReuseRefused(f"{output}/eval_results.json scored the weights of {output}, not those of {model_dir}: "
                              "evaluate them (leave out reuse_evaluation)")
         results = earlier["results"]
     with folder_written_atomically(output) as partial:
@@ -221,10 +228,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     from training.evaluate_model import markdown_table
 
-    results = package_demo(
-        args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile,
-        args.eval_workers, args.weights_name,
-    )
+    try:
+        results = package_demo(
+            args.model, args.heldout, args.output, args.auto_mode, args.reuse_evaluation, args.inference_tile,
+            args.eval_workers, args.weights_name,
+        )
+    except ReuseRefused as error:  # one line, as argparse reports a bad option; other errors keep their traceback
+        parser.error(str(error))
     print(markdown_table(results))
     return results
 
