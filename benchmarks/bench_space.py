@@ -62,7 +62,8 @@ def main() -> None:
     from PIL import Image
 
     from modeling import PIPConfig, PIPForImageRestoration
-    from modeling.inference import DEFAULT_AUTO_MODE, restore
+    from modeling.inference import DEFAULT_AUTO_MODE, model_inference_tile, restore
+    from modeling.tiling import WHOLE_IMAGE
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,8 +138,10 @@ def main() -> None:
             predict(big_image)
             space_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            # tile=0 as the Space (SPACE_TILE >= --size): restore()'s default would tile above 4 megapixels.
-            restore(str(big_image), loaded.model, loaded.processor, device=args.device, tile=0)
+            # The Space's tiles: the model's own inference_tile, else whole (SPACE_TILE >= --size), passed as tile=0
+            # since restore()'s default would tile above 4 megapixels.
+            tile = model_inference_tile(loaded.model) or WHOLE_IMAGE
+            restore(str(big_image), loaded.model, loaded.processor, device=args.device, tile=tile)
             direct_times.append(time.perf_counter() - start)
     finally:
         demo.close()
