@@ -212,6 +212,11 @@ def test_a_run_trained_without_ema_resumes_with_use_ema(corpus, tmp_path):
     common = dict(checkpointing_steps=2, mixed_precision="no")
     run_main(train_args(corpus, output_dir, max_train_steps=2, use_ema="false", **common))
     resumed = checkpointing.checkpoint_dirs(output_dir)[-1]
+    # Resumed at its last step: no update runs, so the final (EMA) weights are where the EMA starts.
+    run_main(train_args(corpus, output_dir, max_train_steps=2, use_ema="true", resume_from_checkpoint="latest",
+                        **common))
+    step2 = load_file(resumed / "model.safetensors")
+    assert all(torch.equal(final_weights(output_dir)[name], step2[name]) for name in step2)
     run_main(train_args(corpus, output_dir, max_train_steps=4, use_ema="true", ema_warmup="false", ema_decay=0.5,
                         resume_from_checkpoint="latest", **common))
     ema = torch.load(output_dir / "checkpoint-4" / "ema_state.pt", weights_only=True)
