@@ -224,21 +224,34 @@ def folder_written_atomically(folder: str | Path) -> Iterator[Path]:
     replace_folder(partial, folder)
 
 
-def check_output_folder(folder: str | Path, sources: Sequence[str | Path] = ()) -> None:
-    """Raise ``ValueError`` unless ``folder`` may be replaced whole by `folder_written_atomically`: it must be new,
-    an empty folder or an earlier model folder (one holding ``config.json``), and never a folder above one of
-    ``sources`` (the inputs, which would go with it). A tool's ``--output`` that names ``outputs/`` itself, the
-    folder of every run, would otherwise be deleted with all it holds."""
-    folder = Path(folder).resolve()
+def check_output_folder(
+    folder: str | Path,
+    sources: Sequence[str | Path] = (),
+    *,
+    markers: Sequence[str] = ("config.json",),
+    written_by: str = "a model folder",
+    may_be_a_source: bool = True,
+) -> None:
+    """Raise ``ValueError`` unless ``folder`` may be replaced whole by `folder_written_atomically`.
+
+    It must be new, empty or an earlier output (one holding every file of ``markers``; ``written_by`` names such a
+    folder in the message), and never a folder above one of ``sources`` (the inputs, which would go with it), nor
+    one of them unless ``may_be_a_source`` (a model grown in place is read before its folder is replaced; a
+    published folder is not). A tool's ``--output`` that names ``outputs/`` itself, the folder of every run, would
+    otherwise be deleted with all it holds."""
+    resolved = Path(folder).resolve()
     for source in sources:
-        if Path(source).exists() and folder in Path(source).resolve().parents:
-            raise ValueError(f"--output {folder} holds the input {source}, which replacing it would delete: "
-                             "name a new folder")
-    if not folder.exists():
+        source_path = Path(source).resolve()
+        if Path(source).exists() and (resolved in source_path.parents or (resolved == source_path
+                                                                           and not may_be_a_source)):
+            raise ValueError(f"--output {folder} holds {source}, which would be deleted: choose another folder")
+    if not resolved.exists():
         return
-    if not folder.is_dir() or (any(folder.iterdir()) and not (folder / "config.json").is_file()):
-        raise ValueError(f"--output {folder} exists and is not a model folder (no config.json), and it would be "
-                         "replaced whole: name a new or empty folder, or an earlier model folder")
+    if not resolved.is_dir():
+        raise ValueError(f"--output {folder} is a file, not a folder: choose a new or empty folder")
+    if any(resolved.iterdir()) and not all((resolved / name).is_file() for name in markers):
+        raise ValueError(f"--output {folder} exists and is not {written_by} (no {' and '.join(markers)}); it would be "
+                         f"replaced as a whole: choose a new or empty folder, or an earlier output")
 
 
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:

@@ -237,15 +237,13 @@ def check_output_folder(output: Path, source: Path) -> None:
     """The publish folder is replaced as a whole: refuse one that holds the source being published, or an existing
     folder that an earlier publish did not write (it holds ``config.json`` and ``protocol_results.json``):
     ``publish/`` itself, a home or project folder, or another model's training folder with its own files."""
-    resolved, source = output.resolve(), source.resolve()
-    if resolved == source or resolved in source.parents:
-        raise PublishError(f"--output {output} holds {source}, which would be deleted: choose another folder")
-    if resolved.exists() and not resolved.is_dir():
-        raise PublishError(f"--output {output} is a file, not a folder: choose a new or empty folder")
-    if resolved.is_dir() and any(resolved.iterdir()) and not all(
-            (resolved / name).is_file() for name in ("config.json", "protocol_results.json")):
-        raise PublishError(f"--output {output} exists and is not a folder written by publish (no config.json and "
-                           "protocol_results.json); it would be replaced as a whole: choose a new or empty folder")
+    from training import checkpointing
+
+    try:
+        checkpointing.check_output_folder(output, [source], markers=("config.json", "protocol_results.json"),
+                                          written_by="a folder written by publish", may_be_a_source=False)
+    except ValueError as error:
+        raise PublishError(str(error)) from None
 
 
 def license_file(license_link: Optional[str], model_dir: Optional[str]) -> Optional[Path]:
