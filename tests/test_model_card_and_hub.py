@@ -275,6 +275,10 @@ def test_model_card_round_trip(tmp_path, model_type, paper):
         ("derain", "psnr"): 36.5, ("derain", "ssim"): 0.975,
     }
     assert {e.dataset_type for e in data.eval_results} == {"CBSD68", "org/rain100l"}
+    # The Hub shows these names beside the numbers: each metric under its own name, each dataset under its name.
+    assert {(e.metric_type, e.metric_name) for e in data.eval_results} == {("psnr", "PSNR"), ("ssim", "SSIM")}
+    assert {(e.dataset_type, e.dataset_name) for e in data.eval_results} == {("CBSD68", "CBSD68"),
+                                                                             ("org/rain100l", "Rain100L")}
     assert {e.dataset_split for e in data.eval_results} == {"heldout", "validation"}
     text = loaded.text
     assert "| Task | Dataset | Split | Images | PSNR (dB) | SSIM | Input PSNR (dB) |" in text
@@ -300,8 +304,13 @@ def test_model_card_takes_numbers_only_from_results(tmp_path):
         build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": float("nan")}], {})
     with pytest.raises(ValueError, match="lacks psnr"):
         build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68"}], {})
-    card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}], {})
+    card = build_model_card("org/x", "pip", [{"task": "noise-25", "dataset": "CBSD68", "psnr": np.float32(30.5)}],
+                            {"datasets": ("org/rain100l", "org/bsd400")})
     assert card.data.eval_results[0].metric_value == 30.5  # numpy scalars from validation become plain floats
+    # The training summary's Hub dataset ids reach the card metadata (the Hub links them) as well as its text.
+    loaded = ModelCard.load(save_model_card(card, tmp_path))
+    assert loaded.data.datasets == ["org/rain100l", "org/bsd400"]
+    assert "- **datasets**: `org/rain100l`, `org/bsd400`" in loaded.text
     assert results_table([RESULTS[0]]).count("\n") == 2  # header, rule, one row; no average of a single row
     # "other" needs the name and link the Hub shows in place of a licence it does not know
     with pytest.raises(ValueError, match="needs license_name and license_link"):
