@@ -189,6 +189,17 @@ def test_postprocess_clamps(processor):
     assert np.asarray(out).max() == 255
 
 
+def test_tensor_output_is_clamped_and_keeps_alpha(processor):
+    """output_type="pt" promises a CHW float32 tensor in [0, 1], with an RGBA input's alpha as its 4th channel."""
+    alpha = np.array([[0, 85], [170, 255]], np.uint8)
+    features = processor(np.dstack([np.zeros((2, 2, 3), np.uint8), alpha]), return_tensors="pt")
+    overshoot = torch.tensor([-0.5, 0.25, 1.7]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    out = processor.postprocess(overshoot, features["metadata"], output_type="pt")[0]
+    assert out.dtype == torch.float32 and out.shape == (4, 2, 2)
+    torch.testing.assert_close(out[:3], torch.tensor([0.0, 0.25, 1.0]).view(3, 1, 1).expand(3, 2, 2))
+    torch.testing.assert_close(out[3], torch.from_numpy(alpha / np.float32(255)))
+
+
 def test_save_and_load_round_trip(tmp_path):
     processor = RestorationImageProcessor(do_pad=True, size_divisor=16)
     processor.save_pretrained(tmp_path)

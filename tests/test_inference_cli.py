@@ -87,8 +87,16 @@ def test_restore_matches_the_model(model):
 
 
 def test_restore_keeps_kinds_sizes_and_depths_of_a_mixed_batch(model, tmp_path):
+    import png
+
     path = tmp_path / "in.png"
     Image.fromarray(rgb(12, 18, 3)).save(path)
+    gray_alpha16 = tmp_path / "gray_alpha16.png"  # 16-bit gray + alpha: PIL has no mode that keeps it
+    with open(gray_alpha16, "wb") as handle:
+        png.Writer(7, 6, greyscale=True, alpha=True, bitdepth=16).write(
+            handle, np.full((6, 14), 4097, np.uint16).tolist())
+    keyed16 = tmp_path / "keyed16.png"  # 16-bit gray with a transparent value: Pillow reads it as "I;16" + tRNS
+    Image.fromarray(np.array([[0, 3000], [50000, 0]], np.uint16)).save(keyed16, transparency=0)
     images = [
         Image.fromarray(rgb(17, 33, 1)),
         rgb(17, 33, 2),
@@ -96,6 +104,9 @@ def test_restore_keeps_kinds_sizes_and_depths_of_a_mixed_batch(model, tmp_path):
         Image.fromarray(np.dstack([rgb(8, 8, 4), np.full((8, 8), 77, np.uint8)])),
         str(path),
         rgb(17, 33, 5),
+        torch.rand(3, 10, 9),
+        str(gray_alpha16),
+        str(keyed16),
     ]
     out = restore(images, model, batch_size=2)
     assert isinstance(out, list) and len(out) == len(images)
@@ -104,6 +115,13 @@ def test_restore_keeps_kinds_sizes_and_depths_of_a_mixed_batch(model, tmp_path):
     assert out[2].dtype == np.uint16 and out[2].shape == (9, 11, 3)
     assert out[3].mode == "RGBA" and np.all(np.asarray(out[3])[..., 3] == 77)
     assert isinstance(out[4], Image.Image) and out[4].size == (18, 12)
+    # A CHW tensor comes back as a CHW float tensor in [0, 1]; 16-bit gray + alpha as uint16 RGBA, alpha intact.
+    assert isinstance(out[6], torch.Tensor) and out[6].dtype == torch.float32 and out[6].shape == (3, 10, 9)
+    assert 0 <= out[6].min() and out[6].max() <= 1
+    assert isinstance(out[7], np.ndarray) and out[7].dtype == np.uint16 and out[7].shape == (6, 7, 4)
+    assert np.all(out[7][..., 3] == 4097)
+    assert isinstance(out[8], np.ndarray) and out[8].dtype == np.uint16 and out[8].shape == (2, 2, 4)
+    np.testing.assert_array_equal(out[8][..., 3], [[0, 65535], [65535, 0]])
     # Batched results equal one-at-a-time results.
     np.testing.assert_array_equal(out[5], restore(images[5], model))
 
