@@ -548,6 +548,15 @@ def test_settings_from_environment(app):
     assert settings.queue_size == 8 and settings.examples_dir == Path("/nowhere")
     assert settings.output_dir == Path("/srv/out")
     assert app.SpaceSettings.from_env({}).model == app.DEMO_MODEL
+    # Every other variable is read too, and unset ones give the defaults space/README.md states.
+    tuned = app.SpaceSettings.from_env(
+        {"SPACE_MAX_FILE_MB": "7.5", "SPACE_QUEUE_SIZE": "5", "SPACE_MODEL_CACHE_SIZE": "3", "SPACE_DEVICE": " cpu ",
+         "SPACE_DTYPE": "fp32", "SPACE_STATISTICS_PASSES": "2"})
+    assert (tuned.max_file_mb, tuned.queue_size, tuned.model_cache_size) == (7.5, 5, 3)
+    assert (tuned.device, tuned.dtype, tuned.statistics_passes) == ("cpu", "fp32", 2)
+    defaults = app.SpaceSettings.from_env({})
+    assert (defaults.max_megapixels, defaults.max_file_mb, defaults.tile, defaults.queue_size) == (4, 20, 1024, 64)
+    assert (defaults.model_cache_size, defaults.concurrency, defaults.device, defaults.dtype) == (2, None, None, None)
     assert app.SpaceSettings.from_env({}).statistics_passes is None  # restore()'s default
     assert app.SpaceSettings.from_env({"SPACE_STATISTICS_PASSES": "0"}).statistics_passes == 0
     assert app.SpaceSettings.from_env({}).statistics_tolerance is None
