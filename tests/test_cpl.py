@@ -201,9 +201,9 @@ def test_feature_network_sees_imagenet_normalised_images():
     loss = ContrastivePromptRegularization(network, [1.0])
     images = torch.rand(2, 3, 4, 4)
     loss.features(images)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    torch.testing.assert_close(network.seen, (images - mean) / std)
+    # torchvision's published ImageNet statistics, channel by channel: (mean, standard deviation) of R, G and B
+    for channel, (mean, deviation) in enumerate(((0.485, 0.229), (0.456, 0.224), (0.406, 0.225))):
+        torch.testing.assert_close(network.seen[:, channel], (images[:, channel] - mean) / deviation)
 
 
 def test_forward_arguments_are_repeated_negative_major_like_the_pixels():

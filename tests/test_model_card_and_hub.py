@@ -119,29 +119,18 @@ def test_psnr_of_known_mse(metric):
     assert evaluation.ssim(ones + 0.5, ones) == pytest.approx(1.0)
 
 
-def test_uint8_inputs_are_scaled_by_255(metric):
-    prediction, reference = _pair(24, 24, 2)
-    prediction8 = (prediction * 255).round().astype(np.uint8)
-    reference8 = (reference * 255).round().astype(np.uint8)
-    result = metric.compute(predictions=[prediction8], references=[reference8])
-    expected = metric.compute(predictions=[prediction8 / 255.0], references=[reference8 / 255.0])
-    assert result == expected
-    assert result["psnr"] == peak_signal_noise_ratio(reference8, prediction8)  # skimage's own uint8 range
-    with pytest.raises(ValueError, match="outside"):  # [0, 255] floats are an error, not silently clipped
-        evaluation.psnr(prediction8.astype(np.float32), reference8.astype(np.float32))
-
-
-def test_uint16_inputs_are_scaled_by_65535(metric):
-    """16-bit images (16-bit PNGs) score as their [0, 1] floats, value / 65535, as skimage scores them."""
-    prediction, reference = _pair(24, 24, 2)
-    prediction16 = (prediction * 65535).round().astype(np.uint16)
-    reference16 = (reference * 65535).round().astype(np.uint16)
-    result = metric.compute(predictions=[prediction16], references=[reference16])
-    expected = metric.compute(predictions=[prediction16 / 65535.0], references=[reference16 / 65535.0])
-    assert result == expected
-    assert result["psnr"] == pytest.approx(peak_signal_noise_ratio(reference16, prediction16), abs=1e-9)
-    full = np.full((8, 8, 3), 65535, np.uint16)  # white is 1.0 exactly: a perfect score against float white
-    assert evaluation.psnr(full, np.ones((8, 8, 3))) == math.inf
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_inputs_are_scaled_by_their_full_range(metric, dtype):
+    """8- and 16-bit images (PNGs) score as their [0, 1] floats, value / 255 or value / 65535, as skimage scores
+    them; integer white is 1.0 exactly."""
+    peak = np.iinfo(dtype).max
+    prediction, reference = (((image * peak).round()).astype(dtype) for image in _pair(24, 24, 2))
+    result = metric.compute(predictions=[prediction], references=[reference])
+    assert result == metric.compute(predictions=[prediction / peak], references=[reference / peak])
+    assert result["psnr"] == pytest.approx(peak_signal_noise_ratio(reference, prediction), abs=1e-9)
+    assert evaluation.psnr(np.full((8, 8, 3), peak, dtype), np.ones((8, 8, 3))) == math.inf
+    with pytest.raises(ValueError, match="outside"):  # [0, peak] floats are an error, not silently clipped
+        evaluation.psnr(prediction.astype(np.float32), reference.astype(np.float32))
 
 
 def test_torch_channels_first_batches_and_accumulation(metric):
