@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from transformers import AutoModelForImageToImage, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
@@ -33,6 +34,7 @@ from .inference import (
     check_statistics_passes,
     check_tile_options,
     resolve_channels_last,
+    resolve_device,
     resolve_statistics_passes,
     resolve_statistics_tolerance,
     run_model,
@@ -82,6 +84,8 @@ class ImageRestorationPipeline(Pipeline):
     Each may also be given once to `pipeline(...)`, except `dtype`: there transformers takes it as the torch dtype
     to load the weights in (`torch.bfloat16` or "bfloat16"; "bf16" or "fp32" are no torch dtypes and fail in
     transformers), so the autocast precision is a call kwarg only.
+    `pipeline(..., device=...)` is checked as `restore()` checks it (ValueError for a device this torch cannot use,
+    e.g. "cuda" on a CPU-only build, or "meta") before the model is moved.
     Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
     arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
@@ -96,6 +100,11 @@ class ImageRestorationPipeline(Pipeline):
     _load_tokenizer = False
 
     def __init__(self, *args, **kwargs) -> None:
+        device = kwargs.get("device")
+        if isinstance(device, (str, torch.device)):
+            # Before the base class moves the model there: it would fail deep in torch ("Torch not compiled with
+            # CUDA enabled") or, for "meta", drop the caller's weights. Same check and message as restore().
+            resolve_device(device)
         super().__init__(*args, **kwargs)
         if self.image_processor is None:
             self.image_processor = RestorationImageProcessor()

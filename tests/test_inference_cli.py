@@ -491,6 +491,21 @@ def test_cli_writes_outputs_whose_names_are_near_the_file_name_limit(inputs, tmp
     assert [p.name for p in out.iterdir()] == [long_input.name]
 
 
+def test_pipeline_refuses_a_device_torch_cannot_use_before_moving_the_model(model):
+    """pipeline(device="cuda") on a CPU-only torch failed deep in torch (AssertionError "Torch not compiled with
+    CUDA enabled"), and device="meta" moved the caller's model there, dropping its weights; both now raise
+    restore()'s ValueError and leave the model where it was."""
+    weight = next(model.parameters())
+    before = weight.detach().clone()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pipeline("image-restoration", model=model, device="cuda")
+    with pytest.raises(ValueError, match="holds no data"):
+        pipeline("image-restoration", model=model, device=torch.device("meta"))
+    assert next(model.parameters()).device.type == "cpu"
+    torch.testing.assert_close(next(model.parameters()), before)
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))
