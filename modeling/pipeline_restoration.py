@@ -31,6 +31,7 @@ from .inference import (
     default_output_type,
     degradation_label_ids,
     estimate_degradation_weights,
+    is_auto,
     check_statistics_passes,
     check_tile_options,
     resolve_channels_last,
@@ -83,7 +84,9 @@ class ImageRestorationPipeline(Pipeline):
 
     Each may also be given once to `pipeline(...)`, except `dtype`: there transformers takes it as the torch dtype
     to load the weights in (`torch.bfloat16` or "bfloat16"; "bf16" or "fp32" are no torch dtypes and fail in
-    transformers), so the autocast precision is a call kwarg only.
+    transformers), so the autocast precision is a call kwarg only. Transformers does not convert a model instance;
+    a construction `dtype` other than "auto" that is not the instance's own weights' dtype raises a ValueError
+    (it used to be dropped silently).
     `pipeline(..., device=...)` is checked as `restore()` checks it (ValueError for a device this torch cannot use,
     e.g. "cuda" on a CPU-only build, or "meta") before the model is moved.
     Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
@@ -105,9 +108,26 @@ class ImageRestorationPipeline(Pipeline):
             # Before the base class moves the model there: it would fail deep in torch ("Torch not compiled with
             # CUDA enabled") or, for "meta", drop the caller's weights. Same check and message as restore().
             resolve_device(device)
+        construction_dtype = kwargs.get("dtype")
         super().__init__(*args, **kwargs)
+        if not is_auto(construction_dtype):
+            self._check_construction_dtype(construction_dtype)
         if self.image_processor is None:
             self.image_processor = RestorationImageProcessor()
+
+    def _check_construction_dtype(self, dtype: Any) -> None:
+        """ValueError unless `dtype` (given to `pipeline(...)`) is the dtype of the weights: for a folder or Hub id
+        transformers loads them in it, but a model instance is used as it is and the base class drops `dtype`."""
+        wanted = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        weights = getattr(self.model, "dtype", None)
+        if isinstance(wanted, torch.dtype) and wanted == weights:
+            return
+        raise ValueError(
+            f"pipeline(..., dtype={dtype!r}) names the dtype to load weights in, but the model's weights are "
+            f"{weights} and transformers does not convert a model instance. For autocast precision pass it when "
+            f"calling the pipeline (pipe(image, dtype='bf16')); to convert the weights, use model.to(torch.bfloat16) "
+            "before building the pipeline."
+        )
 
     def __call__(self, inputs: Any, *args, **kwargs) -> Any:
         # The base class only warns about positional arguments and drops them ("Ignoring args").

@@ -506,6 +506,20 @@ def test_pipeline_refuses_a_device_torch_cannot_use_before_moving_the_model(mode
     torch.testing.assert_close(next(model.parameters()), before)
 
 
+def test_pipeline_refuses_a_construction_dtype_it_would_drop(model):
+    """transformers uses a model instance as it is and the base pipeline drops `dtype`: pipeline(model=instance,
+    dtype="bf16") or dtype=torch.bfloat16 ran silently in the default precision. A dtype that is not the weights'
+    own now raises, pointing at the call kwarg; "auto" and the weights' own dtype are fine."""
+    image = rgb(8, 8)
+    for dtype in ("bf16", "fp32", torch.bfloat16, "float16"):
+        with pytest.raises(ValueError, match="pass it when calling the pipeline"):
+            pipeline("image-restoration", model=model, device="cpu", dtype=dtype)
+    for dtype in ("auto", torch.float32, "float32"):
+        pipe = pipeline("image-restoration", model=model, device="cpu", dtype=dtype)
+        np.testing.assert_array_equal(pipe(image, dtype="fp32"), restore(image, model, dtype="fp32"))
+    assert next(model.parameters()).dtype == torch.float32
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))
