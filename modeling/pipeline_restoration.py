@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,7 +91,8 @@ class ImageRestorationPipeline(Pipeline):
     `pipeline(..., device=...)` is checked as `restore()` checks it (ValueError for a device this torch cannot use,
     e.g. "cuda" on a CPU-only build, or "meta") before the model is moved.
     Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
-    arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one).
+    arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one), or
+    a generator or dataset (e.g. `KeyDataset`), which returns an iterator (empty for an empty one).
     Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
     """
 
@@ -141,6 +143,11 @@ class ImageRestorationPipeline(Pipeline):
         if isinstance(inputs, list) and not inputs:
             self._sanitize_parameters(**kwargs)  # options are still checked
             return []
+        if isinstance(inputs, torch.utils.data.Dataset) and isinstance(inputs, Sized) and len(inputs) == 0:
+            # The base class reads a KeyDataset's first item (to look for chat messages): IndexError when empty,
+            # e.g. a filtered datasets.Dataset. Datasets give an iterator back, here one with nothing in it.
+            self._sanitize_parameters(**kwargs)
+            return iter(())
         return super().__call__(inputs, **kwargs)
 
     def _sanitize_parameters(

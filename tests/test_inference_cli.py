@@ -531,6 +531,21 @@ def test_pipeline_takes_tuples_and_empty_lists(model):
         pipe([], tyle=16)
 
 
+def test_pipeline_takes_datasets_and_empty_ones(model):
+    """A KeyDataset streams its images through the pipeline; an empty one (a filtered dataset) gave an IndexError
+    from the base class, which reads the first item to look for chat messages. It gives an empty iterator now."""
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
+    rows = [{"image": rgb(8, 12)}, {"image": rgb(10, 9, 1)}]
+    outputs = list(pipe(KeyDataset(rows, "image")))
+    assert [out.shape for out in outputs] == [(8, 12, 3), (10, 9, 3)]
+    np.testing.assert_array_equal(outputs[1], pipe(rgb(10, 9, 1)))
+    assert list(pipe(KeyDataset([], "image"))) == []
+    with pytest.raises(TypeError, match="did you mean 'tile'"):
+        pipe(KeyDataset([], "image"), tyle=16)
+
+
 def test_thin_images_get_the_fp32_estimate_under_bf16(caplog):
     """The shipped weights' pixel estimator on a 12-px-wide strip of the low-light example: PyTorch's CPU bf16
     stride-2 convolution read uninitialised memory for one-pixel-wide outputs, so the bf16 estimate was NaN most
