@@ -37,6 +37,7 @@ from .inference import (
     check_tile_options,
     resolve_channels_last,
     resolve_device,
+    resolve_dtype,
     resolve_statistics_passes,
     resolve_statistics_tolerance,
     run_model,
@@ -77,7 +78,8 @@ class ImageRestorationPipeline(Pipeline):
     - `statistics_passes` (int >= 0: the most passes gathering whole-image statistics for the tiles; default as
       `restore`: 6 whenever tiles split the image), `statistics_tolerance` (stop the passes once they settle;
       default as `restore`: 0.01; 0: all passes);
-    - `degradation` (name, index or "auto"; only for models taking `degradation_labels`), `auto_mode`
+    - `degradation` (name, index, mixture or "auto", one for all the images; only for models taking
+      `degradation_labels`; checked where it is given, as `dtype` is), `auto_mode`
       ("cautious", the default, "hard" or "soft"; see `restore`);
     - `dtype` ("auto", the default: bf16 on a CPU with native bf16, fp32 elsewhere; "fp32", "bf16", "fp16":
       autocast precision), `output_type` ("pil", "np" or "pt"; default: the kind of the input, PIL for paths,
@@ -178,6 +180,15 @@ class ImageRestorationPipeline(Pipeline):
         forward_params: dict = {}
         postprocess_params: dict = {}
         if degradation is not None:
+            # Checked here, as restore() checks it before any image: a typo or a label for a model that takes none
+            # would otherwise pass pipeline(...) and an empty input, and fail only at the first image.
+            if isinstance(degradation, (list, tuple)) and len(degradation) != 1:
+                raise ValueError(
+                    f"The {TASK_NAME} pipeline takes one degradation for all its images (a name, an index, a mixture "
+                    f"such as 'rain+haze', or 'auto'), got a list of {len(degradation)}; restore(images, "
+                    "degradation=[...]) takes one per image."
+                )
+            degradation_label_ids(self.model, degradation, 1)
             preprocess_params["degradation"] = degradation
         if auto_mode is not None:
             if auto_mode not in AUTO_MODES:  # checked for every model, as restore() does, not at the first image
@@ -192,6 +203,7 @@ class ImageRestorationPipeline(Pipeline):
         if statistics_tolerance is not None:
             forward_params["statistics_tolerance"] = statistics_tolerance
         if dtype is not None:
+            resolve_dtype(dtype)  # a wrong name fails before the first image, as in restore()
             forward_params["dtype"] = dtype
         if channels_last is not None:
             resolve_channels_last(channels_last, self.device)  # a wrong value fails before the first image

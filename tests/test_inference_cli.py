@@ -520,6 +520,28 @@ def test_pipeline_refuses_a_construction_dtype_it_would_drop(model):
     assert next(model.parameters()).dtype == torch.float32
 
 
+def test_pipeline_checks_degradation_and_dtype_before_any_image(model):
+    """A wrong degradation or dtype failed only at the first image: pipeline(..., degradation="rian") was built,
+    an empty input or a dataset's iterator came back without an error, and a list of one degradation per image
+    failed with "Got 2 degradation labels for 1 images" for two images. Now they raise where they are given."""
+    pip = make_pip()
+    with pytest.raises(RestorationInputError, match="unknown degradation 'rian'"):
+        pipeline("image-restoration", model=pip, device="cpu", degradation="rian")
+    with pytest.raises(ValueError, match="does not take degradation labels"):
+        pipeline("image-restoration", model=model, device="cpu", degradation="rain")
+    pipe = pipeline("image-restoration", model=pip, device="cpu")
+    with pytest.raises(RestorationInputError, match="unknown degradation 'rian'"):
+        pipe([], degradation="rian")
+    with pytest.raises(ValueError, match="Unknown dtype 'bf17'"):
+        pipe((image for image in [rgb(8, 8)]), dtype="bf17")
+    with pytest.raises(ValueError, match="one degradation for all its images.*got a list of 2"):
+        pipe([rgb(8, 8), rgb(8, 8)], degradation=["rain", "haze"])
+    image = rgb(8, 8)
+    np.testing.assert_array_equal(pipe(image, degradation=["rain"]), restore(image, pip, degradation="rain"))
+    mixed = pipeline("image-restoration", model=pip, device="cpu", degradation="rain+haze")
+    np.testing.assert_array_equal(mixed(image), restore(image, pip, degradation="rain+haze"))
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))
