@@ -6,7 +6,9 @@ Turns PIL images, numpy arrays, torch tensors and file paths into ``pixel_values
 Conventions (documented choices):
 
 * Integer inputs are scaled by their bit depth (uint8 / 255, uint16 / 65535); float inputs must already be in
-  [0, 1]. ``do_rescale`` / ``rescale_factor`` of other transformers processors are therefore not used.
+  [0, 1]. ``do_rescale`` / ``rescale_factor`` of other transformers processors are therefore not used; neither
+  are resizing, cropping and normalizing (restoration keeps the input's size and range): those settings, given a
+  value that asks for them, raise a ValueError (`check_processor_settings`) rather than being ignored.
 * Alpha (RGBA, LA, palette with transparency) is kept aside unchanged and re-attached by ``postprocess``.
 * Grayscale inputs are restored as RGB (the models are RGB models) and come back as RGB (RGBA with alpha),
   except 16-bit grayscale PIL images (mode ``I;16``/``I``, e.g. 16-bit PNG files): PIL has no 16-bit RGB mode,
@@ -24,7 +26,10 @@ Conventions (documented choices):
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import io
+import numbers
 import os
 import re
 import warnings
@@ -293,6 +298,52 @@ def write_image(
     image.save(file, format=format, **_SAVE_OPTIONS.get(format, {}))
 
 
+#: transformers' generic image settings that this processor does not apply: restoration keeps the input's size and
+#: [0, 1] range, and numpy inputs are always (H, W[, C]). A value that asks for one of them is refused, not ignored.
+UNUSED_IMAGE_SETTINGS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "pad_size", "data_format", "input_data_format",
+)
+#: Keys transformers writes into preprocessor_config.json besides the settings.
+_SAVED_METADATA_KEYS = frozenset({"image_processor_type", "auto_map", "processor_class", "feature_extractor_type"})
+# Set while a saved preprocessor_config.json is read back (``from_dict``): keys of a newer version of this package
+# are then kept with a warning instead of being refused, as the model configs do.
+_READING_SAVED_SETTINGS = contextvars.ContextVar("reading_saved_processor_settings", default=False)
+
+
+def check_processor_settings(settings: dict, *, known: tuple[str, ...], saved: bool = False) -> None:
+    """Check `RestorationImageProcessor` settings (constructor or call kwargs): `do_pad` a bool, `size_divisor` an
+    integer >= 1, no generic setting of `UNUSED_IMAGE_SETTINGS` that asks for work this processor does not do
+    (ValueError), and no unknown key (TypeError naming the closest setting; a warning for a `saved` file)."""
+    do_pad = settings.get("do_pad")
+    if do_pad is not None and not isinstance(do_pad, (bool, np.bool_)):
+        raise ValueError(f"do_pad must be True or False, got {do_pad!r}.")
+    size_divisor = settings.get("size_divisor")
+    if size_divisor is not None and (
+        isinstance(size_divisor, bool) or not isinstance(size_divisor, numbers.Integral) or size_divisor < 1
+    ):
+        raise ValueError(f"size_divisor must be an integer >= 1, got {size_divisor!r}.")
+    asked = [f"{key}={settings[key]!r}" for key in UNUSED_IMAGE_SETTINGS if settings.get(key) not in (None, False)]
+    if asked:
+        raise ValueError(
+            f"RestorationImageProcessor does not resize, crop, rescale or normalize, and reads numpy arrays as "
+            f"(H, W[, C]): {', '.join(asked)} would be ignored. Integer inputs are scaled by their bit depth to "
+            "[0, 1] and images keep their size (see the module docstring)."
+        )
+    unknown = sorted(key for key in settings if key not in known and key not in _SAVED_METADATA_KEYS
+                     and not str(key).startswith("_"))
+    if not unknown:
+        return
+    if saved:
+        logger.warning(f"RestorationImageProcessor: keeping settings unknown to this version: {unknown}")
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), ("do_pad", "size_divisor"), n=1, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"RestorationImageProcessor got unknown setting(s) {', '.join(hints)}.")
+
+
 class RestorationImageProcessor(PilBackend):
     r"""
     Image processor for all-in-one restoration models.
@@ -308,6 +359,10 @@ class RestorationImageProcessor(PilBackend):
             internally.
         size_divisor (`int`, *optional*, defaults to 8):
             Multiple used by `do_pad`.
+
+    Other settings raise, at construction and per call (`check_processor_settings`): a misspelt one a TypeError
+    naming the closest, transformers' resize / crop / rescale / normalize settings a ValueError, since this
+    processor does not apply them. A saved file's unknown key (a newer version's) is kept, with a warning.
     """
 
     valid_kwargs = RestorationImageProcessorKwargs
@@ -319,7 +374,19 @@ class RestorationImageProcessor(PilBackend):
     rescale_factor = None
 
     def __init__(self, **kwargs: Unpack[RestorationImageProcessorKwargs]) -> None:
+        # transformers would keep a misspelt or unused setting as an attribute and silently not apply it.
+        check_processor_settings(kwargs, known=tuple(self.valid_kwargs.__annotations__),
+                                 saved=_READING_SAVED_SETTINGS.get())
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs):
+        """As transformers, but a saved file may hold settings of a newer version (kept, with a warning)."""
+        token = _READING_SAVED_SETTINGS.set(True)
+        try:
+            return super().from_dict(image_processor_dict, **kwargs)
+        finally:
+            _READING_SAVED_SETTINGS.reset(token)
 
     # ------------------------------------------------------------------ input side
     def preprocess(self, images: Any, **kwargs: Unpack[RestorationImageProcessorKwargs]) -> BatchFeature:
@@ -354,7 +421,9 @@ class RestorationImageProcessor(PilBackend):
         return_tensors: Optional[str] = None,
         **kwargs,
     ) -> BatchFeature:
-        size_divisor = size_divisor or self.size_divisor
+        check_processor_settings({"do_pad": do_pad, "size_divisor": size_divisor, **kwargs},
+                                 known=tuple(self.valid_kwargs.__annotations__))
+        size_divisor = self.size_divisor if size_divisor is None else size_divisor
         processed = []
         for image in images:
             if do_pad:
@@ -631,4 +700,7 @@ def quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
     return array.astype(np.float32)
 
 
-__all__ = ["RestorationImageProcessor", "RestorationInputError", "load_image_file", "quantize", "write_image", "write_png"]
+__all__ = [
+    "RestorationImageProcessor", "RestorationInputError", "UNUSED_IMAGE_SETTINGS", "check_processor_settings",
+    "load_image_file", "quantize", "write_image", "write_png",
+]

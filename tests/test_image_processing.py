@@ -211,6 +211,34 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded(np.zeros((17, 20, 3), np.uint8))["pixel_values"][0].shape == (3, 32, 32)
 
 
+def test_settings_it_would_not_apply_are_refused(tmp_path, caplog):
+    """transformers keeps any constructor kwarg as an attribute: RestorationImageProcessor(size_divsor=16) padded to
+    8, do_pad="no" padded, do_resize/do_normalize were saved and never applied, and a call's do_normalize=True or
+    size_divisor=0 (taken as the default) was ignored. Each raises now; a saved file's unknown key (a newer
+    version's) is kept with a warning, as the model configs do."""
+    image = np.zeros((13, 21, 3), np.uint8)
+    with pytest.raises(TypeError, match="'size_divsor' \\(did you mean 'size_divisor'\\?\\)"):
+        RestorationImageProcessor(do_pad=True, size_divsor=16)
+    with pytest.raises(ValueError, match="do_pad must be True or False"):
+        RestorationImageProcessor(do_pad="no")
+    with pytest.raises(ValueError, match="size_divisor must be an integer >= 1, got 0"):
+        RestorationImageProcessor(do_pad=True, size_divisor=0)
+    with pytest.raises(ValueError, match="do_resize=True"):
+        RestorationImageProcessor(do_resize=True, size={"height": 8, "width": 8})
+    processor = RestorationImageProcessor()
+    with pytest.raises(ValueError, match="do_normalize=True"):
+        processor(image, do_normalize=True, image_mean=0.5, image_std=0.5)
+    with pytest.raises(ValueError, match="size_divisor must be an integer >= 1, got 0"):
+        processor(image, do_pad=True, size_divisor=0)
+    # What does nothing is still accepted: False / None for the generic settings, the processor's own settings.
+    assert processor(image, do_resize=False, do_normalize=None)["pixel_values"][0].shape == (3, 13, 21)
+    assert processor(image, do_pad=True, size_divisor=16)["pixel_values"][0].shape == (3, 16, 32)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "RestorationImageProcessor", "do_pad": True, "size_divisor": 16, "newer_key": 1}))
+    loaded = RestorationImageProcessor.from_pretrained(tmp_path)
+    assert loaded.size_divisor == 16 and "newer_key" in caplog.text
+
+
 def test_auto_image_processor_from_bare_folder_with_remote_code(tmp_path):
     """A folder written with register_for_auto_class loads where the package is not importable."""
     folder = tmp_path / "bare"
