@@ -95,7 +95,8 @@ class ImageRestorationPipeline(Pipeline):
     Unknown or positional arguments raise a TypeError naming the closest valid one. Inputs: PIL images, numpy
     arrays, tensors or file paths, or a list (or tuple) of them, which returns a list (empty for an empty one), or
     a generator or dataset (e.g. `KeyDataset`), which returns an iterator (empty for an empty one).
-    Images go through the model one at a time; use `modeling.inference.restore` to batch same-size images.
+    Images go through the model one at a time, in eval mode as `restore` runs it (a model given in training mode
+    is put back in it afterwards); use `modeling.inference.restore` to batch same-size images.
     """
 
     _load_processor = False
@@ -231,27 +232,36 @@ class ImageRestorationPipeline(Pipeline):
         statistics_passes: Optional[int] = None,
         statistics_tolerance: Optional[float] = None,
     ) -> dict:
-        weights = model_inputs.get("degradation_labels")
-        if weights is None and accepts_degradation_labels(self.model):
-            # Label-free: estimate once for the whole image, then every tile uses the same prompts.
-            weights = estimate_degradation_weights(
-                self.model, model_inputs["pixel_values"], auto_mode=auto_mode, device=self.device, dtype=dtype,
+        # Inference mode, as restore() runs it: a model given in training mode (a fresh instance, or one from a
+        # training loop) would sample DPPD's prompts at random, a different output on every call. Its mode is put
+        # back afterwards.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            weights = model_inputs.get("degradation_labels")
+            if weights is None and accepts_degradation_labels(self.model):
+                # Label-free: estimate once for the whole image, then every tile uses the same prompts.
+                weights = estimate_degradation_weights(
+                    self.model, model_inputs["pixel_values"], auto_mode=auto_mode, device=self.device, dtype=dtype,
+                    channels_last=channels_last,
+                )
+            reconstruction = run_model(
+                self.model,
+                model_inputs["pixel_values"],
+                degradation_labels=weights,
+                tile=tile,
+                tile_overlap=tile_overlap,
+                device=self.device,
+                dtype=dtype,
                 channels_last=channels_last,
+                statistics_passes=resolve_statistics_passes(
+                    self.model, statistics_passes, tile, model_inputs["pixel_values"].shape[-2:]
+                ),
+                statistics_tolerance=resolve_statistics_tolerance(statistics_tolerance),
             )
-        reconstruction = run_model(
-            self.model,
-            model_inputs["pixel_values"],
-            degradation_labels=weights,
-            tile=tile,
-            tile_overlap=tile_overlap,
-            device=self.device,
-            dtype=dtype,
-            channels_last=channels_last,
-            statistics_passes=resolve_statistics_passes(
-                self.model, statistics_passes, tile, model_inputs["pixel_values"].shape[-2:]
-            ),
-            statistics_tolerance=resolve_statistics_tolerance(statistics_tolerance),
-        )
+        finally:
+            if was_training:
+                self.model.train()
         return {"reconstruction": reconstruction, "metadata": model_inputs["metadata"]}
 
     def postprocess(self, model_outputs: dict, output_type: Optional[str] = None) -> Any:

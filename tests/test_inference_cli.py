@@ -542,6 +542,22 @@ def test_pipeline_checks_degradation_and_dtype_before_any_image(model):
     np.testing.assert_array_equal(mixed(image), restore(image, pip, degradation="rain+haze"))
 
 
+def test_pipeline_restores_a_model_in_training_mode_as_restore_does():
+    """A model instance in training mode (as constructed, or from a training loop) ran through the pipeline in
+    training mode: DPPD sampled its prompts at random, so two calls on one image differed (by up to 33 levels on
+    this tiny model) and neither matched restore(), which restores in eval mode. Now the pipeline does the same,
+    and leaves the model in the mode it was given in."""
+    from conftest import tiny_model
+
+    dppd = tiny_model("dppd").train()
+    image = rgb(16, 16)
+    pipe = pipeline("image-restoration", model=dppd, device="cpu")
+    first = pipe(image, degradation="noise", dtype="fp32")
+    np.testing.assert_array_equal(pipe(image, degradation="noise", dtype="fp32"), first)
+    assert dppd.training
+    np.testing.assert_array_equal(first, restore(image, dppd, degradation="noise", dtype="fp32"))
+
+
 def test_pipeline_takes_tuples_and_empty_lists(model):
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
     image = Image.fromarray(rgb(12, 10))
