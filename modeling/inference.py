@@ -154,7 +154,8 @@ def _missing_local_model(source: str) -> Optional[str]:
 
 
 #: Environment variable naming what ``dtype=None`` ("auto") means for every entry point at once: "fp32", "bf16",
-#: "fp16" or "auto" (the device default, `default_autocast_dtype`). An explicit ``dtype`` argument wins over it.
+#: "fp16" or "auto" (the device default, `default_autocast_dtype`). A precision it names acts as that explicit
+#: ``dtype`` (also for weights saved in half precision); an explicit ``dtype`` argument wins over it.
 DTYPE_ENV = "PROMPT_RESTORE_DTYPE"
 
 
@@ -223,18 +224,29 @@ def resolve_dtype(
     return None if dtype == torch.float32 else dtype
 
 
+def _requested_dtype(dtype: Union[str, torch.dtype, None]) -> tuple[Union[str, torch.dtype, None], str]:
+    """The precision a call asks for and how to name it in errors: `dtype`, or for "auto" the precision
+    `PROMPT_RESTORE_DTYPE` names (which then counts as that explicit `dtype`), else `None` (the device default)."""
+    if not is_auto(dtype):
+        return dtype, f"dtype={dtype!r}"
+    configured = _configured_dtype()
+    return configured, f"{DTYPE_ENV}={configured!r}"
+
+
 def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, input_dtype: torch.dtype
                     ) -> Optional[torch.dtype]:
-    """The autocast dtype of one call: the default ("auto") applies to fp32 weights only, since a model already
-    loaded in half precision runs in its own precision."""
-    if is_auto(dtype):
-        return resolve_dtype(dtype, device) if input_dtype == torch.float32 else None
+    """The autocast dtype of one call: the device default ("auto" with no `PROMPT_RESTORE_DTYPE`) applies to fp32
+    weights only, since a model already loaded in half precision runs in its own precision."""
+    requested, asked = _requested_dtype(dtype)
+    if requested is None:
+        return default_autocast_dtype(device) if input_dtype == torch.float32 else None
+    dtype = requested
     resolved = resolve_dtype(dtype)
     if resolved is None and input_dtype != torch.float32:
         # Weights in half precision would silently run in it: fp32 was asked for.
         name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(input_dtype, str(input_dtype))
         raise ValueError(
-            f"dtype={dtype!r} asks for float32, but the model's weights are {name}: use dtype='auto' (the weights' "
+            f"{asked} asks for float32, but the model's weights are {name}: use dtype='auto' (the weights' "
             "own precision) or convert the model (model.float()); a model loaded from a folder or Hub id by "
             "restore(), the CLI, batch restoration or the Space is loaded in float32 for fp32."
         )
@@ -242,7 +254,7 @@ def _autocast_dtype(dtype: Union[str, torch.dtype, None], device: torch.device, 
         # Autocast to one half type over weights of the other fails deep inside the first layer ("mixed dtype").
         name = {torch.float16: "fp16", torch.bfloat16: "bf16"}
         raise ValueError(
-            f"dtype={dtype!r} asks for {name[resolved]} autocast, but the model's weights are {name[input_dtype]}: "
+            f"{asked} asks for {name[resolved]} autocast, but the model's weights are {name[input_dtype]}: "
             f"use dtype='auto' (the weights' own precision) or convert the model (model.to({resolved}))."
         )
     return resolved
@@ -311,9 +323,9 @@ def load_model(
     """Return a model in eval mode on `device`: an instance is used as is, a Hub id / folder is loaded with
     `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint.
 
-    `dtype`: the precision the caller restores in. An explicit fp32 loads weights saved in half precision (a bf16
-    checkpoint) as float32, since they would otherwise run in their own precision; an instance is never changed
-    (`restore()` refuses fp32 over its half-precision weights instead).
+    `dtype`: the precision the caller restores in. An explicit fp32 (or "auto" while `PROMPT_RESTORE_DTYPE=fp32`)
+    loads weights saved in half precision (a bf16 checkpoint) as float32, since they would otherwise run in their
+    own precision; an instance is never changed (`restore()` refuses fp32 over its half-precision weights instead).
     """
     if model is None:
         if not (DEMO_CHECKPOINT_DIR / "config.json").is_file():
@@ -352,7 +364,8 @@ def load_model(
                 "models?"
             ) from err
         _check_weights_match_config(source, loading)
-        if not is_auto(dtype) and resolve_dtype(dtype) is None and isinstance(model, torch.nn.Module):
+        requested = _requested_dtype(dtype)[0]
+        if requested is not None and resolve_dtype(requested) is None and isinstance(model, torch.nn.Module):
             if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
                 model.float()
     if not callable(model):
@@ -788,7 +801,8 @@ def restore(
             ValueError for a device this torch cannot use (e.g. "cuda" on a CPU-only build).
         dtype: autocast precision on `device`: `None`/"auto" (default) is bf16 on a CPU with native bf16
             (AVX-512 BF16 or AMX) and fp32 elsewhere, or for weights not in fp32 (`default_autocast_dtype`;
-            `PROMPT_RESTORE_DTYPE` changes it everywhere); "fp32" is the plain float32 path; "bf16", "fp16".
+            a precision `PROMPT_RESTORE_DTYPE` names replaces it everywhere, as that explicit `dtype`); "fp32"
+            is the plain float32 path; "bf16", "fp16".
         batch_size: images (or tile positions) per forward pass.
         progress: show tqdm progress bars.
         trust_remote_code: passed to `from_pretrained` when `model` is a Hub id or folder.

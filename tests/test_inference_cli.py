@@ -1386,6 +1386,27 @@ def test_fp32_is_never_silently_run_in_the_weights_half_precision(model, tmp_pat
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), expected)
 
 
+def test_the_precision_variable_turns_half_precision_weights_off_as_dtype_fp32_does(model, tmp_path, monkeypatch):
+    """PROMPT_RESTORE_DTYPE=fp32, the README's off switch "for all of them at once", only changed what "auto" means
+    for fp32 weights: a checkpoint saved in bf16 still ran in bf16 where --dtype fp32 loads it as float32."""
+    folder = tmp_path / "bf16"
+    make_model().to(torch.bfloat16).save_pretrained(folder)
+    image = rgb(24, 32, seed=5)
+    explicit = restore(image, model=folder, dtype="fp32", channels_last=False)
+    monkeypatch.setenv(inference.DTYPE_ENV, "fp32")
+    assert inference.load_model(folder).dtype == torch.float32
+    np.testing.assert_array_equal(restore(image, model=folder, channels_last=False), explicit)
+    with pytest.raises(ValueError, match=r"PROMPT_RESTORE_DTYPE='fp32' asks for float32, but the model's weights "
+                                         r"are bf16"):
+        restore(image, model=make_model().to(torch.bfloat16))
+    Image.fromarray(image).save(tmp_path / "x.png")
+    assert main([str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--model", str(folder),
+                 "--no-channels-last", "-q"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), explicit)
+    monkeypatch.setenv(inference.DTYPE_ENV, "bf16")  # the weights' own half precision is what it asks for
+    assert restore(image, model=make_model().to(torch.bfloat16)).shape == image.shape
+
+
 def test_a_config_that_does_not_describe_its_weights_is_refused(tmp_path):
     """A config.json swapped or edited (another model type, a deeper body) used to load with transformers' report
     only, the missing weights random: restore() would then return garbage."""
