@@ -323,9 +323,10 @@ def load_model(
     """Return a model in eval mode on `device`: an instance is used as is, a Hub id / folder is loaded with
     `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint.
 
-    `dtype`: the precision the caller restores in. An explicit fp32 (or "auto" while `PROMPT_RESTORE_DTYPE=fp32`)
-    loads weights saved in half precision (a bf16 checkpoint) as float32, since they would otherwise run in their
-    own precision; an instance is never changed (`restore()` refuses fp32 over its half-precision weights instead).
+    `dtype`: the precision the caller restores in. An explicit precision (or the one `PROMPT_RESTORE_DTYPE` names)
+    other than that of weights saved in half precision loads them as float32: for fp32, since they would otherwise
+    run in their own precision, and for the other half type (fp16 over a bf16 checkpoint), which autocast can only
+    reach from float32 weights. An instance is never changed (`restore()` refuses such a mismatch instead).
     """
     if model is None:
         if not (DEMO_CHECKPOINT_DIR / "config.json").is_file():
@@ -365,8 +366,9 @@ def load_model(
             ) from err
         _check_weights_match_config(source, loading)
         requested = _requested_dtype(dtype)[0]
-        if requested is not None and resolve_dtype(requested) is None and isinstance(model, torch.nn.Module):
-            if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        if requested is not None and isinstance(model, torch.nn.Module):
+            wanted = resolve_dtype(requested) or torch.float32
+            if any(p.is_floating_point() and p.dtype not in (torch.float32, wanted) for p in model.parameters()):
                 model.float()
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")

@@ -1407,6 +1407,24 @@ def test_the_precision_variable_turns_half_precision_weights_off_as_dtype_fp32_d
     assert restore(image, model=make_model().to(torch.bfloat16)).shape == image.shape
 
 
+def test_the_other_half_precision_than_a_checkpoints_is_loaded_in_float32(tmp_path):
+    """--dtype fp16 over a checkpoint saved in bf16 (or bf16 over fp16) failed every image (exit 1) telling the CLI
+    user to call model.to(...); a folder is now loaded as float32 and autocast to the precision asked for."""
+    image = rgb(24, 32, seed=6)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    for saved, asked in ((torch.bfloat16, "fp16"), (torch.float16, "bf16")):
+        folder = tmp_path / str(saved)
+        make_model().to(saved).save_pretrained(folder)
+        expected = restore(image, model=make_model().to(saved).float(), dtype=asked, channels_last=False)
+        assert inference.load_model(folder, dtype=asked).dtype == torch.float32
+        np.testing.assert_array_equal(restore(image, model=folder, dtype=asked, channels_last=False), expected)
+        out = tmp_path / f"out-{asked}"
+        assert main([str(tmp_path / "x.png"), "-o", str(out), "--model", str(folder), "--dtype", asked,
+                     "--no-channels-last", "-q"]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), expected)
+        assert inference.load_model(folder, dtype="auto").dtype == saved  # the default keeps its own precision
+
+
 def test_a_config_that_does_not_describe_its_weights_is_refused(tmp_path):
     """A config.json swapped or edited (another model type, a deeper body) used to load with transformers' report
     only, the missing weights random: restore() would then return garbage."""
