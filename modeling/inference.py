@@ -273,6 +273,8 @@ def resolve_channels_last(channels_last: Optional[bool], device: torch.device) -
 
 #: glibc ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: ``mallopt`` takes its value as a C int: the largest threshold in MiB whose byte count fits one.
+_MAX_THRESHOLD_MIB = (2**31 - 1) // 2**20
 
 
 def keep_freed_memory_for_reuse(threshold_mib: int = 1024) -> bool:
@@ -284,12 +286,15 @@ def keep_freed_memory_for_reuse(threshold_mib: int = 1024) -> bool:
     (benchmarks/bench_malloc.py measures it). It changes the allocator of the whole process, so only an entry
     point that owns its process calls it (the CLI, the Space server, each batch-restoration rank), never
     ``restore()``. Returns whether it was applied: False off glibc (macOS, Windows, musl), where nothing changes.
+    ValueError unless ``threshold_mib`` is an integer from 1 to 2047 (``mallopt`` takes a C int of bytes).
     """
     import ctypes
     import platform
 
-    if threshold_mib < 1:
-        raise ValueError(f"threshold_mib must be positive, got {threshold_mib}")
+    if (isinstance(threshold_mib, bool) or not isinstance(threshold_mib, numbers.Integral)
+            or not 1 <= threshold_mib <= _MAX_THRESHOLD_MIB):
+        # A larger value would wrap around in the C int (4096 MiB became 0 bytes: every allocation mmapped).
+        raise ValueError(f"threshold_mib must be an integer from 1 to {_MAX_THRESHOLD_MIB}, got {threshold_mib!r}")
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:

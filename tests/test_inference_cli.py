@@ -1195,6 +1195,28 @@ def test_keep_freed_memory_for_reuse_keeps_a_large_freed_buffer_in_the_heap():
         inference.keep_freed_memory_for_reuse(0)
 
 
+def test_keep_freed_memory_for_reuse_refuses_thresholds_a_c_int_cannot_hold():
+    """mallopt takes a C int of bytes: 4096 MiB wrapped round to 0, so every allocation got its own mmap (the
+    opposite of the point) while the call said it was applied; 1.5 became 1 MiB. In a fresh process, since a
+    threshold that is applied changes the whole process."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    probe = (
+        "import sys\nfrom modeling.inference import keep_freed_memory_for_reuse\n"
+        "for value in (4096, 2048, 1.5, True, '64'):\n"
+        "    try:\n        print(keep_freed_memory_for_reuse(value))\n"
+        "    except Exception as err:\n"
+        "        print('refused' if isinstance(err, ValueError) and 'threshold_mib' in str(err) else repr(err))\n"
+        "print(keep_freed_memory_for_reuse(2047))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["refused"] * 5 + ["True"]
+
+
 def _bench_malloc_rows(tmp_path, *flags: str) -> dict:
     """Run benchmarks/bench_malloc.py on a tiny saved pip model at 32², one thread, one forward per child; its
     JSON rows by path."""
