@@ -247,3 +247,26 @@ def test_cli_mistakes_are_one_line_with_exit_code_2_not_a_traceback(heldout, tmp
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "Traceback" not in err and message in err, (message, err)
         assert ": error: " in err.strip().splitlines()[-1], err
+
+
+def test_a_checkpoint_saved_in_half_precision_is_scored_in_fp32(heldout, tmp_path):
+    """The CLI loaded the folder in its saved bf16, then restore(dtype="fp32") refused the bf16 weights: the
+    default fp32 evaluation of a bf16 checkpoint died with a traceback. It is scored as its float32 copy."""
+    import torch
+
+    folder = tmp_path / "bf16"
+    tiny_model("restormer").to(torch.bfloat16).save_pretrained(folder)
+    rows = ["--noise_sigmas", "25", "--settings", "--no_baseline"]
+    results = main(["--model", str(folder), "--heldout", str(heldout), *rows])
+    as_fp32 = tiny_model("restormer").to(torch.bfloat16).float()
+    expected = evaluate_heldout(as_fp32, heldout, noise_sigmas=(25,), settings=(), baseline=False)
+    assert results["noise-25"]["psnr"] == pytest.approx(expected["noise-25"]["psnr"], abs=1e-6)
+    # What each --workers process runs (in this process: spawning workers takes seconds).
+    from training.evaluate_model import _evaluate_share
+
+    threads = torch.get_num_threads()
+    try:
+        shared = _evaluate_share(str(folder), str(heldout), ["noise-25"], dict(baseline=False, dtype="fp32"))
+    finally:
+        torch.set_num_threads(threads)
+    assert shared["noise-25"]["psnr"] == pytest.approx(expected["noise-25"]["psnr"], abs=1e-4)

@@ -368,6 +368,19 @@ def test_results_record_the_tiling_and_precision_restore_used(root3):
     assert results["tasks"] == explicit["tasks"]
 
 
+def test_a_checkpoint_saved_in_half_precision_is_scored_in_fp32(root3, tmp_path):
+    """The CLI loaded the folder in its saved bf16, then restore(dtype="fp32") refused the bf16 weights: the
+    default fp32 evaluation of a bf16 checkpoint died with a traceback. It is scored as its float32 copy."""
+    folder = tmp_path / "bf16"
+    tiny_model("restormer").to(torch.bfloat16).save_pretrained(folder)
+    results = ep.main(["--model", str(folder), "--protocol", "3-task", "--data_root", str(root3), "--device", "cpu"])
+    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3),
+                                    convention=ep.CONVENTIONS["promptir"])
+    expected = ep.evaluate_protocol(tiny_model("restormer").to(torch.bfloat16).float(), test_sets)
+    assert results["tasks"] == expected["tasks"]
+    assert ep.evaluate_protocol(str(folder), test_sets)["tasks"] == expected["tasks"]
+
+
 def test_test_roots_fill_in_what_the_data_root_lacks_and_a_size_mismatch_hidden_by_the_crop_is_skipped(
         root3, tmp_path):
     """--test_roots names folders one by one: a task missing under --data_root used to stop the run before they

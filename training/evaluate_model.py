@@ -226,7 +226,9 @@ def _evaluate_share(model_source: str, heldout: str, labels: list[str], options:
     torch.set_num_threads(1)
     noise = tuple(float(label.removeprefix("noise-")) for label in labels if label.startswith("noise-"))
     settings = tuple(label for label in labels if not label.startswith("noise-"))
-    return evaluate_heldout(load_model(model_source), heldout, noise_sigmas=noise, settings=settings, **options)
+    # In the precision scored: an fp32 evaluation loads a checkpoint saved in half precision as float32.
+    model = load_model(model_source, dtype=options.get("dtype", "fp32"))
+    return evaluate_heldout(model, heldout, noise_sigmas=noise, settings=settings, **options)
 
 
 def evaluate_heldout_in_processes(
@@ -297,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_rows([f"noise-{sigma:g}" for sigma in args.noise_sigmas] + list(args.settings))
         if not list_image_files(args.heldout):
             raise FileNotFoundError(f"no images in {args.heldout}")
-        model = load_model(args.model)
+        model = load_model(args.model, dtype=args.dtype)  # fp32 loads a half-precision checkpoint as float32
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if args.workers > 1:

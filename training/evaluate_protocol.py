@@ -533,7 +533,7 @@ def evaluate_protocol(
 
     if degradation not in ("label", "auto"):
         raise ValueError(f"degradation must be 'label' or 'auto', got {degradation!r}")
-    model = load_model(model, device=device)
+    model = load_model(model, device=device, dtype=dtype)  # fp32 loads a half-precision checkpoint as float32
     takes_labels = accepts_degradation_labels(model)
     convention = test_sets.convention
     protocol = test_sets.protocol
@@ -790,7 +790,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                      hub_split=args.hub_split)
         from modeling.inference import load_model
 
-        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
+                           dtype=args.dtype)
     except (OSError, ValueError) as error:
         print(f"python -m training.evaluate_protocol: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
