@@ -376,6 +376,32 @@ def test_publish_needs_the_evaluation_of_these_weights_and_ships_the_licence_it_
     assert ModelCard.load(tmp_path / "o" / "README.md").data.license_link == "LICENSE.md"
 
 
+@pytest.mark.parametrize("license, hint", [("MIT", "did you mean 'mit'?"), ("Apache-2.0", "did you mean 'apache-2.0'?"),
+                                           ("gpl-3.0-or-later", "did you mean 'gpl-3.0'?")])
+def test_publish_refuses_a_licence_the_hub_does_not_accept_before_converting(tmp_path, capsys, license, hint):
+    """The Hub refuses an upload whose card names a licence id it does not know ("Invalid metadata in README.md"):
+    --no_push used to verify such a folder (exit 0), and a real push failed only after conversion and verification."""
+    from training import publish
+    from training.model_card import build_model_card, check_hub_license
+
+    model = tiny_model("restormer")
+    model.save_pretrained(tmp_path / "trained")
+    eval_json = evaluation_json(model, tmp_path)
+    args = ["--eval_json", str(eval_json), "--repo_id", "me/x", "--output", str(tmp_path / "o"), "--no_push"]
+    code = publish.main(["--model_dir", str(tmp_path / "trained"), *args, "--license", license])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--license {license!r} is not a licence id the Hub accepts" in err and hint in err, err
+    assert not (tmp_path / "o").exists()
+    # ... before an official checkpoint is converted (this one does not exist)
+    code = publish.main(["--official_checkpoint", str(tmp_path / "missing.pth"), "--model_type", "restormer", *args,
+                         "--license", license])
+    assert code == 2 and "is not a licence id the Hub accepts" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a licence id the Hub accepts"):
+        build_model_card("me/x", "restormer", [], {}, license=license)
+    for accepted in ("mit", "apache-2.0", "other", "cc-by-nc-4.0"):
+        check_hub_license(accepted)
+
+
 def test_a_failed_private_push_says_how_to_retry_privately(tmp_path):
     from training.model_card import HubPushError, push_folder_to_hub
 

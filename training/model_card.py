@@ -16,6 +16,7 @@ A failed push can be retried from the command line::
 from __future__ import annotations
 
 import argparse
+import difflib
 import glob
 import json
 import math
@@ -67,6 +68,37 @@ DEFAULT_METRIC_PROTOCOL = (
 DEFAULT_RESULTS_SOURCE = "Measured by the training run on held-out image pairs."
 
 
+#: The licence ids the Hub accepts in a card's ``license`` field (https://hf.co/docs/hub/repositories-licenses, and
+#: the list the Hub's metadata check names when it refuses one). The Hub refuses an upload whose card names another
+#: id ("Invalid metadata in README.md"), so a card is checked against this list before anything is converted or
+#: uploaded; a licence the Hub does not know is ``other`` with a name and a link.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0",
+    "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
+    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
+    "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
+    "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
+})
+
+
+def check_hub_license(license: str) -> None:
+    """Raise ValueError, naming the closest id, when `license` is not a licence id the Hub accepts (`HUB_LICENSES`)."""
+    if license in HUB_LICENSES:
+        return
+    lowered = str(license).strip().lower()
+    close = [lowered] if lowered in HUB_LICENSES else difflib.get_close_matches(lowered, sorted(HUB_LICENSES), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"license {license!r} is not a licence id the Hub accepts ({hint}see "
+                     "https://hf.co/docs/hub/repositories-licenses; for other terms use license 'other' with a "
+                     "name and a link)")
+
+
 class HubPushError(RuntimeError):
     """A push to the Hub failed; the message is one line and says where the local copy is."""
 
@@ -111,7 +143,7 @@ def build_model_card(
             test sets by ``training.evaluate_protocol``).
         comparison: optional Markdown shown after the results table (e.g. the published numbers beside ours,
             rendered from the same evaluation JSON).
-        license: the card's ``license`` field (the weights' licence): a Hub licence id, or ``"other"`` with
+        license: the card's ``license`` field (the weights' licence): a Hub licence id (`HUB_LICENSES`), or ``"other"`` with
             `license_name` (an id of your choosing, e.g. ``promptir-official-weights``) and `license_link` (a URL,
             or the name of a licence file the folder holds), which the Hub shows in place of a licence it does not
             know.
@@ -119,6 +151,7 @@ def build_model_card(
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    check_hub_license(license)
     if license == "other" and not (license_name and license_link):
         raise ValueError("license 'other' needs license_name and license_link: the Hub shows them as the licence")
     if license != "other" and (license_name or license_link):

@@ -282,6 +282,7 @@ def prepare_folder(
     keep. ``other`` with a trained folder needs `license_name` and `license_link`."""
     from modeling.inference import load_model, load_processor
     from modeling.modeling_utils import model_fingerprint
+    from training.model_card import check_hub_license
 
     if (official_checkpoint is None) == (model_dir is None):
         raise PublishError("give either --official_checkpoint (with --model_type) or --model_dir")
@@ -291,6 +292,10 @@ def prepare_folder(
     # The card's licence, settled before any conversion. Official releases carry their own terms: never claim a
     # licence for them by default.
     license = license or ("other" if official_checkpoint is not None else "apache-2.0")
+    try:  # the Hub refuses a card with another id, but only at upload, after conversion and verification
+        check_hub_license(license)
+    except ValueError as error:
+        raise PublishError(f"--{error}") from None
     if license == "other" and official_checkpoint is not None:
         license_name = license_name or f"{model_type}-official-weights"
         license_link = license_link or OFFICIAL_RELEASES[model_type]
@@ -356,7 +361,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="local folder to write (default: publish/<name>)")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--license", default=None,
-                        help="card licence, a Hub licence id (default: apache-2.0 for trained folders; 'other' for "
+                        help="card licence, a Hub licence id, checked before anything is converted (default: apache-2.0 for trained folders; 'other' for "
                         "official weights, named <model_type>-official-weights and linked to the official release)")
     parser.add_argument("--license_name", default=None, help="with --license other: the licence's id on the card")
     parser.add_argument("--license_link", default=None,
