@@ -134,6 +134,17 @@ class ImageRestorationPipeline(Pipeline):
             "before building the pipeline."
         )
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save model, config, image processor and code, with this pipeline's code and its ``custom_pipelines``
+        entry also where the class was loaded as remote code (this package not installed)."""
+        # transformers copies a pipeline's code only for a class in its registry (`register_pipeline` puts the
+        # package's class there); a class loaded from a folder's code is not, and its save lost the pipeline.
+        if getattr(type(self), "_registered_impl", None) is None:
+            type(self)._registered_impl = {
+                TASK_NAME: {"impl": type(self), "pt": (AutoModelForImageToImage,), "type": "image"}
+            }
+        super().save_pretrained(save_directory, **kwargs)
+
     def __call__(self, inputs: Any, *args, **kwargs) -> Any:
         # The base class only warns about positional arguments and drops them ("Ignoring args").
         if args:

@@ -253,7 +253,8 @@ def test_pipeline_uses_the_same_path_as_restore(model):
 
 
 def test_saved_pipeline_loads_with_remote_code_without_the_package(model, tmp_path):
-    """pipeline.save_pretrained ships the pipeline, inference, tiling and processor files next to the weights."""
+    """pipeline.save_pretrained ships the pipeline, inference, tiling and processor files next to the weights, also
+    when the pipeline itself was loaded from such a folder's code."""
     register_pipeline()
     RestorationImageProcessor.register_for_auto_class("AutoImageProcessor")
     pipe = pipeline("image-restoration", model=model, image_processor=RestorationImageProcessor(), device="cpu")
@@ -273,6 +274,12 @@ pipe = pipeline("image-restoration", model={str(folder)!r}, trust_remote_code=Tr
 out = pipe(np.load({str(tmp_path / "image.npy")!r}), tile=8, tile_overlap=2)
 assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
 assert np.array_equal(out, np.load({str(tmp_path / "expected.npy")!r})), "outputs differ"
+# saved again where only the folder's code exists: the pipeline must travel too (it used to be dropped, and
+# pipeline() then said "Unknown task image-restoration")
+pipe.save_pretrained({str(tmp_path / "resaved")!r})
+again = pipeline("image-restoration", model={str(tmp_path / "resaved")!r}, trust_remote_code=True, device="cpu")
+assert type(again).__module__.startswith("transformers_modules"), type(again).__module__
+assert np.array_equal(again(np.load({str(tmp_path / "image.npy")!r}), tile=8, tile_overlap=2), out)
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
