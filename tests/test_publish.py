@@ -402,6 +402,29 @@ def test_publish_refuses_a_licence_the_hub_does_not_accept_before_converting(tmp
         check_hub_license(accepted)
 
 
+def test_publish_names_a_bad_config_override_in_one_line(tmp_path, capsys):
+    """--config with a misspelt key used to be reported as a fault of the evaluation JSON ("does not hold what the
+    card needs"), a value the config refuses ended in a traceback, and a JSON list in a TypeError."""
+    from training import publish
+
+    model = tiny_model("restormer")
+    torch.save({"params": official_restormer_state_dict(model)}, tmp_path / "restormer.pth")
+    eval_json = evaluation_json(model, tmp_path)
+    args = ["--official_checkpoint", str(tmp_path / "restormer.pth"), "--model_type", "restormer", "--eval_json",
+            str(eval_json), "--repo_id", "me/x", "--output", str(tmp_path / "o"), "--no_push"]
+    for overrides, message in (({"layer_norm_typ": "BiasFree"}, "did you mean 'layer_norm_type'?"),
+                               ({"dim": "8"}, "dim must be an integer of at least 1, got '8'")):
+        config = json.dumps({**TINY_CONFIGS["restormer"], **overrides})
+        assert publish.main([*args, "--config", config]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("publish failed: --config does not describe a RestormerConfig: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "evaluation" not in err and str(eval_json) not in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        publish.parse_args([*args, "--config", "[1, 2]"])
+    assert "--config: must be a JSON object of config overrides" in capsys.readouterr().err
+
+
 def test_a_failed_private_push_says_how_to_retry_privately(tmp_path):
     from training.model_card import HubPushError, push_folder_to_hub
 

@@ -89,9 +89,17 @@ def convert_official(checkpoint: str | os.PathLike, model_type: str, config_over
         raise PublishError(f"--model_type must be one of {sorted(CONVERTERS)}, got {model_type!r}")
     module_name, function_name = CONVERTERS[model_type]
     convert = getattr(importlib.import_module(f"modeling.conversion.{module_name}"), function_name)
+    from huggingface_hub.errors import StrictDataclassError
+
     config_class, _ = modeling.MODEL_CLASSES[model_type]
-    # Restormer's converter needs a config (LayerNorm type); the others infer theirs from the file when None.
-    config = config_class(**config_overrides) if config_overrides or model_type == "restormer" else None
+    try:
+        # Restormer's converter needs a config (LayerNorm type); the others infer theirs from the file when None.
+        config = config_class(**config_overrides) if config_overrides or model_type == "restormer" else None
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        # a misspelt key (TypeError, which main() would report as a fault of the evaluation JSON) or a bad value
+        # (the config's validators, raised as a multi-line StrictDataclassError: its cause is the one line)
+        cause = error.__cause__ if isinstance(error, StrictDataclassError) and error.__cause__ else error
+        raise PublishError(f"--config does not describe a {config_class.__name__}: {cause}") from None
     try:
         return convert(str(checkpoint), config)
     except (ValueError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as error:
@@ -347,6 +355,17 @@ def prepare_folder(
     return output
 
 
+def _json_object(text: str) -> dict:
+    """``--config``: a JSON object (config overrides), else a usage error."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object of config overrides, got {text!r}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,7 +373,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     source.add_argument("--official_checkpoint", help="official .pth/.ckpt file to convert")
     source.add_argument("--model_dir", help="model folder written by training")
     parser.add_argument("--model_type", choices=sorted(CONVERTERS), help="method of --official_checkpoint")
-    parser.add_argument("--config", type=json.loads, default=None,
+    parser.add_argument("--config", type=_json_object, default=None,
                         help='config overrides for the conversion, JSON (e.g. \'{"layer_norm_type": "BiasFree"}\')')
     parser.add_argument("--eval_json", required=True, help="results of python -m training.evaluate_protocol")
     parser.add_argument("--repo_id", required=True, help="Hub repo to create or update (org/name)")
