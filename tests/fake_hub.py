@@ -62,8 +62,11 @@ class FakeHub:
         token: str = FAKE_TOKEN,
         fail: Optional[Dict[str, int]] = None,
         lfs_suffixes: Tuple[str, ...] = (".parquet",),
+        yaml_errors: Tuple[str, ...] = (),
     ) -> None:
         self.token = token
+        #: Messages the YAML check answers with (HTTP 400, as the Hub refuses a card's metadata); none: it passes.
+        self.yaml_errors = yaml_errors
         #: Files with these suffixes go through Git LFS (as the Hub does for parquet); everything else "regular".
         self.lfs_suffixes = lfs_suffixes
         #: LFS objects received: sha256 hex -> bytes.
@@ -218,6 +221,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"url": f"{self.fake_hub.endpoint}/{repo_id}", "name": repo_id, "id": f"fake-{repo_id}"})
 
     def _validate_yaml(self, params: Dict[str, str], body: bytes, method: str) -> None:
+        if self.fake_hub.yaml_errors:
+            return self._json(400, {"error": "Invalid metadata", "errors": [
+                {"message": message} for message in self.fake_hub.yaml_errors]})
         self._json(200, {"errors": [], "warnings": []})
 
     def _preupload(self, params: Dict[str, str], body: bytes, method: str) -> None:

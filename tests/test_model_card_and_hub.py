@@ -472,11 +472,14 @@ def test_push_folder_to_fake_hub(model_folder):
         ("no-token", "no Hugging Face token"),
         ("bad-token", "401 Unauthorized"),
         ("commit-refused", "403 Forbidden"),
+        # the Hub's reason is below huggingface_hub's first line ("Invalid metadata in README.md."): it used to be cut
+        ("metadata-refused", 'Invalid metadata in README.md. - "license" must be one of [apache-2.0, mit, other]'),
     ],
 )
 def test_push_failure_is_one_clear_line_and_keeps_the_folder(model_folder, tmp_path, case, reason):
     before = _snapshot(model_folder)
-    with FakeHub(fail={"commit": 403} if case == "commit-refused" else None) as hub:
+    yaml_errors = ('"license" must be one of [apache-2.0, mit, other]',) if case == "metadata-refused" else ()
+    with FakeHub(fail={"commit": 403} if case == "commit-refused" else None, yaml_errors=yaml_errors) as hub:
         # an empty HF_HOME: no stored login to fall back on
         env = hub.client_env(token={"no-token": None, "bad-token": "hf_wrong"}.get(case, "hf_fake"))
         env["HF_HOME"] = str(tmp_path / "hf_home")

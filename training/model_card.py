@@ -579,8 +579,10 @@ def _fail(reason: str, folder: Path, repo_id: str, cause: Optional[BaseException
 
 
 def _one_line(error: BaseException) -> str:
+    # Every line, joined: the reason is often below the first one (huggingface_hub's "Invalid metadata in
+    # README.md." names what the Hub refused on the lines after it).
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
+    text = " ".join(lines)
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
