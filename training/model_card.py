@@ -143,10 +143,10 @@ def build_model_card(
             test sets by ``training.evaluate_protocol``).
         comparison: optional Markdown shown after the results table (e.g. the published numbers beside ours,
             rendered from the same evaluation JSON).
-        license: the card's ``license`` field (the weights' licence): a Hub licence id (`HUB_LICENSES`), or ``"other"`` with
-            `license_name` (an id of your choosing, e.g. ``promptir-official-weights``) and `license_link` (a URL,
-            or the name of a licence file the folder holds), which the Hub shows in place of a licence it does not
-            know.
+        license: the card's ``license`` field (the weights' licence): a Hub licence id (`HUB_LICENSES`), or
+            ``"other"`` with `license_name` (an id of your choosing, e.g. ``promptir-official-weights``) and
+            `license_link` (a URL, or the name of a licence file the folder holds), which the Hub shows in place of
+            a licence it does not know.
         usage: the card's usage section (default: `usage_section` of ``model_id``, for a folder with its code).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData

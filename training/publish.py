@@ -380,8 +380,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="local folder to write (default: publish/<name>)")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--license", default=None,
-                        help="card licence, a Hub licence id, checked before anything is converted (default: apache-2.0 for trained folders; 'other' for "
-                        "official weights, named <model_type>-official-weights and linked to the official release)")
+                        help="card licence, a Hub licence id, checked before anything is converted (default: "
+                        "apache-2.0 for trained folders; 'other' for official weights, named <model_type>-official-weights "
+                        "and linked to the official release)")
     parser.add_argument("--license_name", default=None, help="with --license other: the licence's id on the card")
     parser.add_argument("--license_link", default=None,
                         help="with --license other: a URL to the licence, or the path of a licence file (as "
