@@ -70,6 +70,14 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
 
+    def __init__(self, config: RestorationBackboneConfig, *inputs, **kwargs) -> None:
+        # The config checks its values when it is built; one changed afterwards (``config.heads = [3, 1, 2, 2]``
+        # before ``from_config``) is checked here, so it fails naming the field instead of deep in a forward.
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            validate()
+        super().__init__(config, *inputs, **kwargs)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As transformers, then move weights that were loaded at unaligned addresses to aligned copies.

@@ -117,3 +117,21 @@ def test_only_label_models_declare_labels():
     declared = {name: model_class.accepts_degradation_labels for name, (_, model_class) in modeling.MODEL_CLASSES.items()}
     assert declared["pip"] is True
     assert declared["restormer"] is False and declared["promptir"] is False
+
+
+@pytest.mark.parametrize(
+    "model_type, field, value, message",
+    [("restormer", "heads", [3, 1, 2, 2], "not divisible by heads"),
+     ("restormer", "dim", 7, "dim must be a positive even number"),
+     ("pip", "prompt_dims", [4, 8], "prompt_dims and prompt_sizes must list 3 values"),
+     ("dppd", "cross_fusion_heads", 3, "not divisible by cross_fusion_heads=3")],
+)
+def test_a_config_changed_after_construction_is_checked_when_the_model_is_built(model_type, field, value, message):
+    """``config.heads = ...`` before building a model skips the checks run at construction; the model runs them, so
+    the field is named instead of a shape error deep in the forward (or a KeyError while building)."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    config = tiny_config(model_type)
+    setattr(config, field, value)
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        modeling.MODEL_CLASSES[model_type][1](config)
