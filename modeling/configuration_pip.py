@@ -196,6 +196,13 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
             for value in values:
                 check_positive_int(name, value)
         check_positive_int("degradation_estimator_hidden_dim", self.degradation_estimator_hidden_dim)
+        # The prompt-to-prompt block runs at each level's prompt width; the narrowest needs a hidden channel.
+        narrowest = min(self.prompt_dims)
+        if int(narrowest * self.prompt_interaction_ffn_expansion_factor) < 1:
+            raise ValueError(
+                f"prompt_interaction_ffn_expansion_factor {self.prompt_interaction_ffn_expansion_factor} leaves no "
+                f"hidden channel at prompt width {narrowest} (hidden width = int(width x factor))"
+            )
         if self.degradation_prompt_reduction not in ("mean", "sum"):
             raise ValueError(f"degradation_prompt_reduction must be 'mean' or 'sum', got {self.degradation_prompt_reduction!r}")
         if self.pixel_loss not in ("smooth_l1", "l1"):

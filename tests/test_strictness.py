@@ -69,6 +69,8 @@ def test_pip_config_value_checks(overrides, message):
      (PIPConfig, dict(decoder_prompts=True, decoder_prompt_len=0), "decoder_prompt_len must be"),
      (PromptIRConfig, dict(prompt_fusion_heads=0), "prompt_fusion_heads must be an integer of at least 1"),
      (RestormerConfig, dict(dim=8, ffn_expansion_factor=0.1), "leaves no hidden channel at width 8"),
+     (PIPConfig, dict(prompt_dims=[16, 32, 64], prompt_interaction_ffn_expansion_factor=0.05),
+      "prompt_interaction_ffn_expansion_factor 0.05 leaves no hidden channel at prompt width 16"),
      (RestormerConfig, dict(dim=8.0), "dim must be an integer"),
      (RestormerConfig, dict(num_blocks=[1.5, 1, 1, 1]), "num_blocks must list integers"),
      (PIPConfig, dict(degradation_names=["Noise", "rain", "haze", "blur", "low-light"]), "use 'noise'"),
