@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
+from .configuration_backbone import check_bool
 from .configuration_decoder_prompts import DecoderPromptConfig
 
 
@@ -26,6 +27,9 @@ class PromptIRConfig(DecoderPromptConfig):
     model_type = "promptir"
 
     keep_unused_official_modules: bool = False
+
+    def validate_unused_official_modules(self):
+        check_bool("keep_unused_official_modules", self.keep_unused_official_modules)  # "false" would be truthy
 
 
 __all__ = ["PromptIRConfig"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from .configuration_backbone import RestorationBackboneConfig
+from .configuration_backbone import RestorationBackboneConfig, check_bool
 
 
 @strict(accept_kwargs=True)
@@ -36,6 +36,7 @@ class RestormerConfig(RestorationBackboneConfig):
     dual_pixel_task: bool = False
 
     def validate_dual_pixel(self):
+        check_bool("dual_pixel_task", self.dual_pixel_task)  # "false" from a hand-edited JSON would be truthy
         if self.dual_pixel_task and self.in_channels != 6:
             raise ValueError(f"dual_pixel_task=True reads two RGB views: set in_channels=6 (got {self.in_channels})")
 

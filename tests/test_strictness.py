@@ -78,7 +78,12 @@ def test_pip_config_value_checks(overrides, message):
      (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", "auto"]), "'auto' asks for"),
      (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", ""]), "non-empty strings"),
      (PIPConfig, dict(degradation_names=["noise", "rain", "haze", "blur", "rain+haze"]), "may not contain '\\+'"),
-     (modeling.DPPDConfig, dict(degradation_names=["Rain"]), "use 'rain'")],
+     (modeling.DPPDConfig, dict(degradation_names=["Rain"]), "use 'rain'"),
+     # Strings are truthy: "false" used to switch the option on (a dual-pixel model, the dead official modules).
+     (RestormerConfig, dict(in_channels=6, out_channels=6, dual_pixel_task="false"),
+      "dual_pixel_task must be True or False, got 'false'"),
+     (PromptIRConfig, dict(keep_unused_official_modules="false"),
+      "keep_unused_official_modules must be True or False, got 'false'")],
 )
 def test_config_values_that_would_fail_later_are_refused_now(config_class, overrides, message):
     """Values that used to pass the config and then fail deep inside the model (zero or negative sizes, float
