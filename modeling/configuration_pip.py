@@ -157,8 +157,13 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
                 f"{self.prompt_sizes}"
             )
         for name in ("topm_weight_init", "prompt_interaction_ffn_expansion_factor", "degradation_estimator_loss_weight",
-                     "prompt_regularization_weight", "prompt_angle_scale"):
+                     "prompt_regularization_weight", "prompt_angle_scale", "frequency_loss_weight"):
             check_finite(name, getattr(self, name))
+        # A negative weight turns its term into one the training maximises (the estimator learning to be wrong).
+        for name in ("degradation_estimator_loss_weight", "prompt_regularization_weight", "prompt_angle_scale",
+                     "frequency_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.prompt_interaction_ffn_expansion_factor <= 0:
             raise ValueError("prompt_interaction_ffn_expansion_factor must be positive")
         for name in ("prompt_interaction_bias", "use_degradation_estimator", "degradation_estimator_detach_features",
@@ -207,8 +212,6 @@ class PIPConfig(ContrastivePromptRegularizationConfig):
             raise ValueError(f"degradation_prompt_reduction must be 'mean' or 'sum', got {self.degradation_prompt_reduction!r}")
         if self.pixel_loss not in ("smooth_l1", "l1"):
             raise ValueError(f"pixel_loss must be 'smooth_l1' or 'l1', got {self.pixel_loss!r}")
-        if not self.frequency_loss_weight >= 0:
-            raise ValueError(f"frequency_loss_weight must be >= 0, got {self.frequency_loss_weight}")
         if not self.topm_fractions or any(len(p) != 2 or not 0 < p[0] <= p[1] for p in self.topm_fractions):
             raise ValueError(f"topm_fractions must be [numerator, denominator] pairs in (0, 1], got {self.topm_fractions}")
         for level, prompt_dim in enumerate(self.prompt_dims, start=1):

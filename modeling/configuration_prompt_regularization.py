@@ -112,6 +112,8 @@ class ContrastivePromptRegularizationConfig(RestorationBackboneConfig):
             )
         for weight in self.contrastive_layer_weights:
             check_finite("contrastive_layer_weights", weight)
+            if weight < 0:  # would reward restorations far from the clean image on that layer
+                raise ValueError(f"contrastive_layer_weights must be non-negative, got {self.contrastive_layer_weights}")
         if self.contrastive_num_negatives is not None:
             check_positive_int("contrastive_num_negatives", self.contrastive_num_negatives)
         if self.training_loss == "contrastive_prompt_regularization":

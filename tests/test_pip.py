@@ -395,5 +395,5 @@ def test_frequency_loss_adds_the_weighted_fft_l1_and_is_off_by_default(model):
                 + config.degradation_estimator_loss_weight * terms["degradation_estimator"])
     torch.testing.assert_close(out.loss, expected)
     assert terms["frequency"].requires_grad
-    with pytest.raises(StrictDataclassClassValidationError, match="frequency_loss_weight must be >= 0"):
+    with pytest.raises(StrictDataclassClassValidationError, match="frequency_loss_weight must be non-negative"):
         PIPConfig(frequency_loss_weight=-0.1)

@@ -51,7 +51,13 @@ def test_config_saved_by_a_newer_version_still_loads(tmp_path, model_type):
      (dict(decoder_prompts="yes"), "decoder_prompts must be True or False"),
      (dict(use_degradation_estimator=1), "use_degradation_estimator must be True or False"),
      (dict(prompt_interaction_ffn_expansion_factor=float("inf")), "finite"),
-     (dict(bias="no"), "bias must be True or False")],
+     (dict(bias="no"), "bias must be True or False"),
+     # An infinite weight makes the loss inf from the first step; a negative one a term the training maximises.
+     (dict(frequency_loss_weight=float("inf")), "frequency_loss_weight must be a finite number"),
+     (dict(degradation_estimator_loss_weight=-5.0), "degradation_estimator_loss_weight must be non-negative"),
+     (dict(prompt_regularization_weight=-1.0), "prompt_regularization_weight must be non-negative"),
+     (dict(prompt_angle_scale=-0.01), "prompt_angle_scale must be non-negative"),
+     (dict(contrastive_layer_weights=[-1, 1, 1, 1, 1]), "contrastive_layer_weights must be non-negative")],
 )
 def test_pip_config_value_checks(overrides, message):
     from huggingface_hub.errors import StrictDataclassClassValidationError
