@@ -352,23 +352,23 @@ def load_model(
                 raise FileNotFoundError(problem)
         _check_json_object(Path(source) / "config.json")
         try:
-            model, loading = AutoModelForImageToImage.from_pretrained(
-                source, trust_remote_code=trust_remote_code, output_loading_info=True
-            )
+            try:
+                model, loading = AutoModelForImageToImage.from_pretrained(
+                    source, trust_remote_code=trust_remote_code, output_loading_info=True
+                )
+            except RuntimeError as err:
+                if "ignore_mismatched_sizes" not in str(err):
+                    raise
+                # transformers names the weights of another shape only in a logged report (absent where its logging is
+                # off, as in the Space's message): load again past them, so the check below names them and their shapes.
+                model, loading = AutoModelForImageToImage.from_pretrained(
+                    source, trust_remote_code=trust_remote_code, output_loading_info=True, ignore_mismatched_sizes=True
+                )
         except StrictDataclassError as err:  # our configs' own checks, re-raised by the strict dataclass
             reason = " ".join(str(err.__cause__ or err).split())  # the check's own message, without the wrapper's
             raise ValueError(f"Model '{source}' has an invalid config.json: {reason}") from err
         except SafetensorError as err:  # a truncated or corrupt model.safetensors
             raise ValueError(f"Model '{source}' has unreadable weights: {err}") from err
-        except RuntimeError as err:
-            if "ignore_mismatched_sizes" not in str(err):
-                raise
-            # transformers logs which weights have another shape, then raises with a pointer to that report
-            raise ValueError(
-                f"Model '{source}': its config.json does not describe its weights: some weights have another shape "
-                "(listed in the load report above). Were the config and model.safetensors saved from different "
-                "models?"
-            ) from err
         _check_weights_match_config(source, loading)
         requested = _requested_dtype(dtype)[0]
         if requested is not None and isinstance(model, torch.nn.Module):
@@ -392,7 +392,9 @@ def _check_weights_match_config(source: str, loading: dict) -> None:
     problems = []
     for kind, label in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not used by the model"),
                         ("mismatched_keys", "of another shape")):
-        keys = sorted(str(key[0] if isinstance(key, tuple) else key) for key in loading.get(kind) or ())
+        # A mismatched key comes as (name, shape in the weights, shape the config builds).
+        keys = sorted(f"{key[0]} ({list(key[1])} in the weights, {list(key[2])} from the config)"
+                      if isinstance(key, tuple) and len(key) == 3 else str(key) for key in loading.get(kind) or ())
         if keys:
             problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
     if problems:
