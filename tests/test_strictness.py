@@ -148,3 +148,16 @@ def test_a_config_changed_after_construction_is_checked_when_the_model_is_built(
     setattr(config, field, value)
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         modeling.MODEL_CLASSES[model_type][1](config)
+
+
+def test_overrides_that_change_a_checkpoint_s_widths_name_the_weights(tmp_path):
+    """model_config overrides that reshape trained weights (another prompt width) are refused naming the weights and
+    both shapes; transformers raised a RuntimeError that named none ('look at the above report')."""
+    from training import train
+
+    tiny_model("pip").save_pretrained(tmp_path / "pip")
+    args = train.TrainingArguments(model_type="pip", pretrained_model_name_or_path=str(tmp_path / "pip"),
+                                   model_config={"prompt_dims": [16, 20, 16]})
+    with pytest.raises(ValueError, match=r"weights of .* have another shape in the model that model_config .* builds "
+                                         r"\(e\.g\. skip_prompts\.level1\.\S+ \(\[\d+(, \d+)*\] in the checkpoint"):
+        train.build_model(args)

@@ -714,15 +714,26 @@ def build_model(args: TrainingArguments):
     config_class, model_class = MODEL_CLASSES[args.model_type]
     if args.pretrained_model_name_or_path:
         try:
+            # Weights of another shape are let through to be listed below (transformers would raise pointing at its
+            # logged report, naming none in the error).
             model, loading = model_class.from_pretrained(
-                args.pretrained_model_name_or_path, output_loading_info=True, **args.model_config
+                args.pretrained_model_name_or_path, output_loading_info=True, ignore_mismatched_sizes=True,
+                **args.model_config
             )
         except StrictDataclassError as error:  # an override the config's checks refuse: now, not at the final save
             raise ValueError(
                 f"model_config {args.model_config} as overrides of {args.pretrained_model_name_or_path}'s config: "
                 f"{' '.join(str(error.__cause__ or error).split())}"
             ) from error
-        # (Weights of another shape already make from_pretrained raise; unexpected keys only print a report.)
+        reshaped = sorted(f"{key} ({list(saved)} in the checkpoint, {list(built)} in the model)"
+                          for key, saved, built in loading.get("mismatched_keys") or ())
+        if reshaped:
+            raise ValueError(
+                f"{len(reshaped)} weights of {args.pretrained_model_name_or_path} have another shape in the model that "
+                f"model_config {args.model_config} builds (e.g. {', '.join(reshaped[:3])}); make model_config match "
+                "the checkpoint's config.json (flag: --model_config '{...}')"
+            )
+        # Unexpected keys only print a report.
         dropped = sorted(loading.get("unexpected_keys", ()))
         if dropped:
             raise ValueError(
