@@ -1522,6 +1522,8 @@ def test_resume_into_another_model_is_refused_naming_the_change(corpus, tmp_path
     ("loss_spike_history", 0, "loss_spike_history must be an integer of at least 1"),
     ("ema_decay", 2, "ema_decay must be a number in [0, 1], got 2.0"),
     ("learning_rate", 0, "learning_rate must be a number in (0, inf), got 0.0"),
+    ("adam_beta2", 1.5, "adam_beta2 must be a number in [0, 1), got 1.5"),
+    ("adam_beta1", 1, "adam_beta1 must be a number in [0, 1), got 1.0"),
     ("lr_scheduler_options", json.dumps({"periods": [0], "eta_min_factors": [0.0]}), "periods must be a non-empty"),
 ])
 def test_values_no_run_can_use_are_refused_when_the_arguments_are_parsed(corpus, tmp_path, capsys, flag, value,

@@ -342,16 +342,18 @@ def _check_ranges(args: TrainingArguments) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    for name, low, high, closed_low in (
-        ("learning_rate", 0.0, math.inf, False), ("adam_epsilon", 0.0, math.inf, False),
-        ("adam_weight_decay", 0.0, math.inf, True), ("max_grad_norm", 0.0, math.inf, True),
-        ("ema_decay", 0.0, 1.0, True), ("loss_spike_factor", 1.0, math.inf, False),
+    for name, low, high, closed_low, closed_high in (
+        ("learning_rate", 0.0, math.inf, False, False), ("adam_epsilon", 0.0, math.inf, False, False),
+        ("adam_weight_decay", 0.0, math.inf, True, False), ("max_grad_norm", 0.0, math.inf, True, False),
+        ("ema_decay", 0.0, 1.0, True, True), ("loss_spike_factor", 1.0, math.inf, False, False),
+        # AdamW refuses a beta of 1 or more only when it is built, after the model and the data (a traceback)
+        ("adam_beta1", 0.0, 1.0, True, False), ("adam_beta2", 0.0, 1.0, True, False),
     ):
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
-            (value >= low if closed_low else value > low) and value <= high
+            (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
         ):
-            interval = f"{'[' if closed_low else '('}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+            interval = f"{'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
             raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
 
 
