@@ -1001,6 +1001,49 @@ def test_task_probabilities_choose_what_the_stream_trains_on(corpus, tmp_path, m
             validate_args(args)
 
 
+def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, **overrides) -> None:
+    """In-process run of main() with a tiny PIP whose training loss is NaN at optimizer step `nan_step` only."""
+    import training.train as train_module
+    from modeling import PIPForImageRestoration
+
+    forwards = []
+
+    class NaNOncePIP(PIPForImageRestoration):
+        def forward(self, *args, **kwargs):
+            output = super().forward(*args, **kwargs)
+            if self.training and output.loss is not None:
+                forwards.append(1)
+                if len(forwards) == nan_step:
+                    output.loss = output.loss * float("nan")
+            return output
+
+    def build_model(args):
+        config_class, _ = train_module.MODEL_CLASSES["pip"]
+        return NaNOncePIP(config_class(**args.model_config))
+
+    monkeypatch.setattr(train_module, "build_model", build_model)
+    run_main(train_args(corpus, output_dir, mixed_precision="no", **overrides))
+
+
+@pytest.mark.parametrize("logging_steps, caught_at", [(1, "the training loss (nan)"), (100, "the weights")])
+def test_a_nan_loss_stops_the_run_before_it_reaches_a_checkpoint(corpus, tmp_path, monkeypatch, logging_steps,
+                                                                  caught_at):
+    """One NaN loss makes every weight NaN (AdamW). The run used to go on, checkpoint the NaN weights at steps 4 and
+    6 (pruning, limit 2, deleted the good checkpoint-2), save a NaN model and end saying 'replicas diverged'. It now
+    stops at the log of that step (or, with a long logging window, at the next checkpoint) and keeps checkpoint-2."""
+    output_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="non-finite") as raised:
+        run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step=3, logging_steps=logging_steps)
+    message = str(raised.value)
+    assert message.startswith(f"{caught_at} became non-finite") and "--resume_from_checkpoint latest" in message
+    assert f"its last checkpoint, {output_dir / 'checkpoint-2'}, holds finite weights" in message
+    assert ("by step 3" if logging_steps == 1 else "by step 4") in message
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (output_dir / "model").exists()
+    weights = load_file(output_dir / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
 def test_max_train_minutes_stops_a_run_early_and_still_saves_it(corpus, tmp_path, monkeypatch):
     """A timed run (the recipe sweep): a budget spent after the first step stops at step 1, with the final
     model and its card written as for a finished run; a non-positive budget is refused."""

@@ -618,6 +618,26 @@ def weights_checksum(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([total, weighted])[None]
 
 
+def weights_are_finite(accelerator: Accelerator, model: torch.nn.Module) -> bool:
+    """Whether the weights of every process are free of NaN and infinity (the same answer on every process)."""
+    finite = torch.stack([torch.isfinite(parameter.detach()).all() for parameter in model.parameters()]).all()
+    nonfinite = (~finite).float()
+    if accelerator.num_processes > 1:
+        nonfinite = accelerator.reduce(nonfinite, reduction="sum")
+    return not bool(nonfinite.item())
+
+
+def nonfinite_training_message(what: str, step: int, output_dir: Path) -> str:
+    """Why a run stops when its loss or weights become NaN or infinite, and how to go on from its checkpoints."""
+    remedy = "a lower --learning_rate, a --max_grad_norm or --mixed_precision no"
+    latest = checkpointing.latest_checkpoint(output_dir)
+    if latest is None:
+        return f"{what} became non-finite (NaN or inf) by step {step}; nothing was saved. Start again with {remedy}"
+    return (f"{what} became non-finite (NaN or inf) by step {step}; the run stops before saving anything of it, so "
+            f"its last checkpoint, {latest}, holds finite weights. Resume from it (--resume_from_checkpoint latest) "
+            f"with {remedy}")
+
+
 def gather_replica_checksums(accelerator: Accelerator, model: torch.nn.Module, keep: list) -> torch.Tensor:
     """(num_processes, 2) weight checksums of every replica.
 
@@ -1102,6 +1122,10 @@ def main(args: TrainingArguments) -> dict:
                 means = window.reduce_means(accelerator)
                 elapsed = time.perf_counter() - window_start
                 loss_mean = means.pop("loss")
+                if not math.isfinite(loss_mean):
+                    # A NaN loss leaves NaN weights after AdamW's update: stop before they reach a checkpoint,
+                    # whose pruning would then delete the good ones.
+                    raise RuntimeError(nonfinite_training_message(f"the training loss ({loss_mean})", step, output_dir))
                 lr = step_lr
                 logs = {"train/loss": loss_mean, "train/lr": lr, "train/images_per_second": images / max(elapsed, 1e-9),
                         **{f"train/loss_{name}": value for name, value in means.items()}}
@@ -1115,6 +1139,10 @@ def main(args: TrainingArguments) -> dict:
                 )
                 accelerator.log(logs, step=step)
                 window_start = time.perf_counter()
+            saves_now = bool(args.validation_steps and step % args.validation_steps == 0) or bool(
+                args.checkpointing_steps and step % args.checkpointing_steps == 0)
+            if saves_now and not weights_are_finite(accelerator, model):  # (a non-finite gradient, finite loss)
+                raise RuntimeError(nonfinite_training_message("the weights", step, output_dir))
             # Validation first: a checkpoint of this step then holds its result (history, best PSNR), which a
             # resume from it would otherwise never compute.
             if args.validation_steps and step % args.validation_steps == 0:
@@ -1145,6 +1173,8 @@ def main(args: TrainingArguments) -> dict:
                 )
             stream.set_epoch(stream.epoch + 1)
     progress.close()
+    if not weights_are_finite(accelerator, model):  # before the final validation and save
+        raise RuntimeError(nonfinite_training_message("the weights", step, output_dir))
 
     # Decided from the arguments and the step, identical on every process (only the main one holds the validation
     # set). A run resumed at its last step (relaunched after it finished, or killed before writing model/) did not
