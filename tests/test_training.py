@@ -185,6 +185,25 @@ def test_a_resume_trains_with_this_launchs_optimizer_and_ema_settings(corpus, tm
     assert "learning rate**: 1e-05" in (output_dir / "model" / "README.md").read_text()
 
 
+def test_a_resume_trains_its_first_step_with_this_launchs_schedule(corpus, tmp_path, caplog):
+    """Resumed with other schedule options (the base rate unchanged), the first resumed step used to train at the
+    first launch's rate, restored with the optimizer, and this launch's schedule took over one step late."""
+    import logging
+
+    output_dir = tmp_path / "run"
+    common = dict(checkpointing_steps=2, mixed_precision="no", use_ema="false", loss_spike_guard="false",
+                  steps_per_epoch=4)
+    options = lambda start: json.dumps({"warmup_epochs": 1, "max_epochs": 3, "warmup_start_factor": start})  # noqa: E731
+    run_main(train_args(corpus, output_dir, max_train_steps=2, lr_scheduler_options=options(0.1), **common))
+    with caplog.at_level(logging.INFO, logger="training.train"):
+        run_main(train_args(corpus, output_dir, max_train_steps=4, lr_scheduler_options=options(0.5),
+                            resume_from_checkpoint="latest", **common))
+    assert "lr at step 2 0.0001 -> 0.0005 (this launch's schedule)" in caplog.text
+    history = checkpointing.load_training_state(output_dir / "checkpoint-4")["history"]
+    # Steps 1-2 in epoch 0 of the first schedule (factor 0.1), steps 3-4 in epoch 0 of the second (factor 0.5).
+    assert [row["lr"] for row in history] == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
+
+
 def test_a_run_rewound_to_an_earlier_checkpoint_is_what_latest_resumes(corpus, tmp_path, caplog):
     """Resuming from an earlier checkpoint (after a divergence, with a lower rate) left the abandoned run's later
     checkpoints in place: after the next kill, `latest` resumed the abandoned run (its rate, its weights), and

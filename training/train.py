@@ -773,7 +773,8 @@ def build_model(args: TrainingArguments):
 def apply_resumed_optimizer_settings(args: TrainingArguments, optimizer, scheduler, ema) -> list[str]:
     """Put this launch's optimizer and EMA settings on the states a resume restored, which hold the first launch's
     (every field can be overridden by a flag, on a resume too). The learning rate becomes the schedule's new base:
-    the current rate is the new base times the schedule's factor at the resumed step. Returns what changed."""
+    the current rate is the new base times this launch's schedule factor at the resumed step (its schedule and
+    options may differ from the first launch's too). Returns what changed."""
     changes = []
     wanted = {"betas": (args.adam_beta1, args.adam_beta2), "weight_decay": args.adam_weight_decay,
               "eps": args.adam_epsilon}
@@ -783,10 +784,16 @@ def apply_resumed_optimizer_settings(args: TrainingArguments, optimizer, schedul
             if saved != value:
                 changes.append(f"{key} {saved} -> {value}")
                 group[key] = value
-        if scheduler.base_lrs[index] != args.learning_rate:
+        base_changed = scheduler.base_lrs[index] != args.learning_rate
+        if base_changed:
             changes.append(f"learning_rate {scheduler.base_lrs[index]} -> {args.learning_rate}")
             scheduler.base_lrs[index] = group["initial_lr"] = args.learning_rate
-            group["lr"] = args.learning_rate * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        # The rate of the resumed step from this launch's schedule: its options (or steps_per_epoch, or the schedule
+        # itself) may differ from the first launch's, whose rate the restored optimizer holds.
+        rate = args.learning_rate * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        if group["lr"] != rate and not base_changed:
+            changes.append(f"lr at step {scheduler.last_epoch} {group['lr']} -> {rate} (this launch's schedule)")
+        group["lr"] = rate
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if ema is not None:
         decay = {"decay": args.ema_decay, "min_decay": 0.0 if args.ema_warmup else args.ema_decay,
