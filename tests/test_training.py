@@ -1020,6 +1020,21 @@ def test_task_probabilities_choose_what_the_stream_trains_on(corpus, tmp_path, m
             validate_args(args)
 
 
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_training(corpus, tmp_path, capsys):
+    """An output_dir that is a file, or lies below one, used to train up to the first checkpoint (or, without
+    checkpoints, the whole run) and then end in mkdir's traceback, losing the work: refused on one line instead."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for output_dir, message in ((a_file, "exists and is not a folder"), (a_file / "run", "is not a folder")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(train_args(corpus, output_dir))
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ": error: output_dir:" in error and message in error and str(a_file) in error
+    assert parse_args(train_args(corpus, tmp_path / "new" / "run")).output_dir == str(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()  # the check creates nothing
+
+
 def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, **overrides) -> None:
     """In-process run of main() with a tiny PIP whose training loss is NaN at optimizer step `nan_step` only."""
     import training.train as train_module

@@ -254,6 +254,17 @@ def check_output_folder(
                          f"replaced as a whole: choose a new or empty folder, or an earlier output")
 
 
+def unwritable_folder_reason(folder: str | Path, flag: str = "--output") -> str | None:
+    """Why ``folder`` cannot hold this run's files (a file, below a file, not writable), or None; creates nothing.
+
+    For checks made before the work: a path that cannot be written used to fail only when the first result was
+    saved (after hours of training, or a whole evaluation), with a traceback."""
+    from modeling.cli import check_output_folder as output_folder_problem  # standard library only
+
+    problem = output_folder_problem(Path(folder))
+    return None if problem is None else f"{flag}: {problem}"
+
+
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
     """``payload`` as indented JSON at ``path``, complete or not at all (`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))

@@ -449,6 +449,10 @@ def validate_args(args: TrainingArguments) -> None:
                          f"micro-batches: use gradient_accumulation_steps 1 or compile_mode default")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id org/name")
+    # Checked now: the output folder is first written at the first checkpoint (or, without checkpoints, at the end)
+    problem = checkpointing.unwritable_folder_reason(args.output_dir, "output_dir")
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class LossSpikeGuard:
