@@ -457,6 +457,25 @@ def test_options_no_image_could_use_stop_the_command_with_exit_code_2(model_dir,
     assert "is not a folder, a dataset saved with save_to_disk" in err and "Traceback" not in err
 
 
+def test_an_output_that_cannot_be_a_folder_exits_2_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """--output naming a file, or a path below one, used to load the model and then end in mkdir's traceback
+    (FileExistsError / NotADirectoryError, which the command did not report): one line and exit code 2 now."""
+    import training.batch_restore as batch_restore
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(batch_restore, "load_model", no_loading)
+    save(tmp_path / "in" / "a.png", textured_image(0, 16, 16))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    for output, message in ((a_file, "exists and is not a folder"), (a_file / "out", "is not a folder")):
+        assert batch_restore.cli(["--input", str(tmp_path / "in"), "--output", str(output), "--cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("batch_restore: error: --output:") and message in err and len(err.splitlines()) == 1
+    assert a_file.read_text() == "not a folder"
+
+
 def test_dataset_rows_keep_16_bit_colour_and_pgm_outputs_stay_gray(model_dir, tmp_path):
     """Rows of an image column are decoded from their stored bytes (16-bit colour survives, where the PIL image
     `datasets` decodes is 8-bit) and the dataset output keeps the input bytes as they were; a .pgm input comes

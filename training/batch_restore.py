@@ -22,7 +22,8 @@ How it works:
   ``--dtype`` and ``--batch_size`` may change (a run that ran out of memory can go on with tiles).
 * A file that cannot be read or restored is logged, recorded as failed and counted; it never stops the run (and
   is tried again on a resume). Options that no image could use (a degradation the model does not take, an input
-  that is neither a folder nor a dataset) stop the run before anything is written: exit code 2.
+  that is neither a folder nor a dataset, an output that cannot be a folder) stop the run before anything is
+  written: exit code 2.
 * ``--output_format folder`` mirrors the input tree (relative names, formats and bit depth kept: 16-bit PNG in,
   16-bit PNG out; JPEG in, JPEG out). ``--output_format dataset`` writes the same files under ``OUT/images`` and
   then a dataset with columns ``file_name``, ``input``, ``restored`` with ``save_to_disk`` to ``OUT/dataset``
@@ -57,7 +58,7 @@ from modeling.inference import check_tile_options, degradation_label_ids, load_m
 from modeling.modeling_utils import model_fingerprint
 from modeling.tiling import check_tiling
 
-from .checkpointing import write_text_atomic
+from .checkpointing import unwritable_folder_reason, write_text_atomic
 from .data import IMAGE_EXTENSIONS, list_image_files
 
 logger = get_logger(__name__)
@@ -529,6 +530,11 @@ def main(args: argparse.Namespace) -> dict:
         for written in {output_dir, images_dir}:
             if written.resolve() == input_dir.resolve() or input_dir.resolve() in written.resolve().parents:
                 raise ValueError(f"--output {output_dir} would write into --input {input_dir}: pick a folder outside it")
+    # Before the model loads: a file (or a path below one) would otherwise fail at mkdir, after loading, with a
+    # traceback.
+    problem = unwritable_folder_reason(output_dir)
+    if problem is not None:
+        raise ValueError(problem)
     started = time.perf_counter()
 
     # A Hub dataset or model is downloaded once, by the main process; the others then read the local cache.
