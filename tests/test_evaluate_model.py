@@ -83,6 +83,41 @@ def test_a_misspelled_row_fails_before_any_row_runs(heldout, tmp_path, monkeypat
     evaluate_model.check_rows(["noise-15", *evaluate_model.SETTINGS])  # every named row synthesizes
 
 
+def test_an_output_that_cannot_take_the_json_is_refused_before_any_row_runs(heldout, tmp_path, monkeypatch, capsys):
+    """--output naming a folder, or a file below a file, used to fail when the JSON was written, after every row had
+    run, with a traceback (the table was never printed: the results were lost) and a hidden ``.NAME.tmp`` left
+    behind; it is now one line and exit code 2 before the model loads. A missing folder is created."""
+    import training.evaluate_model as evaluate_model
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("rows ran before --output was checked")
+
+    folder = tmp_path / "model"
+    tiny_model("pip").save_pretrained(folder)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    (tmp_path / "results").mkdir()
+    argv = ["--model", str(folder), "--heldout", str(heldout), "--noise_sigmas", "25", "--settings", "--no_baseline"]
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate_model, "evaluate_heldout", no_evaluation)
+        for output, message in ((tmp_path / "results", "is a folder"), (a_file / "eval.json", "is not a folder")):
+            with pytest.raises(SystemExit) as exit_:
+                main([*argv, "--output", str(output)])
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert exit_.value.code == 2 and f"error: --output {output}" in err and message in err
+    results = main([*argv, "--output", str(tmp_path / "new" / "eval.json")])
+    assert json.loads((tmp_path / "new" / "eval.json").read_text()) == results
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    from training.checkpointing import write_text_atomic
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "taken", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_worker_processes_give_the_single_process_numbers(heldout, tmp_path):
     """`--workers 2`: two spawned one-thread processes share the rows, and the merged results (in the usual row
     order) equal a single-process run's, since every row seeds its own syntheses (to float rounding: one thread

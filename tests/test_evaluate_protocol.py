@@ -420,6 +420,9 @@ def test_command_line_mistakes_are_one_line_with_exit_code_2_not_a_traceback(roo
         "no test folder for": ["--data_root", str(tmp_path / "nowhere")],
         "no rain pairs found": ["--data_root", str(unpaired)],
         "does not exist": ["--data_root", str(root3), "--model", str(tmp_path / "no-model")],
+        # written after every image is scored: it used to end in a traceback then, losing the scores
+        f"--output {tmp_path} is a folder": ["--data_root", str(root3), "--output", str(tmp_path)],
+        "exists and is not a folder": ["--data_root", str(root3), "--output", str(rain / "input" / "1.png" / "r.json")],
     }
     for message, argv in cases.items():
         if "--model" not in argv:

@@ -265,6 +265,16 @@ def unwritable_folder_reason(folder: str | Path, flag: str = "--output") -> str 
     return None if problem is None else f"{flag}: {problem}"
 
 
+def check_output_file(path: str | Path, flag: str = "--output") -> None:
+    """Raise ``ValueError`` unless a file can be written at ``path`` (its folder may be missing: it is created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: name the file to write")
+    problem = unwritable_folder_reason(path.parent, f"{flag} {path}")
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> None:
     """``payload`` as indented JSON at ``path``, complete or not at all (`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
@@ -275,11 +285,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     leaves the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_file():  # a failed write (disk full, a folder at `path`) leaves no hidden half file behind
+            tmp.unlink()
+        raise
 
 
 def _fsync_tree(folder: Path) -> None:

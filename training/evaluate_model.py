@@ -41,7 +41,7 @@ if __package__ in (None, ""):
 from modeling.inference import AUTO_MODES, DEFAULT_AUTO_MODE  # noqa: E402
 from training.data import decode_image, list_image_files  # noqa: E402
 from training.degradations import synthesize  # noqa: E402
-from training.checkpointing import write_text_atomic  # noqa: E402
+from training.checkpointing import check_output_file, write_text_atomic  # noqa: E402
 from training.evaluation import load_restoration_metric  # noqa: E402
 
 SETTINGS: dict[str, tuple[str, dict]] = {
@@ -299,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_rows([f"noise-{sigma:g}" for sigma in args.noise_sigmas] + list(args.settings))
         if not list_image_files(args.heldout):
             raise FileNotFoundError(f"no images in {args.heldout}")
+        if args.output:  # written after every row has run: a path that cannot take it would lose them all
+            check_output_file(args.output)
         model = load_model(args.model, dtype=args.dtype)  # fp32 loads a half-precision checkpoint as float32
     except (OSError, ValueError) as error:
         parser.error(str(error))
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         results = evaluate_heldout(model, args.heldout, **rows, **options)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.output, json.dumps(results, indent=2))  # row order kept (no sort_keys)
     print(markdown_table(results))
     return results

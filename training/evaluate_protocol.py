@@ -66,7 +66,7 @@ from training.data import (  # noqa: E402
     paired_source,
 )
 from training.data.plan import _as_image_record  # noqa: E402  (a Hub row's image cell, as the stream reads it)
-from training.checkpointing import write_text_atomic  # noqa: E402
+from training.checkpointing import check_output_file, write_text_atomic  # noqa: E402
 from training.degradations import add_gaussian_noise  # noqa: E402
 from training.evaluation import psnr, ssim  # noqa: E402
 from training.published_results import published_rows, row_as_dict  # noqa: E402
@@ -786,6 +786,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         roots = {**(find_test_roots(args.protocol, args.data_root, given) if args.data_root else {}), **given}
         if not roots:
             raise ValueError("give --data_root or --test_roots")
+        if args.output:  # written after every image is scored: a path that cannot take them would lose them all
+            check_output_file(args.output)
+            check_output_file(Path(args.output).with_suffix(".md"), "--output's report")
         test_sets = ProtocolTestSets(args.protocol, roots, convention=convention, seed=args.seed,
                                      hub_split=args.hub_split)
         from modeling.inference import load_model
