@@ -37,6 +37,12 @@ def build(output: Path) -> Path:
     for source in (SPACE_DIR, package):
         if output == source or source in output.parents or output in source.parents:
             raise ValueError(f"--output must be a separate folder, got {output}")
+    if not output.exists():
+        from modeling.cli import check_output_folder
+
+        problem = check_output_folder(output)  # a path below a file: one line, not mkdir's traceback
+        if problem is not None:
+            raise ValueError(f"--output: {problem}")
     if output.exists():
         if not output.is_dir() or (any(output.iterdir()) and not is_space_folder(output)):
             raise ValueError(

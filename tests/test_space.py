@@ -669,6 +669,8 @@ def test_build_space_never_replaces_a_folder_it_did_not_build(tmp_path, monkeypa
         build_space.build(other)
     assert (project / "notes.txt").read_text() == "keep" and (project / "space" / "app.py").is_file()
     assert (other / "holiday.jpg").read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="is not a folder"):  # it used to end in mkdir's NotADirectoryError
+        build_space.build(project / "notes.txt" / "space")
     # A folder it built (or an empty one) is replaced.
     folder = build_space.build(tmp_path / "space")
     (folder / "stale.txt").write_text("from an earlier build")

@@ -166,3 +166,22 @@ def test_estimator_with_max_statistics_and_windows_is_saved_and_can_be_grafted(t
     with pytest.raises(SystemExit, match=r"trained on the statistics \['mean', 'std', 'max'\], not \['mean'\]"):
         main(["--model", str(source), "--output", str(tmp_path / "y"), "--max_train_steps", "0",
               "--init_estimator_from", str(first), *plain, "--estimator_statistics", "mean"])
+
+
+def test_an_output_below_a_file_is_refused_before_the_training(tmp_path, capsys):
+    """--output below a file passed the check (it does not exist) and failed at mkdir once the estimator was
+    trained, with a traceback that lost the training: one line and exit code 2 now, as for the other tools that
+    replace their --output (checkpointing.check_output_folder)."""
+    from training.checkpointing import check_output_folder
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path / "model"), "--output", str(a_file / "estimator"),
+              "--data_roots", f"clean={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and f"{a_file} is not a folder" in err
+    with pytest.raises(ValueError, match="is not a folder"):
+        check_output_folder(a_file / "deeper" / "demo")
+    check_output_folder(tmp_path / "new" / "demo")  # a missing folder is fine, and nothing is created
+    assert not (tmp_path / "new").exists()

@@ -246,6 +246,11 @@ def check_output_folder(
                                                                            and not may_be_a_source)):
             raise ValueError(f"--output {folder} holds {source}, which would be deleted: choose another folder")
     if not resolved.exists():
+        # A path below a file (or in a read-only folder) used to fail only when the result was saved, after the
+        # training or evaluation, with a traceback.
+        problem = unwritable_folder_reason(folder)
+        if problem is not None:
+            raise ValueError(problem)
         return
     if not resolved.is_dir():
         raise ValueError(f"--output {folder} is a file, not a folder: choose a new or empty folder")
