@@ -4,7 +4,7 @@
                    [--statistics-tolerance T] [--overwrite]
                    [--degradation NAME|auto] [--device DEV] [--dtype auto|fp32|bf16|fp16] [--suffix S]
 
-INPUTs are files, folders (their image files, not recursive) and glob patterns. Each result is written to
+INPUTs are files, folders (their image files, not recursive, hidden ones skipped) and glob patterns. Each result is written to
 ``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit depth (gray and colour) and
 alpha (a JPEG input therefore comes back as PNG). An output that would overwrite one of the inputs is always
 refused; one that would replace another existing file is refused unless ``--overwrite`` is given. Results are
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore images (denoise, derain, dehaze, deblur, enhance) with an all-in-one restoration model.",
         epilog="Outputs are written as OUT/<stem><suffix>.png. Exit codes: 0 ok, 1 some inputs failed, 2 usage error.",
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (not recursive) or globs")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (not recursive; hidden files skipped) or globs")
     parser.add_argument("--examples", action="store_true",
                         help="also restore the degraded example photos shipped with the package (modeling/demo/examples)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
@@ -86,7 +86,10 @@ def expand_inputs(patterns: Sequence[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            # Hidden files are skipped, as a glob's "*" skips them: macOS's "._photo.png" companions (resource
+            # forks copied to other disks) are not images and would each fail the run.
+            found = sorted(p for p in path.iterdir()
+                           if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 errors.append(f"{pattern}: folder contains no image files")
         elif path.exists():

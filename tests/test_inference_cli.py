@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -311,6 +312,24 @@ def test_cli_restores_folder_keeps_names_and_depths(inputs, tmp_path, checkpoint
     assert Image.open(out / "alpha.png").mode == "RGBA"
     assert np.all(np.asarray(Image.open(out / "alpha.png"))[..., 3] == 9)
     assert Image.open(out / "a.png").size == (24, 20)
+
+
+def test_cli_folders_skip_hidden_files_as_globs_do(inputs, tmp_path, checkpoint, capsys):
+    """A folder copied from a Mac holds a "._a.png" companion (resource fork, not an image) per photo: they were
+    taken as inputs, each failed, and the run exited 1 (a glob's "*" skips them; so does batch_restore). A hidden
+    file named on its own is still restored."""
+    from modeling.cli import expand_inputs
+
+    (inputs / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    shutil.copy(inputs / "a.png", inputs / ".thumbnail.png")
+    files, errors = expand_inputs([str(inputs)])
+    assert [f.name for f in files] == ["a.png", "alpha.png", "b.jpg", "deep.png"] and errors == []
+    assert [f for f in files if f.suffix == ".png"] == expand_inputs([str(inputs / "*.png")])[0]
+    assert expand_inputs([str(inputs / ".thumbnail.png")])[0] == [inputs / ".thumbnail.png"]
+    out = tmp_path / "out"
+    assert main([str(inputs), "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "alpha.png", "b.png", "deep.png"]
 
 
 def test_cli_bad_files_are_reported_and_others_written(inputs, tmp_path, checkpoint, capsys):
