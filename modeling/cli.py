@@ -140,8 +140,11 @@ def check_output_folder(out_dir: Path) -> Optional[str]:
         if not os.access(out_dir, os.W_OK | os.X_OK):
             return f"output folder {out_dir} is not writable"
         return None
-    ancestor = out_dir.parent
+    ancestor = out_dir
     while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():  # mkdir cannot create a folder through a link to nowhere (FileExistsError)
+            return f"cannot create output folder {out_dir}: {ancestor} is a link to {os.readlink(ancestor)}, " \
+                   "which does not exist"
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"cannot create output folder {out_dir}: {ancestor} is not a folder"

@@ -702,6 +702,18 @@ def test_cli_output_folder_under_a_file_is_a_usage_error(inputs, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in"]
 
 
+def test_cli_output_through_a_link_to_nowhere_is_a_usage_error(inputs, tmp_path, capsys, no_model_loading):
+    """-o naming a dangling link (say to a disk that is not mounted), or a folder below one, passed the check and
+    failed at mkdir after the model had loaded; train.py's output_dir (same check) failed so at its first
+    checkpoint, with a traceback."""
+    (tmp_path / "restored").symlink_to(tmp_path / "unmounted" / "restored")
+    for out in (tmp_path / "restored", tmp_path / "restored" / "today"):
+        assert main([str(inputs / "a.png"), "-o", str(out), "--model", "some/where", "-q"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{tmp_path / 'restored'} is a link to {tmp_path / 'unmounted' / 'restored'}" in line, line
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_cli_unwritable_output_folder_is_a_usage_error(inputs, tmp_path, capsys, no_model_loading, monkeypatch):
     # Root may write anywhere, so simulate the permission check answering "no" for the output side only.
     real_access = os.access

@@ -1025,12 +1025,14 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_training(corpus
     checkpoints, the whole run) and then end in mkdir's traceback, losing the work: refused on one line instead."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
-    for output_dir, message in ((a_file, "exists and is not a folder"), (a_file / "run", "is not a folder")):
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "run")  # mkdir fails through a link to nowhere
+    for output_dir, message in ((a_file, "exists and is not a folder"), (a_file / "run", "is not a folder"),
+                                (tmp_path / "link", "which does not exist")):
         with pytest.raises(SystemExit) as exit_:
             parse_args(train_args(corpus, output_dir))
         assert exit_.value.code == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert ": error: output_dir:" in error and message in error and str(a_file) in error
+        assert ": error: output_dir:" in error and message in error and str(output_dir.parent) in error
     assert parse_args(train_args(corpus, tmp_path / "new" / "run")).output_dir == str(tmp_path / "new" / "run")
     assert not (tmp_path / "new").exists()  # the check creates nothing
 
