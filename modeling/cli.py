@@ -4,9 +4,9 @@
                    [--statistics-tolerance T] [--overwrite]
                    [--degradation NAME|auto] [--device DEV] [--dtype auto|fp32|bf16|fp16] [--suffix S]
 
-INPUTs are files, folders (their image files, not recursive, hidden ones skipped) and glob patterns. Each result is written to
-``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit depth (gray and colour) and
-alpha (a JPEG input therefore comes back as PNG). An output that would overwrite one of the inputs is always
+INPUTs are files, folders (their image files, not recursive, hidden ones skipped) and glob patterns. Each result
+is written to ``OUT/<input stem><suffix>.png``: always PNG, because it is lossless and keeps 16-bit depth (gray
+and colour) and alpha (a JPEG input therefore comes back as PNG). An output that would overwrite one of the inputs is always
 refused; one that would replace another existing file is refused unless ``--overwrite`` is given. Results are
 written through a temporary file and renamed, with the permissions of any new file (the umask applies).
 
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore images (denoise, derain, dehaze, deblur, enhance) with an all-in-one restoration model.",
         epilog="Outputs are written as OUT/<stem><suffix>.png. Exit codes: 0 ok, 1 some inputs failed, 2 usage error.",
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (not recursive; hidden files skipped) or globs")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files, folders (not recursive; hidden files skipped) or globs")
     parser.add_argument("--examples", action="store_true",
                         help="also restore the degraded example photos shipped with the package (modeling/demo/examples)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
