@@ -412,15 +412,14 @@ class DPPDForImageRestoration(PromptRestorationPreTrainedModel):
         loss = loss_terms = None
         if labels is not None:
             loss, loss_terms = self.compute_loss(restored, labels, pixel_values, reports, condition)
-        if not return_dict:
-            return tuple(v for v in (loss, restored, degradation_weights, place_probabilities) if v is not None)
-        return ImageRestorationOutput(
+        output = ImageRestorationOutput(
             loss=loss,
             reconstruction=restored,
             degradation_weights=degradation_weights,
             prompt_weights=place_probabilities,
             loss_terms=loss_terms,
         )
+        return output if return_dict else output.to_tuple()
 
     def compute_loss(self, restored, labels, pixel_values, reports, condition):
         """L1 + weighted prototype cross-entropy, prototype separation and KL; the terms unweighted, with graph."""

@@ -12,6 +12,9 @@ from transformers.utils import ModelOutput
 class ImageRestorationOutput(ModelOutput):
     """Output of a ``*ForImageRestoration`` model.
 
+    With ``return_dict=False`` a model returns ``output.to_tuple()``, as transformers models do: the fields below
+    that are not ``None``, in this order (so with ``labels``, ``loss`` first and ``loss_terms`` last).
+
     Args:
         loss: training loss when ``labels`` were given (the method's own loss, regularisers included).
         reconstruction: restored images, (B, C, H, W), same size as the input.

@@ -505,9 +505,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
         loss = loss_terms = None
         if labels is not None:
             loss, loss_terms = self.compute_loss(restored, labels, pixel_values, estimator_logits, weights, degradation_labels)
-        if not return_dict:
-            return tuple(v for v in (loss, restored, weights, estimator_logits) if v is not None)
-        return ImageRestorationOutput(
+        output = ImageRestorationOutput(
             loss=loss,
             reconstruction=restored,
             degradation_weights=weights,
@@ -515,6 +513,7 @@ class PIPForImageRestoration(PromptRestorationPreTrainedModel):
             prompt_weights=prompt_weights,
             loss_terms=loss_terms,
         )
+        return output if return_dict else output.to_tuple()
 
     def prompt_angle_regularization(self) -> torch.Tensor:
         """The paper's prompt regulariser: scale x sum over levels of the pairwise positive cosines."""

@@ -72,11 +72,10 @@ class PromptIRForImageRestoration(PromptRestorationPreTrainedModel):
         loss = loss_terms = None
         if labels is not None:
             loss, loss_terms = self.l1_loss(restored, labels, pixel_values)
-        if not return_dict:
-            return tuple(v for v in (loss, restored, prompt_weights) if v is not None)
-        return ImageRestorationOutput(
+        output = ImageRestorationOutput(
             loss=loss, reconstruction=restored, prompt_weights=prompt_weights, loss_terms=loss_terms
         )
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["PromptIRForImageRestoration"]

@@ -49,9 +49,8 @@ class RestormerForImageRestoration(PromptRestorationPreTrainedModel):
         loss = loss_terms = None
         if labels is not None:
             loss, loss_terms = self.l1_loss(restored, labels, pixel_values)
-        if not return_dict:
-            return (loss, restored) if loss is not None else (restored,)
-        return ImageRestorationOutput(loss=loss, reconstruction=restored, loss_terms=loss_terms)
+        output = ImageRestorationOutput(loss=loss, reconstruction=restored, loss_terms=loss_terms)
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["RestormerForImageRestoration"]

@@ -86,6 +86,39 @@ def test_loss_and_return_dict_false(model_type):
     torch.testing.assert_close(no_labels[0], out.reconstruction, atol=1e-6, rtol=0)
 
 
+def _assert_outputs_equal(actual, expected) -> None:
+    assert type(actual) is type(expected)
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            _assert_outputs_equal(actual[key], expected[key])
+    elif isinstance(expected, tuple):
+        assert len(actual) == len(expected)
+        for actual_item, expected_item in zip(actual, expected):
+            _assert_outputs_equal(actual_item, expected_item)
+    else:
+        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "model_type, options",
+    [(model_type, {}) for model_type in sorted(TINY_CONFIGS)] + [("pip", {"decoder_prompts": True})],
+)
+def test_return_dict_false_is_the_outputs_to_tuple(model_type, options):
+    """The transformers contract: the tuple holds every field of the ModelOutput that is set, in field order.
+    PIP with decoder prompts used to leave its `prompt_weights` out of the tuple."""
+    model = tiny_model(model_type, **options)
+    pixel_values, labels = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        for extra in ({}, {"labels": labels}):
+            as_dict = model(pixel_values, **extra)
+            as_tuple = model(pixel_values, return_dict=False, **extra)
+            assert isinstance(as_tuple, tuple)
+            _assert_outputs_equal(as_tuple, as_dict.to_tuple())
+    if options:
+        assert len(as_dict.prompt_weights) == 3
+
+
 @pytest.mark.parametrize("model_type", ["restormer", "promptir"])
 def test_l1_loss_value_for_l1_models(model_type):
     model = tiny_model(model_type)
