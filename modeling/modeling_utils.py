@@ -236,6 +236,8 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
         return loss, {"pixel": loss}
 
     def check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        """Raise ``RestorationInputError`` for ``labels`` the loss cannot use: a shape unlike the output's, an
+        integer dtype, NaN or infinity."""
         if not isinstance(labels, torch.Tensor) or labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]:
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
             raise RestorationInputError(
@@ -246,3 +248,12 @@ class PromptRestorationPreTrainedModel(PreTrainedModel):
             raise RestorationInputError(
                 f"labels have {labels.shape[1]} channels but the model writes {self.config.out_channels}"
             )
+        # An integer image (0-255) would be cast to float and give a loss about 255 times too large, silently.
+        if not labels.is_floating_point():
+            raise RestorationInputError(
+                f"labels must be a floating-point tensor in [0, 1], got dtype {labels.dtype}; "
+                "use the image processor to convert integer images"
+            )
+        # As for pixel_values: skipped inside torch.compile, where it would be a host sync.
+        if not torch.compiler.is_compiling() and not torch.isfinite(labels).all():
+            raise RestorationInputError("labels contain NaN or infinite values")

@@ -224,6 +224,23 @@ def test_bad_pixel_values_raise_clear_errors(model_type, bad, message):
         model(bad, **forward_kwargs(model_type, bad.shape[0] if bad.ndim == 4 else 1))
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), "floating-point"),
+        (torch.rand(1, 3, 8, 8).index_fill_(2, torch.tensor([3]), float("nan")), "NaN or infinite"),
+        (torch.rand(1, 3, 8, 8).index_fill_(3, torch.tensor([0]), float("inf")), "NaN or infinite"),
+    ],
+    ids=["uint8", "nan", "inf"],
+)
+def test_bad_labels_raise_clear_errors(bad, message):
+    """uint8 labels used to be cast to 0-255 floats (a loss about 255x too large) and NaN labels gave a NaN loss,
+    both silently; the loss is shared by every model, so one model checks it."""
+    model = tiny_model("restormer")
+    with pytest.raises(RestorationInputError, match=message):
+        model(torch.rand(1, 3, 8, 8), labels=bad)
+
+
 def test_mismatched_labels_raise(model_type):
     model = tiny_model(model_type)
     with pytest.raises(RestorationInputError, match="labels"):
