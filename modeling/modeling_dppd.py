@@ -113,15 +113,32 @@ class DegradationPrototypeAssignment(nn.Module):
     def unit_prototypes(self) -> torch.Tensor:
         return F.normalize(self.prototypes.float(), dim=-1)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit embedding (B, embedding_dim) and assignment logits (B, K), both float32."""
+    def forward(
+        self, features: torch.Tensor, degradation_weights: torch.Tensor | None = None, hard: bool = False
+    ) -> PrototypeAssignment:
+        """Assign ``features`` to the prototypes (embedding and logits in float32). The condition is
+        ``degradation_weights`` (B, K) when given, else the probabilities (their one-hot argmax with ``hard``).
+
+        The prototype mixture is computed here, inside this module's forward, and not by its caller: a model
+        loaded with ``device_map`` (disk offload, or split across devices) has this module's parameters in
+        place only while its forward runs, and ``prototypes`` read outside it gave NaN restorations.
+        """
         pooled = spatial_mean(features.float())
         # Parameter-free layer norm: the pooled latent grows with the residual stream; its scale says nothing
         # about the degradation and must not saturate the embedding.
         pooled = F.layer_norm(pooled, pooled.shape[-1:])
         embedding = self.embedding(pooled.to(features.dtype)).float()
         embedding = F.normalize(embedding, dim=-1)
-        return embedding, embedding @ self.unit_prototypes().t() / self.temperature
+        unit = self.unit_prototypes()
+        logits = embedding @ unit.t() / self.temperature
+        probabilities = logits.softmax(dim=-1)
+        if degradation_weights is not None:
+            weights = degradation_weights.to(device=unit.device, dtype=torch.float32)
+        elif hard:
+            weights = hard_weights(probabilities)
+        else:
+            weights = probabilities
+        return PrototypeAssignment(embedding, logits, probabilities, weights, weights @ unit)
 
     def separation(self, margin: float) -> torch.Tensor:
         """Mean over prototype pairs of relu(cosine - margin): zero once all pairs are at most ``margin`` alike."""
@@ -270,16 +287,7 @@ class DPPDPromptModule(nn.Module):
 
     def assign(self, features: torch.Tensor, degradation_weights: torch.Tensor | None) -> PrototypeAssignment:
         """Assign ``features`` to the prototypes; given (B, K) ``degradation_weights`` become the condition."""
-        embedding, logits = self.assignment(features)
-        probabilities = logits.softmax(dim=-1)
-        if degradation_weights is not None:
-            weights = degradation_weights.float()
-        elif self.hard_conditioning:
-            weights = hard_weights(probabilities)
-        else:
-            weights = probabilities
-        prototype = weights @ self.assignment.unit_prototypes()
-        return PrototypeAssignment(embedding, logits, probabilities, weights, prototype)
+        return self.assignment(features, degradation_weights, hard=self.hard_conditioning)
 
     def forward(
         self,

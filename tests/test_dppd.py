@@ -553,7 +553,8 @@ def test_assignment_logits_are_the_cosine_similarities_over_the_temperature(temp
     torch.manual_seed(0)
     module = DegradationPrototypeAssignment(6, 8, 3, temperature, learnable_prototypes=True)
     features = torch.randn(2, 6, 5, 7) * 4 + 1
-    embedding, logits = module(features)
+    assignment = module(features)
+    embedding, logits = assignment.embedding, assignment.logits
     pooled = features.mean(dim=(2, 3))
     pooled = (pooled - pooled.mean(-1, keepdim=True)) / torch.sqrt(pooled.var(-1, unbiased=False, keepdim=True) + 1e-5)
     expected_embedding = torch.nn.functional.normalize(module.embedding(pooled), dim=-1)
@@ -561,3 +562,28 @@ def test_assignment_logits_are_the_cosine_similarities_over_the_temperature(temp
     torch.testing.assert_close(embedding, expected_embedding, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logits, expected_embedding @ prototypes.t() / temperature, rtol=1e-5, atol=1e-5)
     assert logits.abs().max() <= 1 / temperature + 1e-5
+
+
+@pytest.mark.parametrize("options", [{}, {"shared_assignment": True, "prompt_conditioning": "hard"}])
+def test_a_disk_offloaded_model_restores_as_the_model_in_memory(tmp_path, options):
+    """`from_pretrained(device_map="auto")` offloads what does not fit in `max_memory` to disk; accelerate then
+    loads each module's weights only for its own forward. The prototypes used to be read by the prompt module
+    outside the assignment's forward, so an offloaded DPPD mixed an unloaded tensor and restored NaN."""
+    from transformers import AutoModel
+
+    model = tiny_model("dppd", **options)
+    model.save_pretrained(tmp_path / "model")
+    offloaded = AutoModel.from_pretrained(
+        tmp_path / "model", device_map="auto", max_memory={"cpu": "60KB"}, offload_folder=str(tmp_path / "offload")
+    ).eval()
+    assert "disk" in set(offloaded.hf_device_map.values())
+    pixel_values = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        expected, actual = model(pixel_values), offloaded(pixel_values)
+        labelled = offloaded(pixel_values, degradation_labels="rain")
+    torch.testing.assert_close(actual.reconstruction, expected.reconstruction, atol=1e-6, rtol=0)
+    torch.testing.assert_close(actual.degradation_weights, expected.degradation_weights, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            labelled.reconstruction, model(pixel_values, degradation_labels="rain").reconstruction, atol=1e-6, rtol=0
+        )
