@@ -55,13 +55,15 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
 
 def test_cli_scores_the_tiles_and_overlap_it_is_given(heldout, tmp_path):
     """--tile and --tile_overlap reach restore(): the scores are those of evaluate_heldout with the same tiling,
-    and another overlap scores differently (a tiny random model's tiles disagree near their borders)."""
+    and another overlap scores differently (a tiny random model's tiles disagree near their borders).
+    Without statistics passes (each costs one more tiled restore): `--statistics_passes 0` must reach restore()
+    as well, or the CLI's default passes would score differently."""
     folder = tmp_path / "model"
     model = tiny_model("pip")
     model.save_pretrained(folder)
-    rows = ["--noise_sigmas", "25", "--settings", "--no_baseline"]
+    rows = ["--noise_sigmas", "25", "--settings", "--no_baseline", "--statistics_passes", "0"]
     results = main(["--model", str(folder), "--heldout", str(heldout), "--tile", "16", "--tile_overlap", "2", *rows])
-    options = dict(noise_sigmas=(25,), settings=(), baseline=False)
+    options = dict(noise_sigmas=(25,), settings=(), baseline=False, statistics_passes=0)
     assert results == evaluate_heldout(model, heldout, tile=16, tile_overlap=2, **options)
     for other in (evaluate_heldout(model, heldout, tile=16, tile_overlap=4, **options),
                   evaluate_heldout(model, heldout, tile=0, **options)):
