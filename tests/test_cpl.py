@@ -436,9 +436,11 @@ def test_two_process_training_with_cpr_keeps_the_feature_network_out(feature_net
 
 
 def test_cpr_drives_the_chosen_prompts_apart_faster_on_the_toy_run(tmp_path):
-    """Issue 11's must-show, on benchmarks/cpl_prompt_drift.py's toy (100 steps, seed 0): with each degradation's
-    prompt fixed by forced routing, the cosine between the degradations' prompts drops faster with L1 + 0.1 CPR
-    than with L1 alone, from the same weights on the same batches (measured: 0.031 vs 0.012)."""
+    """Issue 11's must-show, on benchmarks/cpl_prompt_drift.py's toy (seed 0): with each degradation's prompt fixed
+    by forced routing, the cosine between the degradations' prompts drops faster with L1 + 0.1 CPR than with L1
+    alone, from the same weights on the same batches (measured: 0.025 vs 0.0065 after 50 steps, about 0.03 vs
+    0.012 after the benchmark's 100: the ratio is larger early, so 50 steps show it with more margin).
+    One torch thread, as the benchmark runs: two thrash on these tiny tensors (10x slower on a shared 2-core CPU)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     try:
         import cpl_prompt_drift
@@ -446,10 +448,16 @@ def test_cpr_drives_the_chosen_prompts_apart_faster_on_the_toy_run(tmp_path):
         sys.path.pop(0)
     feature_dir = cpl_prompt_drift.save_feature_network(str(tmp_path / "features"))
     drops = {}
-    for weight in (0.0, 0.1):
-        history = cpl_prompt_drift.run(weight, seed=0, steps=100, every=100, feature_dir=feature_dir, forced_routing=True)
-        (first_step, first_cosine, *_), (last_step, last_cosine, *_) = history[0], history[-1]
-        assert (first_step, last_step) == (0, 100)
-        drops[weight] = first_cosine - last_cosine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for weight in (0.0, 0.1):
+            history = cpl_prompt_drift.run(weight, seed=0, steps=50, every=50, feature_dir=feature_dir,
+                                           forced_routing=True)
+            (first_step, first_cosine, *_), (last_step, last_cosine, *_) = history[0], history[-1]
+            assert (first_step, last_step) == (0, 50)
+            drops[weight] = first_cosine - last_cosine
+    finally:
+        torch.set_num_threads(threads)
     assert drops[0.0] > 0  # L1 alone separates them a little
     assert drops[0.1] > 1.5 * drops[0.0], drops
