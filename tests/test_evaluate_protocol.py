@@ -185,10 +185,11 @@ def test_three_task_identity_model_scores_the_inputs(root3, monkeypatch):
     assert skipped["broken.png"].startswith("corrupt") and skipped["dot.png"].startswith("too small")
     assert [Path(c["file"]).name for c in results["converted"]["files"]] == ["deep16.png", "deep16rgb.png"]
     assert results["average"]["psnr"] == pytest.approx(np.mean([t["psnr"] for t in tasks.values()]), abs=1e-12)
-    # a second model on the same test sets scores the inputs from the cache: only its restorations
+    # a second model on the same test sets, restoring in tiles, scores the inputs from the cache: only its
+    # restorations (24-px tiles split the 32x32 crops 2 x 2, each tiled image costing the statistics passes too)
     first_calls = len(calls)
     assert first_calls == 2 * (1 + 1 + 3 * 4)  # restored + input per image
-    again = ep.evaluate_protocol(tiny_model("promptir"), test_sets, tile=16, tile_overlap=4)
+    again = ep.evaluate_protocol(tiny_model("promptir"), test_sets, tile=24, tile_overlap=4)
     assert len(calls) - first_calls == 1 + 1 + 3 * 4
     assert {n: t["input_psnr"] for n, t in again["tasks"].items()} == {n: t["input_psnr"] for n, t in tasks.items()}
     # report: ours, the input row and the published rows of the protocol, side by side
@@ -356,15 +357,20 @@ def test_a_noise_test_set_spread_over_folders_is_refused(root3, tmp_path):
     assert [len(test_sets.columns[f"noise-{s}"].noisy) for s in (15, 25, 50)] == [1, 1, 1]
 
 
-def test_results_record_the_tiling_and_precision_restore_used(root3):
+def test_results_record_the_tiling_and_precision_restore_used(root3, tmp_path):
     """A model whose config names an inference_tile is restored in tiles even without `tile`: the JSON says so
-    (it used to say "tile": null beside tiled scores), with the overlap and the precision."""
-    test_sets = ep.ProtocolTestSets("3-task", ep.find_test_roots("3-task", root3),
+    (it used to say "tile": null beside tiled scores), with the overlap and the precision. One noise image (each
+    tiled image costs restore()'s statistics passes too) and 24-px tiles: the 32x32 crops are still split, 2 x 2."""
+    import shutil
+
+    (tmp_path / "bsd").mkdir()
+    shutil.copy(root3 / "test" / "denoise" / "bsd68" / "0.png", tmp_path / "bsd" / "0.png")
+    test_sets = ep.ProtocolTestSets("3-task", {**ep.find_test_roots("3-task", root3), "noise": str(tmp_path / "bsd")},
                                     convention=ep.CONVENTIONS["promptir"])
-    tiled_by_config = tiny_model("restormer", inference_tile=16)
+    tiled_by_config = tiny_model("restormer", inference_tile=24)
     results = ep.evaluate_protocol(tiled_by_config, test_sets, dtype="fp32")
-    assert (results["tile"], results["tile_overlap"], results["dtype"]) == (16, None, "fp32")
-    explicit = ep.evaluate_protocol(tiny_model("restormer"), test_sets, tile=16)
+    assert (results["tile"], results["tile_overlap"], results["dtype"]) == (24, None, "fp32")
+    explicit = ep.evaluate_protocol(tiny_model("restormer"), test_sets, tile=24)
     assert results["tasks"] == explicit["tasks"]
 
 
