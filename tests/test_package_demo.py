@@ -17,7 +17,7 @@ from training.package_demo import EXAMPLES, main, package_demo
 def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
     heldout = tmp_path / "heldout"
     for index, (_, stem, _) in enumerate(EXAMPLES):
-        save(heldout / f"{stem}.png", textured_image(300 + index, 48, 56))
+        save(heldout / f"{stem}.png", textured_image(300 + index, 24, 40))
     trained = tmp_path / "trained"
     tiny_model("pip").save_pretrained(trained)
     output = tmp_path / "demo"
@@ -43,9 +43,9 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
     for example in evaluation["examples"]:
         degraded = np.asarray(Image.open(output / example["file"]))
         clean = np.asarray(Image.open(output / example["clean"]))
-        assert degraded.shape == clean.shape == (48, 56, 3) and not np.array_equal(degraded, clean)
+        assert degraded.shape == clean.shape == (24, 40, 3) and not np.array_equal(degraded, clean)
     grid = Image.open(output / "before_after.png")
-    assert grid.size == (56 * 3, 48 * 5)
+    assert grid.size == (40 * 3, 24 * 5)
     # The card's second table has both modes, the worst image and NL-means, from the same results.
     assert f"{results['noise-25']['nlm_psnr']:.2f}" in card and "worst image gain" in card
 
@@ -75,7 +75,8 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
         training.evaluate_model.evaluate_heldout = original
     # --inference_tile is written into the shipped config and scored with: restore() then tiles by default.
     # With two evaluation workers, which load the folder being written, the tile is scored as well (32 px: the
-    # 48 x 56 photos still split into tiles, four per image rather than twenty, which kept this test at 3 minutes).
+    # 24 x 40 photos still split into tiles, two per image; every tiled image also costs restore()'s statistics
+    # passes, so larger photos or smaller tiles took this test to minutes).
     tiled = package_demo(trained, heldout, tmp_path / "demo-tiled", auto_mode="hard", inference_tile=32,
                          eval_workers=2)
     from modeling.inference import load_model
@@ -89,7 +90,7 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
         assert tiled[row]["image_gains"] == pytest.approx(scores["image_gains"], abs=1e-5)
     assert json.loads((tmp_path / "demo-tiled" / "config.json").read_text())["inference_tile"] == 32
     assert json.loads((tmp_path / "demo-tiled" / "eval_results.json").read_text())["inference_tile"] == 32
-    assert tiled != results  # the 48 x 56 photos are restored on 32 x 32 tiles, not whole
+    assert tiled != results  # the 24 x 40 photos are restored on 24 x 32 tiles, not whole
 
 
 def test_the_shipped_card_names_the_document_that_holds_each_training_command():
