@@ -232,18 +232,25 @@ def test_progress_bar_follows_restore_and_its_tiles(server, client, images):
     model = space.get_model(None).model
     forward = model.forward
 
-    def slow_forward(*args, **kwargs):  # long enough for several progress updates, on any machine
-        time.sleep(1.5)
+    wanted = {("tiles", "batch"), ("restoring", "img")}
+    seen = set()
+    both_seen = threading.Event()
+
+    def slow_forward(*args, **kwargs):
+        # Each forward waits until the client has seen both bars, at most 1.5 s (long enough for several progress
+        # updates, on any machine): once they have arrived, the remaining tiles need not wait.
+        both_seen.wait(1.5)
         return forward(*args, **kwargs)
 
     model.forward = slow_forward
     try:
         job = client.submit(handle_file(str(images["tiled"])), "", "rain", "soft", api_name="/restore")
-        seen = set()
         deadline = time.monotonic() + 240
         while not job.done() and time.monotonic() < deadline:
             for unit in job.status().progress_data or []:
                 seen.add((unit.desc, unit.unit))
+            if wanted <= seen:
+                both_seen.set()
             time.sleep(0.01)
         job.result(timeout=60)
     finally:
