@@ -1070,7 +1070,8 @@ def test_bench_infer_compares_the_fast_path_with_the_reference(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert (report["model"], report["size"], report["parameters"]) == ("pip", 32, tiny_model("pip", **labels).num_parameters())
+    parameters = tiny_model("pip", **labels).num_parameters()
+    assert (report["model"], report["size"], report["parameters"]) == ("pip", 32, parameters)
     rows = {row["path"]: row for row in report["rows"]}
     assert list(rows) == ["reference", "channels-last"]
     assert rows["reference"]["ratio"] == 1.0
