@@ -385,6 +385,13 @@ def load_model(
     return model
 
 
+def loading_keys(loading: dict, kind: str) -> list[str]:
+    """The sorted weight names of one `kind` of `from_pretrained(..., output_loading_info=True)`'s report; a
+    mismatched one (name, shape in the weights, shape the config builds) with both shapes."""
+    return sorted(f"{key[0]} ({list(key[1])} in the weights, {list(key[2])} in the model)"
+                  if isinstance(key, tuple) and len(key) == 3 else str(key) for key in loading.get(kind) or ())
+
+
 def _check_weights_match_config(source: str, loading: dict) -> None:
     """transformers only reports weights its model has no place for, or places no weight filled (they stay randomly
     initialised): restoring with such a model gives garbage, so a config that does not describe its weights (another
@@ -392,9 +399,7 @@ def _check_weights_match_config(source: str, loading: dict) -> None:
     problems = []
     for kind, label in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not used by the model"),
                         ("mismatched_keys", "of another shape")):
-        # A mismatched key comes as (name, shape in the weights, shape the config builds).
-        keys = sorted(f"{key[0]} ({list(key[1])} in the weights, {list(key[2])} from the config)"
-                      if isinstance(key, tuple) and len(key) == 3 else str(key) for key in loading.get(kind) or ())
+        keys = loading_keys(loading, kind)
         if keys:
             problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
     if problems:
@@ -952,6 +957,7 @@ __all__ = [
     "CAUTIOUS_MARGIN",
     "accepts_degradation_labels",
     "default_output_type",
+    "loading_keys",
     "degradation_label_ids",
     "estimate_degradation_weights",
     "load_model",

@@ -20,9 +20,9 @@ import torch  # noqa: E402
 
 import modeling  # noqa: E402
 
-# One intra-op thread: the tiny test models gain nothing from two, and on the shared 2-core machine two OpenMP
-# threads spin against other processes (tests/test_evaluate_protocol.py + test_evaluate_model.py: 175 s with two,
-# 26 s with one, back to back). Subprocess tests pass torch.get_num_threads() on, so their sums still match.
+# One intra-op thread: the tiny test models gain nothing from two, and on a 2-core machine two OpenMP threads spin
+# against the suite's other processes (launches, servers). Subprocess tests pass torch.get_num_threads() on, so
+# their sums still match.
 torch.set_num_threads(1)
 
 #: The smallest configs that still exercise every code path of each model.

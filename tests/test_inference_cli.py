@@ -1508,7 +1508,7 @@ def test_a_config_that_does_not_describe_its_weights_is_refused(tmp_path):
     # Named with both shapes in the message itself: transformers' load report is logged, and absent where its logging
     # is off (the Space shows the message alone).
     with pytest.raises(ValueError, match=r"config\.json does not describe its weights: .*\d+ of another shape \(e\.g\. "
-                       r"\S+ \(\[\d+(, \d+)*\] in the weights, \[\d+(, \d+)*\] from the config\)"):
+                       r"\S+ \(\[\d+(, \d+)*\] in the weights, \[\d+(, \d+)*\] in the model\)"):
         inference.load_model(folder)
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "restormer",
                                                     "architectures": ["RestormerForImageRestoration"]}))

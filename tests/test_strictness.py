@@ -159,5 +159,5 @@ def test_overrides_that_change_a_checkpoint_s_widths_name_the_weights(tmp_path):
     args = train.TrainingArguments(model_type="pip", pretrained_model_name_or_path=str(tmp_path / "pip"),
                                    model_config={"prompt_dims": [16, 20, 16]})
     with pytest.raises(ValueError, match=r"weights of .* have another shape in the model that model_config .* builds "
-                                         r"\(e\.g\. skip_prompts\.level1\.\S+ \(\[\d+(, \d+)*\] in the checkpoint"):
+                                         r"\(e\.g\. skip_prompts\.level1\.\S+ \(\[\d+(, \d+)*\] in the weights"):
         train.build_model(args)

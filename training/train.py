@@ -751,8 +751,9 @@ def build_model(args: TrainingArguments):
                 f"model_config {args.model_config} as overrides of {args.pretrained_model_name_or_path}'s config: "
                 f"{' '.join(str(error.__cause__ or error).split())}"
             ) from error
-        reshaped = sorted(f"{key} ({list(saved)} in the checkpoint, {list(built)} in the model)"
-                          for key, saved, built in loading.get("mismatched_keys") or ())
+        from modeling.inference import loading_keys
+
+        reshaped = loading_keys(loading, "mismatched_keys")
         if reshaped:
             raise ValueError(
                 f"{len(reshaped)} weights of {args.pretrained_model_name_or_path} have another shape in the model that "
