@@ -91,6 +91,16 @@ def test_update_rewrites_only_between_the_markers_and_check_sees_staleness(weigh
     assert update_document(document, history_table(weights_dir)) is False  # idempotent
 
 
+def test_a_failed_update_leaves_the_document_as_it_was(tmp_path):
+    document = tmp_path / "README.md"
+    original = f"before\n{BEGIN_MARKER}\n| old | table |\n{END_MARKER}\nafter\n"
+    document.write_text(original)
+    with pytest.raises(UnicodeEncodeError):  # the write fails part-way: a lone surrogate cannot be encoded
+        update_document(document, "| new | \ud800 |")
+    assert document.read_text() == original
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md"]
+
+
 def test_a_document_without_markers_is_a_clear_error(tmp_path):
     document = tmp_path / "README.md"
     document.write_text("no table here\n")

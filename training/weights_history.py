@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from training.checkpointing import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "training" / "weights"
 SHIPPED_RESULTS = REPO / "modeling" / "demo" / "eval_results.json"
@@ -99,7 +101,7 @@ def update_document(path: Path, table: str) -> bool:
     new_text = f"{head}\n{table}\n{tail}"
     if new_text == text:
         return False
-    path.write_text(new_text)
+    write_text_atomic(path, new_text)  # an interrupted rewrite leaves the old document, never half of one
     return True
 
 
