@@ -778,3 +778,16 @@ def test_cdd11_type_folders_pair_in_any_case(tmp_path):
         save(tmp_path / "Train" / folder / "1.png", textured_image(1, 16, 16))
     sources = D.cdd11_sources(str(tmp_path), types=("low", "haze"), split="train")
     assert [len(source.pairs) for source in sources] == [1, 1]
+
+
+def test_validation_refuses_a_size_mismatch_that_the_crop_to_a_multiple_would_hide(tmp_path, caplog):
+    """36x44 and 40x40 both centre-crop to 32x32: the pair used to pass and score a misaligned image (the stream
+    and the protocol compare sizes before the crop)."""
+    save(tmp_path / "rain" / "input" / "1.png", coded_image(1, True, 36, 44))
+    save(tmp_path / "rain" / "target" / "1.png", coded_image(1, False, 40, 40))
+    save(tmp_path / "rain" / "input" / "2.png", coded_image(2, True, 40, 40))
+    save(tmp_path / "rain" / "target" / "2.png", coded_image(2, False, 40, 40))
+    sources = [D.paired_source(tmp_path / "rain", "rain")]
+    pairs = list(D.validation_pairs(sources, multiple_of=16))
+    assert [(p["name"], p["degraded"].shape) for p in pairs] == [("2", (32, 32, 3))]
+    assert "size (36, 44, 3) vs (40, 40, 3)" in caplog.text

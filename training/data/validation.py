@@ -30,8 +30,9 @@ def validation_pairs(
 
     Sources are read in order; ``max_per_source`` takes a seeded subset (kept in file order). Synthesized
     degradations use ``default_rng([seed, source, pair])`` on the whole clean image (as the official test
-    code adds noise to the full image). ``multiple_of=16`` reproduces the PromptIR centre crop. Bad files, and
-    images with a side shorter than ``multiple_of`` (the crop would leave nothing), are skipped with a warning.
+    code adds noise to the full image). ``multiple_of=16`` reproduces the PromptIR centre crop. Bad files, pairs
+    whose images differ in size (compared before the crop), and images with a side shorter than ``multiple_of``
+    (the crop would leave nothing) are skipped with a warning.
     """
     labels = {name: i for i, name in enumerate(label_names)}
     for source_index, source in enumerate(sources):
@@ -47,17 +48,20 @@ def validation_pairs(
                     logger.warning("validation: skipping %s (too small: %dx%d px, less than the multiple of %d it "
                                    "is cropped to)", clean_path, clean.shape[1], clean.shape[0], multiple_of)
                     continue
+                degraded = None if degraded_path is None else decode_image(degraded_path)[0]
+                # Sizes are compared before the crop to a multiple, which can make two sizes equal (36x44 and 40x40
+                # both crop to 32x32) and so pass a misaligned pair, as the stream and the protocol refuse it.
+                if degraded is not None and degraded.shape != clean.shape:
+                    logger.warning("validation: skipping %s (size %s vs %s)", clean_path, degraded.shape, clean.shape)
+                    continue
                 clean = center_crop_to_multiple(clean, multiple_of)
-                if degraded_path is None:
+                if degraded is None:
                     rng = np.random.default_rng([seed, source_index, int(pair_index)])
                     degraded = synthesize(clean, source.synthesis, rng, **dict(source.synthesis_kwargs)).image
                 else:
-                    degraded = center_crop_to_multiple(decode_image(degraded_path)[0], multiple_of)
+                    degraded = center_crop_to_multiple(degraded, multiple_of)
             except Exception as error:
                 logger.warning("validation: skipping %s (%s)", clean_path, error)
-                continue
-            if degraded.shape != clean.shape:
-                logger.warning("validation: skipping %s (size %s vs %s)", clean_path, degraded.shape, clean.shape)
                 continue
             yield {
                 "degraded": degraded,
