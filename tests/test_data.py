@@ -791,3 +791,19 @@ def test_validation_refuses_a_size_mismatch_that_the_crop_to_a_multiple_would_hi
     pairs = list(D.validation_pairs(sources, multiple_of=16))
     assert [(p["name"], p["degraded"].shape) for p in pairs] == [("2", (32, 32, 3))]
     assert "size (36, 44, 3) vs (40, 40, 3)" in caplog.text
+
+
+def test_rain_test_layout_of_pip_pairs_rain_k_with_norain_k(tmp_path):
+    """PIP's test loader pairs Rain100L input/rain-<k>.png with target/norain-<k>.png (it renames rain -> norain);
+    these files used to stay unpaired ("no rain pairs found"). PromptIR's same-name pairs still win."""
+    files = [f"{tmp_path}/Rain100L/input/rain-{k:03d}.png" for k in (1, 2)]
+    files += [f"{tmp_path}/Rain100L/target/norain-{k:03d}.png" for k in (1, 2)]
+    files += [f"{tmp_path}/Same/input/rain-001.png", f"{tmp_path}/Same/target/rain-001.png",
+              f"{tmp_path}/Same/target/norain-001.png"]
+    pairs, unpaired = D.pair_files(files, "rain")
+    assert pairs == [
+        (f"{tmp_path}/Rain100L/input/rain-001.png", f"{tmp_path}/Rain100L/target/norain-001.png"),
+        (f"{tmp_path}/Rain100L/input/rain-002.png", f"{tmp_path}/Rain100L/target/norain-002.png"),
+        (f"{tmp_path}/Same/input/rain-001.png", f"{tmp_path}/Same/target/rain-001.png"),
+    ]
+    assert unpaired == []

@@ -32,10 +32,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # case-insensitively, file stems as they are (the official releases name both sides alike).
 _SAME_NAME = ("same",)
 _LAYOUT_RULES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
-    # Rain100L train (official list): rainy/rain-<k>.png -> gt/norain-<k>.png; test/Rain13K: input -> target.
+    # Rain100L train (official list): rainy/rain-<k>.png -> gt/norain-<k>.png; test/Rain13K: input -> target, the
+    # same name (PromptIR, AdaIR) or input/rain-<k> -> target/norain-<k> (PIP's test loader renames rain -> norain).
     "rain": [
         ("rainy", ("gt",), ("norain", "same")),
-        ("input", ("target", "gt"), _SAME_NAME),
+        ("input", ("target", "gt"), ("same", "norain")),
         ("rain", ("norain",), _SAME_NAME),
     ],
     # RESIDE OTS: synthetic/partN/<id>_<A>_<beta>.jpg -> original/<id>.jpg; SOTS: input/<id>_a_b.jpg -> target/<id>.png
