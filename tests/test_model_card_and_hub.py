@@ -133,6 +133,18 @@ def test_integer_inputs_are_scaled_by_their_full_range(metric, dtype):
         evaluation.psnr(prediction.astype(np.float32), reference.astype(np.float32))
 
 
+
+def test_a_prediction_on_the_0_255_scale_is_refused_not_clipped(metric):
+    """A perfect restoration passed as float `output * 255` used to be clipped to 1 and scored 4.8 dB without a
+    word (the same mistake on the reference was refused); ordinary overshoot is still clipped."""
+    clean = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for score in (evaluation.psnr, evaluation.ssim):
+        with pytest.raises(ValueError, match="prediction values span"):
+            score(clean.astype(np.float32), clean)
+    with pytest.raises(ValueError, match="prediction values span"):
+        metric.compute(predictions=[clean.astype(np.float64)], references=[clean])
+    assert evaluation.psnr(clean / 255 * 1.5 - 0.2, clean) < 20  # overshoot: clipped and scored
+
 def test_torch_channels_first_batches_and_accumulation(metric):
     pairs = [_pair(16, 24, 3), _pair(16, 24, 4)]
     predictions = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2)  # (N, C, H, W)

@@ -35,7 +35,8 @@ Args:
     predictions: restored images. Each item is one image or a batch of images:
         * numpy array (H, W, C) or (H, W), or a batch (N, H, W, C): channels LAST;
         * torch tensor (C, H, W), or a batch (N, C, H, W): channels FIRST (the model's layout);
-        * uint8 values are divided by 255, uint16 by 65535; float values must be in [0, 1] (they are clipped).
+        * uint8 values are divided by 255, uint16 by 65535; float values must be in [0, 1] (they are clipped;
+          predictions beyond [-1, 2] x data_range, such as a [0, 255] float image, are refused).
     references: clean images, same layouts and shapes as `predictions`.
     crop_border (int, default 0): pixels shaved from every side before scoring (BasicSR `crop_border`).
     test_y_channel (bool, default False): score the BT.601 luma (Y of YCbCr, as in BasicSR) instead of RGB.
@@ -134,18 +135,29 @@ def _prepare(image: np.ndarray, crop_border: int, test_y_channel: bool, data_ran
     return image
 
 
+#: How far (as a fraction of `data_range`) a prediction may overshoot [0, data_range] and still be clipped.
+PREDICTION_OVERSHOOT = 1.0
+
+
 def _check_pair(prediction: np.ndarray, reference: np.ndarray, crop_border: int, data_range: float) -> None:
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
     if crop_border < 0 or 2 * crop_border >= min(prediction.shape[:2]):
         raise ValueError(f"crop_border={crop_border} leaves nothing of a {prediction.shape[:2]} image")
-    # Predictions may overshoot a little (they are clipped); a reference far outside the range means the caller
-    # passed [0, 255] floats, which clipping would silently turn into garbage.
+    # A reference far outside the range means the caller passed [0, 255] floats, which clipping would silently
+    # turn into garbage. Predictions may overshoot (they are clipped), but not by the factor of a [0, 255] image:
+    # a perfect restoration passed as `output * 255` scored 4.8 dB.
     low, high = float(reference.min()), float(reference.max())
     if low < -1e-3 * data_range or high > (1 + 1e-3) * data_range:
         raise ValueError(
             f"reference values span [{low:.3g}, {high:.3g}], outside [0, {data_range:g}]; "
             "pass uint8 arrays or floats scaled to [0, 1]"
+        )
+    low, high = float(prediction.min()), float(prediction.max())
+    if low < -PREDICTION_OVERSHOOT * data_range or high > (1 + PREDICTION_OVERSHOOT) * data_range:
+        raise ValueError(
+            f"prediction values span [{low:.3g}, {high:.3g}], far outside [0, {data_range:g}] (overshoot up to "
+            f"{PREDICTION_OVERSHOOT:g} x the range is clipped); pass uint8 arrays or floats scaled to [0, 1]"
         )
 
 
