@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -467,3 +470,76 @@ def test_boolean_label_tensors_are_refused():
     model = tiny_model("pip")
     with pytest.raises(RestorationInputError, match="not booleans"):
         model(pixel_values=torch.rand(2, 3, 16, 16), degradation_labels=torch.tensor([True, False]))
+
+
+def readme_trainer_label_names() -> list[str]:
+    """The ``label_names`` the README's "With `transformers.Trainer`" recipe passes to ``TrainingArguments``."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.partition("### With `transformers.Trainer`")[2].partition("\n## ")[0]
+    match = re.search(r"TrainingArguments\([^)]*label_names=(\[[^\]]*\])", section)
+    assert match, "README has no Trainer recipe with label_names"
+    return ast.literal_eval(match.group(1))
+
+
+class _RestorationPairs(torch.utils.data.Dataset):
+    """Five (pixel_values, labels) pairs, with degradation label indices when ``with_degradation``."""
+
+    def __init__(self, with_degradation: bool) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.noisy, self.clean = torch.rand(2, 5, 3, 16, 16, generator=generator)
+        self.with_degradation = with_degradation
+
+    def __len__(self) -> int:
+        return len(self.noisy)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"pixel_values": self.noisy[index], "labels": self.clean[index]}
+        if self.with_degradation:
+            item["degradation_labels"] = index % 3
+        return item
+
+
+@pytest.mark.parametrize("model_type", ["pip", "dppd"])
+def test_trainer_recipe_of_the_readme_evaluates_label_taking_models(model_type, tmp_path):
+    """transformers takes every forward argument named *label* for a target, ``degradation_labels`` too: without
+    the README's ``label_names``, evaluate() lost eval_loss and compute_metrics (or got a tuple of label_ids)."""
+    from transformers import Trainer, TrainingArguments
+
+    def arguments(label_names):
+        return TrainingArguments(tmp_path, per_device_eval_batch_size=2, report_to=[], use_cpu=True,
+                                 label_names=label_names)
+
+    def clean_psnr(prediction):
+        error = ((prediction.predictions[0] - prediction.label_ids) ** 2).mean()
+        return {"psnr": float(-10 * np.log10(error))}
+
+    # The reason the README gives: by default the label-free evaluation has no loss.
+    default = Trainer(model=tiny_model(model_type), args=arguments(None), compute_metrics=clean_psnr)
+    assert default.label_names == ["degradation_labels", "labels"]
+    assert "eval_loss" not in default.evaluate(_RestorationPairs(with_degradation=False))
+
+    for with_degradation in (False, True):
+        model = tiny_model(model_type)
+        trainer = Trainer(model=model, args=arguments(readme_trainer_label_names()), compute_metrics=clean_psnr)
+        dataset = _RestorationPairs(with_degradation)
+        metrics = trainer.evaluate(dataset)
+        result = trainer.predict(dataset)
+        batch = {"pixel_values": dataset.noisy, "labels": dataset.clean}
+        if with_degradation:
+            batch["degradation_labels"] = torch.arange(5) % 3
+        with torch.no_grad():
+            expected = model.eval()(**batch)
+            # The Trainer's loss is the mean over images of their batch's loss: batches of 2, 2 and 1.
+            batch_losses = [model(**{key: value[start:start + 2] for key, value in batch.items()}).loss
+                            for start in (0, 2, 4)]
+        expected_loss = (2 * batch_losses[0] + 2 * batch_losses[1] + batch_losses[2]).item() / 5
+        assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert result.metrics["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert result.predictions[0].shape == (5, 3, 16, 16) and result.label_ids.shape == (5, 3, 16, 16)
+        np.testing.assert_allclose(result.predictions[0], expected.reconstruction.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(result.label_ids, dataset.clean.numpy())
+        clean = expected.reconstruction.numpy()
+        assert metrics["eval_psnr"] == pytest.approx(-10 * np.log10(((clean - dataset.clean.numpy()) ** 2).mean()),
+                                                     rel=1e-5)
+        if with_degradation:  # the labels reached the model: its weights are their one-hots
+            np.testing.assert_array_equal(result.predictions[1], np.eye(5, dtype=np.float32)[np.arange(5) % 3])
