@@ -419,6 +419,28 @@ def test_resume_exact_with_stateful_dataloader(corpus, num_workers):
     _assert_same_batches(_batches(iter(resumed), 4), reference)
 
 
+def test_starting_an_epoch_leaves_torchs_global_rng_alone(corpus):
+    """The training step draws from torch's global RNG (DPPD's prompt samples, CPL's random negatives), which a
+    checkpoint saves. A loader that took its workers' base seed from that RNG at each `iter()` shifted every later
+    draw of a resumed run (its iterator starts after the restore, the uninterrupted run's before step 1): DPPD and
+    CPL resumed with other samples, loss by loss."""
+    stream = five_task_stream(corpus, seed=1)
+    loader = D.build_dataloader(stream, batch_size=4, num_workers=0)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    assert torch.equal(torch.rand(4), expected)
+
+    resumed = D.build_dataloader(five_task_stream(corpus, seed=1), batch_size=4, num_workers=0)
+    resumed.load_state_dict(state)
+    torch.manual_seed(0)
+    next(iter(resumed))
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_resume_exact_with_stream_state_dict(corpus):
     stream = five_task_stream(corpus, seed=1, epoch=1)
     iterator = iter(stream)

@@ -584,7 +584,10 @@ def build_dataloader(
     """A torchdata ``StatefulDataLoader`` over ``stream`` (exact resume with ``state_dict``/``load_state_dict``).
 
     Workers are not persistent so that ``stream.set_epoch`` reaches them. Do not pass the result to
-    ``accelerator.prepare``: the stream is already split per rank.
+    ``accelerator.prepare``: the stream is already split per rank. Starting an epoch draws the workers' base seed
+    from the loader's own generator (seeded from the stream's seed), never from torch's global RNG: a draw there
+    would shift every random number the training step takes (DPPD's prompt sampling, CPL's negatives) differently
+    in a resumed run, whose first epoch starts mid-way, than in the uninterrupted one.
     """
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -595,6 +598,8 @@ def build_dataloader(
                        stream.shards_per_rank)
     if num_workers and prefetch_factor is not None:
         kwargs["prefetch_factor"] = prefetch_factor
+    if kwargs.get("generator") is None:
+        kwargs["generator"] = torch.Generator().manual_seed(stream.seed)
     return StatefulDataLoader(
         stream, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory, **kwargs
     )
