@@ -417,6 +417,29 @@ def test_save_model_folder_is_complete_and_atomic(tmp_path):
     assert "30.25" in card and "| 2 |" in card  # measured PSNR and the number of images
 
 
+def test_the_pip_card_describes_the_trained_config_not_the_default_one(tmp_path):
+    """A PIP trained as CPL's plug-in (PromptIR's decoder prompts, top-1 routing, CPR) on the 3-task classes was
+    published with the default model's description: "on a Restormer backbone" and "the 5-task" classes."""
+    from conftest import tiny_model
+
+    plug_in = tiny_model("pip", decoder_prompts=True, decoder_prompt_dims=[4, 8, 16], decoder_prompt_sizes=[8, 4, 2],
+                         decoder_prompt_top_k=1, training_loss="contrastive_prompt_regularization",
+                         num_degradations=3, degradation_names=["noise", "rain", "haze"])
+    folder = save_model_folder(plug_in, tmp_path / "plug-in", model_id="me/plug-in", model_type="pip", results={},
+                               dataset="3-task", training_summary={"steps": 3})
+    card = (folder / "README.md").read_text()
+    assert "Restormer backbone" not in card and "plugged into PromptIR's backbone" in card
+    assert "top-1 prompt component" in card and "contrastive prompt regularisation" in card
+    assert "Degradation classes: noise, rain, haze;" in card and "5-task ones" not in card
+
+    default = save_model_folder(tiny_model("pip"), tmp_path / "default", model_id="me/default", model_type="pip",
+                                results={}, dataset="5-task", training_summary={"steps": 3})
+    card = (default / "README.md").read_text()
+    assert "**PIP (Prompt-In-Prompt learning)** on a Restormer backbone. One network\n" in card
+    assert "- Degradation classes are the 5-task ones (noise, rain, haze, blur, low-light);" in card
+    assert "PromptIR's backbone" not in card and "\n\n\n" not in card.split("## How to use")[0]
+
+
 # --- push ------------------------------------------------------------------------------------------------------
 
 

@@ -123,6 +123,7 @@ def build_model_card(
     usage: Optional[str] = None,
     license_name: Optional[str] = None,
     license_link: Optional[str] = None,
+    model_config: Optional[Mapping[str, Any]] = None,
 ) -> "ModelCard":
     """A `huggingface_hub.ModelCard` for a trained model, with model-index results taken from `results`.
 
@@ -148,6 +149,9 @@ def build_model_card(
             `license_link` (a URL, or the name of a licence file the folder holds), which the Hub shows in place of
             a licence it does not know.
         usage: the card's usage section (default: `usage_section` of ``model_id``, for a folder with its code).
+        model_config: the model's config (``config.to_dict()``), for what the card says of this model in
+            particular (its degradation classes; for PIP, decoder prompts and CPL's plug-in); ``None``: the
+            template's defaults, which describe the default config.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -209,6 +213,7 @@ def build_model_card(
         trained_by_flags=bool(training_summary.get("command")) and not recipe_config(training_summary),
         usage_section=usage if usage is not None else usage_section(model_id),
         figures=[{"path": Path(f).as_posix(), "caption": _caption(f)} for f in figures],
+        config=dict(model_config or {}),
     )
 
 
@@ -504,7 +509,7 @@ def save_model_folder(
             figures.append("training_curves.png")
         card = build_model_card(
             model_id=model_id, model_type=model_type, results=card_results, training_summary=training_summary,
-            figures=figures,
+            figures=figures, model_config=model.config.to_dict(),
         )
         save_model_card(card, partial)
         (partial / "eval_results.json").write_text(json.dumps(dict(results), indent=2))

@@ -213,12 +213,14 @@ def training_record(model_dir: Path) -> dict[str, Any]:
 def render_card(folder: Path, results: dict, repo_id: str, model_type: str, license: str, weights: str,
                 license_name: Optional[str] = None, license_link: Optional[str] = None,
                 required_label: Optional[str] = None, degradation_names: Sequence[str] = (),
-                training: Optional[Mapping[str, Any]] = None) -> Path:
+                training: Optional[Mapping[str, Any]] = None, model_config: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``README.md`` from the evaluation JSON (model-index, tables, published rows) and ship the JSON.
 
     `required_label`: for a model that cannot estimate the degradation, the label the usage snippets pass (one of
     `degradation_names`), so that they run as written. `training`: what training recorded of the run
-    (``training_summary.json``: its command, steps, precision), shown in the card's Training section."""
+    (``training_summary.json``: its command, steps, precision), shown in the card's Training section.
+    `model_config`: the model's config, for what the card says of this model in particular (see
+    `build_model_card`)."""
     from training.evaluate_protocol import markdown_report, model_card_results
     from training.model_card import build_model_card, save_model_card, usage_section
 
@@ -235,7 +237,7 @@ def render_card(folder: Path, results: dict, repo_id: str, model_type: str, lice
         repo_id, model_type, model_card_results(results), summary,
         metric_protocol=results["convention_description"], results_source=source, comparison=comparison,
         license=license, license_name=license_name, license_link=license_link,
-        usage=usage_section(repo_id, required_label, degradation_names),
+        usage=usage_section(repo_id, required_label, degradation_names), model_config=model_config,
     )
     (folder / "protocol_results.json").write_text(json.dumps(results, indent=2))
     return save_model_card(card, folder)
@@ -349,7 +351,8 @@ def prepare_folder(
     with folder_written_atomically(output) as partial:
         save_folder(model, partial, processor, extra)
         render_card(partial, results, repo_id, model_type, license, weights, license_name, license_link,
-                    required_label, list(getattr(model.config, "degradation_names", None) or []), training)
+                    required_label, list(getattr(model.config, "degradation_names", None) or []), training,
+                    model.config.to_dict())
         if verify:
             verify_folder(partial, model)
     return output
