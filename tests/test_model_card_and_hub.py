@@ -440,6 +440,23 @@ def test_the_pip_card_describes_the_trained_config_not_the_default_one(tmp_path)
     assert "PromptIR's backbone" not in card and "\n\n\n" not in card.split("## How to use")[0]
 
 
+def test_the_dppd_card_states_the_trained_loss_weights(tmp_path):
+    """The card's loss line was fixed text: a model trained with other weights was published with the defaults."""
+    from conftest import tiny_model
+
+    def loss_line(model) -> str:
+        folder = save_model_folder(model, tmp_path / str(id(model)), model_id="me/dppd", model_type="dppd",
+                                   results={}, dataset="3-task", training_summary={"steps": 3})
+        card = " ".join((folder / "README.md").read_text().split())  # the sentence wraps
+        return card[card.index("Loss: L1"):card.index("prototype prior.")]
+
+    assert loss_line(tiny_model("dppd")) == ("Loss: L1 + 0.1 × prototype cross-entropy (with degradation labels) + "
+                                             "0.1 × prototype separation + 0.01 × KL towards the ")
+    changed = tiny_model("dppd", prototype_loss_weight=0.5, prototype_separation_weight=0.0, kl_loss_weight=0.02)
+    assert loss_line(changed) == ("Loss: L1 + 0.5 × prototype cross-entropy (with degradation labels) + "
+                                  "0.0 × prototype separation + 0.02 × KL towards the ")
+
+
 # --- push ------------------------------------------------------------------------------------------------------
 
 
