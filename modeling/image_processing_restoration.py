@@ -218,9 +218,20 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise _bomb_error(where, err) from err
-        except (OSError, SyntaxError, ValueError) as err:
+        except MemoryError:
+            raise
+        except Exception as err:  # Pillow's decoders also fail on damaged data with IndexError, TypeError, ...
+            image.close()
             raise RestorationInputError(f"Input {where} is truncated or corrupt ({err}).") from err
-        frames = int(getattr(image, "n_frames", 1) or 1)
+        try:
+            # Counting frames reads the header of every later frame (GIF, TIFF): a damaged one fails here, with
+            # whatever exception Pillow's parser meets (IndexError, TypeError, SyntaxError, ...).
+            frames = int(getattr(image, "n_frames", 1) or 1)
+        except MemoryError:
+            raise
+        except Exception as err:
+            image.close()
+            raise RestorationInputError(f"Input {where} is truncated or corrupt after its first frame ({err}).") from err
         if frames > 1:
             logger.warning(f"Input {where} has {frames} frames (pages); only the first one is restored.")
             # Pillow keeps a multi-frame file open for seeking: detach the first frame (EXIF orientation applied

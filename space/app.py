@@ -332,7 +332,11 @@ def check_upload(path: str, settings: SpaceSettings) -> UploadInfo:
             turned = _exif_orientation(image) != 1
     except Image.DecompressionBombError as err:
         raise gr.Error(f"The image is far too large; this demo accepts up to {settings.max_megapixels:g} megapixels.") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:
+        # Unidentified formats and broken headers; a damaged later frame fails n_frames with whatever Pillow's
+        # parser meets (IndexError, TypeError, ...).
         raise gr.Error("The file is not an image this demo can read (PNG, JPEG, WebP, BMP, TIFF, ...).") from err
     if width * height > settings.max_pixels:
         raise gr.Error(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -600,3 +602,56 @@ def test_multi_frame_and_float_files_say_what_is_restored(tmp_path, caplog, recw
     if Path("/proc/self/fd").is_dir():  # and no descriptor of this process points at them
         open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
         assert not {str((tmp_path / name).resolve()) for name in ours} & open_files
+
+
+def damaged_multi_frame_files(folder: Path) -> dict[str, Path]:
+    """Two-frame GIF and TIFF files whose first frame is intact and whose second is damaged: the GIF ends right
+    after the second frame's extension introducer ("!"), the second TIFF page has no ImageWidth tag."""
+    import struct
+
+    rng = np.random.default_rng(40)
+    frames = [Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)) for _ in range(2)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    gif = buffer.getvalue()
+    second_extension = gif.index(b"!\xf9", gif.index(b"!\xf9") + 1)  # each frame's graphic control extension
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "TIFF", save_all=True, append_images=frames[1:])
+    tiff = bytearray(buffer.getvalue())
+    first_ifd = struct.unpack_from("<I", tiff, 4)[0]
+    second_ifd = struct.unpack_from("<I", tiff, first_ifd + 2 + 12 * struct.unpack_from("<H", tiff, first_ifd)[0])[0]
+    for entry in range(struct.unpack_from("<H", tiff, second_ifd)[0]):
+        if struct.unpack_from("<H", tiff, second_ifd + 2 + 12 * entry)[0] == 256:  # ImageWidth -> a private tag
+            struct.pack_into("<H", tiff, second_ifd + 2 + 12 * entry, 0xC000)
+    paths = {"gif": folder / "damaged.gif", "tiff": folder / "damaged.tif"}
+    paths["gif"].write_bytes(gif[: second_extension + 1])
+    paths["tiff"].write_bytes(bytes(tiff))
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["gif", "tiff"])
+def test_damaged_later_frames_raise_a_clear_input_error(tmp_path, kind):
+    """Counting the frames of a GIF or TIFF parses every later frame's header, where Pillow fails on damage with
+    IndexError or TypeError: that must be the usual RestorationInputError naming the file, which the training
+    stream, batch restoration and the CLI report as a corrupt file."""
+    from modeling.image_processing_restoration import load_image_file
+
+    path = damaged_multi_frame_files(tmp_path)[kind]
+    with pytest.raises(RestorationInputError, match=rf"Input file '.*{path.name}' is truncated or corrupt after its "
+                                                    "first frame"):
+        load_image_file(path)
+    with pytest.raises(RestorationInputError, match=re.escape(path.name)):
+        RestorationImageProcessor()(str(path))
+
+
+def test_decoder_errors_of_any_type_raise_a_clear_input_error(tmp_path):
+    """Pillow's decoders fail on damaged data with more than OSError / ValueError: a QOI file cut inside its last
+    pixels raises IndexError from the decoder."""
+    from modeling.image_processing_restoration import load_image_file
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(41).integers(0, 256, (10, 14, 3), dtype=np.uint8)).save(buffer, "QOI")
+    path = tmp_path / "cut.qoi"
+    path.write_bytes(buffer.getvalue()[:-20])  # 8 bytes of end marker, then 12 bytes of pixel chunks gone
+    with pytest.raises(RestorationInputError, match=r"Input file '.*cut\.qoi' is truncated or corrupt"):
+        load_image_file(path)

@@ -695,3 +695,13 @@ def test_build_space_never_replaces_a_folder_it_did_not_build(tmp_path, monkeypa
     monkeypatch.undo()
     assert (build_space.build(tmp_path / "fresh") / "modeling" / "__init__.py").is_file()
     assert not (tmp_path / ".fresh.partial").exists()
+
+
+def test_damaged_later_frames_are_refused_with_the_usual_message(app, tmp_path):
+    """check_upload counts frames, which parses every later frame of a GIF or TIFF: damage there is refused with
+    the unreadable-file message, not a bare IndexError / TypeError (which the browser shows as "Error")."""
+    from test_image_processing import damaged_multi_frame_files
+
+    for path in damaged_multi_frame_files(tmp_path).values():
+        with pytest.raises(gr.Error, match="not an image this demo can read"):
+            app.check_upload(str(path), app.SpaceSettings())
