@@ -236,7 +236,12 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             logger.warning(f"Input {where} has {frames} frames (pages); only the first one is restored.")
             # Pillow keeps a multi-frame file open for seeking: detach the first frame (EXIF orientation applied
             # now, while the file's tags are at hand) and close the file.
-            first = ImageOps.exif_transpose(image)
+            try:
+                first = ImageOps.exif_transpose(image)
+            except Exception as err:  # broken EXIF blocks should not make a readable image unusable
+                logger.warning(f"Ignoring unreadable EXIF orientation of {where}: {err}")
+                first = image.copy()
+                first.info.pop("exif", None)  # read as one frame, it would fail (and be reported) again
             image.close()
             image = first
         if image.mode == "F":

@@ -655,3 +655,21 @@ def test_decoder_errors_of_any_type_raise_a_clear_input_error(tmp_path):
     path.write_bytes(buffer.getvalue()[:-20])  # 8 bytes of end marker, then 12 bytes of pixel chunks gone
     with pytest.raises(RestorationInputError, match=r"Input file '.*cut\.qoi' is truncated or corrupt"):
         load_image_file(path)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
+def test_multi_frame_files_with_unreadable_exif_restore_as_single_frames_do(tmp_path, caplog, fmt):
+    """A broken EXIF block is ignored with a warning for a one-frame file; an animated WebP or PNG with the same
+    block took another path (the first frame is turned while detached) and failed with Pillow's SyntaxError."""
+    from modeling.image_processing_restoration import load_image_file
+
+    rng = np.random.default_rng(42)
+    frames = [Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)) for _ in range(2)]
+    broken_exif = b"Exif\x00\x00MW\x00*\x00\x00\x00\x08"  # "MW" is no TIFF byte order
+    for count in (1, 2):
+        path = tmp_path / f"frames{count}.{fmt.lower()}"
+        frames[0].save(path, fmt, save_all=True, append_images=frames[1:count], exif=broken_exif, lossless=True)
+        caplog.clear()
+        rgb, _ = RestorationImageProcessor().to_rgb_float(load_image_file(path))
+        np.testing.assert_array_equal((rgb.transpose(1, 2, 0) * 255).round().astype(np.uint8), np.asarray(frames[0]))
+        assert caplog.text.count("Ignoring unreadable EXIF orientation") == 1
