@@ -523,3 +523,49 @@ def test_help_states_the_defaults_the_options_have(capsys):
     assert isinstance(args, argparse.Namespace)
     assert (args.file_column, args.image_column, args.split, args.degradation, args.batch_size) == (
         "file_name", "image", "train", "auto", 4)
+
+
+def test_a_streamed_dataset_is_read_from_its_stored_bytes(tmp_path, monkeypatch):
+    """--streaming materialises the stream once; the rows must keep their stored bytes, as a downloaded dataset's
+    do: decoded by `datasets` on the way, a corrupt row ended the whole run (UnidentifiedImageError) instead of
+    failing alone, and a 16-bit colour PNG was restored (and kept in the dataset output) at 8 bits."""
+    import datasets
+
+    from modeling import RestorationInputError
+    from training.batch_restore import open_source, parse_args
+
+    write_png(sixteen_bit(1, 8, 12), tmp_path / "rgb16.png")
+    stored = (tmp_path / "rgb16.png").read_bytes()
+    features = datasets.Features({"file_name": datasets.Value("string"), "image": datasets.Image()})
+    rows = datasets.Dataset.from_dict(
+        {"file_name": ["rgb16.png", "broken.png"],
+         "image": [{"bytes": stored, "path": None}, {"bytes": b"not an image", "path": None}]}, features=features)
+    # What load_dataset(..., streaming=True) gives for a Hub dataset (no network in the tests).
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, streaming=False, **kwargs: rows.to_iterable_dataset() if streaming else rows)
+    source = open_source(parse_args(["--input", "me/archive", "--output", str(tmp_path / "out"), "--streaming"]))
+    assert source.names() == ["broken.png", "rgb16.png"]
+    restored_input = source.read("rgb16.png")
+    assert isinstance(restored_input, np.ndarray) and restored_input.dtype == np.uint16
+    np.testing.assert_array_equal(restored_input, sixteen_bit(1, 8, 12))
+    assert source.input_bytes("rgb16.png")["bytes"] == stored
+    with pytest.raises(RestorationInputError, match="not an image"):
+        source.read("broken.png")
+
+
+def test_a_streamed_dataset_of_image_files_named_by_url_is_fetched(tmp_path, monkeypatch):
+    """A streamed Hub image folder names its files by URL (hf://datasets/...), with no bytes: read from their stored
+    bytes, the rows must be fetched as `datasets` would fetch them (memory:// stands in for hf:// here)."""
+    import datasets
+    import fsspec
+
+    from training.batch_restore import open_source, parse_args
+
+    with fsspec.open("memory://streamed-archive/rgb16.png", "wb") as handle:
+        write_png(sixteen_bit(2, 8, 12), handle)
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": "memory://streamed-archive/rgb16.png"}]},
+                                      features=datasets.Features({"image": datasets.Image()}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: rows.to_iterable_dataset())
+    source = open_source(parse_args(["--input", "me/archive", "--output", str(tmp_path / "out"), "--streaming"]))
+    np.testing.assert_array_equal(source.read("000000"), sixteen_bit(2, 8, 12))
+    assert source.input_bytes("000000")["bytes"][:8] == b"\x89PNG\r\n\x1a\n"

@@ -215,6 +215,12 @@ class DatasetSource:
         value = self._encoded[self._index[name]][self.image_column]
         if not value or not (value.get("bytes") or value.get("path")):
             raise ValueError(f"row {name!r}: column {self.image_column!r} is empty")
+        if not value.get("bytes") and "://" in value["path"]:
+            # A streamed dataset names its image files by URL (hf://datasets/...): fetched as `datasets` would.
+            import fsspec
+
+            with fsspec.open(value["path"], "rb") as handle:
+                value = {"bytes": handle.read(), "path": value["path"]}
         return value
 
     def read(self, name: str) -> Any:
@@ -261,7 +267,11 @@ def open_source(args: argparse.Namespace) -> FolderSource | DatasetSource:
                 f"datasets.load_dataset can load ({_one_line(err)})"
             ) from err
         if args.streaming:
-            # Rows are named and read by index, so the stream is materialised once (one pass over the data).
+            # Rows are named and read by index, so the stream is materialised once (one pass over the data), its
+            # images as their stored bytes: decoded by `datasets` here, a corrupt one would end the whole run and
+            # 16-bit colour would come out at 8 bits, before the inference decoder (`DatasetSource.read`) sees them.
+            if isinstance((dataset.features or {}).get(args.image_column), datasets.Image):
+                dataset = dataset.cast_column(args.image_column, datasets.Image(decode=False))
             dataset = datasets.Dataset.from_list(list(dataset), features=dataset.features)
     return DatasetSource(dataset, args.image_column, args.file_column)
 
