@@ -19,7 +19,8 @@ Conventions (documented choices):
   bits and `write_png` writes uint16 results back losslessly. Without pypng installed they fall back to Pillow's
   8-bit decoding, with a warning.
 * Files above Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused with a
-  `RestorationInputError`; raise that limit to restore larger files you trust.
+  `RestorationInputError`; raise that limit to restore larger files you trust. So are PostScript (EPS) files,
+  whatever their name: Pillow decodes them by running Ghostscript.
 * No padding by default (the models pad to their multiple internally); ``do_pad=True`` reflect-pads bottom/right
   to a multiple of ``size_divisor``, and ``postprocess`` crops back.
 """
@@ -198,6 +199,14 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             raise RestorationInputError(f"Input {where} is not an image (unidentified format).") from err
         except (OSError, SyntaxError, ValueError) as err:  # e.g. a PPM header cut short or not a number
             raise RestorationInputError(f"Input {where} could not be read: {err}.") from err
+        if image.format == "EPS":
+            # Pillow picks the reader from the content, whatever the name, and decodes PostScript by running
+            # Ghostscript on it: an interpreter that must not see files from uploads or downloaded archives.
+            image.close()
+            raise RestorationInputError(
+                f"Input {where} is a PostScript (EPS) file, which is not decoded (Pillow would run Ghostscript on "
+                "it); convert it to PNG to restore it."
+            )
         if image.format == "PNG" and _is_16_bit_colour_png(header):
             try:
                 orientation = int(image.getexif().get(0x0112, 1))

@@ -673,3 +673,22 @@ def test_multi_frame_files_with_unreadable_exif_restore_as_single_frames_do(tmp_
         rgb, _ = RestorationImageProcessor().to_rgb_float(load_image_file(path))
         np.testing.assert_array_equal((rgb.transpose(1, 2, 0) * 255).round().astype(np.uint8), np.asarray(frames[0]))
         assert caplog.text.count("Ignoring unreadable EXIF orientation") == 1
+
+
+def test_postscript_files_are_refused_without_running_ghostscript(tmp_path, monkeypatch):
+    """Pillow recognises EPS by content (here under a .png name, as an upload may be) and decodes it by running
+    Ghostscript, an external interpreter: it must never be started on an input; the refusal says why."""
+    from PIL import EpsImagePlugin
+
+    from modeling.image_processing_restoration import load_image_file
+
+    started = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: started.append(args) or None)
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(path, "EPS")
+    for source in (path, path.read_bytes()):
+        with pytest.raises(RestorationInputError, match=r"is a PostScript \(EPS\) file, which is not decoded"):
+            load_image_file(source)
+    with pytest.raises(RestorationInputError, match="photo.png"):
+        RestorationImageProcessor()(str(path))
+    assert not started
