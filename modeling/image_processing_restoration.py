@@ -240,7 +240,9 @@ def load_image_file(source: Union[str, os.PathLike, bytes]) -> Union[Image.Image
             raise
         except Exception as err:
             image.close()
-            raise RestorationInputError(f"Input {where} is truncated or corrupt after its first frame ({err}).") from err
+            raise RestorationInputError(
+                f"Input {where} is truncated or corrupt after its first frame ({err})."
+            ) from err
         if frames > 1:
             logger.warning(f"Input {where} has {frames} frames (pages); only the first one is restored.")
             # Pillow keeps a multi-frame file open for seeking: detach the first frame (EXIF orientation applied
