@@ -241,6 +241,17 @@ def test_settings_it_would_not_apply_are_refused(tmp_path, caplog):
     assert loaded.size_divisor == 16 and "newer_key" in caplog.text
 
 
+@pytest.mark.parametrize("size_divisor", [16.0, True], ids=["float", "bool"])
+def test_a_size_divisor_that_is_no_integer_is_refused(size_divisor):
+    """A float divisor (16.0, e.g. from a hand-edited JSON) reached numpy's pad and failed there with "`pad_width`
+    must be of integral type"; True would pad to a multiple of 1 (no padding). Both are refused by name."""
+    image = np.zeros((13, 21, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"size_divisor must be an integer >= 1, got {size_divisor!r}"):
+        RestorationImageProcessor(do_pad=True, size_divisor=size_divisor)
+    with pytest.raises(ValueError, match=f"size_divisor must be an integer >= 1, got {size_divisor!r}"):
+        RestorationImageProcessor()(image, do_pad=True, size_divisor=size_divisor)
+
+
 def test_auto_image_processor_from_bare_folder_with_remote_code(tmp_path):
     """A folder written with register_for_auto_class loads where the package is not importable."""
     folder = tmp_path / "bare"
