@@ -252,6 +252,21 @@ def test_a_size_divisor_that_is_no_integer_is_refused(size_divisor):
         RestorationImageProcessor()(image, do_pad=True, size_divisor=size_divisor)
 
 
+def test_a_saved_processor_loads_without_an_unknown_settings_warning(tmp_path, caplog):
+    """The keys transformers itself writes into preprocessor_config.json (image_processor_type, auto_map) are no
+    settings: reading back a folder this version saved warns about nothing."""
+    import logging
+
+    RestorationImageProcessor.register_for_auto_class("AutoImageProcessor")  # so auto_map is written too
+    RestorationImageProcessor(do_pad=True, size_divisor=16).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert {"image_processor_type", "auto_map"} <= set(saved)
+    with caplog.at_level(logging.WARNING):
+        loaded = RestorationImageProcessor.from_pretrained(tmp_path)
+    assert (loaded.do_pad, loaded.size_divisor) == (True, 16)
+    assert "unknown to this version" not in caplog.text, caplog.text
+
+
 def test_auto_image_processor_from_bare_folder_with_remote_code(tmp_path):
     """A folder written with register_for_auto_class loads where the package is not importable."""
     folder = tmp_path / "bare"
