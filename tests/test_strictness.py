@@ -161,3 +161,13 @@ def test_overrides_that_change_a_checkpoint_s_widths_name_the_weights(tmp_path):
     with pytest.raises(ValueError, match=r"weights of .* have another shape in the model that model_config .* builds "
                                          r"\(e\.g\. skip_prompts\.level1\.\S+ \(\[\d+(, \d+)*\] in the weights"):
         train.build_model(args)
+
+
+def test_zero_loss_weights_are_accepted_as_turning_the_term_off():
+    """The loss-weight checks refuse negative weights ("must be non-negative"); zero stays valid, the way to turn one
+    term (or one contrastive layer) off."""
+    config = PIPConfig(frequency_loss_weight=0.0, degradation_estimator_loss_weight=0.0, prompt_regularization_weight=0.0,
+                       prompt_angle_scale=0.0)
+    assert config.degradation_estimator_loss_weight == 0.0
+    weights = [0.0, 1 / 16, 1 / 8, 1 / 4, 1.0]
+    assert tiny_config("cpl", contrastive_layer_weights=weights).contrastive_layer_weights == weights
