@@ -1489,6 +1489,20 @@ def test_the_other_half_precision_than_a_checkpoints_is_loaded_in_float32(tmp_pa
         assert inference.load_model(folder, dtype="auto").dtype == saved  # the default keeps its own precision
 
 
+def test_a_checkpoints_own_half_precision_asked_for_keeps_its_weights(tmp_path, monkeypatch):
+    """Only another precision than the weights' loads them as float32: --dtype bf16 over a bf16 checkpoint (or
+    PROMPT_RESTORE_DTYPE=bf16) keeps them in bf16, half the memory, as load_model's docstring says."""
+    monkeypatch.delenv(inference.DTYPE_ENV, raising=False)
+    for saved, own in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        folder = tmp_path / own
+        make_model().to(saved).save_pretrained(folder)
+        assert inference.load_model(folder, dtype=own).dtype == saved
+        assert inference.load_model(folder, dtype=saved).dtype == saved
+        monkeypatch.setenv(inference.DTYPE_ENV, own)
+        assert inference.load_model(folder).dtype == saved
+        monkeypatch.delenv(inference.DTYPE_ENV)
+
+
 def test_a_config_that_does_not_describe_its_weights_is_refused(tmp_path):
     """A config.json swapped or edited (another model type, a deeper body) used to load with transformers' report
     only, the missing weights random: restore() would then return garbage."""
