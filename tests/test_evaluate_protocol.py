@@ -429,7 +429,11 @@ def test_command_line_mistakes_are_one_line_with_exit_code_2_not_a_traceback(roo
         # written after every image is scored: it used to end in a traceback then, losing the scores
         f"--output {tmp_path} is a folder": ["--data_root", str(root3), "--output", str(tmp_path)],
         "exists and is not a folder": ["--data_root", str(root3), "--output", str(rain / "input" / "1.png" / "r.json")],
+        # the Markdown report beside the JSON is written last too
+        f"--output's report {tmp_path / 'taken.md'} is a folder": ["--data_root", str(root3), "--output",
+                                                                   str(tmp_path / "taken.json")],
     }
+    (tmp_path / "taken.md").mkdir()
     for message, argv in cases.items():
         if "--model" not in argv:
             argv = ["--model", str(tmp_path / "no-model"), *argv]
