@@ -1037,8 +1037,10 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_training(corpus
     assert not (tmp_path / "new").exists()  # the check creates nothing
 
 
-def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, **overrides) -> None:
-    """In-process run of main() with a tiny PIP whose training loss is NaN at optimizer step `nan_step` only."""
+def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, nan_gradient: bool = False,
+                                **overrides) -> None:
+    """In-process run of main() with a tiny PIP whose training loss is NaN at optimizer step `nan_step` only (with
+    `nan_gradient`, the loss stays finite and its gradient is NaN instead)."""
     import training.train as train_module
     from modeling import PIPForImageRestoration
 
@@ -1049,7 +1051,9 @@ def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, 
             output = super().forward(*args, **kwargs)
             if self.training and output.loss is not None:
                 forwards.append(1)
-                if len(forwards) == nan_step:
+                if len(forwards) == nan_step and nan_gradient:
+                    output.loss.register_hook(lambda grad: grad * float("nan"))
+                elif len(forwards) == nan_step:
                     output.loss = output.loss * float("nan")
             return output
 
@@ -1078,6 +1082,26 @@ def test_a_nan_loss_stops_the_run_before_it_reaches_a_checkpoint(corpus, tmp_pat
     assert not (output_dir / "model").exists()
     weights = load_file(output_dir / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+@pytest.mark.parametrize("checkpointing_steps, kept", [(4, ["checkpoint-4"]), (0, [])], ids=["after-checkpoint", "none"])
+def test_a_nan_after_the_last_checkpoint_stops_the_run_before_the_final_save(corpus, tmp_path, monkeypatch,
+                                                                           checkpointing_steps, kept):
+    """A NaN gradient at the last step (its loss finite, so the logged loss does not catch it) after the last checkpoint, or in a run
+    without checkpoints: the last check, before the final validation and save, stops the run; no NaN model is
+    written, and the message points at the last checkpoint, or says that nothing was saved."""
+    output_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="non-finite") as raised:
+        run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step=6, nan_gradient=True,
+                                    checkpointing_steps=checkpointing_steps)
+    message = str(raised.value)
+    assert message.startswith("the weights became non-finite (NaN or inf) by step 6"), message
+    if kept:
+        assert f"its last checkpoint, {output_dir / kept[0]}, holds finite weights" in message
+    else:
+        assert "nothing was saved. Start again with a lower --learning_rate" in message
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == kept
+    assert not (output_dir / "model").exists()
 
 
 def test_max_train_minutes_stops_a_run_early_and_still_saves_it(corpus, tmp_path, monkeypatch):
