@@ -1038,7 +1038,7 @@ def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_training(corpus
 
 
 def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, nan_gradient: bool = False,
-                                **overrides) -> None:
+                                extra_argv: tuple[str, ...] = (), **overrides) -> None:
     """In-process run of main() with a tiny PIP whose training loss is NaN at optimizer step `nan_step` only (with
     `nan_gradient`, the loss stays finite and its gradient is NaN instead)."""
     import training.train as train_module
@@ -1062,7 +1062,7 @@ def run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step: int, 
         return NaNOncePIP(config_class(**args.model_config))
 
     monkeypatch.setattr(train_module, "build_model", build_model)
-    run_main(train_args(corpus, output_dir, mixed_precision="no", **overrides))
+    run_main(train_args(corpus, output_dir, mixed_precision="no", **overrides) + list(extra_argv))
 
 
 @pytest.mark.parametrize("logging_steps, caught_at", [(1, "the training loss (nan)"), (100, "the weights")])
@@ -1102,6 +1102,18 @@ def test_a_nan_after_the_last_checkpoint_stops_the_run_before_the_final_save(cor
         assert "nothing was saved. Start again with a lower --learning_rate" in message
     assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == kept
     assert not (output_dir / "model").exists()
+
+
+def test_nan_weights_are_not_validated(corpus, tmp_path, monkeypatch):
+    """A NaN gradient (finite loss) at a validation step that is no checkpoint step: the run stops there, before the
+    validation scores the NaN weights (a NaN row in the history, a NaN sample grid written to validation/)."""
+    output_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="non-finite") as raised:
+        run_with_a_nan_loss_at_step(corpus, output_dir, monkeypatch, nan_step=2, nan_gradient=True,
+                                    checkpointing_steps=4, validation_steps=2, validation_images_per_task=1,
+                                    extra_argv=("--validation_roots", f"clean={corpus / 'heldout'}"))
+    assert str(raised.value).startswith("the weights became non-finite (NaN or inf) by step 2; nothing was saved")
+    assert not (output_dir / "validation").exists() and not (output_dir / "best").exists()
 
 
 def test_max_train_minutes_stops_a_run_early_and_still_saves_it(corpus, tmp_path, monkeypatch):
