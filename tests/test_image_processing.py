@@ -241,6 +241,28 @@ def test_settings_it_would_not_apply_are_refused(tmp_path, caplog):
     assert loaded.size_divisor == 16 and "newer_key" in caplog.text
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("do_resize", True), ("size", {"height": 8, "width": 8}), ("resample", 2), ("do_center_crop", True),
+    ("crop_size", {"height": 8, "width": 8}), ("do_rescale", True), ("rescale_factor", 1 / 255),
+    ("do_normalize", True), ("image_mean", [0.5, 0.5, 0.5]), ("image_std", [0.5, 0.5, 0.5]),
+    ("pad_size", {"height": 16, "width": 16}), ("data_format", "channels_last"),
+    ("input_data_format", "channels_first"),
+])
+def test_each_generic_setting_it_does_not_apply_is_refused(setting, value):
+    """Each of transformers' resize / crop / rescale / normalize / layout settings is one this processor would keep
+    and silently not apply (every key is a known ImagesKwargs field, so the unknown-key check does not see it): each
+    is refused at construction and per call, naming it."""
+    image = np.zeros((13, 21, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"{setting}=.*would be ignored"):
+        RestorationImageProcessor(**{setting: value})
+    # A call's do_* switch comes with the values transformers' own argument check asks for beside it.
+    companions = {"do_resize": {"size": {"height": 8, "width": 8}, "resample": 2},
+                  "do_center_crop": {"crop_size": {"height": 8, "width": 8}}, "do_rescale": {"rescale_factor": 0.5},
+                  "do_normalize": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}}.get(setting, {})
+    with pytest.raises(ValueError, match=f"{setting}=.*would be ignored"):
+        RestorationImageProcessor()(image, **{setting: value}, **companions)
+
+
 @pytest.mark.parametrize("size_divisor", [16.0, True], ids=["float", "bool"])
 def test_a_size_divisor_that_is_no_integer_is_refused(size_divisor):
     """A float divisor (16.0, e.g. from a hand-edited JSON) reached numpy's pad and failed there with "`pad_width`
