@@ -167,14 +167,17 @@ def test_a_resume_trains_with_this_launchs_optimizer_and_ema_settings(corpus, tm
     import logging
 
     output_dir = tmp_path / "run"
-    common = dict(checkpointing_steps=2, mixed_precision="no", use_ema="true")
+    # Two steps per epoch: the resume falls on an epoch boundary, so its first step has another factor than the last
+    # step saved (warmup 0.1, then 1.0).
+    common = dict(checkpointing_steps=2, mixed_precision="no", use_ema="true", steps_per_epoch=2)
     run_main(train_args(corpus, output_dir, max_train_steps=2, **common))
     overrides = dict(learning_rate=1e-5, adam_weight_decay=0.5, adam_beta2=0.9, ema_decay=0.5)
     with caplog.at_level(logging.INFO, logger="training.train"):
         run_main(train_args(corpus, output_dir, max_train_steps=4, resume_from_checkpoint="latest",
                             **{**common, **overrides}))
     assert "learning_rate 0.001 -> 1e-05" in caplog.text and "ema decay 0.999 -> 0.5" in caplog.text
-    factor = linear_warmup_cosine(3, warmup_epochs=1, max_epochs=3, warmup_start_factor=0.1)
+    factor = linear_warmup_cosine(2, warmup_epochs=1, max_epochs=3, warmup_start_factor=0.1)
+    assert (factor(1), factor(2)) == (pytest.approx(0.1), 1.0)
     history = checkpointing.load_training_state(output_dir / "checkpoint-4")["history"]
     assert [row["lr"] for row in history] == pytest.approx([1e-3 * factor(0), 1e-3 * factor(1),
                                                              1e-5 * factor(2), 1e-5 * factor(3)])
