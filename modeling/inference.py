@@ -828,10 +828,12 @@ def restore(
             image, by dB on low light, haze and blur). `None` (default): `DEFAULT_STATISTICS_PASSES` (6) whenever
             tiles split the image (`resolve_statistics_passes`).
         statistics_tolerance: stop the statistics passes, from the second on, once a pass changed the statistics
-            by at most this (relative); `None` (default): `DEFAULT_STATISTICS_TOLERANCE` (0.01); 0: always run
+            by at most this (relative; each image of a batch keeps the statistics it settled on, so it restores as
+            it does alone); `None` (default): `DEFAULT_STATISTICS_TOLERANCE` (0.01); 0: always run
             `statistics_passes` passes.
         statistics_callback: called after every statistics pass with its number (from 1) and its relative change
-            of the statistics (`inf` after the first), e.g. to report how many passes an image needed.
+            of the statistics (`inf` after the first; in a batch, the largest of the images not yet settled), e.g.
+            to report how many passes an image needed.
 
     Returns:
         The restored image(s) in the kind of the input: PIL for PIL or path inputs, numpy for numpy (uint8

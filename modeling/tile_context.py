@@ -84,30 +84,55 @@ class TileStatistics:
         self.tiles: list[TilePlacement] = []
         self.site = 0
         self.collecting = True
+        # Images whose sums are final (`settle`): later passes still run their tiles, but keep their sums.
+        self.settled = torch.zeros(num_images, dtype=torch.bool)
+        self._settling = torch.zeros(num_images, dtype=torch.bool)
 
     def start_pass(self, collect: bool = True) -> None:
         """Make the sums of the pass that ended the ones in force, and start gathering afresh (`collect=False`:
-        the restoring pass, which only uses the sums in force)."""
+        the restoring pass, which only uses the sums in force). Images settled before that pass keep the sums
+        they settled on."""
         if self.gathering:
+            if self.settled.any() and self.gathered.keys() == self.gathering.keys():
+                for site, sums in self.gathering.items():
+                    for new, old in zip(sums, self.gathered[site]):
+                        new[self.settled.to(new.device)] = old[self.settled.to(old.device)]
             self.gathered = self.gathering
+        self.settled |= self._settling
+        self._settling = torch.zeros_like(self.settled)
         self.gathering = {}
         self.collecting = collect
 
-    def relative_change(self) -> float:
-        """How much the pass that just ended changed the gathered statistics: over every site, sum and image,
-        the largest ``|new - old| / |new|`` (Frobenius norms) against the pass before; ``inf`` after the first;
-        0 for a function without global sites (nothing to gather)."""
+    def image_changes(self) -> torch.Tensor:
+        """Per image (num_images,), how much the pass that just ended changed its statistics: over every site
+        and sum, the largest ``|new - old| / |new|`` (Frobenius norms) against the pass before; ``inf`` after
+        the first; 0 for a function without global sites (nothing to gather)."""
         if not self.gathering:
-            return 0.0
+            return torch.zeros(self.num_images, dtype=torch.float64)
         if not self.gathered or self.gathered.keys() != self.gathering.keys():
-            return math.inf
-        change = 0.0
+            return torch.full((self.num_images,), math.inf, dtype=torch.float64)
+        change = torch.zeros(self.num_images, dtype=torch.float64)
         for site, sums in self.gathering.items():
             for new, old in zip(sums, self.gathered[site]):
                 new, old = new.flatten(1).double(), old.flatten(1).double()
                 ratio = (new - old).norm(dim=1) / new.norm(dim=1).clamp_min(1e-30)
-                change = max(change, float(ratio.max()))
+                change = torch.maximum(change, ratio.cpu())
         return change
+
+    def relative_change(self) -> float:
+        """The largest of `image_changes` over the images not yet settled (0 when every image is)."""
+        changes = self.image_changes()[~self.settled]
+        return float(changes.max()) if changes.numel() else 0.0
+
+    def settle(self, images: torch.Tensor) -> None:
+        """Make the sums that the pass just ended gathered for `images` ((num_images,) bool) final: the sums in
+        force for them from now on, whatever later passes gather. Why: an image then gets the statistics it gets
+        when restored alone, whichever images share its batch and however long those take to settle."""
+        self._settling |= images.cpu() & ~self.settled
+
+    def all_settled(self) -> bool:
+        """Whether every image's sums are final (settled now or earlier)."""
+        return bool((self.settled | self._settling).all())
 
     def start_batch(self, tiles: list[TilePlacement]) -> None:
         """The tiles of the next forward call, in batch order."""

@@ -193,9 +193,12 @@ def tiled_apply(
             a padded copy.
         statistics_tolerance: 0: exactly `statistics_passes` passes. t > 0: `statistics_passes` at most, stopping
             after the second or a later pass once that pass changed the gathered statistics by at most t
-            (`TileStatistics.relative_change`: the largest relative change of any site's sums).
+            (`TileStatistics.image_changes`: the largest relative change of any site's sums), per image: an image
+            that settled keeps its sums while the passes go on for the others of the batch, so its output does not
+            depend on its companions.
         statistics_callback: called after every statistics pass with its number (from 1) and that relative change
-            (`inf` after the first pass), e.g. to report how many passes an image needed.
+            (`inf` after the first pass; the largest of the images not yet settled), e.g. to report how many passes an
+            image needed.
 
     Returns:
         Tensor of the same shape as `pixel_values`, float32, on the device of `pixel_values`.
@@ -295,7 +298,11 @@ def tiled_apply(
                 change = statistics.relative_change()
                 if statistics_callback is not None:
                     statistics_callback(pass_index + 1, change)
-                if statistics_tolerance and change <= statistics_tolerance:
+                if statistics_tolerance:
+                    # Per image: one that settled keeps its sums while the others go on, so an image restored in a
+                    # batch gets the statistics (and the output) it gets alone.
+                    statistics.settle(statistics.image_changes() <= statistics_tolerance)
+                if statistics_tolerance and statistics.all_settled():
                     if bar is not None:  # settled early: the bar counts the restoring pass next
                         bar.total = bar.n + len(groups)
                         bar.refresh()

@@ -385,6 +385,51 @@ def test_statistics_passes_stop_once_they_settle():
     assert plain == [(1, 0.0)]
 
 
+def test_statistics_passes_settle_per_image_so_a_batch_restores_each_image_as_alone():
+    """With a tolerance, every image of a batch stops gathering when its own statistics settle: an image that
+    settles in fewer passes than a companion gets the output it gets alone (it used to run the companion's passes
+    too, up to 3e-4 away on the shipped model's low-light photo)."""
+    from modeling.inference import restore
+
+    model = tiny_model("restormer")
+    images = [smooth_image(40, 56, seed=seed).astype(np.float32) / 255 for seed in range(3)]
+    images[2] = images[2] * 0.2  # a dark image settles in one pass more than the others
+    options = dict(tile=16, tile_overlap=4, dtype="fp32")
+    alone, passes = [], []
+    for image in images:
+        record = []
+        alone.append(restore(image, model, statistics_callback=lambda number, change: record.append(number),
+                             **options))
+        passes.append(len(record))
+    assert len(set(passes)) > 1, passes  # the images settle after different numbers of passes
+    record = []
+    batched = restore(images, model, batch_size=3, statistics_callback=lambda number, change: record.append(number),
+                      **options)
+    assert len(record) == max(passes)  # the batch runs until its slowest image settles
+    for single, together in zip(alone, batched):
+        np.testing.assert_allclose(together, single, atol=2e-6, rtol=0)
+
+
+def test_settled_images_keep_their_sums():
+    """`settle` freezes an image's sums of the pass that just ended; later passes only change the others'."""
+    statistics = TileStatistics(2, (16, 16), (8, 8))
+    statistics.start_pass()
+    statistics.gathering = {0: [torch.tensor([[1.0], [1.0]])]}
+    statistics.start_pass()
+    statistics.gathering = {0: [torch.tensor([[1.001], [2.0]])]}
+    changes = statistics.image_changes()
+    assert changes[0] < 0.01 < changes[1]
+    statistics.settle(changes <= 0.01)
+    assert not statistics.all_settled()
+    statistics.start_pass()
+    statistics.gathering = {0: [torch.tensor([[5.0], [2.001]])]}
+    assert statistics.relative_change() == pytest.approx(0.001 / 2.001, rel=1e-3)  # image 0 is settled: not counted
+    statistics.settle(statistics.image_changes() <= 0.01)
+    assert statistics.all_settled()
+    statistics.start_pass(collect=False)
+    torch.testing.assert_close(statistics.gathered[0][0], torch.tensor([[1.001], [2.001]]))
+
+
 def test_bench_tile_statistics_compares_tiles_with_the_whole_image(tmp_path, capsys):
     """benchmarks/bench_tile_statistics.py on a tiny PIP and two photos: one record per row and photo with each
     pass count, row summaries that agree with the records, and statistics passes that bring the tiles closer to
