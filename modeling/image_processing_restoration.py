@@ -22,7 +22,8 @@ Conventions (documented choices):
   `RestorationInputError`; raise that limit to restore larger files you trust. So are PostScript (EPS) files,
   whatever their name: Pillow decodes them by running Ghostscript.
 * No padding by default (the models pad to their multiple internally); ``do_pad=True`` reflect-pads bottom/right
-  to a multiple of ``size_divisor``, and ``postprocess`` crops back.
+  to a multiple of ``size_divisor`` (replicate where a side is not longer than its pad, as the models pad), and
+  ``postprocess`` crops back.
 """
 
 from __future__ import annotations
@@ -382,8 +383,8 @@ class RestorationImageProcessor(PilBackend):
 
     Args:
         do_pad (`bool`, *optional*, defaults to `False`):
-            Reflect-pad bottom/right to a multiple of `size_divisor`. Not needed for our models, which pad
-            internally.
+            Reflect-pad bottom/right to a multiple of `size_divisor` (replicate where a side is not longer than
+            its pad, as the models do). Not needed for our models, which pad internally.
         size_divisor (`int`, *optional*, defaults to 8):
             Multiple used by `do_pad`.
 
@@ -464,15 +465,18 @@ class RestorationImageProcessor(PilBackend):
 
     @staticmethod
     def pad_to_multiple(image: np.ndarray, size_divisor: int) -> np.ndarray:
-        """Reflect-pad a CHW array at the bottom/right so H and W become multiples of `size_divisor`."""
+        """Reflect-pad a CHW array at the bottom/right so H and W become multiples of `size_divisor`; an image
+        with a side not longer than its pad is replicate-padded instead, as the models pad (`pad_to_multiple`)."""
         if size_divisor < 1:
             raise ValueError(f"size_divisor must be >= 1, got {size_divisor}.")
         height, width = image.shape[-2:]
         pad_h, pad_w = (-height) % size_divisor, (-width) % size_divisor
         if pad_h == 0 and pad_w == 0:
             return image
-        # "reflect" needs at least pad+1 pixels; "symmetric" works for any size >= 1 (e.g. 1x1 inputs).
-        mode = "reflect" if (height > pad_h and width > pad_w) else "symmetric"
+        # "reflect" needs at least pad+1 pixels. The fallback is the models' own ("edge" = replicate), so that a
+        # pre-padded image restores as restore() restores it: any other content enters the channel attention
+        # and prompt pooling over the padded image (symmetric padding moved a 4x4 image's output by 0.03).
+        mode = "reflect" if (height > pad_h and width > pad_w) else "edge"
         return np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
 
     def to_rgb_float(self, image: Any) -> tuple[np.ndarray, dict]:

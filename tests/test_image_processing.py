@@ -180,9 +180,27 @@ def test_padding_is_optional_and_cropped_back(processor):
     torch.testing.assert_close(padded[0, :, 17], padded[0, :, 15])
     out = processor.postprocess(padded, features["metadata"], output_type="np")[0]
     np.testing.assert_array_equal(out, image)
-    # Already divisible: unchanged; 1x1 still pads (symmetric fallback).
+    # Already divisible: unchanged; 1x1 still pads (replicate fallback, as the models).
     assert processor(np.zeros((16, 8, 3), np.uint8), do_pad=True)["pixel_values"][0].shape == (3, 16, 8)
     assert processor(np.zeros((1, 1, 3), np.uint8), do_pad=True)["pixel_values"][0].shape == (3, 8, 8)
+
+
+def test_pre_padded_tiny_image_restores_as_restore_does(processor):
+    """A side not longer than its pad cannot be reflected: the processor falls back to the models' own replicate
+    padding, so processor(do_pad=True) + model gives restore()'s output (symmetric padding moved it by 0.03)."""
+    from conftest import tiny_model
+
+    from modeling.inference import restore
+
+    model = tiny_model("restormer")
+    image = np.random.default_rng(3).random((4, 5, 3), dtype=np.float32)
+    features = processor(image, do_pad=True, return_tensors="pt")
+    np.testing.assert_array_equal(features["pixel_values"][0, :, 4:, :5].numpy(),
+                                  np.broadcast_to(features["pixel_values"][0, :, 3:4, :5].numpy(), (3, 4, 5)))
+    with torch.no_grad():
+        restored = model(pixel_values=features["pixel_values"]).reconstruction
+    pre_padded = processor.postprocess(restored, features["metadata"], output_type="np")[0]
+    np.testing.assert_allclose(pre_padded, restore(image, model, tile=0, dtype="fp32"), atol=1e-6, rtol=0)
 
 
 def test_postprocess_clamps(processor):
