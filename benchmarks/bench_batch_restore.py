@@ -93,7 +93,10 @@ def run(processes: int, argv: list[str], threads: int, timeout: int) -> dict:
         accelerate = Path(sys.executable).with_name("accelerate")
         launcher = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines",
                     "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    # The checkout first, then whatever the caller's PYTHONPATH holds: on a machine whose packages were installed
+    # with `pip install --target DIR` (the GPU call), torch and accelerate are found only through it.
+    python_path = os.pathsep.join([str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([*launcher, "-m", "training.batch_restore", *argv], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:

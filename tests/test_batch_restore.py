@@ -378,6 +378,33 @@ def test_throughput_benchmark_runs_the_real_script_and_writes_its_table(tmp_path
     assert [(row["processes"], row["ratio"]) for row in report["rows"]] == [(2, 1.5), (1, 1.0)]
 
 
+def test_throughput_benchmark_keeps_the_callers_python_path_for_the_script(tmp_path, monkeypatch):
+    """The GPU call installs its packages with `pip install --target DIR` and finds them through PYTHONPATH: the
+    benchmark's `training.batch_restore` process gets the checkout first and every entry of the caller's
+    PYTHONPATH after it (it used to get the checkout alone, and stopped at `import PIL` there)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_batch_restore.py"
+    spec = importlib.util.spec_from_file_location("bench_batch_restore", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen["env"] = env
+        (tmp_path / "out" / "summary.json").write_text("{}")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/tmp/site", "/opt/extra"]))
+    bench.run(1, ["--output", str(tmp_path / "out")], threads=1, timeout=10)
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep) == [str(bench.REPO), "/tmp/site", "/opt/extra"]
+    monkeypatch.delenv("PYTHONPATH")
+    bench.run(1, ["--output", str(tmp_path / "out")], threads=1, timeout=10)
+    assert seen["env"]["PYTHONPATH"] == str(bench.REPO)
+
+
 def test_a_restoration_recorded_by_any_rank_outranks_an_earlier_failure(tmp_path):
     """A file that failed on rank 1 and was restored by rank 0 in a later run is restored, whatever the order of the
     manifest files (rank10 sorts before rank2 by name); among failures the later one stays."""
