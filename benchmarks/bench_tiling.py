@@ -114,8 +114,12 @@ def main() -> None:
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                 if k not in ("mode", "save", "tiled_only", "json") and v is not None
             ]
-            output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO_ROOT).stdout
-            results[mode] = json.loads(output.strip().splitlines()[-1])
+            # The child's stderr goes to ours: a failing mode's traceback (out of memory, a bad option) is in the
+            # log, not swallowed into a bare "returned non-zero exit status".
+            child = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+            if child.returncode != 0:
+                sys.exit(f"bench_tiling: the {mode} run failed with exit status {child.returncode} (its error above)")
+            results[mode] = json.loads(child.stdout.strip().splitlines()[-1])
             results[mode]["out"] = torch.load(save, weights_only=True)
             # after each mode: a time limit hit during the tiled run keeps the whole-image figures
             report = {"model": args.model or f"random Restormer, dim {args.dim}", "size": args.size,

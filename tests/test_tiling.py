@@ -283,6 +283,22 @@ def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path
     assert not torch.equal(saved["whole"], saved["tiled"])
 
 
+def test_bench_tiling_shows_why_a_mode_failed(tmp_path):
+    """A mode's process that fails (on the GPU call: out of memory, a bad option) leaves its own error on
+    bench_tiling's stderr, which gpu_goals.sh logs, and the exit status is not 0; its stderr used to be captured
+    and dropped, leaving only "returned non-zero exit status 1"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
+    failed = subprocess.run([sys.executable, str(script), "--size", "32", "--tile", "16", "--overlap", "4", "--dim", "8",
+                             "--dtype", "fp33", "--tiled-only"], capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0
+    assert "Unknown dtype 'fp33'" in failed.stderr
+    assert "the tiled run failed with exit status 1" in failed.stderr
+
+
 def test_restore_warns_when_it_tiles_a_low_light_or_hazy_image_with_tile_statistics(caplog):
     """Low light and haze are corrected from the whole image's brightness and contrast: by default restore()
     gathers whole-image statistics over the tiles for them (test_tile_context.py). With statistics_passes=0 each
