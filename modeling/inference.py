@@ -326,7 +326,8 @@ def load_model(
     dtype: Union[str, torch.dtype, None] = None,
 ) -> torch.nn.Module:
     """Return a model in eval mode on `device`: an instance is used as is, a Hub id / folder is loaded with
-    `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint.
+    `AutoModelForImageToImage`, `None` loads the packaged demo checkpoint. `device=None` keeps an instance on its
+    own device and puts a loaded model on CUDA when available, else on the CPU (`resolve_device`).
 
     `dtype`: the precision the caller restores in. An explicit precision (or the one `PROMPT_RESTORE_DTYPE` names)
     other than that of weights saved in half precision loads them as float32: for fp32, since they would otherwise
@@ -340,7 +341,8 @@ def load_model(
                 "(CLI: --model)."
             )
         model = DEMO_CHECKPOINT_DIR
-    if isinstance(model, (str, os.PathLike)):
+    loaded_here = isinstance(model, (str, os.PathLike))
+    if loaded_here:
         source = os.fspath(model)
         if source.startswith("~"):
             source = os.path.expanduser(source)
@@ -378,7 +380,9 @@ def load_model(
     if not callable(model):
         raise TypeError(f"model must be a model instance, a Hub id or a folder, got {type(model).__name__}.")
     if isinstance(model, torch.nn.Module):
-        target = resolve_device(device, model)
+        # `None`: an instance stays where it is; a model loaded here starts on the CPU, so it follows the default
+        # device (CUDA when available), not its own.
+        target = resolve_device(device, None if loaded_here else model)
         if resolve_device(None, model) != target:
             model.to(target)
         model.eval()

@@ -1450,6 +1450,29 @@ def test_fp32_is_never_silently_run_in_the_weights_half_precision(model, tmp_pat
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), expected)
 
 
+def test_a_model_loaded_without_a_device_goes_to_cuda_when_available(tmp_path, monkeypatch):
+    """`device=None` means "the given model's device, else CUDA if available" (restore(), resolve_device): a model
+    that load_model reads from a folder (or the demo) is moved to CUDA on a GPU machine, as the CLI and the Space do;
+    it used to stay on the CPU it was read onto, so `restore("photo.png")` ran on the CPU next to a free GPU. An
+    instance keeps its own device. (No GPU here: CUDA is announced and the moves are recorded, not made.)"""
+    folder = tmp_path / "model"
+    make_model().save_pretrained(folder)
+    moves = []
+
+    def record_move(module, *args, **kwargs):
+        moves.append(torch.device(args[0] if args else kwargs["device"]))
+        return module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", record_move)
+    inference.load_model(folder)
+    assert [device.type for device in moves] == ["cuda"]
+    moves.clear()
+    inference.load_model(folder, device="cpu")
+    inference.load_model(make_model())  # an instance on the CPU stays there
+    assert moves == []
+
+
 def test_the_precision_variable_turns_half_precision_weights_off_as_dtype_fp32_does(model, tmp_path, monkeypatch):
     """PROMPT_RESTORE_DTYPE=fp32, the README's off switch "for all of them at once", only changed what "auto" means
     for fp32 weights: a checkpoint saved in bf16 still ran in bf16 where --dtype fp32 loads it as float32."""
