@@ -292,8 +292,9 @@ def test_bench_tiling_shows_why_a_mode_failed(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
-    failed = subprocess.run([sys.executable, str(script), "--size", "32", "--tile", "16", "--overlap", "4", "--dim", "8",
-                             "--dtype", "fp33", "--tiled-only"], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(script), "--size", "32", "--tile", "16", "--overlap", "4", "--dim", "8",
+               "--dtype", "fp33", "--tiled-only"]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
     assert "Unknown dtype 'fp33'" in failed.stderr
     assert "the tiled run failed with exit status 1" in failed.stderr
