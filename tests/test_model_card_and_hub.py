@@ -145,6 +145,27 @@ def test_a_prediction_on_the_0_255_scale_is_refused_not_clipped(metric):
         metric.compute(predictions=[clean.astype(np.float64)], references=[clean])
     assert evaluation.psnr(clean / 255 * 1.5 - 0.2, clean) < 20  # overshoot: clipped and scored
 
+
+def test_the_prediction_range_check_follows_data_range_and_its_documented_bounds(metric):
+    """Overshoot up to [-1, 2] x data_range is clipped and scored; beyond is refused. The bound scales with
+    data_range: floats on [0, 255] with data_range=255 score as the same images on [0, 1] with data_range=1."""
+    prediction, reference = _pair(16, 16, 7)
+    expected = metric.compute(predictions=[prediction], references=[reference])
+    assert metric.compute(predictions=[prediction * 255], references=[reference * 255], data_range=255) == (
+        pytest.approx(expected))
+    for inside in (1.99, -0.99):  # clipped to [0, 1]: the pixel scores as 1 or 0
+        overshoot = prediction.copy()
+        overshoot[0, 0, 0] = inside
+        clipped = overshoot.clip(0, 1)
+        assert metric.compute(predictions=[overshoot], references=[reference]) == pytest.approx(
+            metric.compute(predictions=[clipped], references=[reference]))
+    for outside in (2.01, -1.01):
+        overshoot = prediction.copy()
+        overshoot[0, 0, 0] = outside
+        with pytest.raises(ValueError, match="prediction values span"):
+            metric.compute(predictions=[overshoot], references=[reference])
+
+
 def test_torch_channels_first_batches_and_accumulation(metric):
     pairs = [_pair(16, 24, 3), _pair(16, 24, 4)]
     predictions = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2)  # (N, C, H, W)
