@@ -281,6 +281,22 @@ def test_every_model_has_a_card_rendered_from_the_json(tmp_path, three_task_resu
     assert json.loads((tmp_path / "protocol_results.json").read_text()) == results
 
 
+def test_the_published_card_describes_the_models_own_config(tmp_path, three_task_results):
+    """publish's card is rendered from the published model's config, as save_model_folder's is: a DPPD trained with
+    other loss weights states them, not the template's defaults."""
+    from modeling.modeling_utils import model_fingerprint
+    from training import publish
+
+    model = tiny_model("dppd", prototype_loss_weight=0.5, prototype_separation_weight=0.0, kl_loss_weight=0.02)
+    model.save_pretrained(tmp_path / "trained")
+    results = {**three_task_results, "model_type": "dppd", "model_fingerprint": model_fingerprint(model)}
+    folder = publish.prepare_folder(tmp_path / "out", results=results, repo_id="me/dppd",
+                                    model_dir=str(tmp_path / "trained"), verify=False)
+    card = " ".join((folder / "README.md").read_text().split())  # the sentence wraps
+    assert ("Loss: L1 + 0.5 × prototype cross-entropy (with degradation labels) + 0.0 × prototype separation + "
+            "0.02 × KL towards the prototype prior.") in card
+
+
 def test_publish_refuses_a_file_as_output_and_results_without_the_cards_numbers(tmp_path, capsys):
     """--output naming a file used to move it aside and put the folder in its place; a results file missing a
     score used to end in a traceback with exit code 1 (documented as "push failed"). Both are usage errors."""
