@@ -450,8 +450,18 @@ def test_the_pip_card_describes_the_trained_config_not_the_default_one(tmp_path)
                                dataset="3-task", training_summary={"steps": 3})
     card = (folder / "README.md").read_text()
     assert "Restormer backbone" not in card and "plugged into PromptIR's backbone" in card
-    assert "top-1 prompt component" in card and "contrastive prompt regularisation" in card
+    assert "top-1 prompt component)" in card and "contrastive prompt regularisation" in card
     assert "Degradation classes: noise, rain, haze;" in card and "5-task ones" not in card
+
+    # PIP on PromptIR's backbone alone (dense decoder prompts, no CPR) claims neither of CPL's parts; top-2 is plural
+    for extra, claims in (({}, []), ({"decoder_prompt_top_k": 2}, ["top-2 prompt components)"])):
+        plain = tiny_model("pip", decoder_prompts=True, decoder_prompt_dims=[4, 8, 16], decoder_prompt_sizes=[8, 4, 2],
+                           **extra)
+        folder = save_model_folder(plain, tmp_path / f"plain{len(extra)}", model_id="me/plain", model_type="pip",
+                                   results={}, dataset="5-task", training_summary={"steps": 3})
+        text = " ".join((folder / "README.md").read_text().split())
+        assert "plugged into PromptIR's backbone" in text and "contrastive prompt regularisation" not in text
+        assert ("sparse prompt module" in text) == bool(extra) and all(claim in text for claim in claims)
 
     default = save_model_folder(tiny_model("pip"), tmp_path / "default", model_id="me/default", model_type="pip",
                                 results={}, dataset="5-task", training_summary={"steps": 3})
