@@ -723,6 +723,28 @@ def test_decoder_errors_of_any_type_raise_a_clear_input_error(tmp_path):
         load_image_file(path)
 
 
+def test_running_out_of_memory_while_decoding_is_no_corrupt_file(tmp_path, monkeypatch):
+    """Decoder errors of any type name the file as corrupt, but a MemoryError (decoding, or counting the frames of
+    a large file) is the machine's limit, not damage: it propagates as itself."""
+    from PIL import GifImagePlugin, ImageFile
+
+    from modeling.image_processing_restoration import load_image_file
+
+    path = tmp_path / "fine.gif"
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(path)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+        with pytest.raises(MemoryError):
+            load_image_file(path)
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "n_frames", property(out_of_memory))
+    with pytest.raises(MemoryError):
+        load_image_file(path)
+
+
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG"])
 def test_multi_frame_files_with_unreadable_exif_restore_as_single_frames_do(tmp_path, caplog, fmt):
     """A broken EXIF block is ignored with a warning for a one-frame file; an animated WebP or PNG with the same
