@@ -138,6 +138,23 @@ def test_two_processes_fine_tune_weights_that_keep_unused_official_modules(corpu
     assert json.loads((output_dir / "model" / "config.json").read_text())["keep_unused_official_modules"] is True
 
 
+def test_the_card_of_a_run_without_hub_id_names_its_folder_by_a_loadable_path(corpus, tmp_path, monkeypatch):
+    """The card of OUTPUT/model, trained without --hub_model_id, named the model "model" in its usage snippets:
+    `AutoModel.from_pretrained("model", ...)` run where training was launched looked it up on the Hub and failed.
+    The snippets now give the folder's path as --output_dir named it."""
+    import re
+
+    from transformers import AutoModel
+
+    monkeypatch.chdir(tmp_path)
+    run_main(train_args(corpus, Path("runs") / "local", max_train_steps=1, checkpointing_steps=0,
+                        mixed_precision="no"))
+    card = (tmp_path / "runs" / "local" / "model" / "README.md").read_text()
+    named = set(re.findall(r'from_pretrained\("([^"]+)"', card)) | set(re.findall(r"--model (\S+)", card))
+    assert named == {"runs/local/model"}, named
+    assert AutoModel.from_pretrained("runs/local/model", trust_remote_code=True).config.model_type == "pip"
+
+
 def test_a_run_resumed_at_its_last_step_scores_its_final_folder(corpus, tmp_path):
     """Relaunching a finished run with --resume_from_checkpoint latest (or resuming one killed after its last
     checkpoint, before model/ was written) wrote model/ with no evaluation: `eval_results.json` {} and a card

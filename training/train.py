@@ -1043,8 +1043,10 @@ def main(args: TrainingArguments) -> dict:
             summary["task_probabilities"] = args.task_probabilities
         if guard is not None:
             summary["loss_spike_guard_triggers"] = guard.triggered
+        # Without a Hub id the card's snippets name the folder by its path (as --output_dir gave it), which loads
+        # from where the run was launched; its bare name ("model") would be looked up on the Hub.
         save_model_folder(
-            unwrapped, folder, model_id=args.hub_model_id or folder.name, model_type=args.model_type,
+            unwrapped, folder, model_id=args.hub_model_id or folder.as_posix(), model_type=args.model_type,
             results=results.get("tasks", {}), dataset=args.data_preset, training_summary=summary, history=history,
             validation_history=validation_history,
         )
