@@ -70,15 +70,33 @@ def build(output: Path) -> Path:
     return output
 
 
-def push(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Create the Space repository if needed and upload `folder` in one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
+class PushError(RuntimeError):
+    """An upload that did not happen; its message is one line naming the reason and the local folder."""
 
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Create the Space repository if needed and upload `folder` in one commit; returns the commit URL.
+
+    Raises `PushError` (one line) when offline (``HF_HUB_OFFLINE=1``), without a token, or when the Hub answers
+    with an error; the built folder stays as it is.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+
+    where = f"the Space folder is built in {folder}"
+    if constants.is_offline_mode():
+        raise PushError(f"upload to {repo_id} failed: offline mode is on (HF_HUB_OFFLINE=1); {where}")
+    if not get_token():
+        raise PushError(f"upload to {repo_id} failed: no Hugging Face token (set HF_TOKEN or run `hf auth login`); "
+                        f"{where}")
     api = HfApi()
-    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, repo_type="space", folder_path=folder, commit_message="Update the Space"
-    )
+    try:
+        api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, repo_type="space", folder_path=folder, commit_message="Update the Space"
+        )
+    except Exception as error:  # noqa: BLE001 - network boundary: every failure becomes one clear line
+        reason = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise PushError(f"upload to {repo_id} failed: {type(error).__name__}: {reason}; {where}") from error
     return str(info.commit_url)
 
 
@@ -95,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     print(f"Space folder: {folder}")
     if args.push:
-        print(f"Uploaded: {push(folder, args.push, args.private)}")
+        try:
+            print(f"Uploaded: {push(folder, args.push, args.private)}")
+        except PushError as error:  # offline, no token, refused by the Hub: one line and exit status 1
+            print(f"build_space: error: {error}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

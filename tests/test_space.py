@@ -705,3 +705,36 @@ def test_damaged_later_frames_are_refused_with_the_usual_message(app, tmp_path):
     for path in damaged_multi_frame_files(tmp_path).values():
         with pytest.raises(gr.Error, match="not an image this demo can read"):
             app.check_upload(str(path), app.SpaceSettings())
+
+
+def test_build_space_push_failures_are_one_line_and_keep_the_folder(tmp_path, monkeypatch, capsys):
+    """`python space/build_space.py --push you/name` (the README's command) ended offline, without a token or on a
+    Hub error in huggingface_hub's traceback; it now prints one line naming the reason and the built folder and
+    exits with status 1, as `training.model_card push` does."""
+    import huggingface_hub
+
+    spec = importlib.util.spec_from_file_location("prompt_restoration_build_space", SPACE_DIR / "build_space.py")
+    build_space = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_space)
+    output = tmp_path / "space"
+
+    def push_fails(reason: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            build_space.main(["--output", str(output), "--push", "you/prompt-restoration"])
+        assert exit_info.value.code == 1 and (output / "app.py").is_file()
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and reason in err and str(output) in err, err
+        return err
+
+    push_fails("offline mode is on")  # the test suite runs with HF_HUB_OFFLINE=1
+    monkeypatch.setattr(huggingface_hub.constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    push_fails("no Hugging Face token")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+
+    def refused(self, *args, **kwargs):
+        raise ConnectionError("403 Forbidden:\nyou cannot write to this namespace")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refused)
+    assert "ConnectionError: 403 Forbidden: you cannot write to this namespace" in push_fails("403 Forbidden")
