@@ -369,9 +369,12 @@ def test_results_record_the_tiling_and_precision_restore_used(root3, tmp_path):
                                     convention=ep.CONVENTIONS["promptir"])
     tiled_by_config = tiny_model("restormer", inference_tile=24)
     results = ep.evaluate_protocol(tiled_by_config, test_sets, dtype="fp32")
-    assert (results["tile"], results["tile_overlap"], results["dtype"]) == (24, None, "fp32")
+    # The overlap restore() used: its default for 24-px tiles, min(32, 24 // 4); the JSON said null.
+    assert (results["tile"], results["tile_overlap"], results["dtype"]) == (24, 6, "fp32")
     explicit = ep.evaluate_protocol(tiny_model("restormer"), test_sets, tile=24)
-    assert results["tasks"] == explicit["tasks"]
+    assert results["tasks"] == explicit["tasks"] and explicit["tile_overlap"] == 6
+    given = ep.evaluate_protocol(tiny_model("restormer"), test_sets, tile=24, tile_overlap=4)
+    assert given["tile_overlap"] == 4 and given["tasks"] != explicit["tasks"]
 
 
 def test_a_checkpoint_saved_in_half_precision_is_scored_in_fp32(root3, tmp_path):

@@ -530,6 +530,7 @@ def evaluate_protocol(
     from modeling import restore
     from modeling.inference import accepts_degradation_labels, load_model, model_inference_tile
     from modeling.modeling_utils import model_fingerprint
+    from modeling.tiling import default_tile_overlap
 
     if degradation not in ("label", "auto"):
         raise ValueError(f"degradation must be 'label' or 'auto', got {degradation!r}")
@@ -569,6 +570,9 @@ def evaluate_protocol(
                         tasks[spec.name]["ssim"], len(scores))
     average = {key: _mean([t[key] for t in tasks.values()]) for key in ("psnr", "ssim", "input_psnr", "input_ssim")}
     config = getattr(model, "config", None)
+    tile_used = tile if tile is not None else model_inference_tile(model)
+    if tile_overlap is None and tile_used:  # restore() picked its default overlap for these tiles
+        tile_overlap = default_tile_overlap(tile_used)
     return {
         "protocol": protocol.name,
         "protocol_description": protocol.description,
@@ -580,7 +584,7 @@ def evaluate_protocol(
         "seed": test_sets.seed,
         # what restore() used: the tile given, else the model's inference_tile (tile=None; whole images up to
         # 4 megapixels otherwise), the overlap and the autocast precision
-        "tile": tile if tile is not None else model_inference_tile(model),
+        "tile": tile_used,
         "tile_overlap": tile_overlap,
         "dtype": dtype,
         "degradation": degradation if takes_labels else None,
