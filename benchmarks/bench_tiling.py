@@ -81,7 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="pixels shared by neighbouring tiles (default: restore()'s, min(32, tile // 4))")
     parser.add_argument("--dim", type=int, default=16, help="Restormer width (48 = paper model)")
     parser.add_argument("--model", default=None, help="model folder or Hub id instead of the random Restormer")
     parser.add_argument("--statistics-passes", type=int, default=0,
@@ -97,6 +98,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=("whole", "tiled"), help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.overlap is None:  # a fixed 32 was refused for tiles under 64 px (at most half the tile)
+        from modeling.tiling import default_tile_overlap
+
+        args.overlap = default_tile_overlap(args.tile)
     if args.mode:
         print(json.dumps(run_one(args)))
         return

@@ -218,6 +218,20 @@ def test_restormer_tiled_matches_whole_image_on_512x512():
     assert psnr(tiled, whole) > 50.0
 
 
+def test_bench_tiling_default_overlap_is_restores_so_small_tiles_run():
+    """`bench_tiling.py --tile 32` stopped with "tile_overlap must be ... at most half the tile": its --overlap
+    defaulted to a fixed 32. It now defaults to restore()'s, min(32, tile // 4)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tiling.py"
+    run = subprocess.run([sys.executable, str(script), "--size", "64", "--tile", "32", "--dim", "8", "--tiled-only"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "image 64x64, tile 32, overlap 8, statistics passes 0, random Restormer, dim 8" in run.stdout
+
+
 def test_bench_tiling_reports_whole_and_tiled_runs_and_a_tiled_only_run(tmp_path):
     """benchmarks/bench_tiling.py: a saved model folder (--model) in both modes with their agreement and a JSON
     report, with whole-image statistics for the tiles (--statistics-passes), and a tiny random Restormer with
