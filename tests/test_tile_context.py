@@ -52,11 +52,13 @@ def test_tiles_start_on_the_grid_and_every_pixel_is_owned_once(size, tile, overl
     assert (covered == 1).all()
 
 
+@pytest.mark.parametrize("height", [64, 96])
 @pytest.mark.parametrize("factor", [1, 2, 8])
-def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor):
-    """Two overlapping tiles of a map at 1/factor of the image: after one gathering pass, every site gives each
-    tile the statistic of the whole map (mean, channel-attention logits, resize to a prompt), and a prompt resized
-    for a tile is that tile's crop of the prompt resized to the whole map."""
+def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor, height):
+    """Overlapping tiles of a map at 1/factor of the image, in one row (height 64) or a 2 x 2 grid (height 96, so
+    that tiles share rows too and each site must count only its owned rows): after one gathering pass, every site
+    gives each tile the statistic of the whole map (mean, channel-attention logits, resize to a prompt), and a
+    prompt resized for a tile is that tile's crop of the prompt resized to the whole map."""
     from modeling.restormer_blocks import split_heads
     from modeling.tile_context import (
         channel_attention_logits,
@@ -65,16 +67,18 @@ def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor):
         spatial_mean,
     )
 
-    height, width, tile = 64, 96, 64  # pixels; tiles at x = 0 and 32, owning [0, 48) and [48, 96)
-    starts = aligned_starts(width, tile, 16)
-    assert starts == [0, 32]
-    spans = owned_spans(starts, tile, width)
+    width, tile = 96, 64  # pixels; tiles at 0 and 32 along a side of 96, owning [0, 48) and [48, 96)
+    starts, starts_y = aligned_starts(width, tile, 16), aligned_starts(height, tile, 16)
+    assert starts == [0, 32] and starts_y == ([0] if height == tile else [0, 32])
+    spans, spans_y = owned_spans(starts, tile, width), owned_spans(starts_y, tile, height)
     torch.manual_seed(0)
     whole_map = torch.randn(1, 6, height // factor, width // factor)
     temperature = torch.rand(2, 1, 1) + 0.5
-    crops = torch.cat([whole_map[..., x // factor : (x + tile) // factor] for x in starts])
+    grid = [(y, x) for y in starts_y for x in starts]
+    crops = torch.cat([whole_map[..., y // factor : (y + tile) // factor, x // factor : (x + tile) // factor]
+                       for y, x in grid])
     statistics = TileStatistics(1, (height, width), (tile, tile))
-    placements = [TilePlacement(0, 0, x, (0, height), spans[x]) for x in starts]
+    placements = [TilePlacement(0, y, x, spans_y[y], spans[x]) for y, x in grid]
 
     def sites():
         return (spatial_mean(crops),
@@ -88,7 +92,7 @@ def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor):
         statistics.start_pass()
         statistics.start_batch(placements)
         gathered = sites()
-        prompt = torch.randn(2, 6, 5, 7)
+        prompt = torch.randn(len(grid), 6, 5, 7)
         placed = resize_from_prompt(prompt, (tile // factor, tile // factor))
     query, key = F.normalize(split_heads(whole_map, 2), dim=-1), F.normalize(split_heads(whole_map.flip(1), 2), dim=-1)
     expected = (whole_map.mean(dim=(-2, -1)), (query @ key.transpose(-2, -1)) * temperature,
@@ -97,8 +101,9 @@ def test_each_site_rebuilds_the_whole_maps_statistic_from_its_tiles(factor):
         torch.testing.assert_close(value, target.expand_as(value), atol=1e-5, rtol=1e-4, msg=name)
         assert not torch.allclose(tile_own, target.expand_as(tile_own), atol=1e-3), name  # tiles alone differ
     resized = F.interpolate(prompt, size=(height // factor, width // factor), mode="bilinear", align_corners=False)
-    for index, x in enumerate(starts):
-        torch.testing.assert_close(placed[index], resized[index, :, :, x // factor : (x + tile) // factor])
+    for index, (y, x) in enumerate(grid):
+        torch.testing.assert_close(
+            placed[index], resized[index, :, y // factor : (y + tile) // factor, x // factor : (x + tile) // factor])
 
 
 def gathered_from_whole_image(model, pixel_values: torch.Tensor, labels) -> TileStatistics:
