@@ -219,7 +219,7 @@ def test_odd_sizes_and_tiles_off_the_grid_are_padded_and_rounded():
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
-@pytest.mark.parametrize("height, width", [(37, 51), (5, 3), (16, 9)])
+@pytest.mark.parametrize("height, width", [(37, 51), (5, 3), (16, 9), (4, 12)])
 def test_tiles_are_crops_of_the_image_padded_as_the_model_pads(mode, height, width):
     """Each tile equals the same crop of the whole image padded to the grid with F.pad (reflect falls back to
     replicate for a side not longer than its pad, as pad_to_multiple), and an identity function comes back as
