@@ -245,6 +245,36 @@ def test_tiles_are_crops_of_the_image_padded_as_the_model_pads(mode, height, wid
         torch.testing.assert_close(tile, padded[:, :, y : y + tile_h, x : x + tile_w])
 
 
+def test_each_image_of_a_batch_gets_its_own_whole_image_statistics():
+    """Tiles are stacked position by position, each position holding the batch's images, and every tile's
+    placement must name its own image: a batch of two different images, several tile positions per forward call,
+    gets each image's own mean (not its neighbour's, nor a mix), as restoring each image alone does."""
+    from modeling.tile_context import spatial_mean
+
+    def image_mean(batch):
+        return spatial_mean(batch)[..., None, None].expand_as(batch).clone()
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 48, 64) * torch.tensor([0.2, 1.0])[:, None, None, None]  # a dark and a bright image
+    calls = []
+    batched = tiled_apply(lambda batch: calls.append(len(batch)) or image_mean(batch), images, 32, 8,
+                          tile_batch_size=3, statistics_passes=1)
+    assert max(calls) == 6 and len(calls) > 2  # 3 positions x 2 images per call, over several calls
+    expected = images.mean(dim=(-2, -1), keepdim=True).expand_as(images)
+    torch.testing.assert_close(batched, expected, atol=1e-6, rtol=1e-5)
+    model = tiny_model("pip")
+    labels = model_labels(model, 1)
+
+    def forward(batch):
+        kwargs = {key: value.repeat(len(batch), 1) for key, value in labels.items()}
+        return model(pixel_values=batch, **kwargs).reconstruction
+
+    together = tiled_apply(forward, images, 32, 8, tile_batch_size=3, statistics_passes=1)
+    for index in range(2):
+        alone = tiled_apply(forward, images[index : index + 1], 32, 8, tile_batch_size=3, statistics_passes=1)
+        torch.testing.assert_close(together[index : index + 1], alone, atol=2e-5, rtol=1e-4)
+
+
 def test_statistics_passes_under_bf16_autocast_stay_close_to_fp32():
     """Under bf16 autocast (the default on CPUs with native bf16) the sums are gathered in fp32: the tiled result
     with statistics passes stays as close to its fp32 counterpart as plain bf16 inference does."""
