@@ -290,6 +290,35 @@ def test_statistics_passes_under_bf16_autocast_stay_close_to_fp32():
     assert psnr(bf16, fp32) > psnr(whole_bf16, whole_fp32) - 3
 
 
+def test_sites_gather_their_sums_in_fp32_under_bf16_autocast():
+    """Under bf16 autocast the sums over each tile's pixels are gathered in fp32 (a bf16 product would round every
+    tile's sum to 8 bits of mantissa before the tiles are added up): every site's sums equal those gathered
+    without autocast."""
+    from modeling.restormer_blocks import split_heads
+    from modeling.tile_context import channel_attention_logits, resize_to_prompt, spatial_mean
+
+    torch.manual_seed(0)
+    crops = torch.randn(2, 8, 32, 32) + 3  # two tiles of a 32 x 56 map, at x = 0 and x = 24
+    placements = [TilePlacement(0, 0, 0, (0, 32), (0, 32)), TilePlacement(0, 0, 24, (0, 32), (32, 56))]
+
+    def gathered(autocast: bool) -> dict:
+        statistics = TileStatistics(1, (32, 56), (32, 32))
+        statistics.start_pass()
+        statistics.start_batch(placements)
+        with gathering_statistics(statistics), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            spatial_mean(crops)
+            channel_attention_logits(split_heads(crops, 2), split_heads(crops.flip(1), 2), torch.ones(2, 1, 1))
+            resize_to_prompt(crops, (5, 7))
+        return statistics.gathering
+
+    exact, under_autocast = gathered(False), gathered(True)
+    assert sorted(under_autocast) == sorted(exact) == [0, 1, 2]
+    for site, sums in exact.items():
+        for value, expected in zip(under_autocast[site], sums):
+            assert value.dtype == torch.float32
+            torch.testing.assert_close(value, expected, atol=1e-4, rtol=1e-5, msg=f"site {site}")
+
+
 @pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
 def test_bad_statistics_passes_are_refused(passes):
     from modeling import restore
