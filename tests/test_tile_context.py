@@ -426,6 +426,9 @@ def test_statistics_passes_stop_once_they_settle():
     assert [number for number, _ in settled] == list(range(1, stop + 2))
     torch.testing.assert_close(early, restored(stop + 1, 0.0), atol=0, rtol=0)
     assert psnr(early, restored(6, 0.0)) < 200  # it did stop early: six passes differ
+    at_most = []  # "at most": a change equal to the tolerance stops the passes too
+    restored(6, changes[stop], at_most)
+    assert [number for number, _ in at_most] == list(range(1, stop + 2))
 
     class CountingStatistics(TileStatistics):
         gathered_while_restoring = 0
