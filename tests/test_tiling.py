@@ -30,6 +30,9 @@ def test_blend_ramp_is_smooth_and_positive_where_needed():
     assert torch.all(window[:8] == 0)  # context margin of overlap // 4 pixels
     assert torch.all(window[8:32] > 0) and torch.all(window[32:] == 1)
     assert torch.all(window[8:32].diff() > 0)
+    # A raised cosine (sin^2): no kink where the rise leaves the zero margin or meets the interior of weight 1.
+    steps = window[7:33].diff()
+    assert steps[0] < steps.max() / 4 and steps[-1] < steps.max() / 4
     assert torch.all(blend_ramp(64, 32, False, False) == 1)  # image-border edges keep full weight
 
 
