@@ -113,6 +113,9 @@ def test_tiles_are_batched_and_run_on_requested_device():
         (dict(tile=0), "mean no tiling"),
         (dict(tile=None), "mean no tiling"),
         (dict(tile=16, overlap=4, tile_batch_size=0), "tile_batch_size"),
+        (dict(tile=16, overlap=True), "overlap must be an integer"),  # a bool is not a number of pixels
+        (dict(tile=16, statistics_passes=-1), "statistics_passes"),
+        (dict(tile=16, statistics_passes=1, pad_mode="circular"), "pad_mode"),
     ],
 )
 def test_invalid_arguments(kwargs, word):
@@ -148,6 +151,8 @@ def test_check_tiling_accepts_and_fills_in_defaults(tile, overlap, expected):
         (0.0, None, "at least 8"),
         (-16, None, "at least 8"),
         (True, None, "at least 8"),
+        (False, None, "got False"),  # not WHOLE_IMAGE (0): a bool is no tile size
+        (16, True, "got True"),
         (16.0, None, "at least 8"),
         (16, 9, "tile_overlap must be an integer between 0 and half the tile (8 for tile 16), got 9"),
         (16, -1, "got -1"),
