@@ -839,6 +839,43 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
         checkpointing.resolve_resume_path(str(tmp_path / ".checkpoint-8.partial"), tmp_path)
 
 
+class _OneProcess:
+    """The part of an `Accelerator` that `save_checkpoint` uses, for one process."""
+
+    is_main_process, process_index = True, 0
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+
+
+def test_save_checkpoint_keeps_total_limit_checkpoints_even_when_a_save_dies(tmp_path, monkeypatch):
+    """A save renames the new checkpoint into place and only then prunes: the run keeps exactly `total_limit`
+    complete checkpoints, and a save that dies before its rename leaves all of them (pruning first, as diffusers'
+    examples do, keeps one too many after every save and one too few after a killed one)."""
+    accelerator = _OneProcess()
+    for step in (2, 4, 6):
+        checkpointing.save_checkpoint(accelerator, tmp_path, step, {"epoch": 0}, {"position": step}, total_limit=2)
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    assert checkpointing.load_training_state(tmp_path / "checkpoint-6") == {"epoch": 0, "step": 6}
+    assert checkpointing.load_data_state(tmp_path / "checkpoint-6", 0) == {"position": 6}
+
+    def killed(new, final):
+        raise KeyboardInterrupt("killed while renaming")
+
+    monkeypatch.setattr(checkpointing, "replace_folder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.save_checkpoint(accelerator, tmp_path, 8, {"epoch": 0}, None, total_limit=2)
+    assert [p.name for p in checkpointing.checkpoint_dirs(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    assert checkpointing.resolve_resume_path("latest", tmp_path).name == "checkpoint-6"
+    # The resumed run saves step 8 again: the dead save's .partial folder is removed first, not in the way.
+    monkeypatch.undo()
+    checkpointing.save_checkpoint(accelerator, tmp_path, 8, {"epoch": 0}, None, total_limit=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+
+
 def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     """checkpoint-10 is newer than checkpoint-9 (sorted by name it would come first): `latest` resumes from it and
     pruning removes the older one."""
