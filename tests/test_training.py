@@ -876,6 +876,18 @@ def test_save_checkpoint_keeps_total_limit_checkpoints_even_when_a_save_dies(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
 
 
+def test_checkpoints_set_aside_again_and_again_keep_every_copy(tmp_path):
+    """Rewinding to step 4 a third time sets aside a third checkpoint-6: each gets its own name (-2, -3, ...)."""
+    for attempt in range(3):
+        (tmp_path / "checkpoint-6").mkdir()
+        (tmp_path / "checkpoint-6" / checkpointing.TRAINING_STATE_FILE).write_text(json.dumps({"attempt": attempt}))
+        checkpointing.set_aside_newer_checkpoints(tmp_path, 4)
+    names = ["abandoned-checkpoint-6", "abandoned-checkpoint-6-2", "abandoned-checkpoint-6-3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert [json.loads((tmp_path / n / checkpointing.TRAINING_STATE_FILE).read_text())["attempt"] for n in names] == [
+        0, 1, 2]
+
+
 def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     """checkpoint-10 is newer than checkpoint-9 (sorted by name it would come first): `latest` resumes from it and
     pruning removes the older one."""
