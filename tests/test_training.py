@@ -905,7 +905,8 @@ def test_output_folders_appear_only_when_complete(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "weights.txt").write_text("old")
-    (tmp_path / ".model.old").mkdir()  # left by a crash between the two renames of an earlier write
+    (tmp_path / ".model.old").mkdir()  # left by a crash between the two renames of an earlier write: full
+    (tmp_path / ".model.old" / "weights.txt").write_text("older")
     with pytest.raises(RuntimeError, match="half-way"):
         with checkpointing.folder_written_atomically(folder) as partial:
             (partial / "weights.txt").write_text("new")
