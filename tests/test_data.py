@@ -346,6 +346,14 @@ def test_bad_files_are_converted_or_skipped_and_counted(tmp_path, num_workers):
     assert counts == {k: expected[k] for k in ("missing_pair", "corrupt", "size_mismatch", "converted")}
     if num_workers == 0:  # the owning process's slot; workers save their own slots in the loader's state
         assert stream.state_dict()["bad_data_slot"][0][D.BAD_DATA_KINDS.index("corrupt")] == 2
+        # A checkpoint from before per-slot counts holds the totals: a fresh stream (its build-time missing_pair
+        # count already in place) resumes with exactly those, not those plus its own.
+        legacy = {"epoch": 0, "dataset": stream.state_dict()["dataset"], "bad_data": stream._totals().tolist()}
+        resumed = D.RestorationStream([source], patch_size=16, shards_per_rank=2)
+        resumed.load_state_dict(legacy)
+        assert resumed.bad_data_counts()["bad"] == counts
+    stream.set_epoch(stream.epoch)  # what a resume calls with the saved epoch: nothing changes, nothing is reset
+    assert stream.bad_data_counts()["bad"] == counts
     stream.set_epoch(1)  # per-epoch counts reset; build-time ones stay
     assert stream.bad_data_counts() == {"bad": {"missing_pair": 1}}
 
