@@ -359,13 +359,13 @@ def test_bad_files_are_converted_or_skipped_and_counted(tmp_path, num_workers):
 
 
 def test_small_images_are_padded_and_counted(tmp_path):
-    for i in range(2):
-        save(tmp_path / "tiny" / f"{i}.png", textured_image(i, 10, 12))
+    for i, (height, width) in enumerate([(10, 12), (10, 12), (30, 12), (12, 30)]):  # short or narrow, or both
+        save(tmp_path / "tiny" / f"{i}.png", textured_image(i, height, width))
     stream = D.RestorationStream([D.clean_source(tmp_path / "tiny", "noise", name="tiny")], patch_size=16,
                                  shards_per_rank=1)
     examples = list(stream)
-    assert len(examples) == 2 and examples[0]["clean"].shape == (3, 16, 16)
-    assert stream.bad_data_counts() == {"tiny": {"padded": 2}}
+    assert len(examples) == 4 and all(example["clean"].shape == (3, 16, 16) for example in examples)
+    assert stream.bad_data_counts() == {"tiny": {"padded": 4}}
 
 
 def test_synthesis_crop_keeps_reflected_borders_out_of_the_patch(tmp_path):
