@@ -791,6 +791,22 @@ def test_a_synthesis_crop_larger_than_the_image_keeps_random_patches_of_the_imag
     assert len(windows) > 1 and stream.bad_data_counts() == {}
 
 
+def test_a_photo_shorter_than_the_synthesis_crop_is_sampled_across_its_width(tmp_path):
+    """A 40 x 160 photo with synthesis crop 48: the 40 x 48 window the degradation is synthesized on lies anywhere
+    along the photo, so patches come from all of it, not only from its first 48 columns."""
+    image = np.random.default_rng(4).integers(0, 256, (40, 160, 3), dtype=np.uint8)
+    save(tmp_path / "wide" / "a.png", image)
+    source = D.clean_source(tmp_path / "wide", "noise", synthesis_kwargs={"sigma": 15.0}, name="wide", repeat=12)
+    stream = D.RestorationStream([source], patch_size=32, shards_per_rank=1, augment=False, output_dtype="uint8",
+                                 synthesis_crop_size=48)
+    lefts = []
+    for example in stream:
+        clean = np.asarray(example["clean"]).transpose(1, 2, 0)
+        (found,) = [x for y in range(9) for x in range(129) if np.array_equal(image[y:y + 32, x:x + 32], clean)]
+        lefts.append(found)
+    assert len(lefts) == 12 and max(lefts) > 64
+
+
 def test_roots_the_preset_does_not_read_are_refused_or_named(tmp_path, caplog):
     """roots['noise'] used to be accepted and ignored (noise is synthesized on roots['clean']); a task root the
     preset has no task for is named in a warning."""
