@@ -853,3 +853,17 @@ def test_rain_test_layout_of_pip_pairs_rain_k_with_norain_k(tmp_path):
         (f"{tmp_path}/Same/input/rain-001.png", f"{tmp_path}/Same/target/rain-001.png"),
     ]
     assert unpaired == []
+
+
+def test_repeated_copies_of_a_pair_get_their_own_crops(tmp_path):
+    """A repeat factor (rain x120 officially) puts each pair in the epoch several times: every copy draws its own
+    crop and flip (keyed by its place in the plan, not by the pair), or repeating would add no new patches."""
+    yy, xx = np.mgrid[0:40, 0:48]
+    clean = np.stack([yy * 6, xx * 5, np.full_like(yy, 100)], -1).astype(np.uint8)  # each (red, green) is unique
+    save(tmp_path / "pairs" / "degraded.png", clean // 2)
+    save(tmp_path / "pairs" / "clean.png", clean)
+    source = D.PairSource(name="pairs", task_name="rain", repeat=8,
+                          pairs=((str(tmp_path / "pairs" / "degraded.png"), str(tmp_path / "pairs" / "clean.png")),))
+    stream = D.RestorationStream([source], patch_size=16, shards_per_rank=1, output_dtype="uint8")
+    crops = [np.asarray(example["clean"]).tobytes() for example in stream]
+    assert len(crops) == 8 and len(set(crops)) >= 7
