@@ -867,3 +867,31 @@ def test_repeated_copies_of_a_pair_get_their_own_crops(tmp_path):
     stream = D.RestorationStream([source], patch_size=16, shards_per_rank=1, output_dtype="uint8")
     crops = [np.asarray(example["clean"]).tobytes() for example in stream]
     assert len(crops) == 8 and len(set(crops)) >= 7
+
+
+def test_hub_rows_get_new_crops_every_epoch(tmp_path):
+    """Hub rows have no plan index, so their draws are keyed by the row's images and the epoch: a new epoch cuts
+    each row at a new window (keyed by the images alone, every epoch would repeat the first one's patches)."""
+    yy, xx = np.mgrid[0:40, 0:48]
+    clean = np.stack([yy * 6, xx * 5, np.full_like(yy, 100)], -1).astype(np.uint8)  # each (red, green) is unique
+    rows = {"degraded": [], "clean": []}
+    for i in range(8):
+        degraded = clean.copy()
+        degraded[..., 2] = 10 + i  # blue names the row, whatever the crop and flip
+        rows["degraded"].append({"bytes": png_bytes(degraded), "path": None})
+        rows["clean"].append({"bytes": png_bytes(np.roll(clean, 3 * i, axis=1)), "path": None})
+    path = tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True)
+    features = datasets.Features({"degraded": datasets.Image(), "clean": datasets.Image()})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    hub = D.HubPairedSource(str(tmp_path / "repo"), task_name="haze", name="hub")
+    stream = D.RestorationStream(hub_sources=[hub], patch_size=16, output_dtype="uint8", seed=2)
+
+    def windows() -> dict[int, bytes]:
+        return {int(np.asarray(e["degraded"])[2, 0, 0]): np.asarray(e["clean"]).tobytes() for e in stream}
+
+    epoch0 = windows()
+    stream.set_epoch(1)
+    epoch1 = windows()
+    assert sorted(epoch0) == sorted(epoch1) == list(range(10, 18))
+    assert sum(epoch0[row] != epoch1[row] for row in epoch0) >= 6
