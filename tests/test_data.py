@@ -895,3 +895,23 @@ def test_hub_rows_get_new_crops_every_epoch(tmp_path):
     epoch1 = windows()
     assert sorted(epoch0) == sorted(epoch1) == list(range(10, 18))
     assert sum(epoch0[row] != epoch1[row] for row in epoch0) >= 6
+
+
+def test_paired_images_stay_aligned_when_cropped_to_a_multiple(tmp_path):
+    """crop_to_multiple centre-crops the degraded image and the clean one alike before their common random crop:
+    every training pair shows the same pixels (cropping one of them only would shift it against the other)."""
+    yy, xx = np.mgrid[0:40, 0:37]
+    clean = np.stack([yy * 6, xx * 6, np.full_like(yy, 100)], -1).astype(np.uint8)  # each (red, green) is unique
+    degraded = clean.copy()
+    degraded[..., 2] = 200
+    save(tmp_path / "pairs" / "degraded.png", degraded)
+    save(tmp_path / "pairs" / "clean.png", clean)
+    source = D.PairSource(name="pairs", task_name="rain", repeat=12,
+                          pairs=((str(tmp_path / "pairs" / "degraded.png"), str(tmp_path / "pairs" / "clean.png")),))
+    stream = D.RestorationStream([source], patch_size=16, shards_per_rank=1, output_dtype="uint8",
+                                 crop_to_multiple=16)
+    examples = list(stream)
+    assert len(examples) == 12
+    for example in examples:
+        np.testing.assert_array_equal(example["degraded"][:2], example["clean"][:2])
+        assert (example["degraded"][2] == 200).all() and (example["clean"][2] == 100).all()
