@@ -915,3 +915,12 @@ def test_paired_images_stay_aligned_when_cropped_to_a_multiple(tmp_path):
     for example in examples:
         np.testing.assert_array_equal(example["degraded"][:2], example["clean"][:2])
         assert (example["degraded"][2] == 200).all() and (example["clean"][2] == 100).all()
+
+
+def test_without_augment_examples_are_neither_flipped_nor_rotated(tmp_path):
+    image = textured_image(3, 20, 28)
+    save(tmp_path / "photos" / "a.png", image)
+    stream = D.RestorationStream([D.clean_source(tmp_path / "photos", "noise", name="photos")], patch_size=None,
+                                 augment=False, shards_per_rank=1, output_dtype="uint8")
+    (example,) = list(stream)
+    np.testing.assert_array_equal(example["clean"], image.transpose(2, 0, 1))
