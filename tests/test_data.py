@@ -924,3 +924,12 @@ def test_without_augment_examples_are_neither_flipped_nor_rotated(tmp_path):
                                  augment=False, shards_per_rank=1, output_dtype="uint8")
     (example,) = list(stream)
     np.testing.assert_array_equal(example["clean"], image.transpose(2, 0, 1))
+
+
+def test_a_row_label_wins_over_the_sources_task_name(tmp_path):
+    """HubPairedSource.task_name is ignored for rows whose task_column is set."""
+    _write_paired_parquet(tmp_path / "pairs.parquet")
+    hub = D.HubPairedSource("parquet", data_files=str(tmp_path / "pairs.parquet"), task_column="task",
+                            task_name="haze", name="hub")
+    examples = list(D.RestorationStream(hub_sources=[hub], patch_size=16))
+    assert [e["task_name"] for e in examples] == ["rain", "haze", "rain", "low-light"]
