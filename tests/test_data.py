@@ -933,3 +933,19 @@ def test_a_row_label_wins_over_the_sources_task_name(tmp_path):
                             task_name="haze", name="hub")
     examples = list(D.RestorationStream(hub_sources=[hub], patch_size=16))
     assert [e["task_name"] for e in examples] == ["rain", "haze", "rain", "low-light"]
+
+
+def test_stream_arguments_that_cannot_work_are_refused(corpus):
+    """A rank outside the world, two sources of one name (their bad-data counts would merge), a synthesis crop
+    smaller than the patch, a bool crop multiple: refused when the stream is built, naming the argument."""
+    sources = D.preset_sources("3-task", corpus["roots"], repeats=SMALL_REPEATS)
+    for kwargs, message in ((dict(rank=2, world_size=2), "rank"),
+                            (dict(synthesis_crop_size=23, patch_size=24), "synthesis_crop_size"),
+                            (dict(crop_to_multiple=True), "crop_to_multiple")):
+        with pytest.raises(ValueError, match=message):
+            D.RestorationStream(sources, **kwargs)
+    with pytest.raises(ValueError, match="unique"):
+        D.RestorationStream([sources[0], sources[0]])
+    with pytest.raises(ValueError, match="persistent_workers"):
+        D.build_dataloader(D.RestorationStream(sources), 1, num_workers=1, persistent_workers=True)
+    D.RestorationStream(sources, rank=1, world_size=2, synthesis_crop_size=24, patch_size=24, crop_to_multiple=16)
