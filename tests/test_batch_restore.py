@@ -299,6 +299,7 @@ def test_bad_tile_options_stop_the_run_before_any_image(model_dir, tmp_path, cap
     (["/tmp/absolute", "b"], "not plain relative paths"),
     (["sub/./x", "b"], "not plain relative paths"),
     (["x", "x.png"], "rows 'x' and 'x.png' would both be written to 'x.png'"),
+    (["sub/x.png", "sub/x.png"], "duplicate names"),
 ])
 def test_dataset_row_names_that_would_escape_or_collide_are_refused(names, message):
     """Rows of a dataset input are written to OUT/<file_name>: a name that is absolute or climbs out with ".."
