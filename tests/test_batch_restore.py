@@ -471,6 +471,24 @@ def test_a_resume_under_other_settings_is_refused_and_removed_or_changed_files_a
     assert main(parse_args(argv))["skipped"] == 3
 
 
+def test_an_input_edited_to_the_same_size_is_restored_again(model_dir, tmp_path):
+    """A recorded input is restored again when its size or its modification time changed: an edit that keeps the
+    file's size (an uncompressed BMP) is caught by the time alone."""
+    from training.batch_restore import main, parse_args
+
+    source = save(tmp_path / "in" / "a.bmp", textured_image(0, 16, 16))
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
+            "--no_reuse_freed_memory"]
+    assert main(parse_args(argv))["restored"] == 1
+    before, size, stamp = (tmp_path / "out" / "a.bmp").read_bytes(), source.stat().st_size, source.stat().st_mtime_ns
+    save(source, textured_image(1, 16, 16))
+    os.utime(source, ns=(stamp + 10**9, stamp + 10**9))  # a later time even where the clock is coarse
+    assert source.stat().st_size == size
+    summary = main(parse_args(argv))
+    assert (summary["restored"], summary["skipped"]) == (1, 0)
+    assert (tmp_path / "out" / "a.bmp").read_bytes() != before
+
+
 def test_options_no_image_could_use_stop_the_command_with_exit_code_2(model_dir, tmp_path, capsys):
     """A degradation the model does not know, or an input that is neither a folder nor a loadable dataset, used to
     fail every image (exit 0) or end in a traceback; now nothing is written and the command exits 2."""
