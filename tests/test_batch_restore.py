@@ -489,6 +489,30 @@ def test_an_input_edited_to_the_same_size_is_restored_again(model_dir, tmp_path)
     assert (tmp_path / "out" / "a.bmp").read_bytes() != before
 
 
+def test_a_dataset_dict_saved_to_disk_restores_the_split_asked_for(model_dir, tmp_path):
+    """A DatasetDict kept with save_to_disk (dataset_dict.json, one folder per split) is a dataset input: --split
+    picks the rows, and a split it lacks is refused naming the ones it has."""
+    import datasets
+
+    from training.batch_restore import main, parse_args
+
+    def rows(names: list[str], seed: int) -> datasets.Dataset:
+        images = [Image.fromarray(textured_image(seed + i, 16, 16)) for i in range(len(names))]
+        return datasets.Dataset.from_dict({"file_name": names, "image": images},
+                                          features=datasets.Features({"file_name": datasets.Value("string"),
+                                                                      "image": datasets.Image()}))
+
+    datasets.DatasetDict({"train": rows(["a.png", "b.png"], 0), "test": rows(["t.png"], 5)}).save_to_disk(
+        str(tmp_path / "saved"))
+    argv = ["--input", str(tmp_path / "saved"), "--output", str(tmp_path / "out"), "--model", str(model_dir),
+            "--no_reuse_freed_memory"]
+    summary = main(parse_args(argv + ["--split", "test"]))
+    assert (summary["total"], summary["restored"], summary["failed"]) == (1, 1, 0)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["t.png"]
+    with pytest.raises(ValueError, match=r"no split 'validation' \(splits: \['test', 'train'\]\)"):
+        main(parse_args(argv + ["--split", "validation"]))
+
+
 def test_options_no_image_could_use_stop_the_command_with_exit_code_2(model_dir, tmp_path, capsys):
     """A degradation the model does not know, or an input that is neither a folder nor a loadable dataset, used to
     fail every image (exit 0) or end in a traceback; now nothing is written and the command exits 2."""
