@@ -888,6 +888,21 @@ def test_checkpoints_set_aside_again_and_again_keep_every_copy(tmp_path):
         0, 1, 2]
 
 
+def test_an_output_folder_may_be_new_empty_or_an_earlier_output_only(tmp_path):
+    """check_output_folder: a new folder, an existing empty one (made beforehand, e.g. a mounted volume) or an
+    earlier output (holding every marker) may be replaced; a folder holding anything else may not."""
+    checkpointing.check_output_folder(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    checkpointing.check_output_folder(tmp_path / "empty")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "config.json").write_text("{}")
+    checkpointing.check_output_folder(tmp_path / "earlier")
+    (tmp_path / "earlier" / "notes.txt").write_text("kept with the model")
+    checkpointing.check_output_folder(tmp_path / "earlier")
+    with pytest.raises(ValueError, match="is not a model folder"):
+        checkpointing.check_output_folder(tmp_path / "earlier", markers=("config.json", "model.safetensors"))
+
+
 def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
     """checkpoint-10 is newer than checkpoint-9 (sorted by name it would come first): `latest` resumes from it and
     pruning removes the older one."""
