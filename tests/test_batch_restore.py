@@ -519,6 +519,20 @@ def test_a_dataset_dict_saved_to_disk_restores_the_split_asked_for(model_dir, tm
         assert change in str(error.value)
 
 
+def test_an_archive_of_several_windows_is_restored_whole_in_one_process(model_dir, tmp_path):
+    """Inputs are decoded and restored a window (batch_size x WINDOW_BATCHES) at a time: an archive of more than
+    one window, ending in a partial one, comes out whole."""
+    from training.batch_restore import main, parse_args
+
+    names = [f"img{i:02d}.png" for i in range(WINDOW_BATCHES + 2)]
+    for i, name in enumerate(names):
+        save(tmp_path / "in" / name, textured_image(i, 16, 16))
+    summary = main(parse_args(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model",
+                               str(model_dir), "--batch_size", "1", "--no_reuse_freed_memory"]))
+    assert (summary["restored"], summary["failed"]) == (len(names), 0)
+    assert sorted(read_manifests(tmp_path / "out")) == names
+
+
 def test_options_no_image_could_use_stop_the_command_with_exit_code_2(model_dir, tmp_path, capsys):
     """A degradation the model does not know, or an input that is neither a folder nor a loadable dataset, used to
     fail every image (exit 0) or end in a traceback; now nothing is written and the command exits 2."""
