@@ -512,8 +512,9 @@ def test_a_dataset_dict_saved_to_disk_restores_the_split_asked_for(model_dir, tm
     with pytest.raises(ValueError, match=r"no split 'validation' \(splits: \['test', 'train'\]\)"):
         main(parse_args(argv + ["--split", "validation"]))
     # Another split, or another image column, into the same output would mix two archives: refused.
-    for options, change in ((["--split", "train"], "split: 'test' -> 'train'"),
-                            (["--split", "test", "--image_column", "file_name"], "image_column: 'image' -> 'file_name'")):
+    changed_settings = ((["--split", "train"], "split: 'test' -> 'train'"),
+                        (["--split", "test", "--image_column", "file_name"], "image_column: 'image' -> 'file_name'"))
+    for options, change in changed_settings:
         with pytest.raises(ValueError, match="other settings") as error:
             main(parse_args(argv + options))
         assert change in str(error.value)
