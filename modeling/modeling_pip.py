@@ -324,6 +324,24 @@ def _pool_channels(flat: torch.Tensor, statistic: str) -> torch.Tensor:
     return flat.amax(dim=-1)
 
 
+#: The side below which `PixelDegradationEstimator` mirrors an input out before judging it: two cells of its
+#: coarsest (1/16) level. On thinner images the zero padding of its strided convolutions outweighs the pixels.
+ESTIMATOR_MIN_SIDE = 32
+
+
+def mirror_extend(pixel_values: torch.Tensor, min_side: int) -> torch.Tensor:
+    """A (B, C, H, W) map extended at the bottom and right, by repeated mirror images of itself, to ``min_side``
+    on each shorter side (a side at least that long is kept): its pixel statistics stay those of the image,
+    whatever its size (``F.pad``'s reflection needs a side larger than the padding)."""
+    for axis in (-2, -1):
+        if pixel_values.shape[axis] >= min_side:
+            continue
+        while pixel_values.shape[axis] < min_side:
+            pixel_values = torch.cat([pixel_values, pixel_values.flip(axis)], dim=axis)
+        pixel_values = pixel_values.narrow(axis, 0, min_side)
+    return pixel_values
+
+
 class PixelDegradationEstimator(nn.Module):
     """Predicts the degradation class from the image itself (ours; ``degradation_estimator_input="pixels"``).
 
@@ -358,7 +376,9 @@ class PixelDegradationEstimator(nn.Module):
     # output is one pixel wide (images up to 16 px wide here), which turned thin images' estimates into NaN.
     @fp32_in_cpu_inference
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled, hidden = [], pixel_values
+        # A thin image (a 2 x 3000 strip) would be judged mostly from the convolutions' zero padding, which reads as
+        # darkness: flat grey strips went to the low-light prompt and came back nearly white.
+        pooled, hidden = [], mirror_extend(pixel_values, ESTIMATOR_MIN_SIDE)
         for level in self.levels:
             hidden = level(hidden)
             # Statistics in fp32: a standard deviation over many pixels loses precision in half precision.

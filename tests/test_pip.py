@@ -397,3 +397,17 @@ def test_frequency_loss_adds_the_weighted_fft_l1_and_is_off_by_default(model):
     assert terms["frequency"].requires_grad
     with pytest.raises(StrictDataclassClassValidationError, match="frequency_loss_weight must be non-negative"):
         PIPConfig(frequency_loss_weight=-0.1)
+
+
+def test_mirror_extend_keeps_an_image_and_grows_thin_sides_by_its_mirror_images():
+    from modeling.modeling_pip import mirror_extend
+
+    image = torch.arange(2 * 3 * 2 * 5, dtype=torch.float32).view(2, 3, 2, 5)
+    extended = mirror_extend(image, 7)
+    assert extended.shape == (2, 3, 7, 7)
+    torch.testing.assert_close(extended[..., :2, :5], image)
+    torch.testing.assert_close(extended[..., 2:4, :5], image.flip(-2))  # the first mirror image below it
+    torch.testing.assert_close(extended[..., :2, 5:7], image.flip(-1)[..., :2])  # and to its right
+    assert torch.equal(mirror_extend(torch.full((1, 3, 1, 1), 0.5), 32), torch.full((1, 3, 32, 32), 0.5))
+    large = torch.rand(1, 3, 40, 33)
+    assert mirror_extend(large, 32) is large
