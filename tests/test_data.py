@@ -949,3 +949,19 @@ def test_stream_arguments_that_cannot_work_are_refused(corpus):
     with pytest.raises(ValueError, match="persistent_workers"):
         D.build_dataloader(D.RestorationStream(sources), 1, num_workers=1, persistent_workers=True)
     D.RestorationStream(sources, rank=1, world_size=2, synthesis_crop_size=24, patch_size=24, crop_to_multiple=16)
+
+
+def test_random_crops_reach_every_offset_including_the_last():
+    """The official ``_crop_patch`` draws offsets with Python's inclusive ``randint(0, H - patch)``: a crop flush with
+    the bottom/right edge must be drawn too (an exclusive bound never shows the image's last rows and columns)."""
+    from training.data.stream import _crop_and_augment, _synthesis_region_patch
+
+    image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    offsets = set()
+    for seed in range(64):
+        (patch,), _ = _crop_and_augment([image], 4, np.random.default_rng(seed), augment_flag=False)
+        top, left = np.argwhere(image[..., 0] == patch[0, 0, 0])[0]
+        offsets.add((int(top), int(left)))
+    assert offsets == {(top, left) for top in range(2) for left in range(3)}
+    places = {_synthesis_region_patch(image, 4, 8, np.random.default_rng(seed), False)[1] for seed in range(64)}
+    assert places == {(top, left) for top in range(2) for left in range(3)}
