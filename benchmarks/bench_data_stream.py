@@ -92,6 +92,12 @@ def roots_from(root: Path) -> dict[str, Path]:
     return roots
 
 
+def read_rgb(path: str) -> np.ndarray:
+    """An image file as an RGB uint8 array (H, W, 3)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 class PlainPairDataset(torch.utils.data.Dataset):
     """The baseline: an official-style map-style dataset over (degraded | None, clean, synthesis) entries."""
 
@@ -106,8 +112,8 @@ class PlainPairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         degraded_path, clean_path, synthesis, synthesis_kwargs, task = self.entries[index]
         rng = np.random.default_rng([self.seed, index])
-        clean = np.array(Image.open(clean_path).convert("RGB"))
-        images = [clean] if degraded_path is None else [np.array(Image.open(degraded_path).convert("RGB")), clean]
+        clean = read_rgb(clean_path)
+        images = [clean] if degraded_path is None else [read_rgb(degraded_path), clean]
         height, width = clean.shape[:2]
         top = int(rng.integers(0, height - self.patch_size + 1))
         left = int(rng.integers(0, width - self.patch_size + 1))

@@ -124,14 +124,12 @@ def random_augment_mode(rng: np.random.Generator) -> int:
 
 
 def add_gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> Degraded:
-    """i.i.d. Gaussian noise of std ``sigma`` (0-255 scale), exactly as the official PromptIR loaders.
-
-    ``clip(image + randn(H, W, 3) * sigma, 0, 255).astype(uint8)`` on the uint8 crop: the cast truncates, as
-    in the official code.
-    """
+    """i.i.d. Gaussian noise of std ``sigma`` (0-255 scale), with the numerics of the official PromptIR loaders:
+    one standard normal draw per pixel and channel, scaled by ``sigma`` and added to the uint8 crop, the sum kept
+    within [0, 255] and cast back to uint8 by truncation (not rounding)."""
     _check_image(image)
     noise = rng.standard_normal(image.shape)
-    noisy = np.clip(image + noise * sigma, 0, 255).astype(np.uint8)
+    noisy = (image + sigma * noise).clip(0, 255).astype(np.uint8)  # truncated, as the official test code does
     return Degraded(noisy, "noise")
 
 

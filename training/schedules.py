@@ -23,6 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 
+def _cosine_fall(progress: float) -> float:
+    """Half a cosine wave, from 1 at ``progress`` 0 down to 0 at ``progress`` 1: the shape every schedule here
+    anneals with, scaled between its own floor and ceiling."""
+    return math.cos(0.5 * math.pi * progress) ** 2  # = (1 + cos(pi * progress)) / 2
+
+
 def linear_warmup_cosine(
     steps_per_epoch: int,
     warmup_epochs: float,
@@ -40,7 +46,7 @@ def linear_warmup_cosine(
             if epoch < warmup_epochs:
                 return warmup_start_factor + epoch * (1.0 - warmup_start_factor) / warmup_epochs
             progress = min(1.0, (epoch - warmup_epochs) / max(1e-12, max_epochs - warmup_epochs))
-            return eta_min_factor + 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * progress))
+            return eta_min_factor + (1.0 - eta_min_factor) * _cosine_fall(progress)
 
         return smooth_factor
 
@@ -49,7 +55,7 @@ def linear_warmup_cosine(
         if epoch < warmup_epochs:
             return warmup_start_factor + epoch * (1.0 - warmup_start_factor) / max(1, warmup_epochs - 1)
         progress = (epoch - warmup_epochs) / max(1, max_epochs - warmup_epochs)
-        return eta_min_factor + 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * progress))
+        return eta_min_factor + (1.0 - eta_min_factor) * _cosine_fall(progress)
 
     return factor
 
@@ -76,7 +82,7 @@ def cosine_restart_cyclic(periods: Sequence[int], eta_min_factors: Sequence[floa
     def factor(step: int) -> float:
         index, offset = _locate(step, periods)
         eta = eta_min_factors[index]
-        return eta + 0.5 * (1.0 - eta) * (1.0 + math.cos(math.pi * offset / periods[index]))
+        return eta + (1.0 - eta) * _cosine_fall(offset / periods[index])
 
     return factor
 
@@ -91,7 +97,7 @@ def cosine_restart(
     def factor(step: int) -> float:
         index, offset = _locate(step, periods)
         weight = restart_weights[index]
-        return eta_min_factor + weight * 0.5 * (1.0 - eta_min_factor) * (1.0 + math.cos(math.pi * offset / periods[index]))
+        return eta_min_factor + weight * (1.0 - eta_min_factor) * _cosine_fall(offset / periods[index])
 
     return factor
 
