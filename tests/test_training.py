@@ -747,6 +747,26 @@ def test_restormer_cyclic_schedule():
     assert 3e-4 * factor(299999) == pytest.approx(1e-6, abs=1e-9)
 
 
+def test_restart_schedules_count_each_periods_last_step_in_it_as_basicsr_does():
+    """BasicSR puts the step that ends a period in that period (its cosine at the floor) and restarts one step later
+    at offset 1; ours restarted at the boundary step itself, one step early at every restart (checked against
+    BasicSR's schedulers in a scratch run: equal at every step of these periods)."""
+    from training.schedules import cosine_restart
+
+    def cosine(weight: float, eta: float, offset: int, period: int) -> float:
+        return eta + weight * (1 - eta) * 0.5 * (1 + math.cos(math.pi * offset / period))
+
+    restart = cosine_restart([3, 4, 5], [1.0, 0.5, 0.25], 0.1)
+    expected = ([cosine(1.0, 0.1, s, 3) for s in range(4)] + [cosine(0.5, 0.1, s - 3, 4) for s in range(4, 8)]
+                + [cosine(0.25, 0.1, s - 7, 5) for s in range(8, 13)])
+    assert [restart(step) for step in range(13)] == pytest.approx(expected)
+    assert restart(3) == pytest.approx(0.1) and restart(7) == pytest.approx(0.1)  # each period ends at its floor
+    assert restart(12) == restart(40) == pytest.approx(0.1)  # past the last period: its end
+    cyclic = cosine_restart_cyclic([3, 4], [0.1, 0.5])
+    assert [cyclic(step) for step in range(8)] == pytest.approx(
+        [cosine(1.0, 0.1, s, 3) for s in range(4)] + [cosine(1.0, 0.5, s - 3, 4) for s in range(4, 8)])
+
+
 def test_loss_spike_guard_rescales_like_the_official_scaler():
     guard = LossSpikeGuard(history=3, factor=5.0)
     assert guard(torch.tensor(1.0)).item() == 1.0

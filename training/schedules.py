@@ -66,9 +66,12 @@ def _check_periods(periods: Sequence[int]) -> None:
 
 
 def _locate(step: int, periods: Sequence[int]) -> tuple[int, int]:
+    """The period ``step`` falls in and its offset there. Periods are closed on the right, as BasicSR counts them:
+    the step that ends a period still belongs to it (offset = its length, so the cosine is at its floor), and the
+    next period starts one step later at offset 1. Steps past the last period stay at its end (BasicSR fails there)."""
     start = 0
     for index, period in enumerate(periods):
-        if step < start + period:
+        if step <= start + period:
             return index, step - start
         start += period
     return len(periods) - 1, periods[-1]
