@@ -61,10 +61,11 @@ class DPPDConfig(RestorationBackboneConfig):
         log_variance_limit (`float`, defaults to 5.0) [ours]: predicted log-variances are squashed into
             (-limit, limit) with `limit * tanh(x / limit)`, so sampling and the KL stay finite.
         num_inference_samples (`int`, defaults to 1) [ours]: prompts outside training. 1: the mean of the
-            distribution (deterministic). n > 1: the average of n reparameterised samples (stochastic; seed
-            torch for reproducible results; tiled inference draws them for every tile and statistics pass, so
-            tiles differ from one another as two whole-image runs do, and the passes need not settle). Training
-            always draws one sample per image.
+            distribution. n > 1: the average of n reparameterised samples whose standard-normal draws are
+            fixed (a seeded generator per prompt place): every image, every tile of a tiled restore and every
+            call gets the same draws, so the output stays deterministic, tiles agree with the whole image as
+            with the mean, and an image restores in a batch as alone. Training always draws one sample per
+            image from torch's generator.
 
     CrossFusion (CF):
         cross_fusion_heads (`int`, defaults to 1) [ours]: heads of the cross-attention in which every feature
