@@ -839,6 +839,35 @@ def test_validation_refuses_a_size_mismatch_that_the_crop_to_a_multiple_would_hi
     assert "size (36, 44, 3) vs (40, 40, 3)" in caplog.text
 
 
+def test_stems_pair_in_any_case_where_one_clean_stem_fits_and_unpaired_files_are_counted(tmp_path, caplog):
+    """A degraded file pairs with the clean file whose name differs only in case, extension (IMG_1.JPG ->
+    IMG_1.png) or stem (Frame_2.PNG -> frame_2.png, Rain-7 -> NoRain-7); these stems used to stay unpaired. The
+    exact spelling still wins, two clean stems that differ only in case are refused by name, and a degraded file
+    with no counterpart is counted and reported."""
+    files = ["d/blur/IMG_1.JPG", "d/sharp/IMG_1.png", "d/blur/Frame_2.PNG", "d/sharp/frame_2.png",
+             "d/blur/exact.png", "d/sharp/exact.png", "d/sharp/EXACT.png", "d/blur/lonely.png"]
+    pairs, unpaired = D.pair_files(files, "blur")
+    assert pairs == [("d/blur/Frame_2.PNG", "d/sharp/frame_2.png"), ("d/blur/IMG_1.JPG", "d/sharp/IMG_1.png"),
+                     ("d/blur/exact.png", "d/sharp/exact.png")]
+    assert unpaired == ["d/blur/lonely.png"]
+    pairs, unpaired = D.pair_files(["r/rainy/Rain-7.png", "r/gt/NoRain-7.png", "r/input/RAIN-1.png",
+                                    "r/target/rain-1.png", "r/target/norain-1.png"], "rain")
+    # input/ pairs same-name first (PromptIR), in any case, before renaming rain -> norain.
+    assert pairs == [("r/input/RAIN-1.png", "r/target/rain-1.png"), ("r/rainy/Rain-7.png", "r/gt/NoRain-7.png")]
+    assert unpaired == []
+    with pytest.raises(ValueError, match=r"d/blur/Exact.png: its clean counterpart is ambiguous, 2 clean files "
+                                         r"differ from its name only in case \(d/sharp/EXACT.png, d/sharp/exact.png\)"):
+        D.pair_files(["d/blur/Exact.png", "d/sharp/exact.png", "d/sharp/EXACT.png"], "blur")
+
+    for index, (degraded, clean) in enumerate([("IMG_1.JPG", "img_1.png"), ("lonely.png", None)]):
+        save(tmp_path / "blur" / degraded, textured_image(index, 16, 16))
+        if clean:
+            save(tmp_path / "sharp" / clean, textured_image(index, 16, 16))
+    source = D.paired_source(tmp_path, "blur")
+    assert [(Path(d).name, Path(c).name) for d, c in source.pairs] == [("IMG_1.JPG", "img_1.png")]
+    assert source.missing_pairs == 1 and "1 degraded files without a clean counterpart" in caplog.text
+
+
 def test_rain_test_layout_of_pip_pairs_rain_k_with_norain_k(tmp_path):
     """PIP's test loader pairs Rain100L input/rain-<k>.png with target/norain-<k>.png (it renames rain -> norain);
     these files used to stay unpaired ("no rain pairs found"). PromptIR's same-name pairs still win."""

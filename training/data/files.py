@@ -29,7 +29,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Layout rules per task: (degraded folder, clean folders, clean-name candidates from the degraded stem).
 # A degraded file is any file below a folder named like the first element; its clean file sits directly in a
 # sibling clean folder (same parent as the degraded folder). Folder names and extensions are compared
-# case-insensitively, file stems as they are (the official releases name both sides alike).
+# case-insensitively. Stems match as they are first (the official releases name both sides alike), then in any case
+# (IMG_1.JPG pairs with img_1.png), where that names a single clean stem.
 _SAME_NAME = ("same",)
 _LAYOUT_RULES: dict[str, list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = {
     # Rain100L train (official list): rainy/rain-<k>.png -> gt/norain-<k>.png; test/Rain13K: input -> target, the
@@ -202,7 +203,10 @@ def pair_files(
 
     ``layout`` is one of ``"rain"``, ``"haze"``, ``"blur"``, ``"low-light"`` (all official train and test
     layouts of that task, see ``_LAYOUT_RULES``) or ``"cdd11"`` (type folder -> ``clear``). Returns
-    ``(pairs, unpaired)``: sorted ``(degraded, clean)`` paths and degraded files without a clean counterpart.
+    ``(pairs, unpaired)``: sorted ``(degraded, clean)`` paths and degraded files without a clean counterpart
+    (the callers count and report them). Folder names and extensions pair in any case. A clean stem spelt as the
+    rule makes it wins; otherwise one that differs only in case (``Frame_2.PNG`` -> ``frame_2.png``), and a
+    ValueError names the files when several clean stems differ from it only in case (which one is meant?).
     When a clean stem exists with several extensions, the degraded file's own extension wins, then ``.png``.
     GoPro's ``blur_gamma`` folder pairs only where no ``blur`` sibling exists (see ``_FALLBACK_DEGRADED_FOLDERS``).
     """
@@ -213,11 +217,26 @@ def pair_files(
     degraded_folder_names = {d for d, _, _ in rules}
     # index of clean candidates: (parent folders, clean folder, stem) -> {extension: path}
     clean_index: dict[tuple[tuple[str, ...], str, str], dict[str, str]] = {}
+    # the same keyed by the stem in lower case -> the stems as spelt (a case-sensitive file system may hold several)
+    folded_stems: dict[tuple[tuple[str, ...], str, str], set[str]] = {}
     for path in files:
         directories, stem, extension = _split_path(path)
         if directories and directories[-1].lower() in clean_folder_names:
             key = (tuple(directories[:-1]), directories[-1].lower(), stem)
             clean_index.setdefault(key, {})[extension.lower()] = path
+            folded_stems.setdefault((*key[:2], stem.lower()), set()).add(stem)
+
+    def clean_candidates(path: str, key: tuple[tuple[str, ...], str, str], exact: bool) -> dict[str, str] | None:
+        if exact:
+            return clean_index.get(key)
+        stems = folded_stems.get((*key[:2], key[2].lower()), set())
+        if len(stems) > 1:
+            spelt = sorted(next(iter(clean_index[(*key[:2], stem)].values())) for stem in stems)
+            raise ValueError(
+                f"{path}: its clean counterpart is ambiguous, {len(stems)} clean files differ from its name only in "
+                f"case ({', '.join(spelt)}); rename the clean file that belongs to it to the exact name"
+            )
+        return clean_index.get((*key[:2], next(iter(stems)))) if stems else None
 
     degraded_folders = set()  # (parent folders, degraded folder name) holding at least one file
     for path in files:
@@ -239,24 +258,21 @@ def pair_files(
         preferred = _FALLBACK_DEGRADED_FOLDERS.get(lowered[position])
         if preferred and (parent, preferred) in degraded_folders:
             continue  # the preferred sibling's files stand for these frames
-        match = None
-        for degraded_name, clean_names, stem_rules in rules:
-            if degraded_name != lowered[position]:
-                continue
-            for clean_stem in _clean_stem_candidates(stem, stem_rules):
-                for clean_name in clean_names:
-                    candidates = clean_index.get((parent, clean_name, clean_stem))
-                    if candidates:
-                        match = candidates.get(extension.lower()) or candidates.get(".png") or sorted(
-                            candidates.values()
-                        )[0]
-                        break
-                if match:
-                    break
-            if match:
-                break
-        if match:
-            pairs.append((path, match))
+        keys = [
+            (parent, clean_name, clean_stem)
+            for degraded_name, clean_names, stem_rules in rules
+            if degraded_name == lowered[position]
+            for clean_stem in _clean_stem_candidates(stem, stem_rules)
+            for clean_name in clean_names
+        ]
+        # The rules' order first (PromptIR's same name before PIP's rain -> norain), then the stem as spelt before
+        # one in another case.
+        candidates = next(
+            (found for key in keys for exact in (True, False) if (found := clean_candidates(path, key, exact))), None
+        )
+        if candidates:
+            pairs.append((path, candidates.get(extension.lower()) or candidates.get(".png")
+                          or sorted(candidates.values())[0]))
         else:
             unpaired.append(path)
     return sorted(pairs), sorted(unpaired)
