@@ -1701,6 +1701,48 @@ def test_resume_keeps_a_better_best_model_saved_after_the_last_checkpoint(corpus
     assert checkpointing.load_training_state(output_dir / "checkpoint-4")["best_psnr"] == 99.0
 
 
+def test_a_rewound_resume_sets_aside_a_best_model_of_the_steps_it_abandons(corpus, tmp_path):
+    """Resumed from an earlier checkpoint than the last (named, or the latest after deleting the last), a run
+    abandons the later steps: OUTPUT/best saved there is renamed to abandoned-best (kept), and the resumed run's best
+    tracking starts from its checkpoint's best PSNR. It used to stay best/, its score standing against the resumed
+    validations (a model the resumed run never trained, kept unless beaten)."""
+    output_dir = tmp_path / "run"
+    common = dict(max_train_steps=4, checkpointing_steps=2, checkpoints_total_limit=3, validation_steps=2,
+                  use_ema="false", mixed_precision="no", validation_images_per_task=1)
+    validation = ["--validation_roots", f"clean={corpus / 'heldout'}"]
+
+    def mean_psnr(folder: Path) -> float:
+        return float(np.mean([s["psnr"] for s in json.loads((folder / "eval_results.json").read_text()).values()]))
+
+    def abandon_a_better_best() -> dict:
+        """best/ as the later steps left it: saved at step 4, with a score no resumed validation reaches."""
+        assert json.loads((output_dir / "best" / "training_summary.json").read_text())["steps"] == 4
+        scores = json.loads((output_dir / "best" / "eval_results.json").read_text())
+        better = {task: {**values, "psnr": 99.0} for task, values in scores.items()}
+        (output_dir / "best" / "eval_results.json").write_text(json.dumps(better))
+        return better
+
+    def check_resumed_best(set_aside: str, abandoned: dict) -> None:
+        assert json.loads((output_dir / set_aside / "eval_results.json").read_text()) == abandoned
+        state = checkpointing.load_training_state(output_dir / "checkpoint-4")
+        resumed = [float(np.mean(list(entry["psnr"].values()))) for entry in state["validation_history"]]
+        assert [entry["step"] for entry in state["validation_history"]] == [2, 4]
+        assert state["best_psnr"] == pytest.approx(max(resumed)) and mean_psnr(output_dir / "best") == pytest.approx(
+            max(resumed))
+
+    run_main(train_args(corpus, output_dir, **common) + validation)  # checkpoints 2 and 4, validations at 2 and 4
+    abandoned = abandon_a_better_best()
+    run_main(train_args(corpus, output_dir, resume_from_checkpoint=str(output_dir / "checkpoint-2"), **common)
+             + validation)
+    assert (output_dir / "abandoned-checkpoint-4").is_dir()
+    check_resumed_best("abandoned-best", abandoned)
+
+    abandoned = abandon_a_better_best()
+    shutil.rmtree(output_dir / "checkpoint-4")  # the latest deleted: resuming "latest" rewinds to checkpoint-2
+    run_main(train_args(corpus, output_dir, resume_from_checkpoint="latest", **common) + validation)
+    check_resumed_best("abandoned-best-2", abandoned)
+
+
 def test_latest_skips_a_checkpoint_folder_without_its_training_state(tmp_path):
     """Checkpoints appear whole (renamed from a hidden .partial folder); a checkpoint-N folder without
     training_state.json (copied by hand, cut short by something else) is not one: `latest` takes the complete one."""

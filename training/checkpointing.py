@@ -175,13 +175,19 @@ def set_aside_newer_checkpoints(output_dir: str | Path, step: int) -> list[tuple
         number = int(CHECKPOINT_PATTERN.match(path.name).group(1))
         if number <= step:
             continue
-        target, suffix = path.with_name(f"abandoned-{path.name}"), 1
-        while target.exists():
-            suffix += 1
-            target = path.with_name(f"abandoned-{path.name}-{suffix}")
-        os.replace(path, target)
-        moved.append((path, target))
+        moved.append((path, set_aside(path)))
     return moved
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename ``path`` to ``abandoned-<name>`` beside it (``abandoned-<name>-<k>`` when taken); returns the new path."""
+    path = Path(path)
+    target, suffix = path.with_name(f"abandoned-{path.name}"), 1
+    while target.exists():
+        suffix += 1
+        target = path.with_name(f"abandoned-{path.name}-{suffix}")
+    os.replace(path, target)
+    return target
 
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:

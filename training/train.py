@@ -604,6 +604,35 @@ def saved_best_psnr(folder: Path) -> float:
         return -math.inf
 
 
+def saved_model_step(folder: Path) -> Optional[int]:
+    """The training step at which the model in `folder` (``OUTPUT/best``) was saved (its ``training_summary.json``),
+    None when the folder or its record is missing."""
+    from training.model_card import TRAINING_SUMMARY_FILE
+
+    try:
+        steps = json.loads((folder / TRAINING_SUMMARY_FILE).read_text())["steps"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def best_is_from_abandoned_steps(
+    best_step: Optional[int], resumed_step: int, checkpointing_steps: int, set_aside_checkpoints: bool
+) -> bool:
+    """Whether ``OUTPUT/best``, saved at `best_step`, comes from steps that a run resumed at `resumed_step` abandons.
+
+    A best saved after the resumed step belongs to the resumed line only when it is that run's last validation after
+    its last checkpoint (the steps are replayed exactly). It does not when the resume set aside later checkpoints (a
+    rewind), nor when a checkpoint was due between the resumed step and the best's step (under
+    `checkpointing_steps`): that checkpoint, the run's latest, was deleted to rewind (or the run stopped while saving
+    it, and the replayed steps validate again).
+    """
+    if best_step is None or best_step <= resumed_step:
+        return False
+    due_between = checkpointing_steps > 0 and best_step // checkpointing_steps * checkpointing_steps > resumed_step
+    return set_aside_checkpoints or due_between
+
+
 def compiled_graph_counts() -> dict[str, int]:
     """Graphs dynamo has compiled in this process and the graph breaks it met, from its counters."""
     from torch._dynamo.utils import counters
@@ -977,8 +1006,8 @@ def main(args: TrainingArguments) -> dict:
             logger.info(f"resume: {change}")
         step, history = state["step"], state.get("history", [])
         validation_history = state.get("validation_history", [])
-        best_psnr = max(-math.inf if state.get("best_psnr") is None else state["best_psnr"],
-                        saved_best_psnr(output_dir / "best"))
+        recorded_best_psnr = -math.inf if state.get("best_psnr") is None else state["best_psnr"]
+        best_psnr = max(recorded_best_psnr, saved_best_psnr(output_dir / "best"))
         data_state = checkpointing.load_data_state(resume, accelerator.process_index)
         if data_state is not None:
             stream.set_epoch(data_state["epoch"])
@@ -987,9 +1016,19 @@ def main(args: TrainingArguments) -> dict:
                 guard.load_state_dict(data_state["loss_spike_guard"])
             resumed_window = data_state.get("loss_window")
         logger.info(f"resumed from {resume} at step {step}")
-        if accelerator.is_main_process:
-            for old, new in checkpointing.set_aside_newer_checkpoints(output_dir, step):
+        if accelerator.is_main_process:  # (only the main process validates, so only its best_psnr counts)
+            moved = checkpointing.set_aside_newer_checkpoints(output_dir, step)
+            for old, new in moved:
                 logger.warning(f"{old.name} is past the resumed step {step} (another run's): renamed to {new.name}")
+            best_step = saved_model_step(output_dir / "best")
+            if best_is_from_abandoned_steps(best_step, step, args.checkpointing_steps, bool(moved)):
+                # Its score would stand against this run's validations, and a model this run never trained would
+                # stay best/ unless one beat it: the best is the checkpoint's again.
+                new = checkpointing.set_aside(output_dir / "best")
+                best_psnr = recorded_best_psnr
+                logger.warning(f"best/ was saved at step {best_step}, past the resumed step {step} (steps this run "
+                               f"abandons): renamed to {new.name}; the best PSNR to beat is the checkpoint's "
+                               f"({best_psnr:.2f} dB)")
         accelerator.wait_for_everyone()
     elif args.resume_from_checkpoint:
         logger.info("no checkpoint to resume from; starting a new run")
