@@ -46,7 +46,7 @@ def test_cli_writes_json_and_table(heldout, tmp_path, capsys):
     output = tmp_path / "eval.json"
     results = main(["--model", str(folder), "--heldout", str(heldout), "--noise_sigmas", "25", "--settings", "haze",
                     "--output", str(output)])
-    assert json.loads(output.read_text()) == results
+    assert json.loads(output.read_text())["results"] == results
     table = capsys.readouterr().out
     assert table == markdown_table(results) + "\n"
     assert "| noise-25 |" in table and "| haze |" in table
@@ -68,6 +68,32 @@ def test_cli_scores_the_tiles_and_overlap_it_is_given(heldout, tmp_path):
     for other in (evaluate_heldout(model, heldout, tile=16, tile_overlap=4, **options),
                   evaluate_heldout(model, heldout, tile=0, **options)):
         assert other["noise-25"]["psnr"] != results["noise-25"]["psnr"]
+
+
+def test_the_json_records_the_restore_settings_it_was_scored_with(heldout, tmp_path):
+    """The JSON held the rows alone: scores measured in tiles, with another overlap or precision, could not be told
+    from whole-image fp32 ones. It records them, with evaluate_protocol's key names and restore()'s defaults
+    resolved (the overlap of a 16 px tile is 4: 32 capped at tile // 4; 6 statistics passes, tolerance 0.01)."""
+    import torch
+
+    folder = tmp_path / "model"
+    tiny_model("pip").to(torch.bfloat16).save_pretrained(folder)
+    rows = ["--noise_sigmas", "25", "--settings", "--no_baseline", "--statistics_passes", "0"]
+    output = tmp_path / "eval.json"
+    results = main(["--model", str(folder), "--heldout", str(heldout), "--tile", "16", "--dtype", "bf16",
+                    "--auto_mode", "hard", "--seed", "3", *rows, "--output", str(output)])
+    evaluation = json.loads(output.read_text())
+    assert evaluation == {"heldout": ["photo0.png", "photo1.png"], "seed": 3, "tile": 16, "tile_overlap": 4,
+                          "statistics_passes": 0, "statistics_tolerance": 0.01, "dtype": "bf16", "auto_mode": "hard",
+                          "results": results}
+    main(["--model", str(folder), "--heldout", str(heldout), "--tile_overlap", "2", "--statistics_tolerance", "0",
+          *rows[:-2], "--output", str(output)])
+    evaluation = json.loads(output.read_text())
+    # no tile given and no inference_tile: whole images (None), the overlap given for restore()'s automatic tiles
+    assert {key: evaluation[key] for key in ("seed", "tile", "tile_overlap", "statistics_passes",
+                                              "statistics_tolerance", "dtype", "auto_mode")} == {
+        "seed": 0, "tile": None, "tile_overlap": 2, "statistics_passes": 6, "statistics_tolerance": 0.0,
+        "dtype": "fp32", "auto_mode": "cautious"}
 
 
 def test_a_misspelled_row_fails_before_any_row_runs(heldout, tmp_path, monkeypatch):
@@ -108,7 +134,7 @@ def test_an_output_that_cannot_take_the_json_is_refused_before_any_row_runs(held
             err = capsys.readouterr().err.strip().splitlines()[-1]
             assert exit_.value.code == 2 and f"error: --output {output}" in err and message in err
     results = main([*argv, "--output", str(tmp_path / "new" / "eval.json")])
-    assert json.loads((tmp_path / "new" / "eval.json").read_text()) == results
+    assert json.loads((tmp_path / "new" / "eval.json").read_text())["results"] == results
 
 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
@@ -135,7 +161,8 @@ def test_worker_processes_give_the_single_process_numbers(heldout, tmp_path):
         assert set(shared[label]) == set(row)
         for key, value in row.items():
             assert shared[label][key] == pytest.approx(value, abs=1e-5), (label, key)  # dicts of gains too
-    assert json.loads((tmp_path / "shared.json").read_text()) == shared
+    written = json.loads((tmp_path / "shared.json").read_text())
+    assert written["results"] == shared and (written["dtype"], written["tile"]) == ("fp32", None)
 
 
 def test_rows_are_shared_by_estimated_cost():

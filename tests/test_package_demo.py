@@ -11,6 +11,7 @@ from conftest import tiny_model
 from data_helpers import save, textured_image
 from PIL import Image
 
+from training.evaluate_model import restore_settings
 from training.package_demo import EXAMPLES, main, package_demo
 
 
@@ -29,6 +30,11 @@ def test_package_demo_writes_a_complete_folder_from_measured_results(tmp_path):
     assert not list(output.glob("*.py")) and not (output.parent / ".demo.partial").exists()
     evaluation = json.loads((output / "eval_results.json").read_text())
     assert evaluation["results"] == results and evaluation["auto_mode"] == "hard"
+    # the restore settings scored with, as evaluate_model records them: whole images, fp32, restore()'s defaults
+    assert {key: evaluation[key] for key in ("seed", "tile", "tile_overlap", "statistics_passes",
+                                              "statistics_tolerance", "dtype")} == {
+        "seed": 0, "tile": None, "tile_overlap": None, "statistics_passes": 6, "statistics_tolerance": 0.01,
+        "dtype": "fp32"}
     assert set(results) == {"noise-15", "noise-25", "noise-50", "blur-gaussian", "blur-defocus", "blur-motion",
                             "low-light", "haze", "rain"}
     # The card's model-index carries exactly the evaluated numbers.
@@ -122,7 +128,8 @@ def test_reused_scores_of_other_weights_are_refused(tmp_path, capsys):
     demo = tmp_path / "demo"
     save_restoration_folder(tiny_model("pip", seed=0), demo, with_code=False)
     scores = {"psnr": 30.0, "ssim": 0.9, "input_psnr": 20.0, "psnr_gain": 10.0, "min_image_gain": 1.0, "images": 5}
-    (demo / "eval_results.json").write_text(json.dumps({"auto_mode": "hard", "inference_tile": None,
+    settings = restore_settings(tiny_model("pip"), auto_mode="hard")
+    (demo / "eval_results.json").write_text(json.dumps({**settings, "inference_tile": None,
                                                         "results": {"noise-25": scores}}))
     before = sorted(p.name for p in demo.iterdir())
     tiny_model("pip", seed=5).save_pretrained(tmp_path / "other")
@@ -137,3 +144,36 @@ def test_reused_scores_of_other_weights_are_refused(tmp_path, capsys):
         error = capsys.readouterr().err
         assert exit_.value.code == 2 and "Traceback" not in error and message in error.splitlines()[-1], error
     assert sorted(p.name for p in demo.iterdir()) == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dtype": "bf16"}, "scored dtype='bf16', not 'fp32'"),
+    ({"tile_overlap": 8}, "scored tile_overlap=8, not None"),
+    ({"statistics_passes": 0}, "scored statistics_passes=0, not 6"),
+    ({"dtype": None}, "does not record the dtype it was scored with"),
+])
+def test_reused_scores_of_other_restore_settings_are_refused(tmp_path, capsys, change, message):
+    """`reuse_evaluation` compared the label-free mode and the model's tile only: scores measured in bf16, or with
+    another tile overlap or number of statistics passes, were shipped as the scores of the default evaluation.
+    Every restore setting evaluate_model records is compared; a file that records none is refused as well."""
+    from modeling import save_restoration_folder
+
+    heldout = tmp_path / "heldout"
+    for index, (_, stem, _) in enumerate(EXAMPLES):
+        save(heldout / f"{stem}.png", textured_image(300 + index, 32, 32))
+    demo = tmp_path / "demo"
+    model = tiny_model("pip", seed=0)
+    save_restoration_folder(model, demo, with_code=False)
+    settings = {**restore_settings(model, auto_mode="hard"), **change}
+    if change.get("dtype", "") is None:
+        del settings["dtype"]
+    scores = {"psnr": 30.0, "ssim": 0.9, "input_psnr": 20.0, "psnr_gain": 10.0, "min_image_gain": 1.0, "images": 5}
+    (demo / "eval_results.json").write_text(json.dumps({**settings, "inference_tile": None,
+                                                        "results": {"noise-25": scores}}))
+    before = sorted(p.name for p in demo.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(demo), "--heldout", str(heldout), "--output", str(demo), "--auto_mode", "hard",
+              "--reuse_evaluation"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in error and message in error.splitlines()[-1], error
+    assert sorted(p.name for p in demo.iterdir()) == before

@@ -20,6 +20,11 @@ restored through ``modeling.restore`` (with the true label, and for models with 
 scored with the repository's ``evaluate`` metric (PromptIR protocol). Reported per row: PSNR/SSIM of the
 restoration, of the degraded input, of the label-free restoration (``psnr_auto``) and, for noise, of the
 classical non-local-means baseline (scikit-image, sigma given).
+
+``--output`` writes JSON in the format of ``training.package_demo``'s ``eval_results.json``: ``heldout`` (the
+files scored), the restore settings the numbers were measured with (``seed``, ``tile``, ``tile_overlap``,
+``statistics_passes``, ``statistics_tolerance``, ``dtype``, ``auto_mode``; ``restore()``'s defaults resolved) and
+``results`` (the rows).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -185,6 +191,42 @@ def evaluate_heldout(
     return results
 
 
+def restore_settings(
+    model,
+    *,
+    seed: int = 0,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    statistics_passes: int | None = None,
+    statistics_tolerance: float | None = None,
+    auto_mode: str = DEFAULT_AUTO_MODE,
+    dtype: str = "fp32",
+) -> dict[str, Any]:
+    """The settings :func:`evaluate_heldout` restores ``model`` with, as its JSON records them (``tile``,
+    ``tile_overlap`` and ``dtype`` as ``training.evaluate_protocol`` names them): ``restore()``'s defaults are
+    resolved (the model's ``inference_tile``, the overlap for that tile, 6 passes, tolerance 0.01), so that two
+    records are equal exactly when their evaluations restored alike. ``tile`` None: whole images up to 4 megapixels."""
+    from modeling.inference import (
+        DEFAULT_STATISTICS_PASSES,
+        model_inference_tile,
+        resolve_statistics_tolerance,
+    )
+    from modeling.tiling import default_tile_overlap
+
+    tile_used = tile if tile is not None else model_inference_tile(model)
+    if tile_overlap is None and tile_used:  # restore() picks its default overlap for these tiles
+        tile_overlap = default_tile_overlap(tile_used)
+    return {
+        "seed": seed,
+        "tile": tile_used,
+        "tile_overlap": tile_overlap,
+        "statistics_passes": DEFAULT_STATISTICS_PASSES if statistics_passes is None else statistics_passes,
+        "statistics_tolerance": resolve_statistics_tolerance(statistics_tolerance),
+        "dtype": dtype,
+        "auto_mode": auto_mode,
+    }
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     header = (
         "| degradation | input PSNR | restored PSNR (gain) | SSIM | worst image gain | label-free PSNR "
@@ -279,7 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "auto", "bf16"),
                         help="restore()'s precision: fp32 (default, the same scores on every CPU) or auto (what "
                              "restore() does by default here: bf16 on a CPU with native bf16)")
-    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--output", help="write the results as JSON here: the held-out files, the restore settings "
+                        "(seed, tile, tile_overlap, statistics_passes, statistics_tolerance, dtype, auto_mode) and "
+                        "the rows under 'results'")
     parser.add_argument("--workers", type=int, default=1,
                         help="share the rows among this many one-thread processes (the same numbers to float "
                              "rounding; 2 suit a 2-core CPU)")
@@ -304,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.model, dtype=args.dtype)  # fp32 loads a half-precision checkpoint as float32
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    # Recorded with the scores: numbers measured with other tiles or another precision are other numbers.
+    settings = restore_settings(model, **{key: value for key, value in options.items() if key != "baseline"})
     if args.workers > 1:
         del model  # each worker loads its own copy
         results = evaluate_heldout_in_processes(args.model, args.heldout, args.workers, **rows, **options)
@@ -311,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = evaluate_heldout(model, args.heldout, **rows, **options)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.output, json.dumps(results, indent=2))  # row order kept (no sort_keys)
+        heldout_files = [os.path.relpath(path, args.heldout) for path in list_image_files(args.heldout)]
+        evaluation = {"heldout": heldout_files, **settings, "results": results}
+        write_text_atomic(args.output, json.dumps(evaluation, indent=2))  # row order kept (no sort_keys)
     print(markdown_table(results))
     return results
 

@@ -132,7 +132,8 @@ def package_demo(
     """Evaluate ``model_dir`` on ``heldout`` and write the shipped demo folder ``output`` (atomically).
 
     ``reuse_evaluation``: take the results from ``output/eval_results.json`` (an earlier run on the same weights,
-    checked against the weights and settings in ``output``: others raise `ReuseRefused`) instead of evaluating again
+    checked against the weights in ``output`` and against the restore settings it records, ``auto_mode``, ``tile``,
+    ``tile_overlap``, ``dtype``, ...: others raise `ReuseRefused`) instead of evaluating again
     (which takes tens of minutes on a CPU); the card, grid and examples are rewritten.
     ``inference_tile``: write this tile side into the shipped config (``restore()``'s default tiling for the model,
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
@@ -143,24 +144,37 @@ def package_demo(
     """
     from modeling import save_restoration_folder
     from modeling.inference import load_model
-    from training.evaluate_model import evaluate_heldout, evaluate_heldout_in_processes, markdown_table
+    from training.evaluate_model import (
+        evaluate_heldout,
+        evaluate_heldout_in_processes,
+        markdown_table,
+        restore_settings,
+    )
     from training.model_card import build_model_card, packaged_usage_section, save_model_card
 
     model = load_model(str(model_dir), device="cpu")
     if inference_tile is not None:
         model.config.inference_tile = inference_tile or None
         model.config.validate()
+    # What evaluate_heldout restores with here (its defaults, with the model's inference_tile), recorded with the
+    # scores and compared when they are reused.
+    settings = restore_settings(model, auto_mode=auto_mode)
     if reuse_evaluation:
         if not (output / "eval_results.json").is_file():
             raise ReuseRefused(f"{output} holds no eval_results.json to reuse: evaluate (leave out reuse_evaluation)")
         earlier = json.loads((output / "eval_results.json").read_text())
-        if earlier["auto_mode"] != auto_mode:
-            raise ReuseRefused(f"{output}/eval_results.json scored auto_mode={earlier['auto_mode']!r}, not {auto_mode!r}")
         if earlier.get("inference_tile") != model.config.inference_tile:
             raise ReuseRefused(
                 f"{output}/eval_results.json scored inference_tile={earlier.get('inference_tile')!r}, but the model "
                 f"restores with {model.config.inference_tile!r}"
             )
+        for key, value in settings.items():  # every restore setting the scores were measured with
+            if key not in earlier:
+                raise ReuseRefused(f"{output}/eval_results.json does not record the {key} it was scored with: "
+                                   "evaluate again (leave out reuse_evaluation)")
+            if earlier[key] != value:
+                raise ReuseRefused(f"{output}/eval_results.json scored {key}={earlier[key]!r}, not {value!r}: "
+                                   "evaluate again (leave out reuse_evaluation)")
         if not same_weights(model, load_model(str(output), device="cpu")):
             raise ReuseRefused(f"{output}/eval_results.json scored the weights of {output}, not those of {model_dir}: "
                              "evaluate them (leave out reuse_evaluation)")
@@ -176,7 +190,7 @@ def package_demo(
         if (model_dir / "training_curves.png").is_file():
             shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
             figures.insert(0, "training_curves.png")
-        evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), "auto_mode": auto_mode,
+        evaluation = {"heldout": sorted(p.name for p in heldout.iterdir() if p.suffix == ".png"), **settings,
                       "inference_tile": model.config.inference_tile, "results": results, "examples": examples}
         (partial / "eval_results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         training = {"weights": weights_name or f"{model_dir}",
@@ -211,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"label-free mode scored and shown (default {DEFAULT_AUTO_MODE!r}: what restore() does)")
     parser.add_argument("--reuse_evaluation", action="store_true",
                         help="take the scores from OUTPUT/eval_results.json of an earlier run on the same weights "
-                             "(refused when OUTPUT holds other weights)")
+                             "(refused when OUTPUT holds other weights, or scores measured with other restore "
+                             "settings: auto_mode, tiles, precision, ...)")
     parser.add_argument("--inference_tile", type=int, default=None,
                         help="tile side restore() uses for this model by default (written into its config; 0: "
                              "whole images); default: keep the model's")
