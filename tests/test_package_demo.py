@@ -177,3 +177,32 @@ def test_reused_scores_of_other_restore_settings_are_refused(tmp_path, capsys, c
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in error and message in error.splitlines()[-1], error
     assert sorted(p.name for p in demo.iterdir()) == before
+
+
+def test_a_checkpoint_saved_in_bf16_is_shipped_as_saved_and_scored_as_its_float32_copy(tmp_path):
+    """package_demo loaded a bf16 checkpoint as saved and evaluated it in fp32: restore() refused fp32 over bf16
+    weights and packaging died with a traceback. The weights are shipped in bf16, the scores and the grid are those
+    of their float32 copy (as evaluate_model scores such a checkpoint)."""
+    import torch
+
+    from modeling.inference import load_model
+    from training.evaluate_model import evaluate_heldout
+
+    heldout = tmp_path / "heldout"
+    for index, (_, stem, _) in enumerate(EXAMPLES):
+        save(heldout / f"{stem}.png", textured_image(300 + index, 16, 24))
+    trained = tmp_path / "trained"
+    tiny_model("pip").to(torch.bfloat16).save_pretrained(trained)
+    output = tmp_path / "demo"
+    results = package_demo(trained, heldout, output, auto_mode="hard")
+    shipped = load_model(output, device="cpu")
+    assert {p.dtype for p in shipped.parameters()} == {torch.bfloat16}
+    saved = load_model(trained, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), saved.state_dict().values()))
+    as_fp32 = tiny_model("pip").to(torch.bfloat16).float()
+    expected = evaluate_heldout(as_fp32, heldout, noise_sigmas=(25,), settings=(), baseline=False, auto_mode="hard")
+    assert results["noise-25"]["psnr"] == pytest.approx(expected["noise-25"]["psnr"], abs=1e-6)
+    assert results["noise-25"]["psnr_auto"] == pytest.approx(expected["noise-25"]["psnr_auto"], abs=1e-6)
+    assert json.loads((output / "eval_results.json").read_text())["dtype"] == "fp32"
+    # and the scores are reused for the same bf16 weights
+    assert package_demo(trained, heldout, output, auto_mode="hard", reuse_evaluation=True) == results

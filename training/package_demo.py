@@ -14,6 +14,7 @@ provides the model classes (a copy made with ``save_pretrained`` carries them fo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -139,9 +140,13 @@ def package_demo(
     see ``RestorationBackboneConfig``) before evaluating; 0 clears it (whole images); ``None`` keeps the model's.
     ``eval_workers``: share the evaluation's rows among this many one-thread processes (the same numbers to float
     rounding; see ``training.evaluate_model.evaluate_heldout_in_processes``).
+    The weights are shipped in the precision they were saved in; a checkpoint saved in bf16 or fp16 is scored (and
+    its before/after grid drawn) as its float32 copy, in fp32 like every held-out evaluation.
     ``weights_name``: where the card says the weights are kept (e.g. the committed ``training/weights/...`` folder);
     default: ``model_dir``, which is often a scratch folder under ``outputs/``.
     """
+    import torch
+
     from modeling import save_restoration_folder
     from modeling.inference import load_model
     from training.evaluate_model import (
@@ -152,10 +157,14 @@ def package_demo(
     )
     from training.model_card import build_model_card, packaged_usage_section, save_model_card
 
-    model = load_model(str(model_dir), device="cpu")
+    model = load_model(str(model_dir), device="cpu")  # shipped in the precision it was saved in
     if inference_tile is not None:
         model.config.inference_tile = inference_tile or None
         model.config.validate()
+    # Scored and pictured in fp32, as evaluate_model scores: restore() refuses fp32 over half-precision weights, so a
+    # checkpoint saved in bf16 or fp16 is scored as its float32 copy (what evaluate_model --dtype fp32 loads).
+    scored = model if all(not p.is_floating_point() or p.dtype == torch.float32 for p in model.parameters()) else (
+        copy.deepcopy(model).float())
     # What evaluate_heldout restores with here (its defaults, with the model's inference_tile), recorded with the
     # scores and compared when they are reused.
     settings = restore_settings(model, auto_mode=auto_mode)
@@ -184,9 +193,9 @@ def package_demo(
         if not reuse_evaluation and eval_workers > 1:  # the workers load what is shipped (with its inference_tile)
             results = evaluate_heldout_in_processes(partial, heldout, eval_workers, auto_mode=auto_mode)
         elif not reuse_evaluation:
-            results = evaluate_heldout(model, heldout, auto_mode=auto_mode)
+            results = evaluate_heldout(scored, heldout, auto_mode=auto_mode)
         examples = write_examples(heldout, partial / "examples")
-        figures = [before_after_grid(model, examples, partial, auto_mode).name]
+        figures = [before_after_grid(scored, examples, partial, auto_mode).name]
         if (model_dir / "training_curves.png").is_file():
             shutil.copy(model_dir / "training_curves.png", partial / "training_curves.png")
             figures.insert(0, "training_curves.png")
