@@ -4,9 +4,12 @@ batches, atomic checkpoints)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -79,6 +82,21 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "model" / "model.safetensors")
 
 
+def training_summary_command(output_dir: Path) -> str:
+    """The training command a run's card shows (its Training section's code block)."""
+    card = (output_dir / "model" / "README.md").read_text()
+    return re.search(r"Command:\n\n```bash\n(.*?)\n```", card, re.DOTALL).group(1)
+
+
+def launcher_arguments(command: str) -> argparse.Namespace:
+    """``accelerate launch``'s own reading of a card's command (its flags, the script and the script's flags)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    words = shlex.split(command)
+    assert words[:2] == ["accelerate", "launch"], command
+    return launch_command_parser().parse_args(words[2:])
+
+
 def two_process_launch_args(corpus: Path, output_dir: Path, **overrides) -> list[str]:
     """6 steps in fp32 with checkpoints every 2 steps, EMA, and validation once at the end on held-out photos."""
     argv = train_args(corpus, output_dir, validation_images_per_task=1, mixed_precision="no", **overrides)
@@ -112,6 +130,13 @@ def test_two_process_ddp_launch(two_process_launch):
     assert (output_dir / "model" / "model.safetensors").is_file()
     assert (output_dir / "model" / "preprocessor_config.json").is_file()
     assert "DDP wrapper is still referenced" not in result.stderr
+    # The card's command carries the launcher's flags (it said `accelerate launch training/train.py ...`, which
+    # reruns one process), and accelerate's own parser reads them as this launch's.
+    launched = training_summary_command(output_dir)
+    assert launched.startswith("accelerate launch --multi_gpu --num_processes 2 --mixed_precision no "
+                               "training/train.py --data_roots "), launched
+    launch = launcher_arguments(launched)
+    assert (launch.multi_gpu, launch.num_processes, launch.mixed_precision, launch.cpu) == (True, 2, "no", False)
     # The logged learning rate is the one each step trained with (it used to be the next step's: step 3, the last
     # of the warm-up epoch, logged the full rate its update never used).
     factor = linear_warmup_cosine(3, warmup_epochs=1, max_epochs=3, warmup_start_factor=0.1)
@@ -284,9 +309,40 @@ def test_the_card_reports_the_command_the_run_was_given(corpus, tmp_path):
     written = [path for path in output_dir.rglob("*") if path.is_file()]
     assert any("hparams" in path.name for path in written)
     assert not [path for path in written if secret.encode() in path.read_bytes()]
+    # launched without accelerate launch: one process, in the precision --mixed_precision auto chose here
+    precision = re.search(r"- \*\*mixed precision\*\*: (\w+)\n", text).group(1)
+    command = training_summary_command(output_dir)
+    assert command.startswith(f"accelerate launch --num_processes 1 --mixed_precision {precision} training/train.py "
+                              "--data_roots "), command
+    assert (launcher_arguments(command).num_processes, launcher_arguments(command).multi_gpu) == (1, False)
     assert redacted_command_line(["--hub_token", "hf_x", "--seed", "1", "--hub_token=hf_y", "--hub-token", "hf_z",
                                   "--hub-token=hf_w"]) == [
         "--hub_token", "***", "--seed", "1", "--hub_token=***", "--hub-token", "***", "--hub-token=***"]
+
+
+def test_launcher_flags_reconstruct_the_launch_from_what_accelerate_exports():
+    """`accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 training/train.py ...` gave a card
+    saying `accelerate launch training/train.py ...`: one process, and fp32 wherever auto does not pick bf16. The
+    flags are rebuilt from the run's process count and precision and from the environment accelerate launch sets."""
+    from training.train import launcher_flags
+
+    two_ranks = {"ACCELERATE_MIXED_PRECISION": "bf16", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
+                 "ACCELERATE_DYNAMO_BACKEND": "NO"}
+    assert launcher_flags(2, "bf16", two_ranks) == [
+        "--multi_gpu", "--num_processes", "2", "--mixed_precision", "bf16"]
+    # two machines of four processes each; a dynamo backend asked of the launcher
+    assert launcher_flags(8, "fp16", {"LOCAL_WORLD_SIZE": "4", "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}) == [
+        "--multi_gpu", "--num_processes", "8", "--num_machines", "2", "--mixed_precision", "fp16",
+        "--dynamo_backend", "inductor"]
+    # `accelerate launch --cpu` (one process) and a plain `python training/train.py` run
+    assert launcher_flags(1, "no", {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"}) == [
+        "--cpu", "--num_processes", "1", "--mixed_precision", "no"]
+    assert launcher_flags(1, "bf16", {}) == ["--num_processes", "1", "--mixed_precision", "bf16"]
+    launch = launcher_arguments(shlex.join(["accelerate", "launch", *launcher_flags(8, "fp16", {
+        "LOCAL_WORLD_SIZE": "4", "ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}), "training/train.py", "--seed", "1"]))
+    assert (launch.multi_gpu, launch.num_processes, launch.num_machines, launch.mixed_precision,
+            launch.dynamo_backend, launch.training_script, launch.training_script_args) == (
+        True, 8, 2, "fp16", "inductor", "training/train.py", ["--seed", "1"])
 
 
 def test_yaml_words_for_no_and_schedule_options_that_would_be_ignored(tmp_path):

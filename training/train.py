@@ -29,6 +29,7 @@ import time
 import typing
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -287,6 +288,37 @@ def redacted_command_line(argv: list[str]) -> list[str]:
             redacted.append(item)
         hide_next = secret and not equals
     return redacted
+
+
+def launcher_flags(
+    num_processes: int, mixed_precision: str, environ: Optional[Mapping[str, str]] = None
+) -> list[str]:
+    """The ``accelerate launch`` flags that give a run like this one: what the model card's command puts before
+    ``training/train.py`` (the script's own flags follow it).
+
+    ``num_processes`` and ``mixed_precision`` are the run's (``accelerator.num_processes``,
+    ``accelerator.mixed_precision``): several processes need ``--multi_gpu`` (also on CPUs, where ``--cpu
+    --num_processes 2`` runs one), and the precision is the one the run trained in (a bf16 run that the script's
+    ``--mixed_precision auto`` chose on a CPU with native bf16 is then bf16 on any machine). From the environment
+    ``accelerate launch`` sets (``environ``, default ``os.environ``): the number of machines (``LOCAL_WORLD_SIZE``
+    processes on each; each machine's ``--machine_rank`` and ``--main_process_ip`` are its own), ``--cpu`` asked of
+    a one-process launch (``ACCELERATE_USE_CPU``) and a dynamo backend (``ACCELERATE_DYNAMO_BACKEND``).
+    """
+    environ = os.environ if environ is None else environ
+    flags = []
+    if num_processes > 1:
+        flags.append("--multi_gpu")
+    elif environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"):
+        flags.append("--cpu")
+    flags += ["--num_processes", str(num_processes)]
+    per_machine = environ.get("LOCAL_WORLD_SIZE", "")
+    if per_machine.isdigit() and 0 < int(per_machine) < num_processes:
+        flags += ["--num_machines", str(num_processes // int(per_machine))]
+    flags += ["--mixed_precision", str(mixed_precision)]
+    dynamo = environ.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower()
+    if dynamo not in ("", "no"):
+        flags += ["--dynamo_backend", dynamo]
+    return flags
 
 
 def parse_args(argv: Optional[list[str]] = None) -> TrainingArguments:
@@ -1062,9 +1094,12 @@ def main(args: TrainingArguments) -> dict:
 
     def save_folder(unwrapped, folder: Path, results: dict) -> None:
         summary = {
-            # every flag this run was given (parse_args keeps them), not only the recipe file
-            "command": "accelerate launch training/train.py " + shlex.join(redacted_command_line(
-                getattr(args, "command_line", None) or ([f"--config={args.config}"] if args.config else []))),
+            # the launcher's flags as this run used them, then every flag the script was given (parse_args keeps
+            # them), not only the recipe file
+            "command": shlex.join([
+                "accelerate", "launch", *launcher_flags(accelerator.num_processes, str(accelerator.mixed_precision)),
+                "training/train.py", *redacted_command_line(
+                    getattr(args, "command_line", None) or ([f"--config={args.config}"] if args.config else []))]),
             "steps": step,
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
