@@ -21,14 +21,17 @@ Conventions (documented choices):
 * Files above Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused with a
   `RestorationInputError`; raise that limit to restore larger files you trust. So are PostScript (EPS) files,
   whatever their name: Pillow decodes them by running Ghostscript.
-* No padding by default (the models pad to their multiple internally); ``do_pad=True`` reflect-pads bottom/right
-  to a multiple of ``size_divisor`` (replicate where a side is not longer than its pad, as the models pad), and
-  ``postprocess`` crops back.
+* No padding by default (the models pad to their multiple internally); ``do_pad=True`` pads bottom/right to a
+  multiple of ``size_divisor`` with ``pad_mode`` (the names of the model configs: "reflect", which falls back to
+  replicate where a side is not longer than its pad, as the models do, "replicate" or "constant" zeros), and
+  ``postprocess`` crops back. The processor saved with a model carries the model's ``pad_mode`` and multiple
+  (`RestorationImageProcessor.padding_like`), so a pre-padded image restores as ``restore()`` restores it.
 """
 
 from __future__ import annotations
 
 import contextvars
+import copy
 import difflib
 import io
 import numbers
@@ -61,10 +64,17 @@ _ITU_R_601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 class RestorationImageProcessorKwargs(ImagesKwargs, total=False):
     """
     size_divisor (`int`, *optional*, defaults to `self.size_divisor`):
-        With `do_pad=True`, reflect-pad height and width (bottom/right) up to a multiple of this number.
+        With `do_pad=True`, pad height and width (bottom/right) up to a multiple of this number.
+    pad_mode (`str`, *optional*, defaults to `self.pad_mode`):
+        How `do_pad=True` pads: "reflect", "replicate" or "constant" (zeros), as the models' `pad_mode`.
     """
 
     size_divisor: int
+    pad_mode: str
+
+
+#: Padding modes of `do_pad`, named as the models' `pad_mode` config values (torch's `F.pad` modes).
+PAD_MODES = ("reflect", "replicate", "constant")
 
 
 def _describe(source: Any) -> str:
@@ -341,8 +351,9 @@ _READING_SAVED_SETTINGS = contextvars.ContextVar("reading_saved_processor_settin
 
 def check_processor_settings(settings: dict, *, known: tuple[str, ...], saved: bool = False) -> None:
     """Check `RestorationImageProcessor` settings (constructor or call kwargs): `do_pad` a bool, `size_divisor` an
-    integer >= 1, no generic setting of `UNUSED_IMAGE_SETTINGS` that asks for work this processor does not do
-    (ValueError), and no unknown key (TypeError naming the closest setting; a warning for a `saved` file)."""
+    integer >= 1, `pad_mode` one of `PAD_MODES`, no generic setting of `UNUSED_IMAGE_SETTINGS` that asks for work
+    this processor does not do (ValueError), and no unknown key (TypeError naming the closest setting; a warning
+    for a `saved` file)."""
     do_pad = settings.get("do_pad")
     if do_pad is not None and not isinstance(do_pad, (bool, np.bool_)):
         raise ValueError(f"do_pad must be True or False, got {do_pad!r}.")
@@ -351,6 +362,9 @@ def check_processor_settings(settings: dict, *, known: tuple[str, ...], saved: b
         isinstance(size_divisor, bool) or not isinstance(size_divisor, numbers.Integral) or size_divisor < 1
     ):
         raise ValueError(f"size_divisor must be an integer >= 1, got {size_divisor!r}.")
+    pad_mode = settings.get("pad_mode")
+    if pad_mode is not None and pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}.")
     asked = [f"{key}={settings[key]!r}" for key in UNUSED_IMAGE_SETTINGS if settings.get(key) not in (None, False)]
     if asked:
         raise ValueError(
@@ -367,7 +381,7 @@ def check_processor_settings(settings: dict, *, known: tuple[str, ...], saved: b
         return
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(str(key), ("do_pad", "size_divisor"), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(key), ("do_pad", "size_divisor", "pad_mode"), n=1, cutoff=0.6)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise TypeError(f"RestorationImageProcessor got unknown setting(s) {', '.join(hints)}.")
 
@@ -383,10 +397,13 @@ class RestorationImageProcessor(PilBackend):
 
     Args:
         do_pad (`bool`, *optional*, defaults to `False`):
-            Reflect-pad bottom/right to a multiple of `size_divisor` (replicate where a side is not longer than
-            its pad, as the models do). Not needed for our models, which pad internally.
+            Pad bottom/right to a multiple of `size_divisor` with `pad_mode`. Not needed for our models, which pad
+            internally; a processor with the model's own settings (`padding_like`) pads as the model does.
         size_divisor (`int`, *optional*, defaults to 8):
             Multiple used by `do_pad`.
+        pad_mode (`str`, *optional*, defaults to `"reflect"`):
+            How `do_pad` pads, named as the models' `pad_mode`: "reflect" (replicate where a side is not longer
+            than its pad, as the models do), "replicate" or "constant" (zeros).
 
     Other settings raise, at construction and per call (`check_processor_settings`): a misspelt one a TypeError
     naming the closest, transformers' resize / crop / rescale / normalize settings a ValueError, since this
@@ -397,6 +414,7 @@ class RestorationImageProcessor(PilBackend):
     model_input_names = ["pixel_values"]
     do_pad = False
     size_divisor = 8
+    pad_mode = "reflect"
     # Integer inputs are scaled by their own bit depth (see module docstring), not by a fixed factor.
     do_rescale = None
     rescale_factor = None
@@ -446,16 +464,18 @@ class RestorationImageProcessor(PilBackend):
         metadata: Optional[list[dict]] = None,
         do_pad: Optional[bool] = None,
         size_divisor: Optional[int] = None,
+        pad_mode: Optional[str] = None,
         return_tensors: Optional[str] = None,
         **kwargs,
     ) -> BatchFeature:
-        check_processor_settings({"do_pad": do_pad, "size_divisor": size_divisor, **kwargs},
+        check_processor_settings({"do_pad": do_pad, "size_divisor": size_divisor, "pad_mode": pad_mode, **kwargs},
                                  known=tuple(self.valid_kwargs.__annotations__))
         size_divisor = self.size_divisor if size_divisor is None else size_divisor
+        pad_mode = self.pad_mode if pad_mode is None else pad_mode
         processed = []
         for image in images:
             if do_pad:
-                image = self.pad_to_multiple(image, size_divisor)
+                image = self.pad_to_multiple(image, size_divisor, pad_mode)
             processed.append(image)
         return BatchFeature(
             data={"pixel_values": processed, "metadata": metadata},
@@ -463,12 +483,38 @@ class RestorationImageProcessor(PilBackend):
             skip_tensor_conversion=["metadata"],
         )
 
+    def padding_like(self, model: Any) -> "RestorationImageProcessor":
+        """A copy of this processor whose `do_pad` pads as `model` (a model or its config) pads its input: the
+        config's `pad_mode` and `size_multiple`. Other settings are kept. This is the processor saved with a model
+        (`save_restoration_folder`), so that an image pre-padded by it restores as `restore()` restores it: the
+        padded pixels enter the channel attention and the prompt pooling, so other padding changes the output."""
+        config = getattr(model, "config", model)
+        wanted = {}
+        # A model of another package may have neither setting, or values of its own: those are not adopted.
+        if getattr(config, "pad_mode", None) in PAD_MODES:
+            wanted["pad_mode"] = config.pad_mode
+        multiple = getattr(config, "size_multiple", None)
+        if isinstance(multiple, numbers.Integral) and not isinstance(multiple, bool) and multiple >= 1:
+            wanted["size_divisor"] = int(multiple)
+        changed = {name: (getattr(self, name), value) for name, value in wanted.items() if getattr(self, name) != value}
+        overridden = [f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()
+                      if old != getattr(type(self), name)]
+        if overridden:
+            logger.warning(f"RestorationImageProcessor: padding as the model pads: {', '.join(overridden)}.")
+        matched = copy.deepcopy(self)
+        for name, value in wanted.items():
+            setattr(matched, name, value)
+        return matched
+
     @staticmethod
-    def pad_to_multiple(image: np.ndarray, size_divisor: int) -> np.ndarray:
-        """Reflect-pad a CHW array at the bottom/right so H and W become multiples of `size_divisor`; an image
-        with a side not longer than its pad is replicate-padded instead, as the models pad (`pad_to_multiple`)."""
+    def pad_to_multiple(image: np.ndarray, size_divisor: int, pad_mode: str = "reflect") -> np.ndarray:
+        """Pad a CHW array at the bottom/right so H and W become multiples of `size_divisor`, as the models pad
+        (`pad_to_multiple`) with the same `pad_mode`: "reflect" (replicate for an image with a side not longer
+        than its pad), "replicate" or "constant" (zeros)."""
         if size_divisor < 1:
             raise ValueError(f"size_divisor must be >= 1, got {size_divisor}.")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}.")
         height, width = image.shape[-2:]
         pad_h, pad_w = (-height) % size_divisor, (-width) % size_divisor
         if pad_h == 0 and pad_w == 0:
@@ -476,7 +522,9 @@ class RestorationImageProcessor(PilBackend):
         # "reflect" needs at least pad+1 pixels. The fallback is the models' own ("edge" = replicate), so that a
         # pre-padded image restores as restore() restores it: any other content enters the channel attention
         # and prompt pooling over the padded image (symmetric padding moved a 4x4 image's output by 0.03).
-        mode = "reflect" if (height > pad_h and width > pad_w) else "edge"
+        mode = {"reflect": "reflect", "replicate": "edge", "constant": "constant"}[pad_mode]
+        if mode == "reflect" and (pad_h >= height or pad_w >= width):
+            mode = "edge"
         return np.pad(image, ((0, 0), (0, pad_h), (0, pad_w)), mode=mode)
 
     def to_rgb_float(self, image: Any) -> tuple[np.ndarray, dict]:
@@ -732,6 +780,6 @@ def quantize(array: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 __all__ = [
-    "RestorationImageProcessor", "RestorationInputError", "UNUSED_IMAGE_SETTINGS", "check_processor_settings",
-    "load_image_file", "quantize", "write_image", "write_png",
+    "PAD_MODES", "RestorationImageProcessor", "RestorationInputError", "UNUSED_IMAGE_SETTINGS",
+    "check_processor_settings", "load_image_file", "quantize", "write_image", "write_png",
 ]

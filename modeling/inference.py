@@ -427,9 +427,11 @@ def _check_json_object(path: Path) -> None:
 
 
 def load_processor(
-    model_source: Union[str, os.PathLike, None], processor: Optional[RestorationImageProcessor] = None
+    model_source: Union[str, os.PathLike, None], processor: Optional[RestorationImageProcessor] = None,
+    model: Any = None,
 ) -> RestorationImageProcessor:
-    """The given processor, else the one saved next to the model (preprocessor_config.json), else defaults."""
+    """The given processor, else the one saved next to the model (preprocessor_config.json), else defaults; the
+    defaults pad (``do_pad=True``) as `model` (when given) pads its input."""
     if processor is not None:
         return processor
     if model_source is not None:
@@ -438,7 +440,8 @@ def load_processor(
             return RestorationImageProcessor.from_pretrained(os.fspath(model_source))
         except (OSError, ValueError) as err:  # no preprocessor_config.json: defaults are right for our models
             logger.debug(f"Using a default RestorationImageProcessor ({err})")
-    return RestorationImageProcessor()
+    default = RestorationImageProcessor()
+    return default.padding_like(model) if getattr(model, "config", None) is not None else default
 
 
 def accepts_degradation_labels(model: Any) -> bool:
@@ -866,7 +869,7 @@ def restore(
     # load_model switches to eval mode; a model the caller passed in training mode goes back to it at the end.
     was_training = isinstance(model, torch.nn.Module) and model.training
     model = load_model(model, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
-    processor = load_processor(model_source, processor)
+    processor = load_processor(model_source, processor, model)
     device = resolve_device(device, model if isinstance(model, torch.nn.Module) else None)
     check_tile_options(model, tile, tile_overlap)
 

@@ -117,8 +117,8 @@ class ImageRestorationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if not is_auto(construction_dtype):
             self._check_construction_dtype(construction_dtype)
-        if self.image_processor is None:
-            self.image_processor = RestorationImageProcessor()
+        if self.image_processor is None:  # the default one pads (do_pad=True) as this model pads its input
+            self.image_processor = RestorationImageProcessor().padding_like(self.model)
 
     def _check_construction_dtype(self, dtype: Any) -> None:
         """ValueError unless `dtype` (given to `pipeline(...)`) is the dtype of the weights: for a folder or Hub id
@@ -315,14 +315,16 @@ def save_restoration_folder(
     pipeline definition: the folder then loads with `AutoModel`, `AutoImageProcessor` and
     ``pipeline("image-restoration", ...)`` both with this package (``pipeline_class=ImageRestorationPipeline``)
     and without it (``trust_remote_code=True``). Without the code (a folder shipped inside the package) the config
-    keeps no reference to code files, so ``pipeline("image-restoration", model=folder)`` works with the package."""
+    keeps no reference to code files, so ``pipeline("image-restoration", model=folder)`` works with the package.
+    The saved image processor (`image_processor`, default settings when None) pads as the model pads its input
+    (`RestorationImageProcessor.padding_like`: the config's `pad_mode` and multiple)."""
     from transformers import pipeline
 
     register_pipeline()
     folder = Path(folder)
     device = next(model.parameters()).device
-    restorer = pipeline(TASK_NAME, model=model, image_processor=image_processor or RestorationImageProcessor(),
-                        device=device)
+    image_processor = (image_processor or RestorationImageProcessor()).padding_like(model)
+    restorer = pipeline(TASK_NAME, model=model, image_processor=image_processor, device=device)
     restorer.save_pretrained(folder)
     if not with_code:
         for code_file in folder.glob("*.py"):

@@ -203,6 +203,54 @@ def test_pre_padded_tiny_image_restores_as_restore_does(processor):
     np.testing.assert_allclose(pre_padded, restore(image, model, tile=0, dtype="fp32"), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("pad_mode", ["reflect", "replicate", "constant"])
+def test_the_processor_saved_with_a_model_pads_as_the_model(tmp_path, pad_mode):
+    """do_pad always reflect-padded, so for a model configured to replicate- or zero-pad, an image pre-padded by the
+    processor saved with it restored 0.16-0.18 away from restore(). The saved processor now carries the model's
+    pad_mode (and multiple), and its padding through the model, cropped back, is restore()'s output."""
+    from conftest import tiny_model
+
+    from modeling import ImageRestorationPipeline, save_restoration_folder
+    from modeling.inference import load_processor, restore
+
+    model = tiny_model("restormer", pad_mode=pad_mode)
+    save_restoration_folder(model, tmp_path, with_code=False)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["pad_mode"] == pad_mode
+    saved = RestorationImageProcessor.from_pretrained(tmp_path)
+    assert (saved.pad_mode, saved.size_divisor) == (pad_mode, model.config.size_multiple)
+    # The processors built for a model without a saved one pad as it too: the pipeline's and restore()'s.
+    assert ImageRestorationPipeline(model=model).image_processor.pad_mode == pad_mode
+    assert load_processor(None, model=model).pad_mode == pad_mode
+    rng = np.random.default_rng(5)
+    for size in ((13, 21), (4, 5)):  # 4 x 5: too small to reflect, the fallback (replicate) as the model's
+        image = rng.random((*size, 3), dtype=np.float32)
+        features = saved(image, do_pad=True, return_tensors="pt")
+        assert features["pixel_values"].shape[-2:] == ((16, 24) if size == (13, 21) else (8, 8))
+        with torch.no_grad():
+            restored = model(pixel_values=features["pixel_values"]).reconstruction
+        pre_padded = saved.postprocess(restored, features["metadata"], output_type="np")[0]
+        np.testing.assert_allclose(pre_padded, restore(image, model, tile=0, dtype="fp32"), atol=1e-6, rtol=0)
+
+
+def test_pad_modes_pad_as_named_and_others_are_refused(processor):
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    padded = {mode: processor(image, do_pad=True, size_divisor=4, pad_mode=mode)["pixel_values"][0]
+              for mode in ("reflect", "replicate", "constant")}
+    np.testing.assert_array_equal(padded["constant"][:, 2:], 0)
+    np.testing.assert_array_equal(padded["constant"][:, :, 3], 0)
+    np.testing.assert_array_equal(padded["replicate"][:, 3], padded["replicate"][:, 1])  # the last row, repeated
+    np.testing.assert_array_equal(padded["replicate"][:, :2, 3], padded["replicate"][:, :2, 2])
+    # 2 rows padded by 2 cannot be reflected: replicate, as the models fall back.
+    np.testing.assert_array_equal(padded["reflect"], padded["replicate"])
+    assert RestorationImageProcessor(pad_mode="constant").pad_mode == "constant"
+    with pytest.raises(ValueError, match="pad_mode must be 'reflect', 'replicate' or 'constant', got 'symmetric'"):
+        RestorationImageProcessor(pad_mode="symmetric")
+    with pytest.raises(ValueError, match="pad_mode must be 'reflect', 'replicate' or 'constant', got 'zeros'"):
+        processor(image, do_pad=True, pad_mode="zeros")
+    with pytest.raises(TypeError, match="did you mean 'pad_mode'"):
+        RestorationImageProcessor(padmode="constant")
+
+
 def test_postprocess_clamps(processor):
     features = processor(np.zeros((2, 2, 3), np.uint8), return_tensors="pt")
     out = processor.postprocess(torch.full((1, 3, 2, 2), 1.7), features["metadata"])[0]
