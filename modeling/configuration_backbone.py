@@ -108,9 +108,9 @@ class RestorationBackboneConfig(PreTrainedConfig):
         bias (`bool`, defaults to `False`): biases in the blocks' convolutions (paper: False).
         layer_norm_type (`str`, defaults to `"WithBias"`): `"WithBias"` or `"BiasFree"` channel LayerNorm
             (official deraining/deblurring configs use WithBias, the denoising ones BiasFree).
-        pad_mode (`str`, defaults to `"reflect"`): how inputs whose sides are not multiples of 8 are padded
-            inside the model before being cropped back (the official test scripts reflect-pad; images too
-            small to reflect fall back to replicate padding).
+        pad_mode (`str`, defaults to `"reflect"`): how inputs whose sides are not multiples of `size_multiple`
+            (8; CPL: its `pad_multiple`) are padded inside the model before being cropped back (the official test
+            scripts reflect-pad; images too small to reflect fall back to replicate padding).
         inference_tile (`int`, *optional*): tile side that `restore()`, the pipeline, the CLI, batch restoration
             and the Space use when the caller names none (`tile=0` still asks for the whole image). Meant for
             models trained on small crops: MDTA builds its channel attention from statistics over the whole

@@ -27,6 +27,12 @@ class CPLConfig(DecoderPromptConfig, ContrastivePromptRegularizationConfig):
             default 1; the kept weight is its softmax value). `None` keeps all weights (PromptIR).
         training_loss (`str`, defaults to `"contrastive_prompt_regularization"`): what `train.py` adds to the
             model's own L1 loss (CPL's CPR); `None` trains with L1 only, as the official config's `pixel_opt`.
+        pad_multiple (`int`, defaults to 16): inputs are padded (bottom/right, `pad_mode`) to a multiple of this
+            and cropped back, as CPL's official test script pads (`SwinIRModel.test`: reflect to its `window_size`
+            option, 16 when the test config names none, as the released `Test_CPLIR_WeatherBench.yml`), so the
+            converted official weights restore sizes that are not multiples of 16 as the official script does: the
+            routers and channel attention pool over the padded image, so other padding changes the output. A
+            multiple of 8 (the three downsamplings); 8 pads as the other models here.
 
     What follows the paper and code, and what is ours:
         - Official code: architecture, widths, parameter names (via the converter), top-k routing without
@@ -37,16 +43,26 @@ class CPLConfig(DecoderPromptConfig, ContrastivePromptRegularizationConfig):
         - Ours: the ratio form and its weights (AECR-Net's), the InfoNCE option, lambda = 0.1, the weight a
           forced prompt gets (the router's weight for its own choice, so a negative differs from the anchor
           only in *which* prompt is used), detached negatives, random negatives when fewer than all are used.
-        - Inputs are padded to a multiple of 8 (three downsamplings), as for every model here; CPL's official test
-          script reflect-pads to 16 (its `window_size` option). Outputs of sides that are not multiples of 16
-          therefore differ from the official script's (the routers pool over other padding); the papers' test
-          sets, cropped to multiples of 16 (`training.evaluate_protocol`), are unaffected.
+        - Padding: the official test script's (`pad_multiple`, 16), not the other models' 8. The official script's
+          reflect padding fails on a side not longer than its pad; here such an image is replicate-padded
+          (`pad_mode`), as for every model here.
     """
 
     model_type = "cpl"
 
     prompt_top_k: int | None = 1
     training_loss: str | None = "contrastive_prompt_regularization"
+    pad_multiple: int = 16
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this: `pad_multiple` (the official test script's 16)."""
+        return self.pad_multiple
+
+    def validate_pad_multiple(self):
+        check_positive_int("pad_multiple", self.pad_multiple)
+        if self.pad_multiple % 8:
+            raise ValueError(f"pad_multiple must be a multiple of 8 (three 2x downsamplings), got {self.pad_multiple}")
 
     def sparse_prompt_routing(self) -> tuple[int, int] | None:
         return None if self.prompt_top_k is None else (self.prompt_top_k, self.prompt_len)

@@ -25,6 +25,7 @@ from transformers.utils import logging
 from .image_processing_restoration import RestorationImageProcessor
 from .degradation_labels import hard_weights
 from .errors import RestorationInputError
+from .tile_context import GRID
 from .tiling import WHOLE_IMAGE, check_statistics_tolerance, check_tiling, tiled_apply
 
 
@@ -712,6 +713,7 @@ def run_model(
                 progress=progress, statistics_passes=statistics_passes, statistics_tolerance=statistics_tolerance,
                 statistics_callback=statistics_callback,
                 pad_mode=getattr(getattr(model, "config", None), "pad_mode", "reflect"),
+                size_multiple=getattr(getattr(model, "config", None), "size_multiple", GRID),
             )
         else:
             result = forward(pixel_values.to(device))

@@ -173,6 +173,7 @@ def tiled_apply(
     statistics_tolerance: float = 0.0,
     statistics_callback: Optional[Callable[[int, float], None]] = None,
     pad_mode: str = "reflect",
+    size_multiple: int = GRID,
 ) -> torch.Tensor:
     """Apply `fn` ((N, C, h, w) -> (N, C, h, w)) to `pixel_values` (B, C, H, W) tile by tile and blend the results.
 
@@ -191,6 +192,9 @@ def tiled_apply(
             padded at the bottom and right to the grid as the model pads its input (`pad_mode`: "reflect", which
             falls back to "replicate" where the image is too small to reflect, "replicate" or "constant"), without
             a padded copy.
+        size_multiple: the multiple the model pads its input to (`config.size_multiple`: 8, CPL 16), a multiple of
+            the grid. With statistics passes the frame is padded to it and tiles are rounded down to it (to 16 px
+            at least), so the model pads no tile itself and the frame is the whole image as the model would pad it.
         statistics_tolerance: 0: exactly `statistics_passes` passes. t > 0: `statistics_passes` at most, stopping
             after the second or a later pass once that pass changed the gathered statistics by at most t
             (`TileStatistics.image_changes`: the largest relative change of any site's sums), per image: an image
@@ -217,17 +221,19 @@ def tiled_apply(
     check_statistics_tolerance(statistics_tolerance)
     if pad_mode not in ("reflect", "replicate", "constant"):
         raise ValueError(f"pad_mode must be 'reflect', 'replicate' or 'constant', got {pad_mode!r}.")
+    if _as_int(size_multiple) is None or size_multiple < GRID or size_multiple % GRID:
+        raise ValueError(f"size_multiple must be a positive multiple of {GRID}, got {size_multiple!r}.")
     batch, channels, height, width = pixel_values.shape
     device = torch.device(device) if device is not None else pixel_values.device
     statistics = None
     # Tiles cover a frame: the image itself, or with statistics passes the image padded to the grid.
     frame_h, frame_w = height, width
     if statistics_passes:
-        frame_h, frame_w = -(-height // GRID) * GRID, -(-width // GRID) * GRID
+        frame_h, frame_w = -(-height // size_multiple) * size_multiple, -(-width // size_multiple) * size_multiple
         # Two grid cells at least: neighbouring aligned tiles then always share a grid cell to blend over (8-px
         # tiles would sit edge to edge, and with an overlap of 4 or more their zero margins would leave pixels of
-        # no weight at all).
-        tile = max(2 * GRID, tile // GRID * GRID)
+        # no weight at all). A multiple of the model's own multiple, which it would otherwise pad each tile to.
+        tile = max(-(-2 * GRID // size_multiple) * size_multiple, tile // size_multiple * size_multiple)
         tile_h, tile_w = min(tile, frame_h), min(tile, frame_w)
         starts_y, starts_x = aligned_starts(frame_h, tile_h, overlap), aligned_starts(frame_w, tile_w, overlap)
         statistics = TileStatistics(batch, (frame_h, frame_w), (tile_h, tile_w))

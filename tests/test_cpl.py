@@ -370,13 +370,19 @@ def test_converter_maps_every_official_key(tmp_path):
 
 
 def test_outputs_match_official_sparse_prompt_ir(tmp_path):
-    """Slices recorded from the official code (README, "Parity with the official code") with the same weights."""
+    """Slices recorded from the official code (README, "Parity with the official code") with the same weights.
+    The official network pads nothing (its test script pads to 16 around it): compared on a multiple of 8 with
+    `pad_multiple=8`, which pads nothing there either, and with the default 16 on the input that is a multiple
+    of 16."""
     expected = json.loads((FIXTURES / "official_outputs_cpl.json").read_text())
     torch.save({"params": random_official_cpl_weights()}, tmp_path / "cpl.pth")
     convert_cpl.main([str(tmp_path / "cpl.pth"), str(tmp_path / "converted")])
     assert (tmp_path / "converted" / "model.safetensors").is_file()
-    model = CPLForImageRestoration.from_pretrained(tmp_path / "converted").eval()
+    as_network = CPLForImageRestoration.from_pretrained(tmp_path / "converted", pad_multiple=8).eval()
+    as_converted = CPLForImageRestoration.from_pretrained(tmp_path / "converted").eval()
+    assert as_converted.config.pad_multiple == 16
     for pixel_values in parity_inputs():
+        model = as_converted if pixel_values.shape[-1] % 16 == 0 and pixel_values.shape[-2] % 16 == 0 else as_network
         with torch.no_grad():
             restored = model(pixel_values).reconstruction
         pinned = expected["x".join(map(str, pixel_values.shape))]
@@ -461,3 +467,33 @@ def test_cpr_drives_the_chosen_prompts_apart_faster_on_the_toy_run(tmp_path):
         torch.set_num_threads(threads)
     assert drops[0.0] > 0  # L1 alone separates them a little
     assert drops[0.1] > 1.5 * drops[0.0], drops
+
+
+def test_cpl_pads_as_the_official_test_script():
+    """CPL's official test script reflect-pads its input to a multiple of 16 (SwinIRModel.test, window_size 16 by
+    default) and crops the output back; ours padded to 8, so a 13 x 21 image went through the network at 16 x 24,
+    not the official 16 x 32, and its output differed. Now `pad_multiple` (16) is the model's multiple, and the
+    model restores an odd size as the official procedure does with the same network."""
+    model = tiny_model("cpl")
+    assert (model.config.pad_multiple, model.config.size_multiple) == (16, 16)
+    pixel_values = torch.rand(1, 3, 13, 21, generator=torch.Generator().manual_seed(4))
+    seen = []
+    hook = model.unet.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[-2:]))
+    try:
+        with torch.no_grad():
+            restored = model(pixel_values=pixel_values).reconstruction
+            # The official procedure: reflect-pad to 16 (the network then pads nothing), restore, crop back.
+            official = model(pixel_values=F.pad(pixel_values, (0, 11, 0, 3), mode="reflect")).reconstruction
+    finally:
+        hook.remove()
+    assert [tuple(shape) for shape in seen] == [(16, 32), (16, 32)]
+    assert restored.shape == pixel_values.shape
+    torch.testing.assert_close(restored, official[..., :13, :21], atol=1e-6, rtol=0)
+    # The processor saved with the model pads (do_pad=True) to the same multiple.
+    from modeling import RestorationImageProcessor
+
+    assert RestorationImageProcessor().padding_like(model).size_divisor == 16
+    # 8 (the other models' multiple) is a documented choice; sizes off the downsampling grid are refused.
+    assert tiny_model("cpl", pad_multiple=8).pad_to_multiple(pixel_values).shape[-2:] == (16, 24)
+    with pytest.raises(StrictDataclassClassValidationError, match="pad_multiple must be a multiple of 8"):
+        tiny_config("cpl", pad_multiple=12)

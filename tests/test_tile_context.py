@@ -125,17 +125,18 @@ def model_labels(model, count: int) -> dict:
 def test_one_tile_holding_the_image_reproduces_the_plain_forward(model_type):
     """A pass that uses the gathered statistics of a single tile covering the image is the plain forward (every
     model, every site: means, channel attention, prompt resizing); this checks that a site's sums rebuild the
-    statistic exactly, and that sites are met in the same order in every pass."""
+    statistic exactly, and that sites are met in the same order in every pass. The image is on every model's
+    multiple (CPL's 16), so no model pads it."""
     model = tiny_model(model_type)
     torch.manual_seed(1)
-    pixel_values = torch.rand(2, 3, 40, 48)
+    pixel_values = torch.rand(2, 3, 32, 48)
     labels = model_labels(model, 2)
     with torch.no_grad():
         plain = model(pixel_values=pixel_values, **labels).reconstruction
     statistics = gathered_from_whole_image(model, pixel_values, labels)
     assert statistics.gathering  # the model has global sites
     statistics.start_pass()
-    statistics.start_batch([TilePlacement(i, 0, 0, (0, 40), (0, 48)) for i in range(2)])
+    statistics.start_batch([TilePlacement(i, 0, 0, (0, 32), (0, 48)) for i in range(2)])
     with torch.no_grad(), gathering_statistics(statistics):
         from_sums = model(pixel_values=pixel_values, **labels).reconstruction
     torch.testing.assert_close(from_sums, plain, atol=2e-5, rtol=1e-4)
@@ -216,6 +217,23 @@ def test_odd_sizes_and_tiles_off_the_grid_are_padded_and_rounded():
     shapes = []
     tiled_apply(lambda batch: shapes.append(tuple(batch.shape[-2:])) or batch, image, 30, 12, statistics_passes=1)
     assert set(shapes) == {(24, 24)}
+
+
+def test_tiles_of_a_model_that_pads_to_16_are_on_its_multiple():
+    """CPL pads its input to a multiple of 16 (the official test script's padding): with statistics passes the
+    frame is the image padded to 16 and the tiles are rounded to 16, so the model pads no tile itself (a 40-px tile
+    padded to 48 inside the model gave its global sites maps of no level of the tile, a ValueError)."""
+    model = tiny_model("cpl")
+    image = torch.from_numpy(smooth_image(37, 51, seed=2)).permute(2, 0, 1)[None].float() / 255
+    whole = run_model(model, image, tile=0, dtype="fp32")
+    tiled = run_model(model, image, tile=40, tile_overlap=12, dtype="fp32", statistics_passes=2)
+    assert tiled.shape == whole.shape and psnr(tiled, whole) > 35
+    shapes = []
+    tiled_apply(lambda batch: shapes.append(tuple(batch.shape[-2:])) or batch, image, 40, 12, statistics_passes=1,
+                size_multiple=model.config.size_multiple)
+    assert set(shapes) == {(32, 32)}  # 40 rounded down to 16's multiple, in a 48 x 64 frame
+    with pytest.raises(ValueError, match="size_multiple must be a positive multiple of 8, got 12"):
+        tiled_apply(lambda batch: batch, image, 30, 12, statistics_passes=1, size_multiple=12)
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "constant"])
