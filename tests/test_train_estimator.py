@@ -185,3 +185,35 @@ def test_an_output_below_a_file_is_refused_before_the_training(tmp_path, capsys)
         check_output_folder(a_file / "deeper" / "demo")
     check_output_folder(tmp_path / "new" / "demo")  # a missing folder is fine, and nothing is created
     assert not (tmp_path / "new").exists()
+
+
+def test_a_hub_model_keeps_its_processor(tmp_path):
+    """A Hub id as --model: the processor saved with that model is the one written beside the new estimator. It
+    used to be looked for only in a local folder of that name, so a Hub model's processor was replaced by defaults.
+    The model is read from a Hub cache (offline), as `from_pretrained` reads a downloaded model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from modeling import RestorationImageProcessor
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-pip" / "snapshots" / ("0" * 40)
+    tiny_model("pip").save_pretrained(snapshot)
+    RestorationImageProcessor(do_pad=True).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    for i in range(2):
+        save(tmp_path / "clean" / f"photo{i}.png", textured_image(i, 32, 32))
+    output = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train_estimator", "--model", "someone/tiny-pip", "--output", str(output),
+         "--data_roots", f"clean={tmp_path / 'clean'}", "--max_train_steps", "1", "--patch_size", "32",
+         "--train_batch_size", "2", "--dataloader_num_workers", "0", "--warmup_steps", "0"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((output / "preprocessor_config.json").read_text())
+    assert saved["do_pad"] is True and saved["size_divisor"] == 8

@@ -137,8 +137,8 @@ def heldout_confusion(model, heldout: Path, seed: int = 0) -> dict:
 
 def train_estimator(args: argparse.Namespace) -> dict:
     """Run the estimator stage; returns the record written as ``estimator_training.json``."""
-    from modeling import RestorationImageProcessor, save_restoration_folder
-    from modeling.inference import load_model
+    from modeling import save_restoration_folder
+    from modeling.inference import load_model, load_processor
     from training.data import build_dataloader, build_stream
     from training.evaluation import degradation_label_lookup
     from training.schedules import linear_warmup_cosine
@@ -261,8 +261,8 @@ def train_estimator(args: argparse.Namespace) -> dict:
         logger.info("held-out accuracy after: %.3f", record["heldout_after"]["accuracy"])
 
     source = Path(args.model)
-    processor = RestorationImageProcessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() \
-        else RestorationImageProcessor()
+    # The processor saved with the input model, a local folder's or a Hub id's (defaults where it has none).
+    processor = load_processor(args.model, model=model)
     model.requires_grad_(True)
     with folder_written_atomically(args.output) as partial:
         save_restoration_folder(model, partial, processor)  # config, safetensors, processor, fresh code files
