@@ -38,17 +38,26 @@ TRANSFORMERS_CONFIG_KWARGS = frozenset(
 _READING_SAVED_CONFIG = contextvars.ContextVar("reading_saved_config", default=False)
 
 
-def check_unknown_config_keys(config_class: type, keys) -> None:
-    """Raise ``TypeError`` naming each key that is neither a field of ``config_class`` nor a transformers kwarg."""
-    valid = {field.name for field in dataclasses.fields(config_class)} | TRANSFORMERS_CONFIG_KWARGS
-    unknown = sorted(key for key in keys if key not in valid and not str(key).startswith("_"))
-    if not unknown:
-        return
+def describe_unknown_config_keys(config_class: type, keys) -> str:
+    """``"'dimm' (did you mean 'dim'?), 'zzz'"`` for the keys of `keys` that are neither hyperparameters of
+    `config_class` (its dataclass fields, transformers' own included) nor keys transformers passes or writes
+    (`TRANSFORMERS_CONFIG_KWARGS`, ``attribute_map``); ``""`` when there are none. ``_``-private keys
+    (``_name_or_path``, ``_commit_hash``, ...) are transformers' bookkeeping and never reported."""
+    fields = sorted(field.name for field in dataclasses.fields(config_class))
+    valid = set(fields) | TRANSFORMERS_CONFIG_KWARGS | set(getattr(config_class, "attribute_map", {}))
+    unknown = sorted(str(key) for key in keys if key not in valid and not str(key).startswith("_"))
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise TypeError(f"{config_class.__name__} got unknown argument(s) {', '.join(hints)}")
+    return ", ".join(hints)
+
+
+def check_unknown_config_keys(config_class: type, keys) -> None:
+    """Raise ``TypeError`` naming each key that is neither a field of ``config_class`` nor a transformers kwarg."""
+    unknown = describe_unknown_config_keys(config_class, keys)
+    if unknown:
+        raise TypeError(f"{config_class.__name__} got unknown argument(s) {unknown}")
 
 
 def check_finite(name: str, value) -> None:
@@ -136,9 +145,14 @@ class RestorationBackboneConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # A misspelled argument must never be silently ignored (transformers would store it as an attribute).
         if _READING_SAVED_CONFIG.get():
-            ignored = [key for key in kwargs if key not in TRANSFORMERS_CONFIG_KWARGS and not key.startswith("_")]
-            if ignored:
-                logger.warning(f"{type(self).__name__}: keeping keys unknown to this version: {sorted(ignored)}")
+            # A key of a newer version must not stop its checkpoints from loading, but a typo in a hand-edited
+            # config.json must not pass unnoticed either: keep it, and say which field was probably meant.
+            unknown = describe_unknown_config_keys(type(self), kwargs)
+            if unknown:
+                logger.warning(
+                    f"{type(self).__name__}: config.json holds key(s) unknown to this version, kept as attributes "
+                    f"but used by nothing: {unknown}"
+                )
         else:
             check_unknown_config_keys(type(self), kwargs)
         for name in ("num_blocks", "heads"):  # list() of None or an int would fail without naming the field
@@ -150,16 +164,24 @@ class RestorationBackboneConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
-        """As transformers, but a saved config may hold keys of a newer version (kept, with a warning)."""
+        """As transformers, but a saved config may hold keys of a newer version (kept, with a warning), and an
+        override that is no hyperparameter (``from_pretrained(folder, dimm=8)``) is named in a warning instead of
+        being dropped without a word."""
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
         token = _READING_SAVED_CONFIG.set(True)
         try:
-            result = super().from_dict(config_dict, **kwargs)
+            result, unused = super().from_dict(config_dict, return_unused_kwargs=True, **kwargs)
         finally:
             _READING_SAVED_CONFIG.reset(token)
+        # A caller that asks for the unused kwargs (PreTrainedModel / AutoModel.from_pretrained) passes on its
+        # own arguments (device_map, ...) and deals with the rest; otherwise transformers would drop them silently.
+        unknown = "" if return_unused_kwargs else describe_unknown_config_keys(cls, unused)
+        if unknown:
+            logger.warning(f"{cls.__name__}.from_pretrained: ignoring unknown argument(s) {unknown}")
         # from_pretrained(..., pad_mode=...) overrides are set as attributes after construction, past the checks
         # that construction runs: check the final config now, not when it is saved after a whole training run.
-        (result[0] if isinstance(result, tuple) else result).validate()
-        return result
+        result.validate()
+        return (result, unused) if return_unused_kwargs else result
 
     @property
     def size_multiple(self) -> int:

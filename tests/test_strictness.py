@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import TINY_CONFIGS, tiny_config, tiny_model
 
 import modeling
 from modeling import PIPConfig, PromptIRConfig, RestormerConfig
@@ -43,6 +49,110 @@ def test_config_saved_by_a_newer_version_still_loads(tmp_path, model_type):
     # And the strict check is back on for direct construction afterwards.
     with pytest.raises(TypeError):
         type(config)(field_from_a_future_version=7)
+
+
+def config_key_warnings(caplog) -> list[str]:
+    """Warnings of the shared config check, from the package or from a folder's copied code (transformers_modules)."""
+    return [record.getMessage() for record in caplog.records if record.name.endswith("configuration_backbone")]
+
+
+def test_a_misspelled_from_pretrained_override_is_named_with_the_closest_field(tmp_path, model_type, caplog):
+    """transformers drops a keyword of from_pretrained that is no attribute of the config without a word: the user
+    who typed num_blokcs= got the saved depths and no hint that the override never applied."""
+    from transformers import AutoConfig
+
+    config = tiny_config(model_type)
+    config.save_pretrained(tmp_path)
+    name = type(config).__name__
+    with caplog.at_level(logging.WARNING):
+        loaded = type(config).from_pretrained(tmp_path, num_blokcs=[2, 2, 2, 2])
+        auto = AutoConfig.from_pretrained(tmp_path, dimm=16, zzz_not_a_field=1)
+        known = AutoConfig.from_pretrained(tmp_path, pad_mode="replicate", dtype="float32", output_attentions=False)
+    assert loaded.num_blocks == config.num_blocks and not hasattr(loaded, "num_blokcs")
+    assert auto.dim == config.dim and known.pad_mode == "replicate"
+    assert config_key_warnings(caplog) == [
+        f"{name}.from_pretrained: ignoring unknown argument(s) 'num_blokcs' (did you mean 'num_blocks'?)",
+        f"{name}.from_pretrained: ignoring unknown argument(s) 'dimm' (did you mean 'dim'?), 'zzz_not_a_field'",
+    ]
+
+
+def test_a_misspelled_key_in_config_json_is_named_with_the_closest_field(tmp_path, caplog):
+    config = tiny_config("pip")
+    config.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["prompt_dim"] = data.pop("prompt_dims")  # a hand edit: the default prompt widths are built instead
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        loaded = PIPConfig.from_pretrained(tmp_path)
+    assert loaded.prompt_dims == PIPConfig().prompt_dims
+    assert config_key_warnings(caplog) == [
+        "PIPConfig: config.json holds key(s) unknown to this version, kept as attributes but used by nothing: "
+        "'prompt_dim' (did you mean 'prompt_dims'?)"
+    ]
+
+
+def test_every_config_json_this_package_writes_loads_without_an_unknown_key_warning(tmp_path, caplog):
+    """The keys transformers writes (transformers_version, architectures, auto_map, custom_pipelines, dtype, ...)
+    are no typos: the warning must stay silent for the shipped models, for folders saved plainly, with their code
+    (training, publish) and by the converters, and for their code loaded as remote code."""
+    from transformers import AutoConfig, AutoModel, pipeline
+
+    from modeling.conversion.common import save_converted
+
+    repo = Path(__file__).resolve().parents[1]
+    folders = [path.parent for path in (repo / "modeling" / "demo").glob("config.json")]
+    folders += [path.parent for path in (repo / "training" / "weights").glob("*/config.json")]
+    assert len(folders) > 1
+    with_code = []
+    for model_type in sorted(TINY_CONFIGS):
+        model = tiny_model(model_type)
+        model.save_pretrained(tmp_path / f"{model_type}-plain")
+        modeling.save_restoration_folder(model, tmp_path / f"{model_type}-with-code")
+        folders += [tmp_path / f"{model_type}-plain", tmp_path / f"{model_type}-with-code"]
+        with_code.append(tmp_path / f"{model_type}-with-code")
+    official = {  # the options the converters set for official checkpoints
+        "restormer": dict(dual_pixel_task=True, in_channels=6, out_channels=3),
+        "promptir": dict(keep_unused_official_modules=True),
+        "pip": dict(keep_unused_official_modules=True, use_degradation_estimator=False),
+    }
+    for model_type, overrides in official.items():
+        labels = {"degradation_labels": "noise"} if model_type == "pip" else {}
+        save_converted(tiny_model(model_type, **overrides), str(tmp_path / f"{model_type}-converted"), **labels)
+        folders.append(tmp_path / f"{model_type}-converted")
+    assert {"auto_map", "custom_pipelines", "transformers_version", "architectures", "dtype"} <= set(
+        json.loads((with_code[0] / "config.json").read_text()))
+    with caplog.at_level(logging.WARNING):
+        for folder in folders:
+            config = AutoConfig.from_pretrained(folder)
+            type(config).from_pretrained(folder)
+            if folder.is_relative_to(tmp_path):  # the shipped weights are larger; their config was read above
+                AutoModel.from_pretrained(folder)
+        pipeline("image-restoration", model=str(with_code[0]), pipeline_class=modeling.ImageRestorationPipeline)
+    assert config_key_warnings(caplog) == []
+    # The configs' own code copied into the folders, where the package is not importable (one process for all five).
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        sys.modules["modeling"] = None
+        from transformers import AutoConfig
+        warnings = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: warnings.append(record.name + ": " + record.getMessage())
+        logging.getLogger().addHandler(handler)
+        for folder in {[str(folder) for folder in with_code]!r}:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+            assert type(config).__module__.startswith("transformers_modules"), type(config).__module__
+        print("REMOTE_WARNINGS", [w for w in warnings if "configuration_backbone" in w])
+        AutoConfig.from_pretrained(folder, trust_remote_code=True, dimm=8)  # the capture itself works
+        print("TYPO_WARNINGS", len([w for w in warnings if "configuration_backbone" in w and "'dimm'" in w]))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert "REMOTE_WARNINGS []" in result.stdout and "TYPO_WARNINGS 1" in result.stdout, \
+        result.stdout + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
