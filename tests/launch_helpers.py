@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import psutil
 import pytest
@@ -83,15 +84,16 @@ def dump_stacks_and_kill(pid: int, settle: float = 5.0) -> None:
     kill_tree(pid)
 
 
-def run_to_end(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def run_to_end(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
+               preexec_fn: Optional[Callable[[], None]] = None) -> subprocess.CompletedProcess:
     """Run ``command`` in a session of its own and wait; on timeout fail with the log and every process's stacks.
 
     Whatever happens, nothing of the launch outlives it: a rank left behind holds a port and the CPU and makes
-    the next launch hang.
+    the next launch hang. ``preexec_fn`` runs in the child before the command (to set a resource limit, say).
     """
     env = {**env, "PYTHONFAULTHANDLER": "1"}  # stacks on SIGABRT (see dump_stacks_and_kill)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=cwd, start_new_session=True)
+                               cwd=cwd, start_new_session=True, preexec_fn=preexec_fn)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

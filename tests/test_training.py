@@ -5,16 +5,19 @@ batches, atomic checkpoints)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -72,10 +75,10 @@ def script_env(**extra) -> dict[str, str]:
     return env
 
 
-def run_train(argv: list[str], env=None, launcher=(), timeout=600) -> subprocess.CompletedProcess:
+def run_train(argv: list[str], env=None, launcher=(), timeout=600, preexec_fn=None) -> subprocess.CompletedProcess:
     """Run the script (optionally under a launcher) to the end; see `launch_helpers.run_to_end`."""
     command = [*launcher, str(TRAIN), *argv] if launcher else [sys.executable, str(TRAIN), *argv]
-    return run_to_end(command, env=env or script_env(), cwd=REPO, timeout=timeout)
+    return run_to_end(command, env=env or script_env(), cwd=REPO, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -448,6 +451,84 @@ def test_sigkill_and_resume_gives_identical_weights(corpus, tmp_path):
     resumed_state = checkpointing.load_training_state(killed / "checkpoint-6")
     assert [h["loss"] for h in straight_state["history"]] == [h["loss"] for h in resumed_state["history"]]
     assert [h["step"] for h in resumed_state["history"]] == [2, 4, 6]
+
+
+def file_size_limit(limit: int):
+    """A ``preexec_fn`` that limits every file the child writes to ``limit`` bytes: its larger writes then fail with
+    EFBIG, as they fail with ENOSPC on a full disk (SIGXFSZ ignored, or the kernel would kill the writer)."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
+
+
+def test_a_checkpoint_the_disk_refuses_stops_the_run_with_one_line_and_keeps_the_previous_one(corpus, tmp_path):
+    """A checkpoint write that the storage refuses ended in safetensors' or torch's traceback and left the
+    half-written folder behind: the run now stops with one line (which checkpoint, why, what resumes), exit code 1,
+    the previous checkpoint untouched and nothing half-written left."""
+    output_dir = tmp_path / "run"
+    first = run_train(train_args(corpus, output_dir, max_train_steps=2, checkpointing_steps=2))
+    assert first.returncode == 0, first.stderr[-4000:]
+    previous = output_dir / "checkpoint-2"
+    saved = {path.name: path.read_bytes() for path in previous.iterdir()}
+    limit = len(saved["model.safetensors"]) // 2  # the first file of a checkpoint fails: nothing of it may stay
+    result = run_train(train_args(corpus, output_dir, max_train_steps=4, checkpointing_steps=2,
+                                  resume_from_checkpoint="latest"), preexec_fn=file_size_limit(limit))
+    message = (f"error: checkpoint-4 could not be written in {output_dir}: File too large (EFBIG): files are "
+               f"limited to {limit} bytes (ulimit -f); the previous checkpoint checkpoint-2 (step 2) is intact: "
+               "make room and relaunch with --resume_from_checkpoint latest to resume from it")
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert result.stderr.count(message) == 1 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert sorted(path.name for path in output_dir.iterdir()) == ["checkpoint-2", "model", "replica_checksums.json"]
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == saved
+    assert checkpointing.resolve_resume_path("latest", output_dir) == previous
+
+
+def test_every_writer_of_a_checkpoint_refused_for_room_is_recognised(tmp_path):
+    """safetensors names the OS error only in its message, and torch.save to a path loses the errno in its C++
+    stream: under a real file size limit (a child process), each of them, and a plain write, gives the one line."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, torch
+        from safetensors.torch import save_file
+        from training import checkpointing
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        tensors = {{"weight": torch.zeros(4096)}}
+        writers = {{"safetensors": lambda: save_file(tensors, {str(tmp_path / 'a.safetensors')!r}),
+                   "torch": lambda: torch.save(tensors, {str(tmp_path / 'b.pt')!r}),
+                   "text": lambda: checkpointing.write_json_atomic({str(tmp_path / 'c.json')!r}, {{"x": "y" * 8192}})}}
+        for name, write in writers.items():
+            try:
+                with checkpointing.stop_on_full_disk("checkpoint-4", {str(tmp_path)!r}):
+                    write()
+            except checkpointing.OutputWriteError as error:
+                print(name, "|", error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=script_env(), cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    line = (f"checkpoint-4 could not be written in {tmp_path}: File too large (EFBIG): files are limited to 4096 bytes "
+            "(ulimit -f); there is no earlier checkpoint in it, so a relaunch starts from the beginning")
+    assert result.stdout.splitlines() == [f"{name} | {line}" for name in ("safetensors", "torch", "text")], \
+        result.stdout + result.stderr[-3000:]
+
+
+def test_only_writes_refused_for_lack_of_room_become_the_one_line_error(tmp_path):
+    for number, reason in ((errno.ENOSPC, "No space left on device (ENOSPC)"),
+                           (errno.EDQUOT, "Disk quota exceeded (EDQUOT)")):
+        with pytest.raises(checkpointing.OutputWriteError) as error:
+            with checkpointing.stop_on_full_disk("model/ (the final model)", tmp_path):
+                raise OSError(number, os.strerror(number))
+        assert str(error.value) == (f"model/ (the final model) could not be written in {tmp_path}: {reason}; there is "
+                                    "no earlier checkpoint in it, so a relaunch starts from the beginning")
+    # Any other failure (a bug, a folder that is not writable) keeps its own error and traceback.
+    for other in (OSError(errno.EACCES, "Permission denied"), RuntimeError("size mismatch")):
+        with pytest.raises(type(other)):
+            with checkpointing.stop_on_full_disk("checkpoint-4", tmp_path):
+                raise other
 
 
 class _RunsCodeWhenUnpickled:

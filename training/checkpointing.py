@@ -3,18 +3,21 @@
 Layout inside ``output_dir``::
 
     checkpoint-1000/          complete checkpoints only (renamed into place when fully written)
-    .checkpoint-2000.partial/ being written; ignored by ``latest_checkpoint`` and removed on the next save
+    .checkpoint-2000.partial/ being written; ignored by ``latest_checkpoint``, removed when its write fails and
+                              on the next save
 
 Every rank writes into the same ``.partial`` folder with ``accelerator.save_state`` (model, optimizer and each
 rank's RNG state) plus its own data-loader position, and the main process adds the scheduler and EMA states
 (`CUSTOM_STATE_FILES`, read back with ``weights_only=True``); the main process then renames
 the folder into place (an atomic ``rename`` on POSIX) and only *afterwards* prunes old checkpoints down to
 ``total_limit``. diffusers' examples prune first, which can leave a crashed run with fewer checkpoints than
-the limit promises.
+the limit promises. A write the storage refuses for lack of room (`stop_on_full_disk`) becomes `OutputWriteError`,
+one line naming the checkpoint that failed and the one that resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,6 +32,19 @@ import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE_FILE = "training_state.json"
+
+#: Errors of a write the storage refused for lack of room: a full disk, a quota, a file above the size limit.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# safetensors (Rust) reports the OS error only in its message: "I/O error: File too large (os error 27)".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# torch.save to a path writes through a C++ stream that drops the errno: "unexpected pos ... vs ..." raised while
+# handling "basic_ios::clear: iostream error", or "PytorchStreamWriter failed writing file ...".
+_TORCH_WRITE_FAILURE = ("PytorchStreamWriter failed writing", "iostream error", "unexpected pos")
+
+
+class OutputWriteError(RuntimeError):
+    """A training output (a checkpoint, a model folder) could not be written for lack of room; the message is one
+    line that says what, why, and what is intact."""
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -110,6 +126,77 @@ def accelerate_state_view(checkpoint: Path) -> Iterator[Path]:
         shutil.rmtree(view, ignore_errors=True)
 
 
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _file_size_limit() -> int | None:
+    """The soft limit on the size of a file this process writes (``ulimit -f``), or None where there is none."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _describe_errno(number: int) -> str:
+    text = f"{os.strerror(number)} ({errno.errorcode.get(number, number)})"
+    limit = _file_size_limit()
+    if number == errno.EFBIG and limit is not None:
+        text += f": files are limited to {limit} bytes (ulimit -f)"
+    return text
+
+
+def disk_full_reason(error: BaseException, folder: str | Path) -> str | None:
+    """Why a write into ``folder`` failed, when ``error`` (or an error it was raised from) is the storage refusing it
+    for lack of room (`DISK_FULL_ERRNOS`, as an ``OSError``, in safetensors' message, or torch's stream failure, whose
+    errno is lost and is then told from the folder's free space and the file size limit); None for other errors."""
+    for link in _error_chain(error):
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
+            return _describe_errno(link.errno)
+        match = _RUST_OS_ERROR.search(str(link))
+        if match and int(match.group(1)) in DISK_FULL_ERRNOS:
+            return _describe_errno(int(match.group(1)))
+    if not any(marker in str(link) for link in _error_chain(error) for marker in _TORCH_WRITE_FAILURE):
+        return None
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 16 * 2**20:
+        return f"{_describe_errno(errno.ENOSPC)}: {free} bytes free"
+    if _file_size_limit() is not None:
+        return _describe_errno(errno.EFBIG)
+    return "the storage refused the write (torch: " + str(error).splitlines()[0].strip() + "); a disk quota?"
+
+
+@contextmanager
+def stop_on_full_disk(what: str, output_dir: str | Path) -> Iterator[None]:
+    """Turn a write refused for lack of room (`disk_full_reason`) inside the block into `OutputWriteError`, whose one
+    line names ``what`` failed, why, and the checkpoint of ``output_dir`` that ``--resume_from_checkpoint latest``
+    resumes from (it was written whole before: checkpoints appear by rename). Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as error:
+        reason = disk_full_reason(error, output_dir)
+        if reason is None:
+            raise
+        previous = latest_checkpoint(output_dir)
+        if previous is None:
+            intact = "there is no earlier checkpoint in it, so a relaunch starts from the beginning"
+        else:
+            step = CHECKPOINT_PATTERN.match(previous.name).group(1)
+            intact = (f"the previous checkpoint {previous.name} (step {step}) is intact: make room and relaunch "
+                      "with --resume_from_checkpoint latest to resume from it")
+        raise OutputWriteError(f"{what} could not be written in {output_dir}: {reason}; {intact}") from error
+
+
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -126,24 +213,32 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for stale in output_dir.glob(".checkpoint-*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
-        partial.mkdir()
-    accelerator.wait_for_everyone()
+    with stop_on_full_disk(final.name, output_dir):
+        try:
+            if accelerator.is_main_process:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                for stale in output_dir.glob(".checkpoint-*.partial"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                partial.mkdir()
+            accelerator.wait_for_everyone()
 
-    accelerator.save_state(str(partial))
-    if data_state is not None:
-        torch.save(data_state, partial / data_state_file(accelerator.process_index))
-    accelerator.wait_for_everyone()
+            accelerator.save_state(str(partial))
+            if data_state is not None:
+                torch.save(data_state, partial / data_state_file(accelerator.process_index))
+            accelerator.wait_for_everyone()
 
+            if accelerator.is_main_process:
+                for index, obj in enumerate(custom_states):
+                    torch.save(obj.state_dict(), partial / CUSTOM_STATE_FILES[index])
+                write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
+                _fsync_tree(partial)
+                replace_folder(partial, final)  # re-saving the same step (e.g. the final step) replaces the old copy
+        except Exception:
+            # `latest` never picks the half-written folder; removed, it gives back the room it took.
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
     if accelerator.is_main_process:
-        for index, obj in enumerate(custom_states):
-            torch.save(obj.state_dict(), partial / CUSTOM_STATE_FILES[index])
-        write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
-        _fsync_tree(partial)
-        replace_folder(partial, final)  # re-saving the same step (e.g. the final step) replaces the old copy
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final

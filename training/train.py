@@ -1152,14 +1152,16 @@ def main(args: TrainingArguments) -> dict:
                 accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
                 grid = sample_grid(samples)
                 (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-                grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+                with checkpointing.stop_on_full_disk(f"validation/step-{step:07d}.png", output_dir):
+                    grid.save(output_dir / "validation" / f"step-{step:07d}.png")
                 for tracker in accelerator.trackers:
                     if tracker.name == "tensorboard":
                         tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step,
                                                  dataformats="HWC")
                 if mean_psnr > best_psnr:
                     best_psnr = mean_psnr
-                    save_folder(unwrapped, output_dir / "best", results)
+                    with checkpointing.stop_on_full_disk("best/ (the best validated model)", output_dir):
+                        save_folder(unwrapped, output_dir / "best", results)
             if ema is not None:
                 ema.restore(unwrapped.parameters())
             model.train()
@@ -1277,14 +1279,16 @@ def main(args: TrainingArguments) -> dict:
     checksums = gather_replica_checksums(accelerator, model, keep_until_teardown)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        checkpointing.write_json_atomic(output_dir / "replica_checksums.json", {"checksums": checksums.tolist()})
+        with checkpointing.stop_on_full_disk("replica_checksums.json", output_dir):
+            checkpointing.write_json_atomic(output_dir / "replica_checksums.json", {"checksums": checksums.tolist()})
     diverged = not torch.equal(checksums, checksums[:1].expand_as(checksums))
     if accelerator.is_main_process and not diverged:
         unwrapped = accelerator.unwrap_model(model)
         if ema is not None:
             ema.copy_to(unwrapped.parameters())
         final = output_dir / "model"
-        save_folder(unwrapped, final, last_results)
+        with checkpointing.stop_on_full_disk("model/ (the final model)", output_dir):
+            save_folder(unwrapped, final, last_results)
         counts = stream.bad_data_counts() if hasattr(stream, "bad_data_counts") else {}
         logger.info(f"saved {final}; bad data per source: {counts}")
     if guard is not None:
@@ -1314,4 +1318,8 @@ def main(args: TrainingArguments) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except checkpointing.OutputWriteError as error:
+        # A full disk is no bug of the trainer: one line saying what to do, not the traceback of torch's writer.
+        raise SystemExit(f"error: {error}") from None
