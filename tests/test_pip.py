@@ -411,3 +411,77 @@ def test_mirror_extend_keeps_an_image_and_grows_thin_sides_by_its_mirror_images(
     assert torch.equal(mirror_extend(torch.full((1, 3, 1, 1), 0.5), 32), torch.full((1, 3, 32, 32), 0.5))
     large = torch.rand(1, 3, 40, 33)
     assert mirror_extend(large, 32) is large
+
+
+def channel_layer_norm(features: torch.Tensor) -> torch.Tensor:
+    """An identity-initialised WithBias ChannelLayerNorm, written out: per pixel, over the channel axis."""
+    centred = features - features.mean(dim=1, keepdim=True)
+    return centred / torch.sqrt(features.var(dim=1, keepdim=True, unbiased=False) + 1e-5)
+
+
+def hand_set_prompt_to_feature(feature_dim: int, prompt_dim: int):
+    """A selective prompt-to-feature block whose attention adds 100, 200, ... to its channels 0, 1, ... and whose
+    feed-forward network adds nothing, so that where each channel ends up is readable from the output."""
+    from conftest import tiny_config
+    from modeling.modeling_pip import SelectivePromptToFeature
+
+    block = SelectivePromptToFeature(feature_dim, prompt_dim, tiny_config("pip", bias=True))
+    with torch.no_grad():
+        block.attn.project_out.weight.zero_()
+        block.attn.project_out.bias.copy_(100.0 * torch.arange(1, prompt_dim + 1))
+        block.ffn.project_out.weight.zero_()
+        block.ffn.project_out.bias.zero_()
+    return block
+
+
+def test_a_feature_wider_than_its_prompt_attends_with_its_first_channels_and_passes_the_rest_after_them():
+    # Official Topm_CrossTransformerRestormer_Block_PIM: split the normalised feature into its first prompt_dim
+    # channels (attention, residual on the normalised feature) and the rest, concatenated back after them.
+    block = hand_set_prompt_to_feature(feature_dim=6, prompt_dim=4)
+    feature, prompt = torch.randn(1, 6, 3, 5), torch.randn(1, 4, 3, 5)
+    with torch.no_grad():
+        output = block(feature, prompt)
+    normalised = channel_layer_norm(feature)
+    attention = 100.0 * torch.arange(1, 5).view(1, 4, 1, 1)
+    expected = torch.cat([normalised[:, :4] + attention, normalised[:, 4:]], dim=1)
+    torch.testing.assert_close(output, expected, atol=1e-4, rtol=0)
+
+
+def test_a_feature_narrower_than_its_prompt_is_zero_padded_after_its_channels_then_projected_back():
+    # Official: zeros appended after the feature's channels up to prompt_dim, attention, then a 1x1 conv back.
+    block = hand_set_prompt_to_feature(feature_dim=3, prompt_dim=6)
+    with torch.no_grad():
+        # Output channel j reads padded channel j and, twice, padding channel 3 + j (zero before the attention).
+        projection = torch.zeros(3, 6)
+        for j in range(3):
+            projection[j, j], projection[j, 3 + j] = 1.0, 2.0
+        block.project_to_feature.weight.copy_(projection[:, :, None, None])
+    feature, prompt = torch.randn(1, 3, 4, 4), torch.randn(1, 6, 4, 4)
+    with torch.no_grad():
+        output = block(feature, prompt)
+    normalised = channel_layer_norm(feature)
+    expected = torch.stack(
+        [normalised[:, j] + 100.0 * (j + 1) + 2.0 * 100.0 * (3 + j + 1) for j in range(3)], dim=1
+    )
+    torch.testing.assert_close(output, expected, atol=1e-4, rtol=0)
+
+
+def test_prompt_in_prompt_reads_the_first_prompt_dim_channels_of_a_wider_skip_and_zero_pads_a_narrower_one():
+    from modeling.modeling_pip import PromptInPrompt, align_channels
+
+    features = torch.arange(1.0, 4.0).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    torch.testing.assert_close(align_channels(features, 5)[0, :, 0, 0], torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0]))
+    torch.testing.assert_close(align_channels(features, 2)[0, :, 0, 0], torch.tensor([1.0, 2.0]))
+
+    torch.manual_seed(0)
+    module = PromptInPrompt(4, 4, 5, 2, 2.66, False, "mean").eval()
+    weights = F.one_hot(torch.tensor([2]), 5).float()
+    skip = torch.randn(1, 7, 8, 8)
+    with torch.no_grad():
+        # A 7-channel skip gives the prompt of its first 4 channels; channels 4-6 have no say.
+        torch.testing.assert_close(module(skip, weights), module(skip[:, :4], weights))
+        # A 2-channel skip gives the prompt of itself followed by two zero channels.
+        narrow = skip[:, :2]
+        padded = torch.cat([narrow, torch.zeros(1, 2, 8, 8)], dim=1)
+        torch.testing.assert_close(module(narrow, weights), module(padded, weights))
+        assert not torch.allclose(module(narrow, weights), module(padded.roll(2, dims=1), weights))
