@@ -1445,6 +1445,23 @@ def test_fp16_on_a_cpu_is_refused_rather_than_trained_in_fp32(corpus, tmp_path, 
         resolve_mixed_precision("fp16", on_cpu=True)
 
 
+@pytest.mark.parametrize("spelling", ["fp16", "FP16", " Fp16 "])
+def test_fp16_on_a_cpu_is_refused_alike_by_flag_recipe_and_main(corpus, tmp_path, monkeypatch, capsys, spelling):
+    """The rule had two copies: validate_args (flags, recipes) refused every spelling, while the one in
+    resolve_mixed_precision (main() called with its own TrainingArguments) let "FP16" through to accelerate's
+    "Unknown mixed_precision mode". Both now call refuse_fp16_on_cpu: one outcome, one message."""
+    from training.train import FP16_ON_CPU, TrainingArguments, main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _parse_error(capsys, train_args(corpus, tmp_path / "flag", mixed_precision=spelling)).endswith(FP16_ON_CPU)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"mixed_precision: '{spelling}'\nmax_train_steps: 1\n")
+    assert _parse_error(capsys, ["--config", str(recipe)]).endswith(FP16_ON_CPU)
+    with pytest.raises(ValueError) as refused:
+        main(TrainingArguments(output_dir=str(tmp_path / "main"), mixed_precision=spelling, max_train_steps=1))
+    assert str(refused.value) == FP16_ON_CPU
+
+
 def test_block_compilation_is_off_on_cpu_by_default_and_compiles_every_block_when_asked(corpus, tmp_path,
                                                                                         monkeypatch):
     """`--compile_blocks` (default: GPU only) compiles every Transformer block before training; the run then trains

@@ -437,8 +437,7 @@ def validate_args(args: TrainingArguments) -> None:
         args.mixed_precision = args.mixed_precision.strip().lower()
     if args.mixed_precision is not None and str(args.mixed_precision) not in ("no", "fp16", "bf16", "auto"):
         raise ValueError(f"mixed_precision must be no, fp16, bf16 or auto, got {args.mixed_precision!r}")
-    if args.mixed_precision == "fp16" and (args.cpu or not torch.cuda.is_available()):
-        raise ValueError(FP16_ON_CPU)
+    refuse_fp16_on_cpu(args.mixed_precision, runs_on_cpu(args))
     if args.report_to is not None and not isinstance(args.report_to, str):
         raise ValueError(f"report_to must name tracker(s), comma separated, or 'none', got {args.report_to!r}")
     types = typing.get_type_hints(TrainingArguments)
@@ -762,6 +761,18 @@ FP16_ON_CPU = ("--mixed_precision fp16 needs a GPU: on a CPU accelerate trains i
                "or no (or auto)")
 
 
+def runs_on_cpu(args: TrainingArguments) -> bool:
+    """Whether this run trains on the CPU: asked to (``--cpu``) or no CUDA device here."""
+    return bool(args.cpu) or not torch.cuda.is_available()
+
+
+def refuse_fp16_on_cpu(requested: Optional[str], on_cpu: bool) -> None:
+    """ValueError (`FP16_ON_CPU`) when a CPU run asks for fp16, in any case and spacing: the one place of this rule,
+    for ``validate_args`` (flags and recipes) and ``resolve_mixed_precision`` (``main`` called with its own args)."""
+    if on_cpu and isinstance(requested, str) and requested.strip().lower() == "fp16":
+        raise ValueError(FP16_ON_CPU)
+
+
 def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     """The ``Accelerator``'s ``mixed_precision`` for train.py's ``--mixed_precision`` (see its help).
 
@@ -772,8 +783,7 @@ def resolve_mixed_precision(requested: Optional[str], on_cpu: bool) -> str:
     from modeling.inference import is_auto, native_bf16_cpu
 
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-    if on_cpu and str(requested) == "fp16":
-        raise ValueError(FP16_ON_CPU)
+    refuse_fp16_on_cpu(requested, on_cpu)
     if is_auto(requested):
         if launcher == "fp16" and on_cpu:
             # accelerate has no fp16 autocast on a CPU: the run would train in fp32 and be recorded as fp16
@@ -929,10 +939,10 @@ def main(args: TrainingArguments) -> dict:
     find_unused = keeps_unused_official_modules(args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=resolve_mixed_precision(args.mixed_precision, args.cpu or not torch.cuda.is_available()),
+        mixed_precision=resolve_mixed_precision(args.mixed_precision, runs_on_cpu(args)),
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        cpu=args.cpu or not torch.cuda.is_available(),
+        cpu=runs_on_cpu(args),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
     )
     set_seed(args.seed)  # identical initial weights on every process
