@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .tile_context import channel_attention_logits
+from .tile_context import channel_attention_logits, unit_vectors
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
@@ -151,7 +151,7 @@ def channel_attention(
     if spans_image:
         attention = channel_attention_logits(query, key, temperature)
     else:
-        attention = (F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).transpose(-2, -1)) * temperature
+        attention = (unit_vectors(query) @ unit_vectors(key).transpose(-2, -1)) * temperature
     out = attention.softmax(dim=-1) @ split_heads(value, num_heads)
     return merge_heads(out, height, width, channels_last)
 

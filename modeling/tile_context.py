@@ -211,6 +211,18 @@ def _full_precision(tensor: torch.Tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
+def unit_vectors(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """`F.normalize` along ``dim``, safe in half precision: fp16/bf16 inputs are normalised in fp32 and cast back.
+
+    `F.normalize` clamps the norm at 1e-12, which is 0 in fp16: an all-zero row (a black image, a zero-padded
+    prompt channel) became 0 / 0 = NaN. fp32 inputs take `F.normalize` itself, so fp32 results are unchanged.
+    """
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        with _full_precision(tensor):
+            return F.normalize(tensor.float(), dim=dim).to(tensor.dtype)
+    return F.normalize(tensor, dim=dim)
+
+
 # -- the global sites ----------------------------------------------------------------------------------------
 def spatial_mean(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C): the mean over the pixels (of the whole image during a tiled restore)."""
@@ -235,11 +247,11 @@ def channel_attention_logits(query: torch.Tensor, key: torch.Tensor, temperature
 
     `query`, `key`: (B, heads, c, H*W) (see `restormer_blocks.split_heads`), pixels in row-major order. During a
     tiled restore the pixel sums span the whole image: the Gram matrix and both channel norms are sums of owned
-    pixels, and the logits follow from them as from `F.normalize` (norms clamped at 1e-12).
+    pixels, and the logits follow from them as from `unit_vectors` (norms clamped at 1e-12).
     """
     statistics = active()
     if statistics is None:
-        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+        query, key = unit_vectors(query), unit_vectors(key)
         return (query @ key.transpose(-2, -1)) * temperature
     site = statistics.next_site()
     if statistics.collecting:
@@ -255,7 +267,7 @@ def channel_attention_logits(query: torch.Tensor, key: torch.Tensor, temperature
         statistics.add(site, [gram, query_norms, key_norms])
     whole = statistics.in_force(site, query.device)
     if whole is None:
-        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+        query, key = unit_vectors(query), unit_vectors(key)
         return (query @ key.transpose(-2, -1)) * temperature
     gram, query_norms, key_norms = whole
     denominator = query_norms.sqrt().clamp_min(1e-12)[..., :, None] * key_norms.sqrt().clamp_min(1e-12)[..., None, :]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -485,3 +486,26 @@ def test_prompt_in_prompt_reads_the_first_prompt_dim_channels_of_a_wider_skip_an
         padded = torch.cat([narrow, torch.zeros(1, 2, 8, 8)], dim=1)
         torch.testing.assert_close(module(narrow, weights), module(padded, weights))
         assert not torch.allclose(module(narrow, weights), module(padded.roll(2, dims=1), weights))
+
+
+def test_fp16_restores_black_and_textured_images_on_cpu_close_to_fp32():
+    """`F.normalize` clamps a norm at 1e-12, which is 0 in fp16: the zero-padded prompt channels of PIP's prompt
+    interaction (all of them for a black image) became 0 / 0 = NaN, and fp16 restore raised NonFiniteOutputError.
+    Half-precision inputs are now normalised in fp32; fp32 ones exactly as `F.normalize` does."""
+    from conftest import smooth_image
+    from modeling.inference import restore
+
+    model = tiny_model("pip")
+    for image in (np.zeros((32, 32, 3), np.float32), smooth_image(32, 32).astype(np.float32) / 255):
+        full = restore(image, model, dtype="fp32", tile=0)  # the estimated degradation, as by default
+        half = restore(image, model, dtype="fp16", tile=0)
+        assert np.isfinite(half).all()
+        assert np.abs(half - full).max() < 2e-3
+    from modeling.tile_context import unit_vectors
+
+    rows = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [1e-30, 0.0, 2e-30]])
+    assert torch.equal(unit_vectors(rows), F.normalize(rows, dim=-1))
+    for dtype in (torch.float16, torch.bfloat16):
+        normalized = unit_vectors(rows[:2].to(dtype))
+        assert normalized.dtype == dtype
+        assert torch.equal(normalized.float(), torch.tensor([[0.0, 0.0, 0.0], [0.6, 0.8, 0.0]]).to(dtype).float())
