@@ -486,6 +486,39 @@ def test_a_checkpoint_the_disk_refuses_stops_the_run_with_one_line_and_keeps_the
     assert checkpointing.resolve_resume_path("latest", output_dir) == previous
 
 
+def test_a_checkpoint_the_disk_refuses_stops_every_process_of_a_launch_with_one_line(corpus, two_process_launch,
+                                                                                   tmp_path):
+    """Under `accelerate launch` with 2 processes, the main process stopped alone on a refused checkpoint write and
+    the other one died at its next barrier with gloo's traceback ("Connection closed by peer"). The processes now
+    share the failure: each stops at once, the line is written once, the launch exits 1, the previous checkpoint is
+    untouched and nothing half-written is left."""
+    launched_dir, launched = two_process_launch
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    output_dir = tmp_path / "ddp"
+    shutil.copytree(launched_dir, output_dir)  # the fixture's folder is shared with other tests
+    previous = output_dir / "checkpoint-6"
+    saved = {path.name: path.read_bytes() for path in previous.iterdir()}
+    before = sorted(path.name for path in output_dir.iterdir())
+    limit = len(saved["model.safetensors"]) // 2
+    argv = two_process_launch_args(corpus, output_dir, max_train_steps=8, resume_from_checkpoint="latest")
+    started = time.monotonic()
+    result = run_train(argv, launcher=accelerate_launch(2), timeout=300, preexec_fn=file_size_limit(limit))
+    message = (f"error: checkpoint-8 could not be written in {output_dir}: File too large (EFBIG): files are "
+               f"limited to {limit} bytes (ulimit -f); the previous checkpoint checkpoint-6 (step 6) is intact: "
+               "make room and relaunch with --resume_from_checkpoint latest to resume from it")
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert result.stderr.count(message) == 1, result.stderr[-4000:]
+    assert "Connection closed by peer" not in result.stderr, result.stderr[-4000:]
+    # The one traceback left is the launcher's own report of a failed process (torch's ChildFailedError).
+    tracebacks = result.stderr.split("Traceback (most recent call last):")[1:]
+    assert all("ChildFailedError" in part and "training/train.py\", line" not in part for part in tracebacks), \
+        result.stderr[-4000:]
+    assert time.monotonic() - started < 120  # no wait for a collective's timeout (30 minutes)
+    assert sorted(path.name for path in output_dir.iterdir()) == before
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == saved
+    assert checkpointing.resolve_resume_path("latest", output_dir) == previous
+
+
 def test_every_writer_of_a_checkpoint_refused_for_room_is_recognised(tmp_path):
     """safetensors names the OS error only in its message, and torch.save to a path loses the errno in its C++
     stream: under a real file size limit (a child process), each of them, and a plain write, gives the one line."""
@@ -999,7 +1032,7 @@ def test_partial_checkpoints_are_ignored_and_pruning_keeps_the_newest(tmp_path):
 class _OneProcess:
     """The part of an `Accelerator` that `save_checkpoint` uses, for one process."""
 
-    is_main_process, process_index = True, 0
+    is_main_process, process_index, num_processes = True, 0, 1
 
     def wait_for_everyone(self) -> None:
         pass

@@ -12,7 +12,8 @@ rank's RNG state) plus its own data-loader position, and the main process adds t
 the folder into place (an atomic ``rename`` on POSIX) and only *afterwards* prunes old checkpoints down to
 ``total_limit``. diffusers' examples prune first, which can leave a crashed run with fewer checkpoints than
 the limit promises. A write the storage refuses for lack of room (`stop_on_full_disk`) becomes `OutputWriteError`,
-one line naming the checkpoint that failed and the one that resumes.
+one line naming the checkpoint that failed and the one that resumes; the processes of a launch share it
+(`stop_together_on_output_error`), so every one of them stops at once with it.
 """
 
 from __future__ import annotations
@@ -197,6 +198,29 @@ def stop_on_full_disk(what: str, output_dir: str | Path) -> Iterator[None]:
         raise OutputWriteError(f"{what} could not be written in {output_dir}: {reason}; {intact}") from error
 
 
+@contextmanager
+def stop_together_on_output_error(accelerator) -> Iterator[None]:
+    """A block every process enters (some may write nothing in it): before any leaves it, the processes share
+    whether a write in it was refused for lack of room (an `OutputWriteError`, from `stop_on_full_disk`), and if
+    one was, every process raises that error. A process that stopped alone left the others waiting at their next
+    collective until its exit broke the connection: a traceback from each of them and the launcher's SIGTERM."""
+    failure: OutputWriteError | None = None
+    try:
+        yield
+    except OutputWriteError as error:
+        failure = error
+    messages = [None if failure is None else str(failure)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        messages = gather_object(messages)  # also the barrier the block ends with
+    if failure is not None:
+        raise failure
+    refused = next((message for message in messages if message is not None), None)
+    if refused is not None:
+        raise OutputWriteError(refused)
+
+
 def save_checkpoint(
     accelerator,
     output_dir: str | Path,
@@ -213,31 +237,32 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
-    with stop_on_full_disk(final.name, output_dir):
-        try:
+    # Each stage ends with every process knowing whether a write of any of them was refused (and then all stop).
+    try:
+        with stop_together_on_output_error(accelerator), stop_on_full_disk(final.name, output_dir):
             if accelerator.is_main_process:
                 output_dir.mkdir(parents=True, exist_ok=True)
                 for stale in output_dir.glob(".checkpoint-*.partial"):
                     shutil.rmtree(stale, ignore_errors=True)
                 partial.mkdir()
-            accelerator.wait_for_everyone()
 
+        with stop_together_on_output_error(accelerator), stop_on_full_disk(final.name, output_dir):
             accelerator.save_state(str(partial))
             if data_state is not None:
                 torch.save(data_state, partial / data_state_file(accelerator.process_index))
-            accelerator.wait_for_everyone()
 
+        with stop_together_on_output_error(accelerator), stop_on_full_disk(final.name, output_dir):
             if accelerator.is_main_process:
                 for index, obj in enumerate(custom_states):
                     torch.save(obj.state_dict(), partial / CUSTOM_STATE_FILES[index])
                 write_json_atomic(partial / TRAINING_STATE_FILE, {**training_state, "step": step})
                 _fsync_tree(partial)
                 replace_folder(partial, final)  # re-saving the same step (e.g. the final step) replaces the old copy
-        except Exception:
-            # `latest` never picks the half-written folder; removed, it gives back the room it took.
-            if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
+    except Exception:
+        # `latest` never picks the half-written folder; removed, it gives back the room it took.
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()

@@ -1143,38 +1143,42 @@ def main(args: TrainingArguments) -> dict:
         nonlocal best_psnr, validated_step
         validated_step = step
         results = {}
-        if accelerator.is_main_process and validation_set:
-            unwrapped = accelerator.unwrap_model(model)
-            if ema is not None:
-                ema.store(unwrapped.parameters())
-                ema.copy_to(unwrapped.parameters())
-            results = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=True)
-            if uses_labels and getattr(unwrapped, "can_estimate_degradation", False):
-                auto = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=False)
-                for task, scores in auto["tasks"].items():
-                    results["tasks"][task]["psnr_auto"] = scores["psnr"]
-                    results["tasks"][task]["ssim_auto"] = scores["ssim"]
-            samples = results.pop("samples")
-            mean_psnr = float(np.mean([s["psnr"] for s in results["tasks"].values()]))
-            if record:
-                validation_history.append({"step": step, "psnr": {t: s["psnr"] for t, s in results["tasks"].items()}})
-                logs = {f"val/{t}/{k}": v for t, s in results["tasks"].items() for k, v in s.items() if k != "images"}
-                accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
-                grid = sample_grid(samples)
-                (output_dir / "validation").mkdir(parents=True, exist_ok=True)
-                with checkpointing.stop_on_full_disk(f"validation/step-{step:07d}.png", output_dir):
-                    grid.save(output_dir / "validation" / f"step-{step:07d}.png")
-                for tracker in accelerator.trackers:
-                    if tracker.name == "tensorboard":
-                        tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step,
-                                                 dataformats="HWC")
-                if mean_psnr > best_psnr:
-                    best_psnr = mean_psnr
-                    with checkpointing.stop_on_full_disk("best/ (the best validated model)", output_dir):
-                        save_folder(unwrapped, output_dir / "best", results)
-            if ema is not None:
-                ema.restore(unwrapped.parameters())
-            model.train()
+        # Only the main process writes here; the others learn from it whether the disk refused its writes.
+        with checkpointing.stop_together_on_output_error(accelerator):
+            if accelerator.is_main_process and validation_set:
+                unwrapped = accelerator.unwrap_model(model)
+                if ema is not None:
+                    ema.store(unwrapped.parameters())
+                    ema.copy_to(unwrapped.parameters())
+                results = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=True)
+                if uses_labels and getattr(unwrapped, "can_estimate_degradation", False):
+                    auto = evaluate_model(unwrapped, validation_set, autocast_dtype, with_labels=False)
+                    for task, scores in auto["tasks"].items():
+                        results["tasks"][task]["psnr_auto"] = scores["psnr"]
+                        results["tasks"][task]["ssim_auto"] = scores["ssim"]
+                samples = results.pop("samples")
+                mean_psnr = float(np.mean([s["psnr"] for s in results["tasks"].values()]))
+                if record:
+                    validation_history.append(
+                        {"step": step, "psnr": {t: s["psnr"] for t, s in results["tasks"].items()}})
+                    logs = {f"val/{t}/{k}": v
+                            for t, s in results["tasks"].items() for k, v in s.items() if k != "images"}
+                    accelerator.log({**logs, "val/mean_psnr": mean_psnr}, step=step)
+                    grid = sample_grid(samples)
+                    (output_dir / "validation").mkdir(parents=True, exist_ok=True)
+                    with checkpointing.stop_on_full_disk(f"validation/step-{step:07d}.png", output_dir):
+                        grid.save(output_dir / "validation" / f"step-{step:07d}.png")
+                    for tracker in accelerator.trackers:
+                        if tracker.name == "tensorboard":
+                            tracker.writer.add_image("val/degraded_restored_clean", np.asarray(grid), step,
+                                                     dataformats="HWC")
+                    if mean_psnr > best_psnr:
+                        best_psnr = mean_psnr
+                        with checkpointing.stop_on_full_disk("best/ (the best validated model)", output_dir):
+                            save_folder(unwrapped, output_dir / "best", results)
+                if ema is not None:
+                    ema.restore(unwrapped.parameters())
+                model.train()
         accelerator.wait_for_everyone()
         return results
 
@@ -1287,20 +1291,22 @@ def main(args: TrainingArguments) -> dict:
     # DDP keeps the replicas identical; check it rather than trust it (a silent divergence wastes a run).
     keep_until_teardown: list = []
     checksums = gather_replica_checksums(accelerator, model, keep_until_teardown)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with checkpointing.stop_on_full_disk("replica_checksums.json", output_dir):
-            checkpointing.write_json_atomic(output_dir / "replica_checksums.json", {"checksums": checksums.tolist()})
     diverged = not torch.equal(checksums, checksums[:1].expand_as(checksums))
-    if accelerator.is_main_process and not diverged:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(unwrapped.parameters())
-        final = output_dir / "model"
-        with checkpointing.stop_on_full_disk("model/ (the final model)", output_dir):
-            save_folder(unwrapped, final, last_results)
-        counts = stream.bad_data_counts() if hasattr(stream, "bad_data_counts") else {}
-        logger.info(f"saved {final}; bad data per source: {counts}")
+    with checkpointing.stop_together_on_output_error(accelerator):  # the main process writes, all stop on a refusal
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            with checkpointing.stop_on_full_disk("replica_checksums.json", output_dir):
+                checkpointing.write_json_atomic(output_dir / "replica_checksums.json",
+                                                {"checksums": checksums.tolist()})
+        if accelerator.is_main_process and not diverged:
+            unwrapped = accelerator.unwrap_model(model)
+            if ema is not None:
+                ema.copy_to(unwrapped.parameters())
+            final = output_dir / "model"
+            with checkpointing.stop_on_full_disk("model/ (the final model)", output_dir):
+                save_folder(unwrapped, final, last_results)
+            counts = stream.bad_data_counts() if hasattr(stream, "bad_data_counts") else {}
+            logger.info(f"saved {final}; bad data per source: {counts}")
     if guard is not None:
         logger.info(f"loss-spike guard triggered {guard.triggered} times on this process")
     # Everyone leaves together, then the process group goes (accelerate destroys it in end_training). The
@@ -1327,9 +1333,28 @@ def main(args: TrainingArguments) -> dict:
     return last_results
 
 
+def leave_after_output_error() -> bool:
+    """After `main` stopped on an `OutputWriteError` (which every process raises alike), free what it left and leave
+    the process group; returns whether this is the main process, the one that reports the error.
+
+    `main`'s frames (held by the error's traceback) keep the DDP wrapper, whose reducer, freed last at exit, can
+    deadlock in the process group's destructor (see `release_ddp_wrapper`): collected first, the group goes
+    through torch's Python handle."""
+    gc.collect()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return True
+    rank = torch.distributed.get_rank()
+    torch.distributed.destroy_process_group()
+    return rank == 0
+
+
 if __name__ == "__main__":
+    refused = None
     try:
         main(parse_args())
     except checkpointing.OutputWriteError as error:
-        # A full disk is no bug of the trainer: one line saying what to do, not the traceback of torch's writer.
-        raise SystemExit(f"error: {error}") from None
+        refused = str(error)  # the traceback, and the frames it holds, go with `error` at the end of this block
+    if refused is not None:
+        # A full disk is no bug of the trainer: one line saying what to do, not the traceback of torch's writer;
+        # written once, by the main process, though every process stops with it (and exit code 1).
+        raise SystemExit(f"error: {refused}" if leave_after_output_error() else 1)
