@@ -617,3 +617,25 @@ def test_a_disk_offloaded_model_restores_as_the_model_in_memory(tmp_path, option
         torch.testing.assert_close(
             labelled.reconstruction, model(pixel_values, degradation_labels="rain").reconstruction, atol=1e-6, rtol=0
         )
+
+
+def test_inference_samples_scale_fixed_draws_by_each_places_own_std_and_seed():
+    """Outside training, n > 1 samples are mean + std * (the average of n draws from a generator seeded with the
+    place's noise_seed), one set of draws for every image of the batch. Each place has its own seed, so its draws
+    are not another place's; the predicted variance scales them (an unscaled draw ignores what the model learnt)."""
+    mean = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1))
+    log_variance = torch.log(torch.tensor([0.25, 1.0, 4.0])).view(1, 3, 1).expand(2, 3, 5)
+    for seed in (0, 7):
+        draws = torch.randn((4, 3, 5), generator=torch.Generator().manual_seed(seed))
+        expected = mean + torch.exp(0.5 * log_variance) * draws.mean(dim=0)
+        torch.testing.assert_close(sample_prompts(mean, log_variance, False, 4, noise_seed=seed), expected)
+    assert not torch.equal(sample_prompts(mean, log_variance, False, 4, noise_seed=0),
+                           sample_prompts(mean, log_variance, False, 4, noise_seed=7))
+
+    model = tiny_model("dppd", num_inference_samples=4)
+    places = (model.decoder_prompts.latent, model.decoder_prompts.level3, model.decoder_prompts.level2)
+    assert len({place.noise_seed for place in places}) == 3
+    with torch.no_grad():
+        before = model(images()).reconstruction
+        model.decoder_prompts.level3.noise_seed = 11  # the forward draws with the place's own seed
+        assert not torch.equal(model(images()).reconstruction, before)
