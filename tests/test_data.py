@@ -994,3 +994,11 @@ def test_random_crops_reach_every_offset_including_the_last():
     assert offsets == {(top, left) for top in range(2) for left in range(3)}
     places = {_synthesis_region_patch(image, 4, 8, np.random.default_rng(seed), False)[1] for seed in range(64)}
     assert places == {(top, left) for top in range(2) for left in range(3)}
+
+
+def test_the_degraded_files_extension_wins_in_any_case():
+    """Extensions compare in any case: IMG_1.JPG pairs with IMG_1.jpg, not with the IMG_1.png beside it."""
+    pairs, _ = D.pair_files(["d/blur/IMG_1.JPG", "d/sharp/IMG_1.png", "d/sharp/IMG_1.jpg"], "blur")
+    assert pairs == [("d/blur/IMG_1.JPG", "d/sharp/IMG_1.jpg")]
+    pairs, _ = D.pair_files(["d/blur/img_2.JPG", "d/sharp/IMG_2.png", "d/sharp/IMG_2.jpg"], "blur")
+    assert pairs == [("d/blur/img_2.JPG", "d/sharp/IMG_2.jpg")]
