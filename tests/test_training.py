@@ -1985,3 +1985,19 @@ def test_values_no_run_can_use_are_refused_when_the_arguments_are_parsed(corpus,
     with pytest.raises(SystemExit):
         parse_args(train_args(corpus, tmp_path / "run", **overrides))
     assert message in capsys.readouterr().err
+
+
+def test_which_best_models_a_resume_abandons():
+    """best/ saved at or before the resumed step is the resumed line's; one saved later is abandoned by a rewind, or
+    when a checkpoint was due between (it was the run's latest, deleted to rewind); otherwise (the last validation
+    after the last checkpoint, e.g. best at step 3 and checkpoints every 2) the replayed steps are the same."""
+    from training.train import best_is_from_abandoned_steps
+
+    assert not best_is_from_abandoned_steps(None, 2, 2, True)
+    assert not best_is_from_abandoned_steps(2, 2, 2, True)  # saved at the checkpoint resumed from: kept
+    assert not best_is_from_abandoned_steps(1, 2, 2, True)
+    assert not best_is_from_abandoned_steps(3, 2, 2, False)  # after the last checkpoint: replayed exactly
+    assert best_is_from_abandoned_steps(3, 2, 2, True)  # later checkpoints set aside: a rewind
+    assert best_is_from_abandoned_steps(5, 2, 2, False)  # checkpoint-4 was due between, and is gone
+    assert best_is_from_abandoned_steps(4, 2, 2, False)
+    assert not best_is_from_abandoned_steps(7, 2, 0, False)  # no periodic checkpoints: nothing was due between
