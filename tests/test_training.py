@@ -2001,3 +2001,39 @@ def test_which_best_models_a_resume_abandons():
     assert best_is_from_abandoned_steps(5, 2, 2, False)  # checkpoint-4 was due between, and is gone
     assert best_is_from_abandoned_steps(4, 2, 2, False)
     assert not best_is_from_abandoned_steps(7, 2, 0, False)  # no periodic checkpoints: nothing was due between
+
+
+def test_a_write_refused_for_another_reason_keeps_its_error_and_a_full_disk_names_no_file_size_limit(tmp_path):
+    """safetensors names every OS error in its message: one that is not about room (a path through a file: os error
+    20) keeps its own error. A refusal found only in the error being handled (a writer that fails again while
+    cleaning up) still gives the one line, and a full disk under a file size limit does not blame the limit."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(Exception, match=r"os error 20") as error:
+        with checkpointing.stop_on_full_disk("checkpoint-4", tmp_path):
+            save_file({"weight": torch.zeros(4)}, str(tmp_path / "a_file" / "model.safetensors"))
+    assert not isinstance(error.value, checkpointing.OutputWriteError)
+    with pytest.raises(checkpointing.OutputWriteError, match=r"checkpoint-4 could not be written in .*: No space left"):
+        with checkpointing.stop_on_full_disk("checkpoint-4", tmp_path):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError("could not remove the temporary file")  # raised while handling the refusal
+    script = textwrap.dedent(
+        f"""
+        import errno, os, resource
+        from training import checkpointing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, 1 << 30))
+        try:
+            with checkpointing.stop_on_full_disk("checkpoint-4", {str(tmp_path)!r}):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except checkpointing.OutputWriteError as error:
+            print(error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=script_env(), cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.splitlines() == [
+        f"checkpoint-4 could not be written in {tmp_path}: No space left on device (ENOSPC); there is no earlier "
+        "checkpoint in it, so a relaunch starts from the beginning"], result.stdout + result.stderr[-3000:]
