@@ -828,3 +828,25 @@ def test_postscript_files_are_refused_without_running_ghostscript(tmp_path, monk
     with pytest.raises(RestorationInputError, match="photo.png"):
         RestorationImageProcessor()(str(path))
     assert not started
+
+
+def test_padding_like_returns_an_adapted_copy_and_warns_only_about_settings_the_caller_chose(caplog):
+    """`padding_like` leaves the processor it is called on alone (save_restoration_folder gets the caller's
+    processor), and says so only when it overrides a setting that was asked for, not the defaults it adapts."""
+    import logging
+
+    from conftest import tiny_model
+
+    model = tiny_model("cpl", pad_mode="replicate")
+    default = RestorationImageProcessor()
+    with caplog.at_level(logging.WARNING):
+        adapted = default.padding_like(model)
+    assert (adapted.pad_mode, adapted.size_divisor) == ("replicate", 16)
+    assert (default.pad_mode, default.size_divisor) == ("reflect", 8)
+    assert "padding as the model pads" not in caplog.text
+    chosen = RestorationImageProcessor(size_divisor=32)
+    with caplog.at_level(logging.WARNING):
+        assert chosen.padding_like(model).size_divisor == 16
+    assert "padding as the model pads: pad_mode" not in caplog.text
+    assert "padding as the model pads: size_divisor 32 -> 16" in caplog.text
+    assert chosen.size_divisor == 32
