@@ -605,3 +605,19 @@ def test_readme_states_the_size_of_the_gathered_sums():
     stated = re.search(r"the gathered sums take about ([\d,]+) KiB per image", " ".join(readme.split()))
     assert stated, "README no longer states the size of the gathered sums"
     assert float(stated.group(1).replace(",", "")) == pytest.approx(kib, rel=0.1)
+
+
+def test_the_frame_and_tiles_follow_the_models_multiple_not_the_grid():
+    """The frame is the image padded to the model's multiple (as the model pads the whole image), so CPL's tiles
+    gather the whole image's statistics: 53 dB from the whole image, 44 with the frame padded to the grid (8).
+    Tiles never fall below one multiple: with a multiple of 32, a 20-px tile is 32 (16 broke the blending)."""
+    model = tiny_model("cpl")
+    image = torch.from_numpy(smooth_image(37, 51, seed=2)).permute(2, 0, 1)[None].float() / 255
+    whole = run_model(model, image, tile=0, dtype="fp32")
+    tiled = run_model(model, image, tile=40, tile_overlap=12, dtype="fp32", statistics_passes=2)
+    assert psnr(tiled, whole) > 49
+    shapes = []
+    out = tiled_apply(lambda batch: shapes.append(tuple(batch.shape[-2:])) or batch, image, 20, 4,
+                      statistics_passes=1, size_multiple=32)
+    assert set(shapes) == {(32, 32)}
+    torch.testing.assert_close(out, image, atol=1e-6, rtol=0)
