@@ -334,3 +334,15 @@ def test_a_checkpoint_saved_in_half_precision_is_scored_in_fp32(heldout, tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert shared["noise-25"]["psnr"] == pytest.approx(expected["noise-25"]["psnr"], abs=1e-4)
+
+
+def test_restore_settings_resolve_the_models_own_tile_and_its_overlap():
+    """A model with an `inference_tile` is restored in those tiles when no tile is given: the record says so, with
+    the overlap restore() picks for them (16 px: 4), not whole images; a tile given wins, and 0 is whole images."""
+    from training.evaluate_model import restore_settings
+
+    model = tiny_model("pip", inference_tile=16)
+    assert restore_settings(model) == {"seed": 0, "tile": 16, "tile_overlap": 4, "statistics_passes": 6,
+                                       "statistics_tolerance": 0.01, "dtype": "fp32", "auto_mode": "cautious"}
+    assert (restore_settings(model, tile=32, tile_overlap=2)["tile"], restore_settings(model, tile=32)["tile_overlap"],
+            restore_settings(model, tile=0)["tile_overlap"]) == (32, 8, None)
