@@ -281,3 +281,14 @@ def test_zero_loss_weights_are_accepted_as_turning_the_term_off():
     assert config.degradation_estimator_loss_weight == 0.0
     weights = [0.0, 1 / 16, 1 / 8, 1 / 4, 1.0]
     assert tiny_config("cpl", contrastive_layer_weights=weights).contrastive_layer_weights == weights
+
+
+def test_private_bookkeeping_keys_of_a_config_json_are_not_reported(tmp_path, caplog):
+    """Keys that start with `_` (`_name_or_path`, `_commit_hash`, written by other tools or versions) are
+    transformers' bookkeeping, not typos: loading them names nothing."""
+    tiny_config("pip").save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "_name_or_path": "someone/model", "_scratch": 1}))
+    with caplog.at_level(logging.WARNING):
+        PIPConfig.from_pretrained(tmp_path)
+    assert config_key_warnings(caplog) == []
