@@ -98,7 +98,7 @@ class RestorationUNet(nn.Module):
         self.decoder_level1 = transformer_stage(width2, num_blocks[0], heads[0], **block)
         self.refinement = transformer_stage(width2, num_refinement_blocks, heads[0], **block)
 
-        self.dual_pixel_task = dual_pixel_task
+        # Only the dual-pixel variant has this 1x1 path from the embedding (None: the output conv alone).
         self.skip_conv = pointwise_conv(dim, width2, bias) if dual_pixel_task else None
         self.output = spatial_conv(width2, out_channels, bias)
 

@@ -1341,7 +1341,8 @@ def leave_after_output_error() -> bool:
     deadlock in the process group's destructor (see `release_ddp_wrapper`): collected first, the group goes
     through torch's Python handle."""
     gc.collect()
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    group_started = getattr(torch.distributed, "is_initialized", None)  # absent from builds without distributed
+    if group_started is None or not group_started():
         return True
     rank = torch.distributed.get_rank()
     torch.distributed.destroy_process_group()
